@@ -1,0 +1,1 @@
+"""Rigid transforms, quaternions, boxes and cameras. numpy only, no ROS, no torch."""

@@ -1,0 +1,1 @@
+"""ops room (see DESIGN)."""

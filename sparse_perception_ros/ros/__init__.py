@@ -1,0 +1,1 @@
+"""Everything that imports rclpy lives here, and nothing else does."""

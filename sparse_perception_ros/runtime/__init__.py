@@ -1,0 +1,1 @@
+"""runtime room (see DESIGN)."""
