@@ -1,0 +1,25 @@
+# The two commands on the README's first screen are `make demo` and `make test`.
+# Both set the environment up first (scripts/setup.sh is idempotent and fast on re-run).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint doctor clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest test $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/sparse-perception demo
+
+lint: setup
+	$(PY) -m ruff check .
+
+doctor: setup
+	$(VENV)/bin/sparse-perception doctor
+
+clean:
+	rm -rf _build_interfaces _build_interfaces.*.log build install log .pytest_cache

@@ -1,0 +1,81 @@
+"""3D boxes in the Sparse4D layout (numpy only).
+
+Two layouts are used, both in the **model frame** (for nuScenes checkpoints: LIDAR_TOP, x right,
+y forward, z up), metres, radians and m/s:
+
+- state / anchor vector, ``(..., 11)``:
+  ``[x, y, z, log(size_w), log(size_l), log(size_h), sin(yaw), cos(yaw), vx, vy, vz]``;
+- decoded box, ``(..., 10)``: ``[x, y, z, size_w, size_l, size_h, yaw, vx, vy, vz]``.
+
+Size naming trap (kept from the reference): slot ``W`` (index 3) is the extent **along the
+heading** (the box's local x, nuScenes calls it *length*); slot ``L`` (index 4) is the lateral
+extent (nuScenes *width*); ``H`` is the height. ``z`` is the box centre, not its bottom. Yaw is
+counter-clockwise from the model frame's +x axis. Sin comes before cos.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "X", "Y", "Z", "W", "L", "H", "SIN_YAW", "COS_YAW", "VX", "VY", "VZ", "YAW",
+    "encode_boxes",
+    "decode_boxes",
+    "box_corners",
+]
+
+X, Y, Z, W, L, H, SIN_YAW, COS_YAW, VX, VY, VZ = range(11)
+YAW = 6  # column of yaw in the decoded 10-column box
+
+
+def encode_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Decoded boxes ``(..., 10)`` -> state vectors ``(..., 11)`` (log sizes, sin/cos yaw).
+
+    Args:
+        boxes: ``(..., 10)`` ``[x, y, z, w, l, h, yaw, vx, vy, vz]``; sizes must be > 0.
+    Returns:
+        ``(..., 11)`` in the input's floating dtype.
+    """
+    b = np.asarray(boxes)
+    if b.shape[-1] != 10:
+        raise ValueError(f"boxes must have 10 columns, got shape {b.shape}")
+    if np.any(b[..., 3:6] <= 0):
+        raise ValueError("box sizes must be positive to take their log")
+    yaw = b[..., YAW]
+    return np.concatenate(
+        [b[..., 0:3], np.log(b[..., 3:6]), np.sin(yaw)[..., None], np.cos(yaw)[..., None], b[..., 7:10]],
+        axis=-1,
+    )
+
+
+def decode_boxes(state: np.ndarray) -> np.ndarray:
+    """State vectors ``(..., 11)`` -> decoded boxes ``(..., 10)``, as the reference decoder does.
+
+    ``yaw = atan2(sin, cos)`` of the raw (not necessarily unit) entries, sizes ``exp``'d,
+    velocity copied (3 columns, vz included).
+    """
+    s = np.asarray(state)
+    if s.shape[-1] != 11:
+        raise ValueError(f"state must have 11 columns, got shape {s.shape}")
+    yaw = np.arctan2(s[..., SIN_YAW], s[..., COS_YAW])
+    return np.concatenate([s[..., 0:3], np.exp(s[..., 3:6]), yaw[..., None], s[..., VX:]], axis=-1)
+
+
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """Decoded boxes ``(N, >=7)`` -> corners ``(N, 8, 3)`` in the same frame.
+
+    Corner order: the 4 bottom corners counter-clockwise starting at (+w/2, +l/2) in the box
+    frame, then the 4 top corners in the same order. ``w`` runs along the heading.
+    """
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] < 7:
+        raise ValueError(f"boxes must be (N, >=7), got {b.shape}")
+    unit = np.array(
+        [[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1], [1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1]],
+        dtype=np.float64,
+    )
+    local = 0.5 * unit[None] * b[:, None, 3:6]
+    c, s = np.cos(b[:, YAW]), np.sin(b[:, YAW])
+    rot = np.zeros((b.shape[0], 3, 3))
+    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
+    return np.einsum("nij,nkj->nki", rot, local) + b[:, None, 0:3]
