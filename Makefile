@@ -22,4 +22,4 @@ doctor: setup
 	$(VENV)/bin/sparse-perception doctor
 
 clean:
-	rm -rf _build_interfaces _build_interfaces.*.log build install log .pytest_cache
+	rm -rf _build_interfaces build install log .pytest_cache

@@ -95,16 +95,16 @@ for pkg in "${INTERFACE_PKGS[@]}"; do
     continue
   fi
   say "$pkg: building from interfaces/$pkg into the venv"
-  rm -rf "${BUILD_DIR:?}/$pkg"
+  rm -rf "${BUILD_DIR:?}/$pkg"; mkdir -p "$BUILD_DIR"
   generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
   AMENT_PREFIX_PATH="$VENV" cmake -S "$ROOT/interfaces/$pkg" -B "$BUILD_DIR/$pkg" "${generator[@]}" \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
-    -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF > "$BUILD_DIR.$pkg.log" 2>&1 \
-    || { tail -n 40 "$BUILD_DIR.$pkg.log" >&2; die "configuring $pkg failed (full log: $BUILD_DIR.$pkg.log)"; }
-  AMENT_PREFIX_PATH="$VENV" cmake --build "$BUILD_DIR/$pkg" -j "$(nproc)" >> "$BUILD_DIR.$pkg.log" 2>&1 \
-    || { tail -n 40 "$BUILD_DIR.$pkg.log" >&2; die "building $pkg failed (full log: $BUILD_DIR.$pkg.log)"; }
-  cmake --install "$BUILD_DIR/$pkg" >> "$BUILD_DIR.$pkg.log" 2>&1 || die "installing $pkg failed (log: $BUILD_DIR.$pkg.log)"
+    -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF > "$BUILD_DIR/$pkg.log" 2>&1 \
+    || { tail -n 40 "$BUILD_DIR/$pkg.log" >&2; die "configuring $pkg failed (full log: $BUILD_DIR/$pkg.log)"; }
+  AMENT_PREFIX_PATH="$VENV" cmake --build "$BUILD_DIR/$pkg" -j "$(nproc)" >> "$BUILD_DIR/$pkg.log" 2>&1 \
+    || { tail -n 40 "$BUILD_DIR/$pkg.log" >&2; die "building $pkg failed (full log: $BUILD_DIR/$pkg.log)"; }
+  cmake --install "$BUILD_DIR/$pkg" >> "$BUILD_DIR/$pkg.log" 2>&1 || die "installing $pkg failed (log: $BUILD_DIR/$pkg.log)"
   "$VENV/bin/python" -c "import $pkg.msg" || die "$pkg was built but does not import"
   echo "$src_hash" > "$marker"
 done
