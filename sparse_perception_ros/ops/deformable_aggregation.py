@@ -80,7 +80,7 @@ def deformable_aggregation(
     """
     bs, num_rows, c = mc_ms_feat.shape
     _, num_anchor, num_pts, num_cams, _ = sampling_location.shape
-    levels, groups = weights.shape[-2], weights.shape[-1]
+    groups = weights.shape[-1]
     if weights.shape[:4] != (bs, num_anchor, num_pts, num_cams):
         raise ValueError(f"weights {tuple(weights.shape)} do not match locations {tuple(sampling_location.shape)}")
     if c % groups != 0:

@@ -1,0 +1,164 @@
+"""Keypoints and deformable feature aggregation (DFA) of the Sparse4D v3 head.
+
+Frames: anchors and keypoints are in the model frame (metres); ``projection_mat`` maps
+homogeneous model-frame points to ``(u*d, v*d, d, 1)`` in network-input pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..geometry.boxes import COS_YAW, SIN_YAW, H, L, W, X, Y, Z
+from ..ops.deformable_aggregation import (
+    deformable_aggregation,
+    deformable_aggregation_grid_sample,
+    flatten_feature_maps,
+)
+from .blocks import linear_relu_ln
+
+__all__ = ["KeypointsGenerator", "DeformableFeatureAggregation", "FeatureInputs", "project_points", "CONFIG_FIX_SCALE"]
+
+# The config's fixed-point grid. Released checkpoints hold *random* values instead (re-drawn by
+# xavier init, never trained): always load ``fix_scale`` from the state dict.
+CONFIG_FIX_SCALE = (
+    (0.0, 0.0, 0.0),
+    (0.45, 0.0, 0.0),
+    (-0.45, 0.0, 0.0),
+    (0.0, 0.45, 0.0),
+    (0.0, -0.45, 0.0),
+    (0.0, 0.0, 0.45),
+    (0.0, 0.0, -0.45),
+)
+
+
+@dataclass
+class FeatureInputs:
+    """Image features for one step, in both layouts the DFA can consume.
+
+    ``maps``: per level ``[bs, cams, E, H_l, W_l]``. The flattened CUDA-op layout
+    (``mc_ms_feat [bs, cams * sum HW, E]``, ``spatial_shape [cams, levels, 2]``,
+    ``scale_start_index [cams, levels]``) is built once, on first use.
+    """
+
+    maps: Sequence[torch.Tensor]
+    _flat: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._flat is None:
+            self._flat = flatten_feature_maps(self.maps)
+        return self._flat
+
+
+class KeypointsGenerator(nn.Module):
+    """Anchor ``[bs, A, 11]`` + instance feature ``[bs, A, E]`` -> keypoints ``[bs, A, P, 3]``.
+
+    ``P = num_fixed + num_learnable``: fixed points ``fix_scale * size`` first, then learnable
+    offsets ``(sigmoid(Linear(feature)) - 0.5) * size``; all rotated by the **raw** (sin, cos)
+    of the anchor (a non-unit pair also scales them) and shifted by the anchor centre.
+    """
+
+    def __init__(self, embed_dims: int = 256, num_learnable_pts: int = 6, num_fixed_pts: int = 7):
+        super().__init__()
+        self.num_learnable_pts = num_learnable_pts
+        grid = torch.tensor(CONFIG_FIX_SCALE, dtype=torch.float32)
+        if num_fixed_pts != len(CONFIG_FIX_SCALE):
+            grid = torch.zeros(num_fixed_pts, 3)
+        self.fix_scale = nn.Parameter(grid, requires_grad=False)
+        self.learnable_fc = nn.Linear(embed_dims, num_learnable_pts * 3) if num_learnable_pts > 0 else None
+
+    @property
+    def num_pts(self) -> int:
+        return self.fix_scale.shape[0] + self.num_learnable_pts
+
+    def forward(self, anchor: torch.Tensor, instance_feature: torch.Tensor) -> torch.Tensor:
+        bs, num_anchor = anchor.shape[:2]
+        size = anchor[..., None, [W, L, H]].exp()  # [bs, A, 1, 3]
+        key_points = self.fix_scale * size
+        if self.learnable_fc is not None:
+            learn = self.learnable_fc(instance_feature).reshape(bs, num_anchor, self.num_learnable_pts, 3)
+            key_points = torch.cat([key_points, (learn.sigmoid() - 0.5) * size], dim=-2)
+        sin, cos = anchor[..., SIN_YAW, None], anchor[..., COS_YAW, None]  # [bs, A, 1]
+        px, py, pz = key_points.unbind(-1)
+        rotated = torch.stack([cos * px - sin * py, sin * px + cos * py, pz], dim=-1)
+        return rotated + anchor[..., None, [X, Y, Z]]
+
+
+def project_points(key_points: torch.Tensor, projection_mat: torch.Tensor, image_wh: torch.Tensor) -> torch.Tensor:
+    """Keypoints ``[bs, A, P, 3]`` -> normalised image coords ``[bs, cams, A, P, 2]`` (x = u/W, y = v/H).
+
+    Depth is clamped to at least 1e-5, so points behind a camera land far outside the image.
+    """
+    pts = torch.cat([key_points, torch.ones_like(key_points[..., :1])], dim=-1)
+    pts_2d = torch.matmul(projection_mat[:, :, None, None], pts[:, None, ..., None]).squeeze(-1)
+    uv = pts_2d[..., :2] / torch.clamp(pts_2d[..., 2:3], min=1e-5)
+    return uv / image_wh[:, :, None, None]
+
+
+class DeformableFeatureAggregation(nn.Module):
+    """One DFA layer: ``[bs, A, E]`` -> ``[bs, A, 2E]`` = ``[output_proj(aggregated) || instance_feature]``.
+
+    Attention weights: ``weights_fc(instance_feature + anchor_embed + camera_embed)`` per camera,
+    softmaxed **jointly over cams x levels x points** for each group; per camera the Linear
+    outputs are ordered (level, point, group), group fastest. ``sampling`` selects the CUDA
+    kernel semantics (``"kernel"``) or the pure-torch ``grid_sample`` fallback.
+    """
+
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_groups: int = 8,
+        num_levels: int = 4,
+        num_cams: int = 6,
+        num_learnable_pts: int = 6,
+        num_fixed_pts: int = 7,
+        sampling: str = "kernel",
+    ):
+        super().__init__()
+        if sampling not in ("kernel", "grid_sample"):
+            raise ValueError(f"sampling must be 'kernel' or 'grid_sample', got {sampling!r}")
+        self.embed_dims, self.num_groups, self.num_levels, self.num_cams = embed_dims, num_groups, num_levels, num_cams
+        self.sampling = sampling
+        self.kps_generator = KeypointsGenerator(embed_dims, num_learnable_pts, num_fixed_pts)
+        self.num_pts = self.kps_generator.num_pts
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.camera_encoder = nn.Sequential(*linear_relu_ln(embed_dims, 1, 2, 12))
+        self.weights_fc = nn.Linear(embed_dims, num_groups * num_levels * self.num_pts)
+
+    def attention_weights(
+        self, instance_feature: torch.Tensor, anchor_embed: torch.Tensor, projection_mat: torch.Tensor
+    ) -> torch.Tensor:
+        """-> ``[bs, A, cams, levels, pts, groups]``; sums to 1 over (cams, levels, pts) per group."""
+        bs, num_anchor = instance_feature.shape[:2]
+        cam_embed = self.camera_encoder(projection_mat[:, :, :3].reshape(bs, self.num_cams, 12))
+        feature = (instance_feature + anchor_embed)[:, :, None] + cam_embed[:, None]
+        weights = self.weights_fc(feature).reshape(bs, num_anchor, -1, self.num_groups).softmax(dim=-2)
+        return weights.reshape(bs, num_anchor, self.num_cams, self.num_levels, self.num_pts, self.num_groups)
+
+    def forward(
+        self,
+        instance_feature: torch.Tensor,
+        anchor: torch.Tensor,
+        anchor_embed: torch.Tensor,
+        features: FeatureInputs,
+        projection_mat: torch.Tensor,
+        image_wh: torch.Tensor,
+    ) -> torch.Tensor:
+        bs, num_anchor = instance_feature.shape[:2]
+        if projection_mat.shape[1] != self.num_cams:
+            raise ValueError(f"head was built for {self.num_cams} cameras, got {projection_mat.shape[1]}")
+        key_points = self.kps_generator(anchor, instance_feature)
+        weights = self.attention_weights(instance_feature, anchor_embed, projection_mat)
+        points_2d = project_points(key_points, projection_mat, image_wh)
+        # kernel layouts: points [bs, A, P, cams, 2], weights [bs, A, P, cams, levels, G]
+        points_2d = points_2d.permute(0, 2, 3, 1, 4)
+        weights = weights.permute(0, 1, 4, 2, 3, 5)
+        if self.sampling == "kernel":
+            aggregated = deformable_aggregation(*features.flat, points_2d, weights)
+        else:
+            aggregated = deformable_aggregation_grid_sample(features.maps, points_2d, weights, drop_outside=False)
+        return torch.cat([self.output_proj(aggregated), instance_feature], dim=-1)

@@ -1,0 +1,245 @@
+"""The Sparse4D v3 head with explicit temporal state: ``out, state = head.step(..., state)``.
+
+Op order (39 ops for the release, ``head.layers[i]`` = ``operation_order[i]``)::
+
+    decoder 0: deformable, ffn, norm, refine                       (no attention)
+    decoder k: temp_gnn, gnn, norm, deformable, ffn, norm, refine  (k = 1..5)
+
+Attention is decoupled: queries/keys are ``[feature || anchor_embed]`` (2E), values go through
+the shared ``fc_before`` (E -> 2E, no bias), the residual is taken on the 2E query inside the
+attention, then the shared ``fc_after`` (2E -> E, no bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..geometry.boxes import COS_YAW, VX, W
+from .blocks import AnchorEncoder, AsymmetricFFN, AttentionLayer
+from .checkpoint import LoadReport, load_matching, strip_prefix
+from .config import HeadConfig
+from .decoding import decode_detections
+from .dfa import DeformableFeatureAggregation, FeatureInputs
+from .instance_bank import BankPrior, TemporalState, assign_instance_ids, bank_cache, bank_get, bank_update
+from .refine import RefinementModule
+
+__all__ = ["Sparse4DHead", "HeadOutput", "FrameResult", "default_anchors"]
+
+
+@dataclass
+class HeadOutput:
+    """One frame's result (batch size 1), model frame. See :class:`~.decoding.Detections` for
+    the decoded fields; the raw last-decoder outputs are ``classification [A, C]`` logits,
+    ``prediction [A, 11]`` refined anchors and ``quality [A, 2]`` (centerness, yawness) logits."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    cls_scores: torch.Tensor
+    cls_scores_aligned: torch.Tensor
+    labels: torch.Tensor
+    instance_ids: torch.Tensor
+    classification: torch.Tensor
+    prediction: torch.Tensor
+    quality: torch.Tensor
+
+
+@dataclass
+class FrameResult:
+    """Raw result of the decoder stack for a batch: all ``[bs, A, *]``.
+
+    ``feature`` is the input of the last refine (what gets cached); ``carried_ids`` ``[bs, N_temp]``
+    are the previous ids after the update's mask (None on a first frame).
+    """
+
+    feature: torch.Tensor
+    anchor: torch.Tensor
+    cls: torch.Tensor
+    quality: torch.Tensor
+    carried_ids: torch.Tensor | None
+
+
+def default_anchors(num_anchor: int, seed: int = 0) -> torch.Tensor:
+    """A deterministic placeholder prior ``[A, 11]`` for an untrained head (checkpoints override it):
+    centres uniform in +-40 m (x, y), z = -1, car-like log sizes, yaw 0, zero velocity."""
+    gen = torch.Generator().manual_seed(seed)
+    anchor = torch.zeros(num_anchor, 11)
+    anchor[:, 0:2] = (torch.rand(num_anchor, 2, generator=gen) - 0.5) * 80.0
+    anchor[:, 2] = -1.0
+    anchor[:, W : W + 3] = torch.log(torch.tensor([4.0, 1.8, 1.6]))
+    anchor[:, COS_YAW] = 1.0
+    anchor[:, VX:] = 0.0
+    return anchor
+
+
+class _AnchorHandler(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        # Present in released checkpoints, never used at inference.
+        self.fix_scale = nn.Parameter(torch.zeros(1, 3), requires_grad=False)
+
+
+class _InstanceBankParams(nn.Module):
+    """Only the learned priors (no temporal state): ``anchor [A, 11]``, ``instance_feature [A, E]``."""
+
+    def __init__(self, num_anchor: int, embed_dims: int):
+        super().__init__()
+        self.anchor = nn.Parameter(default_anchors(num_anchor))
+        self.instance_feature = nn.Parameter(torch.zeros(num_anchor, embed_dims), requires_grad=False)
+        self.anchor_handler = _AnchorHandler()
+
+
+class Sparse4DHead(nn.Module):
+    """Sparse4D v3 detection + tracking head. Build with :func:`~sparse_perception_ros.model.build_head`."""
+
+    def __init__(self, cfg: HeadConfig, sampling: str = "kernel"):
+        super().__init__()
+        self.cfg = cfg
+        self.sampling = sampling
+        e = cfg.embed_dims
+        self.instance_bank = _InstanceBankParams(cfg.num_anchor, e)
+        self.anchor_encoder = AnchorEncoder(*cfg.anchor_encoder_dims)
+        self.operation_order = cfg.operation_order()
+        layers: list[nn.Module] = []
+        for op in self.operation_order:
+            if op in ("gnn", "temp_gnn"):
+                layers.append(AttentionLayer(2 * e, cfg.num_heads))
+            elif op == "norm":
+                layers.append(nn.LayerNorm(e))
+            elif op == "ffn":
+                layers.append(AsymmetricFFN(2 * e, e, cfg.ffn_dims))
+            elif op == "deformable":
+                layers.append(
+                    DeformableFeatureAggregation(
+                        e, cfg.num_groups, cfg.num_levels, cfg.num_cams, cfg.num_learnable_pts, cfg.num_fixed_pts,
+                        sampling=sampling,
+                    )
+                )
+            else:  # refine
+                layers.append(RefinementModule(e, 11, cfg.num_classes))
+        self.layers = nn.ModuleList(layers)
+        self.fc_before = nn.Linear(e, 2 * e, bias=False)
+        self.fc_after = nn.Linear(2 * e, e, bias=False)
+        self.eval()
+
+    # ------------------------------------------------------------------ loading
+    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> LoadReport:
+        """Load the released head weights, keys with or without the ``head.`` prefix.
+
+        In a full-model dict only the ``head.*`` keys are used. Missing/unexpected keys are
+        reported by name (and raise :class:`~.checkpoint.CheckpointError` when ``strict``).
+        """
+        return load_matching(self, strip_prefix(state_dict, "head."), strict=strict)
+
+    # ------------------------------------------------------------------ network
+    def _graph(self, i: int, query: torch.Tensor, query_pos: torch.Tensor, key: torch.Tensor | None = None,
+               key_pos: torch.Tensor | None = None, value: torch.Tensor | None = None) -> torch.Tensor:
+        q = torch.cat([query, query_pos], dim=-1)
+        k = None if key is None else torch.cat([key, key_pos], dim=-1)
+        v = None if value is None else self.fc_before(value)
+        return self.fc_after(self.layers[i](q, k, v))
+
+    def forward_frame(
+        self,
+        feature_maps: Sequence[torch.Tensor] | FeatureInputs,
+        projection_mat: torch.Tensor,
+        image_wh: torch.Tensor,
+        prior: BankPrior,
+    ) -> FrameResult:
+        """Run the decoder stack for a batch (stateless; ``prior`` from :func:`bank_get`).
+
+        ``feature_maps``: per level ``[bs, cams, E, H_l, W_l]``; ``projection_mat [bs, cams, 4, 4]``;
+        ``image_wh [bs, cams, 2]``. The prior's tensors must have the same ``bs``.
+        """
+        features = feature_maps if isinstance(feature_maps, FeatureInputs) else FeatureInputs(list(feature_maps))
+        bs = projection_mat.shape[0]
+        feature = self.instance_bank.instance_feature[None].expand(bs, -1, -1)
+        anchor = self.instance_bank.anchor[None].expand(bs, -1, -1)
+        time_interval = prior.time_interval.expand(bs) if prior.time_interval.numel() == 1 else prior.time_interval
+        temp_feature = prior.temp_feature
+        anchor_embed = self.anchor_encoder(anchor)
+        temp_embed = None if prior.temp_anchor is None else self.anchor_encoder(prior.temp_anchor)
+        carried_ids = None
+        num_refined = 0
+        last = len(self.operation_order) - 1
+        cls = quality = None
+        for i, op in enumerate(self.operation_order):
+            layer = self.layers[i]
+            if op == "temp_gnn":
+                if temp_feature is None:  # first frame: self-attention, value = 2E concat
+                    feature = self._graph(i, feature, anchor_embed)
+                else:
+                    feature = self._graph(i, feature, anchor_embed, temp_feature, temp_embed, temp_feature)
+            elif op == "gnn":
+                feature = self._graph(i, feature, anchor_embed, value=feature)
+            elif op in ("norm", "ffn"):
+                feature = layer(feature)
+            elif op == "deformable":
+                feature = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh)
+            else:  # refine
+                want_cls = num_refined == self.cfg.num_single_frame_decoder - 1 or i == last
+                anchor, cls, quality = layer(feature, anchor, anchor_embed, time_interval, want_cls)
+                num_refined += 1
+                if num_refined == self.cfg.num_single_frame_decoder:
+                    feature, anchor, carried_ids = bank_update(feature, anchor, cls, prior)
+                if i != last:
+                    anchor_embed = self.anchor_encoder(anchor)
+                if num_refined > self.cfg.num_single_frame_decoder and temp_embed is not None:
+                    temp_embed = anchor_embed[:, : self.cfg.num_temp_instances]
+        return FrameResult(feature, anchor, cls, quality, carried_ids)
+
+    @torch.no_grad()
+    def step(
+        self,
+        feature_maps: Sequence[torch.Tensor],
+        projection_mat: torch.Tensor,
+        image_wh: torch.Tensor,
+        timestamp: float,
+        T_world_from_model: np.ndarray,
+        state: TemporalState,
+    ) -> tuple[HeadOutput, TemporalState]:
+        """One frame (batch size 1): detect, decode, track ids; returns the output and the next state.
+
+        Args:
+            feature_maps: ``num_levels`` float32 tensors ``[1, N_cam, E, H_l, W_l]`` (strides 4..32).
+            projection_mat: ``[1, N_cam, 4, 4]`` float32 model frame -> network-input pixels
+                (``lidar2img`` with the image augmentation folded in).
+            image_wh: ``[1, N_cam, 2]`` float32 ``(W, H)`` of the network input.
+            timestamp: seconds as a python float (float64 precision).
+            T_world_from_model: ``(4, 4)`` float64 pose of the model frame in a fixed world frame.
+            state: the previous :class:`TemporalState` (``TemporalState.empty()`` on a first frame).
+        """
+        if projection_mat.shape[0] != 1:
+            raise ValueError(f"step() takes batch size 1, got {projection_mat.shape[0]}; use forward_frame for batches")
+        if len(feature_maps) != self.cfg.num_levels:
+            raise ValueError(f"expected {self.cfg.num_levels} feature levels, got {len(feature_maps)}")
+        t_world = np.asarray(T_world_from_model, dtype=np.float64)
+        if t_world.shape != (4, 4):
+            raise ValueError(f"T_world_from_model must be (4, 4), got {t_world.shape}")
+        cfg = self.cfg
+        prior = bank_get(state, float(timestamp), t_world, cfg.max_time_interval, cfg.default_time_interval)
+        res = self.forward_frame(feature_maps, projection_mat.float(), image_wh.float(), prior)
+        conf, cached_feature, cached_anchor, order = bank_cache(
+            res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
+        )
+        ids, next_id = assign_instance_ids(cfg.num_anchor, res.carried_ids, prior.next_track_id, bs=1)
+        new_state = TemporalState(
+            anchors=cached_anchor,
+            features=cached_feature,
+            confidence=conf,
+            track_ids=torch.gather(ids, 1, order),
+            timestamp=float(timestamp),
+            T_world_from_model=t_world.copy(),
+            next_track_id=next_id,
+        )
+        det = decode_detections(res.cls[0], res.anchor[0], res.quality[0], ids[0], cfg.num_output)
+        out = HeadOutput(
+            boxes=det.boxes, scores=det.scores, cls_scores=det.cls_scores, cls_scores_aligned=det.cls_scores_aligned,
+            labels=det.labels, instance_ids=det.instance_ids,
+            classification=res.cls[0], prediction=res.anchor[0], quality=res.quality[0],
+        )
+        return out, new_state

@@ -1,0 +1,81 @@
+"""Test-time preprocessing identical to the reference pipeline (resize, bottom crop, normalise).
+
+Per camera: uint8 image -> resize by ``max(H_dst/H, W_dst/W)`` with **PIL bicubic** (which
+antialiases when downscaling, as the reference did) -> keep the bottom ``H_dst`` rows and the
+centred ``W_dst`` columns -> BGR to RGB -> ``(x - mean) / std`` on the 0-255 scale. The same
+resize/crop is folded into each camera's projection matrix. See ``docs/model.md`` for the
+measured difference of OpenCV resizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..geometry.image_transform import ResizeCrop, adjust_projection, compute_resize_crop
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_crop_image", "preprocess_images"]
+
+IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # RGB
+IMAGENET_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+
+
+def resize_crop_image(image: np.ndarray, rc: ResizeCrop, method: str = "pil_bicubic") -> np.ndarray:
+    """``(H, W, 3) uint8`` -> ``(H_dst, W_dst, 3) uint8`` resized and cropped (channel order kept).
+
+    ``method``: ``"pil_bicubic"`` (reference), ``"cv2_cubic"`` or ``"cv2_area"`` (faster, differ).
+    """
+    img = np.ascontiguousarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
+    if method == "pil_bicubic":
+        resized = np.asarray(Image.fromarray(img).resize(rc.resized_wh, Image.Resampling.BICUBIC))
+    elif method in ("cv2_cubic", "cv2_area"):
+        import cv2
+
+        interp = cv2.INTER_CUBIC if method == "cv2_cubic" else cv2.INTER_AREA
+        resized = cv2.resize(img, rc.resized_wh, interpolation=interp)
+    else:
+        raise ValueError(f"unknown resize method {method!r}")
+    x0, y0, x1, y1 = rc.crop
+    return resized[y0:y1, x0:x1]
+
+
+def preprocess_images(
+    images: Sequence[np.ndarray] | np.ndarray,
+    lidar2img: np.ndarray,
+    input_wh: tuple[int, int] = (704, 256),
+    channel_order: str = "bgr",
+    method: str = "pil_bicubic",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Camera images + projections -> network inputs (batch size 1).
+
+    Args:
+        images: ``N_cam`` arrays ``(H_i, W_i, 3) uint8`` (sizes may differ per camera).
+        lidar2img: ``(N_cam, 4, 4)`` model frame -> source-image pixels (``K4 @ T_cam_from_model``).
+        input_wh: network input ``(W, H)``.
+        channel_order: ``"bgr"`` (as the reference read files) or ``"rgb"``.
+    Returns:
+        ``img [1, N_cam, 3, H, W]`` float32 normalised RGB, ``projection_mat [1, N_cam, 4, 4]``
+        float32 with the resize/crop folded in, ``image_wh [1, N_cam, 2]`` float32.
+    """
+    if channel_order not in ("bgr", "rgb"):
+        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    proj = np.asarray(lidar2img, dtype=np.float64)
+    if proj.shape != (len(images), 4, 4):
+        raise ValueError(f"lidar2img must be ({len(images)}, 4, 4), got {proj.shape}")
+    imgs, mats = [], []
+    for image, p in zip(images, proj, strict=True):
+        rc = compute_resize_crop((image.shape[1], image.shape[0]), input_wh)
+        out = resize_crop_image(image, rc, method).astype(np.float32)
+        if channel_order == "bgr":
+            out = out[..., ::-1]
+        imgs.append((out - IMAGENET_MEAN) / IMAGENET_STD)
+        mats.append(adjust_projection(p, rc))
+    img = torch.from_numpy(np.ascontiguousarray(np.stack(imgs).transpose(0, 3, 1, 2)))[None]
+    projection_mat = torch.from_numpy(np.stack(mats).astype(np.float32))[None]
+    image_wh = torch.tensor(input_wh, dtype=torch.float32).expand(1, len(imgs), 2).clone()
+    return img, projection_mat, image_wh
