@@ -1,0 +1,149 @@
+"""Output message builders: decoded boxes -> vision_msgs/Detection3DArray and RViz MarkerArray.
+
+Box layout (the decoder's, see ``docs/model.md``): ``boxes (N, >=7) float``
+``[x, y, z, size_heading, size_lateral, size_z, yaw, (vx, vy, vz)]`` in the message frame,
+metres / radians. ``size_heading`` is the extent along the box's heading (its local x), so it
+maps to ``BoundingBox3D.size.x``; z is the box centre.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparse_perception_ros.geometry.transforms import quat_from_yaw
+from sparse_perception_ros.ros.convert import ns_to_stamp
+
+__all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "detections_to_msg", "detections_to_markers", "box_corners"]
+
+# RGB in [0, 1], one per nuScenes detection class; unknown labels get grey.
+CLASS_COLORS: dict[str, tuple[float, float, float]] = {
+    "car": (1.0, 0.62, 0.0),
+    "truck": (1.0, 0.39, 0.28),
+    "construction_vehicle": (0.91, 0.59, 0.48),
+    "bus": (1.0, 0.27, 0.0),
+    "trailer": (1.0, 0.55, 0.0),
+    "barrier": (0.44, 0.5, 0.56),
+    "motorcycle": (1.0, 0.24, 0.59),
+    "bicycle": (0.86, 0.08, 0.24),
+    "pedestrian": (0.0, 0.0, 0.9),
+    "traffic_cone": (0.18, 0.31, 0.31),
+}
+_UNKNOWN_COLOR = (0.6, 0.6, 0.6)
+MARKER_NAMESPACES = ("boxes", "headings", "labels")
+
+# The 12 edges of a box as pairs of corner indices (corners ordered as box_corners returns).
+_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
+
+
+def _check_boxes(boxes: np.ndarray, *columns: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.size == 0:
+        b = b.reshape(0, 7)
+    if b.ndim != 2 or b.shape[1] < 7:
+        raise ValueError(f"boxes must be (N, >=7) [x, y, z, size_heading, size_lateral, size_z, yaw], got {b.shape}")
+    for c in columns:
+        if len(c) != len(b):
+            raise ValueError(f"boxes has {len(b)} rows but a per-box array has {len(c)}")
+    return b
+
+
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """``(N, >=7)`` boxes -> ``(N, 8, 3)`` corners; 0-3 bottom (counter-clockwise from front-left), 4-7 top."""
+    b = _check_boxes(boxes)
+    sx, sy, sz = b[:, 3:4] / 2, b[:, 4:5] / 2, b[:, 5:6] / 2
+    local = np.stack(
+        [np.concatenate(v, axis=1) for v in (
+            (sx, sy, -sz), (-sx, sy, -sz), (-sx, -sy, -sz), (sx, -sy, -sz),
+            (sx, sy, sz), (-sx, sy, sz), (-sx, -sy, sz), (sx, -sy, sz),
+        )],
+        axis=1,
+    )  # (N, 8, 3)
+    c, s = np.cos(b[:, 6]), np.sin(b[:, 6])
+    rot = np.zeros((len(b), 3, 3))
+    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
+    return local @ np.swapaxes(rot, 1, 2) + b[:, None, :3]
+
+
+def detections_to_msg(boxes, scores, labels, track_ids, class_names, stamp_ns: int, frame_id: str):
+    """Build a vision_msgs/Detection3DArray.
+
+    Args:
+        boxes: (N, >=7) float, see module docstring, in ``frame_id``.
+        scores: (N,) float in [0, 1].
+        labels: (N,) int, index into ``class_names``; out-of-range labels become "unknown".
+        track_ids: (N,) int64 track ids (``Detection3D.id`` as decimal string; -1 gives "").
+        class_names: sequence of class names.
+        stamp_ns: header stamp, integer nanoseconds.
+
+    Each detection has one hypothesis: ``class_id`` = class name, ``score`` = score, and its
+    ``pose`` equals the box centre pose (covariance left zero: unknown).
+    """
+    from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+    from std_msgs.msg import Header
+    from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis, ObjectHypothesisWithPose
+
+    b = _check_boxes(boxes, scores, labels, track_ids)
+    header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+    quats = quat_from_yaw(b[:, 6])  # (N, 4) wxyz
+    out = Detection3DArray(header=header)
+    dets = []
+    for i in range(len(b)):
+        w, qx, qy, qz = (float(v) for v in quats[i])
+        pose = Pose(position=Point(x=float(b[i, 0]), y=float(b[i, 1]), z=float(b[i, 2])),
+                    orientation=Quaternion(x=qx, y=qy, z=qz, w=w))
+        label = int(labels[i])
+        name = class_names[label] if 0 <= label < len(class_names) else "unknown"
+        hyp = ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=name, score=float(scores[i])))
+        hyp.pose.pose = pose
+        det = Detection3D(header=header, results=[hyp],
+                          bbox=BoundingBox3D(center=pose, size=Vector3(x=float(b[i, 3]), y=float(b[i, 4]),
+                                                                       z=float(b[i, 5]))),
+                          id=str(int(track_ids[i])) if int(track_ids[i]) >= 0 else "")
+        dets.append(det)
+    out.detections = dets
+    return out
+
+
+def detections_to_markers(boxes, scores, labels, track_ids, class_names, stamp_ns: int, frame_id: str,
+                          lifetime_ns: int = 0):
+    """Build a visualization_msgs/MarkerArray for RViz / Foxglove.
+
+    The array starts with one DELETEALL marker, then per object (marker id = row index, so
+    ids are stable within a message): a LINE_LIST box coloured by class (ns ``boxes``), an
+    ARROW from the centre along the heading (ns ``headings``), and a TEXT_VIEW_FACING label
+    ``"<class> <track id> <score>"`` above the box (ns ``labels``).
+    """
+    from builtin_interfaces.msg import Duration
+    from geometry_msgs.msg import Point, Vector3
+    from std_msgs.msg import ColorRGBA, Header
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    b = _check_boxes(boxes, scores, labels, track_ids)
+    header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+    life = Duration(sec=int(lifetime_ns // 1_000_000_000), nanosec=int(lifetime_ns % 1_000_000_000))
+    markers = [Marker(header=header, action=Marker.DELETEALL)]
+    corners = box_corners(b)
+    for i in range(len(b)):
+        label = int(labels[i])
+        name = class_names[label] if 0 <= label < len(class_names) else "unknown"
+        r, g, bl = CLASS_COLORS.get(name, _UNKNOWN_COLOR)
+        color = ColorRGBA(r=r, g=g, b=bl, a=1.0)
+        box = Marker(header=header, ns="boxes", id=i, type=Marker.LINE_LIST, action=Marker.ADD, lifetime=life,
+                     scale=Vector3(x=0.05, y=0.0, z=0.0), color=color)
+        box.pose.orientation.w = 1.0
+        box.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in corners[i][_EDGES.reshape(-1)]]
+        centre = Point(x=float(b[i, 0]), y=float(b[i, 1]), z=float(b[i, 2]))
+        half = 0.5 * float(b[i, 3]) + 0.5
+        tip = Point(x=centre.x + half * float(np.cos(b[i, 6])), y=centre.y + half * float(np.sin(b[i, 6])),
+                    z=centre.z)
+        arrow = Marker(header=header, ns="headings", id=i, type=Marker.ARROW, action=Marker.ADD, lifetime=life,
+                       scale=Vector3(x=0.1, y=0.2, z=0.2), color=color, points=[centre, tip])
+        arrow.pose.orientation.w = 1.0
+        tid = int(track_ids[i])
+        text = Marker(header=header, ns="labels", id=i, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                      lifetime=life, scale=Vector3(x=0.0, y=0.0, z=0.6), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
+                      text=f"{name} {tid if tid >= 0 else '-'} {float(scores[i]):.2f}")
+        text.pose.position = Point(x=centre.x, y=centre.y, z=centre.z + 0.5 * float(b[i, 5]) + 0.5)
+        text.pose.orientation.w = 1.0
+        markers.extend([box, arrow, text])
+    return MarkerArray(markers=markers)
