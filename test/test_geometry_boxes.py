@@ -1,0 +1,95 @@
+"""Box encode/decode/corners and the test-time resize/crop of camera matrices."""
+
+import numpy as np
+import pytest
+
+from sparse_perception_ros.geometry.boxes import box_corners, decode_boxes, encode_boxes
+from sparse_perception_ros.geometry.image_transform import (
+    adjust_intrinsics,
+    adjust_projection,
+    augmentation_matrix,
+    compute_resize_crop,
+)
+
+
+def make_boxes(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate(
+        [
+            rng.uniform(-50, 50, (n, 3)),
+            rng.uniform(0.3, 12.0, (n, 3)),
+            rng.uniform(-np.pi + 1e-6, np.pi, (n, 1)),
+            rng.uniform(-10, 10, (n, 3)),
+        ],
+        axis=1,
+    )
+
+
+def test_encode_decode_round_trip():
+    boxes = make_boxes(200)
+    state = encode_boxes(boxes)
+    assert state.shape == (200, 11)
+    np.testing.assert_allclose(state[:, 6], np.sin(boxes[:, 6]))  # sin before cos
+    np.testing.assert_allclose(state[:, 7], np.cos(boxes[:, 6]))
+    np.testing.assert_allclose(decode_boxes(state), boxes, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(encode_boxes(decode_boxes(state)), state, rtol=0, atol=1e-9)
+
+
+def test_decode_uses_raw_sin_cos_and_rejects_bad_sizes():
+    state = np.zeros((1, 11))
+    state[0, 6:8] = [2.0, 2.0]  # non-unit pair: yaw is still atan2
+    assert decode_boxes(state)[0, 6] == pytest.approx(np.pi / 4)
+    with pytest.raises(ValueError):
+        encode_boxes(np.array([[0, 0, 0, 0.0, 1, 1, 0, 0, 0, 0]]))
+
+
+def test_corners_of_rotated_box():
+    # W = 4 along heading, L = 2 lateral, H = 1; yaw 90 deg: heading along +y
+    box = np.array([[10.0, 0.0, 1.0, 4.0, 2.0, 1.0, np.pi / 2, 0, 0, 0]])
+    c = box_corners(box)[0]
+    assert c.shape == (8, 3)
+    np.testing.assert_allclose(c.mean(axis=0), [10, 0, 1], atol=1e-12)
+    np.testing.assert_allclose(np.ptp(c, axis=0), [2.0, 4.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(c[0], [9.0, 2.0, 0.5], atol=1e-12)  # (+W/2, +L/2, -H/2) rotated
+
+
+def test_resize_crop_nuscenes_matches_reference_numbers():
+    rc = compute_resize_crop((1600, 900), (704, 256))
+    assert rc.scale == pytest.approx(0.44)
+    assert rc.resized_wh == (704, 396)
+    assert rc.crop == (0, 140, 704, 396)
+    assert rc.output_wh == (704, 256)
+
+
+@pytest.mark.parametrize(
+    "src, expected_resized, expected_crop",
+    [
+        ((1920, 1080), (704, 396), (0, 140, 704, 396)),
+        ((1280, 960), (704, 528), (0, 272, 704, 528)),
+        ((3000, 900), (853, 256), (74, 0, 778, 256)),
+    ],
+)
+def test_resize_crop_other_resolutions(src, expected_resized, expected_crop):
+    rc = compute_resize_crop(src, (704, 256))
+    assert rc.resized_wh == expected_resized
+    assert rc.crop == expected_crop
+    assert rc.output_wh == (704, 256)
+
+
+def test_projection_adjustment_moves_pixels_like_the_image():
+    rng = np.random.default_rng(1)
+    k = np.array([[1266.0, 0, 816.0], [0, 1266.0, 491.0], [0, 0, 1]])
+    lidar2img = np.eye(4)
+    lidar2img[:3, :3] = k @ np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # camera looks along lidar +y
+    pts = np.concatenate([rng.uniform(-5, 5, (20, 1)), rng.uniform(5, 40, (20, 1)), rng.uniform(-2, 2, (20, 1))], 1)
+    rc = compute_resize_crop((1600, 900), (704, 256))
+    hom = np.concatenate([pts, np.ones((20, 1))], 1)
+    src = hom @ lidar2img.T
+    dst = hom @ adjust_projection(lidar2img, rc).T
+    uv_src = src[:, :2] / src[:, 2:3]
+    uv_dst = dst[:, :2] / dst[:, 2:3]
+    np.testing.assert_allclose(uv_dst, uv_src * 0.44 - np.array([0.0, 140.0]), atol=1e-9)
+    np.testing.assert_allclose(dst[:, 2], src[:, 2])  # depth row untouched
+    k_new = adjust_intrinsics(k, rc)
+    np.testing.assert_allclose(k_new, [[1266 * 0.44, 0, 816 * 0.44], [0, 1266 * 0.44, 491 * 0.44 - 140], [0, 0, 1]])
+    assert augmentation_matrix(rc)[1, 3] == 0.0  # the shift multiplies depth (column 2), not column 3
