@@ -1,0 +1,201 @@
+"""Head building blocks and instance-bank functions: keypoints, DFA weights, projection, bank rules."""
+
+import math
+
+import numpy as np
+import torch
+
+from sparse_perception_ros.geometry.boxes import decode_boxes
+from sparse_perception_ros.model.decoding import decode_box, decode_detections
+from sparse_perception_ros.model.dfa import CONFIG_FIX_SCALE, DeformableFeatureAggregation, KeypointsGenerator
+from sparse_perception_ros.model.instance_bank import (
+    TemporalState,
+    anchor_projection,
+    assign_instance_ids,
+    bank_cache,
+    bank_get,
+    bank_update,
+)
+
+
+def make_anchor(center=(0.0, 0.0, 0.0), log_size=(0.0, 0.0, 0.0), sin=0.0, cos=1.0, vel=(0.0, 0.0, 0.0)):
+    return torch.tensor([[[*center, *log_size, sin, cos, *vel]]], dtype=torch.float32)
+
+
+def swap_sin_cos(anchor):
+    return anchor[..., [0, 1, 2, 3, 4, 5, 7, 6, 8, 9, 10]]
+
+
+def test_keypoints_for_a_unit_box():
+    gen = KeypointsGenerator(embed_dims=16, num_learnable_pts=2)
+    torch.nn.init.zeros_(gen.learnable_fc.weight)
+    torch.nn.init.zeros_(gen.learnable_fc.bias)  # sigmoid(0) - 0.5 = 0: learnable points at the centre
+    feat = torch.zeros(1, 1, 16)
+    center = (1.0, -2.0, 0.5)
+    kp = gen(make_anchor(center), feat)[0, 0]
+    assert kp.shape == (9, 3)
+    expected_fixed = torch.tensor(CONFIG_FIX_SCALE) + torch.tensor(center)
+    torch.testing.assert_close(kp[:7], expected_fixed)  # fixed points first
+    torch.testing.assert_close(kp[7:], torch.tensor([center, center]))
+    # yaw 90 deg: local +x goes to +y; size exp(log 2) = 2 scales the offsets
+    kp = gen(make_anchor(log_size=(math.log(2.0),) * 3, sin=1.0, cos=0.0), feat)[0, 0]
+    torch.testing.assert_close(kp[1], torch.tensor([0.0, 0.9, 0.0]), atol=1e-6, rtol=0)
+    # a non-unit (sin, cos) scales the points too (raw entries, no normalisation)
+    kp = gen(make_anchor(sin=0.0, cos=2.0), feat)[0, 0]
+    torch.testing.assert_close(kp[1], torch.tensor([0.9, 0.0, 0.0]))
+    torch.testing.assert_close(kp[5], torch.tensor([0.0, 0.0, 0.45]))  # z is not rotated or scaled
+
+
+def test_learnable_offsets_are_scaled_by_size_before_rotation():
+    gen = KeypointsGenerator(embed_dims=4, num_learnable_pts=1)
+    torch.nn.init.zeros_(gen.learnable_fc.weight)
+    with torch.no_grad():
+        gen.learnable_fc.bias.copy_(torch.tensor([100.0, -100.0, 0.0]))  # -> (+0.5, -0.5, 0) * size
+    anchor = make_anchor(log_size=(math.log(4.0), math.log(2.0), 0.0), sin=1.0, cos=0.0)
+    kp = gen(anchor, torch.zeros(1, 1, 4))[0, 0, -1]
+    # local (2, -1, 0) rotated by +90 deg -> (1, 2, 0)
+    torch.testing.assert_close(kp, torch.tensor([1.0, 2.0, 0.0]), atol=1e-5, rtol=0)
+
+
+def test_dfa_softmax_is_joint_over_cams_levels_points_per_group():
+    torch.manual_seed(0)
+    dfa = DeformableFeatureAggregation(embed_dims=16, num_groups=4, num_levels=3, num_cams=2, num_learnable_pts=2)
+    torch.nn.init.normal_(dfa.weights_fc.weight, std=1.0)
+    feat, embed = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    proj = torch.randn(2, 2, 4, 4) * 100
+    w = dfa.attention_weights(feat, embed, proj)
+    assert w.shape == (2, 5, 2, 3, 9, 4)  # [bs, A, cams, levels, pts, groups]
+    torch.testing.assert_close(w.sum(dim=(2, 3, 4)), torch.ones(2, 5, 4))
+    per_camera = w.sum(dim=(3, 4))
+    assert (per_camera - 0.5).abs().max() > 1e-3  # not a per-camera softmax
+
+
+def test_anchor_projection_composed_with_its_inverse():
+    rng = np.random.default_rng(0)
+    anchor = torch.tensor(rng.normal(size=(1, 20, 11)), dtype=torch.float32)
+    yaw = rng.uniform(-np.pi, np.pi, 20)
+    anchor[..., 6], anchor[..., 7] = torch.tensor(np.sin(yaw)), torch.tensor(np.cos(yaw))
+    t = np.eye(4)
+    c, s = np.cos(0.7), np.sin(0.7)
+    t[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    t[:3, 3] = [3.0, -1.0, 0.2]
+    fwd = torch.tensor(t, dtype=torch.float32)[None]
+    inv = torch.tensor(np.linalg.inv(t), dtype=torch.float32)[None]
+    dt = torch.tensor([0.5])
+    once = anchor_projection(anchor, fwd, dt)
+    # the quirk: the rotated yaw is written as (cos', sin') into slots (6, 7)
+    torch.testing.assert_close(once[..., 6], torch.tensor(np.cos(yaw + 0.7), dtype=torch.float32)[None],
+                               atol=1e-5, rtol=0)
+    # undoing the swap, projecting back with the inverse and -dt restores the anchor
+    back = swap_sin_cos(anchor_projection(swap_sin_cos(once), inv, -dt))
+    torch.testing.assert_close(back, anchor, atol=1e-5, rtol=1e-5)
+    # centre moves forward by v * dt in the previous frame, then gets transformed
+    expected_center = (anchor[0, :, :3].numpy() + anchor[0, :, 8:].numpy() * 0.5) @ t[:3, :3].T + t[:3, 3]
+    np.testing.assert_allclose(once[0, :, :3].numpy(), expected_center, atol=1e-5)
+
+
+def test_identity_projection_only_swaps_sin_and_cos():
+    anchor = make_anchor(sin=0.6, cos=0.8, vel=(1.0, 2.0, 3.0))
+    out = anchor_projection(anchor, torch.eye(4)[None], torch.tensor([0.0]))
+    torch.testing.assert_close(out, swap_sin_cos(anchor))
+
+
+def cached_state(n=4, dim=3, timestamp=100.0, t_world=None):
+    anchors = torch.zeros(1, n, 11)
+    anchors[..., 7] = 1.0  # yaw 0 (state layout: cos at index 7)
+    return TemporalState(
+        anchors=anchors,
+        features=torch.randn(1, n, dim),
+        confidence=torch.linspace(0.9, 0.5, n)[None],
+        track_ids=torch.arange(10, 10 + n)[None],
+        timestamp=timestamp,
+        T_world_from_model=np.eye(4) if t_world is None else t_world,
+        next_track_id=50,
+    )
+
+
+def test_time_interval_and_mask_rules():
+    empty = bank_get(TemporalState.empty(), 5.0, np.eye(4))
+    assert empty.temp_anchor is None and float(empty.time_interval) == 0.5 and empty.mask is None
+    state = cached_state(timestamp=1.5e9)
+    state.anchors[0, :, 8] = 2.0  # vx = 2 m/s
+    cases = {0.25: (True, 0.25), 0.0: (True, 0.5), -1.5: (True, -1.5), 2.0: (True, 2.0), 2.5: (False, 0.5),
+             -3.0: (False, 0.5)}
+    for dt, (mask, interval) in cases.items():
+        prior = bank_get(state, 1.5e9 + dt, np.eye(4))
+        assert bool(prior.mask[0]) is mask, dt
+        assert float(prior.time_interval[0]) == interval, dt
+        # the projection always uses the real dt, even when masked
+        torch.testing.assert_close(prior.temp_anchor[0, :, 0], torch.full((4,), 2.0 * dt))
+
+
+def test_timestamps_subtracted_in_float64():
+    state = cached_state(timestamp=1533151603.547590)
+    prior = bank_get(state, 1533151604.047541, np.eye(4))
+    assert abs(float(prior.time_interval[0]) - 0.499951) < 1e-5  # float32 timestamps would give 0 or 128
+
+
+def test_ego_motion_uses_inverse_current_pose_times_previous():
+    t_prev = np.eye(4)
+    t_prev[:3, 3] = [10.0, 0.0, 0.0]
+    t_cur = np.eye(4)
+    t_cur[:3, 3] = [12.0, 0.0, 0.0]  # ego moved 2 m along world x: static objects move -2 m
+    state = cached_state(timestamp=0.0, t_world=t_prev)
+    prior = bank_get(state, 0.5, t_cur)
+    torch.testing.assert_close(prior.temp_anchor[0, :, 0], torch.full((4,), -2.0))
+
+
+def test_update_merges_cached_and_top_new_by_raw_logit():
+    prior = bank_get(cached_state(n=2, dim=3), 100.5, np.eye(4))
+    feature = torch.arange(5.0)[None, :, None].expand(1, 5, 3).clone()
+    anchor = torch.arange(5.0)[None, :, None].expand(1, 5, 11).clone()
+    cls = torch.tensor([[[0.0, -5], [3, -5], [-5, -5], [-5, 2], [1, -5]]])  # max logits 0, 3, -5, 2, 1
+    f, a, ids = bank_update(feature, anchor, cls, prior)
+    torch.testing.assert_close(f[:, :2], prior.temp_feature)
+    torch.testing.assert_close(a[:, :2], prior.temp_anchor)
+    assert f[0, 2:, 0].tolist() == [1.0, 3.0, 4.0]  # top 3 of 5, descending
+    assert ids.tolist() == [[10, 11]]
+    # gap > 2 s: nothing merged, carried ids reset
+    prior = bank_get(cached_state(n=2, dim=3), 103.0, np.eye(4))
+    f, a, ids = bank_update(feature, anchor, cls, prior)
+    torch.testing.assert_close(f, feature)
+    assert ids.tolist() == [[-1, -1]]
+
+
+def test_cache_decays_previous_confidence_and_sorts():
+    feature = torch.arange(4.0)[None, :, None]
+    anchor = torch.arange(4.0)[None, :, None].expand(1, 4, 11)
+    cls = torch.logit(torch.tensor([[[0.1], [0.2], [0.7], [0.3]]]))
+    prev = torch.tensor([[0.9, 0.1]])
+    conf, f, a, idx = bank_cache(feature, anchor, cls, prev, num_temp=2, decay=0.6)
+    # row 0: max(0.54, 0.1) = 0.54; row 1: max(0.06, 0.2) = 0.2; rows 2, 3 untouched
+    torch.testing.assert_close(conf, torch.tensor([[0.7, 0.54]]))
+    assert idx.tolist() == [[2, 0]] and f[0, :, 0].tolist() == [2.0, 0.0]
+
+
+def test_assign_ids_keeps_carried_and_numbers_the_rest():
+    ids, nxt = assign_instance_ids(5, torch.tensor([[7, -1]]), next_track_id=20)
+    assert ids.tolist() == [[7, 20, 21, 22, 23]] and nxt == 24
+    ids, nxt = assign_instance_ids(3, None, next_track_id=0)
+    assert ids.tolist() == [[0, 1, 2]] and nxt == 3
+
+
+def test_decode_topk_before_centerness_then_resort():
+    cls = torch.logit(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.7], [0.05, 0.05]]))
+    quality = torch.logit(torch.tensor([[0.1, 0.5], [0.9, 0.5], [0.9, 0.5], [0.99, 0.5]]))
+    pred = torch.zeros(4, 11)
+    pred[:, 0] = torch.arange(4.0)
+    pred[:, 7] = 1.0
+    det = decode_detections(cls, pred, quality, torch.tensor([100, 101, 102, 103]), num_output=3)
+    # top 3 by class prob: rows 0 (0.9), 1 (0.8), 2 (0.7); row 3 never enters despite centerness
+    torch.testing.assert_close(det.scores, torch.tensor([0.72, 0.63, 0.09]))
+    assert det.instance_ids.tolist() == [101, 102, 100]
+    assert det.labels.tolist() == [0, 1, 0]
+    torch.testing.assert_close(det.cls_scores, torch.tensor([0.9, 0.8, 0.7]))  # reference order (pre re-sort)
+    torch.testing.assert_close(det.cls_scores_aligned, torch.tensor([0.8, 0.7, 0.9]))
+    assert det.boxes[:, 0].tolist() == [1.0, 2.0, 0.0]
+
+
+def test_torch_decode_box_matches_numpy():
+    state = np.random.default_rng(2).normal(size=(10, 11)).astype(np.float32)
+    np.testing.assert_allclose(decode_box(torch.from_numpy(state)).numpy(), decode_boxes(state), atol=1e-5, rtol=1e-5)
