@@ -32,6 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sparse-perception = sparse_perception_ros.cli:main",
+            "sensor_check = sparse_perception_ros.ros.sensor_check_node:main",
         ],
     },
 )

@@ -79,7 +79,7 @@ fi
 PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
 # The wheels' CMake exports name the wheel build host's Python include folder: point them at ours.
-grep -rl /opt/python/cp311-cp311/ "$VENV/share" --include='*.cmake' 2>/dev/null | xargs -r sed -i \
+{ grep -rl /opt/python/cp311-cp311/ "$VENV/share" --include='*.cmake' 2>/dev/null || true; } | xargs -r sed -i \
   -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g" \
   -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g"
 
