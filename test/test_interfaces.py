@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
-from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from vision_msgs.msg import Detection3DArray
 
 from sparse_perception_ros.doctor import interface_type_hash
