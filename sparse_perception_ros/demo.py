@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     sensors = make_demo_sensors()
     n_pts = len(sensors.cloud)
     print(f"demo: starting the sensor_check node and publishing a {sensors.rgb.shape[1]}x{sensors.rgb.shape[0]} "
-          f"bgr8 image, its CameraInfo and a {n_pts}-point cloud (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']})")
+          f"bgr8 image, its CameraInfo and a {n_pts}-point cloud")
     t0 = time.monotonic()
     objects, markers, stamps, log = run_sensor_roundtrip(sensors, timeout_s=args.timeout)
     if objects is None or markers is None:
