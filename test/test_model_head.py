@@ -167,9 +167,11 @@ def test_sampling_modes_agree_without_border_samples_and_differ_with_them(head):
     torch.testing.assert_close(out_g.prediction, out_k.prediction, atol=1e-4, rtol=1e-4)
 
 
-def test_state_is_a_plain_value_that_can_be_copied_and_injected(head):
+def test_state_is_a_plain_value_that_can_be_copied_and_injected(head, tmp_path):
     _, s1 = run(head, TemporalState.empty(), T0)
     snapshot = s1.copy()
+    assert snapshot == s1 and snapshot is not s1
+    assert TemporalState.empty() == TemporalState.empty() and TemporalState.empty() != s1
     out_a, _ = run(head, s1, T0 + 0.5, seed=1)
     out_b, _ = run(head, snapshot, T0 + 0.5, seed=1)
     torch.testing.assert_close(out_a.prediction, out_b.prediction, rtol=0, atol=0)
@@ -179,6 +181,10 @@ def test_state_is_a_plain_value_that_can_be_copied_and_injected(head):
                              timestamp=T0, T_world_from_model=np.eye(4), next_track_id=s1.next_track_id)
     out_c, _ = run(head, injected, T0 + 0.5, seed=1)
     torch.testing.assert_close(out_c.prediction, out_a.prediction, rtol=0, atol=0)
+    # saved and restored with weights_only loading
+    path = tmp_path / "state.pt"
+    torch.save(s1.to_dict(), path)
+    assert TemporalState.from_dict(torch.load(path, map_location="cpu", weights_only=True)) == s1
     with pytest.raises(ValueError):
         head.step(make_features(head.cfg.embed_dims, bs=2), *[x.expand(2, *x.shape[1:]) for x in make_cameras()],
                   T0, np.eye(4), TemporalState.empty())

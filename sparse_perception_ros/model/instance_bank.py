@@ -74,6 +74,40 @@ class TemporalState:
         """A deep copy (tensors cloned)."""
         return copy.deepcopy(self)
 
+    def to_dict(self) -> dict[str, torch.Tensor | float | int | None]:
+        """Plain dict of tensors and numbers, loadable with ``torch.load(..., weights_only=True)``."""
+        return {
+            "anchors": self.anchors, "features": self.features, "confidence": self.confidence,
+            "track_ids": self.track_ids, "timestamp": float(self.timestamp),
+            "T_world_from_model": torch.as_tensor(np.asarray(self.T_world_from_model, np.float64)),
+            "next_track_id": int(self.next_track_id),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TemporalState:
+        """Inverse of :meth:`to_dict`."""
+        t = d["T_world_from_model"]
+        t = t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        return cls(d["anchors"], d["features"], d["confidence"], d["track_ids"], float(d["timestamp"]),
+                   t.astype(np.float64), int(d["next_track_id"]))
+
+    def __eq__(self, other: object) -> bool:
+        """Exact equality of every field (tensors compared element-wise, shapes and dtypes included)."""
+        if not isinstance(other, TemporalState):
+            return NotImplemented
+
+        def same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+            if a is None or b is None:
+                return a is None and b is None
+            return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+        return (
+            all(same(getattr(self, n), getattr(other, n)) for n in ("anchors", "features", "confidence", "track_ids"))
+            and self.timestamp == other.timestamp
+            and np.array_equal(self.T_world_from_model, other.T_world_from_model)
+            and self.next_track_id == other.next_track_id
+        )
+
 
 @dataclass
 class BankPrior:
