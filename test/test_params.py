@@ -1,0 +1,75 @@
+"""Parameters: the shipped file validates, every error names its parameter, README table is generated."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparse_perception_ros.params import ParameterError, flatten, load_params, markdown_table, params_from_flat
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((REPO / "config" / "perception.param.yaml").read_text())["/**"]["ros__parameters"]
+
+
+def test_shipped_params_load_into_frozen_dataclass():
+    p = load_params()
+    assert p.sync.max_camera_time_diff == 0.15 and p.temporal.max_time_gap == 2.0
+    assert p.cameras.names[0] == "CAM_FRONT" and isinstance(p.cameras.names, tuple)
+    with pytest.raises(AttributeError):
+        p.qos_depth = 5
+
+
+def test_flat_ros_names_round_trip():
+    flat = flatten(DEFAULT)
+    assert "sync.max_camera_time_diff" in flat and "qos_depth" in flat
+    assert params_from_flat(flat) == load_params()
+
+
+@pytest.mark.parametrize("name,value,needle", [
+    ("sync.max_camera_time_diff", -0.1, "sync.max_camera_time_diff"),
+    ("model.backend", "tensorflow", "model.backend"),
+    ("output.max_detections", 0, "output.max_detections"),
+    ("qos_depth", "one", "qos_depth"),
+    ("sync.trigger", "CAM_SIDE", "sync.trigger"),
+    ("frames.world_frame", "lidar_top", "frames.world_frame"),
+    ("cameras.names", ["A", "A"], "cameras.names"),
+])
+def test_bad_value_is_refused_naming_the_parameter(name, value, needle):
+    flat = flatten(copy.deepcopy(DEFAULT))
+    flat[name] = value
+    with pytest.raises(ParameterError) as err:
+        params_from_flat(flat)
+    assert err.value.name == needle and f"'{needle}'" in str(err.value)
+
+
+def test_missing_parameter_has_no_silent_default():
+    flat = flatten(DEFAULT)
+    del flat["sync.wait_timeout"]
+    with pytest.raises(ParameterError, match="'sync.wait_timeout': is required"):
+        params_from_flat(flat)
+
+
+def test_unknown_parameter_is_refused():
+    flat = flatten(DEFAULT)
+    flat["sync.max_camera_timediff"] = 0.2
+    with pytest.raises(ParameterError, match="'sync.max_camera_timediff': is not a known parameter"):
+        params_from_flat(flat)
+
+
+def test_unreadable_params_file(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("perception:\n  [unclosed")
+    with pytest.raises(ParameterError, match="cannot read"):
+        load_params(bad)
+    bad.write_text("other_node:\n  ros__parameters: {}\n")
+    with pytest.raises(ParameterError, match="no '/\\*\\*'"):
+        load_params(bad)
+
+
+def test_readme_parameter_table_is_the_generated_one():
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- params:begin (generated: python -m sparse_perception_ros.params) -->", "<!-- params:end -->"
+    assert start in readme and end in readme
+    table = readme.split(start)[1].split(end)[0].strip()
+    assert table == markdown_table()
