@@ -199,3 +199,17 @@ def test_decode_topk_before_centerness_then_resort():
 def test_torch_decode_box_matches_numpy():
     state = np.random.default_rng(2).normal(size=(10, 11)).astype(np.float32)
     np.testing.assert_allclose(decode_box(torch.from_numpy(state)).numpy(), decode_boxes(state), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_matches_torch_multihead_attention_with_the_same_weights():
+    from sparse_perception_ros.model.blocks import AttentionLayer
+
+    torch.manual_seed(0)
+    layer = AttentionLayer(32, 4)
+    ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    ref.load_state_dict(layer.attn.state_dict())  # same key names
+    q, k, v = torch.randn(2, 7, 32), torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(q, k, v), q + ref(q, k, v, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+        # missing key -> query, missing value -> key: plain self-attention on the query
+        torch.testing.assert_close(layer(q), q + ref(q, q, q, need_weights=False)[0], atol=1e-5, rtol=1e-5)

@@ -159,7 +159,8 @@ class Sparse4DHead(nn.Module):
         bs = projection_mat.shape[0]
         feature = self.instance_bank.instance_feature[None].expand(bs, -1, -1)
         anchor = self.instance_bank.anchor[None].expand(bs, -1, -1)
-        time_interval = prior.time_interval.expand(bs) if prior.time_interval.numel() == 1 else prior.time_interval
+        time_interval = prior.time_interval.to(projection_mat.device)
+        time_interval = time_interval.expand(bs) if time_interval.numel() == 1 else time_interval
         temp_feature = prior.temp_feature
         anchor_embed = self.anchor_encoder(anchor)
         temp_embed = None if prior.temp_anchor is None else self.anchor_encoder(prior.temp_anchor)
@@ -227,6 +228,7 @@ class Sparse4DHead(nn.Module):
             res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
         )
         ids, next_id = assign_instance_ids(cfg.num_anchor, res.carried_ids, prior.next_track_id, bs=1)
+        ids = ids.to(order.device)
         new_state = TemporalState(
             anchors=cached_anchor,
             features=cached_feature,

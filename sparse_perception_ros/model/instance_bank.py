@@ -154,12 +154,14 @@ def bank_get(
     if state.is_empty:
         ti = torch.tensor([default_time_interval], dtype=torch.float32)
         return BankPrior(None, None, None, ti, None, None, int(state.next_track_id))
-    dt32 = torch.tensor([np.float32(np.float64(timestamp) - np.float64(state.timestamp))], dtype=torch.float32)
+    device = state.anchors.device
+    dt = np.float32(np.float64(timestamp) - np.float64(state.timestamp))
+    dt32 = torch.tensor([dt], dtype=torch.float32, device=device)
     mask = dt32.abs() <= max_time_interval
     t_cur_from_prev = np.linalg.inv(np.asarray(T_world_from_model, np.float64)) @ np.asarray(
         state.T_world_from_model, np.float64
     )
-    t = torch.as_tensor(t_cur_from_prev, dtype=state.anchors.dtype)[None]
+    t = torch.as_tensor(t_cur_from_prev, dtype=state.anchors.dtype, device=device)[None]
     temp_anchor = anchor_projection(state.anchors, t, dt32)
     ti = torch.where((dt32 != 0) & mask, dt32, torch.full_like(dt32, default_time_interval))
     return BankPrior(temp_anchor, state.features, mask, ti, state.confidence, state.track_ids, int(state.next_track_id))
@@ -217,10 +219,11 @@ def assign_instance_ids(
     ``carried_ids``: ``[bs, N_temp]`` (-1 = none) or None. New ids are handed out in ascending
     row order (batch-major) starting at ``next_track_id``. Returns (ids, new next_track_id).
     """
-    ids = torch.full((bs, num_anchor), -1, dtype=torch.int64)
+    device = None if carried_ids is None else carried_ids.device
+    ids = torch.full((bs, num_anchor), -1, dtype=torch.int64, device=device)
     if carried_ids is not None:
         ids[:, : carried_ids.shape[1]] = carried_ids
     new = ids < 0
     count = int(new.sum())
-    ids[new] = torch.arange(next_track_id, next_track_id + count, dtype=torch.int64)
+    ids[new] = torch.arange(next_track_id, next_track_id + count, dtype=torch.int64, device=ids.device)
     return ids, next_track_id + count

@@ -71,57 +71,60 @@ def deformable_aggregation(
 ) -> torch.Tensor:
     """Torch reference of the CUDA ``DeformableAggregation`` op (kernel semantics, see module doc).
 
-    Formulated as one gather: every (sample, level, bilinear corner) becomes a row index into a
-    ``[bs * rows * groups, C / groups]`` table plus a scalar weight (attention weight x bilinear
-    weight x validity), summed per (batch, anchor, group) with ``embedding_bag``.
+    Only samples the kernel keeps (location inside the open unit square) are processed:
+
+    1. per kept sample and level, bilinear interpolation of the 4 neighbours as one
+       ``embedding_bag`` over rows of ``mc_ms_feat`` (out-of-map neighbours get weight 0);
+    2. multiply by the per-group attention weight, sum over levels;
+    3. ``index_add`` into the sample's (batch, anchor) row, which sums over points and cameras.
+
+    Uses ``nonzero`` (data-dependent shapes): for graph export use
+    :func:`deformable_aggregation_grid_sample` with ``drop_outside=True``, which has the same
+    semantics with static shapes.
 
     Returns:
         ``[bs, anchors, C]`` in ``mc_ms_feat``'s dtype.
     """
     bs, num_rows, c = mc_ms_feat.shape
     _, num_anchor, num_pts, num_cams, _ = sampling_location.shape
-    groups = weights.shape[-1]
+    levels, groups = weights.shape[-2], weights.shape[-1]
     if weights.shape[:4] != (bs, num_anchor, num_pts, num_cams):
         raise ValueError(f"weights {tuple(weights.shape)} do not match locations {tuple(sampling_location.shape)}")
     if c % groups != 0:
         raise ValueError(f"channels {c} not divisible by groups {groups}")
-    dtype = mc_ms_feat.dtype
+    if spatial_shape.shape[:2] != (num_cams, levels):
+        raise ValueError(f"spatial_shape {tuple(spatial_shape.shape)} does not match cams {num_cams} x levels {levels}")
+    dtype, device = mc_ms_feat.dtype, mc_ms_feat.device
     loc = sampling_location.to(dtype)
-    valid = kernel_valid_mask(loc).to(dtype)  # [bs, A, P, cams]
-    x, y = loc[..., 0], loc[..., 1]
+    b_i, a_i, p_i, c_i = kernel_valid_mask(loc).nonzero(as_tuple=True)  # kept samples, S of them
+    x = loc[b_i, a_i, p_i, c_i, 0]
+    y = loc[b_i, a_i, p_i, c_i, 1]
+    hi = spatial_shape[c_i, :, 0].to(device)  # [S, levels]
+    wi = spatial_shape[c_i, :, 1].to(device)
+    h_im = y[:, None] * hi.to(dtype) - 0.5
+    w_im = x[:, None] * wi.to(dtype) - 0.5
+    h0f, w0f = torch.floor(h_im), torch.floor(w_im)
+    lh, lw = h_im - h0f, w_im - w0f
+    h0, w0 = h0f.long(), w0f.long()
+    base = scale_start_index[c_i].to(device) + b_i[:, None] * num_rows  # [S, levels]
 
-    hs = spatial_shape[..., 0].to(dtype)  # [cams, levels]
-    ws = spatial_shape[..., 1].to(dtype)
-    # positions in pixels, [bs, A, P, cams, levels]
-    h_im = y[..., None] * hs - 0.5
-    w_im = x[..., None] * ws - 0.5
-    h0 = torch.floor(h_im)
-    w0 = torch.floor(w_im)
-    lh, lw = h_im - h0, w_im - w0
-    h0, w0 = h0.long(), w0.long()
-    hi, wi = spatial_shape[..., 0], spatial_shape[..., 1]
-
-    idx_list, bw_list = [], []
+    rows, bws = [], []
     for dh, dw in ((0, 0), (0, 1), (1, 0), (1, 1)):
         hh, ww = h0 + dh, w0 + dw
         inside = (hh >= 0) & (hh < hi) & (ww >= 0) & (ww < wi)
-        bw = (lh if dh else 1 - lh) * (lw if dw else 1 - lw) * inside.to(dtype)
-        idx = scale_start_index + hh.clamp(min=0) * wi + ww.clamp(min=0)
-        idx = torch.where(inside, idx, torch.zeros_like(idx))
-        idx_list.append(idx)
-        bw_list.append(bw)
-    idx = torch.stack(idx_list, dim=-1)  # [bs, A, P, cams, levels, 4]
-    bw = torch.stack(bw_list, dim=-1) * valid[..., None, None]
-
-    # per group: [bs, A, P, cams, levels, 4, G]
-    w_full = bw[..., None] * weights.to(dtype)[..., None, :]
-    batch_off = (torch.arange(bs, dtype=torch.int64) * num_rows).view(bs, 1, 1, 1, 1, 1)
-    rows = (idx + batch_off)[..., None] * groups + torch.arange(groups, dtype=torch.int64)
-    # bags are (b, anchor, group); entries are (pts, cams, levels, corners)
-    rows = rows.permute(0, 1, 6, 2, 3, 4, 5).reshape(bs * num_anchor * groups, -1)
-    w_full = w_full.permute(0, 1, 6, 2, 3, 4, 5).reshape(bs * num_anchor * groups, -1)
-    table = mc_ms_feat.reshape(bs * num_rows * groups, c // groups)
-    out = F.embedding_bag(rows, table, per_sample_weights=w_full, mode="sum")
+        bw = (lh if dh else 1 - lh) * (lw if dw else 1 - lw)
+        bws.append(torch.where(inside, bw, torch.zeros_like(bw)))
+        rows.append(torch.where(inside, base + hh * wi + ww, torch.zeros_like(base)))
+    rows_t = torch.stack(rows, dim=-1).reshape(-1, 4)  # [S * levels, 4]
+    bw_t = torch.stack(bws, dim=-1).reshape(-1, 4)
+    sampled = F.embedding_bag(rows_t, mc_ms_feat.reshape(bs * num_rows, c), per_sample_weights=bw_t, mode="sum")
+    sampled = sampled.reshape(-1, levels, groups, c // groups)  # [S, levels, G, C/G]
+    w = weights[b_i, a_i, p_i, c_i].to(dtype)  # [S, levels, G]
+    contrib = sampled[:, 0] * w[:, 0, :, None]
+    for lvl in range(1, levels):
+        contrib = contrib + sampled[:, lvl] * w[:, lvl, :, None]  # [S, G, C/G]
+    out = torch.zeros(bs * num_anchor, groups, c // groups, dtype=dtype, device=device)
+    out.index_add_(0, b_i * num_anchor + a_i, contrib)
     return out.reshape(bs, num_anchor, c)
 
 
