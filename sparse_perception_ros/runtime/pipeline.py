@@ -1,0 +1,202 @@
+"""``detections, state = pipeline.step(frame, state)``: the only thing the node calls (ROS-free).
+
+Flow per frame: reset rules -> preprocess (resize/crop/normalise, projection matrices with the
+same transform folded in, masked cameras neutralised) -> model step (backbone, head, instance
+bank, track ids) -> score filter -> :class:`Detections` in the model frame.
+
+The temporal state is an explicit value (:class:`PipelineState`): the model's
+:class:`~sparse_perception_ros.model.TemporalState` plus the bookkeeping the reset rules need.
+Reset rules (DESIGN.md): a backward time jump, a gap over ``max_time_gap``, a missing ego pose,
+and a change of camera set or calibration. A reset keeps ``next_track_id``, so track ids stay
+unique for the pipeline's lifetime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from sparse_perception_ros.model import TemporalState, preprocess_images
+
+__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS"]
+
+RESET_REASONS = ("time_jump_backward", "time_gap", "missing_ego_pose", "calibration_changed")
+
+# A projection that sends every point far to the left of / above the image: with the kernel's
+# sampling rule (locations outside (0, 1) are dropped) and with zero-padded grid_sample alike,
+# a masked camera then contributes nothing.
+_MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+
+
+@dataclass
+class Frame:
+    """One synchronised multi-sensor frame, already converted from messages.
+
+    Attributes:
+        stamp_ns: reference stamp (the trigger's), integer ns.
+        images: ``N_cam`` entries ``(H, W, 3) uint8`` RGB, or None for a missing camera.
+        K: ``(N_cam, 3, 3)`` float64 intrinsics of the images as given (pixels).
+        T_cam_from_model: ``(N_cam, 4, 4)`` float64 model frame -> camera optical frame.
+        present: ``(N_cam,)`` bool; False masks a camera (image missing, stale or refused).
+        T_world_from_model: ``(4, 4)`` float64 pose of the model frame at ``stamp_ns`` in a
+            fixed world frame (e.g. odom), or None when unknown (resets the temporal state).
+        points: ``(N, >=4)`` float32 x, y, z, intensity[, dt] in the model frame, or None.
+        camera_stamps_ns: ``(N_cam,)`` int64 stamp of each image, -1 where missing.
+    """
+
+    stamp_ns: int
+    images: list[np.ndarray | None]
+    K: np.ndarray
+    T_cam_from_model: np.ndarray
+    present: np.ndarray
+    T_world_from_model: np.ndarray | None
+    points: np.ndarray | None = None
+    camera_stamps_ns: np.ndarray | None = None
+
+    def calibration_signature(self) -> str:
+        """Changes when the camera count, an intrinsic or an extrinsic changes (1e-6 resolution)."""
+        h = hashlib.sha1()
+        h.update(np.int64(len(self.images)).tobytes())
+        h.update(np.round(np.asarray(self.K, dtype=np.float64), 6).tobytes())
+        h.update(np.round(np.asarray(self.T_cam_from_model, dtype=np.float64), 6).tobytes())
+        return h.hexdigest()
+
+
+@dataclass
+class Detections:
+    """Published result of one frame, model frame, sorted by descending score.
+
+    Attributes:
+        stamp_ns: the frame's reference stamp.
+        boxes: ``(N, 10)`` float32 ``[x, y, z, size_heading, size_lateral, size_z, yaw, vx, vy, vz]``,
+            metres / rad / m/s (box centre; yaw counter-clockwise from the model frame's +x).
+        scores: ``(N,)`` float32; labels ``(N,)`` int64 class index; track_ids ``(N,)`` int64.
+        reset: the reset rule that fired before this frame, or None.
+        timings_ms: per-stage wall time (``preprocess``, ``infer``, ``decode``).
+    """
+
+    stamp_ns: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    track_ids: np.ndarray
+    reset: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineState:
+    """Everything carried from one frame to the next. ``PipelineState.empty()`` is the reset."""
+
+    temporal: TemporalState
+    last_stamp_ns: int | None = None
+    calibration: str | None = None
+
+    @classmethod
+    def empty(cls, next_track_id: int = 0) -> PipelineState:
+        return cls(temporal=TemporalState.empty(next_track_id=next_track_id))
+
+
+class Pipeline:
+    """Preprocess -> model step -> filter.
+
+    Args:
+        model: an object with ``cfg.input_wh`` / ``cfg.head.num_cams`` and
+            ``step(img, projection_mat, image_wh, timestamp, T_world_from_model, state)``
+            (e.g. :class:`~sparse_perception_ros.model.full.Sparse4DModel`).
+        class_names: names of the label indices.
+        score_threshold: boxes scoring below are dropped.
+        max_detections: at most this many boxes per frame.
+        max_time_gap_s: a larger gap between frames resets the temporal state.
+        resize_method: image resize (``"pil_bicubic"`` = reference; ``"cv2_area"`` faster).
+    """
+
+    def __init__(self, model, class_names, score_threshold: float = 0.3, max_detections: int = 300,
+                 max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic"):
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        if max_time_gap_s <= 0:
+            raise ValueError(f"max_time_gap_s must be positive, got {max_time_gap_s}")
+        self.model = model
+        self.class_names = tuple(class_names)
+        self.score_threshold = float(score_threshold)
+        self.max_detections = int(max_detections)
+        self.max_time_gap_ns = int(round(max_time_gap_s * 1e9))
+        self.resize_method = resize_method
+        self.input_wh = tuple(model.cfg.input_wh)
+        self.num_cams = int(model.cfg.head.num_cams)
+
+    # ---------------------------------------------------------------------------------- rules
+    def reset_reason(self, frame: Frame, state: PipelineState) -> str | None:
+        """Which reset rule (if any) applies before running ``frame`` on ``state``."""
+        if frame.T_world_from_model is None:
+            return "missing_ego_pose"
+        if state.last_stamp_ns is not None:
+            if frame.stamp_ns < state.last_stamp_ns:
+                return "time_jump_backward"
+            if frame.stamp_ns - state.last_stamp_ns > self.max_time_gap_ns:
+                return "time_gap"
+        if state.calibration is not None and frame.calibration_signature() != state.calibration:
+            return "calibration_changed"
+        return None
+
+    def _check(self, frame: Frame) -> None:
+        n = len(frame.images)
+        if n != self.num_cams:
+            raise ValueError(f"frame has {n} cameras, the model expects {self.num_cams}")
+        if np.shape(frame.K) != (n, 3, 3) or np.shape(frame.T_cam_from_model) != (n, 4, 4):
+            raise ValueError(f"K must be ({n}, 3, 3) and T_cam_from_model ({n}, 4, 4), got "
+                             f"{np.shape(frame.K)} and {np.shape(frame.T_cam_from_model)}")
+        if np.shape(frame.present) != (n,):
+            raise ValueError(f"present must be ({n},), got {np.shape(frame.present)}")
+
+    # ---------------------------------------------------------------------------------- step
+    def preprocess(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Network inputs: ``img [1, N, 3, H, W]``, ``projection_mat [1, N, 4, 4]``, ``image_wh [1, N, 2]``."""
+        w, h = self.input_wh
+        present = np.asarray(frame.present, dtype=bool) & np.array([im is not None for im in frame.images])
+        images = [im if ok else np.zeros((h, w, 3), dtype=np.uint8) for im, ok in zip(frame.images, present,
+                                                                                      strict=True)]
+        K4 = np.tile(np.eye(4), (len(images), 1, 1))
+        K4[:, :3, :3] = frame.K
+        lidar2img = K4 @ np.asarray(frame.T_cam_from_model, dtype=np.float64)
+        img, proj, wh = preprocess_images(images, lidar2img, input_wh=self.input_wh, channel_order="rgb",
+                                          method=self.resize_method)
+        if not present.all():
+            proj[0, ~torch.from_numpy(present)] = torch.from_numpy(_MASKED_PROJECTION).float()
+        return img, proj, wh
+
+    def step(self, frame: Frame, state: PipelineState) -> tuple[Detections, PipelineState]:
+        """Run one frame. Returns the detections (model frame) and the next state."""
+        self._check(frame)
+        reason = self.reset_reason(frame, state)
+        temporal = TemporalState.empty(state.temporal.next_track_id) if reason else state.temporal
+        t0 = time.perf_counter()
+        img, proj, wh = self.preprocess(frame)
+        t1 = time.perf_counter()
+        pose = frame.T_world_from_model if frame.T_world_from_model is not None else np.eye(4)
+        out, next_temporal = self.model.step(img, proj, wh, frame.stamp_ns * 1e-9, pose, temporal)
+        t2 = time.perf_counter()
+        keep = out.scores >= self.score_threshold
+        idx = torch.nonzero(keep).flatten()[: self.max_detections]
+        det = Detections(
+            stamp_ns=int(frame.stamp_ns),
+            boxes=out.boxes[idx].detach().cpu().numpy().astype(np.float32),
+            scores=out.scores[idx].detach().cpu().numpy().astype(np.float32),
+            labels=out.labels[idx].detach().cpu().numpy().astype(np.int64),
+            track_ids=out.instance_ids[idx].detach().cpu().numpy().astype(np.int64),
+            reset=reason,
+        )
+        if frame.T_world_from_model is None:  # no pose: nothing can be carried to the next frame
+            next_temporal = TemporalState.empty(next_temporal.next_track_id)
+        t3 = time.perf_counter()
+        det.timings_ms = {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
+        new_state = replace(state, temporal=next_temporal, last_stamp_ns=int(frame.stamp_ns),
+                            calibration=frame.calibration_signature())
+        return det, new_state

@@ -1,0 +1,123 @@
+"""Pipeline.step: reset rules, masked cameras, filtering, id bookkeeping (tiny preset, random weights)."""
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
+from sparse_perception_ros.model import CLASS_NAMES, build_model
+from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineState
+
+S = 1_000_000_000
+T0 = 1_533_151_603_547_590_000
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    return Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=20)
+
+
+def make_frame(stamp_ns=T0, seed=0, pose_x=0.0, present=None, size=(160, 90)) -> Frame:
+    """Six cameras around a LIDAR_TOP-like frame (x right, y forward), nuScenes-like intrinsics."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yaws = np.deg2rad([0, -55, 55, 180, 110, -110])
+    K = np.tile(np.array([[0.8 * w, 0, w / 2], [0, 0.8 * w, h / 2], [0, 0, 1.0]]), (6, 1, 1))
+    T = []
+    for yaw in yaws:  # camera optical frame: z forward, x right, y down; "forward" = model +y rotated by yaw
+        fwd = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
+        right = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+        down = np.array([0.0, 0.0, -1.0])
+        R = np.stack([right, down, fwd])  # rows: camera axes in model coordinates
+        T.append(make_transform(R, -R @ np.array([0.0, 0.5, -0.3])))
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(6)]
+    return Frame(stamp_ns=stamp_ns, images=images, K=K, T_cam_from_model=np.stack(T),
+                 present=np.ones(6, bool) if present is None else np.asarray(present),
+                 T_world_from_model=make_transform(quat_from_yaw(0.0), [pose_x, 0.0, 0.0]))
+
+
+def test_first_frame_and_continuation(pipeline):
+    det, state = pipeline.step(make_frame(), PipelineState.empty())
+    assert det.reset is None and det.stamp_ns == T0
+    assert det.boxes.shape == (20, 10) and det.boxes.dtype == np.float32 and np.isfinite(det.boxes).all()
+    assert len(set(det.track_ids.tolist())) == len(det.track_ids)  # unique within a message
+    assert (np.diff(det.scores) <= 0).all()
+    assert set(det.timings_ms) == {"preprocess", "infer", "decode"}
+    det2, state2 = pipeline.step(make_frame(T0 + S // 2, pose_x=1.0), state)
+    assert det2.reset is None and state2.last_stamp_ns == T0 + S // 2
+    assert state2.temporal.next_track_id >= state.temporal.next_track_id
+    carried = set(state.temporal.track_ids[0].tolist()) - {-1}
+    assert carried & set(state2.temporal.track_ids[0].tolist())  # ids are carried by the bank
+
+
+@pytest.mark.parametrize("stamp,reason", [(T0 - S, "time_jump_backward"), (T0 + 3 * S, "time_gap")])
+def test_time_rules_reset_but_keep_ids_unique(pipeline, stamp, reason):
+    _, state = pipeline.step(make_frame(), PipelineState.empty(next_track_id=1000))
+    used = state.temporal.next_track_id
+    det, new = pipeline.step(make_frame(stamp), state)
+    assert det.reset == reason
+    assert (det.track_ids >= used).all()  # after a reset every id is new: never reused
+
+
+def test_missing_ego_pose_resets_and_carries_nothing(pipeline):
+    _, state = pipeline.step(make_frame(), PipelineState.empty())
+    frame = make_frame(T0 + S // 2)
+    frame.T_world_from_model = None
+    det, new = pipeline.step(frame, state)
+    assert det.reset == "missing_ego_pose" and new.temporal.is_empty
+    assert new.temporal.next_track_id > state.temporal.next_track_id
+
+
+def test_calibration_change_resets(pipeline):
+    _, state = pipeline.step(make_frame(), PipelineState.empty())
+    frame = make_frame(T0 + S // 2)
+    frame.K = frame.K.copy()
+    frame.K[2, 0, 0] *= 1.1
+    det, _ = pipeline.step(frame, state)
+    assert det.reset == "calibration_changed"
+
+
+def test_masked_camera_content_has_no_effect(pipeline):
+    a = make_frame(present=[True, True, False, True, True, True])
+    b = make_frame(present=[True, True, False, True, True, True])
+    b.images[2] = 255 - b.images[2]  # the masked camera's pixels change completely
+    c = make_frame()  # same images, camera 2 present
+    c.images[2] = b.images[2]
+    da, _ = pipeline.step(a, PipelineState.empty())
+    db, _ = pipeline.step(b, PipelineState.empty())
+    dc, _ = pipeline.step(c, PipelineState.empty())
+    np.testing.assert_array_equal(da.boxes, db.boxes)
+    np.testing.assert_array_equal(da.scores, db.scores)
+    assert not np.array_equal(db.scores, dc.scores)  # when present, that camera does matter
+
+
+def test_missing_image_is_masked_like_absent(pipeline):
+    a = make_frame(present=[True] * 5 + [False])
+    b = make_frame()
+    b.images[5] = None
+    da, _ = pipeline.step(a, PipelineState.empty())
+    db, _ = pipeline.step(b, PipelineState.empty())
+    np.testing.assert_array_equal(da.scores, db.scores)
+
+
+def test_score_threshold_and_limits():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    full, _ = Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=32).step(make_frame(),
+                                                                                       PipelineState.empty())
+    thr = float(np.median(full.scores))
+    cut, _ = Pipeline(model, CLASS_NAMES, score_threshold=thr, max_detections=5).step(make_frame(),
+                                                                                     PipelineState.empty())
+    assert len(cut.scores) == min(5, int((full.scores >= thr).sum())) and (cut.scores >= thr).all()
+    np.testing.assert_array_equal(cut.boxes, full.boxes[: len(cut.boxes)])
+    with pytest.raises(ValueError, match="score_threshold"):
+        Pipeline(model, CLASS_NAMES, score_threshold=1.5)
+
+
+def test_wrong_camera_count_is_refused(pipeline):
+    frame = make_frame()
+    frame.images = frame.images[:5]
+    with pytest.raises(ValueError, match="5 cameras"):
+        pipeline.step(frame, PipelineState.empty())
