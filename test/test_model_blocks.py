@@ -213,3 +213,53 @@ def test_attention_matches_torch_multihead_attention_with_the_same_weights():
         torch.testing.assert_close(layer(q, k, v), q + ref(q, k, v, need_weights=False)[0], atol=1e-5, rtol=1e-5)
         # missing key -> query, missing value -> key: plain self-attention on the query
         torch.testing.assert_close(layer(q), q + ref(q, q, q, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+
+
+def _reference_fallback_dfa(dfa, feat, anchor, embed, maps, proj, wh):
+    """The reference's pure-torch DFA path, written out on its own layouts (no kernel permutes):
+    grid_sample per level -> [bs, A, cams, levels, pts, C], weights [bs, A, cams, levels, pts, G]."""
+    from sparse_perception_ros.model.dfa import project_points
+
+    bs, num_anchor = feat.shape[:2]
+    kp = dfa.kps_generator(anchor, feat)
+    weights = dfa.attention_weights(feat, embed, proj)
+    pts = project_points(kp, proj, wh) * 2 - 1  # [bs, cams, A, P, 2]
+    sampled = torch.stack(
+        [torch.nn.functional.grid_sample(fm.flatten(0, 1), pts.flatten(0, 1), align_corners=False) for fm in maps],
+        dim=1,
+    )  # [bs * cams, levels, C, A, P]
+    cams, levels, c = proj.shape[1], len(maps), feat.shape[-1]
+    sampled = sampled.reshape(bs, cams, levels, c, num_anchor, -1).permute(0, 4, 1, 2, 5, 3)
+    g = dfa.num_groups
+    fused = (weights[..., None] * sampled.reshape(*sampled.shape[:-1], g, c // g)).sum(2).sum(2)
+    fused = fused.reshape(bs, num_anchor, -1, c).sum(2)
+    return torch.cat([dfa.output_proj(fused), feat], dim=-1)
+
+
+def test_dfa_grid_sample_mode_reproduces_the_reference_fallback_layouts():
+    from sparse_perception_ros.model.dfa import FeatureInputs, project_points
+    from sparse_perception_ros.ops.deformable_aggregation import kernel_valid_mask
+
+    torch.manual_seed(1)
+    dfa = DeformableFeatureAggregation(embed_dims=16, num_groups=4, num_levels=2, num_cams=3, num_learnable_pts=2,
+                                       sampling="grid_sample")
+    torch.nn.init.normal_(dfa.weights_fc.weight, std=0.5)
+    bs, num_anchor = 2, 6
+    feat, embed = torch.randn(bs, num_anchor, 16), torch.randn(bs, num_anchor, 16)
+    anchor = torch.zeros(bs, num_anchor, 11)
+    anchor[..., 0:2] = torch.randn(bs, num_anchor, 2) * 3
+    anchor[..., 1] += 6.0  # in front of the cameras below
+    anchor[..., 7] = 1.0
+    proj = torch.zeros(bs, 3, 4, 4)
+    for cam in range(3):  # cameras looking along +y with different horizontal offsets
+        proj[:, cam] = torch.tensor([[20.0, 16.0, 0, 8.0 * cam], [0, 8.0, -20.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+    wh = torch.tensor([32.0, 16.0]).expand(bs, 3, 2)
+    maps = [torch.randn(bs, 3, 16, 4, 8), torch.randn(bs, 3, 16, 2, 4)]
+    with torch.no_grad():
+        ours = dfa(feat, anchor, embed, FeatureInputs(maps), proj, wh)
+        ref = _reference_fallback_dfa(dfa, feat, anchor, embed, maps, proj, wh)
+        inside = kernel_valid_mask(project_points(dfa.kps_generator(anchor, feat), proj, wh))
+        empty = dfa(feat, anchor, embed, FeatureInputs([torch.zeros_like(m) for m in maps]), proj, wh)
+    assert inside.float().mean() > 0.2  # the check samples real features, not only padding
+    assert (ours - empty).abs().max() > 1e-2
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

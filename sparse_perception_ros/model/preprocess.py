@@ -21,6 +21,8 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_crop_image", "preprocess_ima
 
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # RGB
 IMAGENET_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+# mmcv.imnormalize multiplies by 1/std computed in float64; copy that rounding.
+_STD_INV = (1.0 / np.array([58.395, 57.12, 57.375], dtype=np.float64)).astype(np.float32)
 
 
 def resize_crop_image(image: np.ndarray, rc: ResizeCrop, method: str = "pil_bicubic") -> np.ndarray:
@@ -73,7 +75,7 @@ def preprocess_images(
         out = resize_crop_image(image, rc, method).astype(np.float32)
         if channel_order == "bgr":
             out = out[..., ::-1]
-        imgs.append((out - IMAGENET_MEAN) / IMAGENET_STD)
+        imgs.append((out - IMAGENET_MEAN) * _STD_INV)
         mats.append(adjust_projection(p, rc))
     img = torch.from_numpy(np.ascontiguousarray(np.stack(imgs).transpose(0, 3, 1, 2)))[None]
     projection_mat = torch.from_numpy(np.stack(mats).astype(np.float32))[None]
