@@ -15,7 +15,7 @@ DEFAULT = yaml.safe_load((REPO / "config" / "perception.param.yaml").read_text()
 def test_shipped_params_load_into_frozen_dataclass():
     p = load_params()
     assert p.sync.max_camera_time_diff == 0.15 and p.temporal.max_time_gap == 2.0
-    assert p.cameras.names[0] == "CAM_FRONT" and isinstance(p.cameras.names, tuple)
+    assert p.cameras.names[0] == "front" and isinstance(p.cameras.names, tuple)
     with pytest.raises(AttributeError):
         p.qos_depth = 5
 

@@ -58,7 +58,9 @@ def test_mismatched_lengths_and_bad_box_shape_raise():
 def test_markers_layout():
     boxes, scores, labels, ids = sample(4)
     markers = detections_to_markers(boxes, scores, labels, ids, CLASSES, 1, "base_link").markers
-    assert markers[0].action == Marker.DELETEALL and len(markers) == 1 + 3 * 4
+    moving = int((np.hypot(boxes[:, 7], boxes[:, 8]) > 0.2).sum())
+    assert markers[0].action == Marker.DELETEALL and len(markers) == 1 + 3 * 4 + moving
+    assert len([m for m in markers if m.ns == "velocities"]) == moving
     for ns, kind in (("boxes", Marker.LINE_LIST), ("headings", Marker.ARROW), ("labels", Marker.TEXT_VIEW_FACING)):
         group = [m for m in markers if m.ns == ns]
         assert [m.id for m in group] == [0, 1, 2, 3] and all(m.type == kind for m in group)
@@ -78,3 +80,16 @@ def test_box_corners_axis_aligned_and_rotated():
     np.testing.assert_allclose(c.max(axis=0), [3.0, 3.0, 3.5])
     r = box_corners(np.array([[0.0, 0.0, 0.0, 4.0, 2.0, 1.0, np.pi / 2]]))[0]
     np.testing.assert_allclose(np.abs(r[:, :2]).max(axis=0), [1.0, 2.0], atol=1e-12)  # length now along y
+
+
+def test_velocity_rides_in_a_second_hypothesis():
+    boxes, scores, labels, ids = sample(2)
+    boxes[1, 7:10] = [3.0, -4.0, 0.0]
+    msg = detections_to_msg(boxes, scores, labels, ids, CLASSES, 1, "base_link")
+    det = msg.detections[1]
+    assert det.results[0].hypothesis.class_id == CLASSES[labels[1]]  # class first, always
+    vel = det.results[1]
+    assert vel.hypothesis.class_id == "velocity" and vel.hypothesis.score == pytest.approx(5.0)
+    assert (vel.pose.pose.position.x, vel.pose.pose.position.y) == (3.0, -4.0)
+    seven = detections_to_msg(boxes[:, :7], scores, labels, ids, CLASSES, 1, "base_link")
+    assert all(len(d.results) == 1 for d in seven.detections)  # no velocity column, no velocity hypothesis

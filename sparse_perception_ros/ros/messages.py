@@ -4,6 +4,12 @@ Box layout (the decoder's, see ``docs/model.md``): ``boxes (N, >=7) float``
 ``[x, y, z, size_heading, size_lateral, size_z, yaw, (vx, vy, vz)]`` in the message frame,
 metres / radians. ``size_heading`` is the extent along the box's heading (its local x), so it
 maps to ``BoundingBox3D.size.x``; z is the box centre.
+
+Velocity (vision_msgs has no field for it): when boxes have 10 columns, each Detection3D gets a
+**second** hypothesis after the class one, ``class_id="velocity"``, ``score`` = speed (m/s),
+``pose.pose.position`` = (vx, vy, vz) in the message frame, m/s. ``results[0]`` is always the
+class hypothesis, so consumers that read the best hypothesis are unaffected. Markers draw it as
+an arrow (ns ``velocities``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import numpy as np
 from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.convert import ns_to_stamp
 
-__all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "detections_to_msg", "detections_to_markers", "box_corners"]
+__all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers",
+           "box_corners"]
 
 # RGB in [0, 1], one per nuScenes detection class; unknown labels get grey.
 CLASS_COLORS: dict[str, tuple[float, float, float]] = {
@@ -29,7 +36,8 @@ CLASS_COLORS: dict[str, tuple[float, float, float]] = {
     "traffic_cone": (0.18, 0.31, 0.31),
 }
 _UNKNOWN_COLOR = (0.6, 0.6, 0.6)
-MARKER_NAMESPACES = ("boxes", "headings", "labels")
+MARKER_NAMESPACES = ("boxes", "headings", "labels", "velocities")
+VELOCITY_HYPOTHESIS = "velocity"
 
 # The 12 edges of a box as pairs of corner indices (corners ordered as box_corners returns).
 _EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
@@ -95,7 +103,15 @@ def detections_to_msg(boxes, scores, labels, track_ids, class_names, stamp_ns: i
         name = class_names[label] if 0 <= label < len(class_names) else "unknown"
         hyp = ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=name, score=float(scores[i])))
         hyp.pose.pose = pose
-        det = Detection3D(header=header, results=[hyp],
+        results = [hyp]
+        if b.shape[1] >= 10:
+            v = b[i, 7:10]
+            vel = ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=VELOCITY_HYPOTHESIS,
+                                                                       score=float(np.linalg.norm(v))))
+            vel.pose.pose.position = Point(x=float(v[0]), y=float(v[1]), z=float(v[2]))
+            vel.pose.pose.orientation.w = 1.0
+            results.append(vel)
+        det = Detection3D(header=header, results=results,
                           bbox=BoundingBox3D(center=pose, size=Vector3(x=float(b[i, 3]), y=float(b[i, 4]),
                                                                        z=float(b[i, 5]))),
                           id=str(int(track_ids[i])) if int(track_ids[i]) >= 0 else "")
@@ -110,8 +126,9 @@ def detections_to_markers(boxes, scores, labels, track_ids, class_names, stamp_n
 
     The array starts with one DELETEALL marker, then per object (marker id = row index, so
     ids are stable within a message): a LINE_LIST box coloured by class (ns ``boxes``), an
-    ARROW from the centre along the heading (ns ``headings``), and a TEXT_VIEW_FACING label
-    ``"<class> <track id> <score>"`` above the box (ns ``labels``).
+    ARROW from the centre along the heading (ns ``headings``), a TEXT_VIEW_FACING label
+    ``"<class> <track id> <score>"`` above the box (ns ``labels``), and, for 10-column boxes
+    moving faster than 0.2 m/s, an ARROW showing one second of motion (ns ``velocities``).
     """
     from builtin_interfaces.msg import Duration
     from geometry_msgs.msg import Point, Vector3
@@ -146,4 +163,11 @@ def detections_to_markers(boxes, scores, labels, track_ids, class_names, stamp_n
         text.pose.position = Point(x=centre.x, y=centre.y, z=centre.z + 0.5 * float(b[i, 5]) + 0.5)
         text.pose.orientation.w = 1.0
         markers.extend([box, arrow, text])
+        if b.shape[1] >= 10 and float(np.hypot(b[i, 7], b[i, 8])) > 0.2:
+            end = Point(x=centre.x + float(b[i, 7]), y=centre.y + float(b[i, 8]), z=centre.z + float(b[i, 9]))
+            vel = Marker(header=header, ns="velocities", id=i, type=Marker.ARROW, action=Marker.ADD, lifetime=life,
+                         scale=Vector3(x=0.08, y=0.16, z=0.16), color=ColorRGBA(r=0.2, g=1.0, b=0.2, a=1.0),
+                         points=[centre, end])
+            vel.pose.orientation.w = 1.0
+            markers.append(vel)
     return MarkerArray(markers=markers)
