@@ -185,6 +185,10 @@ def test_state_is_a_plain_value_that_can_be_copied_and_injected(head, tmp_path):
     path = tmp_path / "state.pt"
     torch.save(s1.to_dict(), path)
     assert TemporalState.from_dict(torch.load(path, map_location="cpu", weights_only=True)) == s1
+    bad = s1.copy()
+    bad.features = bad.features[:, :10]
+    with pytest.raises(ValueError, match="state.features"):
+        run(head, bad, T0 + 0.5)
     with pytest.raises(ValueError):
         head.step(make_features(head.cfg.embed_dims, bs=2), *[x.expand(2, *x.shape[1:]) for x in make_cameras()],
                   T0, np.eye(4), TemporalState.empty())

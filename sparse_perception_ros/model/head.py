@@ -222,6 +222,15 @@ class Sparse4DHead(nn.Module):
         if t_world.shape != (4, 4):
             raise ValueError(f"T_world_from_model must be (4, 4), got {t_world.shape}")
         cfg = self.cfg
+        if not state.is_empty:
+            n, e = cfg.num_temp_instances, cfg.embed_dims
+            expected = {"anchors": (1, n, 11), "features": (1, n, e), "confidence": (1, n), "track_ids": (1, n)}
+            for name, shape in expected.items():
+                value = getattr(state, name)
+                if value is not None and tuple(value.shape) != shape:
+                    raise ValueError(f"state.{name} has shape {tuple(value.shape)}, this head expects {shape}")
+            if state.features is None or state.confidence is None:
+                raise ValueError("a non-empty state needs anchors, features and confidence")
         prior = bank_get(state, float(timestamp), t_world, cfg.max_time_interval, cfg.default_time_interval)
         res = self.forward_frame(feature_maps, projection_mat.float(), image_wh.float(), prior)
         conf, cached_feature, cached_anchor, order = bank_cache(
