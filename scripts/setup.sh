@@ -10,6 +10,7 @@
 # returns in about a second (it compares a hash of the inputs with a stamp in the venv).
 #
 # Environment: VENV (default ./.venv), PYTHON (default python3.11, then python3), FORCE=1 to redo.
+# `scripts/setup.sh --check` only reports (exit 0: up to date, 1: a run would change something).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +29,10 @@ inputs_hash() {
       $(find interfaces -type f | sort) 2>/dev/null) | sha256sum | cut -d' ' -f1
 }
 HASH=$(inputs_hash)
+if [[ "${1:-}" == "--check" ]]; then
+  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then say "environment up to date ($VENV)"; exit 0; fi
+  say "environment is stale or missing: run scripts/setup.sh (or make setup)"; exit 1
+fi
 if [[ "${FORCE:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" && -x "$VENV/bin/python" ]]; then
   if "$VENV/bin/python" -c 'import rclpy, torch, vision_msgs.msg, tf2_msgs.msg, sparse_perception_ros' 2>/dev/null; then
     say "environment up to date ($VENV)"

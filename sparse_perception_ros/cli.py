@@ -21,6 +21,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("sparse_perception_ros.doctor", "print what is installed: ROS, rmw, messages, ML stack, GPU"),
     "demo": ("sparse_perception_ros.demo", "run the end-to-end demo on the bundled default"),
+    "launch": ("sparse_perception_ros.ros.launcher", "start a node set of launch/ without ros2 launch"),
 }
 
 

@@ -40,6 +40,7 @@ class ModelParams:
     backend: str
     device: str
     sampling: str
+    num_threads: int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""The perception node with its parameters and topic remaps (real ROS 2 installs).
+
+    ros2 launch sparse_perception_ros perception.launch.py [params_file:=...] [checkpoint:=...]
+        [backend:=torch|onnxruntime|tensorrt] [namespace:=...]
+
+The same node set starts without ros2 launch via ``sparse-perception launch perception``; both
+read sparse_perception_ros.launch_manifest, so nodes, parameter files and remaps agree.
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from sparse_perception_ros.launch_manifest import node_set
+
+
+def _nodes(context):
+    arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    overrides = {k: v for k, v in (("model.checkpoint", arg("checkpoint")), ("model.backend", arg("backend"))) if v}
+    actions = []
+    for spec in node_set("perception", arg("params_file")):
+        actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name,
+                            namespace=arg("namespace"), output="screen",
+                            parameters=[*spec.params_files, {**spec.parameters, **overrides}],
+                            remappings=list(spec.remaps)))
+    return actions
+
+
+def generate_launch_description():
+    share = Path(get_package_share_directory("sparse_perception_ros"))
+    return LaunchDescription([
+        DeclareLaunchArgument("params_file", default_value=str(share / "config" / "perception.param.yaml"),
+                              description="node parameters (CPU preset by default)"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="override model.checkpoint"),
+        DeclareLaunchArgument("backend", default_value="", description="override model.backend"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("fastdds_profile", default_value=str(share / "config" / "fastdds_large_data.xml"),
+                              description="FastDDS XML profile (use the same one in every process)"),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
+        OpaqueFunction(function=_nodes),
+    ])

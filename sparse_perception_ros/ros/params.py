@@ -1,0 +1,70 @@
+"""Declare the node's parameters from the JSON schema (with descriptors) and read them, validated.
+
+Parameters are declared *typed but without defaults*: a value missing from the params file is
+an error that names it, never a silent default. Unknown names in the params file (typos) are
+refused too. The values then go through the same validation as
+:func:`sparse_perception_ros.params.params_from_flat`.
+"""
+
+from __future__ import annotations
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
+from rclpy.parameter import Parameter
+
+from sparse_perception_ros.params import ParameterError, PerceptionParams, params_from_flat, schema
+
+__all__ = ["declare_and_read_params", "schema_leaves"]
+
+_TYPES = {"string": Parameter.Type.STRING, "number": Parameter.Type.DOUBLE, "integer": Parameter.Type.INTEGER,
+          "boolean": Parameter.Type.BOOL, "array": Parameter.Type.STRING_ARRAY}
+
+
+def schema_leaves(node: dict | None = None, prefix: str = "") -> dict[str, dict]:
+    """Dotted parameter name -> its schema entry, for every leaf of the schema."""
+    node = schema() if node is None else node
+    out = {}
+    for key, spec in node["properties"].items():
+        if spec.get("type") == "object":
+            out.update(schema_leaves(spec, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = spec
+    return out
+
+
+def _descriptor(name: str, spec: dict) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=name, type=int(_TYPES[spec["type"]]), read_only=True)
+    text = spec.get("description", "")
+    if "enum" in spec:
+        text += f" One of: {', '.join(map(str, spec['enum']))}."
+    d.description = text
+    lo, hi = spec.get("minimum"), spec.get("maximum")
+    if spec["type"] == "integer" and (lo is not None or hi is not None):
+        d.integer_range = [IntegerRange(from_value=int(lo if lo is not None else -(2**62)),
+                                        to_value=int(hi if hi is not None else 2**62), step=0)]
+    elif spec["type"] == "number" and lo is not None and hi is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return d
+
+
+def declare_and_read_params(node) -> PerceptionParams:
+    """Declare every schema parameter on ``node`` and return the validated, frozen params.
+
+    Raises :class:`ParameterError` naming the first bad parameter.
+    """
+    leaves = schema_leaves()
+    overrides = set(getattr(node, "_parameter_overrides", {}))
+    unknown = sorted(n for n in overrides - set(leaves) if n != "use_sim_time")
+    if unknown:
+        raise ParameterError(unknown[0], "is not a known parameter (typo?)")
+    flat = {}
+    for name, spec in leaves.items():
+        try:
+            node.declare_parameter(name, _TYPES[spec["type"]], _descriptor(name, spec))
+            value = node.get_parameter(name).value
+        except ParameterUninitializedException:
+            raise ParameterError(name, "is required and has no default (pass it in the params file)") from None
+        except ParameterException as exc:
+            raise ParameterError(name, str(exc).splitlines()[0]) from None
+        flat[name] = list(value) if spec["type"] == "array" else value
+    return params_from_flat(flat)

@@ -1,0 +1,51 @@
+"""Model parameters -> a ready model (weights loaded safely), with errors naming the parameter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sparse_perception_ros.params import ModelParams, ParameterError
+
+__all__ = ["load_model", "bundled_weights_path"]
+
+
+def bundled_weights_path(preset: str) -> Path | None:
+    """``models/<preset>.pt`` when the package ships weights for that preset, else None."""
+    from sparse_perception_ros.paths import model_file
+
+    try:
+        return model_file(f"{preset}.pt")
+    except FileNotFoundError:
+        return None
+
+
+def load_model(p: ModelParams, seed: int = 0):
+    """Build ``p.preset`` and load its weights. Returns ``(model, note)``; ``note`` says what was loaded.
+
+    ``checkpoint=""`` uses the bundled weights of the preset, or (until weights are bundled)
+    deterministic random weights, which the note states plainly. Checkpoints are read with
+    ``torch.load(weights_only=True)`` only.
+    """
+    from sparse_perception_ros.model import CheckpointError, build_model
+
+    if p.backend != "torch":
+        raise ParameterError("model.backend", f"{p.backend!r} is not wired into the node yet; use 'torch'")
+    if p.device == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("model.device", "'cuda' requested but torch.cuda.is_available() is False on this machine")
+    torch.manual_seed(seed)
+    model = build_model(p.preset, sampling=p.sampling)
+    path = Path(p.checkpoint).expanduser() if p.checkpoint else bundled_weights_path(p.preset)
+    if p.checkpoint and not path.is_file():
+        raise ParameterError("model.checkpoint", f"file not found: {path}")
+    if path is None:
+        note = (f"model {p.preset}: no bundled weights yet, running deterministic RANDOM weights (seed {seed}); "
+                "boxes are meaningless until a trained model is bundled")
+    else:
+        try:
+            report = model.load_official_checkpoint(path)
+        except CheckpointError as exc:
+            raise ParameterError("model.checkpoint", f"{path}: {exc}") from None
+        note = f"model {p.preset}: loaded {path} ({report})"
+    return model.to(p.device).eval(), note
