@@ -19,7 +19,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", files("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", files("config/*.yaml") + files("config/*.xml") + files("config/*.json")),
+        (f"share/{PACKAGE}/config", files("config/*.yaml") + files("config/*.xml") + files("config/*.json") + files("config/*.rviz")),
         (f"share/{PACKAGE}/models", files("models/*.pt") + files("models/*.json") + files("models/*.md")),
     ],
     install_requires=["setuptools"],

@@ -54,3 +54,22 @@ def test_transform_boxes_moves_centres_rotates_yaw_and_velocity():
     np.testing.assert_array_equal(out[0, 3:6], boxes[0, 3:6])
     back = transform_boxes(out, np.linalg.inv(T))
     np.testing.assert_allclose(back, boxes, atol=1e-5)
+
+
+def test_rviz_config_is_valid_yaml_and_shows_what_the_node_publishes():
+    import yaml
+
+    from sparse_perception_ros.rviz_config import render
+
+    text = (REPO / "config" / "perception.rviz").read_text()
+    assert text == render(), "config/perception.rviz is stale: python -m sparse_perception_ros.rviz_config"
+    cfg = yaml.safe_load(text)
+    manager = cfg["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "base_link"
+    topics = {d["Topic"]["Value"]: d["Class"] for d in manager["Displays"] if "Topic" in d}
+    assert topics["/perception/output/markers"] == "rviz_default_plugins/MarkerArray"
+    assert topics["/perception/output/objects"] == "vision_msgs_rviz_plugins/Detection3DArray"
+    assert topics[DEFAULT_TOPICS["points"]] == "rviz_default_plugins/PointCloud2"
+    images = [t for t, c in topics.items() if c == "rviz_default_plugins/Image"]
+    assert len(images) == 6 and all(DEFAULT_TOPICS[f"cam_{c}/image"] in images for c in
+                                    ("front", "front_right", "front_left", "back", "back_left", "back_right"))
