@@ -25,7 +25,9 @@ plugin) can slot in with the same inputs:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,51 @@ __all__ = [
     "deformable_aggregation",
     "deformable_aggregation_grid_sample",
     "kernel_valid_mask",
+    "DFA_IMPLS",
+    "dfa_impl",
+    "get_dfa_impl",
+    "resolve_dfa_impl",
 ]
+
+# Implementations of the kernel-semantics op, selected per call (``impl=``) or for a block of
+# code (``with dfa_impl("fast"): head.step(...)``); the default keeps the readable reference.
+# - "reference": the torch code below (the oracle);
+# - "fast": the C/OpenMP CPU kernel (``ops.dfa_cpu``);
+# - "triton": the Triton GPU kernel (``ops.dfa_triton``, CUDA tensors);
+# - "auto": triton for CUDA tensors when Triton imports, fast on CPU when it compiles, else reference.
+# During ``torch.onnx.export`` every impl becomes one custom node (``ops.dfa_onnx``).
+DFA_IMPLS = ("reference", "fast", "triton", "auto")
+_DFA_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("dfa_impl", default="reference")
+
+
+@contextlib.contextmanager
+def dfa_impl(name: str) -> Iterator[None]:
+    """Use implementation ``name`` (one of :data:`DFA_IMPLS`) for DFA calls inside the block."""
+    if name not in DFA_IMPLS:
+        raise ValueError(f"unknown DFA impl {name!r}; choose one of {DFA_IMPLS}")
+    token = _DFA_IMPL.set(name)
+    try:
+        yield
+    finally:
+        _DFA_IMPL.reset(token)
+
+
+def get_dfa_impl() -> str:
+    """The implementation name in effect (``"reference"`` unless inside :func:`dfa_impl`)."""
+    return _DFA_IMPL.get()
+
+
+def resolve_dfa_impl(name: str, device: torch.device) -> str:
+    """``"auto"`` -> the concrete implementation for tensors on ``device``; others unchanged."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        from .dfa_triton import triton_available
+
+        return "triton" if triton_available() else "reference"
+    from .dfa_cpu import available
+
+    return "fast" if device.type == "cpu" and available() else "reference"
 
 
 def flatten_feature_maps(feature_maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,8 +114,12 @@ def deformable_aggregation(
     scale_start_index: torch.Tensor,
     sampling_location: torch.Tensor,
     weights: torch.Tensor,
+    impl: str | None = None,
 ) -> torch.Tensor:
     """Torch reference of the CUDA ``DeformableAggregation`` op (kernel semantics, see module doc).
+
+    ``impl`` (default: :func:`get_dfa_impl`) picks another implementation of the same op, see
+    :data:`DFA_IMPLS`; under ``torch.onnx.export`` the op is emitted as one custom node.
 
     Only samples the kernel keeps (location inside the open unit square) are processed:
 
@@ -85,6 +135,21 @@ def deformable_aggregation(
     Returns:
         ``[bs, anchors, C]`` in ``mc_ms_feat``'s dtype.
     """
+    if torch.onnx.is_in_onnx_export():
+        from .dfa_onnx import dfa_symbolic
+
+        return dfa_symbolic(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    chosen = resolve_dfa_impl(impl or _DFA_IMPL.get(), mc_ms_feat.device)
+    if chosen == "fast":
+        from .dfa_cpu import deformable_aggregation_fast
+
+        return deformable_aggregation_fast(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    if chosen == "triton":
+        from .dfa_triton import deformable_aggregation_triton
+
+        return deformable_aggregation_triton(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    if chosen not in DFA_IMPLS:
+        raise ValueError(f"unknown DFA impl {chosen!r}; choose one of {DFA_IMPLS}")
     bs, num_rows, c = mc_ms_feat.shape
     _, num_anchor, num_pts, num_cams, _ = sampling_location.shape
     levels, groups = weights.shape[-2], weights.shape[-1]
