@@ -1,0 +1,344 @@
+"""One exported temporal step: ``sparse-perception export`` writes it as ONNX.
+
+The graph is the whole frame of the Sparse4D v3 head with its instance bank, as tensors only::
+
+    (features | images, projection_mat, image_wh, T_cur_from_prev, dt,
+     prev_anchors, prev_features, prev_confidence, prev_valid)
+        -> (boxes, scores, cls_scores, labels, det_index, classification, prediction, quality,
+            next_anchors, next_features, next_confidence, cache_index)
+
+There is no separate first-frame graph: ``prev_valid = False`` gives the first-frame behaviour
+(``temp_gnn`` as self-attention with the 2E value, no bank update, no confidence carry, default
+time interval) by selecting between both attention results with ``where``; ``prev_valid = True``
+with ``|dt| > max_time_interval`` gives the reference's stale-cache behaviour. The instance
+bank's projection (with the sin/cos swap), update top-k, cache top-k and the decoder's top-k
+are all inside. The host keeps only what cannot be a tensor op cheaply: float64 time and pose
+arithmetic (``dt`` and ``T_cur_from_prev`` are computed in float64 and passed as float32, as the
+reference does) and the track-id bookkeeping (from ``det_index`` / ``cache_index``, see
+:class:`~.backends.StepRunner`).
+
+Shapes are static (batch 1, fixed image size): the DFA's ``spatial_shape`` and
+``scale_start_index`` become constants and TensorRT builds one engine per resolution anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model import TemporalState, build_head, build_model
+from ..model.config import ModelConfig, get_preset
+from ..model.decoding import decode_detections
+from ..model.dfa import FeatureInputs
+from ..model.head import Sparse4DHead
+from ..model.instance_bank import BankPrior, anchor_projection, bank_cache, bank_update
+
+__all__ = [
+    "StepGraph",
+    "StepInputs",
+    "input_names",
+    "output_names",
+    "level_shapes",
+    "export_step",
+    "synthetic_sequence",
+    "host_step_inputs",
+    "add_arguments",
+    "run",
+]
+
+STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
+STATE_OUTPUTS = ("next_anchors", "next_features", "next_confidence")
+DETECTION_OUTPUTS = ("boxes", "scores", "cls_scores", "labels", "det_index")
+RAW_OUTPUTS = ("classification", "prediction", "quality")
+
+
+def level_shapes(input_wh: tuple[int, int], num_levels: int = 4) -> list[tuple[int, int]]:
+    """Feature map ``(H, W)`` per level for a network input ``(W, H)`` (strides 4, 8, 16, 32)."""
+    w, h = input_wh
+    out = []
+    for lvl in range(num_levels):
+        s = 4 * 2**lvl
+        out.append((-(-h // s), -(-w // s)))
+    return out
+
+
+def input_names(cfg: ModelConfig, with_backbone: bool) -> list[str]:
+    images = ["img"] if with_backbone else [f"feat_l{i}" for i in range(cfg.head.num_levels)]
+    return [*images, "projection_mat", "image_wh", "T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid"]
+
+
+def output_names() -> list[str]:
+    return [*DETECTION_OUTPUTS, *RAW_OUTPUTS, *STATE_OUTPUTS, "cache_index"]
+
+
+class StepGraph(nn.Module):
+    """The exportable step around a built head (and optionally the backbone + neck).
+
+    Wraps, does not copy: the head's layers, bank functions and decoder are called as they are.
+    ``forward`` mirrors :meth:`Sparse4DHead.forward_frame` with the first-frame branch turned
+    into a ``where`` on ``prev_valid``. Inputs (batch 1):
+
+    - ``img [1, N_cam, 3, H, W]`` (full model) or ``feat_l{i} [1, N_cam, E, H_i, W_i]``;
+    - ``projection_mat [1, N_cam, 4, 4]``, ``image_wh [1, N_cam, 2]`` float32;
+    - ``T_cur_from_prev [1, 4, 4]`` float32 (``inv(T_world_cur) @ T_world_prev``, composed in float64);
+    - ``dt [1]`` float32 seconds (``t_cur - t_prev`` in float64, then cast);
+    - ``prev_anchors [1, N_temp, 11]``, ``prev_features [1, N_temp, E]``, ``prev_confidence [1, N_temp]``;
+    - ``prev_valid [1]`` bool (False: first frame; the prev tensors are then ignored).
+
+    Outputs (a tuple in :func:`output_names` order): ``boxes [k, 10]``, ``scores [k]``,
+    ``cls_scores [k]``, ``labels [k]`` int64, ``det_index [k]`` int64 (row of each box among the
+    A instances), ``classification [A, n_cls]``, ``prediction [A, 11]``, ``quality [A, 2]``,
+    ``next_anchors``, ``next_features``, ``next_confidence`` (the new cache) and
+    ``cache_index [N_temp]`` int64 (row of each cached instance).
+    """
+
+    def __init__(self, head: Sparse4DHead, backbone: nn.Module | None = None):
+        super().__init__()
+        self.head = head
+        self.backbone = backbone  # a Sparse4DModel (extract_features) or None
+        self.eval()
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cfg = self.head.cfg
+        n_img = 1 if self.backbone is not None else cfg.num_levels
+        images = args[:n_img]
+        projection_mat, image_wh, t_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid = (
+            args[n_img:]
+        )
+        maps = self.backbone.extract_features(images[0]) if self.backbone is not None else list(images)
+        valid = prev_valid.reshape(1).to(torch.bool)
+        dt = dt.reshape(1).to(torch.float32)
+        mask = valid & (dt.abs() <= cfg.max_time_interval)
+        temp_anchor = anchor_projection(prev_anchors, t_cur_from_prev, dt)
+        time_interval = torch.where((dt != 0) & mask, dt, torch.full_like(dt, cfg.default_time_interval))
+        prev_conf = torch.where(valid[:, None], prev_confidence, torch.zeros_like(prev_confidence))
+        prior = BankPrior(temp_anchor, prev_features, mask, time_interval, prev_conf, None, 0)
+        feature, anchor, cls, quality = self._decoder(FeatureInputs(maps), projection_mat, image_wh, prior, valid)
+        conf, cached_feature, cached_anchor, order = bank_cache(
+            feature, anchor, cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
+        )
+        rows = torch.arange(cfg.num_anchor, device=anchor.device)
+        det = decode_detections(cls[0], anchor[0], quality[0], rows, cfg.num_output)
+        return (
+            det.boxes, det.scores, det.cls_scores, det.labels, det.instance_ids,
+            cls[0], anchor[0], quality[0],
+            cached_anchor, cached_feature, conf, order[0],
+        )
+
+    def _decoder(self, features: FeatureInputs, projection_mat, image_wh, prior: BankPrior, valid: torch.Tensor):
+        """:meth:`Sparse4DHead.forward_frame` for bs 1 with both first-frame and temporal paths."""
+        head, cfg = self.head, self.head.cfg
+        feature = head.instance_bank.instance_feature[None]
+        anchor = head.instance_bank.anchor[None]
+        temp_feature = prior.temp_feature
+        anchor_embed = head.anchor_encoder(anchor)
+        temp_embed = head.anchor_encoder(prior.temp_anchor)
+        sel = valid[:, None, None]
+        num_refined = 0
+        last = len(head.operation_order) - 1
+        cls = quality = None
+        for i, op in enumerate(head.operation_order):
+            layer = head.layers[i]
+            if op == "temp_gnn":
+                first = head._graph(i, feature, anchor_embed)
+                temporal = head._graph(i, feature, anchor_embed, temp_feature, temp_embed, temp_feature)
+                feature = torch.where(sel, temporal, first)
+            elif op == "gnn":
+                feature = head._graph(i, feature, anchor_embed, value=feature)
+            elif op in ("norm", "ffn"):
+                feature = layer(feature)
+            elif op == "deformable":
+                feature = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh)
+            else:  # refine
+                want_cls = num_refined == cfg.num_single_frame_decoder - 1 or i == last
+                anchor, cls, quality = layer(feature, anchor, anchor_embed, prior.time_interval, want_cls)
+                num_refined += 1
+                if num_refined == cfg.num_single_frame_decoder:
+                    feature, anchor, _ = bank_update(feature, anchor, cls, prior)
+                if i != last:
+                    anchor_embed = head.anchor_encoder(anchor)
+                if num_refined > cfg.num_single_frame_decoder:
+                    temp_embed = anchor_embed[:, : cfg.num_temp_instances]
+        return feature, anchor, cls, quality
+
+
+@dataclass
+class StepInputs:
+    """Host-side values of one frame for the exported step (numpy, float32 unless noted)."""
+
+    images: list[np.ndarray]  # [img] or the per-level feature maps
+    projection_mat: np.ndarray
+    image_wh: np.ndarray
+    timestamp: float  # seconds, float64
+    T_world_from_model: np.ndarray  # (4, 4) float64
+
+
+def host_step_inputs(timestamp: float, T_world_from_model: np.ndarray, state: TemporalState, cfg: ModelConfig,
+                     ) -> dict[str, np.ndarray]:
+    """The state-related graph inputs for ``state``, computed exactly as ``head.step`` does.
+
+    ``dt = float32(t_cur - t_prev)`` and ``T_cur_from_prev = float32(inv(T_cur) @ T_prev)`` in
+    float64; an empty state gives ``prev_valid = False`` and zero tensors.
+    """
+    h = cfg.head
+    if state.is_empty:
+        return {
+            "T_cur_from_prev": np.eye(4, dtype=np.float32)[None],
+            "dt": np.zeros(1, np.float32),
+            "prev_anchors": np.zeros((1, h.num_temp_instances, 11), np.float32),
+            "prev_features": np.zeros((1, h.num_temp_instances, h.embed_dims), np.float32),
+            "prev_confidence": np.zeros((1, h.num_temp_instances), np.float32),
+            "prev_valid": np.zeros(1, bool),
+        }
+    dt = np.float32(np.float64(timestamp) - np.float64(state.timestamp))
+    t = np.linalg.inv(np.asarray(T_world_from_model, np.float64)) @ np.asarray(state.T_world_from_model, np.float64)
+    return {
+        "T_cur_from_prev": t.astype(np.float32)[None],
+        "dt": np.array([dt], np.float32),
+        "prev_anchors": _np(state.anchors),
+        "prev_features": _np(state.features),
+        "prev_confidence": _np(state.confidence),
+        "prev_valid": np.ones(1, bool),
+    }
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def synthetic_sequence(cfg: ModelConfig, num_frames: int = 5, with_backbone: bool = False, seed: int = 0,
+                       ) -> list[StepInputs]:
+    """Frames of a synthetic drive for tests and benchmarks: 6 outward ring cameras, random
+    images or features, the ego moving 5 m/s forward while turning 0.1 rad/s, 0.5 s apart."""
+    gen = torch.Generator().manual_seed(seed)
+    w, h = cfg.input_wh
+    n = cfg.head.num_cams
+    k = np.array([[w / 2, 0, w / 2], [0, w / 2, h / 2], [0, 0, 1.0]])
+    mats = []
+    for c in range(n):
+        th = 2 * np.pi * c / n + np.pi / 2
+        r = np.array([[np.sin(th), -np.cos(th), 0], [0, 0, -1], [np.cos(th), np.sin(th), 0]])
+        p = np.eye(4)
+        p[:3, :3] = k @ r
+        p[:3, 3] = k @ np.array([0.0, 0.5, 0.0])
+        mats.append(p)
+    proj = np.stack(mats).astype(np.float32)[None]
+    wh = np.tile(np.array([w, h], np.float32), (1, n, 1))
+    frames = []
+    t0 = 1_533_151_603.5
+    for f in range(num_frames):
+        if with_backbone:
+            images = [torch.randn(1, n, 3, h, w, generator=gen).numpy()]
+        else:
+            images = [torch.randn(1, n, cfg.head.embed_dims, hh, ww, generator=gen).numpy()
+                      for hh, ww in level_shapes(cfg.input_wh, cfg.head.num_levels)]
+        yaw = 0.05 * f
+        pose = np.eye(4)
+        pose[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]
+        pose[:3, 3] = [2.5 * f, 0.3 * f, 0.01 * f]
+        frames.append(StepInputs(images, proj, wh, t0 + 0.5 * f, pose))
+    return frames
+
+
+def example_args(cfg: ModelConfig, with_backbone: bool) -> tuple[torch.Tensor, ...]:
+    frame = synthetic_sequence(cfg, 1, with_backbone)[0]
+    host = host_step_inputs(frame.timestamp, frame.T_world_from_model, TemporalState.empty(), cfg)
+    host["prev_valid"] = np.ones(1, bool)  # trace with a valid state: shapes are identical either way
+    vals = [*frame.images, frame.projection_mat, frame.image_wh, *(host[k] for k in input_names(cfg, False)[-6:])]
+    return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in vals)
+
+
+def export_step(
+    path: str | Path,
+    preset: str | ModelConfig = "tiny",
+    with_backbone: bool = False,
+    checkpoint: str | Path | None = None,
+    module: nn.Module | None = None,
+    opset: int = 20,
+) -> dict:
+    """Export the step graph to ``path`` (one self-contained ``.onnx``) and check it.
+
+    ``module``: an already built head (``with_backbone=False``) or full model (``True``); else one
+    is built from ``preset`` (and ``checkpoint`` loaded). Writes ``<path>.json`` next to it
+    (inputs, outputs, preset, DFA domain, sha256) and returns that dict. Raises ``ValueError`` on
+    a module that does not match ``with_backbone``.
+    """
+    import onnx
+
+    from ..ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+    cfg = get_preset(preset) if not isinstance(preset, ModelConfig) else preset
+    if module is None:
+        if with_backbone:
+            module = build_model(cfg)
+            if checkpoint:
+                module.load_official_checkpoint(checkpoint)
+        else:
+            module = build_head(cfg)
+            if checkpoint:
+                from ..model.checkpoint import read_checkpoint
+
+                module.load_official_state_dict(read_checkpoint(checkpoint))
+    if with_backbone != hasattr(module, "extract_features"):
+        raise ValueError("with_backbone=True needs a full model (Sparse4DModel), False a head")
+    head = module.head if with_backbone else module
+    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh)
+    graph = StepGraph(head, module if with_backbone else None)
+    args = example_args(cfg, with_backbone)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph, args, input_names=input_names(cfg, with_backbone), output_names=output_names(),
+            opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False,
+        )
+    program.save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    dfa = [n for n in model.graph.node if n.op_type == OP_TYPE]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta = {
+        "preset": cfg.name,
+        "with_backbone": with_backbone,
+        "input_wh": list(cfg.input_wh),
+        "inputs": {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input},
+        "outputs": output_names(),
+        "state": {"inputs": list(STATE_INPUTS), "outputs": list(STATE_OUTPUTS)},
+        "head": {k: getattr(head.cfg, k) for k in ("num_anchor", "num_temp_instances", "embed_dims", "num_classes",
+                                                   "num_output", "max_time_interval", "num_cams")},
+        "dfa": {"domain": DOMAIN, "op_type": OP_TYPE, "plugin_namespace": PLUGIN_NAMESPACE,
+                "plugin_version": PLUGIN_VERSION, "nodes": len(dfa)},
+        "opset": opset,
+        "sha256": digest,
+    }
+    Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="ONNX file to write (a <output>.json sidecar is written next to it)")
+    parser.add_argument("--preset", default="tiny", help="model preset: tiny or sparse4dv3_r50 (default: tiny)")
+    parser.add_argument("--checkpoint", default=None, help="released .pth to load (default: random weights)")
+    parser.add_argument("--with-backbone", action="store_true",
+                        help="export images -> detections (full model) instead of features -> detections (head)")
+    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (the dynamo exporter needs >= 18)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        meta = export_step(args.output, args.preset, args.with_backbone, args.checkpoint, opset=args.opset)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({meta['dfa']['nodes']} {meta['dfa']['domain']}::{meta['dfa']['op_type']} nodes, "
+          f"sha256 {meta['sha256'][:12]}) and {args.output}.json")
+    return 0
