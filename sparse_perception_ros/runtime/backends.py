@@ -1,0 +1,367 @@
+"""One small backend interface for the exported step, and the runner that carries its state.
+
+A :class:`Backend` runs the step graph of :mod:`.export` and nothing else:
+
+- ``input_spec()`` / ``output_spec()``: ``{name: TensorSpec(shape, dtype)}`` in graph order;
+- ``run(inputs: dict) -> dict``: one call of the graph. Inputs may be numpy arrays or torch
+  tensors (on any device); each backend converts only what is not already where it needs it.
+
+Implementations: :class:`TorchBackend` (eager :class:`~.export.StepGraph`, DFA impl selectable),
+:class:`OrtBackend` (ONNX Runtime on the exported file, DFA node as a custom op) and
+``TensorRTBackend`` (:mod:`.tensorrt_backend`, imported lazily). :func:`create_backend` picks
+one by name, ``"auto"`` = TensorRT if usable, else ONNX Runtime, else torch.
+
+:class:`StepRunner` turns any backend into the model's ``step`` API
+(``out, state = runner.step(img_or_features, projection_mat, image_wh, timestamp, T_world, state)``),
+so :class:`~.pipeline.Pipeline`, the evaluator and the benchmark drive all backends the same way.
+The state is carried between ``run`` calls as the backend's own output tensors: numpy-backed
+for ONNX Runtime, CUDA tensors for TensorRT (no host round trip). The host does the float64
+time/pose arithmetic and the track-id bookkeeping, exactly as ``head.step``.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model import HeadOutput, TemporalState
+from ..model.config import ModelConfig, get_preset
+from ..model.instance_bank import assign_instance_ids
+from .export import STATE_INPUTS, STATE_OUTPUTS, StepGraph, input_names, output_names
+
+__all__ = [
+    "TensorSpec",
+    "Backend",
+    "TorchBackend",
+    "OrtBackend",
+    "BackendUnavailable",
+    "create_backend",
+    "available_backends",
+    "StepRunner",
+    "BACKENDS",
+]
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+
+_NP_DTYPES = {
+    "float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_,
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run here (package, GPU or file missing); the message says which."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape (ints; -1 or a name for a dynamic dim) and numpy dtype name of one graph tensor."""
+
+    shape: tuple
+    dtype: str
+
+
+def _to_numpy(value: Any, dtype: str | None = None) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if dtype is not None and arr.dtype != _NP_DTYPES[dtype]:
+        arr = arr.astype(_NP_DTYPES[dtype])
+    return np.ascontiguousarray(arr)
+
+
+class Backend(abc.ABC):
+    """``input_spec()``, ``output_spec()``, ``run(dict) -> dict`` for one step graph."""
+
+    name: str = "backend"
+    with_backbone: bool = False
+
+    @abc.abstractmethod
+    def input_spec(self) -> dict[str, TensorSpec]: ...
+
+    @abc.abstractmethod
+    def output_spec(self) -> dict[str, TensorSpec]: ...
+
+    @abc.abstractmethod
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        missing = [k for k in self.input_spec() if k not in inputs]
+        if missing:
+            raise ValueError(f"{self.name}: missing inputs {missing}")
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch on a :class:`~.export.StepGraph` (same function as the exported graph).
+
+    ``dfa_impl``: ``"fast"`` (C CPU kernel), ``"reference"``, ``"triton"`` or ``"auto"``
+    (see :mod:`sparse_perception_ros.ops.deformable_aggregation`). ``device``: where the module
+    and inputs live. Outputs are torch tensors on ``device``.
+    """
+
+    name = "torch"
+
+    def __init__(self, module: torch.nn.Module, cfg: ModelConfig, dfa_impl: str = "auto",
+                 device: str | torch.device = "cpu"):
+        self.with_backbone = hasattr(module, "extract_features")
+        head = module.head if self.with_backbone else module
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.graph = StepGraph(head, module if self.with_backbone else None).to(self.device).eval()
+        self.dfa_impl = dfa_impl
+        self._inputs = input_names(cfg, self.with_backbone)
+
+    def input_spec(self) -> dict[str, TensorSpec]:
+        return _spec_from_cfg(self.cfg, self.with_backbone)
+
+    def output_spec(self) -> dict[str, TensorSpec]:
+        return _output_spec_from_cfg(self.cfg)
+
+    @torch.no_grad()
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        from ..ops.deformable_aggregation import dfa_impl
+
+        self._check_inputs(inputs)
+        args = [torch.as_tensor(inputs[k]).to(self.device) for k in self._inputs]
+        with dfa_impl(self.dfa_impl):
+            outs = self.graph(*args)
+        return dict(zip(output_names(), outs, strict=True))
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime on the exported step file.
+
+    The DFA node runs as an onnxruntime-extensions Python custom op backed by the fast C kernel
+    (:mod:`sparse_perception_ros.ops.dfa_ort`); the node's domain is renamed in memory only.
+    ``providers``: default CPU; ``"CUDAExecutionProvider"`` is used first where ORT has it (the
+    DFA op itself then runs on the host). Outputs are numpy arrays.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, providers: Sequence[str] | None = None, num_threads: int | None = None):
+        try:
+            import onnx
+            import onnxruntime as ort
+
+            from ..ops.dfa_ort import session_options, to_ort_model
+        except ImportError as exc:  # pragma: no cover - part of requirements/ml.txt
+            raise BackendUnavailable(f"onnxruntime backend needs onnx, onnxruntime, onnxruntime-extensions: {exc}") from exc
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise BackendUnavailable(f"no ONNX file at {path} (run: sparse-perception export {path})")
+        model = to_ort_model(onnx.load(str(path)))
+        if providers is None:
+            providers = ["CPUExecutionProvider"]
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(model.SerializeToString(), session_options(num_threads),
+                                            providers=list(providers))
+        self.with_backbone = any(i.name == "img" for i in self.session.get_inputs())
+        self._in = {i.name: TensorSpec(tuple(i.shape), _ort_dtype(i.type)) for i in self.session.get_inputs()}
+        self._out = {o.name: TensorSpec(tuple(o.shape), _ort_dtype(o.type)) for o in self.session.get_outputs()}
+
+    def input_spec(self) -> dict[str, TensorSpec]:
+        return dict(self._in)
+
+    def output_spec(self) -> dict[str, TensorSpec]:
+        return dict(self._out)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        self._check_inputs(inputs)
+        feed = {k: _to_numpy(inputs[k], spec.dtype) for k, spec in self._in.items()}
+        outs = self.session.run(list(self._out), feed)
+        return dict(zip(self._out, outs, strict=True))
+
+
+def _ort_dtype(type_str: str) -> str:
+    return {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+            "tensor(int32)": "int32", "tensor(bool)": "bool"}.get(type_str, type_str)
+
+
+def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool) -> dict[str, TensorSpec]:
+    from .export import level_shapes
+
+    h = cfg.head
+    n = h.num_cams
+    w_img, h_img = cfg.input_wh
+    spec: dict[str, TensorSpec] = {}
+    if with_backbone:
+        spec["img"] = TensorSpec((1, n, 3, h_img, w_img), "float32")
+    else:
+        for i, (hh, ww) in enumerate(level_shapes(cfg.input_wh, h.num_levels)):
+            spec[f"feat_l{i}"] = TensorSpec((1, n, h.embed_dims, hh, ww), "float32")
+    spec.update({
+        "projection_mat": TensorSpec((1, n, 4, 4), "float32"),
+        "image_wh": TensorSpec((1, n, 2), "float32"),
+        "T_cur_from_prev": TensorSpec((1, 4, 4), "float32"),
+        "dt": TensorSpec((1,), "float32"),
+        "prev_anchors": TensorSpec((1, h.num_temp_instances, 11), "float32"),
+        "prev_features": TensorSpec((1, h.num_temp_instances, h.embed_dims), "float32"),
+        "prev_confidence": TensorSpec((1, h.num_temp_instances), "float32"),
+        "prev_valid": TensorSpec((1,), "bool"),
+    })
+    return spec
+
+
+def _output_spec_from_cfg(cfg: ModelConfig) -> dict[str, TensorSpec]:
+    h = cfg.head
+    k, a, t = h.num_output, h.num_anchor, h.num_temp_instances
+    return {
+        "boxes": TensorSpec((k, 10), "float32"), "scores": TensorSpec((k,), "float32"),
+        "cls_scores": TensorSpec((k,), "float32"), "labels": TensorSpec((k,), "int64"),
+        "det_index": TensorSpec((k,), "int64"), "classification": TensorSpec((a, h.num_classes), "float32"),
+        "prediction": TensorSpec((a, 11), "float32"), "quality": TensorSpec((a, 2), "float32"),
+        "next_anchors": TensorSpec((1, t, 11), "float32"), "next_features": TensorSpec((1, t, h.embed_dims), "float32"),
+        "next_confidence": TensorSpec((1, t), "float32"), "cache_index": TensorSpec((t,), "int64"),
+    }
+
+
+# ------------------------------------------------------------------------------------ selection
+def _tensorrt_usable() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def available_backends() -> list[str]:
+    """Concrete backends that can run on this machine, in ``auto`` preference order."""
+    out = []
+    if _tensorrt_usable():
+        out.append("tensorrt")
+    if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxruntime_extensions"):
+        out.append("onnxruntime")
+    out.append("torch")
+    return out
+
+
+def create_backend(
+    kind: str = "auto",
+    *,
+    module: torch.nn.Module | None = None,
+    cfg: ModelConfig | str | None = None,
+    onnx_path: str | Path | None = None,
+    engine_path: str | Path | None = None,
+    dfa_impl: str = "auto",
+    device: str | None = None,
+    num_threads: int | None = None,
+) -> Backend:
+    """Build a backend by name (one of :data:`BACKENDS`).
+
+    - ``torch`` needs ``module`` (a head or a full model) and ``cfg``;
+    - ``onnxruntime`` needs ``onnx_path`` (from ``sparse-perception export``);
+    - ``tensorrt`` needs ``engine_path`` (from ``sparse-perception build-engine``), TensorRT and a GPU;
+    - ``auto`` takes the first of tensorrt, onnxruntime, torch whose package, device and file are
+      present.
+
+    Raises :class:`BackendUnavailable` with the reason when the named backend cannot run.
+    """
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
+    if kind == "auto":
+        reasons = []
+        for cand in available_backends():
+            try:
+                return create_backend(cand, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
+                                      dfa_impl=dfa_impl, device=device, num_threads=num_threads)
+            except BackendUnavailable as exc:
+                reasons.append(f"{cand}: {exc}")
+        raise BackendUnavailable("no backend can run: " + "; ".join(reasons))
+    if kind == "tensorrt":
+        if engine_path is None:
+            raise BackendUnavailable("tensorrt needs an engine file (sparse-perception build-engine)")
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(engine_path)
+    if kind == "onnxruntime":
+        if onnx_path is None:
+            raise BackendUnavailable("onnxruntime needs an ONNX file (sparse-perception export)")
+        return OrtBackend(onnx_path, num_threads=num_threads)
+    if module is None or cfg is None:
+        raise BackendUnavailable("torch needs the model module and its config")
+    return TorchBackend(module, get_preset(cfg) if isinstance(cfg, str) else cfg, dfa_impl, device or "cpu")
+
+
+# ---------------------------------------------------------------------------------- the runner
+class StepRunner:
+    """The model's ``step`` API on top of any :class:`Backend`, with the state carried between calls.
+
+    ``out, state = runner.step(images, projection_mat, image_wh, timestamp, T_world_from_model, state)``
+    behaves like ``Sparse4DHead.step`` / ``Sparse4DModel.step``: ``images`` is ``img [1, N, 3, H, W]``
+    for a full-model backend, else the list of per-level feature maps. ``state`` is a
+    :class:`~sparse_perception_ros.model.TemporalState`; the returned one holds the backend's own
+    output tensors (numpy-backed CPU tensors for ONNX Runtime, CUDA tensors for TensorRT), which
+    the next call feeds back as inputs without a copy. ``cfg`` is exposed for the Pipeline.
+    """
+
+    def __init__(self, backend: Backend, cfg: ModelConfig):
+        self.backend = backend
+        self.cfg = cfg
+        self.with_backbone = backend.with_backbone
+
+    def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
+             state: TemporalState) -> tuple[HeadOutput, TemporalState]:
+        h = self.cfg.head
+        if isinstance(images, (torch.Tensor, np.ndarray)):
+            images = [images]
+        names = ["img"] if self.with_backbone else [f"feat_l{i}" for i in range(h.num_levels)]
+        if len(images) != len(names):
+            raise ValueError(f"expected {len(names)} image/feature tensors, got {len(images)}")
+        if np.shape(projection_mat)[0] != 1:
+            raise ValueError("step() takes batch size 1")
+        t_world = np.asarray(T_world_from_model, dtype=np.float64)
+        if t_world.shape != (4, 4):
+            raise ValueError(f"T_world_from_model must be (4, 4), got {t_world.shape}")
+        inputs: dict[str, Any] = dict(zip(names, images, strict=True))
+        inputs["projection_mat"] = projection_mat
+        inputs["image_wh"] = image_wh
+        if state.is_empty:
+            inputs.update(T_cur_from_prev=np.eye(4, dtype=np.float32)[None], dt=np.zeros(1, np.float32),
+                          prev_valid=np.zeros(1, bool))
+            inputs.update(self._zero_state())
+            mask = False
+        else:
+            dt = np.float32(np.float64(timestamp) - np.float64(state.timestamp))
+            t = np.linalg.inv(t_world) @ np.asarray(state.T_world_from_model, np.float64)
+            inputs.update(T_cur_from_prev=t.astype(np.float32)[None], dt=np.array([dt], np.float32),
+                          prev_valid=np.ones(1, bool))
+            inputs.update(dict(zip(STATE_INPUTS, (state.anchors, state.features, state.confidence), strict=True)))
+            mask = bool(np.abs(dt) <= np.float32(h.max_time_interval))
+        out = self.backend.run(inputs)
+        out = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))) for k, v in out.items()}
+        # track ids (host bookkeeping, as Sparse4DHead.step): carried rows keep their id when masked in
+        carried = None
+        if not state.is_empty:
+            prev_ids = state.track_ids.to(torch.int64)
+            carried = prev_ids if mask else torch.full_like(prev_ids, -1)
+        ids, next_id = assign_instance_ids(h.num_anchor, None if carried is None else carried.cpu(),
+                                           state.next_track_id, bs=1)
+        det_index = out["det_index"].cpu()
+        cache_index = out["cache_index"].cpu()
+        ids = ids[0]
+        cls = out["classification"]
+        new_state = TemporalState(
+            anchors=out[STATE_OUTPUTS[0]], features=out[STATE_OUTPUTS[1]], confidence=out[STATE_OUTPUTS[2]],
+            track_ids=ids[cache_index][None], timestamp=float(timestamp), T_world_from_model=t_world.copy(),
+            next_track_id=next_id,
+        )
+        head_out = HeadOutput(
+            boxes=out["boxes"], scores=out["scores"], cls_scores=out["cls_scores"],
+            cls_scores_aligned=cls.sigmoid().max(dim=-1).values[out["det_index"]],
+            labels=out["labels"], instance_ids=ids[det_index],
+            classification=cls, prediction=out["prediction"], quality=out["quality"],
+        )
+        return head_out, new_state
+
+    def _zero_state(self) -> dict[str, Any]:
+        spec = self.backend.input_spec()
+        device = getattr(self.backend, "device", None)
+        out = {}
+        for name in STATE_INPUTS:
+            shape = tuple(int(d) for d in spec[name].shape)
+            out[name] = torch.zeros(shape, device=device) if device is not None else np.zeros(shape, np.float32)
+        return out
