@@ -136,3 +136,34 @@ def test_export_cli_writes_file_and_sidecar(tmp_path, capsys):
     assert main(["export", str(out), "--preset", "tiny"]) == 0
     assert out.is_file() and out.with_name("cli.onnx.json").is_file()
     assert "DeformableAggregation" in capsys.readouterr().out
+
+
+def test_fp16_backbone_policy_keeps_the_head_in_fp32(tmp_path):
+    """FP16 backbone / FP32 head as graph types (what a strongly typed TensorRT network builds).
+
+    Tolerance for fp16 features: logits and box centres within 0.05 (logit / m) of fp32 torch.
+    """
+    from sparse_perception_ros.runtime.backends import OrtBackend
+
+    torch.manual_seed(1)
+    model = build_model("tiny")
+    path = tmp_path / "tiny_full_fp16.onnx"
+    meta = export_step(path, "tiny", with_backbone=True, module=model, backbone_fp16=True)
+    assert meta["precision"] == "fp16-backbone"
+    graph = onnx.load(str(path)).graph
+    conv_weights = {i for n in graph.node if n.op_type == "Conv" for i in n.input[1:2]}
+    init_types = {t.name: t.data_type for t in graph.initializer}
+    assert conv_weights and all(init_types.get(w) == onnx.TensorProto.FLOAT16 for w in conv_weights if w in init_types)
+    dfa = [n for n in graph.node if n.op_type == OP_TYPE]
+    assert len(dfa) == CFG.head.num_decoder
+    assert next(model.img_backbone.parameters()).dtype == torch.float32  # the caller's model is untouched
+    frame = synthetic_sequence(CFG, 1, with_backbone=True)[0]
+    ref, _ = model.step(torch.from_numpy(frame.images[0]), torch.from_numpy(frame.projection_mat),
+                        torch.from_numpy(frame.image_wh), frame.timestamp, frame.T_world_from_model,
+                        TemporalState.empty())
+    host = host_step_inputs(frame.timestamp, frame.T_world_from_model, TemporalState.empty(), CFG)
+    out = OrtBackend(path).run({"img": frame.images[0], "projection_mat": frame.projection_mat,
+                                "image_wh": frame.image_wh, **host})
+    assert out["classification"].dtype == np.float32 and out["next_features"].dtype == np.float32
+    np.testing.assert_allclose(out["classification"], ref.classification.numpy(), atol=5e-2, rtol=0)
+    np.testing.assert_allclose(out["prediction"][:, :3], ref.prediction[:, :3].numpy(), atol=5e-2, rtol=0)

@@ -19,12 +19,20 @@ reference does) and the track-id bookkeeping (from ``det_index`` / ``cache_index
 
 Shapes are static (batch 1, fixed image size): the DFA's ``spatial_shape`` and
 ``scale_start_index`` become constants and TensorRT builds one engine per resolution anyway.
+
+Precision is part of the graph (TensorRT 11 builds strongly typed networks and has no FP16
+builder flag): ``backbone_fp16=True`` stores backbone + neck weights in float16 with casts at the
+image input and at the four feature maps; the head always runs in float32 (the deployment
+policy "FP16 backbone / FP32 head", as the reference ran it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import hashlib
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -113,7 +121,11 @@ class StepGraph(nn.Module):
         projection_mat, image_wh, t_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid = (
             args[n_img:]
         )
-        maps = self.backbone.extract_features(images[0]) if self.backbone is not None else list(images)
+        if self.backbone is not None:
+            dtype = next(self.backbone.img_backbone.parameters()).dtype
+            maps = [f.float() for f in self.backbone.extract_features(images[0].to(dtype))]
+        else:
+            maps = list(images)
         valid = prev_valid.reshape(1).to(torch.bool)
         dt = dt.reshape(1).to(torch.float32)
         mask = valid & (dt.abs() <= cfg.max_time_interval)
@@ -263,11 +275,13 @@ def export_step(
     checkpoint: str | Path | None = None,
     module: nn.Module | None = None,
     opset: int = 20,
+    backbone_fp16: bool = False,
 ) -> dict:
     """Export the step graph to ``path`` (one self-contained ``.onnx``) and check it.
 
     ``module``: an already built head (``with_backbone=False``) or full model (``True``); else one
-    is built from ``preset`` (and ``checkpoint`` loaded). Writes ``<path>.json`` next to it
+    is built from ``preset`` (and ``checkpoint`` loaded). ``backbone_fp16``: backbone + neck in
+    float16 (full model only; the module itself is not modified). Writes ``<path>.json`` next to it
     (inputs, outputs, preset, DFA domain, sha256) and returns that dict. Raises ``ValueError`` on
     a module that does not match ``with_backbone``.
     """
@@ -289,13 +303,19 @@ def export_step(
                 module.load_official_state_dict(read_checkpoint(checkpoint))
     if with_backbone != hasattr(module, "extract_features"):
         raise ValueError("with_backbone=True needs a full model (Sparse4DModel), False a head")
+    if backbone_fp16 and not with_backbone:
+        raise ValueError("backbone_fp16 needs with_backbone=True (a head-only graph has no backbone)")
+    if backbone_fp16:
+        module = copy.deepcopy(module)
+        module.img_backbone.half()
+        module.img_neck.half()
     head = module.head if with_backbone else module
     cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh)
     graph = StepGraph(head, module if with_backbone else None)
     args = example_args(cfg, with_backbone)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the optimizer prints per node
         program = torch.onnx.export(
             graph, args, input_names=input_names(cfg, with_backbone), output_names=output_names(),
             opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False,
@@ -308,6 +328,7 @@ def export_step(
     meta = {
         "preset": cfg.name,
         "with_backbone": with_backbone,
+        "precision": "fp16-backbone" if backbone_fp16 else "fp32",
         "input_wh": list(cfg.input_wh),
         "inputs": {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input},
         "outputs": output_names(),
@@ -330,12 +351,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="released .pth to load (default: random weights)")
     parser.add_argument("--with-backbone", action="store_true",
                         help="export images -> detections (full model) instead of features -> detections (head)")
+    parser.add_argument("--backbone-fp16", action="store_true",
+                        help="with --with-backbone: backbone + neck in float16, head in float32 (the TensorRT "
+                             "deployment policy; the graph's types decide, as TensorRT 11 is strongly typed)")
     parser.add_argument("--opset", type=int, default=20, help="ONNX opset (the dynamo exporter needs >= 18)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        meta = export_step(args.output, args.preset, args.with_backbone, args.checkpoint, opset=args.opset)
+        meta = export_step(args.output, args.preset, args.with_backbone, args.checkpoint, opset=args.opset,
+                           backbone_fp16=args.backbone_fp16)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
