@@ -63,6 +63,8 @@ class SyncParams:
     incomplete: str
     wait_timeout: float
     buffer_size: int
+    max_reorder: float
+    lidar_fallback_timeout: float
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TransformStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
@@ -33,6 +33,7 @@ from sparse_perception_ros.ros.convert import (
     array_to_pointcloud2_msg,
     calibration_to_camera_info_msg,
     ns_to_stamp,
+    rgb_to_compressed_image_msg,
     rgb_to_image_msg,
 )
 
@@ -82,14 +83,16 @@ def write_params(tmp_path: Path, **overrides) -> Path:
 class Rig:
     """Publisher of the rig and collector of the node's outputs, in this process."""
 
-    def __init__(self):
+    def __init__(self, compressed: bool = False):
+        self.compressed = compressed
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("rig", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         n = self.node
-        self.pub_img = {c: n.create_publisher(Image, DEFAULT_TOPICS[f"cam_{c}/image"], 5) for c in CAMERAS}
+        image_type = CompressedImage if compressed else Image
+        self.pub_img = {c: n.create_publisher(image_type, DEFAULT_TOPICS[f"cam_{c}/image"], 5) for c in CAMERAS}
         self.pub_info = {c: n.create_publisher(CameraInfo, DEFAULT_TOPICS[f"cam_{c}/camera_info"], 5) for c in CAMERAS}
         self.pub_pts = n.create_publisher(PointCloud2, DEFAULT_TOPICS["points"], 5)
         self.pub_tf = n.create_publisher(TFMessage, "/tf", 50)
@@ -126,7 +129,8 @@ class Rig:
                                  P=np.zeros((3, 4)), width=W, height=H, distortion_model="plumb_bob")
 
     def publish_frame(self, stamp_ns: int, ego_x: float = 0.0, skip_cameras=(), image_overrides=None,
-                      info_overrides=None, cloud: np.ndarray | None = None, with_tf: bool = True):
+                      info_overrides=None, cloud: np.ndarray | None = None, with_tf: bool = True,
+                      with_cloud: bool = True):
         """One frame at ``stamp_ns``: TF around it, six images (unless skipped), CameraInfo, then the cloud."""
         if with_tf:
             self.pub_tf.publish(TFMessage(transforms=[
@@ -140,7 +144,10 @@ class Rig:
             self.pub_info[c].publish(info)
             if c in skip_cameras:
                 continue
-            msg = rgb_to_image_msg(self.images[c], stamp_ns, f"cam_{c}")
+            if self.compressed:
+                msg = rgb_to_compressed_image_msg(self.images[c], stamp_ns, f"cam_{c}", "jpeg")
+            else:
+                msg = rgb_to_image_msg(self.images[c], stamp_ns, f"cam_{c}")
             if image_overrides and c in image_overrides:
                 msg = image_overrides[c](msg)
             self.pub_img[c].publish(msg)
@@ -149,7 +156,8 @@ class Rig:
             cloud = np.zeros(200, dtype=dt)
             cloud["x"], cloud["y"] = self.rng.uniform(-20, 20, 200), self.rng.uniform(-20, 20, 200)
         self.spin(0.02)
-        self.pub_pts.publish(array_to_pointcloud2_msg(cloud, stamp_ns, "lidar_top"))
+        if with_cloud:
+            self.pub_pts.publish(array_to_pointcloud2_msg(cloud, stamp_ns, "lidar_top"))
 
     def counts(self) -> dict[str, int]:
         """The node's latest diagnostics counters."""

@@ -16,8 +16,10 @@ PERIOD = S // 2
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
+    # the rig publishes a frame every 0.6 s of wall time: the LiDAR fallback must wait longer than that
     params = write_params(tmp_path_factory.mktemp("node"), **{"output.score_threshold": 0.0,
-                                                              "output.max_detections": 16})
+                                                              "output.max_detections": 16,
+                                                              "sync.lidar_fallback_timeout": 1.0})
     proc = start_node(params)
     rig = Rig()
     rig.publish_static()
@@ -126,6 +128,44 @@ def test_silent_camera_and_missing_camera_tf_are_masked(session):
     assert len(got) >= 2  # masked operation continues while a camera is silent
     rig.spin(1.2)
     assert rig.counts().get("camera_masked", 0) >= before + 2
+
+
+def test_out_of_order_frame_is_dropped_and_counted(session):
+    rig, proc = session
+    base = T0 + 300 * S
+    run_frames(rig, proc, [base, base + PERIOD], settle=0.0)  # keep the LiDAR gap under the fallback timeout
+    before = rig.counts()
+    run_frames(rig, proc, [base + PERIOD - 200_000_000])  # 200 ms late: out of order, not a reset
+    rig.spin(1.2)
+    after = rig.counts()
+    assert after.get("sync/out_of_order", 0) == before.get("sync/out_of_order", 0) + 1
+    assert after.get("reset/time_jump_backward", 0) == before.get("reset/time_jump_backward", 0)
+
+
+def test_lidar_silence_falls_back_to_camera_only_frames(session):
+    rig, proc = session
+    base = T0 + 400 * S
+    run_frames(rig, proc, [base], settle=0.5)
+    got = run_frames(rig, proc, [base + k * PERIOD for k in range(1, 7)], with_cloud=False)  # 3 s without LiDAR
+    assert got, "no output while the LiDAR was silent"
+    rig.spin(1.2)
+    assert rig.counts().get("sync/fallback_frames", 0) >= 3
+
+
+def test_camera_without_tf_is_masked(session):
+    rig, proc = session
+    base = T0 + 500 * S
+    before = rig.counts().get("refused/tf/camera/front:ConnectivityError", 0)
+
+    def unknown_frame(msg):
+        msg.header.frame_id = "cam_nowhere"
+        return msg
+
+    got = run_frames(rig, proc, [base, base + PERIOD], image_overrides={"front": unknown_frame})
+    assert got
+    rig.spin(1.2)
+    counts = rig.counts()
+    assert counts.get("refused/tf/camera/front:ConnectivityError", 0) >= max(before, 1)
 
 
 def test_invalid_parameter_exits_cleanly_naming_it(tmp_path):

@@ -160,3 +160,65 @@ def test_jittered_rig_every_sweep_gives_exactly_one_frame(mode):
     complete = np.mean([f.complete for f in frames])
     assert complete > (0.85 if mode == "wait" else 0.2)
     assert max(a.buffered().values()) <= 8
+
+
+def test_late_trigger_is_dropped_as_out_of_order_not_a_reset():
+    a = assembler()
+    t = 10_000 * MS
+    feed_cameras(a, t, [0] * 6, now_ns=t)
+    assert len(a.add_points(t, "s1", now_ns=t)) == 1
+    assert a.add_points(t - 100 * MS, "late", now_ns=t) == []  # 100 ms older: out of order
+    assert a.add_points(t, "dup", now_ns=t) == []  # same stamp again
+    assert a.stats["out_of_order"] == 2 and a.stats["time_jumps"] == 0
+    assert a.buffered()["CAM_FRONT"] == 1  # buffers kept
+    (f,) = a.add_points(t + 50 * MS, "s2", now_ns=t)
+    assert f.points == "s2" and f.present.all()
+
+
+def test_lidar_dropout_falls_back_to_camera_triggered_frames():
+    a = assembler(fallback_timeout_ns=300 * MS, wait_timeout_ns=50 * MS)
+    t = 10_000 * MS
+    feed_cameras(a, t, [0] * 6, now_ns=t)
+    a.add_points(t, "s0", now_ns=t)
+    # the LiDAR goes silent; cameras keep coming every 100 ms, the node polls every 10 ms
+    frames = []
+    for k in range(1, 8):
+        for j in range(10):
+            frames += a.poll(t + k * 100 * MS + j * 10 * MS)
+        frames += feed_cameras(a, t + k * 100 * MS, [0] * 6, now_ns=t + k * 100 * MS)
+    fallback = [f for f in frames if f.trigger == "CAM_FRONT"]
+    assert fallback and all(f.points is None for f in fallback)
+    assert fallback[0].stamp_ns == t + 300 * MS  # starts once the timeout has passed
+    assert a.stats["fallback_frames"] == len(fallback) >= 4
+    # sweeps return: the LiDAR triggers again and the camera stops triggering
+    frames = a.poll(t + 850 * MS)
+    (g,) = a.add_points(t + 850 * MS, "s1", now_ns=t + 850 * MS)
+    assert g.trigger == "lidar" and g.points == "s1"
+    assert feed_cameras(a, t + 900 * MS, [0] * 6, now_ns=t + 900 * MS) == []
+
+
+def test_a_late_sweep_takes_over_the_fallback_frame():
+    a = assembler(fallback_timeout_ns=300 * MS, wait_timeout_ns=100 * MS)
+    t = 10_000 * MS
+    a.add_points(t, "s0", now_ns=t)
+    later = t + 1_000 * MS
+    assert feed_cameras(a, later, [0] * 6, now_ns=later) == []  # fallback frame opened, waiting
+    (f,) = a.add_points(later, "late sweep", now_ns=later + 30 * MS)  # the sweep was just late
+    assert f.trigger == "lidar" and f.points == "late sweep" and f.present.all()
+    assert a.stats["fallback_cancelled"] == 1 and a.stats["fallback_frames"] == 0
+    assert a.stats["out_of_order"] == 0 and a.poll(later + 500 * MS) == []
+
+
+def test_fallback_starts_even_if_lidar_never_arrives():
+    a = assembler(fallback_timeout_ns=200 * MS)
+    t = 10_000 * MS
+    assert feed_cameras(a, t, [0] * 6, now_ns=t) == []
+    assert feed_cameras(a, t + 250 * MS, [0] * 6, now_ns=t + 250 * MS) == []  # waits for a late sweep
+    assert [f.trigger for f in a.poll(t + 400 * MS)] == ["CAM_FRONT"]
+
+
+@pytest.mark.parametrize("kwargs,field", [(dict(max_reorder_ns=-1), "max_reorder"),
+                                          (dict(fallback_timeout_ns=-1), "fallback_timeout")])
+def test_new_config_fields_are_validated(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        AssemblerConfig(cameras=CAMS, **kwargs)

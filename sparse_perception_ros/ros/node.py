@@ -31,6 +31,7 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from sparse_perception_ros.geometry.tf_buffer import TransformBuffer, TransformLookupError
+from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.params import ParameterError, PerceptionParams
 from sparse_perception_ros.ros.convert import (
     ConversionError,
@@ -88,7 +89,8 @@ class PerceptionNode(Node):
         self._assembler = FrameAssembler(AssemblerConfig(
             cameras=tuple(p.cameras.names), trigger=s.trigger,
             max_camera_time_diff_ns=int(s.max_camera_time_diff * 1e9), incomplete=s.incomplete,
-            wait_timeout_ns=int(s.wait_timeout * 1e9), buffer_size=s.buffer_size))
+            wait_timeout_ns=int(s.wait_timeout * 1e9), buffer_size=s.buffer_size,
+            max_reorder_ns=int(s.max_reorder * 1e9), fallback_timeout_ns=int(s.lidar_fallback_timeout * 1e9)))
 
     def activate(self) -> None:
         p = self.params
@@ -169,10 +171,9 @@ class PerceptionNode(Node):
 
     def _refuse(self, what: str, exc: Exception) -> None:
         key = f"refused/{what}:{getattr(exc, 'field', type(exc).__name__)}"
-        if self.stats.first(key):
+        self.stats.count("refused_total")
+        if self.stats.first(key):  # per-kind counter; only its first occurrence is logged
             self.get_logger().warning(f"refused {what}: {exc} (counted in /diagnostics, logged once)")
-        else:
-            self.stats.count("refused_total")
 
     # ------------------------------------------------------------------------- worker
     def _work_loop(self) -> None:
@@ -190,10 +191,9 @@ class PerceptionNode(Node):
             try:
                 self._process(frame)
             except Exception as exc:  # noqa: BLE001 - the node must survive any single frame
+                self.stats.count("frame_error_total")
                 if self.stats.first(f"frame_error:{type(exc).__name__}"):
                     self.get_logger().error(f"frame at {frame.stamp_ns} ns failed: {exc!r} (counted, continuing)")
-                else:
-                    self.stats.count("frame_error_total")
 
     def _has_subscribers(self) -> bool:
         return any(p.get_subscription_count() > 0 for p in (self._pub_objects, self._pub_markers))
@@ -243,7 +243,12 @@ class PerceptionNode(Node):
         if af.points is not None:
             try:
                 pts = pointcloud2_to_points(af.points)
-                T_ml = self._lookup(model, af.points.header.frame_id, t_ref, "points")
+                lidar_frame = af.points.header.frame_id
+                if T_world_from_model is not None and af.points_stamp_ns != t_ref:  # ego motion between stamps
+                    T_wl = self._lookup(world, lidar_frame, af.points_stamp_ns, "points")
+                    T_ml = None if T_wl is None else invert_transform(T_world_from_model) @ T_wl
+                else:
+                    T_ml = self._lookup(model, lidar_frame, t_ref, "points")
                 if T_ml is not None:
                     pts[:, :3] = pts[:, :3] @ T_ml[:3, :3].T.astype(np.float32) + T_ml[:3, 3].astype(np.float32)
                     points = pts
@@ -260,6 +265,7 @@ class PerceptionNode(Node):
         if not (self.params.output.force_processing or self._has_subscribers()):
             self.stats.count("frames_no_subscribers")
             return
+        assemble_ms = (self._now_ns() - af.arrival_ns) * 1e-6  # trigger arrival -> worker start
         t0 = time.perf_counter()
         frame = self._build_frame(af)
         t1 = time.perf_counter()
@@ -283,7 +289,7 @@ class PerceptionNode(Node):
                                                             af.stamp_ns, out_frame))
         t3 = time.perf_counter()
         self.stats.count("frames_published")
-        stages = {"convert": 1e3 * (t1 - t0), **det.timings_ms, "publish": 1e3 * (t3 - t2),
+        stages = {"assemble": assemble_ms, "convert": 1e3 * (t1 - t0), **det.timings_ms, "publish": 1e3 * (t3 - t2),
                   "end_to_end": (self.get_clock().now().nanoseconds - af.stamp_ns) * 1e-6}
         self.stats.record(stages)
         self._pub_latency.publish(self._latency_msg(af.stamp_ns, stages))
@@ -298,11 +304,13 @@ class PerceptionNode(Node):
 
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot()
-        counts = snap["counts"]
+        with self._lock:
+            sync = {f"sync/{k}": v for k, v in self._assembler.stats.items()}
+        counts = {**snap["counts"], **sync}
         values = [KeyValue(key=k, value=str(v)) for k, v in sorted(counts.items())]
         for stage, q in sorted(snap["latency_ms"].items()):
             values += [KeyValue(key=f"latency_ms/{stage}/{k}", value=f"{q[k]:.2f}") for k in ("p50", "p90", "p99")]
-        problems = [k for k in counts if k.startswith(("refused", "frame_error", "reset/"))]
+        problems = [k for k, v in counts.items() if v and k.startswith(("refused", "frame_error", "reset/"))]
         level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline", hardware_id="sparse_perception",
                                   message="inputs refused or state reset (see values)" if problems else "ok",

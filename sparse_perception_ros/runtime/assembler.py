@@ -13,8 +13,15 @@ Incomplete frames are never silently dropped:
   while one waits pushes the older frame out first (masked), so nothing is lost.
 
 Buffers are bounded (``buffer_size`` per source) and images too old to match any future trigger
-are evicted. A trigger earlier than the previous one (a bag loop, a clock reset) clears the
-buffers and is counted in ``stats["time_jumps"]``. Payloads are opaque (numpy arrays, messages).
+are evicted. A trigger older than the previous one by at most ``max_reorder_ns`` arrived out of
+order: it is dropped and counted (``stats["out_of_order"]``). One older by more (a bag loop, a
+clock reset) is a time jump: the buffers are cleared and ``stats["time_jumps"]`` counts it.
+
+LiDAR dropout: with ``trigger="lidar"`` and ``fallback_timeout_ns > 0``, once no sweep has
+arrived for that long the first camera opens frames (without points) until sweeps return, so
+camera-only operation continues (``stats["fallback_frames"]``). Such a frame waits up to
+``wait_timeout_ns`` first: a sweep within ``max_camera_time_diff_ns`` of it takes the frame over
+(the LiDAR was only late; ``stats["fallback_cancelled"]``). Payloads are opaque.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ class AssemblerConfig:
     incomplete: str = "mask"
     wait_timeout_ns: int = 100_000_000
     buffer_size: int = 8
+    max_reorder_ns: int = 500_000_000
+    fallback_timeout_ns: int = 0
 
     def __post_init__(self):
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
@@ -56,6 +65,10 @@ class AssemblerConfig:
             raise ValueError(f"wait_timeout_ns must be >= 0, got {self.wait_timeout_ns}")
         if self.buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if self.max_reorder_ns < 0:
+            raise ValueError(f"max_reorder_ns must be >= 0, got {self.max_reorder_ns}")
+        if self.fallback_timeout_ns < 0:
+            raise ValueError(f"fallback_timeout_ns must be >= 0, got {self.fallback_timeout_ns}")
 
 
 @dataclass
@@ -72,6 +85,8 @@ class AssembledFrame:
             camera-only model runs without it; ``points`` is then None.)
         timed_out: emitted incomplete because the wait deadline passed, a newer trigger arrived
             or time jumped back.
+        trigger: the input that opened the frame ("lidar", a camera, or the fallback camera).
+        arrival_ns: when the trigger arrived (the ``now_ns`` clock), for receive->assembled latency.
     """
 
     stamp_ns: int
@@ -82,6 +97,8 @@ class AssembledFrame:
     points_stamp_ns: int
     complete: bool
     timed_out: bool = False
+    trigger: str = LIDAR
+    arrival_ns: int = 0
 
 
 @dataclass
@@ -89,19 +106,25 @@ class _Pending:
     stamp_ns: int
     payload: Any  # the trigger's own payload
     deadline_ns: int
+    source: str  # which input triggered (the configured trigger, or the fallback camera)
+    arrival_ns: int
+    prev_trigger_ns: int | None = None  # the last trigger before this one (to undo a cancelled fallback)
 
 
 @dataclass
 class FrameAssembler:
     config: AssemblerConfig
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("frames", "incomplete_frames", "timed_out", "superseded", "time_jumps", "evicted", "missing_camera"), 0))
+        ("frames", "incomplete_frames", "timed_out", "superseded", "time_jumps", "out_of_order", "evicted",
+         "missing_camera", "fallback_frames", "fallback_cancelled"), 0))
 
     def __post_init__(self):
         self._buffers: dict[str, deque] = {
             name: deque(maxlen=self.config.buffer_size) for name in (*self.config.cameras, LIDAR)}
         self._pending: _Pending | None = None
         self._last_trigger_ns: int | None = None
+        self._first_arrival_ns: int | None = None
+        self._last_lidar_arrival_ns: int | None = None
 
     # ------------------------------------------------------------------------------ inputs
     def add_image(self, camera: str, stamp_ns: int, payload: Any, now_ns: int) -> list[AssembledFrame]:
@@ -123,29 +146,55 @@ class FrameAssembler:
         return []
 
     # ------------------------------------------------------------------------------ internals
+    def _acts_as_trigger(self, source: str, stamp_ns: int, now_ns: int) -> bool:
+        cfg = self.config
+        if source == cfg.trigger:
+            return True
+        if cfg.trigger != LIDAR or cfg.fallback_timeout_ns == 0 or source != cfg.cameras[0]:
+            return False
+        if self._last_trigger_ns is not None and stamp_ns <= self._last_trigger_ns:
+            return False  # a late fallback image is just an image
+        last = self._last_lidar_arrival_ns if self._last_lidar_arrival_ns is not None else self._first_arrival_ns
+        return now_ns - last >= cfg.fallback_timeout_ns
+
     def _add(self, source: str, stamp_ns: int, payload: Any, now_ns: int) -> list[AssembledFrame]:
         out: list[AssembledFrame] = []
-        if source == self.config.trigger:
-            if self._last_trigger_ns is not None and stamp_ns < self._last_trigger_ns:
+        if self._first_arrival_ns is None:
+            self._first_arrival_ns = now_ns
+        if source == LIDAR:
+            self._last_lidar_arrival_ns = now_ns
+            p = self._pending
+            if (p is not None and p.source != LIDAR
+                    and abs(stamp_ns - p.stamp_ns) <= self.config.max_camera_time_diff_ns):
+                self._pending, self._last_trigger_ns = None, p.prev_trigger_ns  # the sweep takes over
+                self.stats["fallback_cancelled"] += 1
+        if self._acts_as_trigger(source, stamp_ns, now_ns):
+            last = self._last_trigger_ns
+            if last is not None and stamp_ns <= last:
+                if last - stamp_ns <= self.config.max_reorder_ns:  # late or duplicate: drop, keep state
+                    self.stats["out_of_order"] += 1
+                    return out
                 self.stats["time_jumps"] += 1
                 if self._pending is not None:
                     out.append(self._emit(self._pending, timed_out=True))
                     self._pending = None
                 for buf in self._buffers.values():
                     buf.clear()
-            self._last_trigger_ns = stamp_ns
+            prev_trigger, self._last_trigger_ns = self._last_trigger_ns, stamp_ns
             if self._pending is not None:  # a newer trigger pushes the waiting one out
                 self.stats["superseded"] += 1
                 out.append(self._emit(self._pending, timed_out=True))
             self._buffers[source].append((stamp_ns, payload))
-            self._pending = _Pending(stamp_ns, payload, now_ns + self.config.wait_timeout_ns)
+            self._pending = _Pending(stamp_ns, payload, now_ns + self.config.wait_timeout_ns, source, now_ns,
+                                     prev_trigger)
         else:
             buf = self._buffers[source]
             if len(buf) == buf.maxlen:
                 self.stats["evicted"] += 1
             buf.append((stamp_ns, payload))
         p = self._pending
-        if p is not None and (self.config.incomplete == "mask" or self._complete(p.stamp_ns)):
+        fallback = p is not None and p.source != self.config.trigger  # waits for its deadline (a late sweep)
+        if p is not None and not fallback and (self.config.incomplete == "mask" or self._complete(p.stamp_ns)):
             self._pending = None
             out.append(self._emit(p, timed_out=False))
         self._evict()
@@ -167,10 +216,10 @@ class FrameAssembler:
         images: list[Any] = [None] * len(cams)
         stamps = np.full(len(cams), -1, dtype=np.int64)
         for i, cam in enumerate(cams):
-            hit = (p.stamp_ns, p.payload) if cam == self.config.trigger else self._closest(cam, p.stamp_ns)
+            hit = (p.stamp_ns, p.payload) if cam == p.source else self._closest(cam, p.stamp_ns)
             if hit is not None:
                 stamps[i], images[i] = hit
-        if self.config.trigger == LIDAR:
+        if p.source == LIDAR:
             points, points_stamp = p.payload, p.stamp_ns
         else:
             hit = self._closest(LIDAR, p.stamp_ns)
@@ -178,6 +227,8 @@ class FrameAssembler:
         present = stamps >= 0
         complete = bool(present.all())
         self.stats["frames"] += 1
+        if p.source != self.config.trigger:
+            self.stats["fallback_frames"] += 1
         if not complete:
             self.stats["incomplete_frames"] += 1
             self.stats["missing_camera"] += int((~present).sum())
@@ -185,7 +236,7 @@ class FrameAssembler:
             self.stats["timed_out"] += 1
         return AssembledFrame(stamp_ns=p.stamp_ns, images=images, camera_stamps_ns=stamps, present=present,
                               points=points, points_stamp_ns=int(points_stamp), complete=complete,
-                              timed_out=timed_out and not complete)
+                              timed_out=timed_out and not complete, trigger=p.source, arrival_ns=p.arrival_ns)
 
     def _evict(self) -> None:
         """Drop samples that no future trigger can match (assuming trigger stamps increase)."""

@@ -1,0 +1,33 @@
+"""The perception node on a CompressedImage rig: a corrupt JPEG is refused, counted and survived.
+
+Its own module so that no other perception node is alive on the same /diagnostics topic.
+"""
+
+from ros_rig import Rig, start_node, stop, write_params
+from test_ros_node import PERIOD, T0, run_frames
+
+
+def test_corrupt_jpeg_on_a_compressed_rig(tmp_path):
+    params = write_params(tmp_path, **{"cameras.compressed": True, "output.score_threshold": 0.0,
+                                       "sync.lidar_fallback_timeout": 1.0})
+    proc = start_node(params)
+    rig = Rig(compressed=True)
+    try:
+        rig.publish_static()
+        rig.spin(3.0)
+
+        def corrupt(msg):
+            msg.data = bytes(msg.data)[: len(msg.data) // 2]
+            return msg
+
+        got = run_frames(rig, proc, [T0, T0 + PERIOD], image_overrides={"back": corrupt})
+        assert got, "no output from the compressed-image node"
+        rig.spin(1.2)
+        counts = rig.counts()
+        assert counts.get("refused/image/back:data") == 2  # both truncated JPEGs counted
+        assert counts.get("frames_published", 0) >= 2
+    finally:
+        rig.close()
+        log = stop(proc)
+    assert log.count("refused image/back") == 1, log  # but logged once
+    assert "truncated or corrupt JPEG" in log
