@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("sparse_perception_ros.doctor", "print what is installed: ROS, rmw, messages, ML stack, GPU"),
     "demo": ("sparse_perception_ros.demo", "run the end-to-end demo on the bundled default"),
     "launch": ("sparse_perception_ros.ros.launcher", "start a node set of launch/ without ros2 launch"),
+    "export": ("sparse_perception_ros.runtime.export", "export the temporal step graph (head or full model) to ONNX"),
+    "build-engine": ("sparse_perception_ros.runtime.build_engine", "build a TensorRT engine from an exported ONNX"),
+    "bench": ("sparse_perception_ros.runtime.bench", "time one step on the torch / onnxruntime / tensorrt backends"),
 }
 
 

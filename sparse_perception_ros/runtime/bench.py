@@ -1,0 +1,124 @@
+"""``sparse-perception bench``: time one temporal step per backend on a synthetic drive.
+
+Every backend runs the same frames through :class:`~.backends.StepRunner` (the torch eager
+baseline runs ``model.step`` itself), each carrying its own state; the first ``--warmup``
+frames are not timed. Before timing, the first frame's raw outputs of each backend are checked
+against torch eager (atol 1e-4; fp16 graphs are not checked). Random weights unless
+``--checkpoint`` is given (timings do not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["add_arguments", "run", "bench_step"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny", help="model preset (default: tiny, the CPU preset)")
+    parser.add_argument("--checkpoint", default=None, help="released .pth (default: random weights)")
+    parser.add_argument("--head-only", action="store_true", help="time features -> detections (no backbone)")
+    parser.add_argument("--backends", default="torch-eager,torch,onnxruntime",
+                        help="comma list of torch-eager (model.step, reference DFA), torch (StepGraph, fast DFA), "
+                             "onnxruntime, tensorrt (needs --engine)")
+    parser.add_argument("--engine", default=None, help="TensorRT engine for the tensorrt backend")
+    parser.add_argument("--frames", type=int, default=12, help="frames per backend (default 12)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed frames at the start (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime (default 1)")
+
+
+def _frame_args(frame, with_backbone: bool):
+    images = torch.from_numpy(frame.images[0]) if with_backbone else [torch.from_numpy(x) for x in frame.images]
+    return images, torch.from_numpy(frame.projection_mat), torch.from_numpy(frame.image_wh)
+
+
+def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torch-eager", "torch", "onnxruntime"),
+               frames: int = 12, warmup: int = 2, threads: int = 1, checkpoint: str | None = None,
+               engine: str | None = None) -> dict[str, dict[str, float]]:
+    """Median / p90 step time in ms per backend: ``{name: {"median_ms", "p90_ms"}}``."""
+    from ..model import TemporalState, build_head, build_model
+    from ..model.config import get_preset
+    from .backends import OrtBackend, StepRunner, TorchBackend
+    from .export import export_step, synthetic_sequence
+
+    torch.set_num_threads(threads)
+    cfg = get_preset(preset)
+    torch.manual_seed(0)
+    module = build_model(cfg) if with_backbone else build_head(cfg)
+    if checkpoint:
+        if with_backbone:
+            module.load_official_checkpoint(checkpoint)
+        else:
+            from ..model.checkpoint import read_checkpoint
+
+            module.load_official_state_dict(read_checkpoint(checkpoint))
+    seq = synthetic_sequence(cfg, frames, with_backbone=with_backbone)
+    steppers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in backends:
+            if name == "torch-eager":
+                steppers[name] = module
+            elif name == "torch":
+                steppers[name] = StepRunner(TorchBackend(module, cfg, dfa_impl="auto"), cfg)
+            elif name == "onnxruntime":
+                path = Path(tmp) / "step.onnx"
+                export_step(path, cfg, with_backbone=with_backbone, module=module)
+                steppers[name] = StepRunner(OrtBackend(path, num_threads=threads), cfg)
+            elif name == "tensorrt":
+                from .tensorrt_backend import TensorRTBackend
+
+                if not engine:
+                    raise ValueError("the tensorrt backend needs --engine")
+                steppers[name] = StepRunner(TensorRTBackend(engine), cfg)
+            else:
+                raise ValueError(f"unknown backend {name!r}")
+        first = {}
+        for name, stepper in steppers.items():
+            out, _ = stepper.step(*_frame_args(seq[0], with_backbone), seq[0].timestamp, seq[0].T_world_from_model,
+                                  TemporalState.empty())
+            first[name] = out
+        ref = first.get("torch-eager")
+        if ref is not None:
+            for name, out in first.items():
+                err = float((out.classification.cpu() - ref.classification).abs().max())
+                if err > 1e-4:
+                    raise RuntimeError(f"{name} differs from torch eager by {err} on the first frame")
+        results = {}
+        for name, stepper in steppers.items():
+            state = TemporalState.empty()
+            times = []
+            for i, frame in enumerate(seq):
+                t0 = time.perf_counter()
+                out, state = stepper.step(*_frame_args(frame, with_backbone), frame.timestamp,
+                                          frame.T_world_from_model, state)
+                _ = out.boxes.cpu()  # results on the host, as a node publishes them
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            results[name] = {"median_ms": 1e3 * statistics.median(times),
+                             "p90_ms": 1e3 * float(np.percentile(times, 90))}
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    try:
+        res = bench_step(args.preset, not args.head_only, backends, args.frames, args.warmup, args.threads,
+                         args.checkpoint, args.engine)
+    except Exception as exc:  # a CLI: report, do not dump a traceback
+        print(f"bench failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    what = "head (features -> detections)" if args.head_only else "full model (images -> detections)"
+    print(f"{args.preset}, {what}, {args.threads} thread(s), median of {args.frames - args.warmup} frames")
+    base = res.get("torch-eager", next(iter(res.values())))["median_ms"]
+    print("| backend | median | p90 | vs torch eager |\n| --- | ---: | ---: | ---: |")
+    for name, r in res.items():
+        print(f"| {name} | {r['median_ms']:.1f} ms | {r['p90_ms']:.1f} ms | {base / r['median_ms']:.2f}x |")
+    return 0

@@ -1,0 +1,85 @@
+"""Backend selection and the TensorRT code paths that can be checked without TensorRT.
+
+The TensorRT modules must import cleanly on a machine without TensorRT; choosing that backend
+(or ``build-engine``) fails with a one-line explanation. Real TensorRT runs are in
+``test_backends_parity.py`` (skipped without TensorRT + GPU).
+"""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparse_perception_ros.model import build_head
+from sparse_perception_ros.model.config import get_preset
+from sparse_perception_ros.runtime.backends import (
+    BackendUnavailable,
+    OrtBackend,
+    TorchBackend,
+    available_backends,
+    create_backend,
+)
+from sparse_perception_ros.runtime.export import export_step
+
+CFG = get_preset("tiny")
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def head():
+    torch.manual_seed(0)
+    return build_head("tiny")
+
+
+def test_tensorrt_modules_import_without_tensorrt():
+    import sparse_perception_ros.runtime.build_engine  # noqa: F401
+    import sparse_perception_ros.runtime.tensorrt_backend as trt_backend
+    import sparse_perception_ros.runtime.tensorrt_plugin as trt_plugin
+
+    assert trt_plugin.PLUGIN_ID == "sparse_perception::DeformableAggregation"
+    assert trt_backend.sidecar_path("a/b.engine").name == "b.engine.json"
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT message cannot be checked")
+def test_choosing_tensorrt_without_it_says_why(tmp_path):
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"not an engine")
+    with pytest.raises(BackendUnavailable, match="TensorRT is not installed|no CUDA GPU"):
+        create_backend("tensorrt", engine_path=engine)
+    with pytest.raises(BackendUnavailable, match="engine file"):
+        create_backend("tensorrt")
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: build-engine would really build")
+def test_build_engine_cli_without_tensorrt_is_one_line_not_a_traceback(tmp_path):
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"placeholder")
+    proc = subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "build-engine", str(onnx_file)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "TensorRT" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    missing = subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "build-engine",
+                              str(tmp_path / "nope.onnx")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr and "no ONNX file" in missing.stderr
+
+
+def test_auto_prefers_onnxruntime_then_torch(head, tmp_path):
+    assert available_backends()[-1] == "torch"
+    if not HAVE_TRT:
+        assert "tensorrt" not in available_backends()
+    backend = create_backend("auto", module=head, cfg=CFG)  # no ONNX file: falls through to torch
+    assert isinstance(backend, TorchBackend)
+    path = tmp_path / "tiny.onnx"
+    export_step(path, "tiny", module=head)
+    backend = create_backend("auto", module=head, cfg="tiny", onnx_path=path)
+    assert isinstance(backend, OrtBackend if not HAVE_TRT else type(backend))
+    with pytest.raises(BackendUnavailable, match="sparse-perception export"):
+        create_backend("onnxruntime", onnx_path=tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="unknown backend"):
+        create_backend("openvino")
+    with pytest.raises(BackendUnavailable, match="module"):
+        create_backend("torch")
