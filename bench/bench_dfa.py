@@ -13,7 +13,12 @@ Two location sets, softmax weights:
 - ``grid_sample+drop``: the same with the kernel's drop rule (what a decomposed ONNX graph computes);
 - ``reference``: the readable kernel-semantics torch op (``embedding_bag`` over kept samples);
 - ``fast``: the C/OpenMP CPU kernel (``ops.dfa_cpu``);
-- ``triton``: the Triton kernel on a CUDA GPU, when one is present.
+- ``triton``: the Triton kernel on a CUDA GPU, when one is present;
+- ``ORT custom op``: ONNX Runtime running a graph with our one DFA node (onnxruntime-extensions
+  Python op -> the fast C kernel), inputs in the flattened layout;
+- ``ORT decomposed``: ONNX Runtime running the exported ``grid_sample`` formulation with the
+  drop rule (per-level ``GridSample`` + einsum; spatial shapes baked in), the alternative way to
+  run the node in ONNX Runtime.
 
 Every implementation is checked against ``reference`` before timing (atol 1e-5, the
 grid_sample fallback excepted: it differs by design at the borders).
@@ -63,6 +68,42 @@ def main() -> None:
         run(scenario, args)
 
 
+def ort_impls(maps, flat, loc, weights, threads: int) -> dict:
+    """ONNX Runtime sessions for the custom-op graph and the decomposed grid_sample graph."""
+    import contextlib
+    import io
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from sparse_perception_ros.ops.dfa_ort import session_options, to_ort_model
+
+    class CustomOp(torch.nn.Module):
+        def forward(self, feat, loc, w):
+            return deformable_aggregation(feat, flat[1], flat[2], loc, w)
+
+    class Decomposed(torch.nn.Module):
+        def forward(self, m0, m1, m2, m3, loc, w):
+            return deformable_aggregation_grid_sample([m0, m1, m2, m3], loc, w, drop_outside=True)
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, module, inputs in (
+            ("ORT custom op", CustomOp(), (flat[0], loc, weights)),
+            ("ORT decomposed", Decomposed(), (*maps, loc, weights)),
+        ):
+            path = f"{tmp}/dfa.onnx"
+            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(module, inputs, path, dynamo=True, external_data=False, verbose=False)
+            model = to_ort_model(onnx.load(path))
+            sess = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                        providers=["CPUExecutionProvider"])
+            feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs, strict=True)}
+            out[name] = lambda sess=sess, feed=feed: sess.run(None, feed)[0]
+    return out
+
+
 def projected_locations(gen: torch.Generator) -> torch.Tensor:
     """``[1, 900, 13, 6, 2]``: keypoints of random anchors (within 50 m) through 6 ring cameras."""
     k = torch.tensor([[557.0, 0, 352.0], [0, 557.0, 76.0], [0, 0, 1]])
@@ -107,6 +148,12 @@ def run(scenario: str, args: argparse.Namespace) -> None:
         if name != "grid_sample":
             err = float((fn() - ref).abs().max())
             if err > 1e-5:
+                raise SystemExit(f"{name} differs from the reference by {err}")
+    impls.update(ort_impls(maps, flat, loc, weights, args.threads))
+    for name, fn in impls.items():
+        if name.startswith("ORT"):
+            err = float((torch.from_numpy(fn()) - ref).abs().max())
+            if err > 1e-4:
                 raise SystemExit(f"{name} differs from the reference by {err}")
     results = {name: timed(fn, args.repeats) for name, fn in impls.items()}
     if torch.cuda.is_available():
