@@ -114,14 +114,19 @@ def run_sensor_roundtrip(sensors: DemoSensors, timeout_s: float = 30.0, encoding
         pub_img = node.create_publisher(Image, f"{base}/input/image", 2)
         pub_info = node.create_publisher(CameraInfo, f"{base}/input/camera_info", 2)
         pub_pts = node.create_publisher(PointCloud2, f"{base}/input/points", 2)
+        # keep the latest answers: the first cloud may overtake the first (much larger) image
         node.create_subscription(Detection3DArray, f"{base}/output/objects",
-                                 lambda m: received.setdefault("objects", m), 10)
-        node.create_subscription(MarkerArray, f"{base}/output/markers", lambda m: received.setdefault("markers", m), 10)
+                                 lambda m: received.__setitem__("objects", m), 10)
+        node.create_subscription(MarkerArray, f"{base}/output/markers",
+                                 lambda m: received.__setitem__("markers", m), 10)
         stamps: list[int] = []
         deadline = time.monotonic() + timeout_s
         stamp = 1_700_000_000_000_000_000
         def done() -> bool:
-            return "objects" in received and "markers" in received and len(stamps) >= min_cycles
+            markers = received.get("markers")
+            saw_everything = markers is not None and markers.markers[-1].text.startswith("image") and \
+                " K " in markers.markers[-1].text
+            return saw_everything and "objects" in received and len(stamps) >= min_cycles
 
         while time.monotonic() < deadline and not done():
             if proc.poll() is not None:

@@ -185,3 +185,33 @@ def test_all_cameras_listed_in_manifest_have_topics():
     remaps = dict(default_remaps())
     for cam in CAMERAS:
         assert remaps[f"~/input/cam_{cam}/image"] == DEFAULT_TOPICS[f"cam_{cam}/image"]
+
+
+def test_odometry_alone_provides_the_ego_pose(session):
+    """No /tf odom -> base_link, only nav_msgs/Odometry on ~/input/odometry: no missing-pose reset."""
+    from nav_msgs.msg import Odometry
+
+    from sparse_perception_ros.ros.convert import ns_to_stamp
+
+    rig, proc = session
+    pub = rig.node.create_publisher(Odometry, "/perception/input/odometry", 10)
+    rig.spin(1.0)
+    base = T0 + 600 * S
+    before = rig.counts().get("reset/missing_ego_pose", 0)
+    n0 = len(rig.objects)
+    for k in range(3):
+        stamp = base + k * PERIOD
+        for dt in (-100_000_000, 0, 100_000_000):
+            odo = Odometry()
+            odo.header.frame_id, odo.child_frame_id = "odom", "base_link"
+            odo.header.stamp = ns_to_stamp(stamp + dt)
+            odo.pose.pose.position.x = 0.1 * k + dt * 1e-9
+            odo.pose.pose.orientation.w = 1.0
+            pub.publish(odo)
+        rig.spin(0.05)
+        rig.publish_static()
+        rig.publish_frame(stamp, with_tf=False)
+        rig.spin(0.6)
+    rig.spin(2.0)
+    assert len(rig.objects) > n0
+    assert rig.counts().get("reset/missing_ego_pose", 0) == before

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.convert import ns_to_stamp
 
-__all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers",
-           "box_corners"]
+__all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers"]
 
 # RGB in [0, 1], one per nuScenes detection class; unknown labels get grey.
 CLASS_COLORS: dict[str, tuple[float, float, float]] = {
@@ -39,7 +39,8 @@ _UNKNOWN_COLOR = (0.6, 0.6, 0.6)
 MARKER_NAMESPACES = ("boxes", "headings", "labels", "velocities")
 VELOCITY_HYPOTHESIS = "velocity"
 
-# The 12 edges of a box as pairs of corner indices (corners ordered as box_corners returns).
+# The 12 edges of a box as pairs of corner indices (corner order of geometry.boxes.box_corners:
+# bottom 0-3 counter-clockwise from (+heading, +lateral), then the top 4-7 in the same order).
 _EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
 
@@ -53,23 +54,6 @@ def _check_boxes(boxes: np.ndarray, *columns: np.ndarray) -> np.ndarray:
         if len(c) != len(b):
             raise ValueError(f"boxes has {len(b)} rows but a per-box array has {len(c)}")
     return b
-
-
-def box_corners(boxes: np.ndarray) -> np.ndarray:
-    """``(N, >=7)`` boxes -> ``(N, 8, 3)`` corners; 0-3 bottom (counter-clockwise from front-left), 4-7 top."""
-    b = _check_boxes(boxes)
-    sx, sy, sz = b[:, 3:4] / 2, b[:, 4:5] / 2, b[:, 5:6] / 2
-    local = np.stack(
-        [np.concatenate(v, axis=1) for v in (
-            (sx, sy, -sz), (-sx, sy, -sz), (-sx, -sy, -sz), (sx, -sy, -sz),
-            (sx, sy, sz), (-sx, sy, sz), (-sx, -sy, sz), (sx, -sy, sz),
-        )],
-        axis=1,
-    )  # (N, 8, 3)
-    c, s = np.cos(b[:, 6]), np.sin(b[:, 6])
-    rot = np.zeros((len(b), 3, 3))
-    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
-    return local @ np.swapaxes(rot, 1, 2) + b[:, None, :3]
 
 
 def detections_to_msg(boxes, scores, labels, track_ids, class_names, stamp_ns: int, frame_id: str):

@@ -1,5 +1,11 @@
 """``perception_node``: six cameras + a LiDAR in, tracked 3D boxes out. A thin adapter over Pipeline.step.
 
+Inputs: ``~/input/cam_<name>/image`` (Image or CompressedImage) and ``.../camera_info`` per
+camera, ``~/input/points``, ``/tf`` + ``/tf_static``, and optionally ``~/input/odometry``
+(nav_msgs/Odometry, used as one more TF edge). Outputs: ``~/output/objects``
+(Detection3DArray), ``~/output/markers``, ``~/output/latency`` (DiagnosticArray per frame),
+``/diagnostics`` (1 Hz counters and latency percentiles).
+
 Start-up: parameters are declared from ``config/perception.schema.json`` (with descriptions,
 no silent defaults), validated into :class:`~sparse_perception_ros.params.PerceptionParams`
 (an invalid value exits with status 2 and a message naming it), then ``configure()`` loads the
@@ -21,6 +27,7 @@ import time
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
@@ -105,6 +112,8 @@ class PerceptionNode(Node):
             self.create_subscription(CameraInfo, f"~/input/cam_{cam}/camera_info",
                                      lambda m, c=cam: self._on_camera_info(c, m), qos, callback_group=inputs)
         self.create_subscription(PointCloud2, "~/input/points", self._on_points, qos, callback_group=inputs)
+        odo_qos = QoSProfile(depth=50, reliability=qos.reliability, durability=qos.durability)  # every pose counts
+        self.create_subscription(Odometry, "~/input/odometry", self._on_odometry, odo_qos, callback_group=inputs)
         self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), 100, callback_group=inputs)
         static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                 reliability=ReliabilityPolicy.RELIABLE)
@@ -164,6 +173,16 @@ class PerceptionNode(Node):
         for err in errors:
             if self.stats.first(f"tf_refused:{err.split(':')[0]}"):
                 self.get_logger().warning(f"refused transform {err}")
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        """Optional ego-motion source: the pose ``header.frame_id -> child_frame_id``, fed like a /tf edge."""
+        from geometry_msgs.msg import TransformStamped
+
+        ts = TransformStamped(header=msg.header, child_frame_id=msg.child_frame_id)
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        ts.transform.translation.x, ts.transform.translation.y, ts.transform.translation.z = p.x, p.y, p.z
+        ts.transform.rotation = q
+        self._on_tf(TFMessage(transforms=[ts]), False)
 
     def _poll_assembler(self) -> None:
         with self._lock:
