@@ -98,4 +98,7 @@ def session_options(num_threads: int | None = None):
     if num_threads:
         so.intra_op_num_threads = int(num_threads)
         so.inter_op_num_threads = 1
+    # ORT's idle workers spin by default; they would compete with the DFA kernel's own OpenMP
+    # threads for the same cores while the custom op runs (measured: 2 threads got slower than 1).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
