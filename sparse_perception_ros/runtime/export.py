@@ -34,7 +34,9 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,11 +317,17 @@ def export_step(
     args = example_args(cfg, with_backbone)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the optimizer prints per node
-        program = torch.onnx.export(
-            graph, args, input_names=input_names(cfg, with_backbone), output_names=output_names(),
-            opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False,
-        )
+    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")  # one warning per LayerNorm/Split
+    level = folding_log.level
+    folding_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+            program = torch.onnx.export(
+                graph, args, input_names=input_names(cfg, with_backbone), output_names=output_names(),
+                opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False,
+            )
+    finally:
+        folding_log.setLevel(level)
     program.save(str(path), external_data=False)
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -358,6 +366,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # exporter noise that says nothing about our graph: torchvision ops it skips, pytree deprecations
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
     try:
         meta = export_step(args.output, args.preset, args.with_backbone, args.checkpoint, opset=args.opset,
                            backbone_fp16=args.backbone_fp16)
