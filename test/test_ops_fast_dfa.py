@@ -105,3 +105,12 @@ def test_impl_switch_dispatches_and_restores():
     assert resolve_dfa_impl("auto", torch.device("cpu")) == "fast"
     with pytest.raises(ValueError, match="unknown DFA impl"), dfa_impl("cuda-magic"):
         pass
+
+
+def test_refuses_to_silently_drop_gradients():
+    maps, loc, weights = make_inputs([(3, 4)])
+    flat = flatten_feature_maps(maps)
+    with pytest.raises(ValueError, match="no backward"):
+        dfa_cpu.deformable_aggregation_fast(*flat, loc, weights.requires_grad_())
+    with torch.no_grad():
+        dfa_cpu.deformable_aggregation_fast(*flat, loc, weights)

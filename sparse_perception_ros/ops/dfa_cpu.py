@@ -175,8 +175,12 @@ def _compile() -> ctypes.CDLL:
         raise FastDFAUnavailable("no C compiler found (set $CC or install gcc)")
     key = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS) + cc).encode()).hexdigest()[:16]
     target = _cache_dir() / f"dfa_cpu_{key}.so"
-    if not target.exists():
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home (CI, containers): build in the temp dir instead
+        target = Path(tempfile.gettempdir()) / f"sparse_perception_ros-{os.getuid()}" / target.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             src = Path(tmp) / "dfa_cpu.c"
             src.write_text(_C_SOURCE)
@@ -270,10 +274,13 @@ def deformable_aggregation_fast(
     """CPU float32 DFA with kernel semantics: ``[bs, cams * sum HW, C]`` features -> ``[bs, A, C]``.
 
     Inputs as :func:`~.deformable_aggregation.deformable_aggregation`. Runs with
-    ``torch.get_num_threads()`` OpenMP threads. Raises :class:`FastDFAUnavailable` when the C
-    kernel cannot be built, ``ValueError`` on inconsistent shapes or non-CPU tensors.
+    ``torch.get_num_threads()`` OpenMP threads. Inference only (no backward): raises
+    ``ValueError`` when an input requires grad with grad mode on, on inconsistent shapes or on
+    non-CPU tensors; :class:`FastDFAUnavailable` when the C kernel cannot be built.
     """
     _check(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (mc_ms_feat, sampling_location, weights)):
+        raise ValueError("the fast CPU DFA has no backward; use impl='reference' for training")
     for t in (mc_ms_feat, sampling_location, weights):
         if t.device.type != "cpu":
             raise ValueError(f"the fast CPU DFA takes CPU tensors, got {t.device}")
