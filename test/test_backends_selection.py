@@ -83,3 +83,29 @@ def test_auto_prefers_onnxruntime_then_torch(head, tmp_path):
         create_backend("openvino")
     with pytest.raises(BackendUnavailable, match="module"):
         create_backend("torch")
+
+
+def test_build_stepper_exports_once_and_plugs_into_the_step_api(tmp_path):
+    from sparse_perception_ros.model import TemporalState, build_model
+    from sparse_perception_ros.runtime.backends import StepRunner, build_stepper
+    from sparse_perception_ros.runtime.export import synthetic_sequence
+
+    torch.manual_seed(2)
+    model = build_model("tiny")
+    runner = build_stepper("onnxruntime", "tiny", module=model, cache_dir=tmp_path)
+    assert isinstance(runner, StepRunner) and isinstance(runner.backend, OrtBackend)
+    assert runner.cfg.input_wh == CFG.input_wh and runner.cfg.head.num_cams == 6  # what Pipeline reads
+    files = sorted(tmp_path.glob("tiny_full_*.onnx"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    build_stepper("onnxruntime", "tiny", module=model, cache_dir=tmp_path)  # same weights: reused
+    assert files[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob("*.onnx"))) == 1
+    frame = synthetic_sequence(CFG, 1, with_backbone=True)[0]
+    args = (torch.from_numpy(frame.images[0]), torch.from_numpy(frame.projection_mat),
+            torch.from_numpy(frame.image_wh), frame.timestamp, frame.T_world_from_model, TemporalState.empty())
+    out, state = runner.step(*args)
+    ref, ref_state = model.step(*args)
+    torch.testing.assert_close(out.classification, ref.classification, atol=1e-4, rtol=0)
+    assert state.next_track_id == ref_state.next_track_id
+    torch_runner = build_stepper("torch", "tiny", module=model)
+    assert isinstance(torch_runner.backend, TorchBackend)

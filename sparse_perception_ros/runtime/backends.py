@@ -45,6 +45,7 @@ __all__ = [
     "create_backend",
     "available_backends",
     "StepRunner",
+    "build_stepper",
     "BACKENDS",
 ]
 
@@ -365,3 +366,65 @@ class StepRunner:
             shape = tuple(int(d) for d in spec[name].shape)
             out[name] = torch.zeros(shape, device=device) if device is not None else np.zeros(shape, np.float32)
         return out
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_stepper(
+    backend: str = "auto",
+    preset: str | ModelConfig = "tiny",
+    *,
+    checkpoint: str | Path | None = None,
+    module: torch.nn.Module | None = None,
+    with_backbone: bool = True,
+    onnx_path: str | Path | None = None,
+    engine_path: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    num_threads: int | None = None,
+    dfa_impl: str = "auto",
+) -> StepRunner:
+    """One call for the node, the evaluator and the benchmark: a :class:`StepRunner` for ``backend``.
+
+    Builds the model of ``preset`` (loading ``checkpoint``) unless ``module`` is given. For
+    ``onnxruntime`` (and ``auto`` when ONNX Runtime is the pick) without ``onnx_path``, the step
+    graph is exported once into ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``),
+    keyed by preset, variant and a hash of the weights. ``tensorrt`` needs ``engine_path``. The
+    result plugs into ``Pipeline(runner, class_names, ...)`` in place of the torch model.
+    """
+    from ..model import build_head, build_model
+    from .export import export_step
+
+    cfg = get_preset(preset)
+    if module is None:
+        module = build_model(cfg) if with_backbone else build_head(cfg)
+        if checkpoint is not None:
+            if with_backbone:
+                module.load_official_checkpoint(checkpoint)
+            else:
+                from ..model.checkpoint import read_checkpoint
+
+                module.load_official_state_dict(read_checkpoint(checkpoint))
+    with_backbone = hasattr(module, "extract_features")
+    head_cfg = module.head.cfg if with_backbone else module.cfg
+    cfg = ModelConfig(cfg.name, cfg.backbone, head_cfg, cfg.input_wh)
+    wants_ort = backend == "onnxruntime" or (
+        backend == "auto" and "onnxruntime" in available_backends()
+        and not ("tensorrt" in available_backends() and engine_path is not None)
+    )
+    if wants_ort and onnx_path is None:
+        root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
+        variant = "full" if with_backbone else "head"
+        onnx_path = root / f"{cfg.name}_{variant}_{_weights_digest(module)}.onnx"
+        if not onnx_path.is_file():
+            export_step(onnx_path, cfg, with_backbone=with_backbone, module=module)
+    chosen = create_backend(backend, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
+                            dfa_impl=dfa_impl, num_threads=num_threads)
+    return StepRunner(chosen, cfg)
