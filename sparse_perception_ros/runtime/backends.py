@@ -34,7 +34,7 @@ import torch
 from ..model import HeadOutput, TemporalState
 from ..model.config import ModelConfig, get_preset
 from ..model.instance_bank import assign_instance_ids
-from .export import STATE_INPUTS, STATE_OUTPUTS, StepGraph, input_names, output_names
+from .export import STATE_OUTPUTS, StepGraph, host_step_inputs, input_names, output_names
 
 __all__ = [
     "TensorSpec",
@@ -320,18 +320,8 @@ class StepRunner:
         inputs: dict[str, Any] = dict(zip(names, images, strict=True))
         inputs["projection_mat"] = projection_mat
         inputs["image_wh"] = image_wh
-        if state.is_empty:
-            inputs.update(T_cur_from_prev=np.eye(4, dtype=np.float32)[None], dt=np.zeros(1, np.float32),
-                          prev_valid=np.zeros(1, bool))
-            inputs.update(self._zero_state())
-            mask = False
-        else:
-            dt = np.float32(np.float64(timestamp) - np.float64(state.timestamp))
-            t = np.linalg.inv(t_world) @ np.asarray(state.T_world_from_model, np.float64)
-            inputs.update(T_cur_from_prev=t.astype(np.float32)[None], dt=np.array([dt], np.float32),
-                          prev_valid=np.ones(1, bool))
-            inputs.update(dict(zip(STATE_INPUTS, (state.anchors, state.features, state.confidence), strict=True)))
-            mask = bool(np.abs(dt) <= np.float32(h.max_time_interval))
+        inputs.update(host_step_inputs(timestamp, t_world, state, self.cfg))
+        mask = not state.is_empty and bool(np.abs(inputs["dt"][0]) <= np.float32(h.max_time_interval))
         out = self.backend.run(inputs)
         out = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))) for k, v in out.items()}
         # track ids (host bookkeeping, as Sparse4DHead.step): carried rows keep their id when masked in
@@ -357,15 +347,6 @@ class StepRunner:
             classification=cls, prediction=out["prediction"], quality=out["quality"],
         )
         return head_out, new_state
-
-    def _zero_state(self) -> dict[str, Any]:
-        spec = self.backend.input_spec()
-        device = getattr(self.backend, "device", None)
-        out = {}
-        for name in STATE_INPUTS:
-            shape = tuple(int(d) for d in spec[name].shape)
-            out[name] = torch.zeros(shape, device=device) if device is not None else np.zeros(shape, np.float32)
-        return out
 
 
 def _weights_digest(module: torch.nn.Module) -> str:

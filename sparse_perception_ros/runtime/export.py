@@ -196,11 +196,12 @@ class StepInputs:
 
 
 def host_step_inputs(timestamp: float, T_world_from_model: np.ndarray, state: TemporalState, cfg: ModelConfig,
-                     ) -> dict[str, np.ndarray]:
+                     ) -> dict:
     """The state-related graph inputs for ``state``, computed exactly as ``head.step`` does.
 
-    ``dt = float32(t_cur - t_prev)`` and ``T_cur_from_prev = float32(inv(T_cur) @ T_prev)`` in
-    float64; an empty state gives ``prev_valid = False`` and zero tensors.
+    ``dt = float32(t_cur - t_prev)`` and ``T_cur_from_prev = float32(inv(T_cur) @ T_prev)`` are
+    computed in float64 on the host. The state tensors are passed **as they are** (on whatever
+    device they live, no copy); an empty state gives ``prev_valid = False`` and numpy zeros.
     """
     h = cfg.head
     if state.is_empty:
@@ -217,15 +218,11 @@ def host_step_inputs(timestamp: float, T_world_from_model: np.ndarray, state: Te
     return {
         "T_cur_from_prev": t.astype(np.float32)[None],
         "dt": np.array([dt], np.float32),
-        "prev_anchors": _np(state.anchors),
-        "prev_features": _np(state.features),
-        "prev_confidence": _np(state.confidence),
+        "prev_anchors": state.anchors,
+        "prev_features": state.features,
+        "prev_confidence": state.confidence,
         "prev_valid": np.ones(1, bool),
     }
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
 def synthetic_sequence(cfg: ModelConfig, num_frames: int = 5, with_backbone: bool = False, seed: int = 0,
