@@ -22,7 +22,7 @@ from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.ops import dfa_cpu
 from sparse_perception_ros.ops.deformable_aggregation import deformable_aggregation
 from sparse_perception_ros.runtime.backends import OrtBackend, StepRunner, TorchBackend
-from sparse_perception_ros.runtime.export import export_step, synthetic_sequence
+from sparse_perception_ros.runtime.export import export_cached, export_step, synthetic_sequence
 
 CFG = get_preset("tiny")
 RAW = ("classification", "prediction", "quality")
@@ -37,9 +37,7 @@ def head():
 
 @pytest.fixture(scope="module")
 def onnx_path(head, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "tiny_head.onnx"
-    export_step(path, "tiny", module=head)
-    return path
+    return export_cached(head, CFG, tmp_path_factory.getbasetemp() / "onnx_cache")
 
 
 def frame_tensors(frame):

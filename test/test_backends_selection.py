@@ -21,7 +21,7 @@ from sparse_perception_ros.runtime.backends import (
     available_backends,
     create_backend,
 )
-from sparse_perception_ros.runtime.export import export_step
+from sparse_perception_ros.runtime.export import export_cached
 
 CFG = get_preset("tiny")
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -67,14 +67,13 @@ def test_build_engine_cli_without_tensorrt_is_one_line_not_a_traceback(tmp_path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr and "no ONNX file" in missing.stderr
 
 
-def test_auto_prefers_onnxruntime_then_torch(head, tmp_path):
+def test_auto_prefers_onnxruntime_then_torch(head, tmp_path, tmp_path_factory):
     assert available_backends()[-1] == "torch"
     if not HAVE_TRT:
         assert "tensorrt" not in available_backends()
     backend = create_backend("auto", module=head, cfg=CFG)  # no ONNX file: falls through to torch
     assert isinstance(backend, TorchBackend)
-    path = tmp_path / "tiny.onnx"
-    export_step(path, "tiny", module=head)
+    path = export_cached(head, CFG, tmp_path_factory.getbasetemp() / "onnx_cache")  # shared in the session
     backend = create_backend("auto", module=head, cfg="tiny", onnx_path=path)
     assert isinstance(backend, OrtBackend if not HAVE_TRT else type(backend))
     with pytest.raises(BackendUnavailable, match="sparse-perception export"):

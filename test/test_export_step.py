@@ -18,6 +18,7 @@ from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from sparse_perception_ros.runtime.export import (
     StepGraph,
+    export_cached,
     export_step,
     host_step_inputs,
     input_names,
@@ -36,9 +37,9 @@ def head():
 
 @pytest.fixture(scope="module")
 def exported(head, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "tiny_head.onnx"
-    meta = export_step(path, "tiny", module=head)
-    return path, meta
+    # shared with the other modules that export the same seeded head (same session temp dir)
+    path = export_cached(head, CFG, tmp_path_factory.getbasetemp() / "onnx_cache")
+    return path, json.loads(path.with_name(path.name + ".json").read_text())
 
 
 def graph_args(frame, state):

@@ -349,16 +349,6 @@ class StepRunner:
         return head_out, new_state
 
 
-def _weights_digest(module: torch.nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def build_stepper(
     backend: str = "auto",
     preset: str | ModelConfig = "tiny",
@@ -381,7 +371,7 @@ def build_stepper(
     result plugs into ``Pipeline(runner, class_names, ...)`` in place of the torch model.
     """
     from ..model import build_head, build_model
-    from .export import export_step
+    from .export import export_cached
 
     cfg = get_preset(preset)
     if module is None:
@@ -401,11 +391,7 @@ def build_stepper(
         and not ("tensorrt" in available_backends() and engine_path is not None)
     )
     if wants_ort and onnx_path is None:
-        root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
-        variant = "full" if with_backbone else "head"
-        onnx_path = root / f"{cfg.name}_{variant}_{_weights_digest(module)}.onnx"
-        if not onnx_path.is_file():
-            export_step(onnx_path, cfg, with_backbone=with_backbone, module=module)
+        onnx_path = export_cached(module, cfg, cache_dir)
     chosen = create_backend(backend, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
                             dfa_impl=dfa_impl, num_threads=num_threads)
     return StepRunner(chosen, cfg)

@@ -58,6 +58,7 @@ __all__ = [
     "output_names",
     "level_shapes",
     "export_step",
+    "export_cached",
     "synthetic_sequence",
     "host_step_inputs",
     "add_arguments",
@@ -347,6 +348,34 @@ def export_step(
     }
     Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def weights_digest(module: nn.Module) -> str:
+    """Short sha256 of a module's state dict (names and values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | None = None,
+                  backbone_fp16: bool = False) -> Path:
+    """Export ``module`` (head or full model) once into ``cache_dir`` and return the file.
+
+    The name holds the preset, the variant and :func:`weights_digest`, so changed weights give a
+    new file. Default directory: ``~/.cache/sparse_perception_ros/onnx``.
+    """
+    root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
+    with_backbone = hasattr(module, "extract_features")
+    variant = ("full_fp16" if backbone_fp16 else "full") if with_backbone else "head"
+    path = root / f"{cfg.name}_{variant}_{weights_digest(module)}.onnx"
+    if not path.is_file() or not Path(str(path) + ".json").is_file():
+        tmp = path.with_name(f".{path.name}.{id(module)}.tmp.onnx")
+        export_step(tmp, cfg, with_backbone=with_backbone, module=module, backbone_fp16=backbone_fp16)
+        Path(str(tmp) + ".json").replace(str(path) + ".json")
+        tmp.replace(path)
+    return path
 
 
 # ------------------------------------------------------------------------------------------ CLI
