@@ -38,6 +38,7 @@ class ModelParams:
     preset: str
     checkpoint: str
     backend: str
+    engine: str
     device: str
     sampling: str
     num_threads: int

@@ -1,4 +1,4 @@
-"""Model parameters -> a ready model (weights loaded safely), with errors naming the parameter."""
+"""Model parameters -> a ready model or backend runner (weights loaded safely), errors naming the parameter."""
 
 from __future__ import annotations
 
@@ -22,18 +22,21 @@ def bundled_weights_path(preset: str) -> Path | None:
 
 
 def load_model(p: ModelParams, seed: int = 0):
-    """Build ``p.preset`` and load its weights. Returns ``(model, note)``; ``note`` says what was loaded.
+    """Build ``p.preset``, load its weights and wrap it in the chosen backend. Returns ``(model, note)``.
 
-    ``checkpoint=""`` uses the bundled weights of the preset, or (until weights are bundled)
-    deterministic random weights, which the note states plainly. Checkpoints are read with
-    ``torch.load(weights_only=True)`` only.
+    The result has ``cfg`` and ``step(...)`` (what :class:`~.pipeline.Pipeline` needs): the torch
+    module itself for ``backend=torch``, else a :class:`~.backends.StepRunner` over ONNX Runtime
+    (the step graph exported once into a cache) or TensorRT (``engine``). ``checkpoint=""`` uses
+    the bundled weights of the preset, or (until weights are bundled) deterministic random
+    weights, which the note states plainly. Checkpoints are read with ``weights_only=True`` only.
     """
     from sparse_perception_ros.model import CheckpointError, build_model
+    from sparse_perception_ros.runtime.backends import BackendUnavailable, build_stepper
 
-    if p.backend != "torch":
-        raise ParameterError("model.backend", f"{p.backend!r} is not wired into the node yet; use 'torch'")
     if p.device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("model.device", "'cuda' requested but torch.cuda.is_available() is False on this machine")
+    if p.backend == "tensorrt" and not p.engine:
+        raise ParameterError("model.engine", "backend 'tensorrt' needs an engine file (sparse-perception build-engine)")
     torch.manual_seed(seed)
     model = build_model(p.preset, sampling=p.sampling)
     path = Path(p.checkpoint).expanduser() if p.checkpoint else bundled_weights_path(p.preset)
@@ -48,4 +51,12 @@ def load_model(p: ModelParams, seed: int = 0):
         except CheckpointError as exc:
             raise ParameterError("model.checkpoint", f"{path}: {exc}") from None
         note = f"model {p.preset}: loaded {path} ({report})"
-    return model.to(p.device).eval(), note
+    model = model.to(p.device).eval()
+    if p.backend == "torch":
+        return model, note + "; backend torch"
+    try:
+        runner = build_stepper(p.backend, p.preset, module=model, engine_path=p.engine or None,
+                               num_threads=p.num_threads or None)
+    except BackendUnavailable as exc:
+        raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
+    return runner, note + f"; backend {type(runner.backend).__name__}"

@@ -131,6 +131,9 @@ class Pipeline:
         self.resize_method = resize_method
         self.input_wh = tuple(model.cfg.input_wh)
         self.num_cams = int(model.cfg.head.num_cams)
+        params = getattr(model, "parameters", None)  # a torch module: feed inputs on its device
+        first = next(params(), None) if callable(params) else None
+        self.device = first.device if first is not None else torch.device("cpu")
 
     # ---------------------------------------------------------------------------------- rules
     def reset_reason(self, frame: Frame, state: PipelineState) -> str | None:
@@ -170,7 +173,7 @@ class Pipeline:
                                           method=self.resize_method)
         if not present.all():
             proj[0, ~torch.from_numpy(present)] = torch.from_numpy(_MASKED_PROJECTION).float()
-        return img, proj, wh
+        return img.to(self.device), proj.to(self.device), wh.to(self.device)
 
     def step(self, frame: Frame, state: PipelineState) -> tuple[Detections, PipelineState]:
         """Run one frame. Returns the detections (model frame) and the next state."""

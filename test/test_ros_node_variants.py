@@ -1,6 +1,6 @@
-"""The perception node on a CompressedImage rig: a corrupt JPEG is refused, counted and survived.
-
-Its own module so that no other perception node is alive on the same /diagnostics topic.
+"""Perception node variants over DDS: a CompressedImage rig (corrupt JPEG refused, counted, survived)
+and the ONNX Runtime backend. Its own module so that no other perception node is alive on the same
+/diagnostics topic.
 """
 
 from ros_rig import Rig, start_node, stop, write_params
@@ -31,3 +31,19 @@ def test_corrupt_jpeg_on_a_compressed_rig(tmp_path):
         log = stop(proc)
     assert log.count("refused image/back") == 1, log  # but logged once
     assert "truncated or corrupt JPEG" in log
+
+
+def test_onnxruntime_backend_node(tmp_path):
+    params = write_params(tmp_path, **{"model.backend": "onnxruntime", "output.score_threshold": 0.0,
+                                       "sync.lidar_fallback_timeout": 1.0})
+    proc = start_node(params)
+    rig = Rig()
+    try:
+        rig.publish_static()
+        rig.spin(5.0)  # export (cached after the first run) + session start
+        got = run_frames(rig, proc, [T0 + k * PERIOD for k in range(3)])
+        assert len(got) >= 2 and all(m.detections for m in got)
+    finally:
+        rig.close()
+        log = stop(proc)
+    assert "OrtBackend" in log
