@@ -118,6 +118,17 @@ class Rig:
         while time.monotonic() < end:
             self.executor.spin_once(timeout_sec=0.02)
 
+    def wait_for_node(self, timeout_s: float = 60.0) -> None:
+        """Spin until the node subscribes to the cloud and publishes objects (model loaded, discovery done)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.pub_pts.get_subscription_count() > 0 and \
+                    self.node.count_publishers("/perception/output/objects") > 0:
+                self.spin(0.5)  # let the remaining endpoints match too
+                return
+            self.spin(0.1)
+        raise TimeoutError(f"the perception node did not come up within {timeout_s} s")
+
     def publish_static(self, skip_camera: str | None = None):
         transforms = [tf_msg("base_link", "lidar_top", T_BASE_LIDAR, 0)]
         transforms += [tf_msg("base_link", f"cam_{c}", T_BASE_LIDAR @ T_lidar_from_cam(c), 0)

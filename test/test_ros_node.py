@@ -22,8 +22,8 @@ def session(tmp_path_factory):
                                                               "sync.lidar_fallback_timeout": 1.0})
     proc = start_node(params)
     rig = Rig()
+    rig.wait_for_node()
     rig.publish_static()
-    rig.spin(3.0)  # discovery and model load
     yield rig, proc
     rig.close()
     log = stop(proc)

@@ -13,8 +13,8 @@ def test_corrupt_jpeg_on_a_compressed_rig(tmp_path):
     proc = start_node(params)
     rig = Rig(compressed=True)
     try:
+        rig.wait_for_node()
         rig.publish_static()
-        rig.spin(3.0)
 
         def corrupt(msg):
             msg.data = bytes(msg.data)[: len(msg.data) // 2]
@@ -39,8 +39,8 @@ def test_onnxruntime_backend_node(tmp_path):
     proc = start_node(params)
     rig = Rig()
     try:
+        rig.wait_for_node()  # export (cached after the first run) + session start
         rig.publish_static()
-        rig.spin(5.0)  # export (cached after the first run) + session start
         got = run_frames(rig, proc, [T0 + k * PERIOD for k in range(3)])
         assert len(got) >= 2 and all(m.detections for m in got)
     finally:
