@@ -23,6 +23,15 @@ def test_launch_file_builds_its_nodes_from_the_manifest():
         assert needle in source  # every field of the spec reaches launch_ros.Node
 
 
+def test_replay_launch_file_uses_the_replay_node_set():
+    tree = ast.parse((REPO / "launch" / "replay.launch.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "node_set"]
+    assert calls and calls[0].args[0].value == "replay"
+    source = ast.unparse(tree)
+    for needle in ("spec.remaps", "spec.params_files", "spec.arguments", "spec.module"):
+        assert needle in source
+
+
 def test_builtin_launcher_passes_the_same_params_and_remaps():
     (spec,) = node_set("perception", "/tmp/p.yaml")
     argv = command_line(spec, namespace="car1")
