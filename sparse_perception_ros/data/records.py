@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -112,7 +111,7 @@ class KeyframeRecord:
     boxes: list[GTBox] = field(default_factory=list)
 
 
-Record = Union[CameraRecord, LidarRecord, KeyframeRecord]
+Record = CameraRecord | LidarRecord | KeyframeRecord
 
 
 @dataclass
