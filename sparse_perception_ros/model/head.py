@@ -53,7 +53,10 @@ class FrameResult:
     """Raw result of the decoder stack for a batch: all ``[bs, A, *]``.
 
     ``feature`` is the input of the last refine (what gets cached); ``carried_ids`` ``[bs, N_temp]``
-    are the previous ids after the update's mask (None on a first frame).
+    are the previous ids after the update's mask (None on a first frame). ``layers`` (only with
+    ``forward_frame(..., all_layers=True)``, for training) holds every refine's
+    ``(anchor [bs, A, 11], cls [bs, A, C], quality [bs, A, 2])`` in decoder order, each taken
+    right after its refine (decoder 0's before the bank update reorders rows).
     """
 
     feature: torch.Tensor
@@ -61,6 +64,7 @@ class FrameResult:
     cls: torch.Tensor
     quality: torch.Tensor
     carried_ids: torch.Tensor | None
+    layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
 def default_anchors(num_anchor: int, seed: int = 0) -> torch.Tensor:
@@ -149,11 +153,14 @@ class Sparse4DHead(nn.Module):
         projection_mat: torch.Tensor,
         image_wh: torch.Tensor,
         prior: BankPrior,
+        all_layers: bool = False,
     ) -> FrameResult:
         """Run the decoder stack for a batch (stateless; ``prior`` from :func:`bank_get`).
 
         ``feature_maps``: per level ``[bs, cams, E, H_l, W_l]``; ``projection_mat [bs, cams, 4, 4]``;
         ``image_wh [bs, cams, 2]``. The prior's tensors must have the same ``bs``.
+        ``all_layers`` (training): classify in every decoder and return every layer's outputs in
+        ``FrameResult.layers``; the last layer's values are the same either way.
         """
         features = feature_maps if isinstance(feature_maps, FeatureInputs) else FeatureInputs(list(feature_maps))
         bs = projection_mat.shape[0]
@@ -168,6 +175,7 @@ class Sparse4DHead(nn.Module):
         num_refined = 0
         last = len(self.operation_order) - 1
         cls = quality = None
+        layer_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = [] if all_layers else None
         for i, op in enumerate(self.operation_order):
             layer = self.layers[i]
             if op == "temp_gnn":
@@ -182,8 +190,10 @@ class Sparse4DHead(nn.Module):
             elif op == "deformable":
                 feature = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh)
             else:  # refine
-                want_cls = num_refined == self.cfg.num_single_frame_decoder - 1 or i == last
+                want_cls = all_layers or num_refined == self.cfg.num_single_frame_decoder - 1 or i == last
                 anchor, cls, quality = layer(feature, anchor, anchor_embed, time_interval, want_cls)
+                if layer_outputs is not None:
+                    layer_outputs.append((anchor, cls, quality))
                 num_refined += 1
                 if num_refined == self.cfg.num_single_frame_decoder:
                     feature, anchor, carried_ids = bank_update(feature, anchor, cls, prior)
@@ -191,7 +201,7 @@ class Sparse4DHead(nn.Module):
                     anchor_embed = self.anchor_encoder(anchor)
                 if num_refined > self.cfg.num_single_frame_decoder and temp_embed is not None:
                     temp_embed = anchor_embed[:, : self.cfg.num_temp_instances]
-        return FrameResult(feature, anchor, cls, quality, carried_ids)
+        return FrameResult(feature, anchor, cls, quality, carried_ids, layer_outputs)
 
     @torch.no_grad()
     def step(
