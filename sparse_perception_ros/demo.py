@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from sparse_perception_ros.processes import start_captured, stop_process
 from sparse_perception_ros.ros.convert import CameraCalibration
 
 __all__ = ["DemoSensors", "make_demo_sensors", "run_sensor_roundtrip", "add_arguments", "run"]
@@ -63,20 +62,9 @@ def make_demo_sensors(width: int = 1600, height: int = 900, beams: int = 32, see
     return DemoSensors(rgb=rgb, calib=calib, cloud=np.concatenate([cloud, obj]))
 
 
-def _start_node(extra_args: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "sparse_perception_ros.ros.sensor_check_node", "--ros-args", *extra_args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+def _start_node(extra_args: list[str]):
+    return start_captured([sys.executable, "-m", "sparse_perception_ros.ros.sensor_check_node", "--ros-args",
+                           *extra_args])
 
 
 def run_sensor_roundtrip(sensors: DemoSensors, timeout_s: float = 30.0, encoding: str = "bgr8",
@@ -153,7 +141,7 @@ def run_sensor_roundtrip(sensors: DemoSensors, timeout_s: float = 30.0, encoding
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
-        log = _stop(proc)
+        log = stop_process(proc)
     return received.get("objects"), received.get("markers"), stamps, log
 
 

@@ -8,7 +8,6 @@ images, CameraInfo and a small cloud. Every knob a fault test needs is an argume
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from visualization_msgs.msg import MarkerArray
 
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, matrix_to_quat, quat_from_yaw
 from sparse_perception_ros.launch_manifest import CAMERAS, DEFAULT_TOPICS
+from sparse_perception_ros.processes import start_captured, stop_process
 from sparse_perception_ros.ros.convert import (
     CameraCalibration,
     array_to_pointcloud2_msg,
@@ -181,16 +181,9 @@ class Rig:
 
 def start_node(params_file: Path) -> subprocess.Popen:
     """The perception node through the built-in launcher, as a child process."""
-    cmd = [sys.executable, "-m", "sparse_perception_ros.cli", "launch", "perception", "--params-file", str(params_file)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    return start_captured([sys.executable, "-m", "sparse_perception_ros.cli", "launch", "perception",
+                           "--params-file", str(params_file)], env=dict(os.environ))
 
 
 def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+    return stop_process(proc, timeout_s=15.0)

@@ -82,6 +82,11 @@ def boxes_to_global(boxes: np.ndarray, T_global_from_model: np.ndarray) -> dict[
     return {"translation": translation, "size": size, "rotation": rotation, "velocity": velocity}
 
 
+def _box_fields(sample_token: str, g: dict[str, np.ndarray], i: int) -> dict:
+    return {"sample_token": sample_token, "translation": g["translation"][i].tolist(), "size": g["size"][i].tolist(),
+            "rotation": g["rotation"][i].tolist(), "velocity": g["velocity"][i].tolist()}
+
+
 def detection_entries(sample_token: str, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                       T_global_from_model: np.ndarray, class_names=DETECTION_NAMES) -> list[dict]:
     """One sample's detection results (highest scores first, at most 500)."""
@@ -92,11 +97,7 @@ def detection_entries(sample_token: str, boxes: np.ndarray, scores: np.ndarray, 
         name = class_names[int(labels[i])]
         speed = float(np.hypot(*g["velocity"][i]))
         out.append({
-            "sample_token": sample_token,
-            "translation": g["translation"][i].tolist(),
-            "size": g["size"][i].tolist(),
-            "rotation": g["rotation"][i].tolist(),
-            "velocity": g["velocity"][i].tolist(),
+            **_box_fields(sample_token, g, i),
             "detection_name": name,
             "detection_score": float(scores[i]),
             "attribute_name": default_attribute(name, speed),
@@ -115,11 +116,7 @@ def tracking_entries(sample_token: str, boxes: np.ndarray, scores: np.ndarray, l
         if name not in TRACKING_NAMES:
             continue
         out.append({
-            "sample_token": sample_token,
-            "translation": g["translation"][i].tolist(),
-            "size": g["size"][i].tolist(),
-            "rotation": g["rotation"][i].tolist(),
-            "velocity": g["velocity"][i].tolist(),
+            **_box_fields(sample_token, g, i),
             "tracking_id": str(int(track_ids[i])),
             "tracking_name": name,
             "tracking_score": float(scores[i]),

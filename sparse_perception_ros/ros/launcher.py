@@ -17,6 +17,7 @@ import sys
 import time
 
 from sparse_perception_ros.launch_manifest import NODE_SETS, NodeSpec, node_set
+from sparse_perception_ros.processes import stop_process
 
 __all__ = ["command_line", "launch", "add_arguments", "run"]
 
@@ -57,15 +58,11 @@ def launch(specs: list[NodeSpec], namespace: str = "", duration_s: float | None 
     except (StopIteration, KeyboardInterrupt):
         pass
     finally:
-        for _, proc in procs:
+        for _, proc in procs:  # signal all first so they shut down in parallel
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         for _, proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     return status
 
 
