@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("sparse_perception_ros.ros.bag_player", "publish a bag with rclpy (raw CDR, /clock, --rate/--loop/--start)"),
     "record": ("sparse_perception_ros.ros.bag_recorder", "record topics (raw CDR) to an MCAP bag"),
     "render-example": ("sparse_perception_ros.data.example", "render the 6-camera mosaic + LiDAR BEV example picture"),
+    "eval": ("sparse_perception_ros.eval.command", "score the node (or --offline Pipeline.step) with nuscenes-devkit: NDS, mAP, AMOTA, report"),
 }
 
 

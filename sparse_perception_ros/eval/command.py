@@ -1,0 +1,139 @@
+"""``sparse-perception eval``: score the node (or, with ``--offline``, ``Pipeline.step``) with nuscenes-devkit.
+
+ROS mode (default): play each ``--bag`` through the real perception node started by the built-in
+launcher, record ``/perception/output/objects`` and ``/perception/output/latency``, match outputs
+to keyframes with the bag's ``samples.json``, move boxes to the global frame with the bag's TF,
+and score. ``--offline`` drives ``Pipeline.step`` directly from ``--dataroot``. Both write the
+same submission JSONs and the same report folder (see :mod:`sparse_perception_ros.eval.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_arguments", "run", "evaluate"]
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto", "debug_ground_truth")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataroot", required=True, help="nuScenes-format root with the ground truth (the devkit "
+                                                          "scores against it; --offline also reads its images)")
+    parser.add_argument("--version", default=None, help="table folder under --dataroot (default: the only v1.0-*)")
+    parser.add_argument("--bag", nargs="+", default=[], help="ROS mode: bag folder(s) made by `synth`/`to-bag` "
+                                                             "(each with samples.json), played one after another")
+    parser.add_argument("--offline", action="store_true", help="run Pipeline.step on --dataroot directly, no ROS")
+    parser.add_argument("--params-file", default="", help="node parameters (default: the package's CPU preset "
+                                                          "config/perception.param.yaml)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="override model.backend; debug_ground_truth replays GROUND TRUTH as detections "
+                             "(a debug check of frames/tokens/transforms, never a model score)")
+    parser.add_argument("--out", default="eval_report", help="report folder (written to a temp name, renamed when "
+                                                            "complete)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    parser.add_argument("--scenes", nargs="+", default=None, help="only these scene names")
+    parser.add_argument("--max-samples", type=int, default=None, help="at most this many keyframes (in scene order)")
+    parser.add_argument("--rate", type=float, default=1.0, help="ROS mode: playback rate")
+    parser.add_argument("--pictures", type=int, default=3, help="BEV + camera pictures of this many keyframes")
+    parser.add_argument("--no-plots", action="store_true", help="skip the devkit's PR/TP curve plots (faster)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="let the devkit print its own tables")
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=quiet, file=sys.stderr, leave=False)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The whole run; returns ``metrics.json``'s content. Raises on bad input."""
+    from sparse_perception_ros.eval import devkit, report
+    from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
+    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, gt_table
+    from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions, run_offline
+    from sparse_perception_ros.eval.submission import frame_plausibility_warning
+    from sparse_perception_ros.params import load_params
+    from sparse_perception_ros.paths import config_file
+
+    if not args.offline and not args.bag:
+        raise ValueError("give --bag (ROS mode) or --offline")
+    params_file = args.params_file or str(config_file("perception.param.yaml"))
+    params = load_params(params_file)
+    backend = args.backend or params.model.backend
+    nusc = open_nuscenes(args.dataroot, args.version)
+    samples = select_samples(nusc, args.scenes, args.max_samples)
+    tokens = [s.token for s in samples]
+    table = gt_table(nusc, samples) if backend == DEBUG_BACKEND else None
+    out = Path(args.out)
+    t_start = time.perf_counter()
+    with report.staged_folder(out, overwrite=args.overwrite) as tmp:
+        if args.offline:
+            pipeline, note = build_pipeline(params, backend if args.backend else None, table)
+            print(f"eval: {note}", file=sys.stderr)
+            with _progress(len(samples), "offline Pipeline.step", args.quiet) as bar:
+                results = run_offline(nusc, samples, pipeline, progress=bar.update)
+            timings = [r.timings_ms for r in results]
+            mode = "offline (Pipeline.step)"
+        else:
+            from sparse_perception_ros.eval.ros_mode import run_ros
+
+            results, timings, note = run_ros(args.bag, samples, params_file, backend if args.backend else None,
+                                             table, tmp / "work", rate=args.rate, quiet=args.quiet)
+            mode = "ros (bag -> node -> recorder)"
+        det_sub, trk_sub = results_to_submissions(results, tokens)
+        report.write_json(tmp / "submission_detection.json", det_sub)
+        report.write_json(tmp / "submission_tracking.json", trk_sub)
+        plots = not args.no_plots
+        det = devkit.run_detection_eval(nusc, str(tmp / "submission_detection.json"), tokens, str(tmp / "detection"),
+                                        render_curves=plots, verbose=args.verbose)
+        trk = devkit.run_tracking_eval(nusc, str(tmp / "submission_tracking.json"), tokens,
+                                       sorted({s.scene_name for s in samples}), str(tmp / "tracking"),
+                                       render_curves=plots, verbose=args.verbose)
+        metrics = devkit.summarize(det, trk)
+        metrics["gt_counts"] = det.get("gt_counts", {})
+        ego = max((float(np.hypot(*r.T_global_from_boxes[:2, 3])) for r in results), default=None)
+        warning = frame_plausibility_warning(metrics["mATE_present"] if metrics["classes_present"] else None, ego)
+        if warning is None and metrics["classes_present"] and metrics["mAP_present"] == 0.0 and ego and ego > 10:
+            warning = frame_plausibility_warning(float("nan"), ego)
+        latency = report.latency_percentiles(timings)
+        synthetic = "synth" in nusc.version
+        run_info = {
+            "mode": mode, "backend": backend, "model": note, "params_file": params_file,
+            "dataroot": str(args.dataroot), "version": nusc.version, "samples": len(samples),
+            "scenes": len({s.scene_name for s in samples}), "frames_with_output": len(results),
+            "wall_s": round(time.perf_counter() - t_start, 1),
+            "data_note": ("Numbers from SYNTHETIC data (our generator), not nuScenes; " if synthetic else "")
+            + ("backend debug_ground_truth replays ground truth: a pipeline check, not a detector score."
+               if backend == DEBUG_BACKEND else "" if synthetic else "real nuScenes-format data."),
+        }
+        report.write_json(tmp / "metrics.json", {"metrics": metrics, "run": run_info, "warning": warning})
+        report.write_json(tmp / "latency.json", latency)
+        if args.pictures > 0:
+            report.draw_pictures(nusc, det_sub, tokens, tmp / "pictures", count=args.pictures)
+        report.write_summary(tmp / "summary.md", metrics, run_info, latency, warning)
+    print(report.format_metrics(metrics))
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    print(f"report: {out}/summary.md")
+    return {"metrics": metrics, "run": run_info, "warning": warning}
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparse_perception_ros.params import ParameterError
+
+    try:
+        evaluate(args)
+    except KeyboardInterrupt:
+        print("eval: interrupted; no report written", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, ParameterError, RuntimeError) as exc:
+        print(f"sparse-perception eval: {exc}", file=sys.stderr)
+        return 2
+    return 0
+

@@ -1,0 +1,144 @@
+"""nuScenes-format root -> keyframe :class:`~sparse_perception_ros.runtime.pipeline.Frame` values (ROS-free).
+
+The model frame is LIDAR_TOP at the key LiDAR stamp. For camera ``c`` taken at its own stamp
+``t_c`` (up to ~50 ms away from the LiDAR's), ego motion is compensated through the two ego
+poses, exactly as the node does with TF::
+
+    T_global_from_model = ego2global(t_lidar) @ lidar2ego
+    T_cam_from_model    = inv(ego2global(t_c) @ cam2ego) @ T_global_from_model
+
+Reading goes through nuscenes-devkit's ``NuScenes`` tables (the same database the devkit's
+evaluation reads its ground truth from).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_to_matrix
+from sparse_perception_ros.runtime.pipeline import Frame
+
+__all__ = ["CAMERA_CHANNELS", "SampleRef", "open_nuscenes", "find_version", "select_samples", "pose_matrix",
+           "T_global_from_lidar", "load_frame"]
+
+# Sparse4D / node camera order (cameras.names = front, front_right, front_left, back, back_left, back_right).
+CAMERA_CHANNELS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+LIDAR = "LIDAR_TOP"
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One keyframe to evaluate: its token, scene, and key LiDAR stamp (ns)."""
+
+    token: str
+    scene_name: str
+    stamp_ns: int
+
+
+def find_version(dataroot: str | Path) -> str:
+    """The one ``v1.0-*`` table folder under ``dataroot`` (error if none or several)."""
+    root = Path(dataroot)
+    found = sorted(p.name for p in root.glob("v1.0-*") if (p / "sample.json").is_file())
+    if not found:
+        raise FileNotFoundError(f"{root} holds no nuScenes table folder (v1.0-*/sample.json)")
+    if len(found) > 1:
+        raise ValueError(f"{root} holds several versions ({', '.join(found)}); pass --version")
+    return found[0]
+
+
+def open_nuscenes(dataroot: str | Path, version: str | None = None):
+    """A devkit ``NuScenes`` over ``dataroot`` (quiet)."""
+    from nuscenes import NuScenes
+
+    version = version or find_version(dataroot)
+    return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+
+
+def select_samples(nusc, scenes: list[str] | None = None, max_samples: int | None = None) -> list[SampleRef]:
+    """Keyframes of the chosen scenes (all when ``scenes`` is empty) in scene order, then time order.
+
+    ``max_samples`` keeps the first N keyframes of each chosen scene's sequence, scene after
+    scene, so a short run still scores whole consecutive stretches (tracking needs them).
+    """
+    by_name = {s["name"]: s for s in nusc.scene}
+    if scenes:
+        unknown = [n for n in scenes if n not in by_name]
+        if unknown:
+            raise ValueError(f"unknown scene(s) {', '.join(unknown)}; known: {', '.join(sorted(by_name))}")
+        chosen = [by_name[n] for n in scenes]
+    else:
+        chosen = sorted(nusc.scene, key=lambda s: nusc.get("sample", s["first_sample_token"])["timestamp"])
+    out: list[SampleRef] = []
+    for scene in chosen:
+        tok = scene["first_sample_token"]
+        while tok:
+            sample = nusc.get("sample", tok)
+            lidar = nusc.get("sample_data", sample["data"][LIDAR])
+            out.append(SampleRef(tok, scene["name"], int(lidar["timestamp"]) * 1000))
+            tok = sample["next"]
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        out = out[:max_samples]
+    return out
+
+
+def pose_matrix(record: dict) -> np.ndarray:
+    """``(4, 4)`` float64 from a nuScenes ``translation`` + ``rotation`` (wxyz) record."""
+    return make_transform(quat_to_matrix(np.asarray(record["rotation"], dtype=np.float64)),
+                          np.asarray(record["translation"], dtype=np.float64))
+
+
+def _sensor_pose(nusc, sd: dict) -> np.ndarray:
+    """``T_global_from_sensor`` at the sample_data's own stamp."""
+    cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+    ep = nusc.get("ego_pose", sd["ego_pose_token"])
+    return pose_matrix(ep) @ pose_matrix(cs)
+
+
+def T_global_from_lidar(nusc, sample_token: str) -> np.ndarray:
+    """``(4, 4)`` pose of the key LIDAR_TOP frame (the model frame) in the global frame."""
+    sample = nusc.get("sample", sample_token)
+    return _sensor_pose(nusc, nusc.get("sample_data", sample["data"][LIDAR]))
+
+
+def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bool = True) -> Frame:
+    """The keyframe as the node would assemble it: 6 RGB images, K, ego-motion compensated extrinsics.
+
+    ``T_world_from_model`` is the global pose of LIDAR_TOP; points ``(N, 4)`` float32 x, y, z,
+    intensity in LIDAR_TOP. A camera missing from the sample is masked (``present`` False).
+    """
+    import cv2
+
+    sample = nusc.get("sample", sample_token)
+    lidar_sd = nusc.get("sample_data", sample["data"][LIDAR])
+    T_gm = _sensor_pose(nusc, lidar_sd)
+    n = len(cameras)
+    images: list[np.ndarray | None] = []
+    K = np.tile(np.eye(3), (n, 1, 1))
+    T_cm = np.tile(np.eye(4), (n, 1, 1))
+    present = np.zeros(n, dtype=bool)
+    stamps = np.full(n, -1, dtype=np.int64)
+    for i, ch in enumerate(cameras):
+        if ch not in sample["data"]:
+            images.append(None)
+            continue
+        sd = nusc.get("sample_data", sample["data"][ch])
+        bgr = cv2.imread(str(Path(nusc.dataroot) / sd["filename"]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"cannot read image {Path(nusc.dataroot) / sd['filename']}")
+        images.append(np.ascontiguousarray(bgr[..., ::-1]))
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        K[i] = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
+        T_cm[i] = invert_transform(_sensor_pose(nusc, sd)) @ T_gm
+        present[i] = True
+        stamps[i] = int(sd["timestamp"]) * 1000
+    points = None
+    if with_points:
+        raw = np.fromfile(Path(nusc.dataroot) / lidar_sd["filename"], dtype=np.float32)
+        points = raw.reshape(-1, 5)[:, :4].copy() if raw.size % 5 == 0 else raw.reshape(-1, 4).copy()
+    return Frame(stamp_ns=int(lidar_sd["timestamp"]) * 1000, images=images, K=K, T_cam_from_model=T_cm,
+                 present=present, T_world_from_model=T_gm, points=points, camera_stamps_ns=stamps)

@@ -1,0 +1,185 @@
+"""nuscenes-devkit ``DetectionEval`` / ``TrackingEval`` on an explicit list of sample tokens.
+
+The devkit evaluates whole splits. ``--max-samples`` / ``--scenes`` need any subset, so the two
+small subclasses below load predictions and ground truth with the devkit's own
+``load_prediction_of_sample_tokens`` / ``load_gt_of_sample_tokens`` and then reuse its
+``evaluate`` / ``main`` / ``render`` untouched: the numbers are the devkit's.
+
+Tracking builds its per-scene tracks from a split name; :func:`split_covering` picks a split
+(custom ``splits.json`` first, then the predefined ones) that holds every chosen scene. Only the
+scenes of the given samples enter the tracks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+__all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "summarize"]
+
+
+def split_covering(nusc, scene_names) -> str:
+    """Name of the smallest split (custom or predefined) that contains every scene in ``scene_names``."""
+    import json
+
+    from nuscenes.utils.splits import create_splits_scenes
+
+    wanted = set(scene_names)
+    candidates: dict[str, list[str]] = {}
+    custom = Path(nusc.dataroot) / nusc.version / "splits.json"
+    if custom.is_file():
+        candidates.update(json.loads(custom.read_text()))
+    predefined = create_splits_scenes()
+    version_ok = {"mini_train": "mini", "mini_val": "mini", "train": "trainval", "val": "trainval",
+                  "train_detect": "trainval", "train_track": "trainval", "test": "test"}
+    for name, scenes in predefined.items():
+        if name not in candidates and nusc.version.endswith(version_ok.get(name, "?")):
+            candidates[name] = scenes
+    fitting = [(len(s), n) for n, s in candidates.items() if wanted <= set(s)]
+    if not fitting:
+        raise ValueError(f"no split of {nusc.version} holds all of {sorted(wanted)}; add one to "
+                         f"{custom} (the devkit's tracking evaluation needs a split name)")
+    return min(fitting)[1]
+
+
+def _prepare(nusc, cfg, result_path: str, sample_tokens, box_cls, verbose: bool):
+    from nuscenes.eval.common.loaders import (
+        add_center_dist,
+        filter_eval_boxes,
+        load_gt_of_sample_tokens,
+        load_prediction_of_sample_tokens,
+    )
+
+    pred, meta = load_prediction_of_sample_tokens(result_path, cfg.max_boxes_per_sample, box_cls,
+                                                  sample_tokens=list(sample_tokens), verbose=verbose)
+    gt = load_gt_of_sample_tokens(nusc, list(sample_tokens), box_cls, verbose=verbose)
+    if set(pred.sample_tokens) != set(gt.sample_tokens):
+        raise ValueError("the submission's sample tokens differ from the evaluated samples")
+    pred = filter_eval_boxes(nusc, add_center_dist(nusc, pred), cfg.class_range, verbose=verbose)
+    gt = filter_eval_boxes(nusc, add_center_dist(nusc, gt), cfg.class_range, verbose=verbose)
+    return pred, gt, meta
+
+
+def _make_dirs(self, output_dir: str) -> None:
+    self.output_dir = output_dir
+    self.plot_dir = os.path.join(output_dir, "plots")
+    os.makedirs(self.plot_dir, exist_ok=True)
+
+
+def _detection_eval_class():
+    from nuscenes.eval.detection.data_classes import DetectionBox
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    class SubsetDetectionEval(DetectionEval):
+        """The devkit's DetectionEval over ``sample_tokens`` instead of a split."""
+
+        def __init__(self, nusc, config, result_path: str, sample_tokens, output_dir: str, verbose: bool = False):
+            self.nusc, self.cfg, self.result_path, self.verbose, self.eval_set = nusc, config, result_path, verbose, ""
+            _make_dirs(self, output_dir)
+            self.pred_boxes, self.gt_boxes, self.meta = _prepare(nusc, config, result_path, sample_tokens,
+                                                                 DetectionBox, verbose)
+            self.sample_tokens = self.gt_boxes.sample_tokens
+
+    return SubsetDetectionEval
+
+
+def _tracking_eval_class():
+    from nuscenes.eval.tracking.data_classes import TrackingBox
+    from nuscenes.eval.tracking.evaluate import TrackingEval
+    from nuscenes.eval.tracking.loaders import create_tracks
+
+    class SubsetTrackingEval(TrackingEval):
+        """The devkit's TrackingEval over ``sample_tokens`` (tracks built within ``split``)."""
+
+        def __init__(self, nusc, config, result_path: str, sample_tokens, split: str, output_dir: str,
+                     verbose: bool = False):
+            self.cfg, self.result_path, self.eval_set, self.verbose = config, result_path, split, verbose
+            self.render_classes = None
+            _make_dirs(self, output_dir)
+            pred, gt, self.meta = _prepare(nusc, config, result_path, sample_tokens, TrackingBox, verbose)
+            self.sample_tokens = gt.sample_tokens
+            self.tracks_gt = create_tracks(gt, nusc, split, gt=True)
+            self.tracks_pred = create_tracks(pred, nusc, split, gt=False)
+
+    return SubsetTrackingEval
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool):
+    """The devkit prints progress bars and tables itself; keep them out of our output unless asked."""
+    if verbose:
+        yield
+        return
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
+def run_detection_eval(nusc, result_path: str, sample_tokens, output_dir: str, render_curves: bool = True,
+                       verbose: bool = False, config_name: str = "detection_cvpr_2019") -> dict:
+    """devkit detection metrics (its ``metrics_summary`` dict); plots under ``output_dir/plots``."""
+    from nuscenes.eval.common.config import config_factory
+
+    with _quiet(verbose):
+        ev = _detection_eval_class()(nusc, config_factory(config_name), result_path, sample_tokens, output_dir,
+                                     verbose=verbose)
+        summary = ev.main(plot_examples=0, render_curves=render_curves)
+    summary["gt_counts"] = _counts(ev.gt_boxes, "detection_name")
+    return summary
+
+
+def run_tracking_eval(nusc, result_path: str, sample_tokens, scene_names, output_dir: str,
+                      render_curves: bool = True, verbose: bool = False,
+                      config_name: str = "tracking_nips_2019") -> dict:
+    """devkit tracking metrics (its ``metrics_summary`` dict); plots under ``output_dir/plots``."""
+    from nuscenes.eval.common.config import config_factory
+
+    split = split_covering(nusc, scene_names)
+    with _quiet(verbose):
+        ev = _tracking_eval_class()(nusc, config_factory(config_name), result_path, sample_tokens, split,
+                                    output_dir, verbose=verbose)
+        return ev.main(render_curves=render_curves)
+
+
+def _counts(boxes, key: str) -> dict[str, int]:
+    """Boxes per class after the devkit's filtering (which classes are present)."""
+    counts: dict[str, int] = {}
+    for tok in boxes.sample_tokens:
+        for b in boxes[tok]:
+            counts[getattr(b, key)] = counts.get(getattr(b, key), 0) + 1
+    return counts
+
+
+def _num(x):
+    """JSON-safe float (NaN -> None)."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else f
+
+
+def summarize(detection: dict, tracking: dict | None) -> dict:
+    """The headline numbers: NDS, mAP, mATE..mAAE, per-class AP (classes with GT only), AMOTA, AMOTP, IDS."""
+    tp = detection["tp_errors"]
+    out = {
+        "NDS": _num(detection["nd_score"]), "mAP": _num(detection["mean_ap"]),
+        "mATE": _num(tp["trans_err"]), "mASE": _num(tp["scale_err"]), "mAOE": _num(tp["orient_err"]),
+        "mAVE": _num(tp["vel_err"]), "mAAE": _num(tp["attr_err"]),
+        "per_class_AP": {k: _num(v) for k, v in detection["mean_dist_aps"].items()},
+    }
+    present = sorted(detection.get("gt_counts", {}))
+    aps = [out["per_class_AP"][c] for c in present if out["per_class_AP"].get(c) is not None]
+    out["classes_present"] = present
+    out["mAP_present"] = sum(aps) / len(aps) if aps else None
+    for key, name in (("trans_err", "mATE"), ("scale_err", "mASE"), ("orient_err", "mAOE"), ("vel_err", "mAVE"),
+                      ("attr_err", "mAAE")):
+        vals = [_num(detection["label_tp_errors"][c][key]) for c in present]
+        vals = [v for v in vals if v is not None]
+        out[f"{name}_present"] = sum(vals) / len(vals) if vals else None
+    if tracking is not None:
+        out.update({"AMOTA": _num(tracking["amota"]), "AMOTP": _num(tracking["amotp"]), "IDS": _num(tracking["ids"]),
+                    "per_class_AMOTA": {k: _num(v) for k, v in tracking["label_metrics"]["amota"].items()}})
+    return out
