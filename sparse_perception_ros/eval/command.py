@@ -57,7 +57,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, gt_table
     from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions, run_offline
-    from sparse_perception_ros.eval.submission import frame_plausibility_warning
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.paths import config_file
 
@@ -98,9 +97,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         metrics = devkit.summarize(det, trk)
         metrics["gt_counts"] = det.get("gt_counts", {})
         ego = max((float(np.hypot(*r.T_global_from_boxes[:2, 3])) for r in results), default=None)
-        warning = frame_plausibility_warning(metrics["mATE_present"] if metrics["classes_present"] else None, ego)
-        if warning is None and metrics["classes_present"] and metrics["mAP_present"] == 0.0 and ego and ego > 10:
-            warning = frame_plausibility_warning(float("nan"), ego)
+        warning = devkit.wrong_frame_warning(metrics, ego)
         latency = report.latency_percentiles(timings)
         synthetic = "synth" in nusc.version
         run_info = {

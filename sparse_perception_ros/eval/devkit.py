@@ -17,7 +17,7 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "summarize"]
+__all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "summarize", "wrong_frame_warning"]
 
 
 def split_covering(nusc, scene_names) -> str:
@@ -183,3 +183,19 @@ def summarize(detection: dict, tracking: dict | None) -> dict:
         out.update({"AMOTA": _num(tracking["amota"]), "AMOTP": _num(tracking["amotp"]), "IDS": _num(tracking["ids"]),
                     "per_class_AMOTA": {k: _num(v) for k, v in tracking["label_metrics"]["amota"].items()}})
     return out
+
+
+def wrong_frame_warning(metrics: dict, ego_distance_m: float | None) -> str | None:
+    """:func:`~.submission.frame_plausibility_warning` on the classes with ground truth.
+
+    When nothing matched at all (mAP 0 on the classes present), the devkit reports the capped
+    error 1.0 as mATE, so the check is asked with "undefined" instead: far from the global
+    origin, an empty match means boxes were left in the ego / sensor frame.
+    """
+    from sparse_perception_ros.eval.submission import frame_plausibility_warning
+
+    if not metrics.get("classes_present"):
+        return None
+    if not metrics.get("mAP_present"):
+        return frame_plausibility_warning(float("nan"), ego_distance_m)
+    return frame_plausibility_warning(metrics["mATE_present"], ego_distance_m)

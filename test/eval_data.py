@@ -1,0 +1,27 @@
+"""Tiny synthetic evaluation data for the eval tests: 2 scenes x 8 keyframes, 160x90 images.
+
+Made with our own generator (``sparse_perception_ros.data``), once per test session and module,
+as a nuScenes-format root plus (on request) one bag per scene.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCENES, KEYFRAMES = 2, 8
+
+
+def synth_config(sweeps: bool = False):
+    from sparse_perception_ros.data.generator import SynthConfig
+
+    return SynthConfig(seed=3, scenes=SCENES, keyframes=KEYFRAMES, width=160, height=90, beams=8, azimuth_steps=180,
+                       objects=12, sweeps=sweeps)
+
+
+def make_dataset(folder: Path, bags: bool = False, sweeps: bool = False) -> tuple[Path, Path | None]:
+    """``(dataroot, bag folder or None)`` under ``folder``."""
+    from sparse_perception_ros.data.synth import synthesize
+
+    root, bag_root = folder / "nuscenes", (folder / "bags" if bags else None)
+    synthesize(synth_config(sweeps), out=str(root), bag_out=str(bag_root) if bags else None)
+    return root, bag_root
