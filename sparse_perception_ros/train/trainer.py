@@ -1,0 +1,367 @@
+"""The training loop: temporal clips through the inference model code, per-layer Hungarian losses.
+
+One iteration = ``batch_size`` clips of ``clip_len`` consecutive keyframes. Frames of a clip run
+in order through ``model.extract_features`` and ``model.head.forward_frame(..., all_layers=True)``
+with the instance bank carried exactly as at inference (``bank_get`` -> ``forward_frame`` ->
+``bank_cache``); the cached features/anchors/confidences are **detached** between frames (as the
+reference's instance bank does), so each frame is back-propagated on its own and gradients are
+accumulated over the clip before one optimizer step. The first frame of every clip starts from
+``TemporalState.empty()``.
+
+Outputs in ``out_dir``: ``config.json``; ``checkpoints/iter_XXXXXX.pt`` and ``last.pt`` (plain
+model state dicts, ``torch.load(weights_only=True)`` / ``model.load_official_checkpoint``);
+``train_state.pt`` (optimizer + iteration, for ``resume``); ``log.csv`` and ``log.json`` (one row
+per iteration); ``loss.png`` (loss curves).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model import build_model
+from ..model.backbone import FrozenBatchNorm2d
+from ..model.config import ModelConfig, get_preset
+from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_get
+from .augment import AugmentConfig, collate_frame, draw_clip_aug
+from .dataset import TrainSample, make_clips
+from .losses import LOSS_NAMES, LossConfig, layer_losses
+
+__all__ = ["TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
+           "evaluate_loss", "init_model"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "tiny"
+    iters: int = 2000
+    batch_size: int = 1
+    clip_len: int = 3
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.5
+    weight_decay: float = 1e-3
+    grad_clip: float = 25.0
+    warmup_iters: int = 100
+    min_lr_ratio: float = 1e-3
+    seed: int = 0
+    ckpt_every: int = 500
+    max_range: float | None = 55.0
+    anchor_init: str = "kmeans"  # "kmeans" on the training GT, or "default" (the model's placeholder)
+    calibrate_bn: bool = True  # from-scratch backbone: set the frozen BN statistics from a first batch
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["loss"]["class_cost_reg_weights"] = {str(k): v for k, v in self.loss.class_cost_reg_weights.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("augment").items()})
+        ld = dict(d.pop("loss"))
+        ld["class_cost_reg_weights"] = {int(k): tuple(v) for k, v in ld["class_cost_reg_weights"].items()}
+        loss = LossConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ld.items()})
+        return cls(augment=aug, loss=loss, **d)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: list[dict]
+    out_dir: Path | None
+
+
+# ---------------------------------------------------------------------------------- init helpers
+def kmeans_anchors(samples: Sequence[TrainSample], num_anchor: int, seed: int = 0, max_range: float | None = 55.0,
+                   iters: int = 25) -> torch.Tensor:
+    """``[A, 11]`` anchor prior as the reference's anchor generator: k-means of the GT centres
+    (within ``max_range``), log of the mean GT size, yaw 0 (cos = 1), zero velocity."""
+    boxes = np.concatenate([s.boxes for s in samples if len(s.boxes)], axis=0) if samples else np.zeros((0, 10))
+    if max_range is not None and len(boxes):
+        boxes = boxes[np.hypot(boxes[:, 0], boxes[:, 1]) <= max_range]
+    if len(boxes) == 0:
+        raise ValueError("no GT boxes to initialise anchors from")
+    rng = np.random.default_rng(seed)
+    pts = boxes[:, :3].astype(np.float64)
+    centres = pts[rng.choice(len(pts), num_anchor, replace=len(pts) < num_anchor)]
+    centres = centres + rng.normal(0, 0.5, centres.shape) * (len(pts) < num_anchor)
+    for _ in range(iters):
+        assign = ((pts[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        for k in range(num_anchor):
+            members = pts[assign == k]
+            if len(members):
+                centres[k] = members.mean(0)
+    anchor = np.zeros((num_anchor, 11), np.float32)
+    anchor[:, 0:3] = centres
+    anchor[:, 3:6] = np.log(boxes[:, 3:6].mean(0))
+    anchor[:, 7] = 1.0
+    return torch.from_numpy(anchor)
+
+
+@torch.no_grad()
+def calibrate_frozen_bn(backbone: torch.nn.Module, img: torch.Tensor) -> None:
+    """Set every ``FrozenBatchNorm2d``'s running mean/var to its input's batch statistics, layer by
+    layer in one forward pass (a data-dependent init for a from-scratch backbone whose BN stays
+    frozen, as at inference). ``img [N, 3, H, W]`` normalised."""
+
+    def pre_hook(mod: FrozenBatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+        x = inputs[0]
+        mod.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        mod.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-3)
+
+    hooks = [m.register_forward_pre_hook(pre_hook) for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    try:
+        backbone(img)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def init_model(samples: Sequence[TrainSample], cfg: TrainConfig, model_cfg: ModelConfig | None = None):
+    """A fresh model of the preset, seeded, anchors and frozen-BN statistics initialised from data."""
+    mcfg = model_cfg or get_preset(cfg.preset)
+    torch.manual_seed(cfg.seed)
+    model = build_model(mcfg)
+    if cfg.anchor_init == "kmeans":
+        model.head.instance_bank.anchor.data.copy_(kmeans_anchors(samples, mcfg.head.num_anchor, cfg.seed,
+                                                                  cfg.max_range))
+    elif cfg.anchor_init != "default":
+        raise ValueError(f"anchor_init must be 'kmeans' or 'default', got {cfg.anchor_init!r}")
+    if cfg.calibrate_bn:
+        rng = np.random.default_rng(cfg.seed)
+        picks = rng.choice(len(samples), min(4, len(samples)), replace=False)
+        aug = draw_clip_aug(rng, AugmentConfig(enabled=False))
+        fb = collate_frame([samples[i] for i in picks], [aug] * len(picks), mcfg.input_wh)
+        calibrate_frozen_bn(model.img_backbone, fb.img.flatten(0, 1))
+    return model
+
+
+# ---------------------------------------------------------------------------------- one clip
+def _cat_priors(priors: Sequence[BankPrior]) -> BankPrior:
+    """Per-clip priors (batch size 1 each, all first frames or all not) -> one batched prior."""
+    first = priors[0]
+    ti = torch.cat([p.time_interval for p in priors])
+    if first.temp_anchor is None:
+        return BankPrior(None, None, None, ti, None, None, 0)
+    return BankPrior(
+        torch.cat([p.temp_anchor for p in priors]), torch.cat([p.temp_feature for p in priors]),
+        torch.cat([p.mask for p in priors]), ti, torch.cat([p.prev_confidence for p in priors]), None, 0,
+    )
+
+
+def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True
+              ) -> tuple[dict[str, float], int]:
+    """Run ``clip[t][b]`` (frame t of clip b) through the model with the bank carried; per frame,
+    sum the losses of all decoder layers, divide by the clip length and (if ``backward``)
+    back-propagate. Returns the summed components (floats) and the GT count."""
+    head = model.head
+    hc = head.cfg
+    input_wh = model.cfg.input_wh
+    states = [TemporalState.empty() for _ in clip[0]]
+    totals = dict.fromkeys(LOSS_NAMES, 0.0)
+    num_gt = 0
+    for frame in clip:
+        fb = collate_frame(frame, augs, input_wh, cfg.max_range)
+        feats = model.extract_features(fb.img)
+        priors = [bank_get(st, ts, pose, hc.max_time_interval, hc.default_time_interval)
+                  for st, ts, pose in zip(states, fb.timestamps, fb.T_world_from_model, strict=True)]
+        prior = _cat_priors(priors)
+        res = head.forward_frame(feats, fb.projection_mat, fb.image_wh, prior, all_layers=True)
+        frame_loss = None
+        for anchor, cls, quality in res.layers:
+            parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss)
+            for k, v in parts.items():
+                totals[k] += float(v) / len(clip)
+            layer_sum = sum(parts.values())
+            frame_loss = layer_sum if frame_loss is None else frame_loss + layer_sum
+        num_gt += n
+        if backward:
+            (frame_loss / len(clip)).backward()
+        with torch.no_grad():
+            conf, feat, anc, _ = bank_cache(res.feature.detach(), res.anchor.detach(), res.cls.detach(),
+                                            prior.prev_confidence, hc.num_temp_instances, hc.confidence_decay)
+        states = [TemporalState(anc[b : b + 1], feat[b : b + 1], conf[b : b + 1], None, fb.timestamps[b],
+                                fb.T_world_from_model[b], 0) for b in range(len(states))]
+    return totals, num_gt
+
+
+@torch.no_grad()
+def evaluate_loss(model, samples: Sequence[TrainSample], clips: Sequence[Sequence[int]], cfg: TrainConfig) -> float:
+    """Mean total loss over ``clips`` without augmentation and without the ``cls_threshold_to_reg``
+    gate (so that it is comparable between an untrained and a trained model; deterministic)."""
+    was_training = model.training
+    model.eval()
+    no_aug = AugmentConfig(enabled=False)
+    cfg = replace(cfg, loss=replace(cfg.loss, cls_threshold_to_reg=0.0))
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for c in clips:
+        aug = draw_clip_aug(rng, no_aug)
+        parts, _ = clip_loss(model, [[samples[i]] for i in c], [aug], cfg, backward=False)
+        total += sum(parts.values())
+    model.train(was_training)
+    return total / max(len(clips), 1)
+
+
+# ---------------------------------------------------------------------------------- loop
+def _lr_factor(it: int, cfg: TrainConfig) -> float:
+    if it < cfg.warmup_iters:
+        return (it + 1) / cfg.warmup_iters
+    progress = (it - cfg.warmup_iters) / max(1, cfg.iters - cfg.warmup_iters)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("img_backbone.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("img_backbone.")]
+    return torch.optim.AdamW([{"params": backbone, "lr_mult": cfg.backbone_lr_mult}, {"params": rest, "lr_mult": 1.0}],
+                             lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _write_plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = [h["iter"] for h in history]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key in ("loss", *LOSS_NAMES):
+        vals = np.array([h[key] for h in history])
+        if len(vals) >= 20:  # running mean for readability
+            k = max(1, len(vals) // 50)
+            vals = np.convolve(vals, np.ones(k) / k, mode="same")
+        ax.plot(its, vals, label=key, lw=1.5 if key == "loss" else 1.0)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (sum over decoder layers, per frame)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _save_checkpoint(model, opt, it: int, out: Path, keep_iter_file: bool) -> None:
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tmp = ckpt / "last.pt.tmp"
+    torch.save(sd, tmp)
+    tmp.replace(ckpt / "last.pt")
+    if keep_iter_file:
+        torch.save(sd, ckpt / f"iter_{it:06d}.pt")
+    tmp = out / "train_state.pt.tmp"
+    torch.save({"iteration": it, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(out / "train_state.pt")
+
+
+def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool | None = None, log: Callable[[str], None] | None = None,
+          model_cfg: ModelConfig | None = None, model: torch.nn.Module | None = None,
+          meta: dict | None = None) -> TrainResult:
+    """Train ``cfg.preset`` (or ``model_cfg``) on ``samples``; see the module doc for the outputs.
+
+    ``meta``: extra JSON-able facts for ``config.json`` (e.g. how the data was made).
+    ``model``: an already initialised model (:func:`init_model`) to train instead of a fresh one.
+    ``resume=True`` continues from ``out_dir/checkpoints/last.pt`` + ``train_state.pt`` (same config).
+    The data order and augmentation of iteration ``i`` depend only on ``(seed, i)``, so a resumed
+    run sees the same batches as an uninterrupted one.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    clips = make_clips(samples, cfg.clip_len)
+    if not clips:
+        raise ValueError(f"no clip of {cfg.clip_len} consecutive keyframes in {len(samples)} samples")
+    out = Path(out_dir) if out_dir is not None else None
+    mcfg = model_cfg or get_preset(cfg.preset)
+    start = 0
+    history: list[dict] = []
+    if resume:
+        if out is None or not (out / "train_state.pt").is_file():
+            raise FileNotFoundError(f"nothing to resume in {out}: train_state.pt missing")
+        saved = json.loads((out / "config.json").read_text())
+        saved.pop("model", None)
+        saved.pop("meta", None)
+        if saved != json.loads(json.dumps(cfg.to_json())):
+            log("warning: resuming with a config that differs from config.json")
+        torch.manual_seed(cfg.seed)
+        model = build_model(mcfg)
+        model.load_official_checkpoint(out / "checkpoints" / "last.pt")
+        state = torch.load(out / "train_state.pt", weights_only=True)
+        opt = _optimizer(model, cfg)
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["iteration"])
+        if (out / "log.json").is_file():
+            history = [h for h in json.loads((out / "log.json").read_text()) if h["iter"] < start]
+        log(f"resumed at iteration {start}")
+    else:
+        model = model if model is not None else init_model(samples, cfg, mcfg)
+        opt = _optimizer(model, cfg)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**cfg.to_json(), "model": asdict(mcfg), "meta": meta or {}},
+                                                    indent=2))
+    model.train()
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not show, dynamic_ncols=True)
+    csv_file = None
+    writer = None
+    if out is not None:
+        # rewritten from the history, so rows past the resumed checkpoint do not linger
+        csv_file = open(out / "log.csv", "w", newline="")  # noqa: SIM115 - closed below
+        writer = csv.DictWriter(csv_file, fieldnames=["iter", "loss", *LOSS_NAMES, "lr", "num_gt", "sec"])
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    try:
+        for it in range(start, cfg.iters):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([cfg.seed, it])
+            picks = rng.choice(len(clips), cfg.batch_size, replace=len(clips) < cfg.batch_size)
+            batch = [clips[i] for i in picks]
+            augs = [draw_clip_aug(rng, cfg.augment, len(samples[c[0]].images)) for c in batch]
+            frames = [[samples[c[t]] for c in batch] for t in range(cfg.clip_len)]
+            factor = _lr_factor(it, cfg)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * factor * g["lr_mult"]
+            opt.zero_grad(set_to_none=True)
+            parts, num_gt = clip_loss(model, frames, augs, cfg)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            row = {"iter": it, "loss": sum(parts.values()), **parts, "lr": cfg.lr * factor, "num_gt": num_gt,
+                   "sec": time.perf_counter() - t0}
+            history.append(row)
+            if writer is not None:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                csv_file.flush()
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", *LOSS_NAMES)}, refresh=False)
+            bar.update(1)
+            done = it + 1
+            if out is not None and (done % cfg.ckpt_every == 0 or done == cfg.iters):
+                _save_checkpoint(model, opt, done, out, keep_iter_file=True)
+                (out / "log.json").write_text(json.dumps(history))
+                _write_plot(history, out / "loss.png")
+            if not show and (done % max(1, cfg.iters // 20) == 0 or done == cfg.iters):
+                log(f"iter {done}/{cfg.iters} " + " ".join(f"{k} {row[k]:.3f}" for k in ("loss", *LOSS_NAMES))
+                    + f" lr {row['lr']:.2e} {row['sec']:.2f}s/it")
+    finally:
+        bar.close()
+        if csv_file is not None:
+            csv_file.close()
+    model.eval()
+    return TrainResult(model, history, out)
