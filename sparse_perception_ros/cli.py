@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sparse_perception_ros.runtime.export", "export the temporal step graph (head or full model) to ONNX"),
     "build-engine": ("sparse_perception_ros.runtime.build_engine", "build a TensorRT engine from an exported ONNX"),
     "bench": ("sparse_perception_ros.runtime.bench", "time one step on the torch / onnxruntime / tensorrt backends"),
+    "train": ("sparse_perception_ros.train.command", "train a preset (temporal clips, Hungarian losses); --smoke for CI"),
     "synth": ("sparse_perception_ros.data.synth", "generate synthetic scenes as a nuScenes-format dataset and/or bags"),
     "to-bag": ("sparse_perception_ros.data.to_bag", "convert a nuScenes-format root to ROS 2 bags (one per scene)"),
     "play": ("sparse_perception_ros.ros.bag_player", "publish a bag with rclpy (raw CDR, /clock, --rate/--loop/--start)"),
