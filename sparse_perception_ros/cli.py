@@ -21,6 +21,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("sparse_perception_ros.doctor", "print what is installed: ROS, rmw, messages, ML stack, GPU"),
     "demo": ("sparse_perception_ros.demo", "run the end-to-end demo on the bundled default"),
+    "sensor-check": ("sparse_perception_ros.ros.sensor_check_demo", "round-trip sensor messages through a node over DDS"),
     "launch": ("sparse_perception_ros.ros.launcher", "start a node set of launch/ without ros2 launch"),
     "export": ("sparse_perception_ros.runtime.export", "export the temporal step graph (head or full model) to ONNX"),
     "build-engine": ("sparse_perception_ros.runtime.build_engine", "build a TensorRT engine from an exported ONNX"),

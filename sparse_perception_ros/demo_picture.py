@@ -1,0 +1,137 @@
+"""The demo picture: bird's-eye view (ground truth vs detections) beside the front camera with boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sparse_perception_ros.geometry.boxes import box_corners
+from sparse_perception_ros.geometry.transforms import invert_transform, make_transform
+from sparse_perception_ros.ros.messages import CLASS_COLORS
+
+__all__ = ["draw_demo_picture", "boxes_from_detection_msg"]
+
+_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _pose_matrix(pose) -> np.ndarray:
+    q, p = pose.orientation, pose.position
+    return make_transform(np.array([q.w, q.x, q.y, q.z]), [p.x, p.y, p.z])
+
+
+def boxes_from_detection_msg(msg, T_target_from_msg: np.ndarray | None = None):
+    """Detection3DArray -> ``boxes (N, 7)`` ``[x, y, z, s_heading, s_lateral, s_z, yaw]``, class names, ids."""
+    T = np.eye(4) if T_target_from_msg is None else T_target_from_msg
+    rows, names, ids = [], [], []
+    for d in msg.detections:
+        M = T @ _pose_matrix(d.bbox.center)
+        yaw = float(np.arctan2(M[1, 0], M[0, 0]))
+        rows.append([*M[:3, 3], d.bbox.size.x, d.bbox.size.y, d.bbox.size.z, yaw])
+        names.append(d.results[0].hypothesis.class_id if d.results else "unknown")
+        ids.append(d.id)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 7), names, ids
+
+
+def _read_input_bag(bag: Path) -> dict:
+    from sparse_perception_ros.data import bagio
+
+    data = {"tf": [], "static": {}, "gt": [], "images": [], "info": None}
+    reader = bagio.open_reader(bag)
+    try:
+        topics = ("/tf", "/tf_static", "/gt/objects", "/cam_front/image", "/cam_front/camera_info")
+        wanted = [c for c in reader.connections if c.topic in topics]
+        for conn, _, raw in bagio.iter_messages(reader, wanted):
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic == "/tf":
+                for ts in msg.transforms:
+                    data["tf"].append((_stamp_ns(ts.header.stamp), ts))
+            elif conn.topic == "/tf_static":
+                for ts in msg.transforms:
+                    data["static"][ts.child_frame_id] = ts
+            elif conn.topic == "/gt/objects":
+                data["gt"].append(msg)
+            elif conn.topic == "/cam_front/image":
+                data["images"].append((_stamp_ns(msg.header.stamp), msg))
+            elif data["info"] is None:
+                data["info"] = msg
+    finally:
+        reader.close()
+    return data
+
+
+def _transform_of(ts) -> np.ndarray:
+    q, t = ts.transform.rotation, ts.transform.translation
+    return make_transform(np.array([q.w, q.x, q.y, q.z]), [t.x, t.y, t.z])
+
+
+def draw_demo_picture(bag: Path, detections: list, out_path: Path) -> Path:
+    """Pick the last keyframe with a detection message and draw BEV + front camera into ``out_path``."""
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = _read_input_bag(Path(bag))
+    by_stamp = {_stamp_ns(m.header.stamp): m for m in detections}
+    pairs = [(g, by_stamp[_stamp_ns(g.header.stamp)]) for g in data["gt"] if _stamp_ns(g.header.stamp) in by_stamp]
+    if not pairs and detections and data["gt"]:  # no exact stamp match: nearest detection to the last GT
+        g = data["gt"][-1]
+        t = _stamp_ns(g.header.stamp)
+        pairs = [(g, min(detections, key=lambda m: abs(_stamp_ns(m.header.stamp) - t)))]
+    fig, (ax_bev, ax_cam) = plt.subplots(1, 2, figsize=(16, 7), gridspec_kw={"width_ratios": [1, 1.6]})
+    if pairs:
+        gt_msg, det_msg = pairs[-1]
+        t = _stamp_ns(gt_msg.header.stamp)
+        odom = min(data["tf"], key=lambda e: abs(e[0] - t))[1]
+        T_base_from_odom = invert_transform(_transform_of(odom))
+        gt_boxes, gt_names, _ = boxes_from_detection_msg(gt_msg, T_base_from_odom)
+        det_boxes, det_names, det_ids = boxes_from_detection_msg(det_msg)
+        for boxes, names, style in ((gt_boxes, gt_names, "gt"), (det_boxes, det_names, "det")):
+            for b, name in zip(box_corners(boxes) if len(boxes) else [], names, strict=False):
+                poly = np.vstack([b[:4, :2], b[:1, :2]])
+                if style == "gt":
+                    ax_bev.plot(poly[:, 0], poly[:, 1], color="0.2", lw=2.2, alpha=0.6)
+                else:
+                    ax_bev.plot(poly[:, 0], poly[:, 1], color=CLASS_COLORS.get(name, (0.5, 0.5, 0.5)), lw=1.2)
+        for b, tid in zip(det_boxes, det_ids, strict=True):
+            ax_bev.text(b[0], b[1], tid, fontsize=6)
+        ax_bev.plot([0], [0], marker=(3, 0, -90), markersize=12, color="k")
+        ax_bev.set_title(f"base_link BEV at {t / 1e9:.2f} s: ground truth (grey), detections (class colours)")
+        # front camera with the detections projected
+        img_t, img_msg = min(data["images"], key=lambda e: abs(e[0] - t)) if data["images"] else (None, None)
+        if img_msg is not None and data["info"] is not None and "cam_front" in data["static"]:
+            rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(bytes(img_msg.data), np.uint8), cv2.IMREAD_COLOR),
+                               cv2.COLOR_BGR2RGB)
+            K = np.asarray(data["info"].k, dtype=np.float64).reshape(3, 3)
+            T_cam_from_base = invert_transform(_transform_of(data["static"]["cam_front"]))
+            for corners, name in zip(box_corners(det_boxes) if len(det_boxes) else [], det_names, strict=False):
+                pc = corners @ T_cam_from_base[:3, :3].T + T_cam_from_base[:3, 3]
+                if (pc[:, 2] < 0.5).any():
+                    continue
+                uv = pc @ K.T
+                uv = uv[:, :2] / uv[:, 2:3]
+                color = tuple(int(255 * c) for c in CLASS_COLORS.get(name, (0.5, 0.5, 0.5)))
+                for i, j in _EDGES:
+                    cv2.line(rgb, tuple(int(v) for v in uv[i]), tuple(int(v) for v in uv[j]), color, 1, cv2.LINE_AA)
+            ax_cam.imshow(rgb)
+            ax_cam.set_title(f"cam_front at {img_t / 1e9:.2f} s with detections")
+    else:
+        ax_bev.set_title("no detections recorded")
+    ax_bev.set_xlim(-50, 50)
+    ax_bev.set_ylim(-50, 50)
+    ax_bev.set_aspect("equal")
+    ax_bev.grid(alpha=0.3)
+    ax_bev.set_xlabel("x forward (m)")
+    ax_bev.set_ylabel("y left (m)")
+    ax_cam.axis("off")
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return out_path
