@@ -182,7 +182,7 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
         for anchor, cls, quality in res.layers:
             parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss)
             for k, v in parts.items():
-                totals[k] += float(v) / len(clip)
+                totals[k] += float(v.detach()) / len(clip)
             layer_sum = sum(parts.values())
             frame_loss = layer_sum if frame_loss is None else frame_loss + layer_sum
         num_gt += n
@@ -270,9 +270,10 @@ def _save_checkpoint(model, opt, it: int, out: Path, keep_iter_file: bool) -> No
 def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = None,
           model_cfg: ModelConfig | None = None, model: torch.nn.Module | None = None,
-          meta: dict | None = None) -> TrainResult:
+          meta: dict | None = None, stop_at: int | None = None) -> TrainResult:
     """Train ``cfg.preset`` (or ``model_cfg``) on ``samples``; see the module doc for the outputs.
 
+    ``stop_at``: stop (with a checkpoint) after that many iterations, as if interrupted.
     ``meta``: extra JSON-able facts for ``config.json`` (e.g. how the data was made).
     ``model``: an already initialised model (:func:`init_model`) to train instead of a fresh one.
     ``resume=True`` continues from ``out_dir/checkpoints/last.pt`` + ``train_state.pt`` (same config).
@@ -328,7 +329,8 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         for row in history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     try:
-        for it in range(start, cfg.iters):
+        end = cfg.iters if stop_at is None else min(cfg.iters, stop_at)
+        for it in range(start, end):
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, it])
             picks = rng.choice(len(clips), cfg.batch_size, replace=len(clips) < cfg.batch_size)
@@ -352,7 +354,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", *LOSS_NAMES)}, refresh=False)
             bar.update(1)
             done = it + 1
-            if out is not None and (done % cfg.ckpt_every == 0 or done == cfg.iters):
+            if out is not None and (done % cfg.ckpt_every == 0 or done == end):
                 _save_checkpoint(model, opt, done, out, keep_iter_file=True)
                 (out / "log.json").write_text(json.dumps(history))
                 _write_plot(history, out / "loss.png")
