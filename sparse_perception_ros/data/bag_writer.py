@@ -354,9 +354,14 @@ def write_bag(stream: SceneStream, path: str | os.PathLike, images: str = "jpeg"
 
 
 def _rename_storage_files(folder: Path, name: str) -> None:
-    """rosbags names storage files after the (temporary) folder; give them the final folder's name."""
+    """rosbags names storage files after the (temporary) folder; give them the final folder's name.
+
+    MCAP files also get their chunk CRCs filled in (:func:`bagio.add_chunk_crcs`).
+    """
     meta = folder / "metadata.yaml"
     text = meta.read_text()
+    for f in sorted(folder.glob("*.mcap")):
+        bagio.add_chunk_crcs(f)
     for f in sorted(folder.iterdir()):
         if f.name.startswith(folder.name) and f.name != "metadata.yaml":
             new = name + f.name[len(folder.name):]

@@ -36,6 +36,8 @@ __all__ = [
     "typestore",
     "ensure_type",
     "open_reader",
+    "iter_messages",
+    "add_chunk_crcs",
 ]
 
 POINTS_TOPIC = DEFAULT_TOPICS["points"]  # /lidar_top/points
@@ -160,3 +162,30 @@ def iter_messages(reader, connections=None, start_ns: int | None = None):
     except Exception as exc:  # noqa: BLE001
         names = ", ".join(str(p) for p in reader.paths)
         raise DataError(f"corrupt or truncated bag {names}: {type(exc).__name__}: {exc}") from exc
+
+
+def add_chunk_crcs(mcap_path: str | os.PathLike) -> int:
+    """Fill in the CRC-32 of every chunk of an MCAP file in place; returns the number of chunks.
+
+    ``rosbags`` writes chunk CRCs as 0 ("not computed"), so a flipped byte inside message data would
+    go unnoticed. With the CRCs set, readers (``rosbags``, ``mcap``) report such a file as corrupt.
+    """
+    import struct
+    import zlib
+
+    from mcap.reader import make_reader
+
+    with open(mcap_path, "r+b") as fh:
+        summary = make_reader(fh).get_summary()
+        if summary is None:
+            raise DataError(f"MCAP file has no summary section: {mcap_path}")
+        n = 0
+        for ci in summary.chunk_indexes:
+            if ci.compression:  # our writers do not compress; leave others untouched
+                continue
+            fh.seek(ci.chunk_start_offset + 9 + 40)  # opcode, length, 3 x u64, crc, empty compression string
+            data = fh.read(ci.compressed_size)
+            fh.seek(ci.chunk_start_offset + 9 + 24)
+            fh.write(struct.pack("<I", zlib.crc32(data)))
+            n += 1
+    return n
