@@ -1,0 +1,88 @@
+"""Start gate for the evaluation replay: the player starts only when the node and the recorder are ready.
+
+``python -m sparse_perception_ros.eval.replay_gate --bag B --inputs T1 T2 ... --outputs O1 -- <play args>``
+
+A live system has no first frame to lose; an evaluation replay does. Two start-up races would
+cost the first keyframe of every bag, so the gate waits until
+
+- every input topic has a subscriber (the node subscribes after loading its model),
+- every output topic has a subscriber (the recorder subscribes once the node advertises), and
+- the bag's ``/tf_static`` has been offered (transient-local) to the node for a moment, so its
+  static transforms are in the node's buffer before the first sweep arrives,
+
+then replaces itself (``exec``) with ``sparse-perception play <play args>``: the same process,
+so the launcher supervises and stops it as the player.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _static_messages(bag: str) -> list[bytes]:
+    from sparse_perception_ros.data import bagio
+
+    reader = bagio.open_reader(bag)
+    try:
+        conns = [c for c in reader.connections if c.topic == bagio.TF_STATIC_TOPIC]
+        return [bytes(raw) for _c, _t, raw in bagio.iter_messages(reader, conns)] if conns else []
+    finally:
+        reader.close()
+
+
+def gate(bag: str, inputs: list[str], outputs: list[str], timeout_s: float, settle_s: float = 1.0) -> bool:
+    """Wait as the module docstring says; True when everything was ready before ``timeout_s``."""
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from tf2_msgs.msg import TFMessage
+
+    statics = _static_messages(bag)
+    rclpy.init(args=None)
+    try:
+        node = rclpy.create_node("replay_gate")
+        pub = None
+        if statics:
+            qos = QoSProfile(depth=max(1, len(statics)), durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+            pub = node.create_publisher(TFMessage, "/tf_static", qos)
+            for raw in statics:
+                pub.publish(raw)
+        deadline = time.monotonic() + timeout_s
+        ready = False
+        while time.monotonic() < deadline:
+            if all(node.count_subscribers(t) > 0 for t in [*inputs, *outputs]):
+                ready = True
+                break
+            time.sleep(0.1)
+        time.sleep(settle_s)  # discovery matching + transient-local delivery of the static transforms
+        node.destroy_node()
+        return ready
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, play_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="replay_gate", description=__doc__.splitlines()[0])
+    p.add_argument("--bag", required=True, help="the bag (its /tf_static is offered before playback)")
+    p.add_argument("--inputs", nargs="*", default=[], help="topics that must have a subscriber (the node's inputs)")
+    p.add_argument("--outputs", nargs="*", default=[], help="topics that must have a subscriber (the recorder)")
+    p.add_argument("--timeout", type=float, default=120.0, help="give up waiting after this many seconds")
+    args = p.parse_args(ours)
+    if not gate(args.bag, args.inputs, args.outputs, args.timeout):
+        print(f"replay_gate: not every subscriber appeared within {args.timeout} s; playing anyway", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "sparse_perception_ros.cli", "play", *play_args])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""ROS mode: each bag -> the real node (built-in launcher, ``replay`` node set) -> recorded outputs -> SampleResults.
+
+Per bag, :func:`~sparse_perception_ros.ros.launcher.launch` starts the ``replay`` node set of
+:mod:`~sparse_perception_ros.launch_manifest` (player + perception node + recorder, each in its
+own process, same params file and remaps as ``launch/replay.launch.py``), with two changes:
+
+- the player plays only the node's input topics, behind :mod:`~sparse_perception_ros.eval.replay_gate`,
+  which starts it once the node (after loading its model) and the recorder have subscribed and
+  the bag's static transforms have reached the node, so no keyframe is lost at start-up;
+- with ``--backend debug_ground_truth`` the node process is
+  :mod:`sparse_perception_ros.eval.gt_node` (the same PerceptionNode, configured with the GT
+  passthrough); any other ``--backend`` is passed as ``-p model.backend:=...``.
+
+When the player finishes, the launcher stops the node and the recorder (which then closes its
+bag). The recorded ``/perception/output/objects`` messages are matched to sample tokens by
+header stamp = the key LiDAR stamp in the bag's ``samples.json``; boxes go from the message frame
+to the global frame (``odom`` in our bags) with the bag's own ``/tf`` + ``/tf_static``.
+Latency comes from the node's own ``/perception/output/latency`` messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from sparse_perception_ros.eval.offline import SampleResult
+
+__all__ = ["WORLD_FRAME", "read_samples_sidecar", "read_tf", "read_outputs", "detection_array_to_boxes",
+           "match_outputs", "replay_specs", "run_ros"]
+
+WORLD_FRAME = "odom"  # the bags' world frame is the nuScenes global frame (docs/data.md)
+OBJECTS_TOPIC = "/perception/output/objects"
+LATENCY_TOPIC = "/perception/output/latency"
+# Wall clock minus a 2018 bag stamp is not a latency: left out of replay reports.
+_NOT_A_LATENCY = ("end_to_end",)
+
+
+def read_samples_sidecar(bag: str | Path) -> dict:
+    """The bag's ``samples.json``: ``{"scene_name", "samples": [{"sample_token", "stamps_ns": {channel: ns}}]}``."""
+    p = Path(bag) / "samples.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{bag} has no samples.json (the sample-token mapping written by synth / to-bag)")
+    return json.loads(p.read_text())
+
+
+def _key_stamp(sample: dict) -> int:
+    stamps = sample.get("stamps_ns", {})
+    if "LIDAR_TOP" in stamps:
+        return int(stamps["LIDAR_TOP"])
+    return int(sample["timestamp_us"]) * 1000
+
+
+def _ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def read_tf(bag: str | Path):
+    """A :class:`~sparse_perception_ros.geometry.tf_buffer.TransformBuffer` holding the bag's whole ``/tf`` + ``/tf_static``."""
+    from sparse_perception_ros.data import bagio
+    from sparse_perception_ros.geometry.tf_buffer import TransformBuffer
+    from sparse_perception_ros.geometry.transforms import make_transform, quat_to_matrix
+
+    buf = TransformBuffer(cache_time_ns=1 << 62)
+    reader = bagio.open_reader(bag)
+    try:
+        conns = [c for c in reader.connections if c.topic in (bagio.TF_TOPIC, bagio.TF_STATIC_TOPIC)]
+        for conn, _t, raw in bagio.iter_messages(reader, conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            for ts in msg.transforms:
+                q, t = ts.transform.rotation, ts.transform.translation
+                T = make_transform(quat_to_matrix(np.array([q.w, q.x, q.y, q.z])), np.array([t.x, t.y, t.z]))
+                buf.set_transform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), _ns(ts.header.stamp),
+                                  T, static=conn.topic == bagio.TF_STATIC_TOPIC)
+    finally:
+        reader.close()
+    return buf
+
+
+def detection_array_to_boxes(msg, class_names) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A Detection3DArray (as the node writes it, see ``ros/messages.py``) -> boxes ``(N, 10)``, scores,
+    labels, track ids. Unknown class ids are dropped; a missing velocity hypothesis gives zero velocity."""
+    from sparse_perception_ros.geometry.transforms import yaw_from_quat
+
+    rows, scores, labels, ids = [], [], [], []
+    for d in msg.detections:
+        if not d.results or d.results[0].hypothesis.class_id not in class_names:
+            continue
+        c, s, q = d.bbox.center.position, d.bbox.size, d.bbox.center.orientation
+        v = [0.0, 0.0, 0.0]
+        for r in d.results[1:]:
+            if r.hypothesis.class_id == "velocity":
+                p = r.pose.pose.position
+                v = [p.x, p.y, p.z]
+        rows.append([c.x, c.y, c.z, s.x, s.y, s.z, float(yaw_from_quat(np.array([q.w, q.x, q.y, q.z]))), *v])
+        scores.append(d.results[0].hypothesis.score)
+        labels.append(class_names.index(d.results[0].hypothesis.class_id))
+        ids.append(int(d.id) if d.id.strip().lstrip("-").isdigit() else -1)
+    return (np.asarray(rows, dtype=np.float64).reshape(-1, 10), np.asarray(scores, dtype=np.float32),
+            np.asarray(labels, dtype=np.int64), np.asarray(ids, dtype=np.int64))
+
+
+def read_outputs(recording: str | Path, class_names) -> tuple[dict[int, tuple], list[dict[str, float]]]:
+    """``({stamp_ns: (frame_id, boxes, scores, labels, ids)}, [per-frame latency dicts])`` from a recording."""
+    from sparse_perception_ros.data import bagio
+
+    outputs: dict[int, tuple] = {}
+    latency: list[dict[str, float]] = []
+    reader = bagio.open_reader(recording)
+    try:
+        conns = [c for c in reader.connections if c.topic in (OBJECTS_TOPIC, LATENCY_TOPIC)]
+        for conn, _t, raw in bagio.iter_messages(reader, conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic == OBJECTS_TOPIC:
+                outputs[_ns(msg.header.stamp)] = (msg.header.frame_id, *detection_array_to_boxes(msg, class_names))
+            else:
+                for st in msg.status:
+                    latency.append({kv.key: float(kv.value) for kv in st.values if kv.key not in _NOT_A_LATENCY})
+    finally:
+        reader.close()
+    return outputs, latency
+
+
+def match_outputs(sidecar: dict, outputs: dict[int, tuple], tf, wanted: set[str]) -> tuple[list[SampleResult], int]:
+    """SampleResults for the ``wanted`` tokens of one bag (global transform from ``tf``) and the count of
+    keyframes the node published nothing for (scored as empty)."""
+    results, missing = [], 0
+    for s in sidecar["samples"]:
+        tok = s["sample_token"]
+        if tok not in wanted:
+            continue
+        stamp = _key_stamp(s)
+        out = outputs.get(stamp)
+        if out is None:
+            missing += 1
+            out = ("base_link", np.zeros((0, 10)), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                   np.zeros(0, np.int64))
+        frame_id, boxes, scores, labels, ids = out
+        T = tf.lookup(WORLD_FRAME, frame_id.lstrip("/"), stamp)
+        results.append(SampleResult(tok, stamp, boxes, scores, labels, ids, T))
+    return results, missing
+
+
+def bag_images_compressed(bag: str | Path) -> bool:
+    """True when the bag's camera topics carry CompressedImage (the node must subscribe to that type)."""
+    from sparse_perception_ros.data import bagio
+
+    reader = bagio.open_reader(bag)
+    try:
+        types = {c.msgtype for c in reader.connections if c.topic.startswith("/cam_") and c.topic.endswith("/image")}
+    finally:
+        reader.close()
+    return "sensor_msgs/msg/CompressedImage" in types
+
+
+def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None, gt_table_path: str | None,
+                 rate: float = 1.0, wait_s: float = 120.0, compressed: bool | None = None):
+    """The ``replay`` node set for one bag, adjusted as the module docstring says (``compressed``: set
+    ``cameras.compressed`` to the bag's image type; None leaves the params file's value)."""
+    from sparse_perception_ros.data import bagio
+    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND
+    from sparse_perception_ros.launch_manifest import DEFAULT_TOPICS, node_set
+
+    specs = node_set("replay", params_file, bag=bag, record_to=record_to, rate=rate)
+    inputs = sorted(set(DEFAULT_TOPICS.values())) + [bagio.TF_TOPIC, bagio.TF_STATIC_TOPIC]
+    out = []
+    for spec in specs:
+        if spec.name == "bag_player":
+            play_args = (*spec.arguments[1:], "--wait", "10", "--topics", *inputs)
+            spec = replace(spec, module="sparse_perception_ros.eval.replay_gate",
+                           arguments=("--bag", bag, "--inputs", *inputs, "--outputs", OBJECTS_TOPIC, LATENCY_TOPIC,
+                                      "--timeout", str(wait_s), "--", *play_args))
+        elif spec.name == "perception":
+            if compressed is not None:
+                spec = replace(spec, parameters={**spec.parameters, "cameras.compressed": bool(compressed)})
+            if backend == DEBUG_BACKEND:
+                spec = replace(spec, module="sparse_perception_ros.eval.gt_node",
+                               arguments=("--gt-table", str(gt_table_path)))
+            elif backend:
+                spec = replace(spec, parameters={**spec.parameters, "model.backend": backend})
+        out.append(spec)
+    return out
+
+
+@contextlib.contextmanager
+def _output_to(log_path: Path):
+    """Send this process's (and so the children's) stdout/stderr to ``log_path``; yields the real stderr."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    real_err = os.fdopen(os.dup(saved[1]), "w")
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield real_err
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            real_err.close()
+
+
+def _bag_duration_s(bag: str) -> float:
+    from sparse_perception_ros.data import bagio
+
+    reader = bagio.open_reader(bag)
+    try:
+        return max(0.0, (reader.end_time - reader.start_time) * 1e-9)
+    finally:
+        reader.close()
+
+
+def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work: Path, rate: float = 1.0,
+            quiet: bool = False) -> tuple[list[SampleResult], list[dict[str, float]], str]:
+    """Play every bag holding a selected sample through the node; returns results, latency rows, a note."""
+    from tqdm import tqdm
+
+    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, save_table
+    from sparse_perception_ros.eval.submission import DETECTION_NAMES
+    from sparse_perception_ros.ros.launcher import launch
+
+    work.mkdir(parents=True, exist_ok=True)
+    wanted = {s.token for s in samples}
+    table_path = None
+    if backend == DEBUG_BACKEND:
+        table_path = work / "gt_table.json"
+        save_table(gt_table, table_path)
+    chosen = []
+    for bag in bags:
+        side = read_samples_sidecar(bag)
+        if wanted & {s["sample_token"] for s in side["samples"]}:
+            chosen.append((str(bag), side))
+    covered = set().union(*({s["sample_token"] for s in side["samples"]} for _, side in chosen)) if chosen else set()
+    if wanted - covered:
+        raise ValueError(f"{len(wanted - covered)} selected samples are in none of the bags (e.g. "
+                         f"{sorted(wanted - covered)[0]}); pass the bags of every selected scene or use --scenes")
+    results: list[SampleResult] = []
+    latency: list[dict[str, float]] = []
+    missing = 0
+    log = work / "launch.log"
+    for i, (bag, side) in enumerate(chosen):
+        rec = work / f"recording_{i}"
+        specs = replay_specs(bag, str(rec), params_file, backend, table_path, rate,
+                             compressed=bag_images_compressed(bag))
+        interrupted: list[int] = []
+
+        def on_sigint(signum, frame, interrupted=interrupted):
+            interrupted.append(signum)
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGINT, on_sigint)
+        stop = threading.Event()
+        try:
+            with _output_to(log) as real_err:
+                bar = tqdm(total=None, desc=f"replay {i + 1}/{len(chosen)} {side.get('scene_name', bag)} "
+                           f"({_bag_duration_s(bag) / rate:.0f} s of bag)", unit="s",
+                           disable=quiet or not real_err.isatty(), file=real_err, leave=False)
+
+                def tick(bar=bar, stop=stop):
+                    t0 = time.monotonic()
+                    while not stop.wait(1.0):
+                        bar.n = round(time.monotonic() - t0)
+                        bar.refresh()
+
+                ticker = threading.Thread(target=tick, daemon=True)
+                ticker.start()
+                status = launch(specs)
+                stop.set()
+                ticker.join()
+                bar.close()
+        finally:
+            stop.set()
+            signal.signal(signal.SIGINT, old)
+        if interrupted:
+            raise KeyboardInterrupt
+        if status != 0:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"replay of {bag} failed (exit status {status}); launch log tail:\n{tail}")
+        if not rec.exists():
+            raise RuntimeError(f"the recorder wrote nothing for {bag} (see {log})")
+        outputs, lat = read_outputs(rec, DETECTION_NAMES)
+        latency += lat
+        res, miss = match_outputs(side, outputs, read_tf(bag), wanted)
+        results += res
+        missing += miss
+    note = (f"node backend {backend or 'from params file'}; {len(chosen)} bag(s) replayed at rate {rate}; "
+            f"{missing} keyframe(s) without node output (scored empty)")
+    if backend == DEBUG_BACKEND:
+        note = "DEBUG backend debug_ground_truth (ground truth replayed as detections); " + note
+    order = {s.token: i for i, s in enumerate(samples)}
+    results.sort(key=lambda r: order[r.sample_token])
+    return results, latency, note
