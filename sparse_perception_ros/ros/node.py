@@ -303,7 +303,7 @@ class PerceptionNode(Node):
         names = self.pipeline.class_names
         self._pub_objects.publish(detections_to_msg(boxes, det.scores, det.labels, det.track_ids, names,
                                                     af.stamp_ns, out_frame))
-        if self.params.output.publish_markers:
+        if self.params.output.publish_markers and self._pub_markers.get_subscription_count() > 0:
             self._pub_markers.publish(detections_to_markers(boxes, det.scores, det.labels, det.track_ids, names,
                                                             af.stamp_ns, out_frame))
         t3 = time.perf_counter()

@@ -1,0 +1,225 @@
+"""Perception node benchmarks on a synthetic bag, over real DDS (node, player and this probe: 3 processes).
+
+    .venv/bin/python bench/bench_node.py latency  [--rate 0.5]      # glue overhead vs model time
+    .venv/bin/python bench/bench_node.py soak     [--frames 2000]   # memory and latency over time
+    .venv/bin/python bench/bench_node.py overload [--factor 2]      # bag at 2x the sustainable rate
+
+All three use the CPU preset (tiny model; random weights until one is bundled: the timing is the
+same) on a generated 320x180 scene, and read the node's own per-frame measurements from
+``~/output/latency`` and its counters from ``/diagnostics``.
+
+Definitions: *model* = preprocess + infer + decode (``Pipeline.step``); *glue* = everything the
+node adds around it: assemble (trigger arrival -> worker start), convert (messages -> arrays, TF)
+and publish (messages out). Glue fraction = glue / (glue + model), per frame, median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sparse_perception_ros.launch_manifest import node_set  # noqa: E402
+from sparse_perception_ros.processes import start_captured, stop_process  # noqa: E402
+from sparse_perception_ros.ros.launcher import command_line  # noqa: E402
+
+MODEL = ("preprocess", "infer", "decode")
+GLUE = ("assemble", "convert", "publish")
+
+
+def make_bag(workdir: Path, keyframes: int, seed: int = 3) -> Path:
+    out = workdir / f"bench_bags_{keyframes}_{seed}"
+    if not out.exists():
+        subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "synth", "--bag-out", str(out), "--scenes",
+                        "1", "--keyframes", str(keyframes), "--seed", str(seed), "--width", "320", "--height", "180"],
+                       check=True, capture_output=True)
+    return sorted(p for p in out.iterdir() if p.is_dir())[0]
+
+
+class Probe:
+    """Collects the node's latency messages and diagnostics counters in this process."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.rclpy = rclpy
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("bench_probe", context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.frames: list[tuple[float, dict[str, float]]] = []
+        self.counts: dict[str, int] = {}
+        self.node.create_subscription(DiagnosticArray, "/perception/output/latency", self._on_latency, 100)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+
+    def _on_latency(self, msg):
+        self.frames.append((time.monotonic(), {kv.key: float(kv.value) for kv in msg.status[0].values}))
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.endswith("pipeline"):
+                self.counts = {kv.key: int(kv.value) for kv in st.values if not kv.key.startswith("latency")}
+
+    def spin(self, seconds: float):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for_node(self, timeout: float = 120.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.node.count_publishers("/perception/output/objects") and \
+                    self.node.count_subscribers("/lidar_top/points"):
+                return
+            self.spin(0.2)
+        raise TimeoutError("node did not come up")
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.ctx)
+
+
+def start_node(tmp: Path) -> subprocess.Popen:
+    doc = yaml.safe_load((REPO / "config" / "perception.param.yaml").read_text())
+    p = doc["/**"]["ros__parameters"]
+    p["cameras"]["compressed"] = True
+    p["output"]["score_threshold"] = 0.0  # random weights: publish boxes so publish cost is realistic
+    p["output"]["max_detections"] = 30
+    p["output"]["force_processing"] = True  # the probe only listens to latency and diagnostics
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(doc))
+    (spec,) = node_set("perception", str(params))
+    return start_captured(command_line(spec))
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def stage_table(frames) -> str:
+    rows = []
+    for stage in (*GLUE, *MODEL):
+        v = np.array([f[stage] for _, f in frames if stage in f])
+        if v.size:
+            rows.append(f"  {stage:<10} p50 {np.percentile(v, 50):7.1f}  p90 {np.percentile(v, 90):7.1f}  "
+                        f"p99 {np.percentile(v, 99):7.1f} ms")
+    return "\n".join(rows)
+
+
+def glue_fraction(frames) -> np.ndarray:
+    out = []
+    for _, f in frames:
+        glue = sum(f.get(k, 0.0) for k in GLUE)
+        model = sum(f.get(k, 0.0) for k in MODEL)
+        out.append(glue / max(glue + model, 1e-9))
+    return np.asarray(out)
+
+
+def play(bag: Path, rate: float, loop: bool = False) -> subprocess.Popen:
+    args = [sys.executable, "-m", "sparse_perception_ros.cli", "play", str(bag), "--rate", str(rate), "--wait", "0"]
+    return start_captured(args + (["--loop"] if loop else []))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("latency", "soak", "overload"))
+    parser.add_argument("--rate", type=float, default=0.5, help="latency: playback rate (sustainable)")
+    parser.add_argument("--frames", type=int, default=2000, help="soak: frames to push through the node")
+    parser.add_argument("--factor", type=float, default=2.0, help="overload: times the sustainable frame rate")
+    parser.add_argument("--keyframes", type=int, default=20, help="keyframes in the generated scene")
+    args = parser.parse_args()
+    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_large_data.xml"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    workdir = Path.home() / ".cache" / "sparse_perception_ros"
+    bag = make_bag(workdir, args.keyframes)
+    with tempfile.TemporaryDirectory() as tmp:
+        node = start_node(Path(tmp))
+        probe = Probe()
+        try:
+            probe.wait_for_node()
+            if args.mode == "latency":
+                player = play(bag, args.rate)
+                while player.poll() is None:
+                    probe.spin(0.5)
+                probe.spin(2.0)
+                frames = probe.frames[3:]  # skip warm-up
+                if not frames:
+                    raise RuntimeError(f"no frames from the node; counters {probe.counts}; player: "
+                                       f"{stop_process(player)[-2000:]}; node: {stop_process(node)[-3000:]}")
+                g = glue_fraction(frames)
+                print(f"latency on {len(frames)} frames (bag at {args.rate}x, node idle between frames)")
+                print(stage_table(frames))
+                print(f"  glue fraction of (glue + model): median {np.median(g) * 100:.1f} %, "
+                      f"p90 {np.percentile(g, 90) * 100:.1f} %")
+            elif args.mode == "soak":
+                player = play(bag, 1.0, loop=True)
+                t0, samples = time.monotonic(), []
+                while len(probe.frames) < args.frames:
+                    probe.spin(5.0)
+                    samples.append((time.monotonic() - t0, len(probe.frames), rss_mb(node.pid)))
+                    print(f"  t={samples[-1][0]:6.0f} s  frames={samples[-1][1]:5d}  rss={samples[-1][2]:7.1f} MB",
+                          flush=True)
+                stop_process(player)
+                warm = [s for s in samples if s[1] >= 200] or samples
+                growth = (warm[-1][2] - warm[0][2]) / warm[0][2] * 100
+                lat = np.array([f["infer"] + f["preprocess"] for _, f in probe.frames])
+                q = len(lat) // 4
+                print(f"soak: {len(probe.frames)} frames in {samples[-1][0]:.0f} s; RSS after warm-up "
+                      f"{warm[0][2]:.1f} -> {warm[-1][2]:.1f} MB ({growth:+.2f} %)")
+                print("  model latency p50 by quarter: " + ", ".join(
+                    f"{np.percentile(lat[i * q:(i + 1) * q], 50):.1f}" for i in range(4)) + " ms")
+            else:
+                # measure the sustainable frame rate first, then play the sweeps at `factor` times it
+                player = play(bag, 0.25)
+                while player.poll() is None:
+                    probe.spin(0.5)
+                probe.spin(1.0)
+                model_ms = np.median([f["preprocess"] + f["infer"] + f["decode"] for _, f in probe.frames[3:]])
+                before = dict(probe.counts)
+                n0 = len(probe.frames)
+                sustainable_hz = 1000.0 / model_ms
+                rate = args.factor * sustainable_hz / 20.0  # the bag's LiDAR (trigger) runs at 20 Hz
+                player = play(bag, rate)
+                while player.poll() is None:
+                    probe.spin(0.5)
+                probe.spin(3.0)
+                frames = probe.frames[n0:]
+                c = probe.counts
+                assembled = c.get("sync/frames", 0) - before.get("sync/frames", 0)
+                published = c.get("frames_published", 0) - before.get("frames_published", 0)
+                skipped = c.get("frames_skipped", 0) - before.get("frames_skipped", 0)
+                e2e = np.array([f["assemble"] + f["convert"] + f["preprocess"] + f["infer"] + f["decode"]
+                                + f["publish"] for _, f in frames])
+                bound = 1.5 * (model_ms + 1000.0 / (args.factor * sustainable_hz))
+                print(f"overload: model {model_ms:.1f} ms -> sustainable {sustainable_hz:.1f} Hz; "
+                      f"bag at {rate:.2f}x = {args.factor:.1f}x that")
+                print(f"  frames assembled {assembled}, published {published}, skipped {skipped} "
+                      f"(assembled - published = {assembled - published})")
+                print(f"  in-node latency p50 {np.percentile(e2e, 50):.1f} ms, p99 {np.percentile(e2e, 99):.1f} ms "
+                      f"(bound 1.5 x (model + one frame period) = {bound:.1f} ms)")
+                print(stage_table(frames))
+        finally:
+            probe.close()
+            stop_process(node, timeout_s=15)
+
+
+if __name__ == "__main__":
+    main()
