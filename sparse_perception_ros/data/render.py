@@ -73,6 +73,25 @@ def road_texture(road: Road, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, 
     return rgb, refl
 
 
+_TILE_RES = 0.05  # metres per texel
+_TILE_ALONG = 12.0  # period of the road pattern along the road (checker 4 m, dashes 6 m)
+_TILE_LAT = 48.0
+_HORIZON = np.array([200.0, 210.0, 225.0], dtype=np.float32)
+_ZENITH = np.array([90.0, 140.0, 220.0], dtype=np.float32)
+
+
+def _road_tile(road: Road) -> np.ndarray:
+    """(2*_TILE_LAT/res, _TILE_ALONG/res, 3) float32 albedo; texel (i, j) centre at lat, along."""
+    a = (np.arange(int(round(_TILE_ALONG / _TILE_RES))) + 0.5) * _TILE_RES
+    lat = (np.arange(int(round(2 * _TILE_LAT / _TILE_RES))) + 0.5) * _TILE_RES - _TILE_LAT
+    aa, ll = np.meshgrid(a, lat)
+    c, s = np.cos(road.heading), np.sin(road.heading)
+    x = road.origin[0] + c * aa - s * ll
+    y = road.origin[1] + s * aa + c * ll
+    rgb, _ = road_texture(road, x.reshape(-1), y.reshape(-1))
+    return rgb.reshape(len(lat), len(a), 3).astype(np.float32)
+
+
 class CameraRenderer:
     """Renders one camera. Build once per camera; call :meth:`render` per frame."""
 
@@ -80,6 +99,25 @@ class CameraRenderer:
         self.cam = cam
         self.road = road
         self._rays = pixel_rays(cam.K, cam.width, cam.height).reshape(-1, 3)  # (H*W, 3) camera frame
+        self._tile: np.ndarray | None = None
+
+    def _albedo(self, gx: np.ndarray, gy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Ground colour (N, 3) float32 for world xy, looked up in a pre-rendered periodic tile.
+
+        The road pattern repeats every ``_TILE_ALONG`` m along the road; across it the tile spans
+        +-``_TILE_LAT`` m and farther grass is folded back onto the tile's outer 4 m (same checker).
+        """
+        if self._tile is None:
+            self._tile = _road_tile(self.road)
+        along, lat = self.road.local(gx, gy)
+        edge = _TILE_LAT - 4.0
+        alat = np.abs(lat)
+        lat = np.where(alat > edge, np.sign(lat) * (edge + np.mod(alat - edge, 4.0)), lat)
+        u = (np.mod(along, _TILE_ALONG) / _TILE_RES - 0.5).astype(np.float32)
+        v = ((lat + _TILE_LAT) / _TILE_RES - 0.5).astype(np.float32)
+        out = cv2.remap(self._tile, u.reshape(shape), v.reshape(shape), cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_WRAP)
+        return out.reshape(-1, 3)
 
     def render(self, t_world_from_base: np.ndarray, objs: ObjectStates) -> tuple[np.ndarray, np.ndarray]:
         """Render one frame.
@@ -98,13 +136,12 @@ class CameraRenderer:
         tg = np.where(ground, -o[2] / np.where(ground, dz, -1.0), 0.0)
         gx = o[0] + tg * d[:, 0]
         gy = o[1] + tg * d[:, 1]
-        albedo, _ = road_texture(self.road, gx, gy)
-        dist = tg * np.linalg.norm(d, axis=1)
-        fog = np.clip(dist / 150.0, 0.0, 1.0)[:, None]
-        horizon = np.array([200.0, 210.0, 225.0])
-        ground_rgb = albedo * (1 - fog) + horizon * fog
-        elev = np.clip(dz / np.linalg.norm(d, axis=1), 0.0, 1.0)[:, None]
-        sky = horizon * (1 - elev) + np.array([90.0, 140.0, 220.0]) * elev
+        albedo = self._albedo(gx, gy, (h, w))  # (HW, 3) float32
+        norm = np.sqrt(np.einsum("ij,ij->i", d, d)).astype(np.float32)
+        fog = np.clip((tg * norm).astype(np.float32) / 150.0, 0.0, 1.0)[:, None]
+        ground_rgb = albedo + (_HORIZON - albedo) * fog
+        elev = np.clip(dz.astype(np.float32) / norm, 0.0, 1.0)[:, None]
+        sky = _HORIZON + (_ZENITH - _HORIZON) * elev
         img = np.where(ground[:, None], ground_rgb, sky).reshape(h, w, 3)
         img = np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8))
         ids = np.zeros((h, w), dtype=np.int32)
