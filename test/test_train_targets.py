@@ -21,6 +21,7 @@ from sparse_perception_ros.geometry.transforms import make_transform, quat_from_
 from sparse_perception_ros.train.augment import AugmentConfig, ClipAug, collate_frame, draw_clip_aug
 from sparse_perception_ros.train.dataset import CAMERA_ORDER, make_clips, samples_from_stream
 from sparse_perception_ros.train.losses import LossConfig, encode_targets, hungarian_match, layer_losses
+from sparse_perception_ros.train.quick_eval import quick_map
 
 
 def _rot_z(yaw: float) -> np.ndarray:
@@ -203,3 +204,16 @@ def test_barrier_yaw_may_be_reversed():
     cls_car[slots[0], 0] = 6.0
     as_car, _ = layer_losses(cls_car[None], pred[None], None, [boxes], [torch.tensor([0])], LossConfig())
     assert float(as_car["box"]) > 0.1
+
+
+def test_quick_map_perfect_empty_and_shifted():
+    samples = make_samples(2)
+    perfect = [{"boxes": s.boxes.copy(), "scores": np.linspace(0.9, 0.5, len(s.boxes)), "labels": s.labels.copy(),
+                "ids": s.instance_ids.copy()} for s in samples]
+    np.testing.assert_allclose(quick_map(perfect, samples)["mAP"], 1.0)
+    empty = [{"boxes": np.zeros((0, 10)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64),
+              "ids": np.zeros(0, np.int64)} for _ in samples]
+    assert quick_map(empty, samples)["mAP"] == 0.0
+    shifted = [{**d, "boxes": d["boxes"] + np.array([1.5, 0, 0, 0, 0, 0, 0, 0, 0, 0], np.float32)} for d in perfect]
+    # 1.5 m off: matched at the 2 m and 4 m thresholds only -> AP 0.5
+    np.testing.assert_allclose(quick_map(shifted, samples)["mAP"], 0.5)

@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, nargs=2, default=(704, 396), metavar=("W", "H"),
                    help="rendered synthetic camera size (the network input is the preset's)")
     g.add_argument("--workers", type=int, default=1, help="processes rendering synthetic data")
+    g.add_argument("--val-seed", type=int, default=2, help="seed of the held-out synthetic scenes (differs from --synth-seed)")
+    g.add_argument("--val-scenes", type=int, default=0,
+                   help="held-out synthetic scenes for a quick simplified mAP after training (0 = none; the "
+                        "official numbers come from sparse-perception eval)")
     t = p.add_argument_group("optimisation")
     t.add_argument("--iters", type=int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=1, help="clips per step")
@@ -119,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print("train --smoke: OK (loss decreased)")
         return 0
+    if args.val_scenes > 0 and args.val_seed == args.synth_seed and not args.dataroot:
+        print("train: --val-seed must differ from --synth-seed (held-out scenes)", file=sys.stderr)
+        return 2
     if not args.out:
         print("train: --out is required (except with --smoke)", file=sys.stderr)
         return 2
@@ -138,6 +145,19 @@ def run(args: argparse.Namespace) -> int:
              "objects": args.objects, "image_size": list(args.image_size)})
     meta = {"data": data, "num_keyframes": len(samples), "command": "sparse-perception train " + " ".join(sys.argv[2:])}
     result = train(samples, cfg, out, resume=args.resume, meta=meta)
+    if args.val_scenes > 0:
+        from .dataset import synthetic_samples
+        from .quick_eval import quick_map, run_inference
+
+        w, h = args.image_size
+        val = synthetic_samples(args.val_seed, args.val_scenes, args.keyframes, w, h, args.objects, args.workers)
+        t2 = time.perf_counter()
+        res = quick_map(run_inference(result.model, val), val)
+        res["inference_s_per_frame"] = (time.perf_counter() - t2) / max(len(val), 1)
+        res["val"] = {"seed": args.val_seed, "scenes": args.val_scenes, "keyframes": len(val)}
+        (out / "val.json").write_text(json.dumps(res, indent=2, default=str))
+        print(f"train: quick mAP on {len(val)} held-out keyframes (seed {args.val_seed}): {res['mAP']:.4f} "
+              f"(simplified, see docs/training.md)", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     print(f"train: done in {time.perf_counter() - t1:.0f} s; final loss {last.get('loss', float('nan')):.4f}; "
           f"weights {out / 'checkpoints' / 'last.pt'}")
