@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..geometry.image_transform import ResizeCrop, augmentation_matrix, compute_resize_crop
 from ..model.preprocess import _STD_INV, IMAGENET_MEAN
-from .dataset import TrainSample
+from .dataset import TrainSample, pil_image
 
 __all__ = ["AugmentConfig", "ClipAug", "draw_clip_aug", "FrameBatch", "collate_frame"]
 
@@ -72,9 +72,9 @@ def _resize_crop(src_wh: tuple[int, int], dst_wh: tuple[int, int], factor: float
     return ResizeCrop(scale=scale, resized_wh=(new_w, new_h), crop=(x0, y0, x0 + dst_wh[0], y0 + dst_wh[1]))
 
 
-def _apply_resize_crop(img: np.ndarray, rc: ResizeCrop) -> np.ndarray:
-    """``(H, W, 3) uint8`` -> crop of the resized image, zero where the crop leaves it."""
-    resized = np.asarray(Image.fromarray(img).resize(rc.resized_wh, Image.Resampling.BICUBIC))
+def _apply_resize_crop(img: Image.Image, rc: ResizeCrop) -> np.ndarray:
+    """RGB image -> ``(H_dst, W_dst, 3) uint8`` crop of the resized image, zero where the crop leaves it."""
+    resized = np.asarray(img.resize(rc.resized_wh, Image.Resampling.BICUBIC))
     x0, y0, x1, y1 = rc.crop
     out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
     sx0, sy0 = max(x0, 0), max(y0, 0)
@@ -131,8 +131,8 @@ def collate_frame(samples: Sequence[TrainSample], augs: Sequence[ClipAug], input
         rot_inv = rot.T
         lidar2img = sample.lidar2img() @ rot_inv
         cam_imgs, cam_mats = [], []
-        for img, p, (factor, fx, fy) in zip(sample.rgb_images(), lidar2img, aug.cams, strict=True):
-            rc = _resize_crop((img.shape[1], img.shape[0]), input_wh, factor, fx, fy)
+        for img, p, (factor, fx, fy) in zip(map(pil_image, sample.images), lidar2img, aug.cams, strict=True):
+            rc = _resize_crop(img.size, input_wh, factor, fx, fy)
             out = _apply_resize_crop(img, rc).astype(np.float32)
             cam_imgs.append((out - IMAGENET_MEAN) * _STD_INV)
             cam_mats.append(augmentation_matrix(rc) @ p)

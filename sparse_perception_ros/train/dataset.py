@@ -28,12 +28,25 @@ from ..geometry.transforms import invert_transform, quat_to_matrix
 from ..model.decoding import CLASS_NAMES
 
 __all__ = ["TrainSample", "samples_from_stream", "samples_from_streams", "make_clips", "synthetic_samples",
-           "decode_image", "CAMERA_ORDER", "LIDAR_CHANNEL"]
+           "decode_image", "pil_image", "CAMERA_ORDER", "LIDAR_CHANNEL"]
 
 CAMERA_ORDER: tuple[str, ...] = (
     "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
 )
 LIDAR_CHANNEL = "LIDAR_TOP"
+
+
+def pil_image(data: bytes | np.ndarray):
+    """Encoded bytes or an ``(H, W, 3) uint8`` RGB array -> an RGB ``PIL.Image`` (decoded by PIL,
+    which skips the BGR flip and copies of the OpenCV route; about 2x faster per training frame)."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(data)
+    img = Image.open(io.BytesIO(data))
+    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def decode_image(data: bytes | np.ndarray) -> np.ndarray:
