@@ -237,13 +237,14 @@ def _write_plot(history: list[dict], path: Path) -> None:
 
     its = [h["iter"] for h in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    k = max(1, len(history) // 50)  # running mean over k iterations for readability
     for key in ("loss", *LOSS_NAMES):
         vals = np.array([h[key] for h in history])
-        if len(vals) >= 20:  # running mean for readability
-            k = max(1, len(vals) // 50)
-            vals = np.convolve(vals, np.ones(k) / k, mode="same")
-        ax.plot(its, vals, label=key, lw=1.5 if key == "loss" else 1.0)
-    ax.set_xlabel("iteration")
+        if key == "loss" and k > 1:
+            ax.plot(its, vals, color="0.8", lw=0.5)
+        ax.plot(its[k - 1 :], np.convolve(vals, np.ones(k) / k, mode="valid"), label=key,
+                lw=1.5 if key == "loss" else 1.0)
+    ax.set_xlabel("iteration" + (f" (running mean of {k})" if k > 1 else ""))
     ax.set_ylabel("loss (sum over decoder layers, per frame)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
