@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _progress(total: int, desc: str, quiet: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=quiet, file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit="frame", disable=quiet or not sys.stderr.isatty(), file=sys.stderr,
+                leave=False)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -97,8 +98,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         metrics = devkit.summarize(det, trk)
         metrics["gt_counts"] = det.get("gt_counts", {})
         ego = max((float(np.hypot(*r.T_global_from_boxes[:2, 3])) for r in results), default=None)
-        warning = devkit.wrong_frame_warning(metrics, ego)
+        n_pred = sum(len(v) for v in det_sub["results"].values())
+        warning = devkit.wrong_frame_warning(metrics, ego, n_pred)
         latency = report.latency_percentiles(timings)
+        node_notes = [] if args.offline else node_warnings(tmp / "work" / "node_counters.json")
         synthetic = "synth" in nusc.version
         run_info = {
             "mode": mode, "backend": backend, "model": note, "params_file": params_file,
@@ -109,6 +112,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             + ("backend debug_ground_truth replays ground truth: a pipeline check, not a detector score."
                if backend == DEBUG_BACKEND else "" if synthetic else "real nuScenes-format data."),
         }
+        if node_notes:
+            run_info["node"] = "; ".join(node_notes)
         report.write_json(tmp / "metrics.json", {"metrics": metrics, "run": run_info, "warning": warning})
         report.write_json(tmp / "latency.json", latency)
         if args.pictures > 0:
@@ -117,8 +122,26 @@ def evaluate(args: argparse.Namespace) -> dict:
     print(report.format_metrics(metrics))
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
+    for n in node_notes:
+        print(f"node: {n}", file=sys.stderr)
     print(f"report: {out}/summary.md")
     return {"metrics": metrics, "run": run_info, "warning": warning}
+
+
+def node_warnings(counters_path: Path) -> list[str]:
+    """What the node's own counters say went wrong during the replay (skipped frames, masked cameras,
+    refused inputs, state resets), one line per bag and problem."""
+    import json
+
+    if not counters_path.is_file():
+        return []
+    out = []
+    for scene, c in json.loads(counters_path.read_text()).items():
+        problems = {k: v for k, v in c.items() if (k in ("frames_skipped", "camera_masked", "refused_total")
+                                                   or k.startswith("reset/")) and str(v) not in ("0", "")}
+        if problems:
+            out.append(f"{scene}: " + ", ".join(f"{k} {v}" for k, v in sorted(problems.items())))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

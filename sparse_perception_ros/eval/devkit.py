@@ -57,9 +57,16 @@ def _prepare(nusc, cfg, result_path: str, sample_tokens, box_cls, verbose: bool)
     gt = load_gt_of_sample_tokens(nusc, list(sample_tokens), box_cls, verbose=verbose)
     if set(pred.sample_tokens) != set(gt.sample_tokens):
         raise ValueError("the submission's sample tokens differ from the evaluated samples")
-    pred = filter_eval_boxes(nusc, add_center_dist(nusc, pred), cfg.class_range, verbose=verbose)
-    gt = filter_eval_boxes(nusc, add_center_dist(nusc, gt), cfg.class_range, verbose=verbose)
+    pred = _filter(nusc, add_center_dist(nusc, pred), cfg.class_range, verbose, filter_eval_boxes)
+    gt = _filter(nusc, add_center_dist(nusc, gt), cfg.class_range, verbose, filter_eval_boxes)
     return pred, gt, meta
+
+
+def _filter(nusc, boxes, class_range, verbose, filter_eval_boxes):
+    """The devkit's filter, except on a set without any box (where it raises instead of doing nothing)."""
+    if not any(len(boxes[t]) for t in boxes.sample_tokens):
+        return boxes
+    return filter_eval_boxes(nusc, boxes, class_range, verbose=verbose)
 
 
 def _make_dirs(self, output_dir: str) -> None:
@@ -185,17 +192,18 @@ def summarize(detection: dict, tracking: dict | None) -> dict:
     return out
 
 
-def wrong_frame_warning(metrics: dict, ego_distance_m: float | None) -> str | None:
+def wrong_frame_warning(metrics: dict, ego_distance_m: float | None, num_predictions: int | None = None) -> str | None:
     """:func:`~.submission.frame_plausibility_warning` on the classes with ground truth.
 
     When nothing matched at all (mAP 0 on the classes present), the devkit reports the capped
     error 1.0 as mATE, so the check is asked with "undefined" instead: far from the global
-    origin, an empty match means boxes were left in the ego / sensor frame.
+    origin, an empty match means boxes were left in the ego / sensor frame. ``num_predictions`` = 0
+    (no box above the score threshold) is not a frame problem and gives no warning.
     """
     from sparse_perception_ros.eval.submission import frame_plausibility_warning
 
-    if not metrics.get("classes_present"):
-        return None
+    if not metrics.get("classes_present") or num_predictions == 0:
+        return None  # nothing to judge: no ground truth, or no prediction at all
     if not metrics.get("mAP_present"):
         return frame_plausibility_warning(float("nan"), ego_distance_m)
     return frame_plausibility_warning(metrics["mATE_present"], ego_distance_m)

@@ -40,6 +40,7 @@ __all__ = ["WORLD_FRAME", "read_samples_sidecar", "read_tf", "read_outputs", "de
 WORLD_FRAME = "odom"  # the bags' world frame is the nuScenes global frame (docs/data.md)
 OBJECTS_TOPIC = "/perception/output/objects"
 LATENCY_TOPIC = "/perception/output/latency"
+DIAGNOSTICS_TOPIC = "/diagnostics"  # the node's counters (skipped frames, masked cameras, resets)
 # Wall clock minus a 2018 bag stamp is not a latency: left out of replay reports.
 _NOT_A_LATENCY = ("end_to_end",)
 
@@ -108,25 +109,31 @@ def detection_array_to_boxes(msg, class_names) -> tuple[np.ndarray, np.ndarray, 
             np.asarray(labels, dtype=np.int64), np.asarray(ids, dtype=np.int64))
 
 
-def read_outputs(recording: str | Path, class_names) -> tuple[dict[int, tuple], list[dict[str, float]]]:
-    """``({stamp_ns: (frame_id, boxes, scores, labels, ids)}, [per-frame latency dicts])`` from a recording."""
+def read_outputs(recording: str | Path, class_names) -> tuple[dict[int, tuple], list[dict[str, float]], dict]:
+    """From a recording: ``{stamp_ns: (frame_id, boxes, scores, labels, ids)}``, per-frame latency dicts,
+    and the node's last ``/diagnostics`` counters (``{name: value}``, latency percentiles left out)."""
     from sparse_perception_ros.data import bagio
 
     outputs: dict[int, tuple] = {}
     latency: list[dict[str, float]] = []
+    counters: dict[str, str] = {}
     reader = bagio.open_reader(recording)
     try:
-        conns = [c for c in reader.connections if c.topic in (OBJECTS_TOPIC, LATENCY_TOPIC)]
+        conns = [c for c in reader.connections if c.topic in (OBJECTS_TOPIC, LATENCY_TOPIC, DIAGNOSTICS_TOPIC)]
         for conn, _t, raw in bagio.iter_messages(reader, conns):
             msg = reader.deserialize(raw, conn.msgtype)
             if conn.topic == OBJECTS_TOPIC:
                 outputs[_ns(msg.header.stamp)] = (msg.header.frame_id, *detection_array_to_boxes(msg, class_names))
-            else:
+            elif conn.topic == LATENCY_TOPIC:
                 for st in msg.status:
                     latency.append({kv.key: float(kv.value) for kv in st.values if kv.key not in _NOT_A_LATENCY})
+            else:
+                for st in msg.status:
+                    if st.name.endswith(": pipeline"):
+                        counters = {kv.key: kv.value for kv in st.values if not kv.key.startswith("latency_ms/")}
     finally:
         reader.close()
-    return outputs, latency
+    return outputs, latency, counters
 
 
 def match_outputs(sidecar: dict, outputs: dict[int, tuple], tf, wanted: set[str]) -> tuple[list[SampleResult], int]:
@@ -178,6 +185,8 @@ def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None
             spec = replace(spec, module="sparse_perception_ros.eval.replay_gate",
                            arguments=("--bag", bag, "--inputs", *inputs, "--outputs", OBJECTS_TOPIC, LATENCY_TOPIC,
                                       "--timeout", str(wait_s), "--", *play_args))
+        elif spec.name == "bag_recorder":
+            spec = replace(spec, arguments=(*spec.arguments, DIAGNOSTICS_TOPIC))
         elif spec.name == "perception":
             if compressed is not None:
                 spec = replace(spec, parameters={**spec.parameters, "cameras.compressed": bool(compressed)})
@@ -249,6 +258,7 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
     results: list[SampleResult] = []
     latency: list[dict[str, float]] = []
     missing = 0
+    node_counters: dict[str, dict] = {}
     log = work / "launch.log"
     for i, (bag, side) in enumerate(chosen):
         rec = work / f"recording_{i}"
@@ -290,8 +300,9 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
             raise RuntimeError(f"replay of {bag} failed (exit status {status}); launch log tail:\n{tail}")
         if not rec.exists():
             raise RuntimeError(f"the recorder wrote nothing for {bag} (see {log})")
-        outputs, lat = read_outputs(rec, DETECTION_NAMES)
+        outputs, lat, counters = read_outputs(rec, DETECTION_NAMES)
         latency += lat
+        node_counters[side.get("scene_name", bag)] = counters
         res, miss = match_outputs(side, outputs, read_tf(bag), wanted)
         results += res
         missing += miss
@@ -299,6 +310,7 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
             f"{missing} keyframe(s) without node output (scored empty)")
     if backend == DEBUG_BACKEND:
         note = "DEBUG backend debug_ground_truth (ground truth replayed as detections); " + note
+    (work / "node_counters.json").write_text(json.dumps(node_counters, indent=1))
     order = {s.token: i for i, s in enumerate(samples)}
     results.sort(key=lambda r: order[r.sample_token])
     return results, latency, note
