@@ -193,6 +193,6 @@ def run(args: argparse.Namespace) -> int:
         return play(args)
     except KeyboardInterrupt:
         return 130
-    except DataError as exc:
+    except (DataError, ValueError) as exc:
         print(f"play: error: {exc}", file=sys.stderr)
         return 2
