@@ -7,6 +7,9 @@ own process, same params file and remaps as ``launch/replay.launch.py``), with t
 - the player plays only the node's input topics, behind :mod:`~sparse_perception_ros.eval.replay_gate`,
   which starts it once the node (after loading its model) and the recorder have subscribed and
   the bag's static transforms have reached the node, so no keyframe is lost at start-up;
+- at ``--rate`` r != 1 the node's wall-clock sync timeouts (``sync.wait_timeout``,
+  ``sync.lidar_fallback_timeout``) are divided by r, so a slowed replay (for a model slower than
+  real time on this machine) syncs as the live system would;
 - with ``--backend debug_ground_truth`` the node process is
   :mod:`sparse_perception_ros.eval.gt_node` (the same PerceptionNode, configured with the GT
   passthrough); any other ``--backend`` is passed as ``-p model.backend:=...``.
@@ -190,6 +193,12 @@ def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None
         elif spec.name == "perception":
             if compressed is not None:
                 spec = replace(spec, parameters={**spec.parameters, "cameras.compressed": bool(compressed)})
+            if rate != 1.0:  # the node's sync timeouts are wall-clock: scale them to stay the same in bag time
+                from sparse_perception_ros.params import load_params
+
+                sync = load_params(params_file).sync
+                spec = replace(spec, parameters={**spec.parameters, "sync.wait_timeout": sync.wait_timeout / rate,
+                                                 "sync.lidar_fallback_timeout": sync.lidar_fallback_timeout / rate})
             if backend == DEBUG_BACKEND:
                 spec = replace(spec, module="sparse_perception_ros.eval.gt_node",
                                arguments=("--gt-table", str(gt_table_path)))
