@@ -19,7 +19,13 @@ from sparse_perception_ros.data.records import (
 from sparse_perception_ros.geometry.boxes import encode_boxes
 from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
 from sparse_perception_ros.train.augment import AugmentConfig, ClipAug, collate_frame, draw_clip_aug
-from sparse_perception_ros.train.dataset import CAMERA_ORDER, make_clips, samples_from_stream
+from sparse_perception_ros.train.dataset import (
+    CAMERA_ORDER,
+    load_samples,
+    make_clips,
+    samples_from_stream,
+    save_samples,
+)
 from sparse_perception_ros.train.losses import LossConfig, encode_targets, hungarian_match, layer_losses
 from sparse_perception_ros.train.quick_eval import quick_map
 
@@ -217,3 +223,13 @@ def test_quick_map_perfect_empty_and_shifted():
     shifted = [{**d, "boxes": d["boxes"] + np.array([1.5, 0, 0, 0, 0, 0, 0, 0, 0, 0], np.float32)} for d in perfect]
     # 1.5 m off: matched at the 2 m and 4 m thresholds only -> AP 0.5
     np.testing.assert_allclose(quick_map(shifted, samples)["mAP"], 0.5)
+
+
+def test_save_load_samples_round_trip(tmp_path):
+    (s,) = list(samples_from_stream(_stream()))
+    s.images = [b"\xff\xd8fake-jpeg"] * 6
+    save_samples([s], tmp_path / "c.pt", {"seed": 1})
+    (r,), meta = load_samples(tmp_path / "c.pt")
+    assert meta == {"seed": 1} and r.images == s.images and r.scene == s.scene and r.timestamp == s.timestamp
+    for name in ("K", "T_cam_from_lidar", "T_world_from_lidar", "boxes", "labels", "instance_ids"):
+        np.testing.assert_array_equal(getattr(r, name), getattr(s, name))

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, nargs=2, default=(704, 396), metavar=("W", "H"),
                    help="rendered synthetic camera size (the network input is the preset's)")
     g.add_argument("--workers", type=int, default=1, help="processes rendering synthetic data")
+    g.add_argument("--data-cache", default=None,
+                   help="file to store the loaded training keyframes in (reused when its data settings match)")
     g.add_argument("--val-seed", type=int, default=2, help="seed of the held-out synthetic scenes (differs from --synth-seed)")
     g.add_argument("--val-scenes", type=int, default=0,
                    help="held-out synthetic scenes for a quick simplified mAP after training (0 = none; the "
@@ -58,18 +60,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ckpt-every", type=int, default=500, help="checkpoint period (iterations)")
     t.add_argument("--no-augment", action="store_true", help="disable resize/crop and BEV-rotation augmentation")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="stop with a checkpoint after this much wall time (continue with --resume)")
+
+
+def _data_settings(args: argparse.Namespace) -> dict:
+    if args.dataroot:
+        return {"dataroot": str(args.dataroot), "version": args.version}
+    return {"synth_seed": args.synth_seed, "scenes": args.scenes, "keyframes": args.keyframes,
+            "objects": args.objects, "image_size": list(args.image_size)}
 
 
 def _load_samples(args: argparse.Namespace):
-    from .dataset import samples_from_streams, synthetic_samples
+    from .dataset import load_samples, samples_from_streams, save_samples, synthetic_samples
 
+    settings = _data_settings(args)
+    if args.data_cache and Path(args.data_cache).is_file():
+        samples, meta = load_samples(args.data_cache)
+        if meta == settings:
+            return samples
+        print(f"train: {args.data_cache} holds other data ({meta}); regenerating", file=sys.stderr)
     if args.dataroot:
         from ..data.nuscenes_reader import load_nuscenes, read_scenes
 
         nusc = load_nuscenes(args.dataroot, args.version)
-        return samples_from_streams(read_scenes(nusc, sweeps=False))
-    w, h = args.image_size
-    return synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers)
+        samples = samples_from_streams(read_scenes(nusc, sweeps=False))
+    else:
+        w, h = args.image_size
+        samples = synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers)
+    if args.data_cache:
+        save_samples(samples, args.data_cache, settings)
+    return samples
 
 
 def run_smoke(out_dir: str | Path | None = None, iters: int = 40, log=None) -> dict:
@@ -140,12 +161,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"train: {len(samples)} keyframes loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     out = Path(args.out)
     t1 = time.perf_counter()
-    data = ({"dataroot": args.dataroot, "version": args.version} if args.dataroot else
-            {"synth_seed": args.synth_seed, "scenes": args.scenes, "keyframes": args.keyframes,
-             "objects": args.objects, "image_size": list(args.image_size)})
-    meta = {"data": data, "num_keyframes": len(samples), "command": "sparse-perception train " + " ".join(sys.argv[2:])}
-    result = train(samples, cfg, out, resume=args.resume, meta=meta)
-    if args.val_scenes > 0:
+    meta = {"data": _data_settings(args), "num_keyframes": len(samples), "command": "sparse-perception train " + " ".join(sys.argv[2:])}
+    result = train(samples, cfg, out, resume=args.resume, meta=meta,
+                   max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    finished = bool(result.history) and result.history[-1]["iter"] == cfg.iters - 1
+    if args.val_scenes > 0 and finished:
         from .dataset import synthetic_samples
         from .quick_eval import quick_map, run_inference
 

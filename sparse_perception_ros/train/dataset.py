@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from ..geometry.transforms import invert_transform, quat_to_matrix
 from ..model.decoding import CLASS_NAMES
 
 __all__ = ["TrainSample", "samples_from_stream", "samples_from_streams", "make_clips", "synthetic_samples",
-           "decode_image", "pil_image", "CAMERA_ORDER", "LIDAR_CHANNEL"]
+           "decode_image", "pil_image", "save_samples", "load_samples", "CAMERA_ORDER", "LIDAR_CHANNEL"]
 
 CAMERA_ORDER: tuple[str, ...] = (
     "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
@@ -172,6 +173,37 @@ def samples_from_streams(streams: Iterable[SceneStream], class_names: Sequence[s
     for s in streams:
         out.extend(samples_from_stream(s, class_names, decode))
     return out
+
+
+def save_samples(samples: Sequence[TrainSample], path: str | Path, meta: dict | None = None) -> None:
+    """Write samples (images kept encoded) as tensors, loadable with ``torch.load(weights_only=True)``."""
+    import torch
+
+    def enc(im: bytes | np.ndarray) -> torch.Tensor:
+        if isinstance(im, np.ndarray):
+            raise ValueError("save_samples needs encoded images (samples_from_stream(decode=False))")
+        return torch.frombuffer(bytearray(im), dtype=torch.uint8)
+
+    rows = [{"scene": s.scene, "timestamp": float(s.timestamp), "images": [enc(im) for im in s.images],
+             "K": torch.from_numpy(s.K), "T_cam_from_lidar": torch.from_numpy(s.T_cam_from_lidar),
+             "T_world_from_lidar": torch.from_numpy(s.T_world_from_lidar), "boxes": torch.from_numpy(s.boxes),
+             "labels": torch.from_numpy(s.labels), "instance_ids": torch.from_numpy(s.instance_ids),
+             "image_wh": [list(wh) for wh in s.image_wh]} for s in samples]
+    tmp = Path(str(path) + ".tmp")
+    torch.save({"meta": meta or {}, "samples": rows}, tmp)
+    tmp.replace(path)
+
+
+def load_samples(path: str | Path) -> tuple[list[TrainSample], dict]:
+    """Inverse of :func:`save_samples`: (samples, meta)."""
+    import torch
+
+    d = torch.load(path, weights_only=True)
+    out = [TrainSample(r["scene"], float(r["timestamp"]), [bytes(t.numpy().tobytes()) for t in r["images"]],
+                       r["K"].numpy(), r["T_cam_from_lidar"].numpy(), r["T_world_from_lidar"].numpy(),
+                       r["boxes"].numpy(), r["labels"].numpy(), r["instance_ids"].numpy(),
+                       [tuple(wh) for wh in r["image_wh"]]) for r in d["samples"]]
+    return out, d["meta"]
 
 
 def make_clips(samples: Sequence[TrainSample], clip_len: int, stride: int | None = None) -> list[list[int]]:

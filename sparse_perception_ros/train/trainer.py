@@ -271,10 +271,11 @@ def _save_checkpoint(model, opt, it: int, out: Path, keep_iter_file: bool) -> No
 def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = None,
           model_cfg: ModelConfig | None = None, model: torch.nn.Module | None = None,
-          meta: dict | None = None, stop_at: int | None = None) -> TrainResult:
+          meta: dict | None = None, stop_at: int | None = None, max_seconds: float | None = None) -> TrainResult:
     """Train ``cfg.preset`` (or ``model_cfg``) on ``samples``; see the module doc for the outputs.
 
-    ``stop_at``: stop (with a checkpoint) after that many iterations, as if interrupted.
+    ``stop_at``: stop (with a checkpoint) after that many iterations, as if interrupted;
+    ``max_seconds``: the same once that much wall time has passed (continue with ``resume``).
     ``meta``: extra JSON-able facts for ``config.json`` (e.g. how the data was made).
     ``model``: an already initialised model (:func:`init_model`) to train instead of a fresh one.
     ``resume=True`` continues from ``out_dir/checkpoints/last.pt`` + ``train_state.pt`` (same config).
@@ -331,7 +332,16 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     try:
         end = cfg.iters if stop_at is None else min(cfg.iters, stop_at)
+        t_start = time.perf_counter()
         for it in range(start, end):
+            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                end = it
+                if out is not None and history:
+                    _save_checkpoint(model, opt, it, out, keep_iter_file=False)
+                    (out / "log.json").write_text(json.dumps(history))
+                    _write_plot(history, out / "loss.png")
+                log(f"stopped at iteration {it} after {max_seconds:.0f} s; continue with --resume")
+                break
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, it])
             picks = rng.choice(len(clips), cfg.batch_size, replace=len(clips) < cfg.batch_size)
