@@ -215,3 +215,20 @@ def test_odometry_alone_provides_the_ego_pose(session):
     rig.spin(2.0)
     assert len(rig.objects) > n0
     assert rig.counts().get("reset/missing_ego_pose", 0) == before
+
+
+def test_changed_intrinsics_reset_the_state(session):
+    rig, proc = session
+    base = T0 + 700 * S
+    run_frames(rig, proc, [base, base + PERIOD], settle=0.3)
+    before = rig.counts().get("reset/calibration_changed", 0)
+
+    def zoom(info):
+        k = list(info.k)
+        k[0] *= 1.05
+        k[4] *= 1.05
+        info.k = k
+
+    run_frames(rig, proc, [base + 2 * PERIOD], info_overrides={"front": zoom}, settle=0.3)
+    rig.spin(1.2)
+    assert rig.counts().get("reset/calibration_changed", 0) == before + 1

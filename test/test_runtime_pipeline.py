@@ -121,3 +121,22 @@ def test_wrong_camera_count_is_refused(pipeline):
     frame.images = frame.images[:5]
     with pytest.raises(ValueError, match="5 cameras"):
         pipeline.step(frame, PipelineState.empty())
+
+
+def test_given_calibration_key_ignores_per_frame_extrinsics(pipeline):
+    """Ego-motion-compensated T_cam_from_model changes every frame; the rig's calibration does not."""
+    from sparse_perception_ros.runtime.pipeline import calibration_key
+
+    first = make_frame()
+    key = calibration_key(first.K, first.T_cam_from_model)
+    first.calibration_key = key
+    _, state = pipeline.step(first, PipelineState.empty())
+    moved = make_frame(T0 + S // 2)
+    moved.T_cam_from_model = moved.T_cam_from_model.copy()
+    moved.T_cam_from_model[:, 0, 3] += 0.3  # as if the ego moved 0.3 m between trigger and exposure
+    moved.calibration_key = key
+    det, _ = pipeline.step(moved, state)
+    assert det.reset is None
+    moved.calibration_key = None  # without the key, the same change is a calibration change
+    det, _ = pipeline.step(moved, state)
+    assert det.reset == "calibration_changed"

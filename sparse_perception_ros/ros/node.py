@@ -54,7 +54,7 @@ from sparse_perception_ros.ros.params import declare_and_read_params
 from sparse_perception_ros.ros.tf_feed import feed_tf_message
 from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerConfig, FrameAssembler
 from sparse_perception_ros.runtime.boxes import transform_boxes
-from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineState
+from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineState, calibration_key
 from sparse_perception_ros.runtime.stats import NodeStats
 
 __all__ = ["PerceptionNode", "main"]
@@ -71,6 +71,8 @@ class PerceptionNode(Node):
         self._calib: dict[str, object] = {}
         self._last_K = {c: np.eye(3) for c in self.params.cameras.names}
         self._last_T = {c: np.eye(4) for c in self.params.cameras.names}
+        self._known_calib: dict[str, str] = {}  # camera -> digest of (K, static extrinsics) first seen
+        self._calib_generation = 0  # bumped when a known camera's calibration changes
         self._lock = threading.Lock()  # guards assembler, mailbox and TF buffer
         self._wake = threading.Condition(self._lock)
         self._mailbox: AssembledFrame | None = None
@@ -247,13 +249,15 @@ class PerceptionNode(Node):
                     rgb = None
             if rgb is not None:
                 cam_frame, t_cam = msg.header.frame_id, int(af.camera_stamps_ns[i])
-                if T_world_from_model is not None:  # camera pose at its own stamp: ego-motion compensated
+                T_static = self._lookup(cam_frame, model, t_ref, f"camera/{cam}")
+                T = T_static
+                if T_static is not None and T_world_from_model is not None and t_cam != t_ref:
+                    # the camera's pose at its own stamp: ego motion between trigger and exposure compensated
                     T_cw = self._lookup(cam_frame, world, t_cam, f"camera/{cam}")
                     T = None if T_cw is None else T_cw @ T_world_from_model
-                else:
-                    T = self._lookup(cam_frame, model, t_ref, f"camera/{cam}")
                 if T is not None:
                     self._last_K[cam], self._last_T[cam] = calib.K, T
+                    self._note_calibration(cam, calib.K, T_static)
                     present[i] = True
                 else:
                     rgb = None
@@ -278,7 +282,17 @@ class PerceptionNode(Node):
             self.stats.count("camera_masked", missing)
         return Frame(stamp_ns=t_ref, images=images, K=np.stack([self._last_K[c] for c in p.cameras.names]),
                      T_cam_from_model=np.stack([self._last_T[c] for c in p.cameras.names]), present=present,
-                     T_world_from_model=T_world_from_model, points=points, camera_stamps_ns=af.camera_stamps_ns)
+                     T_world_from_model=T_world_from_model, points=points, camera_stamps_ns=af.camera_stamps_ns,
+                     calibration_key=f"generation-{self._calib_generation}")
+
+    def _note_calibration(self, cam: str, K: np.ndarray, T_static: np.ndarray) -> None:
+        """A camera seen for the first time is not a change; a known camera whose K or mounting moved is."""
+        digest = calibration_key(K[None], T_static[None])
+        known = self._known_calib.get(cam)
+        if known is not None and known != digest:
+            self._calib_generation += 1
+            self.get_logger().warning(f"calibration of camera {cam} changed: the temporal state will reset")
+        self._known_calib[cam] = digest
 
     def _process(self, af: AssembledFrame) -> None:
         if not (self.params.output.force_processing or self._has_subscribers()):

@@ -22,7 +22,7 @@ import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
 
-__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS"]
+__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "calibration_key"]
 
 RESET_REASONS = ("time_jump_backward", "time_gap", "missing_ego_pose", "calibration_changed")
 
@@ -46,6 +46,9 @@ class Frame:
             fixed world frame (e.g. odom), or None when unknown (resets the temporal state).
         points: ``(N, >=4)`` float32 x, y, z, intensity[, dt] in the model frame, or None.
         camera_stamps_ns: ``(N_cam,)`` int64 stamp of each image, -1 where missing.
+        calibration_key: identifies the rig's calibration (intrinsics + static extrinsics). When
+            None it is derived from ``K`` and ``T_cam_from_model``; give it when those include
+            per-frame ego-motion compensation, which must not count as a calibration change.
     """
 
     stamp_ns: int
@@ -56,14 +59,22 @@ class Frame:
     T_world_from_model: np.ndarray | None
     points: np.ndarray | None = None
     camera_stamps_ns: np.ndarray | None = None
+    calibration_key: str | None = None
 
     def calibration_signature(self) -> str:
         """Changes when the camera count, an intrinsic or an extrinsic changes (1e-6 resolution)."""
-        h = hashlib.sha1()
-        h.update(np.int64(len(self.images)).tobytes())
-        h.update(np.round(np.asarray(self.K, dtype=np.float64), 6).tobytes())
-        h.update(np.round(np.asarray(self.T_cam_from_model, dtype=np.float64), 6).tobytes())
-        return h.hexdigest()
+        if self.calibration_key is not None:
+            return self.calibration_key
+        return calibration_key(self.K, self.T_cam_from_model)
+
+
+def calibration_key(K: np.ndarray, T_cam_from_model: np.ndarray) -> str:
+    """A digest of ``K (N, 3, 3)`` and ``T_cam_from_model (N, 4, 4)`` at 1e-6 resolution."""
+    h = hashlib.sha1()
+    h.update(np.int64(len(K)).tobytes())
+    h.update(np.round(np.asarray(K, dtype=np.float64), 6).tobytes())
+    h.update(np.round(np.asarray(T_cam_from_model, dtype=np.float64), 6).tobytes())
+    return h.hexdigest()
 
 
 @dataclass
