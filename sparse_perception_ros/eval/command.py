@@ -108,9 +108,13 @@ def evaluate(args: argparse.Namespace) -> dict:
             "dataroot": str(args.dataroot), "version": nusc.version, "samples": len(samples),
             "scenes": len({s.scene_name for s in samples}), "frames_with_output": len(results),
             "wall_s": round(time.perf_counter() - t_start, 1),
-            "data_note": ("Numbers from SYNTHETIC data (our generator), not nuScenes; " if synthetic else "")
-            + ("backend debug_ground_truth replays ground truth: a pipeline check, not a detector score."
-               if backend == DEBUG_BACKEND else "" if synthetic else "real nuScenes-format data."),
+            "data_note": " ".join(filter(None, (
+                "Numbers from SYNTHETIC data (our generator), not nuScenes." if synthetic else
+                "nuScenes-format data from " + str(args.dataroot) + ".",
+                "Backend debug_ground_truth replays ground truth: a pipeline check, not a detector score."
+                if backend == DEBUG_BACKEND else "",
+                "The model runs RANDOM weights (no trained weights bundled): its scores mean nothing."
+                if "RANDOM" in note else ""))),
         }
         if node_notes:
             run_info["node"] = "; ".join(node_notes)

@@ -315,8 +315,10 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
         res, miss = match_outputs(side, outputs, read_tf(bag), wanted)
         results += res
         missing += miss
-    note = (f"node backend {backend or 'from params file'}; {len(chosen)} bag(s) replayed at rate {rate}; "
-            f"{missing} keyframe(s) without node output (scored empty)")
+    model_lines = [ln.split("]: ", 1)[1] for ln in log.read_text(errors="replace").splitlines()
+                   if "[perception]: model " in ln]
+    note = (f"{model_lines[-1] + '; ' if model_lines else ''}node backend {backend or 'from params file'}; "
+            f"{len(chosen)} bag(s) replayed at rate {rate}; {missing} keyframe(s) without node output (scored empty)")
     if backend == DEBUG_BACKEND:
         note = "DEBUG backend debug_ground_truth (ground truth replayed as detections); " + note
     (work / "node_counters.json").write_text(json.dumps(node_counters, indent=1))
