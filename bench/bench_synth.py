@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,12 @@ from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.generator import SynthConfig
 from sparse_perception_ros.data.synth import synthesize
 from sparse_perception_ros.data.to_bag import convert
+
+
+def _cpu() -> float:
+    """User + system CPU seconds of this process and its waited-for children (the render workers)."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def _size(path: Path) -> int:
@@ -58,25 +65,26 @@ def main() -> None:
     args = p.parse_args()
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_synth_"))
     rows = []
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg())
     try:
         cfg = SynthConfig(scenes=args.scenes, keyframes=args.keyframes, width=args.width, height=args.height)
         per_key = int(cfg.camera_hz / cfg.keyframe_hz) * 6 + int(cfg.lidar_hz / cfg.keyframe_hz)
         frames = cfg.scenes * cfg.keyframes * per_key
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         res = synthesize(cfg, out=str(base / "nuscenes"), bag_out=str(base / "bags"), workers=args.workers,
                          overwrite=True)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, _cpu() - c0
         msgs = sum(b["messages"] for b in res["bags"])
         rows.append((f"synth {cfg.scenes}x{cfg.keyframes} kf, {cfg.width}x{cfg.height}, {args.workers} workers "
-                     "(nuScenes + bags)", f"{dt:.1f} s",
+                     "(nuScenes + bags)", f"{dt:.1f} s wall, {cpu:.0f} CPU-s",
                      f"{cfg.scenes * cfg.keyframes / dt:.1f} keyframes/s, {frames / dt:.0f} sensor frames/s, "
                      f"nuScenes {_size(base / 'nuscenes') / 1e6:.0f} MB, bags {_size(base / 'bags') / 1e6:.0f} MB"))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         conv = convert(str(base / "nuscenes"), str(base / "bags2"), overwrite=True)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, _cpu() - c0
         mb = _size(base / "bags2") / 1e6
         n2 = sum(s["messages"] for s in conv)
-        rows.append(("to-bag (devkit read + MCAP write)", f"{dt:.1f} s", f"{n2 / dt:.0f} msg/s, {mb / dt:.1f} MB/s"))
+        rows.append(("to-bag (devkit read + MCAP write)", f"{dt:.1f} s wall, {cpu:.0f} CPU-s", f"{n2 / dt:.0f} msg/s, {mb / dt:.1f} MB/s"))
         bags = sorted((base / "bags").iterdir())
         t0 = time.perf_counter()
         n, nbytes = _read_all(bags)
@@ -97,6 +105,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
+    print(f"load average before: {load0}")
     print("| step | time | throughput |\n| --- | ---: | --- |")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")

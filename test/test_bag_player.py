@@ -140,9 +140,12 @@ def test_play_into_subscriber_and_record_round_trip(bag, tmp_path):
         for (_, a), (_, b) in zip(recorded[topic], msgs, strict=True):
             assert a[:len(b)] == b and len(a) - len(b) < 4 and not any(a[len(b):]), f"{topic}: payloads differ"
     # An independent reader decodes it from the embedded schemas alone.
-    from mcap_ros2.reader import read_ros2_messages
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
 
     mcap_files = list(rec_out.glob("*.mcap"))
     assert len(mcap_files) == 1
-    n = sum(1 for _ in read_ros2_messages(str(mcap_files[0])))
+    with open(mcap_files[0], "rb") as fh:
+        reader = make_reader(fh, decoder_factories=[DecoderFactory()])
+        n = sum(1 for _ in reader.iter_decoded_messages())
     assert n == sum(len(v) for v in original.values())
