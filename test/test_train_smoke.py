@@ -24,7 +24,9 @@ def test_train_smoke_cli_loss_decreases(tmp_path, capsys):
     assert main(["train", "--smoke", "--out", str(tmp_path)]) == 0
     elapsed = time.perf_counter() - t0
     assert "loss decreased" in capsys.readouterr().out
-    assert elapsed < 60, f"smoke took {elapsed:.1f} s"
+    # typically 20-35 s on the 2-core machine (idle / shared); the bound catches regressions with
+    # room for other jobs' load
+    assert elapsed < 90, f"smoke took {elapsed:.1f} s"
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["preset"] == "tiny" and cfg["model"]["name"] == "tiny"
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))

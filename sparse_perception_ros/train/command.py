@@ -93,7 +93,7 @@ def _load_samples(args: argparse.Namespace):
     return samples
 
 
-def run_smoke(out_dir: str | Path | None = None, iters: int = 40, log=None) -> dict:
+def run_smoke(out_dir: str | Path | None = None, iters: int = 30, log=None) -> dict:
     """A few iterations of the tiny preset on a tiny generated set (1 scene, 4 keyframes, 400x225).
 
     Checks that the deterministic (un-augmented) loss on the training clips drops after training and
