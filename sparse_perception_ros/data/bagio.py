@@ -149,8 +149,17 @@ def open_reader(path: str | os.PathLike):
         reader = AnyReader([p], default_typestore=typestore())
         reader.open()
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad-input error naming the file
-        raise DataError(f"cannot read bag {p}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"cannot read bag {_describe(p)}: {type(exc).__name__}: {exc}") from exc
     return reader
+
+
+def _describe(p: Path) -> str:
+    """The bag path, with its storage files when it is a folder."""
+    if p.is_dir():
+        files = sorted(f.name for f in p.iterdir() if f.suffix in (".mcap", ".db3"))
+        if files:
+            return f"{p} ({', '.join(files)})"
+    return str(p)
 
 
 def iter_messages(reader, connections=None, start_ns: int | None = None):
@@ -160,7 +169,7 @@ def iter_messages(reader, connections=None, start_ns: int | None = None):
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001
-        names = ", ".join(str(p) for p in reader.paths)
+        names = ", ".join(_describe(Path(p)) for p in reader.paths)
         raise DataError(f"corrupt or truncated bag {names}: {type(exc).__name__}: {exc}") from exc
 
 
