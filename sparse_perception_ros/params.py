@@ -55,6 +55,7 @@ class FrameParams:
 class CameraParams:
     names: tuple[str, ...]
     compressed: bool
+    decode_on_arrival: bool
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -49,7 +50,8 @@ from sparse_perception_ros.ros.convert import (
     pointcloud2_to_points,
     stamp_to_ns,
 )
-from sparse_perception_ros.ros.messages import detections_to_markers, detections_to_msg
+from sparse_perception_ros.ros.fast_cdr import detection3darray_cdr
+from sparse_perception_ros.ros.messages import detections_to_markers
 from sparse_perception_ros.ros.params import declare_and_read_params
 from sparse_perception_ros.ros.tf_feed import feed_tf_message
 from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerConfig, FrameAssembler
@@ -58,6 +60,18 @@ from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineStat
 from sparse_perception_ros.runtime.stats import NodeStats
 
 __all__ = ["PerceptionNode", "main"]
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """An image already converted at arrival (``cameras.decode_on_arrival``)."""
+
+    header: object
+    rgb: np.ndarray
+
+
+def _decode(msg) -> np.ndarray:
+    return compressed_image_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
 
 
 class PerceptionNode(Node):
@@ -107,10 +121,11 @@ class PerceptionNode(Node):
         qos = QoSProfile(depth=p.qos_depth, reliability=qos.reliability, durability=qos.durability,
                          history=qos.history)
         inputs = MutuallyExclusiveCallbackGroup()
+        images = ReentrantCallbackGroup()  # decoding runs beside the other inputs (cv2 releases the GIL)
         image_type = CompressedImage if p.cameras.compressed else Image
         for cam in p.cameras.names:
             self.create_subscription(image_type, f"~/input/cam_{cam}/image",
-                                     lambda m, c=cam: self._on_image(c, m), qos, callback_group=inputs)
+                                     lambda m, c=cam: self._on_image(c, m), qos, callback_group=images)
             self.create_subscription(CameraInfo, f"~/input/cam_{cam}/camera_info",
                                      lambda m, c=cam: self._on_camera_info(c, m), qos, callback_group=inputs)
         self.create_subscription(PointCloud2, "~/input/points", self._on_points, qos, callback_group=inputs)
@@ -151,6 +166,12 @@ class PerceptionNode(Node):
             self._wake.notify()
 
     def _on_image(self, cam: str, msg) -> None:
+        if self.params.cameras.decode_on_arrival:  # in the image callback group, overlapping inference
+            try:
+                msg = _Decoded(header=msg.header, rgb=_decode(msg))
+            except ConversionError as exc:
+                self._refuse(f"image/{cam}", exc)
+                return
         with self._lock:
             self._deliver(self._assembler.add_image(cam, stamp_to_ns(msg.header.stamp), msg, self._now_ns()))
 
@@ -240,7 +261,7 @@ class PerceptionNode(Node):
                 self._refuse(f"camera/{cam}", ConversionError("camera_info", None, "no valid CameraInfo yet"))
             elif msg is not None:
                 try:
-                    rgb = compressed_image_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+                    rgb = msg.rgb if isinstance(msg, _Decoded) else _decode(msg)
                     if rgb.shape[:2] != (calib.height, calib.width):
                         raise ConversionError("image size", f"{rgb.shape[1]}x{rgb.shape[0]}",
                                               f"CameraInfo says {calib.width}x{calib.height}")
@@ -315,8 +336,9 @@ class PerceptionNode(Node):
         else:
             boxes = transform_boxes(boxes, T_out)
         names = self.pipeline.class_names
-        self._pub_objects.publish(detections_to_msg(boxes, det.scores, det.labels, det.track_ids, names,
-                                                    af.stamp_ns, out_frame))
+        # serialized directly (ros/fast_cdr.py): same message as detections_to_msg, ~6x cheaper to build
+        self._pub_objects.publish(detection3darray_cdr(boxes, det.scores, det.labels, det.track_ids, names,
+                                                       af.stamp_ns, out_frame))
         if self.params.output.publish_markers and self._pub_markers.get_subscription_count() > 0:
             self._pub_markers.publish(detections_to_markers(boxes, det.scores, det.labels, det.track_ids, names,
                                                             af.stamp_ns, out_frame))
