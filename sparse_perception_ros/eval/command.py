@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         }
         if node_notes:
             run_info["node"] = "; ".join(node_notes)
+        resets = Counter(r.reset for r in results if r.reset)
+        if resets:
+            run_info["resets"] = ", ".join(f"reset/{k} {v}" for k, v in sorted(resets.items()))
         report.write_json(tmp / "metrics.json", {"metrics": metrics, "run": run_info, "warning": warning})
         report.write_json(tmp / "latency.json", latency)
         if args.pictures > 0:

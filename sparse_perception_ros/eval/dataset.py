@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_to_matrix
-from sparse_perception_ros.runtime.pipeline import Frame
+from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
 
 __all__ = ["CAMERA_CHANNELS", "SampleRef", "open_nuscenes", "find_version", "select_samples", "pose_matrix",
            "T_global_from_lidar", "load_frame"]
@@ -110,13 +110,17 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
 
     ``T_world_from_model`` is the global pose of LIDAR_TOP; points ``(N, 4)`` float32 x, y, z,
     intensity in LIDAR_TOP. A camera missing from the sample is masked (``present`` False).
+    ``calibration_key`` digests K and the static camera <- LiDAR extrinsics, so per-frame ego-motion
+    compensation does not count as a calibration change (as in the node).
     """
     import cv2
 
     sample = nusc.get("sample", sample_token)
     lidar_sd = nusc.get("sample_data", sample["data"][LIDAR])
     T_gm = _sensor_pose(nusc, lidar_sd)
+    lidar2ego = pose_matrix(nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"]))
     n = len(cameras)
+    T_static = np.tile(np.eye(4), (n, 1, 1))  # camera <- LiDAR without ego motion: the rig's calibration
     images: list[np.ndarray | None] = []
     K = np.tile(np.eye(3), (n, 1, 1))
     T_cm = np.tile(np.eye(4), (n, 1, 1))
@@ -134,6 +138,7 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
         cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         K[i] = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
         T_cm[i] = invert_transform(_sensor_pose(nusc, sd)) @ T_gm
+        T_static[i] = invert_transform(pose_matrix(cs)) @ lidar2ego
         present[i] = True
         stamps[i] = int(sd["timestamp"]) * 1000
     points = None
@@ -141,4 +146,5 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
         raw = np.fromfile(Path(nusc.dataroot) / lidar_sd["filename"], dtype=np.float32)
         points = raw.reshape(-1, 5)[:, :4].copy() if raw.size % 5 == 0 else raw.reshape(-1, 4).copy()
     return Frame(stamp_ns=int(lidar_sd["timestamp"]) * 1000, images=images, K=K, T_cam_from_model=T_cm,
-                 present=present, T_world_from_model=T_gm, points=points, camera_stamps_ns=stamps)
+                 present=present, T_world_from_model=T_gm, points=points, camera_stamps_ns=stamps,
+                 calibration_key=calibration_key(K, T_static))

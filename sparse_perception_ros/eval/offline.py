@@ -21,7 +21,8 @@ class SampleResult:
     boxes ``(N, 10)`` ``[x, y, z, s_heading, s_lateral, s_z, yaw, vx, vy, vz]`` in the frame that
     ``T_global_from_boxes`` maps to global (offline: the model frame LIDAR_TOP; ROS mode: the
     node's output frame); scores ``(N,)``; labels ``(N,)`` int64; track_ids ``(N,)`` int64;
-    timings_ms: per-stage latency of this frame.
+    timings_ms: per-stage latency of this frame; reset: the Pipeline reset rule that fired before
+    it (offline; the explicit reset at a scene start is not counted).
     """
 
     sample_token: str
@@ -32,6 +33,7 @@ class SampleResult:
     track_ids: np.ndarray
     T_global_from_boxes: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    reset: str | None = None
 
 
 def build_pipeline(params, backend: str | None = None, gt_table=None):
@@ -81,7 +83,8 @@ def run_offline(nusc, samples, pipeline, progress=None) -> list[SampleResult]:
         det, state = pipeline.step(frame, state)
         timings = {"load": 1e3 * (t1 - t0), **det.timings_ms}
         out.append(SampleResult(ref.token, ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids,
-                                np.asarray(frame.T_world_from_model, dtype=np.float64), timings))
+                                np.asarray(frame.T_world_from_model, dtype=np.float64), timings,
+                                det.reset))
         if progress is not None:
             progress(1)
     return out
