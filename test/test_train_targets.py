@@ -233,3 +233,17 @@ def test_save_load_samples_round_trip(tmp_path):
     assert meta == {"seed": 1} and r.images == s.images and r.scene == s.scene and r.timestamp == s.timestamp
     for name in ("K", "T_cam_from_lidar", "T_world_from_lidar", "boxes", "labels", "instance_ids"):
         np.testing.assert_array_equal(getattr(r, name), getattr(s, name))
+
+
+def test_min_lidar_pts_filter_and_config_json_round_trip():
+    import json
+
+    from sparse_perception_ros.train.trainer import TrainConfig
+
+    stream = _stream()
+    stream.records = list(stream.records)
+    stream.records[1].boxes[1].num_lidar_pts = 0  # the pedestrian was never hit
+    (s,) = list(samples_from_stream(stream))
+    assert s.labels.tolist() == [0]
+    cfg = TrainConfig(iters=7, lr=3e-4)
+    assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg

@@ -101,11 +101,11 @@ class TrainSample:
 
 
 def _boxes_in_lidar(kf: KeyframeRecord, t_lidar_from_world: np.ndarray, instance_index: dict[str, int],
-                    class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    class_names: Sequence[str], min_lidar_pts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows, labels, ids = [], [], []
     rot = t_lidar_from_world[:3, :3]
     for b in kf.boxes:
-        if b.detection_name not in class_names:
+        if b.detection_name not in class_names or b.num_lidar_pts < min_lidar_pts:
             continue
         center = rot @ np.asarray(b.translation, np.float64) + t_lidar_from_world[:3, 3]
         r_box = rot @ quat_to_matrix(np.asarray(b.rotation, np.float64))
@@ -121,10 +121,11 @@ def _boxes_in_lidar(kf: KeyframeRecord, t_lidar_from_world: np.ndarray, instance
 
 
 def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_NAMES,
-                        decode: bool = False) -> Iterator[TrainSample]:
+                        decode: bool = False, min_lidar_pts: int = 1) -> Iterator[TrainSample]:
     """One :class:`TrainSample` per complete keyframe of a scene stream (6 key cameras, key LiDAR, GT).
 
-    Sweeps (non-key records) are skipped. ``decode=True`` stores decoded RGB arrays instead of
+    Sweeps (non-key records) are skipped. GT boxes with fewer than ``min_lidar_pts`` LiDAR points
+    are dropped (the reference trains on nuScenes' ``valid_flag`` boxes, i.e. seen by a sensor). ``decode=True`` stores decoded RGB arrays instead of
     the encoded bytes (faster per iteration, ~30x more memory).
     """
     info = stream.info
@@ -161,7 +162,8 @@ def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_
             ks.append(np.asarray(calib.K, np.float64))
             images.append(decode_image(cam.jpeg) if decode else cam.jpeg)
             sizes.append((int(cam.width), int(cam.height)))
-        boxes, labels, ids = _boxes_in_lidar(slot["kf"], t_lidar_from_world, instance_index, class_names)
+        boxes, labels, ids = _boxes_in_lidar(slot["kf"], t_lidar_from_world, instance_index, class_names,
+                                             min_lidar_pts)
         yield TrainSample(info.name, lidar.timestamp_us * 1e-6, images, np.stack(ks), np.stack(t_cams),
                           t_world_from_lidar, boxes, labels, ids, sizes)
 
