@@ -11,6 +11,7 @@ Layout::
     <out>/submission_detection.json, submission_tracking.json
     <out>/detection/, tracking/   the devkit's metrics_summary.json, metrics_details.json, plots/*.pdf
     <out>/pictures/bev_<i>.png, camera_<i>.png   a few keyframes: GT (green) vs predictions
+    <out>/work/                   ROS mode: recordings, launch.log, node_counters.json
 """
 
 from __future__ import annotations
