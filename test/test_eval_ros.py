@@ -100,3 +100,24 @@ def test_offline_and_ros_agree(data):
     if len(answered) == len(sub_ros):
         for k in ("NDS", "mAP", "mATE", "AMOTA"):
             assert m_off["metrics"][k] == pytest.approx(m_ros["metrics"][k], abs=0.02), k
+
+
+def test_ctrl_c_leaves_no_report(data):
+    import signal
+    import time
+
+    root, bags, params, _low, folder = data
+    out = folder / "report_interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sparse_perception_ros.cli", "eval", "--quiet", "--dataroot",
+                             str(root), "--bag", *map(str, bags), "--backend", "debug_ground_truth", "--params-file",
+                             str(params), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("report_interrupted.partial-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3.0)  # inside the replay
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, text[-2000:]
+    assert not out.exists() and not list(folder.glob("report_interrupted.partial-*"))
