@@ -149,3 +149,42 @@ def test_play_into_subscriber_and_record_round_trip(bag, tmp_path):
         reader = make_reader(fh, decoder_factories=[DecoderFactory()])
         n = sum(1 for _ in reader.iter_decoded_messages())
     assert n == sum(len(v) for v in original.values())
+
+
+class _Pub:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, msg):
+        self.sent.append(msg)
+
+
+class _Bar:
+    def update(self, n):
+        pass
+
+
+def test_play_pass_start_keeps_tf_static_and_clock_is_monotonic(bag):
+    """``--start`` skips messages but still sends /tf_static; /clock never goes backwards (no DDS needed)."""
+    from sparse_perception_ros.ros.bag_player import _play_pass
+
+    reader = bagio.open_reader(bag)
+    try:
+        conns = list(reader.connections)
+        pubs = {c.id: _Pub() for c in conns}
+        clock = _Pub()
+        start_ns = reader.start_time + 4_000_000_000
+        n = _play_pass(reader, conns, pubs, clock, start_ns, rate=50.0, clock_hz=200.0, bar=_Bar(),
+                       resend_latched=True)
+        by_topic = {c.topic: pubs[c.id].sent for c in conns}
+        want = _stamps(bag, [c.topic for c in conns])
+        end_ns = reader.end_time
+    finally:
+        reader.close()
+    assert len(by_topic["/tf_static"]) == 1
+    for topic, stamps in want.items():
+        if topic != "/tf_static":
+            assert len(by_topic[topic]) == sum(1 for t in stamps if t >= start_ns), topic
+    assert n == sum(len(v) for v in by_topic.values())
+    ticks = [m.clock.sec * 10**9 + m.clock.nanosec for m in clock.sent]
+    assert ticks == sorted(set(ticks)) and ticks[0] >= start_ns and ticks[-1] <= end_ns
