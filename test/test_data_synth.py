@@ -201,3 +201,21 @@ def test_generation_is_deterministic(tmp_path):
             assert ra.jpeg == rb.jpeg and ra.token == rb.token
         elif hasattr(ra, "points"):
             np.testing.assert_array_equal(ra.points, rb.points)
+
+
+def test_render_example_picture(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "render-example", "--out",
+                        str(tmp_path / "ex.png"), "--width", "160", "--height", "90"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    import cv2
+
+    img = cv2.imread(str(tmp_path / "ex.png"))
+    assert img.shape == (180, 3 * 160 + 4 + 180, 3)
+    assert img[:, :480].std() > 20 and (img[:, 484:] > 100).any()  # cameras and BEV both have content
+
+
+def test_synth_refuses_bad_rates(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "synth", "--out", str(tmp_path / "x"),
+                        "--camera-hz", "5"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "camera_hz" in r.stderr and not (tmp_path / "x").exists()
