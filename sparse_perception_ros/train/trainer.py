@@ -37,7 +37,7 @@ from .dataset import TrainSample, make_clips
 from .losses import LOSS_NAMES, LossConfig, layer_losses
 
 __all__ = ["TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
-           "evaluate_loss", "init_model"]
+           "evaluate_loss", "init_model", "trainable_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class TrainConfig:
     max_range: float | None = 55.0
     anchor_init: str = "kmeans"  # "kmeans" on the training GT, or "default" (the model's placeholder)
     calibrate_bn: bool = True  # from-scratch backbone: set the frozen BN statistics from a first batch
+    train_bn: bool = True  # train the backbone BN (as the reference); saved with the frozen-BN keys
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -144,7 +145,30 @@ def init_model(samples: Sequence[TrainSample], cfg: TrainConfig, model_cfg: Mode
         aug = draw_clip_aug(rng, AugmentConfig(enabled=False))
         fb = collate_frame([samples[i] for i in picks], [aug] * len(picks), mcfg.input_wh)
         calibrate_frozen_bn(model.img_backbone, fb.img.flatten(0, 1))
+    if cfg.train_bn:
+        trainable_batchnorm(model.img_backbone)
     return model
+
+
+def trainable_batchnorm(module: torch.nn.Module) -> int:
+    """Replace every ``FrozenBatchNorm2d`` under ``module`` by a trainable ``nn.BatchNorm2d`` holding
+    the same values (in place; returns how many). The state-dict keys are identical, so a
+    checkpoint saved from the trained model loads into the inference model's frozen BNs.
+
+    The reference trains its backbone BN too (``norm_eval=False``, ``requires_grad=True``). Without
+    it, a from-scratch backbone's features drift (measured: neck std 0.9 -> 21 on level 0 after
+    446 iterations with frozen, calibrated BN).
+    """
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, FrozenBatchNorm2d):
+            bn = torch.nn.BatchNorm2d(child.weight.shape[0], eps=child.eps)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+            count += 1
+        else:
+            count += trainable_batchnorm(child)
+    return count
 
 
 # ---------------------------------------------------------------------------------- one clip
@@ -300,6 +324,8 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             log("warning: resuming with a config that differs from config.json")
         torch.manual_seed(cfg.seed)
         model = build_model(mcfg)
+        if cfg.train_bn:
+            trainable_batchnorm(model.img_backbone)
         model.load_official_checkpoint(out / "checkpoints" / "last.pt")
         state = torch.load(out / "train_state.pt", weights_only=True)
         opt = _optimizer(model, cfg)
