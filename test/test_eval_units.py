@@ -161,3 +161,28 @@ def test_cli_refuses_without_a_mode(nusc, tmp_path, capsys):
 
     assert main(["eval", "--dataroot", nusc.dataroot, "--out", str(tmp_path / "r")]) == 2
     assert "--bag" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_replay_specs_keep_the_launch_node_set(tmp_path):
+    from sparse_perception_ros.eval.ros_mode import replay_specs
+    from sparse_perception_ros.launch_manifest import node_set
+    from sparse_perception_ros.paths import config_file
+
+    params = str(config_file("perception.param.yaml"))
+    base = {s.name: s for s in node_set("replay", params, bag="B", record_to="R", rate=0.5)}
+    specs = {s.name: s for s in replay_specs("B", "R", params, "onnxruntime", None, rate=0.5, compressed=True,
+                                             preset="tiny")}
+    assert specs.keys() == base.keys()
+    node = specs["perception"]
+    assert node.module == base["perception"].module and node.remaps == base["perception"].remaps
+    assert node.params_files == (params,)
+    assert node.parameters["model.backend"] == "onnxruntime" and node.parameters["model.preset"] == "tiny"
+    assert node.parameters["cameras.compressed"] is True and node.parameters["sync.wait_timeout"] == pytest.approx(0.2)
+    player = specs["bag_player"]
+    assert player.module == "sparse_perception_ros.eval.replay_gate"
+    play_args = player.arguments[player.arguments.index("--") + 1:]
+    assert play_args[:3] == base["bag_player"].arguments[1:] and "/lidar_top/points" in play_args
+    assert "/diagnostics" in specs["bag_recorder"].arguments
+    gt = {s.name: s for s in replay_specs("B", "R", params, "debug_ground_truth", "gt.json")}["perception"]
+    assert gt.module == "sparse_perception_ros.eval.gt_node" and gt.arguments == ("--gt-table", "gt.json")
+    assert "model.backend" not in gt.parameters

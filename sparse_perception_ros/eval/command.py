@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="override model.backend; debug_ground_truth replays GROUND TRUTH as detections "
                              "(a debug check of frames/tokens/transforms, never a model score)")
+    parser.add_argument("--preset", default=None, help="override model.preset (e.g. tiny, sparse4dv3_r50)")
     parser.add_argument("--out", default="eval_report", help="report folder (written to a temp name, renamed when "
                                                             "complete)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
@@ -66,6 +67,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError("give --bag (ROS mode) or --offline")
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
+    if args.preset:
+        from dataclasses import replace
+
+        params = replace(params, model=replace(params.model, preset=args.preset))
     backend = args.backend or params.model.backend
     nusc = open_nuscenes(args.dataroot, args.version)
     samples = select_samples(nusc, args.scenes, args.max_samples)
@@ -85,7 +90,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             from sparse_perception_ros.eval.ros_mode import run_ros
 
             results, timings, note = run_ros(args.bag, samples, params_file, backend if args.backend else None,
-                                             table, tmp / "work", rate=args.rate, quiet=args.quiet)
+                                             table, tmp / "work", rate=args.rate, quiet=args.quiet,
+                                             preset=args.preset)
             mode = "ros (bag -> node -> recorder)"
         det_sub, trk_sub = results_to_submissions(results, tokens)
         report.write_json(tmp / "submission_detection.json", det_sub)
