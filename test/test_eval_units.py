@@ -156,11 +156,14 @@ def test_latency_percentiles():
     assert lat["infer"]["p50"] == 50.0 and lat["infer"]["p99"] == 99.0 and lat["decode"]["n"] == 101
 
 
-def test_cli_refuses_without_a_mode(nusc, tmp_path, capsys):
+def test_cli_refuses_bad_input_cleanly(nusc, tmp_path, capsys):
     from sparse_perception_ros.cli import main
 
-    assert main(["eval", "--dataroot", nusc.dataroot, "--out", str(tmp_path / "r")]) == 2
-    assert "--bag" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["eval", "--dataroot", str(tmp_path), "--offline", "--out", str(tmp_path / "r")]) == 2
+    assert "no nuScenes table folder" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["eval", "--dataroot", nusc.dataroot, "--offline", "--scenes", "nope", "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "unknown scene" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_replay_specs_keep_the_launch_node_set(tmp_path):

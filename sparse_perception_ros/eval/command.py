@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "scores against it; --offline also reads its images)")
     parser.add_argument("--version", default=None, help="table folder under --dataroot (default: the only v1.0-*)")
     parser.add_argument("--bag", nargs="+", default=[], help="ROS mode: bag folder(s) made by `synth`/`to-bag` "
-                                                             "(each with samples.json), played one after another")
+                                                             "(each with samples.json), played one after another; "
+                                                             "without --bag the chosen scenes of --dataroot are "
+                                                             "converted to bags first (into the report's work/)")
+    parser.add_argument("--no-sweeps", action="store_true", help="when converting --dataroot to bags: keyframes only "
+                                                                "(faster; the node then runs on keyframes only)")
     parser.add_argument("--offline", action="store_true", help="run Pipeline.step on --dataroot directly, no ROS")
     parser.add_argument("--params-file", default="", help="node parameters (default: the package's CPU preset "
                                                           "config/perception.param.yaml)")
@@ -63,8 +67,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.paths import config_file
 
-    if not args.offline and not args.bag:
-        raise ValueError("give --bag (ROS mode) or --offline")
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
     if args.preset:
@@ -89,7 +91,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         else:
             from sparse_perception_ros.eval.ros_mode import run_ros
 
-            results, timings, note = run_ros(args.bag, samples, params_file, backend if args.backend else None,
+            bags = list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
+            results, timings, note = run_ros(bags, samples, params_file, backend if args.backend else None,
                                              table, tmp / "work", rate=args.rate, quiet=args.quiet,
                                              preset=args.preset)
             mode = "ros (bag -> node -> recorder)"
@@ -140,6 +143,20 @@ def evaluate(args: argparse.Namespace) -> dict:
         print(f"node: {n}", file=sys.stderr)
     print(f"report: {out}/summary.md")
     return {"metrics": metrics, "run": run_info, "warning": warning}
+
+
+def convert_to_bags(args: argparse.Namespace, samples, out: Path) -> list[str]:
+    """The selected scenes of ``--dataroot`` as bags (``to-bag``'s converter), for ROS mode without ``--bag``."""
+    from collections import Counter as _Counter
+
+    from sparse_perception_ros.data.to_bag import convert
+
+    per_scene = _Counter(s.scene_name for s in samples)
+    scenes = list(dict.fromkeys(s.scene_name for s in samples))
+    print(f"eval: converting {len(scenes)} scene(s) of {args.dataroot} to bags", file=sys.stderr)
+    summaries = convert(str(args.dataroot), str(out), args.version, scenes, sweeps=not args.no_sweeps,
+                        max_keyframes=max(per_scene.values()))
+    return [s["path"] for s in summaries]
 
 
 def node_warnings(counters_path: Path) -> list[str]:
