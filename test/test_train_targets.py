@@ -274,3 +274,17 @@ def test_nuscenes_root_gives_the_same_samples_as_the_stream(tmp_path):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_allclose(a.boxes[:, :7], b.boxes[:, :7], atol=1e-4)
         np.testing.assert_allclose(a.boxes[:, 7:], b.boxes[:, 7:], atol=0.5)
+
+
+def test_split_scenes_prefers_the_roots_splits_json(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from sparse_perception_ros.train.command import _split_scenes
+
+    (tmp_path / "v1.0-synth").mkdir()
+    (tmp_path / "v1.0-synth" / "splits.json").write_text(json.dumps({"synth_train": ["a"], "synth_val": ["b"]}))
+    nusc = SimpleNamespace(dataroot=str(tmp_path), version="v1.0-synth", scene=[{"name": "a"}, {"name": "b"}])
+    assert _split_scenes(nusc, "synth_train") == ["a"]
+    with pytest.raises(ValueError, match="unknown split"):
+        _split_scenes(nusc, "no_such_split")

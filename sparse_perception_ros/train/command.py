@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataroot", default=None,
                    help="nuScenes-format root to train on (read with nuscenes-devkit); default: synthetic data")
     g.add_argument("--version", default=None, help="nuScenes version folder under DATAROOT (auto-detected)")
+    g.add_argument("--split", default=None,
+                   help="scene split of DATAROOT to train on: a key of <version>/splits.json (synth_train for our "
+                        "synthetic roots) or a devkit split (train, mini_train); default: every scene")
     g.add_argument("--synth-seed", type=int, default=1, help="seed of the synthetic training scenes")
     g.add_argument("--scenes", type=int, default=8, help="number of synthetic scenes")
     g.add_argument("--keyframes", type=int, default=40, help="keyframes per synthetic scene (2 Hz)")
@@ -66,9 +69,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _data_settings(args: argparse.Namespace) -> dict:
     if args.dataroot:
-        return {"dataroot": str(args.dataroot), "version": args.version}
+        return {"dataroot": str(args.dataroot), "version": args.version, "split": args.split}
     return {"synth_seed": args.synth_seed, "scenes": args.scenes, "keyframes": args.keyframes,
             "objects": args.objects, "image_size": list(args.image_size)}
+
+
+def _split_scenes(nusc, split: str) -> list[str]:
+    """Scene names of ``split`` present in the root: ``<version>/splits.json`` first, then the devkit's."""
+    custom = Path(nusc.dataroot) / nusc.version / "splits.json"
+    if custom.is_file():
+        splits = json.loads(custom.read_text())
+        if split in splits:
+            return list(splits[split])
+    from nuscenes.utils.splits import create_splits_scenes
+
+    known = create_splits_scenes()
+    if split not in known:
+        raise ValueError(f"unknown split {split!r}: not in {custom} nor in the devkit's {sorted(known)}")
+    present = {s["name"] for s in nusc.scene}
+    names = [n for n in known[split] if n in present]
+    if not names:
+        raise ValueError(f"split {split!r} has no scene in {nusc.dataroot}")
+    return names
 
 
 def _load_samples(args: argparse.Namespace):
@@ -84,7 +106,11 @@ def _load_samples(args: argparse.Namespace):
         from ..data.nuscenes_reader import load_nuscenes, read_scenes
 
         nusc = load_nuscenes(args.dataroot, args.version)
-        samples = samples_from_streams(read_scenes(nusc, sweeps=False))
+        scenes = _split_scenes(nusc, args.split) if args.split else None
+        if not args.split:
+            print("train: no --split given, training on every scene of the root (validation scenes included)",
+                  file=sys.stderr)
+        samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=False))
     else:
         w, h = args.image_size
         samples = synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers)
