@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sparse_perception_ros.processes import start_captured, stop_process
+from sparse_perception_ros.ros.graph import wait_for_endpoints
 
 __all__ = ["add_arguments", "run", "summarize_recording"]
 
@@ -43,25 +44,6 @@ def _ensure_bag(workdir: Path, scenes: int, keyframes: int, seed: int) -> Path:
     if not found:
         raise FileNotFoundError(f"no bag folder inside {bags}")
     return found[0]
-
-
-def _wait_for_node(timeout_s: float) -> None:
-    """Block until the node's outputs and inputs are visible on the graph (model loaded, discovery done)."""
-    import rclpy
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    probe = rclpy.create_node("demo_probe", context=ctx)
-    try:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if probe.count_publishers(OBJECTS) > 0 and probe.count_subscribers("/lidar_top/points") > 0:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"the perception node did not come up within {timeout_s:.0f} s")
-    finally:
-        probe.destroy_node()
-        rclpy.shutdown(context=ctx)
 
 
 def summarize_recording(recording: Path) -> dict:
@@ -147,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     recorder = start_captured(_cli("record", "--out", str(recording), OBJECTS, LATENCY,
                                    "/perception/output/markers"))
     try:
-        _wait_for_node(args.timeout)
+        wait_for_endpoints(publishers=(OBJECTS,), subscribers=("/lidar_top/points",), timeout_s=args.timeout,
+                           what="the perception node")
         print("demo: node is up; playing the bag", flush=True)
         player = start_captured(_cli("play", str(bag), "--rate", str(args.rate)))
         player_log, _ = player.communicate(timeout=600)

@@ -4,14 +4,14 @@ Per bag, :func:`~sparse_perception_ros.ros.launcher.launch` starts the ``replay`
 :mod:`~sparse_perception_ros.launch_manifest` (player + perception node + recorder, each in its
 own process, same params file and remaps as ``launch/replay.launch.py``), with two changes:
 
-- the player plays only the node's input topics, behind :mod:`~sparse_perception_ros.eval.replay_gate`,
+- the player plays only the node's input topics, behind :mod:`~sparse_perception_ros.ros.replay_gate`,
   which starts it once the node (after loading its model) and the recorder have subscribed and
   the bag's static transforms have reached the node, so no keyframe is lost at start-up;
 - at ``--rate`` r != 1 the node's wall-clock sync timeouts (``sync.wait_timeout``,
   ``sync.lidar_fallback_timeout``) are divided by r, so a slowed replay (for a model slower than
   real time on this machine) syncs as the live system would;
 - with ``--backend debug_ground_truth`` the node process is
-  :mod:`sparse_perception_ros.eval.gt_node` (the same PerceptionNode, configured with the GT
+  :mod:`sparse_perception_ros.ros.eval_gt_node` (the same PerceptionNode, configured with the GT
   passthrough); any other ``--backend`` is passed as ``-p model.backend:=...``.
 
 When the player finishes, the launcher stops the node and the recorder (which then closes its
@@ -185,7 +185,7 @@ def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None
     for spec in specs:
         if spec.name == "bag_player":
             play_args = (*spec.arguments[1:], "--wait", "10", "--topics", *inputs)
-            spec = replace(spec, module="sparse_perception_ros.eval.replay_gate",
+            spec = replace(spec, module="sparse_perception_ros.ros.replay_gate",
                            arguments=("--bag", bag, "--inputs", *inputs, "--outputs", OBJECTS_TOPIC, LATENCY_TOPIC,
                                       "--timeout", str(wait_s), "--", *play_args))
         elif spec.name == "bag_recorder":
@@ -202,7 +202,7 @@ def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None
                 spec = replace(spec, parameters={**spec.parameters, "sync.wait_timeout": sync.wait_timeout / rate,
                                                  "sync.lidar_fallback_timeout": sync.lidar_fallback_timeout / rate})
             if backend == DEBUG_BACKEND:
-                spec = replace(spec, module="sparse_perception_ros.eval.gt_node",
+                spec = replace(spec, module="sparse_perception_ros.ros.eval_gt_node",
                                arguments=("--gt-table", str(gt_table_path)))
             elif backend:
                 spec = replace(spec, parameters={**spec.parameters, "model.backend": backend})

@@ -38,7 +38,7 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
-from sparse_perception_ros.geometry.tf_buffer import TransformBuffer, TransformLookupError
+from sparse_perception_ros.geometry.tf_buffer import ExtrapolationError, TransformBuffer, TransformLookupError
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.params import ParameterError, PerceptionParams
 from sparse_perception_ros.ros.convert import (
@@ -240,18 +240,28 @@ class PerceptionNode(Node):
     def _has_subscribers(self) -> bool:
         return any(p.get_subscription_count() > 0 for p in (self._pub_objects, self._pub_markers))
 
-    def _lookup(self, target: str, source: str, stamp_ns: int, what: str) -> np.ndarray | None:
-        try:
-            with self._lock:
-                return self._tf.lookup(target, source, stamp_ns)
-        except TransformLookupError as exc:
-            self._refuse(f"tf/{what}", exc)
-            return None
+    def _lookup(self, target: str, source: str, stamp_ns: int, what: str, wait_s: float = 0.0) -> np.ndarray | None:
+        """TF lookup; with ``wait_s``, a stamp just newer than the buffered /tf is retried until it arrives."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with self._lock:
+                    return self._tf.lookup(target, source, stamp_ns)
+            except ExtrapolationError as exc:
+                if time.monotonic() < deadline:  # /tf for this stamp may still be in flight
+                    time.sleep(0.005)
+                    continue
+                self._refuse(f"tf/{what}", exc)
+                return None
+            except TransformLookupError as exc:
+                self._refuse(f"tf/{what}", exc)
+                return None
 
     def _build_frame(self, af: AssembledFrame) -> Frame:
         p, t_ref = self.params, af.stamp_ns
         world, model = p.frames.world_frame, p.frames.model_frame
-        T_world_from_model = self._lookup(world, model, t_ref, "ego_pose")
+        tf_wait = self.params.sync.wait_timeout
+        T_world_from_model = self._lookup(world, model, t_ref, "ego_pose", wait_s=tf_wait)
         images, present = [], np.zeros(len(p.cameras.names), dtype=bool)
         for i, cam in enumerate(p.cameras.names):
             msg, rgb = af.images[i], None
@@ -274,7 +284,7 @@ class PerceptionNode(Node):
                 T = T_static
                 if T_static is not None and T_world_from_model is not None and t_cam != t_ref:
                     # the camera's pose at its own stamp: ego motion between trigger and exposure compensated
-                    T_cw = self._lookup(cam_frame, world, t_cam, f"camera/{cam}")
+                    T_cw = self._lookup(cam_frame, world, t_cam, f"camera/{cam}", wait_s=tf_wait)
                     T = None if T_cw is None else T_cw @ T_world_from_model
                 if T is not None:
                     self._last_K[cam], self._last_T[cam] = calib.K, T

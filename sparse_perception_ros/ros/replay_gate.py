@@ -1,6 +1,6 @@
 """Start gate for the evaluation replay: the player starts only when the node and the recorder are ready.
 
-``python -m sparse_perception_ros.eval.replay_gate --bag B --inputs T1 T2 ... --outputs O1 -- <play args>``
+``python -m sparse_perception_ros.ros.replay_gate --bag B --inputs T1 T2 ... --outputs O1 -- <play args>``
 
 A live system has no first frame to lose; an evaluation replay does. Two start-up races would
 cost the first keyframe of every bag, so the gate waits until

@@ -1,6 +1,6 @@
 """DEBUG ONLY: the perception node with the ground-truth passthrough instead of a model.
 
-``python -m sparse_perception_ros.eval.gt_node --gt-table GT.json --ros-args ...`` runs the real
+``python -m sparse_perception_ros.ros.eval_gt_node --gt-table GT.json --ros-args ...`` runs the real
 :class:`~sparse_perception_ros.ros.node.PerceptionNode` (same parameters, topics, sync, TF,
 message conversion, output transform and diagnostics), configured with
 :class:`~sparse_perception_ros.eval.ground_truth.GroundTruthPassthrough` as its model. Only
