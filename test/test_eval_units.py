@@ -182,10 +182,10 @@ def test_replay_specs_keep_the_launch_node_set(tmp_path):
     assert node.parameters["model.backend"] == "onnxruntime" and node.parameters["model.preset"] == "tiny"
     assert node.parameters["cameras.compressed"] is True and node.parameters["sync.wait_timeout"] == pytest.approx(0.2)
     player = specs["bag_player"]
-    assert player.module == "sparse_perception_ros.eval.replay_gate"
+    assert player.module == "sparse_perception_ros.ros.replay_gate"
     play_args = player.arguments[player.arguments.index("--") + 1:]
     assert play_args[:3] == base["bag_player"].arguments[1:] and "/lidar_top/points" in play_args
     assert "/diagnostics" in specs["bag_recorder"].arguments
     gt = {s.name: s for s in replay_specs("B", "R", params, "debug_ground_truth", "gt.json")}["perception"]
-    assert gt.module == "sparse_perception_ros.eval.gt_node" and gt.arguments == ("--gt-table", "gt.json")
+    assert gt.module == "sparse_perception_ros.ros.eval_gt_node" and gt.arguments == ("--gt-table", "gt.json")
     assert "model.backend" not in gt.parameters

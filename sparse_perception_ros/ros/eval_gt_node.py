@@ -17,41 +17,20 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, GroundTruthPassthrough, load_table
-    from sparse_perception_ros.params import ParameterError
-    from sparse_perception_ros.ros.node import PerceptionNode
+    from sparse_perception_ros.ros.node import run_node
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ours = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
     parser = argparse.ArgumentParser(prog="gt_node", description=__doc__.splitlines()[0])
     parser.add_argument("--gt-table", required=True, help="ground-truth table JSON written by sparse-perception eval")
     args = parser.parse_args(ours)
-    rclpy.init(args=[sys.argv[0], *argv[len(ours):]])
-    node = None
-    try:
-        try:
-            node = PerceptionNode()
-            node.configure(model=GroundTruthPassthrough(load_table(args.gt_table), num_cams=len(node.params.cameras.names)))
-        except ParameterError as exc:
-            print(f"gt_node: invalid parameters: {exc}", file=sys.stderr)
-            return 2
+
+    def make_model(node):
         node.get_logger().warning(f"DEBUG backend {DEBUG_BACKEND}: publishing GROUND TRUTH as detections")
-        node.activate()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+        return GroundTruthPassthrough(load_table(args.gt_table), num_cams=len(node.params.cameras.names))
+
+    return run_node([sys.argv[0], *argv[len(ours):]], make_model=make_model, prog="gt_node")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from sparse_perception_ros.runtime.boxes import transform_boxes
 from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineState, calibration_key
 from sparse_perception_ros.runtime.stats import NodeStats
 
-__all__ = ["PerceptionNode", "main"]
+__all__ = ["PerceptionNode", "main", "run_node"]
 
 
 @dataclass(frozen=True)
@@ -385,16 +385,19 @@ class PerceptionNode(Node):
         self._pub_diag.publish(msg)
 
 
-def main(args=None) -> int:
-    """Console script ``perception_node``. Exit status 2 on invalid parameters."""
+def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
+    """Init rclpy, build and configure the node (``make_model(node)`` may supply the model), spin.
+
+    Exit status 2 on invalid parameters (the message names the parameter), else 0.
+    """
     rclpy.init(args=args)
     node = None
     try:
         try:
             node = PerceptionNode()
-            node.configure()
+            node.configure(model=None if make_model is None else make_model(node))
         except ParameterError as exc:
-            print(f"perception_node: invalid parameters: {exc}", file=sys.stderr)
+            print(f"{prog}: invalid parameters: {exc}", file=sys.stderr)
             return 2
         node.activate()
         executor = MultiThreadedExecutor(num_threads=2)
@@ -409,6 +412,11 @@ def main(args=None) -> int:
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def main(args=None) -> int:
+    """Console script ``perception_node``."""
+    return run_node(args)
 
 
 if __name__ == "__main__":
