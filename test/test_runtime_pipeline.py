@@ -140,3 +140,10 @@ def test_given_calibration_key_ignores_per_frame_extrinsics(pipeline):
     moved.calibration_key = None  # without the key, the same change is a calibration change
     det, _ = pipeline.step(moved, state)
     assert det.reset == "calibration_changed"
+
+
+def test_warm_up_leaves_no_state_and_takes_first_frame_costs(pipeline):
+    seconds = pipeline.warm_up()
+    assert seconds > 0
+    det, state = pipeline.step(make_frame(), PipelineState.empty())
+    assert det.reset is None and state.temporal.next_track_id > 0

@@ -30,7 +30,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -108,6 +108,12 @@ class PerceptionNode(Node):
                                                   f"{model.cfg.head.num_cams}")
         self.pipeline = Pipeline(model, CLASS_NAMES, p.output.score_threshold, p.output.max_detections,
                                  p.temporal.max_time_gap)
+        if p.model.num_threads > 0:
+            import torch
+
+            torch.set_num_threads(p.model.num_threads)
+        seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
+        self.get_logger().info(f"model warmed up in {seconds:.1f} s")
         s = p.sync
         self._assembler = FrameAssembler(AssemblerConfig(
             cameras=tuple(p.cameras.names), trigger=s.trigger,
@@ -121,7 +127,7 @@ class PerceptionNode(Node):
         qos = QoSProfile(depth=p.qos_depth, reliability=qos.reliability, durability=qos.durability,
                          history=qos.history)
         inputs = MutuallyExclusiveCallbackGroup()
-        images = ReentrantCallbackGroup()  # decoding runs beside the other inputs (cv2 releases the GIL)
+        images = ReentrantCallbackGroup()  # matters only with a multi-threaded executor (see make_executor)
         image_type = CompressedImage if p.cameras.compressed else Image
         for cam in p.cameras.names:
             self.create_subscription(image_type, f"~/input/cam_{cam}/image",
@@ -131,16 +137,17 @@ class PerceptionNode(Node):
         self.create_subscription(PointCloud2, "~/input/points", self._on_points, qos, callback_group=inputs)
         odo_qos = QoSProfile(depth=50, reliability=qos.reliability, durability=qos.durability)  # every pose counts
         self.create_subscription(Odometry, "~/input/odometry", self._on_odometry, odo_qos, callback_group=inputs)
-        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), 100, callback_group=inputs)
+        tf_group = MutuallyExclusiveCallbackGroup()  # /tf can run at sensor rate x sensors: keep it off the others
+        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), 100, callback_group=tf_group)
         static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                 reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), static_qos,
-                                 callback_group=inputs)
+                                 callback_group=tf_group)
         self._pub_objects = self.create_publisher(Detection3DArray, "~/output/objects", 10)
         self._pub_markers = self.create_publisher(MarkerArray, "~/output/markers", 10)
         self._pub_latency = self.create_publisher(DiagnosticArray, "~/output/latency", 10)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(0.02, self._poll_assembler, callback_group=inputs)
+        self.create_timer(0.025, self._poll_assembler, callback_group=inputs)
         self.create_timer(1.0, self._publish_diagnostics)
         self._running = True
         self._worker = threading.Thread(target=self._work_loop, name="perception_worker", daemon=True)
@@ -166,7 +173,7 @@ class PerceptionNode(Node):
             self._wake.notify()
 
     def _on_image(self, cam: str, msg) -> None:
-        if self.params.cameras.decode_on_arrival:  # in the image callback group, overlapping inference
+        if self.params.cameras.decode_on_arrival:  # in the executor thread, overlapping the worker's inference
             try:
                 msg = _Decoded(header=msg.header, rgb=_decode(msg))
             except ConversionError as exc:
@@ -385,6 +392,17 @@ class PerceptionNode(Node):
         self._pub_diag.publish(msg)
 
 
+def make_executor():
+    """A single-threaded executor for all input callbacks; inference runs on the node's own worker thread.
+
+    rclpy's MultiThreadedExecutor adds a future and a thread-pool hand-off per callback; with a
+    camera rig, a LiDAR and per-sensor /tf (a few hundred callbacks a second) it fell ~1 s behind
+    on /tf on 2 cores, so TF lookups failed. (rclpy's experimental EventsExecutor delivered nothing
+    to this node in a test, so it is not used.)
+    """
+    return SingleThreadedExecutor()
+
+
 def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
     """Init rclpy, build and configure the node (``make_model(node)`` may supply the model), spin.
 
@@ -400,7 +418,7 @@ def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
             print(f"{prog}: invalid parameters: {exc}", file=sys.stderr)
             return 2
         node.activate()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = make_executor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

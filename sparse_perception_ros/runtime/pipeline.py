@@ -146,6 +146,24 @@ class Pipeline:
         first = next(params(), None) if callable(params) else None
         self.device = first.device if first is not None else torch.device("cpu")
 
+    def warm_up(self) -> float:
+        """Run two throw-away steps (first frame, then temporal) on blank inputs; returns seconds taken.
+
+        The first forward pays one-off costs (lazy imports such as ``torch.onnx`` behind the DFA's
+        export check, kernel compilation, allocator growth) that would otherwise stall the first
+        real frame for seconds. Call it once at start-up; it leaves no state behind.
+        """
+        t0 = time.perf_counter()
+        w, h = self.input_wh
+        K = np.tile(np.array([[w / 2.0, 0.0, w / 2.0], [0.0, w / 2.0, h / 2.0], [0.0, 0.0, 1.0]]), (self.num_cams, 1, 1))
+        frame = Frame(stamp_ns=0, images=[np.zeros((h, w, 3), np.uint8)] * self.num_cams, K=K,
+                      T_cam_from_model=np.tile(np.eye(4), (self.num_cams, 1, 1)),
+                      present=np.ones(self.num_cams, bool), T_world_from_model=np.eye(4))
+        _, state = self.step(frame, PipelineState.empty())
+        frame.stamp_ns = 500_000_000
+        self.step(frame, state)
+        return time.perf_counter() - t0
+
     # ---------------------------------------------------------------------------------- rules
     def reset_reason(self, frame: Frame, state: PipelineState) -> str | None:
         """Which reset rule (if any) applies before running ``frame`` on ``state``."""
