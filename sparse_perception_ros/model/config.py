@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BackboneConfig", "HeadConfig", "ModelConfig", "sparse4dv3_r50", "tiny", "PRESETS", "get_preset"]
+__all__ = [
+    "BackboneConfig",
+    "HeadConfig",
+    "LidarConfig",
+    "ModelConfig",
+    "sparse4dv3_r50",
+    "tiny",
+    "tiny_fusion",
+    "PRESETS",
+    "get_preset",
+]
 
 
 @dataclass(frozen=True)
@@ -68,13 +78,75 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class LidarConfig:
+    """LiDAR candidate branch (SparseFusion-style fusion, ``model/lidar.py``).
+
+    Points ``[x, y, z, intensity, dt]`` (model frame, metres, intensity 0..255, dt seconds) inside
+    ``point_range = (x_min, y_min, z_min, x_max, y_max, z_max)`` are pillarised on a square grid of
+    ``pillar_size`` metres; a BEV CNN with ``bev_stride`` and a CenterPoint-like heatmap + box
+    head give ``num_candidates`` (K) anchors that replace the last K learned anchors of the
+    instance bank. ``max_points`` is the static point count of exported graphs (clouds are
+    padded to it, or thinned to it by the pipeline). Defaults: the nuScenes range, 0.6 m pillars.
+    """
+
+    point_range: tuple[float, float, float, float, float, float] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
+    pillar_size: float = 0.6
+    point_dims: int = 5
+    pillar_channels: int = 32
+    bev_channels: int = 64
+    bev_stride: int = 2
+    num_candidates: int = 32
+    max_points: int = 300_000
+
+    def __post_init__(self) -> None:
+        x0, y0, z0, x1, y1, z1 = self.point_range
+        if not (x1 > x0 and y1 > y0 and z1 > z0):
+            raise ValueError(f"point_range must be (x_min, y_min, z_min, x_max, y_max, z_max), got {self.point_range}")
+        if self.pillar_size <= 0:
+            raise ValueError(f"pillar_size must be positive, got {self.pillar_size}")
+        if self.point_dims < 4:
+            raise ValueError(f"point_dims must be >= 4 (x, y, z, intensity[, dt]), got {self.point_dims}")
+        if self.bev_stride not in (1, 2, 4):
+            raise ValueError(f"bev_stride must be 1, 2 or 4, got {self.bev_stride}")
+        nx, ny = self.grid_size
+        if nx % self.bev_stride or ny % self.bev_stride:
+            raise ValueError(f"grid {nx}x{ny} is not divisible by bev_stride {self.bev_stride}")
+        if self.num_candidates < 1 or self.max_points < 1:
+            raise ValueError("num_candidates and max_points must be >= 1")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Pillar grid ``(nx, ny)``."""
+        x0, y0, _, x1, y1, _ = self.point_range
+        return int(round((x1 - x0) / self.pillar_size)), int(round((y1 - y0) / self.pillar_size))
+
+    @property
+    def bev_size(self) -> tuple[int, int]:
+        """BEV feature map ``(W_bev, H_bev)`` = grid / stride (x along W, y along H)."""
+        nx, ny = self.grid_size
+        return nx // self.bev_stride, ny // self.bev_stride
+
+    @property
+    def bev_cell(self) -> float:
+        """Metres per BEV feature cell."""
+        return self.pillar_size * self.bev_stride
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Full camera model: backbone + neck + head, and the network input size ``(W, H)``."""
+    """Full model: backbone + neck + head, the network input size ``(W, H)`` and, for fused
+    presets, the LiDAR branch (``lidar=None``: camera-only, the released layout)."""
 
     name: str
     backbone: BackboneConfig
     head: HeadConfig
     input_wh: tuple[int, int] = (704, 256)
+    lidar: LidarConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.lidar is not None and self.lidar.num_candidates > self.head.num_anchor:
+            raise ValueError(f"lidar.num_candidates ({self.lidar.num_candidates}) must not exceed head.num_anchor "
+                             f"({self.head.num_anchor})")
 
 
 sparse4dv3_r50 = ModelConfig(
@@ -100,7 +172,18 @@ tiny = ModelConfig(
     input_wh=(352, 128),
 )
 
-PRESETS: dict[str, ModelConfig] = {"sparse4dv3_r50": sparse4dv3_r50, "tiny": tiny}
+# The tiny model plus the LiDAR branch: K = 32 LiDAR candidates take the 32 new-instance slots
+# learned anchors' place when a sweep is present (they compete with the rest in the bank update).
+# 300k points is the static size of exported graphs; the CPU default thins clouds to 60k.
+tiny_fusion = ModelConfig(
+    name="tiny_fusion",
+    backbone=tiny.backbone,
+    head=tiny.head,
+    input_wh=tiny.input_wh,
+    lidar=LidarConfig(max_points=60_000),
+)
+
+PRESETS: dict[str, ModelConfig] = {"sparse4dv3_r50": sparse4dv3_r50, "tiny": tiny, "tiny_fusion": tiny_fusion}
 
 
 def get_preset(preset: str | ModelConfig) -> ModelConfig:

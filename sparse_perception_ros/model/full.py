@@ -1,4 +1,5 @@
-"""The full camera model: ResNet + FPN + Sparse4D v3 head, loadable from a released checkpoint."""
+"""The full model: ResNet + FPN + Sparse4D v3 head (loadable from a released checkpoint), plus the
+LiDAR candidate branch in fused presets (``cfg.lidar``)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from .checkpoint import LoadReport, load_matching, read_checkpoint
 from .config import ModelConfig
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import TemporalState
+from .lidar import LidarBranch, LidarCandidates
 
 __all__ = ["Sparse4DModel"]
 
 
 class Sparse4DModel(nn.Module):
-    """``img_backbone`` (ResNet) + ``img_neck`` (FPN) + ``head`` (:class:`Sparse4DHead`).
+    """``img_backbone`` (ResNet) + ``img_neck`` (FPN) + ``head`` (:class:`Sparse4DHead`), and
+    ``pts_branch`` (:class:`~.lidar.LidarBranch`) when ``cfg.lidar`` is set (None otherwise).
 
     The attribute names are the checkpoint's top-level prefixes, so a released full-model
-    state dict loads key for key. Runs in fp32 (the reference ran the backbone in fp16 autocast
+    state dict loads key for key (fused presets add ``pts_branch.*`` and ``head.lidar_fusion.*``). Runs in fp32 (the reference ran the backbone in fp16 autocast
     on GPU; see ``docs/model.md``).
     """
 
@@ -32,7 +35,8 @@ class Sparse4DModel(nn.Module):
         self.cfg = cfg
         self.img_backbone = ResNet(cfg.backbone.depth, cfg.backbone.base_channels)
         self.img_neck = FPN(self.img_backbone.out_channels, cfg.backbone.fpn_channels)
-        self.head = Sparse4DHead(cfg.head, sampling=sampling)
+        self.head = Sparse4DHead(cfg.head, sampling=sampling, lidar=cfg.lidar)
+        self.pts_branch = None if cfg.lidar is None else LidarBranch(cfg.lidar, cfg.head.embed_dims, cfg.head.num_classes)
         self.eval()
 
     def load_official_checkpoint(self, path: str | Path, strict: bool = True) -> LoadReport:
@@ -50,6 +54,24 @@ class Sparse4DModel(nn.Module):
         feats = self.img_neck(self.img_backbone(img.flatten(0, 1)))
         return [f.reshape(bs, n, *f.shape[1:]) for f in feats]
 
+    def lidar_candidates(self, points: torch.Tensor | np.ndarray | None, device=None) -> LidarCandidates | None:
+        """``points (N, >=3)`` (model frame; x, y, z[, intensity[, dt]]) of one sweep -> candidates
+        for batch size 1; None for a camera-only model. ``points=None`` (no sweep) gives
+        candidates with ``valid = 0`` so the fused head runs its camera-only path."""
+        if self.pts_branch is None:
+            return None
+        device = device if device is not None else next(self.parameters()).device
+        if points is None:
+            pts = torch.zeros(1, 1, self.cfg.lidar.point_dims, device=device)
+            count = torch.zeros(1, dtype=torch.int64, device=device)
+        else:
+            pts = torch.as_tensor(points, dtype=torch.float32, device=device)
+            if pts.ndim != 2 or pts.shape[1] < 3:
+                raise ValueError(f"points must be (N, >=3), got {tuple(pts.shape)}")
+            count = torch.tensor([pts.shape[0]], dtype=torch.int64, device=device)
+            pts = pts[None] if pts.shape[0] else torch.zeros(1, 1, pts.shape[1], device=device)
+        return self.pts_branch(pts, count)
+
     @torch.no_grad()
     def step(
         self,
@@ -59,7 +81,11 @@ class Sparse4DModel(nn.Module):
         timestamp: float,
         T_world_from_model: np.ndarray,
         state: TemporalState,
+        points: torch.Tensor | np.ndarray | None = None,
     ) -> tuple[HeadOutput, TemporalState]:
-        """Images -> features -> :meth:`Sparse4DHead.step` (see there for the other arguments)."""
+        """Images (+ points for fused models) -> :meth:`Sparse4DHead.step` (see there for the
+        other arguments). ``points``: one sweep ``(N, >=3)`` float32 in the model frame, or None
+        when there is none (fused models then run camera-only); ignored by camera-only models."""
+        lidar = self.lidar_candidates(points, img.device)
         return self.head.step(self.extract_features(img.float()), projection_mat, image_wh, timestamp,
-                              T_world_from_model, state)
+                              T_world_from_model, state, lidar=lidar)

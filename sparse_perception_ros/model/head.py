@@ -22,10 +22,11 @@ from torch import nn
 from ..geometry.boxes import COS_YAW, VX, W
 from .blocks import AnchorEncoder, AsymmetricFFN, AttentionLayer
 from .checkpoint import LoadReport, load_matching, strip_prefix
-from .config import HeadConfig
+from .config import HeadConfig, LidarConfig
 from .decoding import decode_detections
 from .dfa import DeformableFeatureAggregation, FeatureInputs
 from .instance_bank import BankPrior, TemporalState, assign_instance_ids, bank_cache, bank_get, bank_update
+from .lidar import BevSampler, LidarCandidates
 from .refine import RefinementModule
 
 __all__ = ["Sparse4DHead", "HeadOutput", "FrameResult", "default_anchors"]
@@ -100,7 +101,7 @@ class _InstanceBankParams(nn.Module):
 class Sparse4DHead(nn.Module):
     """Sparse4D v3 detection + tracking head. Build with :func:`~sparse_perception_ros.model.build_head`."""
 
-    def __init__(self, cfg: HeadConfig, sampling: str = "kernel"):
+    def __init__(self, cfg: HeadConfig, sampling: str = "kernel", lidar: LidarConfig | None = None):
         super().__init__()
         self.cfg = cfg
         self.sampling = sampling
@@ -128,6 +129,12 @@ class Sparse4DHead(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.fc_before = nn.Linear(e, 2 * e, bias=False)
         self.fc_after = nn.Linear(2 * e, e, bias=False)
+        # Fused presets only (``lidar_fusion.*`` keys; the released camera layout has none): one
+        # BEV sampler per deformable layer, in decoder order.
+        self.lidar_fusion = None
+        if lidar is not None:
+            n_dfa = self.operation_order.count("deformable")
+            self.lidar_fusion = nn.ModuleList(BevSampler(e, lidar.point_range) for _ in range(n_dfa))
         self.eval()
 
     # ------------------------------------------------------------------ loading
@@ -147,6 +154,34 @@ class Sparse4DHead(nn.Module):
         v = None if value is None else self.fc_before(value)
         return self.fc_after(self.layers[i](q, k, v))
 
+    def initial_instances(self, bs: int, lidar: LidarCandidates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder-0 instances ``(feature [bs, A, E], anchor [bs, A, 11])``: the learned prior, with
+        the LiDAR candidates in the last K rows where ``lidar.valid`` (SparseFusion's candidates)."""
+        feature = self.instance_bank.instance_feature[None].expand(bs, -1, -1)
+        anchor = self.instance_bank.anchor[None].expand(bs, -1, -1)
+        if lidar is None or self.lidar_fusion is None:
+            return feature, anchor
+        k = lidar.anchor.shape[1]
+        a = anchor.shape[1]
+        use = lidar.valid.reshape(bs, 1, 1) > 0
+        anchor = torch.cat([anchor[:, : a - k], torch.where(use, lidar.anchor.to(anchor.dtype), anchor[:, a - k :])], 1)
+        feature = torch.cat([feature[:, : a - k], torch.where(use, lidar.feature, feature[:, a - k :])], 1)
+        return feature, anchor
+
+    def deformable(self, i: int, n_dfa: int, feature: torch.Tensor, anchor: torch.Tensor, anchor_embed: torch.Tensor,
+                   features: FeatureInputs, projection_mat: torch.Tensor, image_wh: torch.Tensor,
+                   lidar: LidarCandidates | None = None) -> torch.Tensor:
+        """Layer ``i`` (the ``n_dfa``-th deformable): image DFA ``[bs, A, 2E]``, plus the BEV term
+        (masked by ``lidar.valid``) on its aggregated half in fused models."""
+        layer = self.layers[i]
+        out = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh)
+        if lidar is None or self.lidar_fusion is None:
+            return out
+        e = self.cfg.embed_dims
+        key_points = layer.kps_generator(anchor, feature)
+        bev = self.lidar_fusion[n_dfa](key_points, lidar.bev) * lidar.valid.reshape(-1, 1, 1)
+        return torch.cat([out[..., :e] + bev, out[..., e:]], dim=-1)
+
     def forward_frame(
         self,
         feature_maps: Sequence[torch.Tensor] | FeatureInputs,
@@ -154,6 +189,7 @@ class Sparse4DHead(nn.Module):
         image_wh: torch.Tensor,
         prior: BankPrior,
         all_layers: bool = False,
+        lidar: LidarCandidates | None = None,
     ) -> FrameResult:
         """Run the decoder stack for a batch (stateless; ``prior`` from :func:`bank_get`).
 
@@ -161,18 +197,18 @@ class Sparse4DHead(nn.Module):
         ``image_wh [bs, cams, 2]``. The prior's tensors must have the same ``bs``.
         ``all_layers`` (training): classify in every decoder and return every layer's outputs in
         ``FrameResult.layers``; the last layer's values are the same either way.
+        ``lidar``: the LiDAR branch's candidates (fused models), None for camera-only.
         """
         features = feature_maps if isinstance(feature_maps, FeatureInputs) else FeatureInputs(list(feature_maps))
         bs = projection_mat.shape[0]
-        feature = self.instance_bank.instance_feature[None].expand(bs, -1, -1)
-        anchor = self.instance_bank.anchor[None].expand(bs, -1, -1)
+        feature, anchor = self.initial_instances(bs, lidar)
         time_interval = prior.time_interval.to(projection_mat.device)
         time_interval = time_interval.expand(bs) if time_interval.numel() == 1 else time_interval
         temp_feature = prior.temp_feature
         anchor_embed = self.anchor_encoder(anchor)
         temp_embed = None if prior.temp_anchor is None else self.anchor_encoder(prior.temp_anchor)
         carried_ids = None
-        num_refined = 0
+        num_refined = n_dfa = 0
         last = len(self.operation_order) - 1
         cls = quality = None
         layer_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = [] if all_layers else None
@@ -188,7 +224,9 @@ class Sparse4DHead(nn.Module):
             elif op in ("norm", "ffn"):
                 feature = layer(feature)
             elif op == "deformable":
-                feature = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh)
+                feature = self.deformable(i, n_dfa, feature, anchor, anchor_embed, features, projection_mat, image_wh,
+                                          lidar)
+                n_dfa += 1
             else:  # refine
                 want_cls = all_layers or num_refined == self.cfg.num_single_frame_decoder - 1 or i == last
                 anchor, cls, quality = layer(feature, anchor, anchor_embed, time_interval, want_cls)
@@ -212,6 +250,7 @@ class Sparse4DHead(nn.Module):
         timestamp: float,
         T_world_from_model: np.ndarray,
         state: TemporalState,
+        lidar: LidarCandidates | None = None,
     ) -> tuple[HeadOutput, TemporalState]:
         """One frame (batch size 1): detect, decode, track ids; returns the output and the next state.
 
@@ -223,6 +262,7 @@ class Sparse4DHead(nn.Module):
             timestamp: seconds as a python float (float64 precision).
             T_world_from_model: ``(4, 4)`` float64 pose of the model frame in a fixed world frame.
             state: the previous :class:`TemporalState` (``TemporalState.empty()`` on a first frame).
+            lidar: LiDAR candidates of this frame (fused models; None = camera-only).
         """
         if projection_mat.shape[0] != 1:
             raise ValueError(f"step() takes batch size 1, got {projection_mat.shape[0]}; use forward_frame for batches")
@@ -242,7 +282,7 @@ class Sparse4DHead(nn.Module):
             if state.features is None or state.confidence is None:
                 raise ValueError("a non-empty state needs anchors, features and confidence")
         prior = bank_get(state, float(timestamp), t_world, cfg.max_time_interval, cfg.default_time_interval)
-        res = self.forward_frame(feature_maps, projection_mat.float(), image_wh.float(), prior)
+        res = self.forward_frame(feature_maps, projection_mat.float(), image_wh.float(), prior, lidar=lidar)
         conf, cached_feature, cached_anchor, order = bank_cache(
             res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
         )

@@ -34,7 +34,7 @@ import torch
 from ..model import HeadOutput, TemporalState
 from ..model.config import ModelConfig, get_preset
 from ..model.instance_bank import assign_instance_ids
-from .export import STATE_OUTPUTS, StepGraph, host_step_inputs, input_names, output_names
+from .export import STATE_OUTPUTS, StepGraph, host_step_inputs, input_names, lidar_step_inputs, output_names
 
 __all__ = [
     "TensorSpec",
@@ -208,6 +208,9 @@ def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool) -> dict[str, TensorSpe
         "prev_confidence": TensorSpec((1, h.num_temp_instances), "float32"),
         "prev_valid": TensorSpec((1,), "bool"),
     })
+    if cfg.lidar is not None and with_backbone:
+        spec["points"] = TensorSpec((1, cfg.lidar.max_points, cfg.lidar.point_dims), "float32")
+        spec["num_points"] = TensorSpec((1,), "int64")
     return spec
 
 
@@ -305,7 +308,9 @@ class StepRunner:
         self.with_backbone = backend.with_backbone
 
     def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
-             state: TemporalState) -> tuple[HeadOutput, TemporalState]:
+             state: TemporalState, points: np.ndarray | None = None) -> tuple[HeadOutput, TemporalState]:
+        """``points``: one sweep ``(N, >=3)`` in the model frame for fused graphs (None = no sweep,
+        at most ``cfg.lidar.max_points``); ignored by camera-only graphs."""
         h = self.cfg.head
         if isinstance(images, (torch.Tensor, np.ndarray)):
             images = [images]
@@ -321,6 +326,8 @@ class StepRunner:
         inputs["projection_mat"] = projection_mat
         inputs["image_wh"] = image_wh
         inputs.update(host_step_inputs(timestamp, t_world, state, self.cfg))
+        if "points" in self.backend.input_spec():
+            inputs.update(lidar_step_inputs(None if points is None else np.asarray(points), self.cfg.lidar))
         mask = not state.is_empty and bool(np.abs(inputs["dt"][0]) <= np.float32(h.max_time_interval))
         out = self.backend.run(inputs)
         out = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))) for k, v in out.items()}
@@ -385,7 +392,8 @@ def build_stepper(
                 module.load_official_state_dict(read_checkpoint(checkpoint))
     with_backbone = hasattr(module, "extract_features")
     head_cfg = module.head.cfg if with_backbone else module.cfg
-    cfg = ModelConfig(cfg.name, cfg.backbone, head_cfg, cfg.input_wh)
+    cfg = ModelConfig(cfg.name, cfg.backbone, head_cfg, cfg.input_wh, getattr(module, "cfg", cfg).lidar
+                      if with_backbone else None)
     wants_ort = backend == "onnxruntime" or (
         backend == "auto" and "onnxruntime" in available_backends()
         and not ("tensorrt" in available_backends() and engine_path is not None)

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..model import TemporalState, build_head, build_model
-from ..model.config import ModelConfig, get_preset
+from ..model.config import LidarConfig, ModelConfig, get_preset
 from ..model.decoding import decode_detections
 from ..model.dfa import FeatureInputs
 from ..model.head import Sparse4DHead
@@ -61,11 +61,14 @@ __all__ = [
     "export_cached",
     "synthetic_sequence",
     "host_step_inputs",
+    "lidar_step_inputs",
+    "LIDAR_INPUTS",
     "add_arguments",
     "run",
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
+STATE_HOST_INPUTS = ("T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid")
 STATE_OUTPUTS = ("next_anchors", "next_features", "next_confidence")
 DETECTION_OUTPUTS = ("boxes", "scores", "cls_scores", "labels", "det_index")
 RAW_OUTPUTS = ("classification", "prediction", "quality")
@@ -81,9 +84,13 @@ def level_shapes(input_wh: tuple[int, int], num_levels: int = 4) -> list[tuple[i
     return out
 
 
+LIDAR_INPUTS = ("points", "num_points")
+
+
 def input_names(cfg: ModelConfig, with_backbone: bool) -> list[str]:
     images = ["img"] if with_backbone else [f"feat_l{i}" for i in range(cfg.head.num_levels)]
-    return [*images, "projection_mat", "image_wh", "T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid"]
+    lidar = list(LIDAR_INPUTS) if cfg.lidar is not None and with_backbone else []
+    return [*images, "projection_mat", "image_wh", "T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid", *lidar]
 
 
 def output_names() -> list[str]:
@@ -102,7 +109,9 @@ class StepGraph(nn.Module):
     - ``T_cur_from_prev [1, 4, 4]`` float32 (``inv(T_world_cur) @ T_world_prev``, composed in float64);
     - ``dt [1]`` float32 seconds (``t_cur - t_prev`` in float64, then cast);
     - ``prev_anchors [1, N_temp, 11]``, ``prev_features [1, N_temp, E]``, ``prev_confidence [1, N_temp]``;
-    - ``prev_valid [1]`` bool (False: first frame; the prev tensors are then ignored).
+    - ``prev_valid [1]`` bool (False: first frame; the prev tensors are then ignored);
+    - fused presets (``cfg.lidar``) only: ``points [1, max_points, point_dims]`` float32 (model
+      frame, zero-padded) and ``num_points [1]`` int64 (0 = no sweep: the camera-only path).
 
     Outputs (a tuple in :func:`output_names` order): ``boxes [k, 10]``, ``scores [k]``,
     ``cls_scores [k]``, ``labels [k]`` int64, ``det_index [k]`` int64 (row of each box among the
@@ -115,12 +124,20 @@ class StepGraph(nn.Module):
         super().__init__()
         self.head = head
         self.backbone = backbone  # a Sparse4DModel (extract_features) or None
+        self.pts_branch = getattr(backbone, "pts_branch", None)
+        if head.lidar_fusion is not None and self.pts_branch is None:
+            raise ValueError("a fused head needs its LiDAR branch: export the full model (with_backbone=True)")
         self.eval()
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.head.cfg
         n_img = 1 if self.backbone is not None else cfg.num_levels
         images = args[:n_img]
+        lidar = None
+        if self.pts_branch is not None:
+            points, num_points = args[-2:]
+            args = args[:-2]
+            lidar = self.pts_branch(points, num_points.reshape(1))
         projection_mat, image_wh, t_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid = (
             args[n_img:]
         )
@@ -136,7 +153,8 @@ class StepGraph(nn.Module):
         time_interval = torch.where((dt != 0) & mask, dt, torch.full_like(dt, cfg.default_time_interval))
         prev_conf = torch.where(valid[:, None], prev_confidence, torch.zeros_like(prev_confidence))
         prior = BankPrior(temp_anchor, prev_features, mask, time_interval, prev_conf, None, 0)
-        feature, anchor, cls, quality = self._decoder(FeatureInputs(maps), projection_mat, image_wh, prior, valid)
+        feature, anchor, cls, quality = self._decoder(FeatureInputs(maps), projection_mat, image_wh, prior, valid,
+                                                      lidar)
         conf, cached_feature, cached_anchor, order = bank_cache(
             feature, anchor, cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
         )
@@ -148,16 +166,16 @@ class StepGraph(nn.Module):
             cached_anchor, cached_feature, conf, order[0],
         )
 
-    def _decoder(self, features: FeatureInputs, projection_mat, image_wh, prior: BankPrior, valid: torch.Tensor):
+    def _decoder(self, features: FeatureInputs, projection_mat, image_wh, prior: BankPrior, valid: torch.Tensor,
+                 lidar=None):
         """:meth:`Sparse4DHead.forward_frame` for bs 1 with both first-frame and temporal paths."""
         head, cfg = self.head, self.head.cfg
-        feature = head.instance_bank.instance_feature[None]
-        anchor = head.instance_bank.anchor[None]
+        feature, anchor = head.initial_instances(1, lidar)
         temp_feature = prior.temp_feature
         anchor_embed = head.anchor_encoder(anchor)
         temp_embed = head.anchor_encoder(prior.temp_anchor)
         sel = valid[:, None, None]
-        num_refined = 0
+        num_refined = n_dfa = 0
         last = len(head.operation_order) - 1
         cls = quality = None
         for i, op in enumerate(head.operation_order):
@@ -171,7 +189,9 @@ class StepGraph(nn.Module):
             elif op in ("norm", "ffn"):
                 feature = layer(feature)
             elif op == "deformable":
-                feature = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh)
+                feature = head.deformable(i, n_dfa, feature, anchor, anchor_embed, features, projection_mat, image_wh,
+                                          lidar)
+                n_dfa += 1
             else:  # refine
                 want_cls = num_refined == cfg.num_single_frame_decoder - 1 or i == last
                 anchor, cls, quality = layer(feature, anchor, anchor_embed, prior.time_interval, want_cls)
@@ -194,6 +214,25 @@ class StepInputs:
     image_wh: np.ndarray
     timestamp: float  # seconds, float64
     T_world_from_model: np.ndarray  # (4, 4) float64
+    points: np.ndarray | None = None  # (N, >=3) float32 model frame (fused presets), None = no sweep
+
+
+def lidar_step_inputs(points: np.ndarray | None, lidar: LidarConfig) -> dict[str, np.ndarray]:
+    """``points (N, >=3)`` -> the graph's ``points [1, max_points, point_dims]`` (zero-padded,
+    missing columns zero) and ``num_points [1]`` int64. Raises ValueError past ``max_points``
+    (the pipeline thins clouds to it first)."""
+    out = np.zeros((1, lidar.max_points, lidar.point_dims), np.float32)
+    if points is None:
+        return {"points": out, "num_points": np.zeros(1, np.int64)}
+    pts = np.asarray(points, np.float32)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"points must be (N, >=3), got {pts.shape}")
+    n = pts.shape[0]
+    if n > lidar.max_points:
+        raise ValueError(f"{n} points exceed the graph's static max_points {lidar.max_points}; thin the cloud first")
+    d = min(pts.shape[1], lidar.point_dims)
+    out[0, :n, :d] = pts[:, :d]
+    return {"points": out, "num_points": np.array([n], np.int64)}
 
 
 def host_step_inputs(timestamp: float, T_world_from_model: np.ndarray, state: TemporalState, cfg: ModelConfig,
@@ -229,7 +268,8 @@ def host_step_inputs(timestamp: float, T_world_from_model: np.ndarray, state: Te
 def synthetic_sequence(cfg: ModelConfig, num_frames: int = 5, with_backbone: bool = False, seed: int = 0,
                        ) -> list[StepInputs]:
     """Frames of a synthetic drive for tests and benchmarks: 6 outward ring cameras, random
-    images or features, the ego moving 5 m/s forward while turning 0.1 rad/s, 0.5 s apart."""
+    images or features, the ego moving 5 m/s forward while turning 0.1 rad/s, 0.5 s apart; for
+    fused presets also a random sweep (ground plus a few point clusters, up to 4000 points)."""
     gen = torch.Generator().manual_seed(seed)
     w, h = cfg.input_wh
     n = cfg.head.num_cams
@@ -256,7 +296,16 @@ def synthetic_sequence(cfg: ModelConfig, num_frames: int = 5, with_backbone: boo
         pose = np.eye(4)
         pose[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]
         pose[:3, 3] = [2.5 * f, 0.3 * f, 0.01 * f]
-        frames.append(StepInputs(images, proj, wh, t0 + 0.5 * f, pose))
+        points = None
+        if cfg.lidar is not None:
+            pgen = np.random.default_rng([seed, f])
+            ground = np.c_[pgen.uniform(-50, 50, (3000, 2)), np.full(3000, -1.8) + pgen.normal(0, 0.02, 3000)]
+            centres = pgen.uniform(-40, 40, (10, 2))
+            blobs = np.concatenate([np.c_[c + pgen.normal(0, 0.8, (100, 2)), pgen.uniform(-1.8, 0.0, 100)]
+                                    for c in centres])
+            xyz = np.concatenate([ground, blobs])
+            points = np.c_[xyz, pgen.uniform(0, 255, len(xyz))][: cfg.lidar.max_points].astype(np.float32)
+        frames.append(StepInputs(images, proj, wh, t0 + 0.5 * f, pose, points))
     return frames
 
 
@@ -264,7 +313,9 @@ def example_args(cfg: ModelConfig, with_backbone: bool) -> tuple[torch.Tensor, .
     frame = synthetic_sequence(cfg, 1, with_backbone)[0]
     host = host_step_inputs(frame.timestamp, frame.T_world_from_model, TemporalState.empty(), cfg)
     host["prev_valid"] = np.ones(1, bool)  # trace with a valid state: shapes are identical either way
-    vals = [*frame.images, frame.projection_mat, frame.image_wh, *(host[k] for k in input_names(cfg, False)[-6:])]
+    vals = [*frame.images, frame.projection_mat, frame.image_wh, *(host[k] for k in STATE_HOST_INPUTS)]
+    if cfg.lidar is not None:
+        vals += list(lidar_step_inputs(frame.points, cfg.lidar).values())
     return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in vals)
 
 
@@ -310,7 +361,7 @@ def export_step(
         module.img_backbone.half()
         module.img_neck.half()
     head = module.head if with_backbone else module
-    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh)
+    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh, cfg.lidar if with_backbone else None)
     graph = StepGraph(head, module if with_backbone else None)
     args = example_args(cfg, with_backbone)
     path = Path(path)
@@ -343,6 +394,12 @@ def export_step(
                                                    "num_output", "max_time_interval", "num_cams")},
         "dfa": {"domain": DOMAIN, "op_type": OP_TYPE, "plugin_namespace": PLUGIN_NAMESPACE,
                 "plugin_version": PLUGIN_VERSION, "nodes": len(dfa)},
+        "lidar": None if cfg.lidar is None else {
+            "max_points": cfg.lidar.max_points, "point_dims": cfg.lidar.point_dims,
+            "point_range": list(cfg.lidar.point_range), "pillar_size": cfg.lidar.pillar_size,
+            "num_candidates": cfg.lidar.num_candidates,
+            "scatter_nodes": sum(n.op_type in ("ScatterElements", "ScatterND") for n in model.graph.node),
+        },
         "opset": opset,
         "sha256": digest,
     }

@@ -1,0 +1,201 @@
+"""LiDAR candidate branch and BEV sampling for SparseFusion-style fusion in the Sparse4D head.
+
+SparseFusion (Xie et al., ICCV 2023) lets each modality produce *sparse instance candidates*
+and fuses the candidate sets with self-attention over instances, without a dense BEV fusion.
+Here the idea sits inside the Sparse4D instance framework:
+
+1. :class:`LidarBranch` pillarises the cloud with a pure-torch scatter (``scatter_add``, exported
+   as ONNX ``ScatterElements`` with ``reduction="add"``, which TensorRT supports), runs a small
+   BEV CNN and a CenterPoint-like heatmap + box head, and returns the top-K peaks as anchors in
+   our 11-dim encoding, with a feature each (:class:`LidarCandidates`).
+2. The head puts the K candidates in the last K learned-anchor rows (the new-instance slots):
+   they are refined by decoder 0 with everything else and compete in the bank update with the
+   learned anchors for the ``A - N_temp`` new slots next to the propagated temporal instances.
+3. Every deformable layer adds a :class:`BevSampler` term: the BEV features bilinearly sampled at
+   the instance's keypoints (the same keypoints the DFA projects into the cameras), averaged and
+   projected. Self-attention then runs over all instances together: that is where the
+   modalities meet.
+4. ``LidarCandidates.valid [bs]`` is the modality mask: where 0 (no sweep), the learned anchors
+   keep their rows and the BEV term is multiplied by 0, which is exactly the camera-only path
+   (tested). Missing cameras are masked by the pipeline's projection (no samples).
+
+Frames and layouts: points and anchors in the model frame (metres); the pillar grid and the BEV
+map are ``[bs, C, H, W]`` with H along +y and W along +x, cell ``(row, col)`` covering
+``x in [x_min + col * cell, x_min + (col + 1) * cell)`` and likewise for y.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LidarConfig
+
+__all__ = ["LidarBranch", "LidarCandidates", "BevSampler", "PillarEncoder", "REG_DIMS", "pad_points"]
+
+# Regression channels of the BEV box head: [dx, dy, z, log W, log L, log H, sin, cos]; dx, dy
+# are the centre's offset inside its BEV cell in cells (target in [0, 1)).
+REG_DIMS = 8
+
+
+@dataclass
+class LidarCandidates:
+    """Output of :class:`LidarBranch` for a batch.
+
+    Attributes:
+        bev: ``[bs, E, H_bev, W_bev]`` BEV features (sampled by :class:`BevSampler`).
+        heatmap: ``[bs, n_cls, H_bev, W_bev]`` class heatmap logits.
+        regression: ``[bs, 8, H_bev, W_bev]`` box regression (see ``REG_DIMS``).
+        anchor: ``[bs, K, 11]`` candidate anchors (velocity 0), detached.
+        feature: ``[bs, K, E]`` candidate instance features.
+        score: ``[bs, K]`` peak heatmap probability of each candidate.
+        valid: ``[bs]`` float32, 1 where a sweep was given (``num_points > 0``), else 0.
+    """
+
+    bev: torch.Tensor
+    heatmap: torch.Tensor
+    regression: torch.Tensor
+    anchor: torch.Tensor
+    feature: torch.Tensor
+    score: torch.Tensor
+    valid: torch.Tensor
+
+
+def pad_points(points: torch.Tensor, point_dims: int) -> torch.Tensor:
+    """``[..., N, D]`` -> ``[..., N, point_dims]``: extra columns dropped, missing ones (intensity, dt) zero."""
+    d = points.shape[-1]
+    if d >= point_dims:
+        return points[..., :point_dims]
+    return torch.cat([points, points.new_zeros(*points.shape[:-1], point_dims - d)], dim=-1)
+
+
+class PillarEncoder(nn.Module):
+    """Points ``[bs, P, D]`` + ``num_points [bs]`` -> pillar grid ``[bs, C + 1, ny, nx]``.
+
+    Per point ``[x, y, z, intensity / 255, dt, x - x_c, y - y_c]`` (``x_c, y_c`` the pillar
+    centre) goes through Linear-ReLU-Linear-ReLU; features are mean-pooled per pillar with one
+    ``scatter_add`` (a ones column gives the count), and ``log1p(count)`` is appended. Points
+    past ``num_points`` (padding) or outside ``point_range`` go to a dump cell that is dropped.
+    """
+
+    def __init__(self, cfg: LidarConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.pillar_channels
+        self.mlp = nn.Sequential(nn.Linear(cfg.point_dims + 2, c), nn.ReLU(inplace=True), nn.Linear(c, c),
+                                 nn.ReLU(inplace=True))
+
+    def forward(self, points: torch.Tensor, num_points: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        bs, p = points.shape[:2]
+        nx, ny = cfg.grid_size
+        x0, y0, z0, x1, y1, z1 = cfg.point_range
+        ps = cfg.pillar_size
+        px, py, pz = points[..., 0], points[..., 1], points[..., 2]
+        ix = torch.floor((px - x0) / ps)
+        iy = torch.floor((py - y0) / ps)
+        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (pz >= z0) & (pz < z1)
+        order = torch.arange(p, device=points.device)[None]
+        inside = inside & (order < num_points.reshape(bs, 1).to(order.dtype))
+        cells = nx * ny + 1
+        cell = torch.where(inside, iy * nx + ix, torch.full_like(ix, nx * ny)).to(torch.int64)
+        cell = cell + torch.arange(bs, device=points.device)[:, None] * cells
+        scaled = torch.cat([points[..., :3], points[..., 3:4] / 255.0, points[..., 4:]], dim=-1)
+        offsets = torch.stack([px - (x0 + (ix + 0.5) * ps), py - (y0 + (iy + 0.5) * ps)], dim=-1)
+        keep = inside.to(points.dtype)[..., None]
+        feat = self.mlp(torch.cat([scaled, offsets], dim=-1) * keep)  # [bs, P, C]
+        feat = torch.cat([feat * keep, keep], dim=-1).reshape(bs * p, -1)  # last column counts
+        index = cell.reshape(bs * p, 1).expand(-1, feat.shape[1])
+        sums = feat.new_zeros(bs * cells, feat.shape[1]).scatter_add(0, index, feat)
+        sums = sums.reshape(bs, cells, -1)[:, : nx * ny]
+        count = sums[..., -1:]
+        pillars = torch.cat([sums[..., :-1] / count.clamp(min=1.0), torch.log1p(count)], dim=-1)
+        return pillars.reshape(bs, ny, nx, -1).permute(0, 3, 1, 2)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class LidarBranch(nn.Module):
+    """Pillars -> BEV CNN -> heatmap + boxes -> top-K candidates (:class:`LidarCandidates`).
+
+    Args:
+        cfg: grid, channels and K.
+        embed_dims: the head's E (BEV features and candidate features have E channels).
+        num_classes: heatmap classes (the head's).
+    """
+
+    def __init__(self, cfg: LidarConfig, embed_dims: int, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_dims, self.num_classes = embed_dims, num_classes
+        self.pillars = PillarEncoder(cfg)
+        c = cfg.pillar_channels
+        layers = _conv_bn(c + 1, c, stride=1 if cfg.bev_stride == 1 else 2)
+        if cfg.bev_stride == 4:
+            layers += _conv_bn(c, c, stride=2)
+        layers += _conv_bn(c, embed_dims) + _conv_bn(embed_dims, embed_dims)
+        self.bev_net = nn.Sequential(*layers)
+        self.heatmap = nn.Conv2d(embed_dims, num_classes, 3, padding=1)
+        self.regression = nn.Conv2d(embed_dims, REG_DIMS, 3, padding=1)
+        self.candidate_fc = nn.Sequential(nn.Linear(embed_dims + num_classes, embed_dims), nn.ReLU(inplace=True),
+                                          nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims))
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.1) / 0.1))  # CenterPoint's prior 0.1
+
+    def forward(self, points: torch.Tensor, num_points: torch.Tensor) -> LidarCandidates:
+        """``points [bs, P, >=3]`` float32 model frame (zero-padded past ``num_points [bs]`` int)."""
+        cfg = self.cfg
+        points = pad_points(points.float(), cfg.point_dims)
+        bs = points.shape[0]
+        bev = self.bev_net(self.pillars(points, num_points))
+        heat_logits = self.heatmap(bev)
+        reg = self.regression(bev)
+        wb = bev.shape[-1]
+        heat = heat_logits.sigmoid()
+        peak = heat.amax(dim=1)  # [bs, H, W]
+        is_peak = F.max_pool2d(peak[:, None], 3, stride=1, padding=1)[:, 0] == peak
+        score, idx = torch.where(is_peak, peak, torch.zeros_like(peak)).flatten(1).topk(cfg.num_candidates, dim=1)
+        row = torch.div(idx, wb, rounding_mode="floor")
+        col = idx - row * wb
+        reg_k = torch.gather(reg.flatten(2), 2, idx[:, None].expand(-1, REG_DIMS, -1)).transpose(1, 2)  # [bs, K, 8]
+        x0, y0 = cfg.point_range[0], cfg.point_range[1]
+        cell = cfg.bev_cell
+        centre_x = x0 + (col.to(bev.dtype) + reg_k[..., 0]) * cell
+        centre_y = y0 + (row.to(bev.dtype) + reg_k[..., 1]) * cell
+        # the 11-dim layout X, Y, Z, W, L, H, SIN_YAW, COS_YAW, VX, VY, VZ
+        anchor = torch.cat([
+            torch.stack([centre_x, centre_y, reg_k[..., 2]], dim=-1),  # X, Y, Z
+            reg_k[..., 3:6],  # log W, log L, log H
+            reg_k[..., 6:8],  # sin, cos
+            torch.zeros_like(reg_k[..., :3]),  # vx, vy, vz
+        ], dim=-1).detach()
+        feat_k = torch.gather(bev.flatten(2), 2, idx[:, None].expand(-1, self.embed_dims, -1)).transpose(1, 2)
+        cls_k = torch.gather(heat.flatten(2), 2, idx[:, None].expand(-1, self.num_classes, -1)).transpose(1, 2)
+        feature = self.candidate_fc(torch.cat([feat_k, cls_k], dim=-1))
+        valid = (num_points.reshape(bs) > 0).to(bev.dtype)
+        return LidarCandidates(bev, heat_logits, reg, anchor, feature, score, valid)
+
+
+class BevSampler(nn.Module):
+    """Keypoints ``[bs, A, P, 3]`` + BEV map ``[bs, E, H, W]`` -> ``[bs, A, E]``.
+
+    Bilinear samples (``grid_sample``, zeros outside the grid; ONNX ``GridSample``) at each
+    keypoint's ``(x, y)``, averaged over the keypoints, then a Linear.
+    """
+
+    def __init__(self, embed_dims: int, point_range: tuple[float, ...]):
+        super().__init__()
+        self.x0, self.y0, _, self.x1, self.y1, _ = (float(v) for v in point_range)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, key_points: torch.Tensor, bev: torch.Tensor) -> torch.Tensor:
+        gx = (key_points[..., 0] - self.x0) / (self.x1 - self.x0) * 2.0 - 1.0
+        gy = (key_points[..., 1] - self.y0) / (self.y1 - self.y0) * 2.0 - 1.0
+        sampled = F.grid_sample(bev, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # [bs, E, A, P]
+        return self.proj(sampled.mean(dim=-1).transpose(1, 2))
