@@ -14,6 +14,12 @@ Per clip (the same draw for every frame of a clip, so the temporal geometry stay
   ``T_world_from_model = T_world_from_lidar @ inv(R)``, so images are untouched and the
   temporal projection between frames stays exact.
 
+- **points** (fused training) are rotated with the boxes.
+- **modality dropout** (fused training, per clip): with probability ``lidar_dropout`` the clip
+  has no sweep (``num_points = 0``, the camera-only path), with ``camera_dropout`` every camera
+  is masked exactly as the pipeline masks a missing camera (far-away projection, blank image),
+  so the masked paths the node uses when a sensor goes silent are trained, not only tolerated.
+
 No image flips: a flipped camera is a mirrored (left-handed) camera the node never sees.
 At evaluation (``train=False``) it is exactly the inference preprocessing (PIL bicubic).
 """
@@ -40,6 +46,8 @@ class AugmentConfig:
     bot_pct: float = 0.0
     rot3d: float = 0.3925  # rad, the reference's +-22.5 deg
     enabled: bool = True
+    lidar_dropout: float = 0.0  # fused training: P(clip without sweeps)
+    camera_dropout: float = 0.0  # fused training: P(clip with every camera masked)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class ClipAug:
 
     cams: tuple[tuple[float, float, float], ...]
     rot: float
+    drop_lidar: bool = False
+    drop_cameras: bool = False
 
 
 def draw_clip_aug(rng: np.random.Generator, cfg: AugmentConfig, num_cams: int = 6) -> ClipAug:
@@ -57,7 +67,13 @@ def draw_clip_aug(rng: np.random.Generator, cfg: AugmentConfig, num_cams: int = 
         (float(rng.uniform(*cfg.resize_lim)), float(rng.uniform(0, 1)), float(1.0 - rng.uniform(0, cfg.bot_pct)))
         for _ in range(num_cams)
     )
-    return ClipAug(cams, float(rng.uniform(-cfg.rot3d, cfg.rot3d)))
+    rot = float(rng.uniform(-cfg.rot3d, cfg.rot3d))
+    drop_lidar = drop_cameras = False
+    if cfg.lidar_dropout > 0 or cfg.camera_dropout > 0:  # drawn only then: camera-only runs keep their stream
+        u = float(rng.uniform())
+        drop_lidar = u < cfg.lidar_dropout
+        drop_cameras = cfg.lidar_dropout <= u < cfg.lidar_dropout + cfg.camera_dropout
+    return ClipAug(cams, rot, drop_lidar, drop_cameras)
 
 
 def _resize_crop(src_wh: tuple[int, int], dst_wh: tuple[int, int], factor: float, fx: float, fy: float) -> ResizeCrop:
@@ -119,13 +135,19 @@ class FrameBatch:
     boxes: list[torch.Tensor]
     labels: list[torch.Tensor]
     instance_ids: list[torch.Tensor]
+    points: torch.Tensor | None = None
+    num_points: torch.Tensor | None = None
+
+
+# The pipeline's projection for a masked camera (runtime/pipeline.py): every sample lands far outside.
+_MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]], np.float32)
 
 
 def collate_frame(samples: Sequence[TrainSample], augs: Sequence[ClipAug], input_wh: tuple[int, int],
                   max_range: float | None = None) -> FrameBatch:
     """Preprocess one frame of each clip with its clip's augmentation. ``max_range`` (m) drops GT
     boxes farther than that in BEV (the reference trains with a 55 m circle filter)."""
-    imgs, mats, stamps, poses, boxes, labels, ids = [], [], [], [], [], [], []
+    imgs, mats, stamps, poses, boxes, labels, ids, clouds = [], [], [], [], [], [], [], []
     for sample, aug in zip(samples, augs, strict=True):
         rot = _rot_z(aug.rot)
         rot_inv = rot.T
@@ -134,6 +156,10 @@ def collate_frame(samples: Sequence[TrainSample], augs: Sequence[ClipAug], input
         for img, p, (factor, fx, fy) in zip(map(pil_image, sample.images), lidar2img, aug.cams, strict=True):
             rc = _resize_crop(img.size, input_wh, factor, fx, fy)
             out = _apply_resize_crop(img, rc).astype(np.float32)
+            if aug.drop_cameras:
+                cam_imgs.append(np.broadcast_to(-IMAGENET_MEAN * _STD_INV, out.shape))
+                cam_mats.append(_MASKED_PROJECTION)
+                continue
             cam_imgs.append((out - IMAGENET_MEAN) * _STD_INV)
             cam_mats.append(augmentation_matrix(rc) @ p)
         imgs.append(np.stack(cam_imgs).transpose(0, 3, 1, 2))
@@ -145,10 +171,22 @@ def collate_frame(samples: Sequence[TrainSample], augs: Sequence[ClipAug], input
         boxes.append(torch.from_numpy(np.ascontiguousarray(b[keep])))
         labels.append(torch.from_numpy(sample.labels[keep]))
         ids.append(torch.from_numpy(sample.instance_ids[keep]))
+        if sample.points is not None:
+            pts = np.array(sample.points, np.float32)
+            pts[:, :3] = pts[:, :3] @ rot[:3, :3].T.astype(np.float32)
+            clouds.append(pts[:0] if aug.drop_lidar else pts)
+    points = num_points = None
+    if clouds and len(clouds) == len(samples):
+        p_max = max(1, max(len(c) for c in clouds))
+        points = torch.zeros(len(clouds), p_max, clouds[0].shape[1])
+        for b, c in enumerate(clouds):
+            points[b, : len(c)] = torch.from_numpy(c)
+        num_points = torch.tensor([len(c) for c in clouds], dtype=torch.int64)
     n_cam = len(samples[0].images)
     return FrameBatch(
         img=torch.from_numpy(np.ascontiguousarray(np.stack(imgs))),
         projection_mat=torch.from_numpy(np.stack(mats).astype(np.float32)),
         image_wh=torch.tensor(input_wh, dtype=torch.float32).expand(len(samples), n_cam, 2).clone(),
         timestamps=stamps, T_world_from_model=poses, boxes=boxes, labels=labels, instance_ids=ids,
+        points=points, num_points=num_points,
     )

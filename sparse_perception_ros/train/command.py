@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CI check: a few iterations on a tiny generated set; fails unless the loss decreases")
     p.add_argument("--out", default=None, help="output folder (checkpoints, config.json, log.csv/json, loss.png)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt and OUT/train_state.pt")
-    p.add_argument("--preset", default="tiny", help="model preset (tiny, sparse4dv3_r50)")
+    p.add_argument("--preset", default="tiny", help="model preset (tiny, tiny_fusion, sparse4dv3_r50)")
     g = p.add_argument_group("data")
     g.add_argument("--dataroot", default=None,
                    help="nuScenes-format root to train on (read with nuscenes-devkit); default: synthetic data")
@@ -62,16 +62,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     t.add_argument("--ckpt-every", type=int, default=500, help="checkpoint period (iterations)")
     t.add_argument("--no-augment", action="store_true", help="disable resize/crop and BEV-rotation augmentation")
+    t.add_argument("--lidar-dropout", type=float, default=None,
+                   help="fused presets: probability that a clip has no LiDAR sweep (default 0.2)")
+    t.add_argument("--camera-dropout", type=float, default=None,
+                   help="fused presets: probability that a clip has every camera masked (default 0.1)")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop with a checkpoint after this much wall time (continue with --resume)")
 
 
+def _fused(args: argparse.Namespace) -> bool:
+    from ..model.config import get_preset
+
+    return get_preset(args.preset).lidar is not None
+
+
 def _data_settings(args: argparse.Namespace) -> dict:
+    points = {"with_points": True} if _fused(args) else {}
     if args.dataroot:
-        return {"dataroot": str(args.dataroot), "version": args.version, "split": args.split}
+        return {"dataroot": str(args.dataroot), "version": args.version, "split": args.split, **points}
     return {"synth_seed": args.synth_seed, "scenes": args.scenes, "keyframes": args.keyframes,
-            "objects": args.objects, "image_size": list(args.image_size)}
+            "objects": args.objects, "image_size": list(args.image_size), **points}
 
 
 def _split_scenes(nusc, split: str) -> list[str]:
@@ -110,10 +121,11 @@ def _load_samples(args: argparse.Namespace):
         if not args.split:
             print("train: no --split given, training on every scene of the root (validation scenes included)",
                   file=sys.stderr)
-        samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=False))
+        samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=False), with_points=_fused(args))
     else:
         w, h = args.image_size
-        samples = synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers)
+        samples = synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers,
+                                    with_points=_fused(args))
     if args.data_cache:
         save_samples(samples, args.data_cache, settings)
     return samples
@@ -179,9 +191,16 @@ def run(args: argparse.Namespace) -> int:
     from .augment import AugmentConfig
     from .trainer import TrainConfig, train
 
+    fused = _fused(args)
+    drops = {"lidar_dropout": 0.2 if args.lidar_dropout is None else args.lidar_dropout,
+             "camera_dropout": 0.1 if args.camera_dropout is None else args.camera_dropout} if fused else {}
+    if not fused and (args.lidar_dropout or args.camera_dropout):
+        print(f"train: --lidar-dropout/--camera-dropout need a fused preset; {args.preset} has no LiDAR branch",
+              file=sys.stderr)
+        return 2
     cfg = TrainConfig(preset=args.preset, iters=args.iters, batch_size=args.batch_size, clip_len=args.clip_len,
                       lr=args.lr, warmup_iters=args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
-                      augment=AugmentConfig(enabled=not args.no_augment))
+                      augment=AugmentConfig(enabled=not args.no_augment, **drops))
     t0 = time.perf_counter()
     samples = _load_samples(args)
     print(f"train: {len(samples)} keyframes loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -196,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
         from .quick_eval import quick_map, run_inference
 
         w, h = args.image_size
-        val = synthetic_samples(args.val_seed, args.val_scenes, args.keyframes, w, h, args.objects, args.workers)
+        val = synthetic_samples(args.val_seed, args.val_scenes, args.keyframes, w, h, args.objects, args.workers,
+                                with_points=fused)
         t2 = time.perf_counter()
         res = quick_map(run_inference(result.model, val), val)
         res["inference_s_per_frame"] = (time.perf_counter() - t2) / max(len(val), 1)

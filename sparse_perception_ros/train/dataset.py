@@ -77,6 +77,9 @@ class TrainSample:
             metres / rad / m/s, LIDAR_TOP frame.
         labels: ``(N,)`` int64 index into ``CLASS_NAMES``.
         instance_ids: ``(N,)`` int64, stable per object within the scene.
+        image_wh: ``(W, H)`` of each stored image.
+        points: the key sweep ``(P, 4)`` float32 ``[x, y, z, intensity]`` in LIDAR_TOP (fused
+            training, ``with_points=True``), else None.
     """
 
     scene: str
@@ -89,6 +92,7 @@ class TrainSample:
     labels: np.ndarray
     instance_ids: np.ndarray
     image_wh: list[tuple[int, int]] = field(default_factory=list)
+    points: np.ndarray | None = None
 
     def lidar2img(self) -> np.ndarray:
         """``(6, 4, 4)`` float64 ``K4 @ T_cam_from_lidar`` into the stored images' pixels."""
@@ -121,12 +125,14 @@ def _boxes_in_lidar(kf: KeyframeRecord, t_lidar_from_world: np.ndarray, instance
 
 
 def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_NAMES,
-                        decode: bool = False, min_lidar_pts: int = 1) -> Iterator[TrainSample]:
+                        decode: bool = False, min_lidar_pts: int = 1, with_points: bool = False
+                        ) -> Iterator[TrainSample]:
     """One :class:`TrainSample` per complete keyframe of a scene stream (6 key cameras, key LiDAR, GT).
 
     Sweeps (non-key records) are skipped. GT boxes with fewer than ``min_lidar_pts`` LiDAR points
-    are dropped (the reference trains on nuScenes' ``valid_flag`` boxes, i.e. seen by a sensor). ``decode=True`` stores decoded RGB arrays instead of
-    the encoded bytes (faster per iteration, ~30x more memory).
+    are dropped (the reference trains on nuScenes' ``valid_flag`` boxes, i.e. seen by a sensor).
+    ``decode=True`` stores decoded RGB arrays instead of the encoded bytes (faster per iteration,
+    ~30x more memory). ``with_points=True`` keeps the key sweep's ``x, y, z, intensity``.
     """
     info = stream.info
     t_base_from_lidar = info.calibs[LIDAR_CHANNEL].T_base_from_sensor
@@ -164,16 +170,17 @@ def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_
             sizes.append((int(cam.width), int(cam.height)))
         boxes, labels, ids = _boxes_in_lidar(slot["kf"], t_lidar_from_world, instance_index, class_names,
                                              min_lidar_pts)
+        points = np.ascontiguousarray(lidar.points[:, :4], np.float32) if with_points else None
         yield TrainSample(info.name, lidar.timestamp_us * 1e-6, images, np.stack(ks), np.stack(t_cams),
-                          t_world_from_lidar, boxes, labels, ids, sizes)
+                          t_world_from_lidar, boxes, labels, ids, sizes, points)
 
 
 def samples_from_streams(streams: Iterable[SceneStream], class_names: Sequence[str] = CLASS_NAMES,
-                         decode: bool = False) -> list[TrainSample]:
+                         decode: bool = False, with_points: bool = False) -> list[TrainSample]:
     """All samples of all scenes, in stream order."""
     out: list[TrainSample] = []
     for s in streams:
-        out.extend(samples_from_stream(s, class_names, decode))
+        out.extend(samples_from_stream(s, class_names, decode, with_points=with_points))
     return out
 
 
@@ -190,7 +197,8 @@ def save_samples(samples: Sequence[TrainSample], path: str | Path, meta: dict | 
              "K": torch.from_numpy(s.K), "T_cam_from_lidar": torch.from_numpy(s.T_cam_from_lidar),
              "T_world_from_lidar": torch.from_numpy(s.T_world_from_lidar), "boxes": torch.from_numpy(s.boxes),
              "labels": torch.from_numpy(s.labels), "instance_ids": torch.from_numpy(s.instance_ids),
-             "image_wh": [list(wh) for wh in s.image_wh]} for s in samples]
+             "image_wh": [list(wh) for wh in s.image_wh],
+             **({} if s.points is None else {"points": torch.from_numpy(s.points)})} for s in samples]
     tmp = Path(str(path) + ".tmp")
     torch.save({"meta": meta or {}, "samples": rows}, tmp)
     tmp.replace(path)
@@ -204,7 +212,8 @@ def load_samples(path: str | Path) -> tuple[list[TrainSample], dict]:
     out = [TrainSample(r["scene"], float(r["timestamp"]), [bytes(t.numpy().tobytes()) for t in r["images"]],
                        r["K"].numpy(), r["T_cam_from_lidar"].numpy(), r["T_world_from_lidar"].numpy(),
                        r["boxes"].numpy(), r["labels"].numpy(), r["instance_ids"].numpy(),
-                       [tuple(wh) for wh in r["image_wh"]]) for r in d["samples"]]
+                       [tuple(wh) for wh in r["image_wh"]],
+                       r["points"].numpy() if "points" in r else None) for r in d["samples"]]
     return out, d["meta"]
 
 
@@ -230,14 +239,14 @@ def make_clips(samples: Sequence[TrainSample], clip_len: int, stride: int | None
 
 
 def synthetic_samples(seed: int, scenes: int, keyframes: int, width: int, height: int, objects: int = 40,
-                      workers: int = 1, decode: bool = False) -> list[TrainSample]:
+                      workers: int = 1, decode: bool = False, with_points: bool = False) -> list[TrainSample]:
     """Render a synthetic set with the project's generator (keyframes only, no sweeps).
 
-    Small LiDAR settings are used: the LiDAR only decides which boxes count as seen
-    (``num_lidar_pts > 0``), training uses the cameras.
+    The LiDAR has the generator's default (bag) settings; it decides which boxes count as seen
+    (``num_lidar_pts > 0``) and, with ``with_points``, its key sweeps are kept for fused training.
     """
     from ..data.generator import SynthConfig, generate
 
     cfg = SynthConfig(seed=seed, scenes=scenes, keyframes=keyframes, width=width, height=height,
                       objects=objects, sweeps=False)
-    return samples_from_streams(generate(cfg, workers=workers), decode=decode)
+    return samples_from_streams(generate(cfg, workers=workers), decode=decode, with_points=with_points)

@@ -39,8 +39,11 @@ def run_inference(model, samples: Sequence[TrainSample]) -> list[dict]:
             state = TemporalState.empty(next_track_id=state.next_track_id)
             scene = s.scene
         fb = collate_frame([s], [aug], model.cfg.input_wh)
+        extra = {}
+        if getattr(model, "pts_branch", None) is not None:
+            extra["points"] = None if fb.points is None else fb.points[0, : int(fb.num_points[0])]
         det, state = model.step(fb.img, fb.projection_mat, fb.image_wh, fb.timestamps[0], fb.T_world_from_model[0],
-                                state)
+                                state, **extra)
         out.append({"boxes": det.boxes.numpy(), "scores": det.scores.numpy(), "labels": det.labels.numpy(),
                     "ids": det.instance_ids.numpy()})
     return out

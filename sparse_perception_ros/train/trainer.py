@@ -34,10 +34,11 @@ from ..model.config import ModelConfig, get_preset
 from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_get
 from .augment import AugmentConfig, collate_frame, draw_clip_aug
 from .dataset import TrainSample, make_clips
+from .lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from .losses import LOSS_NAMES, LossConfig, layer_losses
 
 __all__ = ["TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
-           "evaluate_loss", "init_model", "trainable_batchnorm"]
+           "evaluate_loss", "init_model", "trainable_batchnorm", "loss_names"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class TrainConfig:
     train_bn: bool = True  # train the backbone BN (as the reference); saved with the frozen-BN keys
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    lidar_loss: LidarLossConfig = field(default_factory=LidarLossConfig)  # fused presets only
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -73,7 +75,13 @@ class TrainConfig:
         ld = dict(d.pop("loss"))
         ld["class_cost_reg_weights"] = {int(k): tuple(v) for k, v in ld["class_cost_reg_weights"].items()}
         loss = LossConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ld.items()})
-        return cls(augment=aug, loss=loss, **d)
+        lidar_loss = LidarLossConfig(**d.pop("lidar_loss", {}))
+        return cls(augment=aug, loss=loss, lidar_loss=lidar_loss, **d)
+
+
+def loss_names(model) -> tuple[str, ...]:
+    """Logged loss components: the head's, plus the LiDAR branch's for fused models."""
+    return LOSS_NAMES + (LIDAR_LOSS_NAMES if getattr(model, "pts_branch", None) is not None else ())
 
 
 @dataclass
@@ -188,12 +196,16 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
               ) -> tuple[dict[str, float], int]:
     """Run ``clip[t][b]`` (frame t of clip b) through the model with the bank carried; per frame,
     sum the losses of all decoder layers, divide by the clip length and (if ``backward``)
-    back-propagate. Returns the summed components (floats) and the GT count."""
+    back-propagate. Returns the summed components (floats) and the GT count.
+
+    Fused models (``model.pts_branch``) run the LiDAR branch on the frame's points (samples
+    need ``points``) and add its losses (:mod:`.lidar_losses`) once per frame."""
     head = model.head
     hc = head.cfg
     input_wh = model.cfg.input_wh
+    branch = getattr(model, "pts_branch", None)
     states = [TemporalState.empty() for _ in clip[0]]
-    totals = dict.fromkeys(LOSS_NAMES, 0.0)
+    totals = dict.fromkeys(loss_names(model), 0.0)
     num_gt = 0
     for frame in clip:
         fb = collate_frame(frame, augs, input_wh, cfg.max_range)
@@ -201,8 +213,17 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
         priors = [bank_get(st, ts, pose, hc.max_time_interval, hc.default_time_interval)
                   for st, ts, pose in zip(states, fb.timestamps, fb.T_world_from_model, strict=True)]
         prior = _cat_priors(priors)
-        res = head.forward_frame(feats, fb.projection_mat, fb.image_wh, prior, all_layers=True)
+        lidar = None
         frame_loss = None
+        if branch is not None:
+            if fb.points is None:
+                raise ValueError("a fused model trains on samples with points (with_points=True)")
+            lidar = branch(fb.points, fb.num_points)
+            lparts = lidar_losses(lidar, fb.boxes, fb.labels, fb.num_points, model.cfg.lidar, cfg.lidar_loss)
+            for k, v in lparts.items():
+                totals[k] += float(v.detach()) / len(clip)
+            frame_loss = sum(lparts.values())
+        res = head.forward_frame(feats, fb.projection_mat, fb.image_wh, prior, all_layers=True, lidar=lidar)
         for anchor, cls, quality in res.layers:
             parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss)
             for k, v in parts.items():
@@ -253,7 +274,7 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
                              lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _write_plot(history: list[dict], path: Path) -> None:
+def _write_plot(history: list[dict], path: Path, names: Sequence[str] = LOSS_NAMES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,8 +283,8 @@ def _write_plot(history: list[dict], path: Path) -> None:
     its = [h["iter"] for h in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     k = max(1, len(history) // 50)  # running mean over k iterations for readability
-    for key in ("loss", *LOSS_NAMES):
-        vals = np.array([h[key] for h in history])
+    for key in ("loss", *names):
+        vals = np.array([h.get(key, np.nan) for h in history])
         if key == "loss" and k > 1:
             ax.plot(its, vals, color="0.8", lw=0.5)
         ax.plot(its[k - 1 :], np.convolve(vals, np.ones(k) / k, mode="valid"), label=key,
@@ -343,6 +364,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         (out / "config.json").write_text(json.dumps({**cfg.to_json(), "model": asdict(mcfg), "meta": meta or {}},
                                                     indent=2))
     model.train()
+    names = loss_names(model)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -352,7 +374,8 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
     if out is not None:
         # rewritten from the history, so rows past the resumed checkpoint do not linger
         csv_file = open(out / "log.csv", "w", newline="")  # noqa: SIM115 - closed below
-        writer = csv.DictWriter(csv_file, fieldnames=["iter", "loss", *LOSS_NAMES, "lr", "num_gt", "sec"])
+        writer = csv.DictWriter(csv_file, fieldnames=["iter", "loss", *names, "lr", "num_gt", "sec"],
+                                restval="")
         writer.writeheader()
         for row in history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -365,7 +388,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
                 if out is not None and history:
                     _save_checkpoint(model, opt, it, out, keep_iter_file=False)
                     (out / "log.json").write_text(json.dumps(history))
-                    _write_plot(history, out / "loss.png")
+                    _write_plot(history, out / "loss.png", names)
                 log(f"stopped at iteration {it} after {max_seconds:.0f} s; continue with --resume")
                 break
             t0 = time.perf_counter()
@@ -388,15 +411,15 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             if writer is not None:
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                 csv_file.flush()
-            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", *LOSS_NAMES)}, refresh=False)
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", *names)}, refresh=False)
             bar.update(1)
             done = it + 1
             if out is not None and (done % cfg.ckpt_every == 0 or done == end):
                 _save_checkpoint(model, opt, done, out, keep_iter_file=True)
                 (out / "log.json").write_text(json.dumps(history))
-                _write_plot(history, out / "loss.png")
+                _write_plot(history, out / "loss.png", names)
             if not show and (done % max(1, cfg.iters // 20) == 0 or done == cfg.iters):
-                log(f"iter {done}/{cfg.iters} " + " ".join(f"{k} {row[k]:.3f}" for k in ("loss", *LOSS_NAMES))
+                log(f"iter {done}/{cfg.iters} " + " ".join(f"{k} {row[k]:.3f}" for k in ("loss", *names))
                     + f" lr {row['lr']:.2e} {row['sec']:.2f}s/it")
     finally:
         bar.close()
