@@ -42,6 +42,7 @@ class ModelParams:
     device: str
     sampling: str
     num_threads: int
+    sensors: str
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from visualization_msgs.msg import Marker
 
-from sparse_perception_ros.ros.sensor_check_demo import make_demo_sensors, run_sensor_roundtrip
 from sparse_perception_ros.ros.convert import stamp_to_ns
+from sparse_perception_ros.ros.sensor_check_demo import make_demo_sensors, run_sensor_roundtrip
 
 
 @pytest.fixture(scope="module")

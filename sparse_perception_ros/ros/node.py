@@ -106,8 +106,11 @@ class PerceptionNode(Node):
         if int(model.cfg.head.num_cams) != len(p.cameras.names):
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, but the model takes "
                                                   f"{model.cfg.head.num_cams}")
-        self.pipeline = Pipeline(model, CLASS_NAMES, p.output.score_threshold, p.output.max_detections,
-                                 p.temporal.max_time_gap)
+        try:
+            self.pipeline = Pipeline(model, CLASS_NAMES, p.output.score_threshold, p.output.max_detections,
+                                     p.temporal.max_time_gap, sensors=p.model.sensors)
+        except ValueError as exc:
+            raise ParameterError("model.sensors", str(exc)) from None
         if p.model.num_threads > 0:
             import torch
 

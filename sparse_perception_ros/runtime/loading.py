@@ -37,6 +37,11 @@ def load_model(p: ModelParams, seed: int = 0):
         raise ParameterError("model.device", "'cuda' requested but torch.cuda.is_available() is False on this machine")
     if p.backend == "tensorrt" and not p.engine:
         raise ParameterError("model.engine", "backend 'tensorrt' needs an engine file (sparse-perception build-engine)")
+    from sparse_perception_ros.model.config import get_preset
+
+    if p.sensors == "lidar_only" and get_preset(p.preset).lidar is None:
+        raise ParameterError("model.sensors", f"'lidar_only' needs a fused preset (tiny_fusion); {p.preset!r} has no "
+                                              "LiDAR branch")
     torch.manual_seed(seed)
     model = build_model(p.preset, sampling=p.sampling)
     path = Path(p.checkpoint).expanduser() if p.checkpoint else bundled_weights_path(p.preset)

@@ -22,7 +22,12 @@ import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
 
-__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "calibration_key"]
+__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "SENSOR_MODES", "calibration_key",
+           "thin_points"]
+
+# Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
+# camera masked). A camera-only model uses the cameras whatever the mode ("lidar_only" refused).
+SENSOR_MODES = ("all", "camera_only", "lidar_only")
 
 RESET_REASONS = ("time_jump_backward", "time_gap", "missing_ego_pose", "calibration_changed")
 
@@ -66,6 +71,15 @@ class Frame:
         if self.calibration_key is not None:
             return self.calibration_key
         return calibration_key(self.K, self.T_cam_from_model)
+
+
+def thin_points(points: np.ndarray, max_points: int) -> np.ndarray:
+    """At most ``max_points`` rows of ``points``: every k-th row (``k = ceil(N / max_points)``),
+    deterministic and spread over the whole sweep (rings and azimuths alike)."""
+    n = len(points)
+    if n <= max_points:
+        return points
+    return points[:: -(-n // max_points)]
 
 
 def calibration_key(K: np.ndarray, T_cam_from_model: np.ndarray) -> str:
@@ -124,10 +138,14 @@ class Pipeline:
         max_detections: at most this many boxes per frame.
         max_time_gap_s: a larger gap between frames resets the temporal state.
         resize_method: image resize (``"pil_bicubic"`` = reference; ``"cv2_area"`` faster).
+        sensors: one of :data:`SENSOR_MODES` (fused models; a camera-only model takes ``"all"``
+            or ``"camera_only"``). Fused models get ``frame.points`` (thinned to
+            ``cfg.lidar.max_points``; ``points_thinned`` counts those frames), or None when the
+            frame has none, which runs the camera path.
     """
 
     def __init__(self, model, class_names, score_threshold: float = 0.3, max_detections: int = 300,
-                 max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic"):
+                 max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic", sensors: str = "all"):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if max_detections < 1:
@@ -140,6 +158,13 @@ class Pipeline:
         self.max_detections = int(max_detections)
         self.max_time_gap_ns = int(round(max_time_gap_s * 1e9))
         self.resize_method = resize_method
+        if sensors not in SENSOR_MODES:
+            raise ValueError(f"sensors must be one of {SENSOR_MODES}, got {sensors!r}")
+        self.lidar = getattr(model.cfg, "lidar", None)
+        if sensors == "lidar_only" and self.lidar is None:
+            raise ValueError(f"sensors 'lidar_only' needs a fused model; {model.cfg.name} has no LiDAR branch")
+        self.sensors = sensors
+        self.points_thinned = 0
         self.input_wh = tuple(model.cfg.input_wh)
         self.num_cams = int(model.cfg.head.num_cams)
         params = getattr(model, "parameters", None)  # a torch module: feed inputs on its device
@@ -158,7 +183,8 @@ class Pipeline:
         K = np.tile(np.array([[w / 2.0, 0.0, w / 2.0], [0.0, w / 2.0, h / 2.0], [0.0, 0.0, 1.0]]), (self.num_cams, 1, 1))
         frame = Frame(stamp_ns=0, images=[np.zeros((h, w, 3), np.uint8)] * self.num_cams, K=K,
                       T_cam_from_model=np.tile(np.eye(4), (self.num_cams, 1, 1)),
-                      present=np.ones(self.num_cams, bool), T_world_from_model=np.eye(4))
+                      present=np.ones(self.num_cams, bool), T_world_from_model=np.eye(4),
+                      points=None if self.lidar is None else np.tile(np.float32([[5.0, 0.0, -1.0, 10.0]]), (16, 1)))
         _, state = self.step(frame, PipelineState.empty())
         frame.stamp_ns = 500_000_000
         self.step(frame, state)
@@ -193,6 +219,8 @@ class Pipeline:
         """Network inputs: ``img [1, N, 3, H, W]``, ``projection_mat [1, N, 4, 4]``, ``image_wh [1, N, 2]``."""
         w, h = self.input_wh
         present = np.asarray(frame.present, dtype=bool) & np.array([im is not None for im in frame.images])
+        if self.sensors == "lidar_only":
+            present = np.zeros_like(present)
         images = [im if ok else np.zeros((h, w, 3), dtype=np.uint8) for im, ok in zip(frame.images, present,
                                                                                       strict=True)]
         K4 = np.tile(np.eye(4), (len(images), 1, 1))
@@ -213,7 +241,14 @@ class Pipeline:
         img, proj, wh = self.preprocess(frame)
         t1 = time.perf_counter()
         pose = frame.T_world_from_model if frame.T_world_from_model is not None else np.eye(4)
-        out, next_temporal = self.model.step(img, proj, wh, frame.stamp_ns * 1e-9, pose, temporal)
+        extra = {}
+        if self.lidar is not None:
+            points = None if self.sensors == "camera_only" or frame.points is None else np.asarray(frame.points)
+            if points is not None and len(points) > self.lidar.max_points:
+                points = thin_points(points, self.lidar.max_points)
+                self.points_thinned += 1
+            extra["points"] = points
+        out, next_temporal = self.model.step(img, proj, wh, frame.stamp_ns * 1e-9, pose, temporal, **extra)
         t2 = time.perf_counter()
         keep = out.scores >= self.score_threshold
         idx = torch.nonzero(keep).flatten()[: self.max_detections]
