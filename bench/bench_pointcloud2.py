@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from sparse_perception_ros.ros.sensor_check_demo import LIDAR_DTYPE
 from sparse_perception_ros.ros.convert import array_to_pointcloud2_msg, pointcloud2_to_array, pointcloud2_to_points
+from sparse_perception_ros.ros.sensor_check_demo import LIDAR_DTYPE
 
 
 def baseline_loop(msg) -> np.ndarray:

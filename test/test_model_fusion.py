@@ -87,6 +87,12 @@ def test_padding_past_num_points_and_out_of_range_points_change_nothing():
     assert torch.equal(enc(padded, torch.tensor([200])), base)
     far = torch.cat([pts[:, :200], torch.tensor([[[500.0, 0, 0, 9, 0], [0, 0, 50.0, 9, 0]]])], dim=1)
     assert torch.equal(enc(far, torch.tensor([202])), base)
+    nan = torch.cat([pts[:, :200], torch.tensor([[[float("nan"), 1.0, 0, 9, 0], [1.0, 1.0, 0, float("nan"), 0]]])],
+                    dim=1)
+    nan[0, 201, :2] = pts[0, 0, :2]  # a NaN intensity in a valid point counts as intensity 0
+    out = enc(nan, torch.tensor([202]))
+    assert torch.isfinite(out).all()
+    assert (out[0, -1] > 0).sum() - (base[0, -1] > 0).sum() in (0, 1)  # the NaN-position point went nowhere
 
 
 def test_candidates_decode_a_planted_peak():

@@ -77,8 +77,8 @@ class PillarEncoder(nn.Module):
     """Points ``[bs, P, D]`` + ``num_points [bs]`` -> pillar grid ``[bs, C + 1, ny, nx]``.
 
     Per point ``[x, y, z, intensity / 255, dt, x - x_c, y - y_c]`` (``x_c, y_c`` the pillar
-    centre) goes through Linear-ReLU-Linear-ReLU; features are mean-pooled per pillar with one
-    ``scatter_add`` (a ones column gives the count), and ``log1p(count)`` is appended. Points
+    centre) goes through Linear-ReLU-Linear-ReLU; features are mean-pooled per pillar with a
+    ``scatter_add`` (and a second one counts the points), and ``log1p(count)`` is appended. Points
     past ``num_points`` (padding) or outside ``point_range`` go to a dump cell that is dropped.
     """
 
@@ -104,16 +104,19 @@ class PillarEncoder(nn.Module):
         cells = nx * ny + 1
         cell = torch.where(inside, iy * nx + ix, torch.full_like(ix, nx * ny)).to(torch.int64)
         cell = cell + torch.arange(bs, device=points.device)[:, None] * cells
-        scaled = torch.cat([points[..., :3], points[..., 3:4] / 255.0, points[..., 4:]], dim=-1)
         offsets = torch.stack([px - (x0 + (ix + 0.5) * ps), py - (y0 + (iy + 0.5) * ps)], dim=-1)
-        keep = inside.to(points.dtype)[..., None]
-        feat = self.mlp(torch.cat([scaled, offsets], dim=-1) * keep)  # [bs, P, C]
-        feat = torch.cat([feat * keep, keep], dim=-1).reshape(bs * p, -1)  # last column counts
-        index = cell.reshape(bs * p, 1).expand(-1, feat.shape[1])
-        sums = feat.new_zeros(bs * cells, feat.shape[1]).scatter_add(0, index, feat)
-        sums = sums.reshape(bs, cells, -1)[:, : nx * ny]
-        count = sums[..., -1:]
-        pillars = torch.cat([sums[..., :-1] / count.clamp(min=1.0), torch.log1p(count)], dim=-1)
+        # a NaN/inf intensity or dt counts as 0 (a NaN position already went to the dump cell)
+        extra = torch.nan_to_num(points[..., 3:], nan=0.0, posinf=0.0, neginf=0.0)
+        feat = self.mlp(torch.cat([points[..., :3], extra[..., :1] / 255.0, extra[..., 1:], offsets], dim=-1))
+        c = feat.shape[-1]
+        # no masking needed: padding, out-of-range and NaN points all land in the dropped dump cell
+        feat = feat.reshape(bs * p, c)
+        flat_cell = cell.reshape(bs * p)
+        sums = feat.new_zeros(bs * cells, c).scatter_add(0, flat_cell[:, None].expand(-1, c), feat)
+        count = feat.new_zeros(bs * cells).scatter_add(0, flat_cell, feat.new_ones(()).expand(bs * p))
+        sums = sums.reshape(bs, cells, c)[:, : nx * ny]
+        count = count.reshape(bs, cells, 1)[:, : nx * ny]
+        pillars = torch.cat([sums / count.clamp(min=1.0), torch.log1p(count)], dim=-1)
         return pillars.reshape(bs, ny, nx, -1).permute(0, 3, 1, 2)
 
 
