@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="override model.backend; debug_ground_truth replays GROUND TRUTH as detections "
                              "(a debug check of frames/tokens/transforms, never a model score)")
-    parser.add_argument("--preset", default=None, help="override model.preset (e.g. tiny, sparse4dv3_r50)")
+    parser.add_argument("--preset", default=None, help="override model.preset (e.g. tiny, tiny_fusion, sparse4dv3_r50)")
+    parser.add_argument("--sensors", choices=("all", "camera_only", "lidar_only"), default=None,
+                        help="override model.sensors (fused presets: measure a dropped modality)")
     parser.add_argument("--out", default="eval_report", help="report folder (written to a temp name, renamed when "
                                                             "complete)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
@@ -69,10 +71,11 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
-    if args.preset:
+    if args.preset or args.sensors:
         from dataclasses import replace
 
-        params = replace(params, model=replace(params.model, preset=args.preset))
+        params = replace(params, model=replace(params.model, preset=args.preset or params.model.preset,
+                                               sensors=args.sensors or params.model.sensors))
     backend = args.backend or params.model.backend
     nusc = open_nuscenes(args.dataroot, args.version)
     samples = select_samples(nusc, args.scenes, args.max_samples)
@@ -94,7 +97,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             bags = list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
             results, timings, note = run_ros(bags, samples, params_file, backend if args.backend else None,
                                              table, tmp / "work", rate=args.rate, quiet=args.quiet,
-                                             preset=args.preset)
+                                             preset=args.preset, sensors=args.sensors)
             mode = "ros (bag -> node -> recorder)"
         det_sub, trk_sub = results_to_submissions(results, tokens)
         report.write_json(tmp / "submission_detection.json", det_sub)

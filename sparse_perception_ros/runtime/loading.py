@@ -55,7 +55,7 @@ def load_model(p: ModelParams, seed: int = 0):
             report = model.load_official_checkpoint(path)
         except CheckpointError as exc:
             raise ParameterError("model.checkpoint", f"{path}: {exc}") from None
-        note = f"model {p.preset}: loaded {path} ({report})"
+        note = f"model {p.preset}: loaded {path} ({report.summary()})"
     model = model.to(p.device).eval()
     if p.backend == "torch":
         return model, note + "; backend torch"
