@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     t.add_argument("--ckpt-every", type=int, default=500, help="checkpoint period (iterations)")
     t.add_argument("--no-augment", action="store_true", help="disable resize/crop and BEV-rotation augmentation")
+    t.add_argument("--depth-weight", type=float, default=0.2,
+                   help="auxiliary dense depth loss weight (the reference's 0.2; LiDAR points projected into "
+                        "the cameras); 0 disables it")
     t.add_argument("--lidar-dropout", type=float, default=None,
                    help="fused presets: probability that a clip has no LiDAR sweep (default 0.2)")
     t.add_argument("--camera-dropout", type=float, default=None,
@@ -77,8 +80,13 @@ def _fused(args: argparse.Namespace) -> bool:
     return get_preset(args.preset).lidar is not None
 
 
+def _with_points(args: argparse.Namespace) -> bool:
+    """Fused presets and the depth loss need the key sweeps."""
+    return _fused(args) or getattr(args, "depth_weight", 0.0) > 0
+
+
 def _data_settings(args: argparse.Namespace) -> dict:
-    points = {"with_points": True} if _fused(args) else {}
+    points = {"with_points": True} if _with_points(args) else {}
     if args.dataroot:
         return {"dataroot": str(args.dataroot), "version": args.version, "split": args.split, **points}
     return {"synth_seed": args.synth_seed, "scenes": args.scenes, "keyframes": args.keyframes,
@@ -121,11 +129,11 @@ def _load_samples(args: argparse.Namespace):
         if not args.split:
             print("train: no --split given, training on every scene of the root (validation scenes included)",
                   file=sys.stderr)
-        samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=False), with_points=_fused(args))
+        samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=False), with_points=_with_points(args))
     else:
         w, h = args.image_size
         samples = synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers,
-                                    with_points=_fused(args))
+                                    with_points=_with_points(args))
     if args.data_cache:
         save_samples(samples, args.data_cache, settings)
     return samples
@@ -145,7 +153,7 @@ def run_smoke(out_dir: str | Path | None = None, iters: int = 30, log=None) -> d
 
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
-    samples = synthetic_samples(seed=0, scenes=1, keyframes=4, width=400, height=225, objects=20)
+    samples = synthetic_samples(seed=0, scenes=1, keyframes=4, width=400, height=225, objects=20, with_points=True)
     t_data = time.perf_counter() - t0
     cfg = TrainConfig(preset="tiny", iters=iters, clip_len=2, lr=2e-3, warmup_iters=5, ckpt_every=max(1, iters // 2))
     cfg = replace(cfg, loss=replace(cfg.loss, cls_threshold_to_reg=0.0))
@@ -200,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg = TrainConfig(preset=args.preset, iters=args.iters, batch_size=args.batch_size, clip_len=args.clip_len,
                       lr=args.lr, warmup_iters=args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
-                      augment=AugmentConfig(enabled=not args.no_augment, **drops))
+                      augment=AugmentConfig(enabled=not args.no_augment, **drops), depth_weight=args.depth_weight)
     t0 = time.perf_counter()
     samples = _load_samples(args)
     print(f"train: {len(samples)} keyframes loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -34,11 +34,12 @@ from ..model.config import ModelConfig, get_preset
 from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_get
 from .augment import AugmentConfig, collate_frame, draw_clip_aug
 from .dataset import TrainSample, make_clips
+from .depth import DepthBranch, camera_focal, depth_loss, depth_targets
 from .lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from .losses import LOSS_NAMES, LossConfig, layer_losses
 
 __all__ = ["TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
-           "evaluate_loss", "init_model", "trainable_batchnorm", "loss_names"]
+           "evaluate_loss", "init_model", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     lidar_loss: LidarLossConfig = field(default_factory=LidarLossConfig)  # fused presets only
+    depth_weight: float = 0.2  # auxiliary dense depth loss (the reference's 0.2); 0 = off; needs points
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -80,8 +82,15 @@ class TrainConfig:
 
 
 def loss_names(model) -> tuple[str, ...]:
-    """Logged loss components: the head's, plus the LiDAR branch's for fused models."""
-    return LOSS_NAMES + (LIDAR_LOSS_NAMES if getattr(model, "pts_branch", None) is not None else ())
+    """Logged loss components: the head's, the LiDAR branch's (fused models), the depth loss."""
+    names = LOSS_NAMES + (LIDAR_LOSS_NAMES if getattr(model, "pts_branch", None) is not None else ())
+    return names + (("depth",) if getattr(model, "depth_branch", None) is not None else ())
+
+
+def attach_depth_branch(model, cfg: TrainConfig) -> None:
+    """Give ``model`` the training-only ``depth_branch`` (levels 0-2) when ``cfg.depth_weight > 0``."""
+    if cfg.depth_weight > 0 and getattr(model, "depth_branch", None) is None:
+        model.depth_branch = DepthBranch(model.cfg.head.embed_dims, num_levels=3)
 
 
 @dataclass
@@ -155,6 +164,7 @@ def init_model(samples: Sequence[TrainSample], cfg: TrainConfig, model_cfg: Mode
         calibrate_frozen_bn(model.img_backbone, fb.img.flatten(0, 1))
     if cfg.train_bn:
         trainable_batchnorm(model.img_backbone)
+    attach_depth_branch(model, cfg)
     return model
 
 
@@ -204,6 +214,7 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
     hc = head.cfg
     input_wh = model.cfg.input_wh
     branch = getattr(model, "pts_branch", None)
+    depth_branch = getattr(model, "depth_branch", None)
     states = [TemporalState.empty() for _ in clip[0]]
     totals = dict.fromkeys(loss_names(model), 0.0)
     num_gt = 0
@@ -223,6 +234,15 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
             for k, v in lparts.items():
                 totals[k] += float(v.detach()) / len(clip)
             frame_loss = sum(lparts.values())
+        if depth_branch is not None:
+            if fb.points is None:
+                raise ValueError("the depth loss needs samples with points (with_points=True) or depth_weight=0")
+            shapes = [tuple(f.shape[-2:]) for f in feats[: len(depth_branch.depth_layers)]]
+            target = depth_targets(fb.points, fb.num_points, fb.projection_mat, input_wh, shapes)
+            pred = depth_branch(feats, camera_focal(fb.projection_mat))
+            d_loss = depth_loss(pred, target, cfg.depth_weight)
+            totals["depth"] += float(d_loss.detach()) / len(clip)
+            frame_loss = d_loss if frame_loss is None else frame_loss + d_loss
         res = head.forward_frame(feats, fb.projection_mat, fb.image_wh, prior, all_layers=True, lidar=lidar)
         for anchor, cls, quality in res.layers:
             parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss)
@@ -348,6 +368,12 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         if cfg.train_bn:
             trainable_batchnorm(model.img_backbone)
         model.load_official_checkpoint(out / "checkpoints" / "last.pt")
+        attach_depth_branch(model, cfg)
+        if getattr(model, "depth_branch", None) is not None:
+            saved_sd = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+            depth_sd = {k[len("depth_branch."):]: v for k, v in saved_sd.items() if k.startswith("depth_branch.")}
+            if depth_sd:
+                model.depth_branch.load_state_dict(depth_sd)
         state = torch.load(out / "train_state.pt", weights_only=True)
         opt = _optimizer(model, cfg)
         opt.load_state_dict(state["optimizer"])
@@ -358,6 +384,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         log(f"resumed at iteration {start}")
     else:
         model = model if model is not None else init_model(samples, cfg, mcfg)
+        attach_depth_branch(model, cfg)
         opt = _optimizer(model, cfg)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
