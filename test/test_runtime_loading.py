@@ -30,12 +30,33 @@ def test_refusals_name_the_parameter(kw, name):
     assert err.value.name == name
 
 
-def test_random_weights_are_announced_and_deterministic():
+def test_random_weights_are_announced_and_deterministic(monkeypatch):
+    from sparse_perception_ros.runtime import loading
+
+    monkeypatch.setattr(loading, "bundled_weights_path", lambda preset: None)  # as for a preset without weights
     a, note = load_model(BASE)
     b, _ = load_model(BASE)
     assert "RANDOM" in note and "backend torch" in note
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_fusion"])
+def test_bundled_weights_load_strictly_and_are_announced(preset):
+    from sparse_perception_ros.runtime.loading import bundled_weights_path
+
+    path = bundled_weights_path(preset)
+    if path is None:
+        pytest.skip(f"no models/{preset}.pt bundled")
+    model, note = load_model(with_(preset=preset))
+    assert f"loaded {path}" in note and "RANDOM" not in note and "missing" not in note
+    sd = torch.load(path, weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    sha = (path.parent / (path.name + ".sha256")).read_text().split()[0]
+    import hashlib
+
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
 
 
 def test_onnxruntime_backend_matches_torch_through_the_pipeline():
