@@ -10,7 +10,7 @@ from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform
 from sparse_perception_ros.ros.messages import CLASS_COLORS
 
-__all__ = ["draw_demo_picture", "boxes_from_detection_msg"]
+__all__ = ["draw_demo_picture", "boxes_from_detection_msg", "gt_agreement"]
 
 _EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
@@ -135,3 +135,55 @@ def draw_demo_picture(bag: Path, detections: list, out_path: Path) -> Path:
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
     return out_path
+
+
+def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: float = 40.0) -> dict:
+    """How the recorded detections follow the bag's ground truth (keyframes with both, base_link BEV).
+
+    Per keyframe, detections and GT boxes within ``max_range`` are matched greedily by centre
+    distance (closest pairs first, at most ``radius`` metres apart, class-agnostic). Returns
+    ``keyframes``, ``recall`` (matched GT / GT), ``precision`` (matched detections / detections),
+    ``class_agreement`` (matched pairs with the same class) and ``tracks_following`` (track ids
+    matched to one and the same GT object in 3 or more keyframes).
+    """
+    data = _read_input_bag(Path(bag))
+    by_stamp = {_stamp_ns(m.header.stamp): m for m in detections}
+    n_gt = n_det = n_match = n_same = frames = 0
+    follow: dict[str, dict[str, int]] = {}
+    for g in data["gt"]:
+        t = _stamp_ns(g.header.stamp)
+        if t not in by_stamp or not data["tf"]:
+            continue
+        frames += 1
+        odom = min(data["tf"], key=lambda e: abs(e[0] - t))[1]
+        gt_boxes, gt_names, gt_ids = boxes_from_detection_msg(g, invert_transform(_transform_of(odom)))
+        det_boxes, det_names, det_ids = boxes_from_detection_msg(by_stamp[t])
+        gi = np.flatnonzero(np.hypot(gt_boxes[:, 0], gt_boxes[:, 1]) <= max_range)
+        di = np.flatnonzero(np.hypot(det_boxes[:, 0], det_boxes[:, 1]) <= max_range)
+        n_gt += len(gi)
+        n_det += len(di)
+        if not len(gi) or not len(di):
+            continue
+        dist = np.linalg.norm(gt_boxes[gi, None, :2] - det_boxes[None, di, :2], axis=-1)
+        used_g, used_d = set(), set()
+        for flat in np.argsort(dist, axis=None):
+            a, b = np.unravel_index(flat, dist.shape)
+            if dist[a, b] > radius:
+                break
+            if a in used_g or b in used_d:
+                continue
+            used_g.add(a)
+            used_d.add(b)
+            n_match += 1
+            n_same += gt_names[gi[a]] == det_names[di[b]]
+            per = follow.setdefault(det_ids[di[b]], {})
+            per[gt_ids[gi[a]]] = per.get(gt_ids[gi[a]], 0) + 1
+    return {
+        "keyframes": frames,
+        "recall": n_match / n_gt if n_gt else 0.0,
+        "precision": n_match / n_det if n_det else 0.0,
+        "class_agreement": n_same / n_match if n_match else 0.0,
+        "tracks_following": sum(1 for per in follow.values() if max(per.values()) >= 3),
+        "radius_m": radius,
+        "max_range_m": max_range,
+    }
