@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--camera-dropout", type=float, default=None,
                    help="fused presets: probability that a clip has every camera masked (default 0.1)")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    t.add_argument("--stop-at", type=int, default=None,
+                   help="stop with a checkpoint after this iteration (the schedule still spans --iters), "
+                        "e.g. to reproduce a run that --max-minutes ended early")
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop with a checkpoint after this much wall time (continue with --resume)")
 
@@ -215,9 +218,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t1 = time.perf_counter()
     meta = {"data": _data_settings(args), "num_keyframes": len(samples), "command": "sparse-perception train " + " ".join(sys.argv[2:])}
-    result = train(samples, cfg, out, resume=args.resume, meta=meta,
+    result = train(samples, cfg, out, resume=args.resume, meta=meta, stop_at=args.stop_at,
                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    finished = bool(result.history) and result.history[-1]["iter"] == cfg.iters - 1
+    planned = cfg.iters if args.stop_at is None else min(cfg.iters, args.stop_at)
+    finished = bool(result.history) and result.history[-1]["iter"] == planned - 1
     if args.val_scenes > 0 and finished:
         from .dataset import synthetic_samples
         from .quick_eval import quick_map, run_inference
