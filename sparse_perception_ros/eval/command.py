@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override model.backend; debug_ground_truth replays GROUND TRUTH as detections "
                              "(a debug check of frames/tokens/transforms, never a model score)")
     parser.add_argument("--preset", default=None, help="override model.preset (e.g. tiny, tiny_fusion, sparse4dv3_r50)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="override output.score_threshold (the node publishes only boxes above it; the devkit "
+                             "ranks by score, so a low threshold such as 0.05 scores the model's full output)")
     parser.add_argument("--sensors", choices=("all", "camera_only", "lidar_only"), default=None,
                         help="override model.sensors (fused presets: measure a dropped modality)")
     parser.add_argument("--out", default="eval_report", help="report folder (written to a temp name, renamed when "
@@ -71,11 +74,15 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
-    if args.preset or args.sensors:
+    if args.preset or args.sensors or args.score_threshold is not None:
         from dataclasses import replace
 
         params = replace(params, model=replace(params.model, preset=args.preset or params.model.preset,
                                                sensors=args.sensors or params.model.sensors))
+        if args.score_threshold is not None:
+            if not 0.0 <= args.score_threshold <= 1.0:
+                raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+            params = replace(params, output=replace(params.output, score_threshold=args.score_threshold))
     backend = args.backend or params.model.backend
     nusc = open_nuscenes(args.dataroot, args.version)
     samples = select_samples(nusc, args.scenes, args.max_samples)
@@ -97,7 +104,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             bags = list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
             results, timings, note = run_ros(bags, samples, params_file, backend if args.backend else None,
                                              table, tmp / "work", rate=args.rate, quiet=args.quiet,
-                                             preset=args.preset, sensors=args.sensors)
+                                             preset=args.preset, sensors=args.sensors,
+                                             node_overrides=None if args.score_threshold is None else
+                                             {"output.score_threshold": float(args.score_threshold)})
             mode = "ros (bag -> node -> recorder)"
         det_sub, trk_sub = results_to_submissions(results, tokens)
         report.write_json(tmp / "submission_detection.json", det_sub)
