@@ -288,3 +288,26 @@ def test_split_scenes_prefers_the_roots_splits_json(tmp_path):
     assert _split_scenes(nusc, "synth_train") == ["a"]
     with pytest.raises(ValueError, match="unknown split"):
         _split_scenes(nusc, "no_such_split")
+
+
+def test_forced_pairs_keep_their_objects_and_the_rest_is_hungarian():
+    from sparse_perception_ros.train.losses import LossConfig, encode_targets, match_with_forced
+    from sparse_perception_ros.train.trainer import _forced_pairs
+
+    torch.manual_seed(0)
+    gt = torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0, 0, 0, 0], [10.0, 0, 0, 4, 2, 1.5, 0, 0, 0, 0],
+                       [20.0, 0, 0, 4, 2, 1.5, 0, 0, 0, 0]])
+    labels = torch.tensor([0, 0, 0])
+    pred = torch.zeros(6, 11)
+    pred[:, 3:6] = torch.log(torch.tensor([4.0, 2, 1.5]))
+    pred[:, 7] = 1.0
+    pred[:, 0] = torch.tensor([20.0, 50.0, 60.0, 0.1, 10.1, 19.9])  # rows 3-5 sit closest to the objects
+    logits = torch.zeros(6, 10)
+    # row 0 carried object id 7 (GT index 2) from the previous frame: it keeps it even though row 5 is closer
+    forced = _forced_pairs(torch.tensor([7, -1, 99]), torch.tensor([5, 6, 7]), temporal_valid=True)
+    assert forced[0].tolist() == [0] and forced[1].tolist() == [2]  # id 99 is gone, row 1 carried nothing
+    pi, gi = match_with_forced(logits, pred, labels, encode_targets(gt), LossConfig(), forced)
+    pairs = dict(zip(pi.tolist(), gi.tolist(), strict=True))
+    assert pairs[0] == 2 and 5 not in pairs  # the forced pair wins, the closer duplicate is a negative
+    assert pairs[3] == 0 and pairs[4] == 1  # the rest goes to the nearest rows
+    assert _forced_pairs(torch.tensor([7]), torch.tensor([7]), temporal_valid=False) is None

@@ -111,14 +111,36 @@ def gaussian_focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float =
     return (pos + neg).sum()
 
 
+def match_with_forced(logits: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
+                      cfg: LossConfig, forced: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hungarian matching with some pairs fixed beforehand (``forced = (pred_rows, gt_idx)``): the
+    forced rows and GT are taken out, the rest is matched as usual. Returns ``(pred_idx, gt_idx)``."""
+    if forced is None or len(forced[0]) == 0:
+        return hungarian_match(logits, pred, labels, target, cfg)
+    fr, fg = forced
+    free_rows = torch.ones(len(pred), dtype=torch.bool)
+    free_rows[fr] = False
+    free_gt = torch.ones(len(labels), dtype=torch.bool)
+    free_gt[fg] = False
+    rows = torch.nonzero(free_rows).flatten()
+    gts = torch.nonzero(free_gt).flatten()
+    pi, gi = hungarian_match(logits[rows], pred[rows], labels[gts], target[gts], cfg)
+    return torch.cat([fr, rows[pi]]), torch.cat([fg, gts[gi]])
+
+
 def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | None,
                  gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor],
-                 cfg: LossConfig) -> tuple[dict[str, torch.Tensor], int]:
+                 cfg: LossConfig, forced: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+                 matches_out: list | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """Losses of one decoder layer for a batch.
 
     Args:
         cls: ``[bs, A, C]`` logits; pred: ``[bs, A, 11]`` anchors; quality: ``[bs, A, 2]`` logits or None.
         gt_boxes: per entry ``(N_i, 10)`` decoded boxes, model frame; gt_labels: ``(N_i,)`` int64.
+        forced: per entry ``(pred_rows, gt_idx)`` pairs fixed before the Hungarian matching (the
+            temporal instances keep the object they were matched to in the previous frame), or None.
+        matches_out: if given, receives the ``(pred_idx, gt_idx)`` of every entry.
     Returns:
         ``({"cls", "box", "cns", "yns"}: scalar tensors, already weighted and normalised), num_gt``.
     """
@@ -130,7 +152,10 @@ def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | 
         labels = gt_labels[b].to(cls.device)
         target = encode_targets(gt_boxes[b].to(pred.dtype).to(pred.device))
         num_gt += len(labels)
-        pi, gi = hungarian_match(cls[b].detach(), pred[b].detach(), labels, target, cfg)
+        pi, gi = match_with_forced(cls[b].detach(), pred[b].detach(), labels, target, cfg,
+                                   None if forced is None else forced[b])
+        if matches_out is not None:
+            matches_out.append((pi, gi))
         if len(pi) == 0:
             continue
         cls_target[b, pi, labels[gi]] = 1.0

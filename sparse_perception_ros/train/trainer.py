@@ -64,6 +64,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     lidar_loss: LidarLossConfig = field(default_factory=LidarLossConfig)  # fused presets only
     depth_weight: float = 0.2  # auxiliary dense depth loss (the reference's 0.2); 0 = off; needs points
+    track_matching: bool = True  # temporal instances keep their previous frame's object (MOTR-style)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -202,6 +203,21 @@ def _cat_priors(priors: Sequence[BankPrior]) -> BankPrior:
     )
 
 
+def _forced_pairs(prev_inst: torch.Tensor, instance_ids: torch.Tensor, temporal_valid: bool):
+    """``(rows, gt_idx)``: carried row ``i`` keeps the GT object it was matched to last frame when
+    that object is still in this frame's GT (identity-consistent matching, as MOTR does for track
+    queries); None when the frame has no valid temporal instances."""
+    if not temporal_valid or len(instance_ids) == 0:
+        return None
+    index = {int(k): j for j, k in enumerate(instance_ids.tolist())}
+    rows, gts = [], []
+    for i, inst in enumerate(prev_inst.tolist()):
+        if inst >= 0 and inst in index:
+            rows.append(i)
+            gts.append(index[inst])
+    return torch.tensor(rows, dtype=torch.int64), torch.tensor(gts, dtype=torch.int64)
+
+
 def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True
               ) -> tuple[dict[str, float], int]:
     """Run ``clip[t][b]`` (frame t of clip b) through the model with the bank carried; per frame,
@@ -216,6 +232,7 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
     branch = getattr(model, "pts_branch", None)
     depth_branch = getattr(model, "depth_branch", None)
     states = [TemporalState.empty() for _ in clip[0]]
+    prev_inst: list[torch.Tensor] = [torch.full((hc.num_temp_instances,), -1, dtype=torch.int64) for _ in clip[0]]
     totals = dict.fromkeys(loss_names(model), 0.0)
     num_gt = 0
     for frame in clip:
@@ -244,8 +261,17 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
             totals["depth"] += float(d_loss.detach()) / len(clip)
             frame_loss = d_loss if frame_loss is None else frame_loss + d_loss
         res = head.forward_frame(feats, fb.projection_mat, fb.image_wh, prior, all_layers=True, lidar=lidar)
-        for anchor, cls, quality in res.layers:
-            parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss)
+        forced = None
+        if cfg.track_matching and prior.mask is not None:
+            forced = [_forced_pairs(prev_inst[b], fb.instance_ids[b], bool(prior.mask[b]))
+                      for b in range(len(states))]
+        last_matches: list = []
+        for li, (anchor, cls, quality) in enumerate(res.layers):
+            temporal_layer = li >= hc.num_single_frame_decoder  # rows :N_temp are the carried instances
+            is_last = li == len(res.layers) - 1
+            parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss,
+                                    forced=forced if temporal_layer else None,
+                                    matches_out=last_matches if is_last else None)
             for k, v in parts.items():
                 totals[k] += float(v.detach()) / len(clip)
             layer_sum = sum(parts.values())
@@ -254,8 +280,13 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
         if backward:
             (frame_loss / len(clip)).backward()
         with torch.no_grad():
-            conf, feat, anc, _ = bank_cache(res.feature.detach(), res.anchor.detach(), res.cls.detach(),
-                                            prior.prev_confidence, hc.num_temp_instances, hc.confidence_decay)
+            conf, feat, anc, order = bank_cache(res.feature.detach(), res.anchor.detach(), res.cls.detach(),
+                                                prior.prev_confidence, hc.num_temp_instances, hc.confidence_decay)
+        prev_inst = []
+        for b, (pi, gi) in enumerate(last_matches):
+            row_inst = torch.full((hc.num_anchor,), -1, dtype=torch.int64)
+            row_inst[pi] = fb.instance_ids[b][gi]
+            prev_inst.append(row_inst[order[b].cpu()])
         states = [TemporalState(anc[b : b + 1], feat[b : b + 1], conf[b : b + 1], None, fb.timestamps[b],
                                 fb.T_world_from_model[b], 0) for b in range(len(states))]
     return totals, num_gt
