@@ -64,8 +64,10 @@ def make_samples(num: int = 3, seed: int = 0, num_boxes: int = 5) -> list[TrainS
         b = boxes.copy()
         b[:, 0] -= 1.0 * i  # static world boxes seen from a moving ego
         imgs = [rng.integers(0, 255, (90, 160, 3), dtype=np.uint8) for _ in range(6)]
+        pts = np.c_[rng.uniform(-30, 30, (2000, 2)), rng.uniform(-1.5, 1.0, 2000), rng.uniform(0, 255, 2000)]
         out.append(TrainSample("s0", 100.0 + 0.5 * i, imgs, np.stack([k] * 6), np.stack(t_cams), pose, b,
-                               np.zeros(num_boxes, np.int64), np.arange(num_boxes, dtype=np.int64)))
+                               np.zeros(num_boxes, np.int64), np.arange(num_boxes, dtype=np.int64),
+                               points=pts.astype(np.float32)))  # for the depth loss (and its resume)
     return out
 
 
