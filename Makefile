@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint doctor clean
+.PHONY: setup test demo lint doctor clean eval-bundled
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,10 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/sparse-perception demo
+
+# held-out synthetic scenes through the ROS path for the bundled models (models/README.md)
+eval-bundled: setup
+	PY=$(PY) bash scripts/eval_bundled.sh
 
 lint: setup
 	$(PY) -m ruff check .
