@@ -116,7 +116,7 @@ class PerceptionNode(Node):
 
             torch.set_num_threads(p.model.num_threads)
         seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
-        self.get_logger().info(f"model warmed up in {seconds:.1f} s")
+        self.get_logger().info(f"warm-up of the model took {seconds:.1f} s")
         s = p.sync
         self._assembler = FrameAssembler(AssemblerConfig(
             cameras=tuple(p.cameras.names), trigger=s.trigger,
