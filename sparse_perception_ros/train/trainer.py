@@ -65,6 +65,7 @@ class TrainConfig:
     lidar_loss: LidarLossConfig = field(default_factory=LidarLossConfig)  # fused presets only
     depth_weight: float = 0.2  # auxiliary dense depth loss (the reference's 0.2); 0 = off; needs points
     track_matching: bool = True  # temporal instances keep their previous frame's object (MOTR-style)
+    track_match_distance: float = 2.0  # ... only when they were within this many metres of it (BEV)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -285,7 +286,11 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
         prev_inst = []
         for b, (pi, gi) in enumerate(last_matches):
             row_inst = torch.full((hc.num_anchor,), -1, dtype=torch.int64)
-            row_inst[pi] = fb.instance_ids[b][gi]
+            # only well-localised instances carry their object on (early in training the matches are
+            # nearly random; forcing those would pin far-away rows and suppress good new candidates)
+            near = torch.linalg.vector_norm(res.anchor[b, pi, :2].detach().cpu() - fb.boxes[b][gi, :2], dim=-1)
+            near = near < cfg.track_match_distance
+            row_inst[pi[near]] = fb.instance_ids[b][gi[near]]
             prev_inst.append(row_inst[order[b].cpu()])
         states = [TemporalState(anc[b : b + 1], feat[b : b + 1], conf[b : b + 1], None, fb.timestamps[b],
                                 fb.T_world_from_model[b], 0) for b in range(len(states))]
