@@ -73,6 +73,7 @@ class SyncParams:
 @dataclass(frozen=True)
 class TemporalParams:
     max_time_gap: float
+    reassociate_distance: float
 
 
 @dataclass(frozen=True)

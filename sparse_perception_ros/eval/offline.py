@@ -59,7 +59,8 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
         mp = params.model if backend is None else replace(params.model, backend=backend)
         model, note = load_model(mp)
     pipeline = Pipeline(model, CLASS_NAMES, params.output.score_threshold, params.output.max_detections,
-                        params.temporal.max_time_gap, sensors=params.model.sensors)
+                        params.temporal.max_time_gap, sensors=params.model.sensors,
+                        reassociate_distance=params.temporal.reassociate_distance)
     return pipeline, note
 
 

@@ -108,7 +108,8 @@ class PerceptionNode(Node):
                                                   f"{model.cfg.head.num_cams}")
         try:
             self.pipeline = Pipeline(model, CLASS_NAMES, p.output.score_threshold, p.output.max_detections,
-                                     p.temporal.max_time_gap, sensors=p.model.sensors)
+                                     p.temporal.max_time_gap, sensors=p.model.sensors,
+                                     reassociate_distance=p.temporal.reassociate_distance)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
         if p.model.num_threads > 0:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
+from sparse_perception_ros.runtime.tracking import TrackMemory, reassociate
 
 __all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "SENSOR_MODES", "calibration_key",
            "thin_points"]
@@ -120,6 +121,7 @@ class PipelineState:
     temporal: TemporalState
     last_stamp_ns: int | None = None
     calibration: str | None = None
+    tracks: TrackMemory | None = None  # published tracks for id re-association (runtime/tracking.py)
 
     @classmethod
     def empty(cls, next_track_id: int = 0) -> PipelineState:
@@ -138,6 +140,9 @@ class Pipeline:
         max_detections: at most this many boxes per frame.
         max_time_gap_s: a larger gap between frames resets the temporal state.
         resize_method: image resize (``"pil_bicubic"`` = reference; ``"cv2_area"`` faster).
+        reassociate_distance: metres; a *new* instance within this distance of the previous frame's
+            track of the same class (constant-velocity prediction) takes its id
+            (:mod:`~.tracking`); 0 keeps the model's ids exactly.
         sensors: one of :data:`SENSOR_MODES` (fused models; a camera-only model takes ``"all"``
             or ``"camera_only"``). Fused models get ``frame.points`` (thinned to
             ``cfg.lidar.max_points``; ``points_thinned`` counts those frames), or None when the
@@ -145,7 +150,8 @@ class Pipeline:
     """
 
     def __init__(self, model, class_names, score_threshold: float = 0.3, max_detections: int = 300,
-                 max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic", sensors: str = "all"):
+                 max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic", sensors: str = "all",
+                 reassociate_distance: float = 0.0):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if max_detections < 1:
@@ -158,6 +164,9 @@ class Pipeline:
         self.max_detections = int(max_detections)
         self.max_time_gap_ns = int(round(max_time_gap_s * 1e9))
         self.resize_method = resize_method
+        if not reassociate_distance >= 0:
+            raise ValueError(f"reassociate_distance must be >= 0, got {reassociate_distance}")
+        self.reassociate_distance = float(reassociate_distance)
         if sensors not in SENSOR_MODES:
             raise ValueError(f"sensors must be one of {SENSOR_MODES}, got {sensors!r}")
         self.lidar = getattr(model.cfg, "lidar", None)
@@ -262,8 +271,15 @@ class Pipeline:
         )
         if frame.T_world_from_model is None:  # no pose: nothing can be carried to the next frame
             next_temporal = TemporalState.empty(next_temporal.next_track_id)
+        tracks = None
+        if frame.T_world_from_model is not None:
+            carried = set() if temporal.track_ids is None else set(temporal.track_ids.flatten().tolist())
+            alive = set() if next_temporal.track_ids is None else set(next_temporal.track_ids.flatten().tolist())
+            det.track_ids, tracks = reassociate(det.track_ids, det.boxes, det.labels, frame.T_world_from_model,
+                                                det.stamp_ns, carried, alive, None if reason else state.tracks,
+                                                self.reassociate_distance)
         t3 = time.perf_counter()
         det.timings_ms = {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
         new_state = replace(state, temporal=next_temporal, last_stamp_ns=int(frame.stamp_ns),
-                            calibration=frame.calibration_signature())
+                            calibration=frame.calibration_signature(), tracks=tracks)
         return det, new_state

@@ -1,0 +1,85 @@
+"""Track-id re-association for new instances (host side, ROS-free, explicit state).
+
+Sparse4D gives a box the id of the instance that produced it: carried instances keep their id,
+new instances get a fresh one. When a new instance takes over an object that a carried instance
+was tracking (the carried one faded out of the bank, or a fresh LiDAR candidate scored higher),
+the object changes id. This step gives such a *new* instance the published id of the previous
+frame's track of the same class whose constant-velocity prediction lies within
+``max_distance`` metres of it (BEV, world frame), closest pairs first, each old id at most once.
+Carried instances are never touched, so with ``max_distance = 0`` (off) ids are exactly the
+model's.
+
+The state is a value (:class:`TrackMemory`): the previous frame's published tracks in the world
+frame, and the map from model (bank) ids to the published ids they were given. Entries of bank
+ids that left the bank are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["TrackMemory", "reassociate"]
+
+
+@dataclass(frozen=True)
+class TrackMemory:
+    """Published tracks of one frame. ``xy``, ``vel`` ``(M, 2)`` world frame (m, m/s);
+    ``labels``, ``ids`` ``(M,)`` int64; ``id_map``: bank id -> published id."""
+
+    stamp_ns: int
+    xy: np.ndarray
+    vel: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    id_map: dict[int, int] = field(default_factory=dict)
+
+
+def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_world_from_model: np.ndarray,
+                stamp_ns: int, carried: set[int], alive: set[int], memory: TrackMemory | None,
+                max_distance: float) -> tuple[np.ndarray, TrackMemory]:
+    """Published ids for one frame's boxes and the memory for the next frame.
+
+    Args:
+        bank_ids: ``(N,)`` the model's instance ids of the boxes.
+        boxes: ``(N, >=9)`` model frame ``[x, y, z, w, l, h, yaw, vx, vy, ...]``.
+        labels: ``(N,)`` class indices.
+        T_world_from_model: ``(4, 4)`` pose of the model frame.
+        stamp_ns: the frame's stamp.
+        carried: bank ids that came from the previous frame's bank (never re-associated).
+        alive: bank ids still in the bank after this frame (their map entries are kept).
+        memory: the previous frame's :class:`TrackMemory`, or None (first frame / after a reset).
+        max_distance: gate in metres; 0 disables re-association (ids pass through the map only).
+    """
+    bank_ids = np.asarray(bank_ids, np.int64)
+    id_map = dict(memory.id_map) if memory is not None else {}
+    published = np.array([id_map.get(int(b), int(b)) for b in bank_ids], np.int64)
+    R = np.asarray(T_world_from_model, np.float64)[:3, :3]
+    t = np.asarray(T_world_from_model, np.float64)[:3, 3]
+    boxes = np.asarray(boxes, np.float64).reshape(len(bank_ids), -1)
+    xy = boxes[:, :3] @ R.T + t if len(boxes) else np.zeros((0, 3))
+    vel = np.c_[boxes[:, 7:9], np.zeros(len(boxes))] @ R.T if len(boxes) else np.zeros((0, 3))
+    xy, vel = xy[:, :2], vel[:, :2]
+    if memory is not None and max_distance > 0 and len(memory.ids) and len(bank_ids):
+        dt = (stamp_ns - memory.stamp_ns) * 1e-9
+        predicted = memory.xy + memory.vel * dt
+        fresh = np.array([int(b) not in carried and int(b) not in id_map for b in bank_ids])
+        taken = set(published[~fresh].tolist())
+        d = np.linalg.norm(xy[:, None] - predicted[None], axis=-1)
+        d[~fresh] = np.inf
+        d[np.asarray(labels)[:, None] != memory.labels[None]] = np.inf
+        d[:, [int(i) in taken for i in memory.ids]] = np.inf
+        used_rows, used_cols = set(), set()
+        for flat in np.argsort(d, axis=None):
+            r, c = np.unravel_index(flat, d.shape)
+            if not d[r, c] <= max_distance:
+                break
+            if r in used_rows or c in used_cols:
+                continue
+            used_rows.add(r)
+            used_cols.add(c)
+            published[r] = memory.ids[c]
+            id_map[int(bank_ids[r])] = int(memory.ids[c])
+    id_map = {b: p for b, p in id_map.items() if b in alive}
+    return published, TrackMemory(int(stamp_ns), xy, vel, np.asarray(labels, np.int64).copy(), published.copy(), id_map)
