@@ -41,6 +41,13 @@ def test_new_instance_takes_the_predicted_track_and_carried_ones_are_untouched()
     assert mem4.id_map == {}
 
 
+def test_no_boxes():
+    mem = TrackMemory(0, np.array([[1.0, 2.0]]), np.zeros((1, 2)), np.array([1]), np.array([3]))
+    ids, new = reassociate(np.zeros(0, np.int64), np.zeros((0, 10), np.float32), np.zeros(0, np.int64), np.eye(4),
+                           S, carried=set(), alive=set(), memory=mem, max_distance=4.0)
+    assert ids.shape == (0,) and new.xy.shape == (0, 2) and new.ids.shape == (0,)
+
+
 def test_gate_velocity_world_frame_and_one_use():
     yaw = np.pi / 2  # model frame rotated: model +x is world +y
     pose = np.eye(4)

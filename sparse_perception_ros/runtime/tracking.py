@@ -57,9 +57,11 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
     published = np.array([id_map.get(int(b), int(b)) for b in bank_ids], np.int64)
     R = np.asarray(T_world_from_model, np.float64)[:3, :3]
     t = np.asarray(T_world_from_model, np.float64)[:3, 3]
-    boxes = np.asarray(boxes, np.float64).reshape(len(bank_ids), -1)
-    xy = boxes[:, :3] @ R.T + t if len(boxes) else np.zeros((0, 3))
-    vel = np.c_[boxes[:, 7:9], np.zeros(len(boxes))] @ R.T if len(boxes) else np.zeros((0, 3))
+    boxes = np.asarray(boxes, np.float64)
+    if len(bank_ids) == 0:
+        boxes = np.zeros((0, 10))
+    xy = boxes[:, :3] @ R.T + t
+    vel = np.c_[boxes[:, 7:9], np.zeros(len(boxes))] @ R.T
     xy, vel = xy[:, :2], vel[:, :2]
     if memory is not None and max_distance > 0 and len(memory.ids) and len(bank_ids):
         dt = (stamp_ns - memory.stamp_ns) * 1e-9
