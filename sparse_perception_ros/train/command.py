@@ -65,9 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--depth-weight", type=float, default=0.2,
                    help="auxiliary dense depth loss weight (the reference's 0.2; LiDAR points projected into "
                         "the cameras); 0 disables it")
-    t.add_argument("--no-track-matching", action="store_true",
-                   help="plain Hungarian matching for carried instances too (default: a carried instance "
-                        "keeps the object it was matched to in the previous frame)")
+    t.add_argument("--track-matching", action="store_true",
+                   help="identity-consistent matching: a carried instance keeps the object it was matched to in "
+                        "the previous frame when it was within 2 m of it (default: plain Hungarian matching)")
+    t.add_argument("--no-track-matching", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
     t.add_argument("--lidar-dropout", type=float, default=None,
                    help="fused presets: probability that a clip has no LiDAR sweep (default 0.2)")
     t.add_argument("--camera-dropout", type=float, default=None,
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(preset=args.preset, iters=args.iters, batch_size=args.batch_size, clip_len=args.clip_len,
                       lr=args.lr, warmup_iters=args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
                       augment=AugmentConfig(enabled=not args.no_augment, **drops), depth_weight=args.depth_weight,
-                      track_matching=not args.no_track_matching)
+                      track_matching=args.track_matching and not args.no_track_matching)
     t0 = time.perf_counter()
     samples = _load_samples(args)
     print(f"train: {len(samples)} keyframes loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

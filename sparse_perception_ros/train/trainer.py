@@ -64,7 +64,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     lidar_loss: LidarLossConfig = field(default_factory=LidarLossConfig)  # fused presets only
     depth_weight: float = 0.2  # auxiliary dense depth loss (the reference's 0.2); 0 = off; needs points
-    track_matching: bool = True  # temporal instances keep their previous frame's object (MOTR-style)
+    track_matching: bool = False  # carried instances keep their previous frame's object (MOTR-style; docs/training.md)
     track_match_distance: float = 2.0  # ... only when they were within this many metres of it (BEV)
 
     def to_json(self) -> dict:
