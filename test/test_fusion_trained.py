@@ -1,14 +1,15 @@
-"""The bundled fused model (models/tiny_fusion.pt) under sensor dropout, on held-out synthetic
-keyframes (seed 5, never used for training).
+"""The bundled fused model (models/tiny_fusion.pt) when a sensor drops out and comes back, on
+held-out synthetic keyframes (seed 5, never used for training).
 
-"Scores drop smoothly": with one modality removed the model still finds the objects, with lower
-confidence, and nothing becomes non-finite. Measured per keyframe as the mean of the top-10
-scores; the bounds are loose on purpose (what is asserted is the shape of the degradation, the
-numbers themselves are in models/README.md):
+One scene of 12 keyframes: 4 with both sensors, 4 with one modality removed (the LiDAR, or every
+camera), 4 with both again. Measured per keyframe as the mean of the top-10 scores. What is
+asserted is the shape of the degradation; the numbers are in models/README.md:
 
-- both sensors >= each single-sensor mode (means over the keyframes, 0.02 slack);
-- each single-sensor mode keeps at least 25 % of the fused mean top-10 score (no collapse);
-- the fused mode finds more of the ground truth within 2 m than either single mode minus one box.
+- every output stays finite;
+- removing a modality never raises the scores (mean over the dropout frames <= before + 0.02);
+- LiDAR only keeps at least 60 % of the fused score and still finds objects within 2 m;
+- camera only stays above zero (the camera path is weak, like the camera-only model: documented);
+- when the sensor returns, the scores come back to at least 80 % of the level before the dropout.
 """
 
 import numpy as np
@@ -31,19 +32,20 @@ def runs():
     torch.set_num_threads(1)
     model = build_model("tiny_fusion")
     model.load_official_checkpoint(bundled_weights_path("tiny_fusion"))
-    samples = synthetic_samples(seed=5, scenes=1, keyframes=6, width=440, height=248, with_points=True)
+    samples = synthetic_samples(seed=5, scenes=1, keyframes=12, width=440, height=248, with_points=True)
     aug = draw_clip_aug(np.random.default_rng(0), AugmentConfig(enabled=False))
     out = {}
-    for mode in ("all", "camera_only", "lidar_only"):
+    for drop in ("camera_only", "lidar_only"):
         state = TemporalState.empty()
         rows = []
-        for s in samples:
+        for i, s in enumerate(samples):
+            mode = drop if 4 <= i < 8 else "all"
             fb = collate_frame([s], [type(aug)(aug.cams, 0.0, drop_cameras=mode == "lidar_only")], model.cfg.input_wh)
             pts = None if mode == "camera_only" else fb.points[0, : int(fb.num_points[0])]
             det, state = model.step(fb.img, fb.projection_mat, fb.image_wh, fb.timestamps[0], fb.T_world_from_model[0],
                                     state, points=pts)
             rows.append((det, fb.boxes[0]))
-        out[mode] = rows
+        out[drop] = rows
     return out
 
 
@@ -54,11 +56,9 @@ def top10(rows):
 def hits(rows, radius=2.0):
     n = 0
     for det, gt in rows:
-        keep = det.scores > 0.3
-        pred = det.boxes[keep][:, :2]
+        pred = det.boxes[det.scores > 0.3][:, :2]
         if len(gt) and len(pred):
-            d = torch.cdist(gt[:, :2], pred)
-            n += int((d.min(dim=1).values < radius).sum())
+            n += int((torch.cdist(gt[:, :2], pred).min(dim=1).values < radius).sum())
     return n
 
 
@@ -68,15 +68,13 @@ def test_outputs_stay_finite(runs):
             assert torch.isfinite(det.boxes).all() and torch.isfinite(det.scores).all()
 
 
-def test_scores_degrade_without_collapsing(runs):
-    both = top10(runs["all"])
-    for mode in ("camera_only", "lidar_only"):
-        single = top10(runs[mode])
-        assert single <= both + 0.02, (mode, single, both)
-        assert single >= 0.25 * both, (mode, single, both)
-
-
-def test_fusion_finds_at_least_as_many_objects(runs):
-    both = hits(runs["all"])
-    assert both >= max(hits(runs["camera_only"]), hits(runs["lidar_only"])) - 1
-    assert both > 0
+@pytest.mark.parametrize("drop", ["camera_only", "lidar_only"])
+def test_scores_drop_without_a_jump_and_recover(runs, drop):
+    rows = runs[drop]
+    before, during, after = top10(rows[:4]), top10(rows[4:8]), top10(rows[8:])
+    assert during <= before + 0.02, (before, during)
+    assert during > 0.0
+    if drop == "lidar_only":
+        assert during >= 0.6 * before, (before, during)
+        assert hits(rows[4:8]) > 0
+    assert after >= 0.8 * before, (before, after)
