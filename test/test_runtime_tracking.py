@@ -41,6 +41,21 @@ def test_new_instance_takes_the_predicted_track_and_carried_ones_are_untouched()
     assert mem4.id_map == {}
 
 
+def test_ids_stay_unique_when_an_owner_comes_back():
+    pose = np.eye(4)
+    mem = TrackMemory(0, np.array([[0.0, 0.0]]), np.zeros((1, 2)), np.array([0]), np.array([3]), id_map={9: 3})
+    # bank id 3 (the id's owner) is back in the output next to 9, which had been given 3: the owner keeps it
+    ids, new = reassociate(np.array([3, 9]), boxes((0, 0, 0, 0), (1, 0, 0, 0)), np.array([0, 0]), pose, S,
+                           carried={3, 9}, alive={3, 9}, memory=mem, max_distance=4.0)
+    assert sorted(ids.tolist()) == [3, 9] and new.id_map == {}
+    # two instances mapped to the same id over time: the first keeps it, the other falls back
+    mem = TrackMemory(0, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                      id_map={9: 3, 12: 3})
+    ids, new = reassociate(np.array([9, 12]), boxes((0, 0, 0, 0), (5, 0, 0, 0)), np.array([0, 0]), pose, S,
+                           carried={9, 12}, alive={9, 12}, memory=mem, max_distance=4.0)
+    assert ids.tolist() == [3, 12] and new.id_map == {9: 3}
+
+
 def test_no_boxes():
     mem = TrackMemory(0, np.array([[1.0, 2.0]]), np.zeros((1, 2)), np.array([1]), np.array([3]))
     ids, new = reassociate(np.zeros(0, np.int64), np.zeros((0, 10), np.float32), np.zeros(0, np.int64), np.eye(4),
@@ -81,3 +96,21 @@ def test_pipeline_default_keeps_model_ids_and_resets_forget_tracks():
     assert st.tracks is not None and st.tracks.id_map == {} and det.track_ids.tolist() == st.tracks.ids.tolist()
     det2, st2 = plain.step(make_frame(T0 - S), st)  # time jump: reset, memory not used
     assert det2.reset == "time_jump_backward" and st2.tracks.id_map == {}
+
+
+def test_ids_unique_in_every_frame_of_a_random_sequence():
+    rng = np.random.default_rng(0)
+    mem = None
+    bank = list(range(20))
+    next_id = 20
+    for f in range(200):
+        carried = set(bank)
+        # the bank keeps most instances, drops a few, adds new ones
+        bank = [b for b in bank if rng.uniform() > 0.2] + list(range(next_id, next_id + 4))
+        next_id += 4
+        out = sorted(rng.choice(bank, size=min(len(bank), 12), replace=False).tolist())
+        n = len(out)
+        xy = rng.uniform(-20, 20, (n, 2))
+        ids, mem = reassociate(np.array(out), boxes(*[(x, y, 0, 0) for x, y in xy]), rng.integers(0, 3, n),
+                               np.eye(4), f * S // 2, carried=carried, alive=set(bank), memory=mem, max_distance=6.0)
+        assert len(set(ids.tolist())) == n, f

@@ -83,5 +83,15 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
             used_cols.add(c)
             published[r] = memory.ids[c]
             id_map[int(bank_ids[r])] = int(memory.ids[c])
+    # one id per box: an instance showing its own id keeps it; of several instances mapped to the
+    # same id the first keeps it; the others fall back to their own ids (and lose the mapping)
+    used = {int(b) for b, p in zip(bank_ids, published, strict=True) if int(b) == int(p)}
+    for i, (b, p) in enumerate(zip(bank_ids.tolist(), published.tolist(), strict=True)):
+        if b == p:
+            continue
+        if p in used:
+            published[i] = b
+            id_map.pop(b, None)
+        used.add(int(published[i]))
     id_map = {b: p for b, p in id_map.items() if b in alive}
     return published, TrackMemory(int(stamp_ns), xy, vel, np.asarray(labels, np.int64).copy(), published.copy(), id_map)
