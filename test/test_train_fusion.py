@@ -73,3 +73,24 @@ def test_short_fused_run_lowers_the_lidar_losses(samples, tmp_path):
     assert "bev_hm" in header and "bev_reg" in header
     sd = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert any(k.startswith("pts_branch.") for k in sd) and any(k.startswith("head.lidar_fusion.") for k in sd)
+
+
+def test_dropped_sweeps_leave_the_branch_bn_alone_and_recalibration_averages(samples):
+    from sparse_perception_ros.train.augment import ClipAug
+    from sparse_perception_ros.train.trainer import clip_loss, init_model, recalibrate_lidar_bn
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(preset="tiny_fusion", clip_len=2, depth_weight=0.0)
+    model = init_model(samples, cfg).train()
+    bn = model.pts_branch.bev_net[1]
+    before = bn.running_mean.clone()
+    aug = ClipAug(tuple((1.0, 0.5, 1.0) for _ in range(6)), 0.0, drop_lidar=True)
+    clip_loss(model, [[samples[0]], [samples[1]]], [aug], cfg, backward=False)
+    assert torch.equal(bn.running_mean, before)  # the branch did not run on the empty grids
+    clip_loss(model, [[samples[0]], [samples[1]]], [ClipAug(aug.cams, 0.0)], cfg, backward=False)
+    assert not torch.equal(bn.running_mean, before)
+    assert recalibrate_lidar_bn(model, samples, num=3, seed=0) == 3
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+    again = bn.running_mean.clone()
+    recalibrate_lidar_bn(model, samples, num=3, seed=0)
+    torch.testing.assert_close(bn.running_mean, again, rtol=0, atol=1e-6)  # deterministic, not cumulative

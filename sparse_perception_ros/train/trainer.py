@@ -38,7 +38,7 @@ from .depth import DepthBranch, camera_focal, depth_loss, depth_targets
 from .lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from .losses import LOSS_NAMES, LossConfig, layer_losses
 
-__all__ = ["TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
+__all__ = ["recalibrate_lidar_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
            "evaluate_loss", "init_model", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
 
 
@@ -170,6 +170,34 @@ def init_model(samples: Sequence[TrainSample], cfg: TrainConfig, model_cfg: Mode
     return model
 
 
+@torch.no_grad()
+def recalibrate_lidar_bn(model, samples: Sequence[TrainSample], num: int = 128, seed: int = 0) -> int:
+    """Recompute the BatchNorm running statistics of the LiDAR branch as the plain average over
+    ``num`` sweeps of ``samples`` (seeded choice; no gradient, weights untouched). Returns how
+    many sweeps were used. Fixes statistics skewed by the last training batches."""
+    branch = getattr(model, "pts_branch", None)
+    if branch is None:
+        raise ValueError("the model has no LiDAR branch")
+    with_points = [s for s in samples if s.points is not None and len(s.points)]
+    if not with_points:
+        raise ValueError("no samples with points to recalibrate from")
+    picks = np.random.default_rng(seed).choice(len(with_points), min(num, len(with_points)), replace=False)
+    bns = [m for m in branch.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    was_training = branch.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    branch.train()
+    for i in picks:
+        pts = torch.from_numpy(np.asarray(with_points[i].points, np.float32))[None]
+        branch(pts, torch.tensor([pts.shape[1]]))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    branch.train(was_training)
+    return len(picks)
+
+
 def trainable_batchnorm(module: torch.nn.Module) -> int:
     """Replace every ``FrozenBatchNorm2d`` under ``module`` by a trainable ``nn.BatchNorm2d`` holding
     the same values (in place; returns how many). The state-dict keys are identical, so a
@@ -244,9 +272,11 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
         prior = _cat_priors(priors)
         lidar = None
         frame_loss = None
-        if branch is not None:
-            if fb.points is None:
-                raise ValueError("a fused model trains on samples with points (with_points=True)")
+        if branch is not None and fb.points is None:
+            raise ValueError("a fused model trains on samples with points (with_points=True)")
+        # a frame whose sweep is dropped for every clip runs the camera path (exactly what
+        # valid = 0 gives): running the branch on empty grids would drag its BN statistics to zero
+        if branch is not None and int(fb.num_points.sum()) > 0:
             lidar = branch(fb.points, fb.num_points)
             lparts = lidar_losses(lidar, fb.boxes, fb.labels, fb.num_points, model.cfg.lidar, cfg.lidar_loss)
             for k, v in lparts.items():
