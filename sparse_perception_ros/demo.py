@@ -169,10 +169,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  objects: {report['objects_per_frame']:.1f} per frame; {report['tracks']} track ids, "
           f"{report['tracks_3plus_frames']} seen in 3+ frames")
     gt = report["ground_truth"]
-    print(f"  vs GT:   {gt['keyframes']} keyframes; {100 * gt['recall']:.0f} % of objects within "
+    print(f"  vs GT:   {gt['frames']} frames; {100 * gt['recall']:.0f} % of objects within "
           f"{gt['max_range_m']:.0f} m have a detection within {gt['radius_m']:.0f} m (precision "
           f"{100 * gt['precision']:.0f} %, same class {100 * gt['class_agreement']:.0f} %); "
-          f"{gt['tracks_following']} track ids followed one object for 3+ keyframes")
+          f"{gt['tracks_following']} track ids followed one object for 3+ frames")
     for stage in ("assemble", "convert", "preprocess", "infer", "decode", "publish"):
         q = report["latency_ms"].get(stage)
         if q:

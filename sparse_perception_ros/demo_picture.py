@@ -137,34 +137,61 @@ def draw_demo_picture(bag: Path, detections: list, out_path: Path) -> Path:
     return out_path
 
 
-def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: float = 40.0) -> dict:
-    """How the recorded detections follow the bag's ground truth (keyframes with both, base_link BEV).
+def _gt_at(data: dict, t: int):
+    """Ground truth at stamp ``t`` in odom: the keyframe itself, or the two keyframes around ``t``
+    interpolated linearly per object (the synthetic objects move smoothly between keyframes).
+    Returns ``(boxes (N, 7), names, ids)`` or None outside the keyframes' span."""
+    gts = sorted(data["gt"], key=lambda m: _stamp_ns(m.header.stamp))
+    stamps = [_stamp_ns(m.header.stamp) for m in gts]
+    if not stamps or t < stamps[0] or t > stamps[-1]:
+        return None
+    k = int(np.searchsorted(stamps, t))
+    if stamps[k] == t:
+        return boxes_from_detection_msg(gts[k])
+    a_boxes, a_names, a_ids = boxes_from_detection_msg(gts[k - 1])
+    b_boxes, _, b_ids = boxes_from_detection_msg(gts[k])
+    w = (t - stamps[k - 1]) / (stamps[k] - stamps[k - 1])
+    index = {i: j for j, i in enumerate(b_ids)}
+    rows, names, ids = [], [], []
+    for j, i in enumerate(a_ids):
+        if i in index:
+            rows.append((1 - w) * a_boxes[j] + w * b_boxes[index[i]])
+            names.append(a_names[j])
+            ids.append(i)
+    return np.asarray(rows).reshape(-1, 7), names, ids
 
-    Per keyframe, detections and GT boxes within ``max_range`` are matched greedily by centre
-    distance (closest pairs first, at most ``radius`` metres apart, class-agnostic). Returns
-    ``keyframes``, ``recall`` (matched GT / GT), ``precision`` (matched detections / detections),
-    ``class_agreement`` (matched pairs with the same class) and ``tracks_following`` (track ids
-    matched to one and the same GT object in 3 or more keyframes).
+
+def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: float = 40.0) -> dict:
+    """How the recorded detections follow the bag's ground truth (base_link BEV).
+
+    Every detection message inside the keyframes' span is compared with the ground truth at its
+    stamp (interpolated between keyframes). Detections and GT boxes within ``max_range`` are
+    matched greedily by centre distance (closest first, at most ``radius`` m, class-agnostic).
+    Returns ``frames``, ``recall`` (matched GT / GT), ``precision`` (matched detections /
+    detections), ``class_agreement`` (matched pairs of the same class) and ``tracks_following``
+    (track ids matched to one and the same GT object in 3 or more frames).
     """
     data = _read_input_bag(Path(bag))
-    by_stamp = {_stamp_ns(m.header.stamp): m for m in detections}
     n_gt = n_det = n_match = n_same = frames = 0
     follow: dict[str, dict[str, int]] = {}
-    for g in data["gt"]:
-        t = _stamp_ns(g.header.stamp)
-        if t not in by_stamp or not data["tf"]:
+    for det_msg in detections:
+        t = _stamp_ns(det_msg.header.stamp)
+        gt = _gt_at(data, t)
+        if gt is None or not data["tf"]:
             continue
         frames += 1
         odom = min(data["tf"], key=lambda e: abs(e[0] - t))[1]
-        gt_boxes, gt_names, gt_ids = boxes_from_detection_msg(g, invert_transform(_transform_of(odom)))
-        det_boxes, det_names, det_ids = boxes_from_detection_msg(by_stamp[t])
-        gi = np.flatnonzero(np.hypot(gt_boxes[:, 0], gt_boxes[:, 1]) <= max_range)
+        T = invert_transform(_transform_of(odom))
+        gt_boxes, gt_names, gt_ids = gt
+        gt_xy = gt_boxes[:, :3] @ T[:3, :3].T + T[:3, 3] if len(gt_boxes) else np.zeros((0, 3))
+        det_boxes, det_names, det_ids = boxes_from_detection_msg(det_msg)
+        gi = np.flatnonzero(np.hypot(gt_xy[:, 0], gt_xy[:, 1]) <= max_range)
         di = np.flatnonzero(np.hypot(det_boxes[:, 0], det_boxes[:, 1]) <= max_range)
         n_gt += len(gi)
         n_det += len(di)
         if not len(gi) or not len(di):
             continue
-        dist = np.linalg.norm(gt_boxes[gi, None, :2] - det_boxes[None, di, :2], axis=-1)
+        dist = np.linalg.norm(gt_xy[gi, None, :2] - det_boxes[None, di, :2], axis=-1)
         used_g, used_d = set(), set()
         for flat in np.argsort(dist, axis=None):
             a, b = np.unravel_index(flat, dist.shape)
@@ -179,7 +206,7 @@ def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: fl
             per = follow.setdefault(det_ids[di[b]], {})
             per[gt_ids[gi[a]]] = per.get(gt_ids[gi[a]], 0) + 1
     return {
-        "keyframes": frames,
+        "frames": frames,
         "recall": n_match / n_gt if n_gt else 0.0,
         "precision": n_match / n_det if n_det else 0.0,
         "class_agreement": n_same / n_match if n_match else 0.0,
