@@ -179,6 +179,19 @@ class Rig:
         return {}
 
 
+def run_frames(rig: Rig, proc: subprocess.Popen, stamps, settle: float = 2.5, **kwargs) -> list:
+    """Publish one frame per stamp (0.6 s apart in wall time, ego moving 0.1 m per frame), wait
+    ``settle`` s, check the node is alive and return the Detection3DArray messages that arrived."""
+    n0 = len(rig.objects)
+    for k, stamp in enumerate(stamps):
+        rig.publish_static()
+        rig.publish_frame(stamp, ego_x=0.1 * k, **kwargs)
+        rig.spin(0.6)
+    rig.spin(settle)
+    assert proc.poll() is None, "the node process died"
+    return rig.objects[n0:]
+
+
 def start_node(params_file: Path) -> subprocess.Popen:
     """The perception node through the built-in launcher, as a child process."""
     return start_captured([sys.executable, "-m", "sparse_perception_ros.cli", "launch", "perception",

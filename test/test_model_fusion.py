@@ -19,11 +19,12 @@ from sparse_perception_ros.model.instance_bank import bank_get
 from sparse_perception_ros.model.lidar import LidarBranch, PillarEncoder
 from sparse_perception_ros.runtime.backends import OrtBackend, TorchBackend
 from sparse_perception_ros.runtime.export import export_cached, host_step_inputs, lidar_step_inputs, synthetic_sequence
+from sparse_perception_ros.runtime.pipeline import MASKED_PROJECTION
 
 CFG = get_preset("tiny_fusion")
 LID = CFG.lidar
 RAW = ("classification", "prediction", "quality", "next_anchors", "next_features", "next_confidence")
-MASKED = torch.tensor([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+MASKED = torch.from_numpy(MASKED_PROJECTION).float()
 
 
 @pytest.fixture(scope="module")

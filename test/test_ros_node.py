@@ -5,7 +5,7 @@ keep it alive and are counted. Model: the CPU preset (tiny) with deterministic r
 
 import numpy as np
 import pytest
-from ros_rig import CAMERAS, Rig, S, start_node, stop, write_params
+from ros_rig import CAMERAS, Rig, S, run_frames, start_node, stop, write_params
 from visualization_msgs.msg import Marker
 
 from sparse_perception_ros.ros.convert import stamp_to_ns
@@ -28,17 +28,6 @@ def session(tmp_path_factory):
     rig.close()
     log = stop(proc)
     print(log)
-
-
-def run_frames(rig, proc, stamps, settle=2.5, **kwargs):
-    n0 = len(rig.objects)
-    for k, stamp in enumerate(stamps):
-        rig.publish_static()
-        rig.publish_frame(stamp, ego_x=0.1 * k, **kwargs)
-        rig.spin(0.6)
-    rig.spin(settle)
-    assert proc.poll() is None, "the node process died"
-    return rig.objects[n0:]
 
 
 def test_outputs_over_dds(session):

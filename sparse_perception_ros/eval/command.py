@@ -63,6 +63,16 @@ def _progress(total: int, desc: str, quiet: bool):
                 leave=False)
 
 
+def node_overrides(args: argparse.Namespace) -> dict:
+    """The perception node's parameters that ``--sensors`` / ``--score-threshold`` override."""
+    out: dict = {}
+    if args.sensors:
+        out["model.sensors"] = args.sensors
+    if args.score_threshold is not None:
+        out["output.score_threshold"] = float(args.score_threshold)
+    return out
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """The whole run; returns ``metrics.json``'s content. Raises on bad input."""
     from sparse_perception_ros.eval import devkit, report
@@ -104,9 +114,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             bags = list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
             results, timings, note = run_ros(bags, samples, params_file, backend if args.backend else None,
                                              table, tmp / "work", rate=args.rate, quiet=args.quiet,
-                                             preset=args.preset, sensors=args.sensors,
-                                             node_overrides=None if args.score_threshold is None else
-                                             {"output.score_threshold": float(args.score_threshold)})
+                                             preset=args.preset, node_overrides=node_overrides(args))
             mode = "ros (bag -> node -> recorder)"
         det_sub, trk_sub = results_to_submissions(results, tokens)
         report.write_json(tmp / "submission_detection.json", det_sub)

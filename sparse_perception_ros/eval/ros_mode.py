@@ -173,7 +173,7 @@ def bag_images_compressed(bag: str | Path) -> bool:
 
 def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None, gt_table_path: str | None,
                  rate: float = 1.0, wait_s: float = 120.0, compressed: bool | None = None, preset: str | None = None,
-                 sensors: str | None = None, node_overrides: dict | None = None):
+                 node_overrides: dict | None = None):
     """The ``replay`` node set for one bag, adjusted as the module docstring says (``compressed``: set
     ``cameras.compressed`` to the bag's image type; None leaves the params file's value)."""
     from sparse_perception_ros.data import bagio
@@ -196,8 +196,6 @@ def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None
                 spec = replace(spec, parameters={**spec.parameters, "cameras.compressed": bool(compressed)})
             if preset:
                 spec = replace(spec, parameters={**spec.parameters, "model.preset": preset})
-            if sensors:
-                spec = replace(spec, parameters={**spec.parameters, "model.sensors": sensors})
             if node_overrides:
                 spec = replace(spec, parameters={**spec.parameters, **node_overrides})
             if rate != 1.0:  # the node's sync timeouts are wall-clock: scale them to stay the same in bag time
@@ -248,7 +246,7 @@ def _bag_duration_s(bag: str) -> float:
 
 
 def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work: Path, rate: float = 1.0,
-            quiet: bool = False, preset: str | None = None, sensors: str | None = None,
+            quiet: bool = False, preset: str | None = None,
             node_overrides: dict | None = None) -> tuple[list[SampleResult], list[dict[str, float]], str]:
     """Play every bag holding a selected sample through the node; returns results, latency rows, a note."""
     from tqdm import tqdm
@@ -280,7 +278,7 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
     for i, (bag, side) in enumerate(chosen):
         rec = work / f"recording_{i}"
         specs = replay_specs(bag, str(rec), params_file, backend, table_path, rate,
-                             compressed=bag_images_compressed(bag), preset=preset, sensors=sensors,
+                             compressed=bag_images_compressed(bag), preset=preset,
                              node_overrides=node_overrides)
         interrupted: list[int] = []
 

@@ -23,7 +23,7 @@ import torch
 from sparse_perception_ros.model import TemporalState, preprocess_images
 from sparse_perception_ros.runtime.tracking import TrackMemory, reassociate
 
-__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "SENSOR_MODES", "calibration_key",
+__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "SENSOR_MODES", "MASKED_PROJECTION", "calibration_key",
            "thin_points"]
 
 # Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
@@ -35,7 +35,7 @@ RESET_REASONS = ("time_jump_backward", "time_gap", "missing_ego_pose", "calibrat
 # A projection that sends every point far to the left of / above the image: with the kernel's
 # sampling rule (locations outside (0, 1) are dropped) and with zero-padded grid_sample alike,
 # a masked camera then contributes nothing.
-_MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
 
 
 @dataclass
@@ -238,7 +238,7 @@ class Pipeline:
         img, proj, wh = preprocess_images(images, lidar2img, input_wh=self.input_wh, channel_order="rgb",
                                           method=self.resize_method)
         if not present.all():
-            proj[0, ~torch.from_numpy(present)] = torch.from_numpy(_MASKED_PROJECTION).float()
+            proj[0, ~torch.from_numpy(present)] = torch.from_numpy(MASKED_PROJECTION).float()
         return img.to(self.device), proj.to(self.device), wh.to(self.device)
 
     def step(self, frame: Frame, state: PipelineState) -> tuple[Detections, PipelineState]:

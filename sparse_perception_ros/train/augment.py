@@ -35,6 +35,7 @@ from PIL import Image
 
 from ..geometry.image_transform import ResizeCrop, augmentation_matrix, compute_resize_crop
 from ..model.preprocess import _STD_INV, IMAGENET_MEAN
+from ..runtime.pipeline import MASKED_PROJECTION
 from .dataset import TrainSample, pil_image
 
 __all__ = ["AugmentConfig", "ClipAug", "draw_clip_aug", "FrameBatch", "collate_frame"]
@@ -139,10 +140,6 @@ class FrameBatch:
     num_points: torch.Tensor | None = None
 
 
-# The pipeline's projection for a masked camera (runtime/pipeline.py): every sample lands far outside.
-_MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]], np.float32)
-
-
 def collate_frame(samples: Sequence[TrainSample], augs: Sequence[ClipAug], input_wh: tuple[int, int],
                   max_range: float | None = None) -> FrameBatch:
     """Preprocess one frame of each clip with its clip's augmentation. ``max_range`` (m) drops GT
@@ -158,7 +155,7 @@ def collate_frame(samples: Sequence[TrainSample], augs: Sequence[ClipAug], input
             out = _apply_resize_crop(img, rc).astype(np.float32)
             if aug.drop_cameras:
                 cam_imgs.append(np.broadcast_to(-IMAGENET_MEAN * _STD_INV, out.shape))
-                cam_mats.append(_MASKED_PROJECTION)
+                cam_mats.append(MASKED_PROJECTION)  # as the pipeline masks a camera
                 continue
             cam_imgs.append((out - IMAGENET_MEAN) * _STD_INV)
             cam_mats.append(augmentation_matrix(rc) @ p)
