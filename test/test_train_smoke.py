@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -84,3 +85,36 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     rows = list(csv.DictReader((tmp_path / "part" / "log.csv").open()))
     assert [int(r["iter"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_init_starts_a_new_schedule_from_the_weights(tmp_path):
+    """``init`` (``--init``): the second run starts from the first run's weights, not fresh ones,
+    with its own iteration count and warm-up, and keeps the depth branch it was trained with."""
+    samples = make_samples(3)
+    cfg = TrainConfig(iters=2, clip_len=2, warmup_iters=1, ckpt_every=2, lr=1e-3)
+    first = train(samples, cfg, tmp_path / "first", progress=False, log=lambda m: None)
+    ckpt = tmp_path / "first" / "checkpoints" / "last.pt"
+    assert any(k.startswith("depth_branch.") for k in torch.load(ckpt, weights_only=True))
+    logs = []
+    second = train(samples, replace(cfg, iters=1, lr=0.0), tmp_path / "second", progress=False, log=logs.append,
+                   init=ckpt)
+    assert [h["iter"] for h in second.history] == [0] and second.history[0]["lr"] == 0.0
+    assert any("initialised from" in m for m in logs)
+    # lr 0: one step leaves every trained weight (depth branch included) as the first run left it
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert set(a) == set(b)
+    for key in a:
+        if key.endswith("num_batches_tracked") or "running_" in key:
+            continue  # BN statistics move with the forward pass, not the optimizer
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    fresh = train(samples, replace(cfg, iters=1, lr=0.0), tmp_path / "fresh", progress=False, log=lambda m: None)
+    f = fresh.model.state_dict()
+    assert any(not torch.equal(f[k], a[k]) for k in a if k.endswith(".weight"))  # without init: fresh weights
+
+
+def test_init_cli_rejects_resume_and_missing_file(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--init", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt: no such file" in capsys.readouterr().err
+    (tmp_path / "w.pt").write_bytes(b"")
+    assert main(["train", "--out", str(tmp_path), "--init", str(tmp_path / "w.pt"), "--resume"]) == 2
+    assert "--init starts a new run" in capsys.readouterr().err

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CI check: a few iterations on a tiny generated set; fails unless the loss decreases")
     p.add_argument("--out", default=None, help="output folder (checkpoints, config.json, log.csv/json, loss.png)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt and OUT/train_state.pt")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from these weights (a checkpoint or a bundled models/*.pt of the same preset) with "
+                        "a fresh optimizer and schedule: fine-tuning, or a second schedule after a first run")
     p.add_argument("--preset", default="tiny", help="model preset (tiny, tiny_fusion, sparse4dv3_r50)")
     g = p.add_argument_group("data")
     g.add_argument("--dataroot", default=None,
@@ -79,6 +82,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. to reproduce a run that --max-minutes ended early")
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop with a checkpoint after this much wall time (continue with --resume)")
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fused(args: argparse.Namespace) -> bool:
@@ -200,6 +213,13 @@ def run(args: argparse.Namespace) -> int:
     if args.val_scenes > 0 and args.val_seed == args.synth_seed and not args.dataroot:
         print("train: --val-seed must differ from --synth-seed (held-out scenes)", file=sys.stderr)
         return 2
+    if args.init and args.resume:
+        print("train: --init starts a new run; --resume continues one (its own checkpoint): give one of them",
+              file=sys.stderr)
+        return 2
+    if args.init and not Path(args.init).is_file():
+        print(f"train: --init {args.init}: no such file", file=sys.stderr)
+        return 2
     if not args.out:
         print("train: --out is required (except with --smoke)", file=sys.stderr)
         return 2
@@ -223,8 +243,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t1 = time.perf_counter()
     meta = {"data": _data_settings(args), "num_keyframes": len(samples), "command": "sparse-perception train " + " ".join(sys.argv[2:])}
+    if args.init:
+        meta["init"] = {"path": str(args.init), "sha256": _sha256(args.init)}
     result = train(samples, cfg, out, resume=args.resume, meta=meta, stop_at=args.stop_at,
-                   max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                   max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, init=args.init)
     planned = cfg.iters if args.stop_at is None else min(cfg.iters, args.stop_at)
     finished = bool(result.history) and result.history[-1]["iter"] == planned - 1
     if args.val_scenes > 0 and finished:

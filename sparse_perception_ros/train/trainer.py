@@ -39,7 +39,7 @@ from .lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from .losses import LOSS_NAMES, LossConfig, layer_losses
 
 __all__ = ["recalibrate_lidar_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
-           "evaluate_loss", "init_model", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
+           "evaluate_loss", "init_model", "model_from_checkpoint", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,27 @@ def init_model(samples: Sequence[TrainSample], cfg: TrainConfig, model_cfg: Mode
     if cfg.train_bn:
         trainable_batchnorm(model.img_backbone)
     attach_depth_branch(model, cfg)
+    return model
+
+
+def model_from_checkpoint(path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None):
+    """A model of the preset with the weights of the training checkpoint (or bundled model) ``path``,
+    ready to train: trainable backbone BN as in :func:`init_model`, plus the depth branch's weights
+    when the checkpoint has them and ``cfg.depth_weight > 0`` (a fresh depth branch otherwise).
+
+    Used by ``resume`` and by ``init`` (fine-tuning: these weights, a fresh optimizer and schedule).
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg or get_preset(cfg.preset))
+    if cfg.train_bn:
+        trainable_batchnorm(model.img_backbone)
+    model.load_official_checkpoint(path)
+    attach_depth_branch(model, cfg)
+    if getattr(model, "depth_branch", None) is not None:
+        saved_sd = torch.load(path, weights_only=True)
+        depth_sd = {k[len("depth_branch."):]: v for k, v in saved_sd.items() if k.startswith("depth_branch.")}
+        if depth_sd:
+            model.depth_branch.load_state_dict(depth_sd)
     return model
 
 
@@ -402,7 +423,8 @@ def _save_checkpoint(model, opt, it: int, out: Path, keep_iter_file: bool) -> No
 def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = None,
           model_cfg: ModelConfig | None = None, model: torch.nn.Module | None = None,
-          meta: dict | None = None, stop_at: int | None = None, max_seconds: float | None = None) -> TrainResult:
+          meta: dict | None = None, stop_at: int | None = None, max_seconds: float | None = None,
+          init: str | Path | None = None) -> TrainResult:
     """Train ``cfg.preset`` (or ``model_cfg``) on ``samples``; see the module doc for the outputs.
 
     ``stop_at``: stop (with a checkpoint) after that many iterations, as if interrupted;
@@ -410,6 +432,9 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
     ``meta``: extra JSON-able facts for ``config.json`` (e.g. how the data was made).
     ``model``: an already initialised model (:func:`init_model`) to train instead of a fresh one.
     ``resume=True`` continues from ``out_dir/checkpoints/last.pt`` + ``train_state.pt`` (same config).
+    ``init``: start from the weights of this checkpoint (fine-tuning, or a second schedule after a
+    first run) with a fresh optimizer and the full warm-up + cosine schedule of ``cfg``; ignored by
+    ``resume`` (the run's own checkpoint already holds them).
     The data order and augmentation of iteration ``i`` depend only on ``(seed, i)``, so a resumed
     run sees the same batches as an uninterrupted one.
     """
@@ -429,17 +454,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         saved.pop("meta", None)
         if saved != json.loads(json.dumps(cfg.to_json())):
             log("warning: resuming with a config that differs from config.json")
-        torch.manual_seed(cfg.seed)
-        model = build_model(mcfg)
-        if cfg.train_bn:
-            trainable_batchnorm(model.img_backbone)
-        model.load_official_checkpoint(out / "checkpoints" / "last.pt")
-        attach_depth_branch(model, cfg)
-        if getattr(model, "depth_branch", None) is not None:
-            saved_sd = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-            depth_sd = {k[len("depth_branch."):]: v for k, v in saved_sd.items() if k.startswith("depth_branch.")}
-            if depth_sd:
-                model.depth_branch.load_state_dict(depth_sd)
+        model = model_from_checkpoint(out / "checkpoints" / "last.pt", cfg, mcfg)
         state = torch.load(out / "train_state.pt", weights_only=True)
         opt = _optimizer(model, cfg)
         opt.load_state_dict(state["optimizer"])
@@ -448,6 +463,13 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         if (out / "log.json").is_file():
             history = [h for h in json.loads((out / "log.json").read_text()) if h["iter"] < start]
         log(f"resumed at iteration {start}")
+    elif init is not None:
+        if model is not None:
+            raise ValueError("give either model or init, not both")
+        model = model_from_checkpoint(init, cfg, mcfg)
+        attach_depth_branch(model, cfg)
+        opt = _optimizer(model, cfg)
+        log(f"initialised from {init}")
     else:
         model = model if model is not None else init_model(samples, cfg, mcfg)
         attach_depth_branch(model, cfg)
