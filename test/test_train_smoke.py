@@ -118,3 +118,34 @@ def test_init_cli_rejects_resume_and_missing_file(tmp_path, capsys):
     (tmp_path / "w.pt").write_bytes(b"")
     assert main(["train", "--out", str(tmp_path), "--init", str(tmp_path / "w.pt"), "--resume"]) == 2
     assert "--init starts a new run" in capsys.readouterr().err
+
+
+def test_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
+    """A NaN loss (here forced on iteration 1) must not reach the weights or the BN statistics."""
+    import sparse_perception_ros.train.trainer as trainer
+
+    samples = make_samples(3)
+    cfg = TrainConfig(iters=3, clip_len=2, warmup_iters=1, ckpt_every=3, lr=1e-3)
+    real = trainer.clip_loss
+    calls = []
+
+    def poisoned(model, frames, augs, cfg, backward=True):
+        calls.append(1)
+        if len(calls) == 2:
+            for m in model.modules():  # the forward also poisons the BN running statistics
+                if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None:
+                    m.running_mean.fill_(float("nan"))
+            p = next(model.parameters())
+            (p.sum() * float("nan")).backward()
+            return {k: float("nan") for k in trainer.loss_names(model)}, 1
+        return real(model, frames, augs, cfg, backward)
+
+    monkeypatch.setattr(trainer, "clip_loss", poisoned)
+    logs = []
+    result = train(samples, cfg, tmp_path, progress=False, log=logs.append)
+    assert [h["skipped"] for h in result.history] == [0, 1, 0]
+    assert any("step skipped (1 so far)" in m for m in logs)
+    for key, value in result.model.state_dict().items():
+        assert torch.isfinite(value.float()).all(), key
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [r["skipped"] for r in rows] == ["0", "1", "0"]

@@ -489,7 +489,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
     if out is not None:
         # rewritten from the history, so rows past the resumed checkpoint do not linger
         csv_file = open(out / "log.csv", "w", newline="")  # noqa: SIM115 - closed below
-        writer = csv.DictWriter(csv_file, fieldnames=["iter", "loss", *names, "lr", "num_gt", "sec"],
+        writer = csv.DictWriter(csv_file, fieldnames=["iter", "loss", *names, "lr", "num_gt", "sec", "skipped"],
                                 restval="")
         writer.writeheader()
         for row in history:
@@ -497,6 +497,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
     try:
         end = cfg.iters if stop_at is None else min(cfg.iters, stop_at)
         t_start = time.perf_counter()
+        skipped = 0
         for it in range(start, end):
             if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
                 end = it
@@ -516,12 +517,24 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * factor * g["lr_mult"]
             opt.zero_grad(set_to_none=True)
+            buffers = [(b, b.clone()) for b in model.buffers()]  # BN statistics, restored after a bad step
             parts, num_gt = clip_loss(model, frames, augs, cfg)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            # a non-finite loss or gradient (a degenerate sample, a singular backward) would turn every
+            # weight into NaN through the optimizer: skip that step, count it, and go on
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            finite = math.isfinite(sum(parts.values())) and bool(torch.isfinite(grad_norm))
+            if finite:
+                opt.step()
+            else:
+                skipped += 1
+                opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for b, saved_b in buffers:
+                        b.copy_(saved_b)
+                log(f"iteration {it}: non-finite loss or gradient, step skipped ({skipped} so far)")
             row = {"iter": it, "loss": sum(parts.values()), **parts, "lr": cfg.lr * factor, "num_gt": num_gt,
-                   "sec": time.perf_counter() - t0}
+                   "sec": time.perf_counter() - t0, "skipped": int(not finite)}
             history.append(row)
             if writer is not None:
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
