@@ -149,3 +149,21 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
         assert torch.isfinite(value.float()).all(), key
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [r["skipped"] for r in rows] == ["0", "1", "0"]
+
+
+def test_persistent_non_finite_steps_stop_the_run(tmp_path, monkeypatch):
+    """A run whose steps are all non-finite has diverged: it stops with a clear error instead of
+    spinning through its schedule without learning."""
+    import pytest
+
+    import sparse_perception_ros.train.trainer as trainer
+
+    def always_nan(model, frames, augs, cfg, backward=True):
+        return {k: float("nan") for k in trainer.loss_names(model)}, 1
+
+    monkeypatch.setattr(trainer, "clip_loss", always_nan)
+    cfg = TrainConfig(iters=10, clip_len=2, warmup_iters=1, ckpt_every=10, max_skipped_in_row=3)
+    with pytest.raises(trainer.TrainingDiverged, match="3 steps in a row"):
+        train(make_samples(3), cfg, tmp_path, progress=False, log=lambda m: None)
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [r["skipped"] for r in rows] == ["1", "1", "1"]  # logged up to the stop

@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         print("train: --out is required (except with --smoke)", file=sys.stderr)
         return 2
     from .augment import AugmentConfig
-    from .trainer import TrainConfig, train
+    from .trainer import TrainConfig, TrainingDiverged, train
 
     fused = _fused(args)
     drops = {"lidar_dropout": 0.2 if args.lidar_dropout is None else args.lidar_dropout,
@@ -245,8 +245,12 @@ def run(args: argparse.Namespace) -> int:
     meta = {"data": _data_settings(args), "num_keyframes": len(samples), "command": "sparse-perception train " + " ".join(sys.argv[2:])}
     if args.init:
         meta["init"] = {"path": str(args.init), "sha256": _sha256(args.init)}
-    result = train(samples, cfg, out, resume=args.resume, meta=meta, stop_at=args.stop_at,
-                   max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, init=args.init)
+    try:
+        result = train(samples, cfg, out, resume=args.resume, meta=meta, stop_at=args.stop_at,
+                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, init=args.init)
+    except TrainingDiverged as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 1
     planned = cfg.iters if args.stop_at is None else min(cfg.iters, args.stop_at)
     finished = bool(result.history) and result.history[-1]["iter"] == planned - 1
     if args.val_scenes > 0 and finished:

@@ -38,7 +38,7 @@ from .depth import DepthBranch, camera_focal, depth_loss, depth_targets
 from .lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from .losses import LOSS_NAMES, LossConfig, layer_losses
 
-__all__ = ["recalibrate_lidar_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
+__all__ = ["TrainingDiverged", "recalibrate_lidar_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
            "evaluate_loss", "init_model", "model_from_checkpoint", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
 
 
@@ -66,6 +66,7 @@ class TrainConfig:
     depth_weight: float = 0.2  # auxiliary dense depth loss (the reference's 0.2); 0 = off; needs points
     track_matching: bool = False  # carried instances keep their previous frame's object (MOTR-style; docs/training.md)
     track_match_distance: float = 2.0  # ... only when they were within this many metres of it (BEV)
+    max_skipped_in_row: int = 50  # non-finite steps in a row before the run is declared diverged
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -93,6 +94,10 @@ def attach_depth_branch(model, cfg: TrainConfig) -> None:
     """Give ``model`` the training-only ``depth_branch`` (levels 0-2) when ``cfg.depth_weight > 0``."""
     if cfg.depth_weight > 0 and getattr(model, "depth_branch", None) is None:
         model.depth_branch = DepthBranch(model.cfg.head.embed_dims, num_levels=3)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient (``max_skipped_in_row``)."""
 
 
 @dataclass
@@ -497,7 +502,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
     try:
         end = cfg.iters if stop_at is None else min(cfg.iters, stop_at)
         t_start = time.perf_counter()
-        skipped = 0
+        skipped = in_row = 0
         for it in range(start, end):
             if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
                 end = it
@@ -526,12 +531,14 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             finite = math.isfinite(sum(parts.values())) and bool(torch.isfinite(grad_norm))
             if finite:
                 opt.step()
+                in_row = 0
             else:
                 skipped += 1
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     for b, saved_b in buffers:
                         b.copy_(saved_b)
+                in_row += 1
                 log(f"iteration {it}: non-finite loss or gradient, step skipped ({skipped} so far)")
             row = {"iter": it, "loss": sum(parts.values()), **parts, "lr": cfg.lr * factor, "num_gt": num_gt,
                    "sec": time.perf_counter() - t0, "skipped": int(not finite)}
@@ -539,6 +546,11 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             if writer is not None:
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                 csv_file.flush()
+            if in_row >= cfg.max_skipped_in_row:
+                raise TrainingDiverged(
+                    f"{in_row} steps in a row had a non-finite loss or gradient (iteration {it}): the run has "
+                    f"diverged; its last checkpoint is the last good state. Start again from an earlier "
+                    f"checkpoint (--init) with a lower --lr")
             bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", *names)}, refresh=False)
             bar.update(1)
             done = it + 1
