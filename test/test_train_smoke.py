@@ -167,3 +167,26 @@ def test_persistent_non_finite_steps_stop_the_run(tmp_path, monkeypatch):
         train(make_samples(3), cfg, tmp_path, progress=False, log=lambda m: None)
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [r["skipped"] for r in rows] == ["1", "1", "1"]  # logged up to the stop
+
+
+def test_init_from_bundled_weights_starts_a_neutral_depth_branch(tmp_path):
+    """A bundled model has no ``depth_branch.*`` keys: ``init`` then attaches a branch that starts
+    neutral (zero 1x1 convs), because a random one on trained features overflowed its exp() (losses
+    of 1e26, every step non-finite). Its predictions stay finite for feature magnitudes a trained
+    backbone produces, and the first step's loss is finite."""
+    from sparse_perception_ros.train.trainer import model_from_checkpoint
+
+    samples = make_samples(3)
+    cfg = TrainConfig(iters=1, clip_len=2, warmup_iters=1, ckpt_every=1, lr=1e-3)
+    first = train(samples, cfg, tmp_path / "first", progress=False, log=lambda m: None)
+    sd = {k: v for k, v in first.model.state_dict().items() if not k.startswith("depth_branch.")}
+    torch.save(sd, tmp_path / "bundled.pt")
+    model = model_from_checkpoint(tmp_path / "bundled.pt", cfg)
+    for layer in model.depth_branch.depth_layers:
+        assert not layer.weight.any() and not layer.bias.any()
+    feats = [torch.full((1, 6, model.cfg.head.embed_dims, 4, 4), 300.0)] * 3  # trained-backbone scale
+    depth = model.depth_branch(feats, torch.full((1, 6), 250.0))
+    assert all(torch.isfinite(d).all() and torch.allclose(d, torch.full_like(d, 2.5)) for d in depth)
+    second = train(samples, replace(cfg, iters=1), tmp_path / "second", progress=False, log=lambda m: None,
+                   init=tmp_path / "bundled.pt")
+    assert np.isfinite(second.history[0]["loss"]) and second.history[0]["skipped"] == 0

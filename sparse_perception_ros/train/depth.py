@@ -31,6 +31,14 @@ class DepthBranch(nn.Module):
         self.equal_focal = equal_focal
         self.depth_layers = nn.ModuleList(nn.Conv2d(embed_dims, 1, 1) for _ in range(num_levels))
 
+    @torch.no_grad()
+    def reset_neutral(self) -> None:
+        """Zero every 1x1 conv, so the branch predicts ``exp(0) * focal / equal_focal`` everywhere
+        whatever the features: the start for a branch attached to an already trained backbone."""
+        for layer in self.depth_layers:
+            layer.weight.zero_()
+            layer.bias.zero_()
+
     def forward(self, feature_maps: Sequence[torch.Tensor], focal: torch.Tensor) -> list[torch.Tensor]:
         """Per level ``[bs, cams, E, H, W]`` and ``focal [bs, cams]`` px -> depth ``[bs, cams, H, W]`` m."""
         out = []

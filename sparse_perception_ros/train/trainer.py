@@ -193,6 +193,12 @@ def model_from_checkpoint(path: str | Path, cfg: TrainConfig, model_cfg: ModelCo
         depth_sd = {k[len("depth_branch."):]: v for k, v in saved_sd.items() if k.startswith("depth_branch.")}
         if depth_sd:
             model.depth_branch.load_state_dict(depth_sd)
+        else:
+            # A fresh branch on *trained* features: their magnitudes (tens to hundreds) times a random
+            # 1x1 conv overflow the branch's exp() (depth losses of 1e26 and every step non-finite
+            # was seen), so it starts neutral instead: every cell predicts exp(0) * f / 100 m and
+            # learns from there (the gradients of weight and bias are non-zero).
+            model.depth_branch.reset_neutral()
     return model
 
 
