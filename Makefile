@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint doctor clean eval-bundled
+.PHONY: setup test demo lint doctor clean eval-bundled train-bundled
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,10 @@ demo: setup
 # held-out synthetic scenes through the ROS path for the bundled models (models/README.md)
 eval-bundled: setup
 	PY=$(PY) bash scripts/eval_bundled.sh
+
+# retrain both bundled models from scratch (hours on 2 cores; resumable in pieces, MINUTES=M)
+train-bundled: setup
+	PY=$(PY) bash scripts/train_bundled.sh
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Retrain the bundled models from scratch with the exact commands of models/README.md, on the
+# synthetic training scenes (seed 1), and write them to ${OUT:-runs}/bundled/*.pt (not over
+# models/; compare, then copy). CPU only, 1 thread per run: about 1 h for tiny_fusion and
+# about 3 h for tiny (two stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
+# when the script is run again (--max-minutes / --resume), so it can be done in pieces.
+# Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs}
+WHICH=${1:-all}
+CLI=("$PY" -m sparse_perception_ros.cli train)
+export OMP_NUM_THREADS=1
+data=(--synth-seed 1 --scenes 16 --keyframes 40 --image-size 440 248 --data-cache "$OUT/train_s1_16_pts.pt"
+      --clip-len 3 --threads 1)
+piece=()
+if [ -n "${MINUTES:-}" ]; then piece=(--max-minutes "$MINUTES"); fi
+mkdir -p "$OUT/bundled"
+
+# run DIR INIT ARGS...: start DIR (from the weights INIT unless it is "-"), or continue it with
+# --resume when it has stopped part-way
+run() {
+  local dir=$1 init=$2; shift 2
+  local how=()
+  if [ -f "$dir/train_state.pt" ]; then how=(--resume); elif [ "$init" != - ]; then how=(--init "$init"); fi
+  "${CLI[@]}" --out "$dir" "$@" "${how[@]}" "${piece[@]}"
+}
+done_at() {  # done_at DIR N: the run in DIR has reached iteration N
+  [ -f "$1/train_state.pt" ] && "$PY" -c "import sys, torch; sys.exit(torch.load('$1/train_state.pt', weights_only=True)['iteration'] < $2)"
+}
+
+if [ "$WHICH" = tiny_fusion ] || [ "$WHICH" = all ]; then
+  done_at "$OUT/tiny_fusion" 2500 || run "$OUT/tiny_fusion" - --preset tiny_fusion "${data[@]}" --iters 2500 --lr 2e-3 \
+      --warmup 200 --ckpt-every 500 --depth-weight 0
+  if done_at "$OUT/tiny_fusion" 2500; then
+    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_fusion/checkpoints/last.pt" "$OUT/bundled/tiny_fusion.pt" \
+        --preset tiny_fusion --recalibrate-bn "$OUT/train_s1_16_pts.pt"
+  fi
+fi
+if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
+  # stage 1: the first 5446 iterations of a 7500-iteration schedule (peak lr 2e-3), bundled (depth
+  # branch dropped): this is the previous bundled tiny.pt (sha256 3d179e1d...)
+  done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
+      --ckpt-every 500 --stop-at 5446
+  if done_at "$OUT/tiny" 5446 && [ ! -f "$OUT/bundled/tiny_stage1.pt" ]; then
+    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny
+  fi
+  # stage 2: a second schedule from those weights (fresh AdamW and depth branch, peak lr 5e-4, 9500 iterations)
+  if [ -f "$OUT/bundled/tiny_stage1.pt" ]; then
+    done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny "${data[@]}" \
+        --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed 0
+  fi
+  if done_at "$OUT/tiny_stage2" 9500; then
+    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_stage2/checkpoints/last.pt" "$OUT/bundled/tiny.pt" --preset tiny
+  fi
+fi
+ls -l "$OUT/bundled"
