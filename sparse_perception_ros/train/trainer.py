@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..model import build_model
 from ..model.backbone import FrozenBatchNorm2d
@@ -94,6 +95,16 @@ def attach_depth_branch(model, cfg: TrainConfig) -> None:
     """Give ``model`` the training-only ``depth_branch`` (levels 0-2) when ``cfg.depth_weight > 0``."""
     if cfg.depth_weight > 0 and getattr(model, "depth_branch", None) is None:
         model.depth_branch = DepthBranch(model.cfg.head.embed_dims, num_levels=3)
+
+
+TRAIN_ATTENTION = SDPBackend.MATH
+"""Attention backend for training. The fused CPU kernel (flash attention) recomputes the softmax in
+backward from a float32 log-sum-exp; once the head's attention logits reach ~1e9 (activations of
+~4e4, which the decoupled attention grows to), that log-sum-exp is off by tens and the recomputed
+probabilities by e^tens: gradients of 1e13-1e20 out of an upstream 1e-7, then inf. That was every
+non-finite step and divergence of the camera model's second schedule (seed 2, iteration 7000: grad
+norm 1.3e19 fused vs 39 on the math backend, which back-propagates through the softmax it stored).
+Inference keeps the fused kernel (same forward)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -281,6 +292,13 @@ def _forced_pairs(prev_inst: torch.Tensor, instance_ids: torch.Tensor, temporal_
 
 def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True
               ) -> tuple[dict[str, float], int]:
+    """:func:`_clip_loss` with attention on torch's *math* backend (see :data:`TRAIN_ATTENTION`)."""
+    with sdpa_kernel(TRAIN_ATTENTION):
+        return _clip_loss(model, clip, augs, cfg, backward)
+
+
+def _clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True
+               ) -> tuple[dict[str, float], int]:
     """Run ``clip[t][b]`` (frame t of clip b) through the model with the bank carried; per frame,
     sum the losses of all decoder layers, divide by the clip length and (if ``backward``)
     back-propagate. Returns the summed components (floats) and the GT count.
