@@ -141,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
                            what="the perception node")
         print("demo: node is up; playing the bag", flush=True)
         player = start_captured(_cli("play", str(bag), "--rate", str(args.rate)))
-        player_log, _ = player.communicate(timeout=600)
+        try:
+            player.wait(timeout=600)
+        finally:
+            player_log = stop_process(player)
         if player.returncode != 0:
             print(player_log, file=sys.stderr)
             raise RuntimeError(f"the player failed with status {player.returncode}")

@@ -6,6 +6,7 @@ markers led by DELETEALL."""
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
 from sparse_perception_ros.data import bagio
-from sparse_perception_ros.processes import start_captured, stop_process
+from sparse_perception_ros.processes import captured_output, start_captured, stop_process
 from sparse_perception_ros.ros.convert import stamp_to_ns
 
 
@@ -86,3 +87,34 @@ def test_player_node_and_checker(bag, tmp_path):
     # cameras fire at other times than the sweep: compensating that ego motion is not a calibration change
     assert counts.get("reset/calibration_changed", 0) == 0, counts
     assert markers and all(m.markers[0].action == Marker.DELETEALL for m in markers)
+
+
+def test_stop_process_reaches_what_the_process_left_behind():
+    """A child that outlives its (killed) parent is killed with it: stop_process kills the group (an
+    orphaned node once kept a demo run waiting forever)."""
+    script = ("import subprocess, sys, signal, time\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+              "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)'])\n"
+              "print('started', child.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    proc = start_captured([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while "started" not in captured_output(proc) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "started" in captured_output(proc)
+    t0 = time.monotonic()
+    out = stop_process(proc, timeout_s=1.0)
+    assert time.monotonic() - t0 < 20
+    assert proc.returncode is not None and "started" in out
+    child = int(out.split("started", 1)[1].split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # gone, or a zombie waiting for init to reap it
+        try:
+            if Path(f"/proc/{child}/stat").read_text().split(") ", 1)[1][0] in "ZX":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the orphaned child {child} is still running")
