@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,17 +25,14 @@ def start_captured(argv: list[str], env: dict | None = None) -> subprocess.Popen
 def captured_output(proc: subprocess.Popen) -> str:
     """What a process started by :func:`start_captured` has printed so far (text)."""
     out = proc.captured  # type: ignore[attr-defined]
-    out.flush()
     out.seek(0)
     return out.read().decode(errors="replace")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL what is left of the process group ``proc`` leads (started by :func:`start_captured`)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # nothing left of the group
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> str:
