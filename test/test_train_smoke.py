@@ -120,6 +120,22 @@ def test_init_cli_rejects_resume_and_missing_file(tmp_path, capsys):
     assert "--init starts a new run" in capsys.readouterr().err
 
 
+def test_class_weights_cli_is_validated_and_recorded_in_the_data_settings(tmp_path, capsys):
+    import argparse
+
+    from sparse_perception_ros.train.command import _data_settings, add_arguments
+
+    assert main(["train", "--out", str(tmp_path), "--class-weights", "bus=oops"]) == 2
+    assert "--class-weights" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path), "--class-weights", "bus=2", "--dataroot", str(tmp_path)]) == 2
+    assert "--dataroot" in capsys.readouterr().err
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    plain = _data_settings(p.parse_args([]))
+    mixed = _data_settings(p.parse_args(["--class-weights", "bus=8"]))
+    assert "class_weights" not in plain and mixed["class_weights"]["bus"] == 8.0  # a data cache of the other mix is not reused
+
+
 def test_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
     """A NaN loss (here forced on iteration 1) must not reach the weights or the BN statistics."""
     import sparse_perception_ros.train.trainer as trainer

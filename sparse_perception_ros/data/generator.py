@@ -53,6 +53,8 @@ class SynthConfig:
     objects: int = 40
     sweeps: bool = True
     jpeg_quality: int = 90
+    # (name, weight) for every class (scene.parse_class_weights); None = scene.CLASS_WEIGHT
+    class_weights: tuple[tuple[str, float], ...] | None = None
 
     def rig(self) -> Rig:
         return nuscenes_rig(self.width, self.height, self.beams, self.azimuth_steps,
@@ -85,7 +87,7 @@ class SceneContext:
 @functools.lru_cache(maxsize=4)
 def scene_context(cfg: SynthConfig, scene: int) -> SceneContext:
     """Scene spec + renderers for ``scene`` (cached per process)."""
-    spec = make_scene(cfg.seed, scene, cfg.duration + 1.0, cfg.objects)
+    spec = make_scene(cfg.seed, scene, cfg.duration + 1.0, cfg.objects, cfg.class_weights)
     rig = cfg.rig()
     road = Road(spec.origin, spec.heading)
     return SceneContext(spec, rig, [CameraRenderer(c, road) for c in rig.cameras], LidarCaster(rig.lidar, road))

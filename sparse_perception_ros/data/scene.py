@@ -13,7 +13,7 @@ import numpy as np
 from sparse_perception_ros.data.rig import DETECTION_CLASSES
 from sparse_perception_ros.geometry.transforms import make_transform
 
-__all__ = ["SceneSpec", "ObjectStates", "make_scene", "CLASS_SIZE_MEAN"]
+__all__ = ["SceneSpec", "ObjectStates", "make_scene", "CLASS_SIZE_MEAN", "CLASS_WEIGHT", "parse_class_weights"]
 
 # Mean nuScenes sizes (w, l, h) metres and relative frequency / speed range (m/s) per class.
 CLASS_SIZE_MEAN: dict[str, tuple[float, float, float]] = {
@@ -28,7 +28,7 @@ CLASS_SIZE_MEAN: dict[str, tuple[float, float, float]] = {
     "pedestrian": (0.67, 0.73, 1.77),
     "traffic_cone": (0.41, 0.41, 1.07),
 }
-_CLASS_WEIGHT = {
+CLASS_WEIGHT: dict[str, float] = {
     "car": 10, "truck": 2.5, "construction_vehicle": 1, "bus": 1, "trailer": 1,
     "barrier": 3, "motorcycle": 1.5, "bicycle": 1.5, "pedestrian": 5, "traffic_cone": 3,
 }
@@ -130,12 +130,42 @@ class SceneSpec:
                             self.obj_label.astype(np.int64))
 
 
+def parse_class_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """``"bus=3,truck=4"`` -> the full class mix: :data:`CLASS_WEIGHT` with those classes overridden.
+
+    Returns ``(name, weight)`` pairs in :data:`DETECTION_CLASSES` order (hashable, so a frozen config
+    can hold it). Raises ValueError naming the bad entry: an unknown class, a weight that is not a
+    finite number >= 0, or a mix whose weights are all zero.
+    """
+    weights = dict(CLASS_WEIGHT)
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in weights:
+            raise ValueError(f"class weight {item!r}: expected CLASS=WEIGHT with CLASS one of {list(DETECTION_CLASSES)}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"class weight {item!r}: {value!r} is not a number") from None
+        if not np.isfinite(w) or w < 0:
+            raise ValueError(f"class weight {item!r}: the weight must be a finite number >= 0")
+        weights[name] = w
+    if sum(weights.values()) <= 0:
+        raise ValueError("class weights are all zero: no object could be placed")
+    return tuple((n, float(weights[n])) for n in DETECTION_CLASSES)
+
+
 def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *key]))
 
 
-def make_scene(seed: int, index: int, duration: float, num_objects: int = 40) -> SceneSpec:
-    """Sample scene ``index`` of a dataset with ``seed``. ``duration`` in seconds."""
+def make_scene(seed: int, index: int, duration: float, num_objects: int = 40,
+               class_weights: tuple[tuple[str, float], ...] | None = None) -> SceneSpec:
+    """Sample scene ``index`` of a dataset with ``seed``. ``duration`` in seconds.
+
+    ``class_weights``: the relative class frequencies as ``(name, weight)`` pairs for every class
+    (see :func:`parse_class_weights`); None = :data:`CLASS_WEIGHT`, the nuScenes-like mix.
+    """
     rng = _rng(seed, index, 1)
     origin = rng.uniform(-500, 500, size=2) + np.array([index * 2000.0, 0.0])
     heading = rng.uniform(-np.pi, np.pi)
@@ -144,7 +174,8 @@ def make_scene(seed: int, index: int, duration: float, num_objects: int = 40) ->
     weave_period = rng.uniform(8, 20)
     ego_x_end = speed * duration
     names = list(DETECTION_CLASSES)
-    w = np.array([_CLASS_WEIGHT[n] for n in names])
+    mix = CLASS_WEIGHT if class_weights is None else dict(class_weights)
+    w = np.array([mix[n] for n in names], dtype=np.float64)
     labels, sizes, p0s, yaws, speeds, rates = [], [], [], [], [], []
     times = np.linspace(0.0, duration, max(2, int(duration * 4) + 1))
     ego_x = speed * times

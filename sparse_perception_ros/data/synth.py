@@ -16,6 +16,7 @@ from sparse_perception_ros.data.bag_writer import IMAGE_FORMATS, STORAGES, Scene
 from sparse_perception_ros.data.generator import SynthConfig, generate
 from sparse_perception_ros.data.nuscenes_writer import write_nuscenes
 from sparse_perception_ros.data.records import SceneStream
+from sparse_perception_ros.data.scene import parse_class_weights
 
 __all__ = ["add_arguments", "run", "synthesize", "progress_bar"]
 
@@ -79,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lidar-hz", type=float, default=d.lidar_hz, help="LiDAR sweep rate (multiple of keyframe rate)")
     p.add_argument("--keyframe-hz", type=float, default=d.keyframe_hz, help="keyframe (sample) rate")
     p.add_argument("--objects", type=int, default=d.objects, help="objects placed per scene")
+    p.add_argument("--class-weights", default="",
+                   help="class mix override, e.g. bus=3,truck=4 (relative frequencies; the rest keep the "
+                        "nuScenes-like defaults of data/scene.py)")
     p.add_argument("--no-sweeps", action="store_true", help="keyframes only (no intermediate camera/LiDAR frames)")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality 1-100")
     p.add_argument("--images", choices=IMAGE_FORMATS, default="jpeg",
@@ -89,10 +93,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        class_weights = parse_class_weights(args.class_weights) if args.class_weights else None
+    except ValueError as exc:
+        print(f"synth: --class-weights: {exc}", file=sys.stderr)
+        return 2
     cfg = SynthConfig(seed=args.seed, scenes=args.scenes, keyframes=args.keyframes, width=args.width,
                       height=args.height, beams=args.beams, azimuth_steps=args.azimuth_steps,
                       camera_hz=args.camera_hz, lidar_hz=args.lidar_hz, keyframe_hz=args.keyframe_hz,
-                      objects=args.objects, sweeps=not args.no_sweeps, jpeg_quality=args.jpeg_quality)
+                      objects=args.objects, sweeps=not args.no_sweeps, jpeg_quality=args.jpeg_quality,
+                      class_weights=class_weights)
     try:
         cfg.validate()
     except ValueError as exc:

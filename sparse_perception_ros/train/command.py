@@ -20,6 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..data.scene import parse_class_weights
+
 __all__ = ["add_arguments", "run", "run_smoke", "SmokeError"]
 
 
@@ -47,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scenes", type=int, default=8, help="number of synthetic scenes")
     g.add_argument("--keyframes", type=int, default=40, help="keyframes per synthetic scene (2 Hz)")
     g.add_argument("--objects", type=int, default=40, help="objects per synthetic scene")
+    g.add_argument("--class-weights", default="",
+                   help="class mix of the synthetic training scenes, e.g. bus=3,truck=4 (class-balanced data for "
+                        "the rare classes, as sparse-perception synth --class-weights); default: the generator's")
     g.add_argument("--image-size", type=int, nargs=2, default=(704, 396), metavar=("W", "H"),
                    help="rendered synthetic camera size (the network input is the preset's)")
     g.add_argument("--workers", type=int, default=1, help="processes rendering synthetic data")
@@ -109,8 +114,9 @@ def _data_settings(args: argparse.Namespace) -> dict:
     points = {"with_points": True} if _with_points(args) else {}
     if args.dataroot:
         return {"dataroot": str(args.dataroot), "version": args.version, "split": args.split, **points}
+    mix = {"class_weights": dict(parse_class_weights(args.class_weights))} if args.class_weights else {}
     return {"synth_seed": args.synth_seed, "scenes": args.scenes, "keyframes": args.keyframes,
-            "objects": args.objects, "image_size": list(args.image_size), **points}
+            "objects": args.objects, "image_size": list(args.image_size), **mix, **points}
 
 
 def _split_scenes(nusc, split: str) -> list[str]:
@@ -152,8 +158,9 @@ def _load_samples(args: argparse.Namespace):
         samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=False), with_points=_with_points(args))
     else:
         w, h = args.image_size
+        mix = parse_class_weights(args.class_weights) if args.class_weights else None
         samples = synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers,
-                                    with_points=_with_points(args))
+                                    with_points=_with_points(args), class_weights=mix)
     if args.data_cache:
         save_samples(samples, args.data_cache, settings)
     return samples
@@ -213,6 +220,16 @@ def run(args: argparse.Namespace) -> int:
     if args.val_scenes > 0 and args.val_seed == args.synth_seed and not args.dataroot:
         print("train: --val-seed must differ from --synth-seed (held-out scenes)", file=sys.stderr)
         return 2
+    if args.class_weights:
+        if args.dataroot:
+            print("train: --class-weights sets the synthetic generator's class mix; it has no effect with --dataroot",
+                  file=sys.stderr)
+            return 2
+        try:
+            parse_class_weights(args.class_weights)
+        except ValueError as exc:
+            print(f"train: --class-weights: {exc}", file=sys.stderr)
+            return 2
     if args.init and args.resume:
         print("train: --init starts a new run; --resume continues one (its own checkpoint): give one of them",
               file=sys.stderr)

@@ -239,8 +239,11 @@ def make_clips(samples: Sequence[TrainSample], clip_len: int, stride: int | None
 
 
 def synthetic_samples(seed: int, scenes: int, keyframes: int, width: int, height: int, objects: int = 40,
-                      workers: int = 1, decode: bool = False, with_points: bool = False) -> list[TrainSample]:
+                      workers: int = 1, decode: bool = False, with_points: bool = False,
+                      class_weights: tuple[tuple[str, float], ...] | None = None) -> list[TrainSample]:
     """Render a synthetic set with the project's generator (keyframes only, no sweeps).
+
+    ``class_weights``: the generator's class mix (``data.scene.parse_class_weights``); None = default.
 
     The LiDAR has the generator's default (bag) settings; it decides which boxes count as seen
     (``num_lidar_pts > 0``) and, with ``with_points``, its key sweeps are kept for fused training.
@@ -248,5 +251,5 @@ def synthetic_samples(seed: int, scenes: int, keyframes: int, width: int, height
     from ..data.generator import SynthConfig, generate
 
     cfg = SynthConfig(seed=seed, scenes=scenes, keyframes=keyframes, width=width, height=height,
-                      objects=objects, sweeps=False)
+                      objects=objects, sweeps=False, class_weights=class_weights)
     return samples_from_streams(generate(cfg, workers=workers), decode=decode, with_points=with_points)
