@@ -4,12 +4,14 @@
 # models/; compare, then copy). CPU only, 1 thread per run: about 1 h for tiny_fusion and
 # about 3 h for tiny (two stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
 # when the script is run again (--max-minutes / --resume), so it can be done in pieces.
-# Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min)
+# Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min;
+# SEED=S: stage-2 seed, default 0 = the bundled model; OUT=DIR: where runs go)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs}
 WHICH=${1:-all}
+CLASS_MIX=car=8,truck=6,bus=8,barrier=2,motorcycle=3,bicycle=2,traffic_cone=2
 CLI=("$PY" -m sparse_perception_ros.cli train)
 export OMP_NUM_THREADS=1
 data=(--synth-seed 1 --scenes 16 --keyframes 40 --image-size 440 248 --data-cache "$OUT/train_s1_16_pts.pt"
@@ -41,15 +43,22 @@ fi
 if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
   # stage 1: the first 5446 iterations of a 7500-iteration schedule (peak lr 2e-3), bundled (depth
   # branch dropped): this is the previous bundled tiny.pt (sha256 3d179e1d...)
-  done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
-      --ckpt-every 500 --stop-at 5446
+  # (skipped when that file is already there, e.g. from: git show b93d58f:models/tiny.pt)
+  if [ ! -f "$OUT/bundled/tiny_stage1.pt" ]; then
+    done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
+        --ckpt-every 500 --stop-at 5446
+  fi
   if done_at "$OUT/tiny" 5446 && [ ! -f "$OUT/bundled/tiny_stage1.pt" ]; then
     "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny
   fi
-  # stage 2: a second schedule from those weights (fresh AdamW and depth branch, peak lr 5e-4, 9500 iterations)
+  # stage 2: a second schedule from those weights (fresh AdamW and depth branch, peak lr 5e-4, 9500
+  # iterations) on class-balanced scenes: the same seed with more trucks, buses and motorcycles (the
+  # default mix places few large vehicles: 9 buses in 20 scenes) and 20 scenes instead of 16
+  balanced=(--synth-seed 1 --scenes 20 --keyframes 40 --image-size 440 248 --class-weights "$CLASS_MIX"
+            --data-cache "$OUT/train_s1_20_cb.pt" --clip-len 3 --threads 1)
   if [ -f "$OUT/bundled/tiny_stage1.pt" ]; then
-    done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny "${data[@]}" \
-        --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed 0
+    done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny \
+        "${balanced[@]}" --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed "${SEED:-0}"
   fi
   if done_at "$OUT/tiny_stage2" 9500; then
     "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_stage2/checkpoints/last.pt" "$OUT/bundled/tiny.pt" --preset tiny
