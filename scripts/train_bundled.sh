@@ -14,8 +14,8 @@ WHICH=${1:-all}
 CLASS_MIX=car=8,truck=6,bus=8,barrier=2,motorcycle=3,bicycle=2,traffic_cone=2
 CLI=("$PY" -m sparse_perception_ros.cli train)
 export OMP_NUM_THREADS=1
-data=(--synth-seed 1 --scenes 16 --keyframes 40 --image-size 440 248 --data-cache "$OUT/train_s1_16_pts.pt"
-      --clip-len 3 --threads 1)
+common=(--synth-seed 1 --keyframes 40 --image-size 440 248 --clip-len 3 --threads 1)
+data=("${common[@]}" --scenes 16 --data-cache "$OUT/train_s1_16_pts.pt")
 piece=()
 if [ -n "${MINUTES:-}" ]; then piece=(--max-minutes "$MINUTES"); fi
 mkdir -p "$OUT/bundled"
@@ -47,15 +47,14 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
   if [ ! -f "$OUT/bundled/tiny_stage1.pt" ]; then
     done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
         --ckpt-every 500 --stop-at 5446
-  fi
-  if done_at "$OUT/tiny" 5446 && [ ! -f "$OUT/bundled/tiny_stage1.pt" ]; then
-    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny
+    if done_at "$OUT/tiny" 5446; then
+      "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny
+    fi
   fi
   # stage 2: a second schedule from those weights (fresh AdamW and depth branch, peak lr 5e-4, 9500
   # iterations) on class-balanced scenes: the same seed with more trucks, buses and motorcycles (the
   # default mix places few large vehicles: 9 buses in 20 scenes) and 20 scenes instead of 16
-  balanced=(--synth-seed 1 --scenes 20 --keyframes 40 --image-size 440 248 --class-weights "$CLASS_MIX"
-            --data-cache "$OUT/train_s1_20_cb.pt" --clip-len 3 --threads 1)
+  balanced=("${common[@]}" --scenes 20 --class-weights "$CLASS_MIX" --data-cache "$OUT/train_s1_20_cb.pt")
   if [ -f "$OUT/bundled/tiny_stage1.pt" ]; then
     done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny \
         "${balanced[@]}" --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed "${SEED:-0}"
