@@ -74,6 +74,7 @@ class SyncParams:
 class TemporalParams:
     max_time_gap: float
     reassociate_distance: float
+    track_class_vote: bool
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
 """Track-id re-association of new instances (runtime/tracking.py) and its place in the Pipeline.
 
 Exact checks on hand-made tracks (world frame, constant-velocity prediction, class and one-use
-rules, the bank-id map surviving while the bank keeps the instance)."""
+rules, the bank-id map surviving while the bank keeps the instance), and the per-track class vote of
+``temporal.track_class_vote``."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from sparse_perception_ros.runtime.tracking import TrackMemory, reassociate
+from sparse_perception_ros.runtime.tracking import TrackMemory, reassociate, vote_track_classes
 
 S = 1_000_000_000
 
@@ -114,3 +117,53 @@ def test_ids_unique_in_every_frame_of_a_random_sequence():
         ids, mem = reassociate(np.array(out), boxes(*[(x, y, 0, 0) for x, y in xy]), rng.integers(0, 3, n),
                                np.eye(4), f * S // 2, carried=carried, alive=set(bank), memory=mem, max_distance=6.0)
         assert len(set(ids.tolist())) == n, f
+
+
+
+def test_track_class_vote_takes_the_largest_summed_score():
+    # track 4: car 0.6, then truck 0.3 (car still leads 0.6 : 0.3), then truck 0.4 (truck 0.7 > 0.6);
+    # track 9 appears in frame 2 and keeps its own class on its first frame
+    lab, v = vote_track_classes(np.array([4]), np.array([0]), np.array([0.6]), None, keep={4}, num_classes=3)
+    assert lab.tolist() == [0]
+    lab, v = vote_track_classes(np.array([9, 4]), np.array([2, 1]), np.array([0.5, 0.3]), v, keep={4, 9},
+                                num_classes=3)
+    assert lab.tolist() == [2, 0]
+    lab, v = vote_track_classes(np.array([4]), np.array([1]), np.array([0.4]), v, keep={4}, num_classes=3)
+    assert lab.tolist() == [1]
+    assert set(v.class_score) == {4} and v.class_score[4] == pytest.approx([0.6, 0.7, 0.0])
+    # an id left out of keep is forgotten: it starts afresh
+    lab, _ = vote_track_classes(np.array([4]), np.array([2]), np.array([0.1]), replace(v, class_score={}),
+                                keep={4}, num_classes=3)
+    assert lab.tolist() == [2]
+    with pytest.raises(ValueError, match="labels must be in"):
+        vote_track_classes(np.array([1]), np.array([3]), np.array([0.5]), None, keep=set(), num_classes=3)
+
+
+def test_pipeline_track_class_vote_on_and_off():
+    from test_runtime_pipeline import T0, make_frame
+
+    from sparse_perception_ros.model import CLASS_NAMES, build_model
+    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    off = Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=16)
+    on = Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=16, track_class_vote=True)
+    s_off, s_on = PipelineState.empty(), PipelineState.empty()
+    acc: dict[int, np.ndarray] = {}
+    changed = 0
+    for k in range(4):
+        d_off, s_off = off.step(make_frame(T0 + k * S // 2), s_off)
+        d_on, s_on = on.step(make_frame(T0 + k * S // 2), s_on)
+        assert s_off.class_votes is None and s_on.class_votes is not None
+        assert d_on.track_ids.tolist() == d_off.track_ids.tolist()
+        assert d_on.scores.tolist() == d_off.scores.tolist()  # scores are the model's
+        for tid, lab, sc, pub in zip(d_off.track_ids.tolist(), d_off.labels.tolist(), d_off.scores.tolist(),
+                                     d_on.labels.tolist(), strict=True):
+            acc.setdefault(tid, np.zeros(len(CLASS_NAMES)))[lab] += sc
+            assert pub == int(np.argmax(acc[tid]))
+            changed += pub != lab
+    assert changed >= 1  # the vote overrode the model's class at least once (random weights, seed 0)
+    d, _ = on.step(make_frame(T0 - S), s_on)  # time jump: the history is forgotten
+    assert d.reset == "time_jump_backward"
+    assert d.labels.tolist() == off.step(make_frame(T0 - S), s_off)[0].labels.tolist()

@@ -60,7 +60,8 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
         model, note = load_model(mp)
     pipeline = Pipeline(model, CLASS_NAMES, params.output.score_threshold, params.output.max_detections,
                         params.temporal.max_time_gap, sensors=params.model.sensors,
-                        reassociate_distance=params.temporal.reassociate_distance)
+                        reassociate_distance=params.temporal.reassociate_distance,
+                        track_class_vote=params.temporal.track_class_vote)
     return pipeline, note
 
 

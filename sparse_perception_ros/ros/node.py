@@ -109,7 +109,8 @@ class PerceptionNode(Node):
         try:
             self.pipeline = Pipeline(model, CLASS_NAMES, p.output.score_threshold, p.output.max_detections,
                                      p.temporal.max_time_gap, sensors=p.model.sensors,
-                                     reassociate_distance=p.temporal.reassociate_distance)
+                                     reassociate_distance=p.temporal.reassociate_distance,
+                                     track_class_vote=p.temporal.track_class_vote)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
         if p.model.num_threads > 0:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
-from sparse_perception_ros.runtime.tracking import TrackMemory, reassociate
+from sparse_perception_ros.runtime.tracking import TrackClassVotes, TrackMemory, reassociate, vote_track_classes
 
 __all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "SENSOR_MODES", "MASKED_PROJECTION", "calibration_key",
            "thin_points"]
@@ -122,6 +122,7 @@ class PipelineState:
     last_stamp_ns: int | None = None
     calibration: str | None = None
     tracks: TrackMemory | None = None  # published tracks for id re-association (runtime/tracking.py)
+    class_votes: TrackClassVotes | None = None  # per-track class history (track_class_vote)
 
     @classmethod
     def empty(cls, next_track_id: int = 0) -> PipelineState:
@@ -143,6 +144,9 @@ class Pipeline:
         reassociate_distance: metres; a *new* instance within this distance of the previous frame's
             track of the same class (constant-velocity prediction) takes its id
             (:mod:`~.tracking`); 0 keeps the model's ids exactly.
+        track_class_vote: give each published track one class, the largest summed score over
+            its history (:func:`~.tracking.vote_track_classes`); False publishes the model's
+            per-frame class (the reference).
         sensors: one of :data:`SENSOR_MODES` (fused models; a camera-only model takes ``"all"``
             or ``"camera_only"``). Fused models get ``frame.points`` (thinned to
             ``cfg.lidar.max_points``; ``points_thinned`` counts those frames), or None when the
@@ -151,7 +155,7 @@ class Pipeline:
 
     def __init__(self, model, class_names, score_threshold: float = 0.3, max_detections: int = 300,
                  max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic", sensors: str = "all",
-                 reassociate_distance: float = 0.0):
+                 reassociate_distance: float = 0.0, track_class_vote: bool = False):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if max_detections < 1:
@@ -167,6 +171,7 @@ class Pipeline:
         if not reassociate_distance >= 0:
             raise ValueError(f"reassociate_distance must be >= 0, got {reassociate_distance}")
         self.reassociate_distance = float(reassociate_distance)
+        self.track_class_vote = bool(track_class_vote)
         if sensors not in SENSOR_MODES:
             raise ValueError(f"sensors must be one of {SENSOR_MODES}, got {sensors!r}")
         self.lidar = getattr(model.cfg, "lidar", None)
@@ -271,15 +276,21 @@ class Pipeline:
         )
         if frame.T_world_from_model is None:  # no pose: nothing can be carried to the next frame
             next_temporal = TemporalState.empty(next_temporal.next_track_id)
-        tracks = None
+        tracks, class_votes = None, None
         if frame.T_world_from_model is not None:
             carried = set() if temporal.track_ids is None else set(temporal.track_ids.flatten().tolist())
             alive = set() if next_temporal.track_ids is None else set(next_temporal.track_ids.flatten().tolist())
             det.track_ids, tracks = reassociate(det.track_ids, det.boxes, det.labels, frame.T_world_from_model,
                                                 det.stamp_ns, carried, alive, None if reason else state.tracks,
                                                 self.reassociate_distance)
+            if self.track_class_vote:
+                keep = set(det.track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
+                det.labels, class_votes = vote_track_classes(det.track_ids, det.labels, det.scores,
+                                                             None if reason else state.class_votes, keep,
+                                                             len(self.class_names))
         t3 = time.perf_counter()
         det.timings_ms = {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
         new_state = replace(state, temporal=next_temporal, last_stamp_ns=int(frame.stamp_ns),
-                            calibration=frame.calibration_signature(), tracks=tracks)
+                            calibration=frame.calibration_signature(), tracks=tracks,
+                            class_votes=class_votes)
         return det, new_state

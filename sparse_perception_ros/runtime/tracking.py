@@ -12,6 +12,11 @@ model's.
 The state is a value (:class:`TrackMemory`): the previous frame's published tracks in the world
 frame, and the map from model (bank) ids to the published ids they were given. Entries of bank
 ids that left the bank are dropped.
+
+:func:`vote_track_classes` (``temporal.track_class_vote``) then gives each published track one
+class, the largest summed score over its history, with its own state value
+(:class:`TrackClassVotes`). The reference publishes every frame's class as the model gives it;
+that is the behaviour with the option off.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TrackMemory", "reassociate"]
+__all__ = ["TrackMemory", "TrackClassVotes", "vote_track_classes", "reassociate"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +100,47 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
         used.add(int(published[i]))
     id_map = {b: p for b, p in id_map.items() if b in alive}
     return published, TrackMemory(int(stamp_ns), xy, vel, np.asarray(labels, np.int64).copy(), published.copy(), id_map)
+
+
+
+@dataclass(frozen=True)
+class TrackClassVotes:
+    """The state of :func:`vote_track_classes`: published id -> ``(C,)`` float64, the sum of the
+    scores the track was published with, per class."""
+
+    class_score: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def vote_track_classes(track_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                       votes: TrackClassVotes | None, keep: set[int],
+                       num_classes: int) -> tuple[np.ndarray, TrackClassVotes]:
+    """One class per track: ``(labels, next votes)`` for one frame's boxes.
+
+    The model classifies every frame afresh, so a track can flicker between classes (truck / car,
+    bicycle / motorcycle): a consumer sees the object change kind, and per-class tracking
+    metrics see the track break. Here a box takes the class with the largest summed score over
+    its track's history, this frame included (the first frame of a track is unchanged). Scores
+    are left as the model gives them: publishing a track's best score so far instead was measured
+    and hurt the fused model (docs/training.md).
+
+    Args:
+        track_ids: ``(N,)`` published ids (after :func:`reassociate`).
+        labels: ``(N,)`` the model's class indices for this frame, in ``[0, num_classes)``.
+        scores: ``(N,)`` the model's scores for this frame (the votes' weights).
+        votes: the previous frame's :class:`TrackClassVotes`, or None (first frame / after a reset).
+        keep: published ids whose history the next frame may need (this frame's ids and those of
+            instances still in the bank); the others are dropped.
+        num_classes: C.
+    """
+    labels = np.asarray(labels, np.int64)
+    if len(labels) and not (labels.min() >= 0 and labels.max() < num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    class_score = dict(votes.class_score) if votes is not None else {}
+    out = labels.copy()
+    for i, (tid, lab, s) in enumerate(zip(np.asarray(track_ids).tolist(), labels.tolist(),
+                                          np.asarray(scores, np.float64).tolist(), strict=True)):
+        acc = class_score.get(tid, np.zeros(num_classes)).copy()
+        acc[lab] += s
+        class_score[tid] = acc
+        out[i] = int(np.argmax(acc))
+    return out, TrackClassVotes({k: v for k, v in class_score.items() if k in set(keep)})
