@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Retrain the bundled models from scratch with the exact commands of models/README.md, on the
-# synthetic training scenes (seed 1), and write them to ${OUT:-runs}/bundled/*.pt (not over
-# models/; compare, then copy). CPU only, 1 thread per run: about 1 h for tiny_fusion and
-# about 3 h for tiny (two stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
+# synthetic training scenes (seed 1; tiny's stages 3 and 4: seeds 4 and 5), and write them to
+# ${OUT:-runs}/bundled/*.pt (not over models/; compare, then copy). CPU only: about 1 h for
+# tiny_fusion and about 4.5 h for tiny (four stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
 # when the script is run again (--max-minutes / --resume), so it can be done in pieces.
 # Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min;
 # SEED=S: stage-2 seed, default 0 = the bundled model; OUT=DIR: where runs go)
@@ -43,8 +43,8 @@ fi
 if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
   # stage 1: the first 5446 iterations of a 7500-iteration schedule (peak lr 2e-3), bundled (depth
   # branch dropped): this is the previous bundled tiny.pt (sha256 3d179e1d...)
-  # (skipped when that file is already there, e.g. from: git show b93d58f:models/tiny.pt)
-  if [ ! -f "$OUT/bundled/tiny_stage1.pt" ]; then
+  # (skipped when that file or stage 2's is already there, e.g. from: git show b93d58f:models/tiny.pt)
+  if [ ! -f "$OUT/bundled/tiny_stage1.pt" ] && [ ! -f "$OUT/bundled/tiny_stage2.pt" ]; then
     done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
         --ckpt-every 500 --stop-at 5446
     if done_at "$OUT/tiny" 5446; then
@@ -53,14 +53,38 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
   fi
   # stage 2: a second schedule from those weights (fresh AdamW and depth branch, peak lr 5e-4, 9500
   # iterations) on class-balanced scenes: the same seed with more trucks, buses and motorcycles (the
-  # default mix places few large vehicles: 9 buses in 20 scenes) and 20 scenes instead of 16
+  # default mix places few large vehicles: 9 buses in 20 scenes) and 20 scenes instead of 16; bundled
+  # as the previous tiny.pt (sha256 9aa42514...; skipped when that file is already there, e.g. from:
+  # git show e86294b:models/tiny.pt > runs/bundled/tiny_stage2.pt)
   balanced=("${common[@]}" --scenes 20 --class-weights "$CLASS_MIX" --data-cache "$OUT/train_s1_20_cb.pt")
-  if [ -f "$OUT/bundled/tiny_stage1.pt" ]; then
-    done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny \
-        "${balanced[@]}" --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed "${SEED:-0}"
+  if [ ! -f "$OUT/bundled/tiny_stage2.pt" ]; then
+    if [ -f "$OUT/bundled/tiny_stage1.pt" ]; then
+      done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny \
+          "${balanced[@]}" --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed "${SEED:-0}"
+    fi
+    if done_at "$OUT/tiny_stage2" 9500; then
+      "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_stage2/checkpoints/last.pt" "$OUT/bundled/tiny_stage2.pt" \
+          --preset tiny
+    fi
   fi
-  if done_at "$OUT/tiny_stage2" 9500; then
-    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_stage2/checkpoints/last.pt" "$OUT/bundled/tiny.pt" --preset tiny
-  fi
+  # stages 3 and 4: fresh scenes (more distinct scenes than the 800 keyframes of seed 1): 5000 then
+  # 5500 iterations at peak lr 3e-4 on 40 class-balanced scenes of seed 4, then 60 of seed 5 (never
+  # the held-out seed 2 or the validation seed 3); each runs alone with 2 threads
+  prev="$OUT/bundled/tiny_stage2.pt"
+  for stage in "3 4 40 5000" "4 5 60 5500"; do
+    read -r n seed scenes iters <<<"$stage"
+    fresh=(--synth-seed "$seed" --scenes "$scenes" --keyframes 40 --image-size 440 248 --class-weights "$CLASS_MIX"
+           --data-cache "$OUT/train_s${seed}_${scenes}_cb.pt" --clip-len 3 --threads 2 --iters "$iters" --lr 3e-4
+           --warmup 100 --ckpt-every 1000 --seed 0)
+    if [ -f "$prev" ]; then
+      done_at "$OUT/tiny_stage$n" "$iters" || run "$OUT/tiny_stage$n" "$prev" --preset tiny "${fresh[@]}"
+    fi
+    if done_at "$OUT/tiny_stage$n" "$iters"; then
+      "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_stage$n/checkpoints/last.pt" "$OUT/bundled/tiny_stage$n.pt" \
+          --preset tiny
+    fi
+    prev="$OUT/bundled/tiny_stage$n.pt"
+  done
+  if [ -f "$prev" ]; then cp "$prev" "$OUT/bundled/tiny.pt"; fi
 fi
 ls -l "$OUT/bundled"
