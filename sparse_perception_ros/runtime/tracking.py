@@ -102,7 +102,6 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
     return published, TrackMemory(int(stamp_ns), xy, vel, np.asarray(labels, np.int64).copy(), published.copy(), id_map)
 
 
-
 @dataclass(frozen=True)
 class TrackClassVotes:
     """The state of :func:`vote_track_classes`: published id -> ``(C,)`` float64, the sum of the
@@ -136,6 +135,7 @@ def vote_track_classes(track_ids: np.ndarray, labels: np.ndarray, scores: np.nda
     if len(labels) and not (labels.min() >= 0 and labels.max() < num_classes):
         raise ValueError(f"labels must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
     class_score = dict(votes.class_score) if votes is not None else {}
+    keep = set(keep)
     out = labels.copy()
     for i, (tid, lab, s) in enumerate(zip(np.asarray(track_ids).tolist(), labels.tolist(),
                                           np.asarray(scores, np.float64).tolist(), strict=True)):
@@ -143,4 +143,4 @@ def vote_track_classes(track_ids: np.ndarray, labels: np.ndarray, scores: np.nda
         acc[lab] += s
         class_score[tid] = acc
         out[i] = int(np.argmax(acc))
-    return out, TrackClassVotes({k: v for k, v in class_score.items() if k in set(keep)})
+    return out, TrackClassVotes({k: v for k, v in class_score.items() if k in keep})
