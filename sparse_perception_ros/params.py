@@ -75,6 +75,7 @@ class TemporalParams:
     max_time_gap: float
     reassociate_distance: float
     track_class_vote: bool
+    duplicate_distance: float
 
 
 @dataclass(frozen=True)

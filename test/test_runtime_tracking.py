@@ -1,8 +1,8 @@
 """Track-id re-association of new instances (runtime/tracking.py) and its place in the Pipeline.
 
 Exact checks on hand-made tracks (world frame, constant-velocity prediction, class and one-use
-rules, the bank-id map surviving while the bank keeps the instance), and the per-track class vote of
-``temporal.track_class_vote``."""
+rules, the bank-id map surviving while the bank keeps the instance), the per-track class vote of
+``temporal.track_class_vote`` and the duplicate suppression of ``temporal.duplicate_distance``."""
 
 from dataclasses import replace
 
@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_perception_ros.runtime.tracking import TrackMemory, reassociate, vote_track_classes
+from sparse_perception_ros.runtime.tracking import (
+    TrackMemory,
+    reassociate,
+    suppress_duplicates,
+    track_evidence,
+    vote_track_classes,
+)
 
 S = 1_000_000_000
 
@@ -167,3 +173,76 @@ def test_pipeline_track_class_vote_on_and_off():
     d, _ = on.step(make_frame(T0 - S), s_on)  # time jump: the history is forgotten
     assert d.reset == "time_jump_backward"
     assert d.labels.tolist() == off.step(make_frame(T0 - S), s_off)[0].labels.tolist()
+
+
+def test_suppress_duplicates_keeps_the_track_with_more_evidence():
+    xy = np.array([[0.0, 0.0], [1.5, 0.0], [1.0, 0.5], [30.0, 0.0], [30.5, 0.0]])
+    labels = np.array([0, 0, 1, 0, 0])
+    # box 1 scores higher this frame but its track has less history than box 0's: box 0 stays;
+    # box 2 is as close but of another class; boxes 3 and 4 tie on evidence: the higher score wins
+    evidence = np.array([2.0, 0.9, 0.1, 1.0, 1.0])
+    scores = np.array([0.4, 0.9, 0.3, 0.5, 0.6])
+    assert suppress_duplicates(xy, labels, evidence, scores, 2.0).tolist() == [True, False, True, False, True]
+    # strictly closer than the distance; 0 keeps everything
+    assert suppress_duplicates(xy, labels, evidence, scores, 1.5).tolist() == [True, True, True, False, True]
+    assert suppress_duplicates(xy, labels, evidence, scores, 0.0).all()
+    # a hidden box does not hide others: a chain 0 - 1 - 2 at 1.5 m keeps 0 and 2
+    chain = suppress_duplicates(np.array([[0.0, 0], [1.5, 0], [3.0, 0]]), np.zeros(3), np.array([3.0, 2.0, 1.0]),
+                                np.ones(3), 2.0)
+    assert chain.tolist() == [True, False, True]
+    assert suppress_duplicates(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(0), 2.0).shape == (0,)
+    with pytest.raises(ValueError, match="max_distance"):
+        suppress_duplicates(xy, labels, evidence, scores, -1.0)
+    with pytest.raises(ValueError, match="same length"):
+        suppress_duplicates(xy, labels[:2], evidence, scores, 2.0)
+
+
+def test_track_evidence_sums_all_classes_of_the_history():
+    _, v = vote_track_classes(np.array([4, 7]), np.array([0, 1]), np.array([0.6, 0.2]), None, keep={4, 7},
+                              num_classes=3)
+    _, v = vote_track_classes(np.array([4]), np.array([2]), np.array([0.3]), v, keep={4, 7}, num_classes=3)
+    assert track_evidence(np.array([4, 7, 99]), v) == pytest.approx([0.9, 0.2, 0.0])
+
+
+def test_pipeline_duplicate_distance_hides_boxes_only_from_the_output():
+    from test_runtime_pipeline import T0, make_frame
+
+    from sparse_perception_ros.model import CLASS_NAMES, build_model
+    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    kw = dict(score_threshold=0.0, max_detections=32, track_class_vote=True)
+    off = Pipeline(model, CLASS_NAMES, **kw)
+    # 5 m: random weights put many same-class boxes within it
+    on = Pipeline(model, CLASS_NAMES, duplicate_distance=5.0, **kw)
+    s_off, s_on = PipelineState.empty(), PipelineState.empty()
+    hidden = 0
+    for k in range(4):
+        d_off, s_off = off.step(make_frame(T0 + k * S // 2), s_off)
+        d_on, s_on = on.step(make_frame(T0 + k * S // 2), s_on)
+        # the tracker state is the same with and without: only the output is filtered
+        assert s_on.temporal == s_off.temporal
+        for f in ("xy", "vel", "labels", "ids"):
+            assert np.array_equal(getattr(s_on.tracks, f), getattr(s_off.tracks, f)), f
+        assert s_on.tracks.id_map == s_off.tracks.id_map
+        votes_on, votes_off = s_on.class_votes.class_score, s_off.class_votes.class_score
+        assert votes_on.keys() == votes_off.keys()
+        assert all(np.array_equal(votes_on[t], votes_off[t]) for t in votes_on)
+        rows = {t: i for i, t in enumerate(d_off.track_ids.tolist())}
+        assert set(d_on.track_ids.tolist()) <= set(rows)
+        for t, lab, sc in zip(d_on.track_ids.tolist(), d_on.labels.tolist(), d_on.scores.tolist(), strict=True):
+            assert lab == d_off.labels[rows[t]] and sc == d_off.scores[rows[t]]
+        # what was hidden is exactly what suppress_duplicates says
+        want = suppress_duplicates(d_off.boxes[:, :2], d_off.labels, track_evidence(d_off.track_ids, s_off.class_votes),
+                                   d_off.scores, 5.0)
+        assert d_on.track_ids.tolist() == d_off.track_ids[want].tolist()
+        # no two published boxes of one class closer than the distance
+        for c in set(d_on.labels.tolist()):
+            xy = d_on.boxes[d_on.labels == c, :2]
+            dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
+            assert (dist >= 5.0).all()
+        hidden += len(d_off.track_ids) - len(d_on.track_ids)
+    assert hidden >= 1 and on.duplicates_suppressed == hidden
+    with pytest.raises(ValueError, match="duplicate_distance"):
+        Pipeline(model, CLASS_NAMES, duplicate_distance=-1.0)

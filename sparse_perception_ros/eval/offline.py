@@ -61,7 +61,8 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     pipeline = Pipeline(model, CLASS_NAMES, params.output.score_threshold, params.output.max_detections,
                         params.temporal.max_time_gap, sensors=params.model.sensors,
                         reassociate_distance=params.temporal.reassociate_distance,
-                        track_class_vote=params.temporal.track_class_vote)
+                        track_class_vote=params.temporal.track_class_vote,
+                        duplicate_distance=params.temporal.duplicate_distance)
     return pipeline, note
 
 

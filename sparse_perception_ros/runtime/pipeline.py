@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
-from sparse_perception_ros.runtime.tracking import TrackClassVotes, TrackMemory, reassociate, vote_track_classes
+from sparse_perception_ros.runtime.tracking import (
+    TrackClassVotes,
+    TrackMemory,
+    reassociate,
+    suppress_duplicates,
+    track_evidence,
+    vote_track_classes,
+)
 
 __all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "SENSOR_MODES", "MASKED_PROJECTION", "calibration_key",
            "thin_points"]
@@ -122,7 +129,7 @@ class PipelineState:
     last_stamp_ns: int | None = None
     calibration: str | None = None
     tracks: TrackMemory | None = None  # published tracks for id re-association (runtime/tracking.py)
-    class_votes: TrackClassVotes | None = None  # per-track class history (track_class_vote)
+    class_votes: TrackClassVotes | None = None  # per-track score history (track_class_vote, duplicate_distance)
 
     @classmethod
     def empty(cls, next_track_id: int = 0) -> PipelineState:
@@ -147,6 +154,10 @@ class Pipeline:
         track_class_vote: give each published track one class, the largest summed score over
             its history (:func:`~.tracking.vote_track_classes`); False publishes the model's
             per-frame class (the reference).
+        duplicate_distance: metres; a box is not published when a box of the same (published)
+            class this close belongs to a track with a larger summed score over its history
+            (:func:`~.tracking.suppress_duplicates`; counted in ``duplicates_suppressed``);
+            0 publishes every box (the reference).
         sensors: one of :data:`SENSOR_MODES` (fused models; a camera-only model takes ``"all"``
             or ``"camera_only"``). Fused models get ``frame.points`` (thinned to
             ``cfg.lidar.max_points``; ``points_thinned`` counts those frames), or None when the
@@ -155,7 +166,8 @@ class Pipeline:
 
     def __init__(self, model, class_names, score_threshold: float = 0.3, max_detections: int = 300,
                  max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic", sensors: str = "all",
-                 reassociate_distance: float = 0.0, track_class_vote: bool = False):
+                 reassociate_distance: float = 0.0, track_class_vote: bool = False,
+                 duplicate_distance: float = 0.0):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if max_detections < 1:
@@ -172,6 +184,10 @@ class Pipeline:
             raise ValueError(f"reassociate_distance must be >= 0, got {reassociate_distance}")
         self.reassociate_distance = float(reassociate_distance)
         self.track_class_vote = bool(track_class_vote)
+        if not duplicate_distance >= 0:
+            raise ValueError(f"duplicate_distance must be >= 0, got {duplicate_distance}")
+        self.duplicate_distance = float(duplicate_distance)
+        self.duplicates_suppressed = 0
         if sensors not in SENSOR_MODES:
             raise ValueError(f"sensors must be one of {SENSOR_MODES}, got {sensors!r}")
         self.lidar = getattr(model.cfg, "lidar", None)
@@ -283,11 +299,20 @@ class Pipeline:
             det.track_ids, tracks = reassociate(det.track_ids, det.boxes, det.labels, frame.T_world_from_model,
                                                 det.stamp_ns, carried, alive, None if reason else state.tracks,
                                                 self.reassociate_distance)
-            if self.track_class_vote:
+            if self.track_class_vote or self.duplicate_distance > 0:
                 keep = set(det.track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
-                det.labels, class_votes = vote_track_classes(det.track_ids, det.labels, det.scores,
-                                                             None if reason else state.class_votes, keep,
-                                                             len(self.class_names))
+                voted, class_votes = vote_track_classes(det.track_ids, det.labels, det.scores,
+                                                        None if reason else state.class_votes, keep,
+                                                        len(self.class_names))
+                if self.track_class_vote:
+                    det.labels = voted
+            if self.duplicate_distance > 0 and len(det.scores) > 1:
+                shown = suppress_duplicates(det.boxes[:, :2], det.labels, track_evidence(det.track_ids, class_votes),
+                                            det.scores, self.duplicate_distance)
+                if not shown.all():
+                    self.duplicates_suppressed += int((~shown).sum())
+                    det.boxes, det.scores = det.boxes[shown], det.scores[shown]
+                    det.labels, det.track_ids = det.labels[shown], det.track_ids[shown]
         t3 = time.perf_counter()
         det.timings_ms = {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
         new_state = replace(state, temporal=next_temporal, last_stamp_ns=int(frame.stamp_ns),
