@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Retrain the bundled models from scratch with the exact commands of models/README.md, on the
-# synthetic training scenes (seed 1; tiny's stages 3 and 4: seeds 4 and 5), and write them to
+# synthetic training scenes (seed 1; tiny's stages 3, 4 and 5: seeds 4, 5 and 6), and write them to
 # ${OUT:-runs}/bundled/*.pt (not over models/; compare, then copy). CPU only: about 1 h for
-# tiny_fusion and about 4.5 h for tiny (four stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
+# tiny_fusion and about 5.5 h for tiny (five stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
 # when the script is run again (--max-minutes / --resume), so it can be done in pieces.
 # Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min;
 # SEED=S: stage-2 seed, default 0 = the bundled model; OUT=DIR: where runs go)
@@ -67,11 +67,11 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
           --preset tiny
     fi
   fi
-  # stages 3 and 4: fresh scenes (more distinct scenes than the 800 keyframes of seed 1): 5000 then
-  # 5500 iterations at peak lr 3e-4 on 40 class-balanced scenes of seed 4, then 60 of seed 5 (never
-  # the held-out seed 2 or the validation seed 3); each runs alone with 2 threads
+  # stages 3, 4 and 5: fresh scenes (more distinct scenes than the 800 keyframes of seed 1): 5000,
+  # 5500 then 6000 iterations at peak lr 3e-4 on 40 class-balanced scenes of seed 4, 60 of seed 5,
+  # then 80 of seed 6 (never the held-out seed 2 or the validation seed 3); each runs alone with 2 threads
   prev="$OUT/bundled/tiny_stage2.pt"
-  for stage in "3 4 40 5000" "4 5 60 5500"; do
+  for stage in "3 4 40 5000" "4 5 60 5500" "5 6 80 6000"; do
     read -r n seed scenes iters <<<"$stage"
     fresh=(--synth-seed "$seed" --scenes "$scenes" --keyframes 40 --image-size 440 248 --class-weights "$CLASS_MIX"
            --data-cache "$OUT/train_s${seed}_${scenes}_cb.pt" --clip-len 3 --threads 2 --iters "$iters" --lr 3e-4
