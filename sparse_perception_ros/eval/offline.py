@@ -58,12 +58,7 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
 
         mp = params.model if backend is None else replace(params.model, backend=backend)
         model, note = load_model(mp)
-    pipeline = Pipeline(model, CLASS_NAMES, params.output.score_threshold, params.output.max_detections,
-                        params.temporal.max_time_gap, sensors=params.model.sensors,
-                        reassociate_distance=params.temporal.reassociate_distance,
-                        track_class_vote=params.temporal.track_class_vote,
-                        duplicate_distance=params.temporal.duplicate_distance)
-    return pipeline, note
+    return Pipeline.from_params(model, CLASS_NAMES, params), note
 
 
 def run_offline(nusc, samples, pipeline, progress=None) -> list[SampleResult]:

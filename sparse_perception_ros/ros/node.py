@@ -107,11 +107,7 @@ class PerceptionNode(Node):
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, but the model takes "
                                                   f"{model.cfg.head.num_cams}")
         try:
-            self.pipeline = Pipeline(model, CLASS_NAMES, p.output.score_threshold, p.output.max_detections,
-                                     p.temporal.max_time_gap, sensors=p.model.sensors,
-                                     reassociate_distance=p.temporal.reassociate_distance,
-                                     track_class_vote=p.temporal.track_class_vote,
-                                     duplicate_distance=p.temporal.duplicate_distance)
+            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
         if p.model.num_threads > 0:

@@ -164,6 +164,17 @@ class Pipeline:
             frame has none, which runs the camera path.
     """
 
+    @classmethod
+    def from_params(cls, model, class_names, params) -> Pipeline:
+        """The pipeline the node parameters describe (``params``: a
+        :class:`~sparse_perception_ros.params.PerceptionParams`); the node and ``eval --offline`` both
+        build theirs here, so a new option reaches both."""
+        return cls(model, class_names, params.output.score_threshold, params.output.max_detections,
+                   params.temporal.max_time_gap, sensors=params.model.sensors,
+                   reassociate_distance=params.temporal.reassociate_distance,
+                   track_class_vote=params.temporal.track_class_vote,
+                   duplicate_distance=params.temporal.duplicate_distance)
+
     def __init__(self, model, class_names, score_threshold: float = 0.3, max_detections: int = 300,
                  max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic", sensors: str = "all",
                  reassociate_distance: float = 0.0, track_class_vote: bool = False,
@@ -306,7 +317,7 @@ class Pipeline:
                                                         len(self.class_names))
                 if self.track_class_vote:
                     det.labels = voted
-            if self.duplicate_distance > 0 and len(det.scores) > 1:
+            if self.duplicate_distance > 0:
                 shown = suppress_duplicates(det.boxes[:, :2], det.labels, track_evidence(det.track_ids, class_votes),
                                             det.scores, self.duplicate_distance)
                 if not shown.all():

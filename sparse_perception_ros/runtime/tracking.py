@@ -191,11 +191,12 @@ def suppress_duplicates(xy: np.ndarray, labels: np.ndarray, evidence: np.ndarray
     if max_distance == 0 or n < 2:
         return keep
     order = np.lexsort((np.arange(n), -np.asarray(scores, np.float64), -np.asarray(evidence, np.float64)))
-    kept: list[int] = []
+    # conflict[i, j]: same label and closer than the distance (computed once, not per kept box)
+    conflict = (labels[:, None] == labels[None]) & (np.linalg.norm(xy[:, None] - xy[None], axis=-1) < max_distance)
+    kept = np.zeros(n, bool)
     for i in order.tolist():
-        same = [k for k in kept if labels[k] == labels[i]]
-        if same and float(np.min(np.linalg.norm(xy[same] - xy[i], axis=1))) < max_distance:
+        if conflict[i, kept].any():
             keep[i] = False
         else:
-            kept.append(i)
+            kept[i] = True
     return keep
