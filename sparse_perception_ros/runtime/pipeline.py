@@ -110,6 +110,8 @@ class Detections:
         scores: ``(N,)`` float32; labels ``(N,)`` int64 class index; track_ids ``(N,)`` int64.
         reset: the reset rule that fired before this frame, or None.
         timings_ms: per-stage wall time (``preprocess``, ``infer``, ``decode``).
+        counters: per-frame event counts (e.g. ``duplicates_suppressed``, ``points_thinned``) that the
+            node adds to /diagnostics.
     """
 
     stamp_ns: int
@@ -119,6 +121,7 @@ class Detections:
     track_ids: np.ndarray
     reset: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
