@@ -24,6 +24,9 @@ its history): the under-trained bundled models put two instances on one object i
 of five, each a false positive and a source of id switches. Only the output is filtered; the
 bank, the re-association memory and the class votes see every box. The reference publishes every
 box; that is the behaviour with the option at 0.
+
+:func:`track_frame` runs the three in order for one frame (what ``Pipeline.step`` calls), set by a
+frozen :class:`TrackingConfig`.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TrackMemory", "TrackClassVotes", "vote_track_classes", "reassociate", "track_evidence",
-           "suppress_duplicates"]
+__all__ = ["TrackMemory", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
+           "reassociate", "track_evidence", "suppress_duplicates"]
 
 
 @dataclass(frozen=True)
@@ -200,3 +203,80 @@ def suppress_duplicates(xy: np.ndarray, labels: np.ndarray, evidence: np.ndarray
         else:
             kept[i] = True
     return keep
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Settings of :func:`track_frame` (``temporal.*`` node parameters; no defaults, so none can
+    disagree with ``config/perception.param.yaml``).
+
+    Attributes:
+        reassociate_distance: metres, ``>= 0``; gate of :func:`reassociate` (0 keeps the model's ids).
+        track_class_vote: publish each track's voted class (:func:`vote_track_classes`); False
+            publishes the model's per-frame class (the reference).
+        duplicate_distance: metres, ``>= 0``; :func:`suppress_duplicates` (0 publishes every box).
+        num_classes: C, the number of class indices.
+    """
+
+    reassociate_distance: float
+    track_class_vote: bool
+    duplicate_distance: float
+    num_classes: int
+
+    def __post_init__(self):
+        if not self.reassociate_distance >= 0:
+            raise ValueError(f"reassociate_distance must be >= 0, got {self.reassociate_distance}")
+        if not self.duplicate_distance >= 0:
+            raise ValueError(f"duplicate_distance must be >= 0, got {self.duplicate_distance}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class TrackedFrame:
+    """Result of :func:`track_frame`: the published arrays (``boxes (K, 10)`` float32, ``scores (K,)``
+    float32, ``labels (K,)`` int64, ``track_ids (K,)`` int64, ``K <= N``), the memories for the next
+    frame (``class_votes`` None when neither the vote nor the suppression is on), and how many boxes
+    the duplicate suppression hid (``N - K``)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    track_ids: np.ndarray
+    tracks: TrackMemory
+    class_votes: TrackClassVotes | None
+    suppressed: int
+
+
+def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_ids: np.ndarray,
+                T_world_from_model: np.ndarray, stamp_ns: int, carried: set[int], alive: set[int],
+                tracks: TrackMemory | None, class_votes: TrackClassVotes | None,
+                config: TrackingConfig) -> TrackedFrame:
+    """One frame's host-side tracking: :func:`reassociate`, then :func:`vote_track_classes` (when the
+    vote or the suppression is on), then :func:`suppress_duplicates` (output only).
+
+    Args:
+        boxes: ``(N, 10)`` model frame ``[x, y, z, w, l, h, yaw, vx, vy, vz]``; scores ``(N,)``;
+            labels ``(N,)`` the model's class indices; bank_ids ``(N,)`` the model's instance ids.
+        T_world_from_model: ``(4, 4)`` pose of the model frame at ``stamp_ns``.
+        carried: bank ids that came from the previous frame's bank; alive: bank ids still in the
+            bank after this frame (see :func:`reassociate`).
+        tracks, class_votes: the previous frame's memories, or None (first frame / after a reset).
+        config: :class:`TrackingConfig`.
+    """
+    track_ids, tracks = reassociate(bank_ids, boxes, labels, T_world_from_model, stamp_ns, carried, alive, tracks,
+                                    config.reassociate_distance)
+    votes = None
+    if config.track_class_vote or config.duplicate_distance > 0:
+        keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
+        voted, votes = vote_track_classes(track_ids, labels, scores, class_votes, keep, config.num_classes)
+        if config.track_class_vote:
+            labels = voted
+    suppressed = 0
+    if config.duplicate_distance > 0:
+        shown = suppress_duplicates(boxes[:, :2], labels, track_evidence(track_ids, votes), scores,
+                                    config.duplicate_distance)
+        if not shown.all():
+            suppressed = int((~shown).sum())
+            boxes, scores, labels, track_ids = boxes[shown], scores[shown], labels[shown], track_ids[shown]
+    return TrackedFrame(boxes, scores, labels, track_ids, tracks, votes, suppressed)
