@@ -8,7 +8,7 @@ Runtime at atol 1e-4 on scores and boxes of one frame with a sweep.
 import numpy as np
 import pytest
 import torch
-from test_runtime_pipeline import make_frame
+from test_runtime_pipeline import config, make_frame
 
 from sparse_perception_ros.model import CLASS_NAMES, build_model
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState, thin_points
@@ -31,9 +31,9 @@ def run(pipeline, frame):
 
 
 def test_modes(model):
-    both = Pipeline(model, CLASS_NAMES, score_threshold=0.0, sensors="all")
-    cam = Pipeline(model, CLASS_NAMES, score_threshold=0.0, sensors="camera_only")
-    lid = Pipeline(model, CLASS_NAMES, score_threshold=0.0, sensors="lidar_only")
+    both = Pipeline(model, CLASS_NAMES, config(sensors="all"))
+    cam = Pipeline(model, CLASS_NAMES, config(sensors="camera_only"))
+    lid = Pipeline(model, CLASS_NAMES, config(sensors="lidar_only"))
     f = make_frame()
     f.points = sweep()
     no_points = make_frame()
@@ -49,13 +49,13 @@ def test_modes(model):
 
 def test_camera_model_refuses_lidar_only():
     with pytest.raises(ValueError, match="lidar_only"):
-        Pipeline(build_model("tiny"), CLASS_NAMES, sensors="lidar_only")
+        Pipeline(build_model("tiny"), CLASS_NAMES, config(sensors="lidar_only"))
     with pytest.raises(ValueError, match="sensors"):
-        Pipeline(build_model("tiny"), CLASS_NAMES, sensors="radar")
+        config(sensors="radar")
 
 
 def test_large_sweeps_are_thinned_and_counted(model):
-    p = Pipeline(model, CLASS_NAMES, score_threshold=0.0)
+    p = Pipeline(model, CLASS_NAMES, config())
     cap = model.cfg.lidar.max_points
     pts = sweep(cap + 1234)
     thin = thin_points(pts, cap)
@@ -63,11 +63,9 @@ def test_large_sweeps_are_thinned_and_counted(model):
     np.testing.assert_array_equal(thin[1], pts[2])
     f = make_frame()
     f.points = pts
-    run(p, f)
-    assert p.points_thinned == 1
+    assert run(p, f).counters["points_thinned"] == 1
     f.points = thin
-    run(p, f)
-    assert p.points_thinned == 1
+    assert run(p, f).counters["points_thinned"] == 0
 
 
 def test_ort_runner_matches_torch_in_the_pipeline(model, tmp_path):
@@ -76,8 +74,8 @@ def test_ort_runner_matches_torch_in_the_pipeline(model, tmp_path):
     runner = build_stepper("onnxruntime", "tiny_fusion", module=model, cache_dir=tmp_path)
     f = make_frame()
     f.points = sweep(3000, seed=1)
-    a = run(Pipeline(model, CLASS_NAMES, score_threshold=0.0), f)
-    b = run(Pipeline(runner, CLASS_NAMES, score_threshold=0.0), f)
+    a = run(Pipeline(model, CLASS_NAMES, config()), f)
+    b = run(Pipeline(runner, CLASS_NAMES, config()), f)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4, rtol=0)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(a.track_ids, b.track_ids)

@@ -6,17 +6,24 @@ import torch
 
 from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
 from sparse_perception_ros.model import CLASS_NAMES, build_model
-from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineState
+from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineConfig, PipelineState
 
 S = 1_000_000_000
 T0 = 1_533_151_603_547_590_000
+
+
+def config(**kw) -> PipelineConfig:
+    """Explicit test settings: every box, the reference's output (tracking extras off); ``kw`` overrides."""
+    base = dict(score_threshold=0.0, max_detections=300, max_time_gap_s=2.0, sensors="all",
+                reassociate_distance=0.0, track_class_vote=False, duplicate_distance=0.0)
+    return PipelineConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def pipeline():
     torch.manual_seed(0)
     model = build_model("tiny")
-    return Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=20)
+    return Pipeline(model, CLASS_NAMES, config(max_detections=20))
 
 
 def make_frame(stamp_ns=T0, seed=0, pose_x=0.0, present=None, size=(160, 90)) -> Frame:
@@ -105,15 +112,14 @@ def test_missing_image_is_masked_like_absent(pipeline):
 def test_score_threshold_and_limits():
     torch.manual_seed(0)
     model = build_model("tiny")
-    full, _ = Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=32).step(make_frame(),
-                                                                                       PipelineState.empty())
+    full, _ = Pipeline(model, CLASS_NAMES, config(max_detections=32)).step(make_frame(), PipelineState.empty())
     thr = float(np.median(full.scores))
-    cut, _ = Pipeline(model, CLASS_NAMES, score_threshold=thr, max_detections=5).step(make_frame(),
-                                                                                     PipelineState.empty())
+    cut, _ = Pipeline(model, CLASS_NAMES, config(score_threshold=thr, max_detections=5)).step(make_frame(),
+                                                                                             PipelineState.empty())
     assert len(cut.scores) == min(5, int((full.scores >= thr).sum())) and (cut.scores >= thr).all()
     np.testing.assert_array_equal(cut.boxes, full.boxes[: len(cut.boxes)])
     with pytest.raises(ValueError, match="score_threshold"):
-        Pipeline(model, CLASS_NAMES, score_threshold=1.5)
+        config(score_threshold=1.5)
 
 
 def test_wrong_camera_count_is_refused(pipeline):
@@ -147,3 +153,40 @@ def test_warm_up_leaves_no_state_and_takes_first_frame_costs(pipeline):
     assert seconds > 0
     det, state = pipeline.step(make_frame(), PipelineState.empty())
     assert det.reset is None and state.temporal.next_track_id > 0
+
+
+def test_config_comes_from_the_parameters_and_has_no_defaults_of_its_own():
+    import dataclasses
+
+    from sparse_perception_ros.params import load_params
+
+    p = load_params()
+    c = PipelineConfig.from_params(p)
+    assert (c.score_threshold, c.max_detections, c.max_time_gap_s, c.sensors) == (
+        p.output.score_threshold, p.output.max_detections, p.temporal.max_time_gap, p.model.sensors)
+    assert (c.reassociate_distance, c.track_class_vote, c.duplicate_distance) == (
+        p.temporal.reassociate_distance, p.temporal.track_class_vote, p.temporal.duplicate_distance)
+    # only resize_method (not a node parameter) has a default: nothing can drift from the YAML
+    defaults = {f.name for f in dataclasses.fields(PipelineConfig) if f.default is not dataclasses.MISSING}
+    assert defaults == {"resize_method"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.score_threshold = 0.5
+    with pytest.raises(TypeError):
+        Pipeline(build_model("tiny"), CLASS_NAMES)  # no config, no silent defaults
+
+
+def test_counters_report_per_frame_events_without_mutating_the_pipeline(pipeline):
+    det, _ = pipeline.step(make_frame(), PipelineState.empty())
+    assert det.counters == {"duplicates_suppressed": 0, "points_thinned": 0}
+    assert not hasattr(pipeline, "duplicates_suppressed") and not hasattr(pipeline, "points_thinned")
+
+
+def test_frame_without_pose_carries_only_the_id_counter_and_the_stream_bookkeeping(pipeline):
+    _, state = pipeline.step(make_frame(), PipelineState.empty())
+    frame = make_frame(T0 + S // 2)
+    frame.T_world_from_model = None
+    det, new = pipeline.step(frame, state)
+    assert new.temporal.is_empty and new.tracks is None and new.class_votes is None
+    assert new.last_stamp_ns == T0 + S // 2 and new.calibration == frame.calibration_signature()
+    det2, _ = pipeline.step(make_frame(T0), new)  # the stream rules still see the frame: a jump back
+    assert det2.reset == "time_jump_backward"

@@ -91,7 +91,7 @@ def test_gate_velocity_world_frame_and_one_use():
 
 
 def test_pipeline_default_keeps_model_ids_and_resets_forget_tracks():
-    from test_runtime_pipeline import T0, make_frame
+    from test_runtime_pipeline import T0, config, make_frame
 
     from sparse_perception_ros.model import CLASS_NAMES, build_model
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
@@ -99,8 +99,8 @@ def test_pipeline_default_keeps_model_ids_and_resets_forget_tracks():
     torch.manual_seed(0)
     model = build_model("tiny")
     with pytest.raises(ValueError, match="reassociate_distance"):
-        Pipeline(model, CLASS_NAMES, reassociate_distance=-1.0)
-    plain = Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=16)
+        config(reassociate_distance=-1.0)
+    plain = Pipeline(model, CLASS_NAMES, config(max_detections=16))
     det, st = plain.step(make_frame(), PipelineState.empty())
     assert st.tracks is not None and st.tracks.id_map == {} and det.track_ids.tolist() == st.tracks.ids.tolist()
     det2, st2 = plain.step(make_frame(T0 - S), st)  # time jump: reset, memory not used
@@ -146,15 +146,15 @@ def test_track_class_vote_takes_the_largest_summed_score():
 
 
 def test_pipeline_track_class_vote_on_and_off():
-    from test_runtime_pipeline import T0, make_frame
+    from test_runtime_pipeline import T0, config, make_frame
 
     from sparse_perception_ros.model import CLASS_NAMES, build_model
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
     torch.manual_seed(0)
     model = build_model("tiny")
-    off = Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=16)
-    on = Pipeline(model, CLASS_NAMES, score_threshold=0.0, max_detections=16, track_class_vote=True)
+    off = Pipeline(model, CLASS_NAMES, config(max_detections=16))
+    on = Pipeline(model, CLASS_NAMES, config(max_detections=16, track_class_vote=True))
     s_off, s_on = PipelineState.empty(), PipelineState.empty()
     acc: dict[int, np.ndarray] = {}
     changed = 0
@@ -205,22 +205,23 @@ def test_track_evidence_sums_all_classes_of_the_history():
 
 
 def test_pipeline_duplicate_distance_hides_boxes_only_from_the_output():
-    from test_runtime_pipeline import T0, make_frame
+    from test_runtime_pipeline import T0, config, make_frame
 
     from sparse_perception_ros.model import CLASS_NAMES, build_model
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
     torch.manual_seed(0)
     model = build_model("tiny")
-    kw = dict(score_threshold=0.0, max_detections=32, track_class_vote=True)
-    off = Pipeline(model, CLASS_NAMES, **kw)
+    kw = dict(max_detections=32, track_class_vote=True)
+    off = Pipeline(model, CLASS_NAMES, config(**kw))
     # 5 m: random weights put many same-class boxes within it
-    on = Pipeline(model, CLASS_NAMES, duplicate_distance=5.0, **kw)
+    on = Pipeline(model, CLASS_NAMES, config(duplicate_distance=5.0, **kw))
     s_off, s_on = PipelineState.empty(), PipelineState.empty()
     hidden = 0
     for k in range(4):
         d_off, s_off = off.step(make_frame(T0 + k * S // 2), s_off)
         d_on, s_on = on.step(make_frame(T0 + k * S // 2), s_on)
+        assert d_off.counters["duplicates_suppressed"] == 0
         # the tracker state is the same with and without: only the output is filtered
         assert s_on.temporal == s_off.temporal
         for f in ("xy", "vel", "labels", "ids"):
@@ -242,7 +243,25 @@ def test_pipeline_duplicate_distance_hides_boxes_only_from_the_output():
             xy = d_on.boxes[d_on.labels == c, :2]
             dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
             assert (dist >= 5.0).all()
+        assert d_on.counters["duplicates_suppressed"] == len(d_off.track_ids) - len(d_on.track_ids)
         hidden += len(d_off.track_ids) - len(d_on.track_ids)
-    assert hidden >= 1 and on.duplicates_suppressed == hidden
+    assert hidden >= 1
     with pytest.raises(ValueError, match="duplicate_distance"):
-        Pipeline(model, CLASS_NAMES, duplicate_distance=-1.0)
+        config(duplicate_distance=-1.0)
+
+
+def test_tracking_config_validates_and_track_frame_off_is_the_model_output():
+    from sparse_perception_ros.runtime.tracking import TrackingConfig, track_frame
+
+    with pytest.raises(ValueError, match="num_classes"):
+        TrackingConfig(0.0, False, 0.0, num_classes=0)
+    off = TrackingConfig(0.0, False, 0.0, num_classes=3)
+    b = boxes((0, 0, 0, 0), (0.5, 0, 0, 0))
+    out = track_frame(b.astype(np.float32), np.float32([0.9, 0.8]), np.array([1, 1]), np.array([5, 6]), np.eye(4), 0,
+                      carried=set(), alive={5, 6}, tracks=None, class_votes=None, config=off)
+    assert out.track_ids.tolist() == [5, 6] and out.labels.tolist() == [1, 1] and out.suppressed == 0
+    assert out.class_votes is None and out.tracks.ids.tolist() == [5, 6]
+    on = TrackingConfig(0.0, True, 2.0, num_classes=3)
+    out = track_frame(b.astype(np.float32), np.float32([0.9, 0.8]), np.array([1, 1]), np.array([5, 6]), np.eye(4), 0,
+                      carried=set(), alive={5, 6}, tracks=None, class_votes=None, config=on)
+    assert out.track_ids.tolist() == [5] and out.suppressed == 1 and set(out.class_votes.class_score) == {5, 6}

@@ -7,8 +7,9 @@ bank, track ids) -> score filter -> :class:`Detections` in the model frame.
 The temporal state is an explicit value (:class:`PipelineState`): the model's
 :class:`~sparse_perception_ros.model.TemporalState` plus the bookkeeping the reset rules need.
 Reset rules (DESIGN.md): a backward time jump, a gap over ``max_time_gap``, a missing ego pose,
-and a change of camera set or calibration. A reset keeps ``next_track_id``, so track ids stay
-unique for the pipeline's lifetime.
+and a change of camera set or calibration. A reset replaces the whole carried state with
+``PipelineState.empty(next_track_id)`` in one place (the top of ``step``), so track ids stay
+unique for the pipeline's lifetime. The settings are one frozen :class:`PipelineConfig`.
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ import torch
 from sparse_perception_ros.model import TemporalState, preprocess_images
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
+    TrackedFrame,
+    TrackingConfig,
     TrackMemory,
-    reassociate,
-    suppress_duplicates,
-    track_evidence,
-    vote_track_classes,
+    track_frame,
 )
 
-__all__ = ["Frame", "Detections", "PipelineState", "Pipeline", "RESET_REASONS", "SENSOR_MODES", "MASKED_PROJECTION", "calibration_key",
-           "thin_points"]
+__all__ = ["Frame", "Detections", "PipelineState", "PipelineConfig", "Pipeline", "RESET_REASONS", "SENSOR_MODES",
+           "MASKED_PROJECTION", "calibration_key", "thin_points"]
 
 # Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
 # camera masked). A camera-only model uses the cameras whatever the mode ("lidar_only" refused).
@@ -139,32 +139,82 @@ class PipelineState:
         return cls(temporal=TemporalState.empty(next_track_id=next_track_id))
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of :class:`Pipeline`. The parameter-backed fields have no defaults, so none can
+    disagree with ``config/perception.param.yaml``; :meth:`from_params` reads them from the node
+    parameters.
+
+    Attributes:
+        score_threshold: in ``[0, 1]``; boxes scoring below are dropped (``output.score_threshold``).
+        max_detections: ``>= 1``; at most this many boxes per frame (``output.max_detections``).
+        max_time_gap_s: s, ``> 0``; a larger gap between frames resets the state (``temporal.max_time_gap``).
+        sensors: one of :data:`SENSOR_MODES` (``model.sensors``). Fused models get ``frame.points``
+            (thinned to ``cfg.lidar.max_points``; counted in ``Detections.counters["points_thinned"]``),
+            or None when the frame has none, which runs the camera path. A camera-only model takes
+            ``"all"`` or ``"camera_only"``.
+        reassociate_distance: metres, ``>= 0``; a *new* instance within this distance of the previous
+            frame's track of the same class (constant-velocity prediction) takes its id
+            (:mod:`~.tracking`); 0 keeps the model's ids exactly (``temporal.reassociate_distance``).
+        track_class_vote: give each published track one class, the largest summed score over its
+            history (:func:`~.tracking.vote_track_classes`); False publishes the model's per-frame
+            class, the reference (``temporal.track_class_vote``).
+        duplicate_distance: metres, ``>= 0``; a box is not published when a box of the same
+            (published) class this close belongs to a track with a larger summed score over its
+            history (:func:`~.tracking.suppress_duplicates`; counted in
+            ``Detections.counters["duplicates_suppressed"]``); 0 publishes every box, the reference
+            (``temporal.duplicate_distance``).
+        resize_method: image resize (``"pil_bicubic"`` = the reference; ``"cv2_area"`` faster). Not a
+            node parameter.
+    """
+
+    score_threshold: float
+    max_detections: int
+    max_time_gap_s: float
+    sensors: str
+    reassociate_distance: float
+    track_class_vote: bool
+    duplicate_distance: float
+    resize_method: str = "pil_bicubic"
+
+    def __post_init__(self):
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if self.max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {self.max_detections}")
+        if not self.max_time_gap_s > 0:
+            raise ValueError(f"max_time_gap_s must be positive, got {self.max_time_gap_s}")
+        if self.sensors not in SENSOR_MODES:
+            raise ValueError(f"sensors must be one of {SENSOR_MODES}, got {self.sensors!r}")
+        self.tracking(num_classes=1)  # checks the tracking fields now, with their names in the message
+
+    @classmethod
+    def from_params(cls, params, resize_method: str = "pil_bicubic") -> PipelineConfig:
+        """The settings the node parameters describe (``params``: a
+        :class:`~sparse_perception_ros.params.PerceptionParams`)."""
+        t = params.temporal
+        return cls(score_threshold=params.output.score_threshold, max_detections=params.output.max_detections,
+                   max_time_gap_s=t.max_time_gap, sensors=params.model.sensors,
+                   reassociate_distance=t.reassociate_distance, track_class_vote=t.track_class_vote,
+                   duplicate_distance=t.duplicate_distance, resize_method=resize_method)
+
+    def tracking(self, num_classes: int) -> TrackingConfig:
+        """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
+        return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_distance,
+                              num_classes)
+
+
 class Pipeline:
-    """Preprocess -> model step -> filter.
+    """Preprocess -> model step -> filter -> host tracking (:func:`~.tracking.track_frame`).
 
     Args:
-        model: an object with ``cfg.input_wh`` / ``cfg.head.num_cams`` and
-            ``step(img, projection_mat, image_wh, timestamp, T_world_from_model, state)``
-            (e.g. :class:`~sparse_perception_ros.model.full.Sparse4DModel`).
+        model: a stepper: ``cfg`` (``input_wh``, ``head.num_cams``, ``lidar`` or None), optionally
+            ``device`` (the torch device inputs go to), and
+            ``step(img, projection_mat, image_wh, timestamp, T_world_from_model, state, points=None)
+            -> (HeadOutput, TemporalState)`` (e.g. :class:`~sparse_perception_ros.model.full.Sparse4DModel`
+            or :class:`~sparse_perception_ros.runtime.backends.StepRunner`).
         class_names: names of the label indices.
-        score_threshold: boxes scoring below are dropped.
-        max_detections: at most this many boxes per frame.
-        max_time_gap_s: a larger gap between frames resets the temporal state.
-        resize_method: image resize (``"pil_bicubic"`` = reference; ``"cv2_area"`` faster).
-        reassociate_distance: metres; a *new* instance within this distance of the previous frame's
-            track of the same class (constant-velocity prediction) takes its id
-            (:mod:`~.tracking`); 0 keeps the model's ids exactly.
-        track_class_vote: give each published track one class, the largest summed score over
-            its history (:func:`~.tracking.vote_track_classes`); False publishes the model's
-            per-frame class (the reference).
-        duplicate_distance: metres; a box is not published when a box of the same (published)
-            class this close belongs to a track with a larger summed score over its history
-            (:func:`~.tracking.suppress_duplicates`; counted in ``duplicates_suppressed``);
-            0 publishes every box (the reference).
-        sensors: one of :data:`SENSOR_MODES` (fused models; a camera-only model takes ``"all"``
-            or ``"camera_only"``). Fused models get ``frame.points`` (thinned to
-            ``cfg.lidar.max_points``; ``points_thinned`` counts those frames), or None when the
-            frame has none, which runs the camera path.
+        config: :class:`PipelineConfig`.
     """
 
     @classmethod
@@ -172,48 +222,33 @@ class Pipeline:
         """The pipeline the node parameters describe (``params``: a
         :class:`~sparse_perception_ros.params.PerceptionParams`); the node and ``eval --offline`` both
         build theirs here, so a new option reaches both."""
-        return cls(model, class_names, params.output.score_threshold, params.output.max_detections,
-                   params.temporal.max_time_gap, sensors=params.model.sensors,
-                   reassociate_distance=params.temporal.reassociate_distance,
-                   track_class_vote=params.temporal.track_class_vote,
-                   duplicate_distance=params.temporal.duplicate_distance)
+        return cls(model, class_names, PipelineConfig.from_params(params))
 
-    def __init__(self, model, class_names, score_threshold: float = 0.3, max_detections: int = 300,
-                 max_time_gap_s: float = 2.0, resize_method: str = "pil_bicubic", sensors: str = "all",
-                 reassociate_distance: float = 0.0, track_class_vote: bool = False,
-                 duplicate_distance: float = 0.0):
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        if max_detections < 1:
-            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-        if max_time_gap_s <= 0:
-            raise ValueError(f"max_time_gap_s must be positive, got {max_time_gap_s}")
+    def __init__(self, model, class_names, config: PipelineConfig):
+        if not isinstance(config, PipelineConfig):
+            raise TypeError(f"config must be a PipelineConfig, got {type(config).__name__}")
         self.model = model
         self.class_names = tuple(class_names)
-        self.score_threshold = float(score_threshold)
-        self.max_detections = int(max_detections)
-        self.max_time_gap_ns = int(round(max_time_gap_s * 1e9))
-        self.resize_method = resize_method
-        if not reassociate_distance >= 0:
-            raise ValueError(f"reassociate_distance must be >= 0, got {reassociate_distance}")
-        self.reassociate_distance = float(reassociate_distance)
-        self.track_class_vote = bool(track_class_vote)
-        if not duplicate_distance >= 0:
-            raise ValueError(f"duplicate_distance must be >= 0, got {duplicate_distance}")
-        self.duplicate_distance = float(duplicate_distance)
-        self.duplicates_suppressed = 0
-        if sensors not in SENSOR_MODES:
-            raise ValueError(f"sensors must be one of {SENSOR_MODES}, got {sensors!r}")
+        self.config = config
+        self.tracking = config.tracking(num_classes=len(self.class_names))
+        self.max_time_gap_ns = int(round(config.max_time_gap_s * 1e9))
         self.lidar = getattr(model.cfg, "lidar", None)
-        if sensors == "lidar_only" and self.lidar is None:
+        if config.sensors == "lidar_only" and self.lidar is None:
             raise ValueError(f"sensors 'lidar_only' needs a fused model; {model.cfg.name} has no LiDAR branch")
-        self.sensors = sensors
-        self.points_thinned = 0
         self.input_wh = tuple(model.cfg.input_wh)
         self.num_cams = int(model.cfg.head.num_cams)
-        params = getattr(model, "parameters", None)  # a torch module: feed inputs on its device
+        self.device = self._device_of(model)
+
+    @staticmethod
+    def _device_of(model) -> torch.device:
+        """Where inputs go: the stepper's ``device``; for an object without one, a torch module's
+        parameter device, else the CPU."""
+        device = getattr(model, "device", None)
+        if device is not None:
+            return torch.device(device)
+        params = getattr(model, "parameters", None)
         first = next(params(), None) if callable(params) else None
-        self.device = first.device if first is not None else torch.device("cpu")
+        return first.device if first is not None else torch.device("cpu")
 
     def warm_up(self) -> float:
         """Run two throw-away steps (first frame, then temporal) on blank inputs; returns seconds taken.
@@ -263,7 +298,7 @@ class Pipeline:
         """Network inputs: ``img [1, N, 3, H, W]``, ``projection_mat [1, N, 4, 4]``, ``image_wh [1, N, 2]``."""
         w, h = self.input_wh
         present = np.asarray(frame.present, dtype=bool) & np.array([im is not None for im in frame.images])
-        if self.sensors == "lidar_only":
+        if self.config.sensors == "lidar_only":
             present = np.zeros_like(present)
         images = [im if ok else np.zeros((h, w, 3), dtype=np.uint8) for im, ok in zip(frame.images, present,
                                                                                       strict=True)]
@@ -271,31 +306,36 @@ class Pipeline:
         K4[:, :3, :3] = frame.K
         lidar2img = K4 @ np.asarray(frame.T_cam_from_model, dtype=np.float64)
         img, proj, wh = preprocess_images(images, lidar2img, input_wh=self.input_wh, channel_order="rgb",
-                                          method=self.resize_method)
+                                          method=self.config.resize_method)
         if not present.all():
             proj[0, ~torch.from_numpy(present)] = torch.from_numpy(MASKED_PROJECTION).float()
         return img.to(self.device), proj.to(self.device), wh.to(self.device)
+
+    def _points(self, frame: Frame) -> tuple[np.ndarray | None, bool]:
+        """``(points, thinned)``: the sweep the model gets (None: camera-only model, ``camera_only``
+        mode or no sweep), thinned to ``cfg.lidar.max_points``."""
+        if self.lidar is None or self.config.sensors == "camera_only" or frame.points is None:
+            return None, False
+        points = np.asarray(frame.points)
+        if len(points) <= self.lidar.max_points:
+            return points, False
+        return thin_points(points, self.lidar.max_points), True
 
     def step(self, frame: Frame, state: PipelineState) -> tuple[Detections, PipelineState]:
         """Run one frame. Returns the detections (model frame) and the next state."""
         self._check(frame)
         reason = self.reset_reason(frame, state)
-        temporal = TemporalState.empty(state.temporal.next_track_id) if reason else state.temporal
+        if reason:  # the one reset point: nothing of the old state but the id counter reaches this frame
+            state = PipelineState.empty(state.temporal.next_track_id)
         t0 = time.perf_counter()
         img, proj, wh = self.preprocess(frame)
+        points, thinned = self._points(frame)
         t1 = time.perf_counter()
-        pose = frame.T_world_from_model if frame.T_world_from_model is not None else np.eye(4)
-        extra = {}
-        if self.lidar is not None:
-            points = None if self.sensors == "camera_only" or frame.points is None else np.asarray(frame.points)
-            if points is not None and len(points) > self.lidar.max_points:
-                points = thin_points(points, self.lidar.max_points)
-                self.points_thinned += 1
-            extra["points"] = points
-        out, next_temporal = self.model.step(img, proj, wh, frame.stamp_ns * 1e-9, pose, temporal, **extra)
+        pose = frame.T_world_from_model
+        out, temporal = self.model.step(img, proj, wh, frame.stamp_ns * 1e-9, pose if pose is not None else np.eye(4),
+                                        state.temporal, points=points)
         t2 = time.perf_counter()
-        keep = out.scores >= self.score_threshold
-        idx = torch.nonzero(keep).flatten()[: self.max_detections]
+        idx = torch.nonzero(out.scores >= self.config.score_threshold).flatten()[: self.config.max_detections]
         det = Detections(
             stamp_ns=int(frame.stamp_ns),
             boxes=out.boxes[idx].detach().cpu().numpy().astype(np.float32),
@@ -304,32 +344,34 @@ class Pipeline:
             track_ids=out.instance_ids[idx].detach().cpu().numpy().astype(np.int64),
             reset=reason,
         )
-        if frame.T_world_from_model is None:  # no pose: nothing can be carried to the next frame
-            next_temporal = TemporalState.empty(next_temporal.next_track_id)
-        tracks, class_votes = None, None
-        if frame.T_world_from_model is not None:
-            carried = set() if temporal.track_ids is None else set(temporal.track_ids.flatten().tolist())
-            alive = set() if next_temporal.track_ids is None else set(next_temporal.track_ids.flatten().tolist())
-            det.track_ids, tracks = reassociate(det.track_ids, det.boxes, det.labels, frame.T_world_from_model,
-                                                det.stamp_ns, carried, alive, None if reason else state.tracks,
-                                                self.reassociate_distance)
-            if self.track_class_vote or self.duplicate_distance > 0:
-                keep = set(det.track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
-                voted, class_votes = vote_track_classes(det.track_ids, det.labels, det.scores,
-                                                        None if reason else state.class_votes, keep,
-                                                        len(self.class_names))
-                if self.track_class_vote:
-                    det.labels = voted
-            if self.duplicate_distance > 0:
-                shown = suppress_duplicates(det.boxes[:, :2], det.labels, track_evidence(det.track_ids, class_votes),
-                                            det.scores, self.duplicate_distance)
-                if not shown.all():
-                    self.duplicates_suppressed += int((~shown).sum())
-                    det.boxes, det.scores = det.boxes[shown], det.scores[shown]
-                    det.labels, det.track_ids = det.labels[shown], det.track_ids[shown]
+        tracked = None
+        if pose is not None:
+            tracked = track_frame(det.boxes, det.scores, det.labels, det.track_ids, pose, det.stamp_ns,
+                                  _ids(state.temporal), _ids(temporal), state.tracks, state.class_votes,
+                                  self.tracking)
+            det.boxes, det.scores, det.labels, det.track_ids = (tracked.boxes, tracked.scores, tracked.labels,
+                                                                tracked.track_ids)
         t3 = time.perf_counter()
         det.timings_ms = {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
-        new_state = replace(state, temporal=next_temporal, last_stamp_ns=int(frame.stamp_ns),
-                            calibration=frame.calibration_signature(), tracks=tracks,
-                            class_votes=class_votes)
-        return det, new_state
+        det.counters = {"duplicates_suppressed": tracked.suppressed if tracked is not None else 0,
+                        "points_thinned": int(thinned)}
+        return det, self._next_state(frame, temporal, tracked)
+
+    @staticmethod
+    def _next_state(frame: Frame, temporal: TemporalState, tracked: TrackedFrame | None) -> PipelineState:
+        """The state after ``frame``: the model's temporal state and the tracking memories."""
+        if frame.T_world_from_model is None:
+            # No ego pose: the model ran, but nothing it or the tracker produced can be aligned with
+            # the next frame, so only the id counter is carried (ids stay unique). The frame's stamp
+            # and calibration are kept: they describe the stream, and the next frame's reset rules
+            # (and their counts in /diagnostics) still see a time jump or a calibration change.
+            return replace(PipelineState.empty(temporal.next_track_id), last_stamp_ns=int(frame.stamp_ns),
+                           calibration=frame.calibration_signature())
+        return PipelineState(temporal=temporal, last_stamp_ns=int(frame.stamp_ns),
+                             calibration=frame.calibration_signature(), tracks=tracked.tracks,
+                             class_votes=tracked.class_votes)
+
+
+def _ids(temporal: TemporalState) -> set[int]:
+    """The bank (instance) ids a temporal state holds; empty for the empty state."""
+    return set() if temporal.track_ids is None else set(temporal.track_ids.flatten().tolist())
