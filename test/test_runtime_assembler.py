@@ -9,8 +9,15 @@ CAMS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_
 MS = 1_000_000
 
 
+def config(**kw) -> AssemblerConfig:
+    """Explicit test settings (lidar trigger, mask mode, 150 ms match window, no fallback); ``kw`` overrides."""
+    base = dict(cameras=CAMS, trigger="lidar", max_camera_time_diff_ns=150 * MS, incomplete="mask",
+                wait_timeout_ns=100 * MS, buffer_size=8, max_reorder_ns=500 * MS, fallback_timeout_ns=0)
+    return AssemblerConfig(**{**base, **kw})
+
+
 def assembler(**kw) -> FrameAssembler:
-    return FrameAssembler(AssemblerConfig(cameras=CAMS, **kw))
+    return FrameAssembler(config(**kw))
 
 
 def feed_cameras(a, t0, offsets_ms, now_ns):
@@ -120,7 +127,7 @@ def test_backward_time_jump_clears_buffers_and_is_counted():
 ])
 def test_config_validation_names_the_parameter(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        AssemblerConfig(**kwargs)
+        config(**kwargs)
 
 
 def test_unknown_camera_is_refused_by_name():
@@ -221,4 +228,20 @@ def test_fallback_starts_even_if_lidar_never_arrives():
                                           (dict(fallback_timeout_ns=-1), "fallback_timeout")])
 def test_new_config_fields_are_validated(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        AssemblerConfig(cameras=CAMS, **kwargs)
+        config(**kwargs)
+
+
+def test_config_comes_from_the_parameters_and_has_no_defaults_of_its_own():
+    import dataclasses
+
+    from sparse_perception_ros.params import load_params
+
+    p = load_params()
+    c = AssemblerConfig.from_params(p)
+    assert c == AssemblerConfig(
+        cameras=tuple(p.cameras.names), trigger=p.sync.trigger,
+        max_camera_time_diff_ns=round(p.sync.max_camera_time_diff * 1e9), incomplete=p.sync.incomplete,
+        wait_timeout_ns=round(p.sync.wait_timeout * 1e9), buffer_size=p.sync.buffer_size,
+        max_reorder_ns=round(p.sync.max_reorder * 1e9), fallback_timeout_ns=round(p.sync.lidar_fallback_timeout * 1e9))
+    assert c.incomplete == "wait" and c.max_camera_time_diff_ns == 150 * MS  # the YAML's values
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(AssemblerConfig))

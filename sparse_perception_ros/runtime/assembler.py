@@ -39,16 +39,43 @@ LIDAR = "lidar"
 
 @dataclass(frozen=True)
 class AssemblerConfig:
-    """Assembly settings. ``cameras`` gives the camera order of every frame (model order)."""
+    """Assembly settings (``cameras.names`` and ``sync.*`` node parameters, times in integer ns).
+
+    Every field is required, so none can disagree with ``config/perception.param.yaml``;
+    :meth:`from_params` reads them from the node parameters.
+
+    Attributes:
+        cameras: the camera order of every frame (model order).
+        trigger: ``"lidar"`` or one of ``cameras``: the input that opens a frame.
+        max_camera_time_diff_ns: ``> 0``; an input further from the trigger's stamp is not matched.
+        incomplete: ``"mask"`` (emit at once) or ``"wait"`` (up to ``wait_timeout_ns`` of arrival time).
+        wait_timeout_ns: ``>= 0``. buffer_size: ``>= 1`` samples per source.
+        max_reorder_ns: ``>= 0``; an older trigger within it is dropped, one older by more resets.
+        fallback_timeout_ns: ``>= 0``; without a sweep this long the first camera triggers (0 = never).
+    """
 
     cameras: tuple[str, ...]
-    trigger: str = LIDAR
-    max_camera_time_diff_ns: int = 150_000_000
-    incomplete: str = "mask"
-    wait_timeout_ns: int = 100_000_000
-    buffer_size: int = 8
-    max_reorder_ns: int = 500_000_000
-    fallback_timeout_ns: int = 0
+    trigger: str
+    max_camera_time_diff_ns: int
+    incomplete: str
+    wait_timeout_ns: int
+    buffer_size: int
+    max_reorder_ns: int
+    fallback_timeout_ns: int
+
+    @classmethod
+    def from_params(cls, params) -> AssemblerConfig:
+        """The settings the node parameters describe (``params``: a
+        :class:`~sparse_perception_ros.params.PerceptionParams`; seconds become integer ns)."""
+        s = params.sync
+
+        def ns(seconds: float) -> int:
+            return int(round(seconds * 1e9))
+
+        return cls(cameras=tuple(params.cameras.names), trigger=s.trigger,
+                   max_camera_time_diff_ns=ns(s.max_camera_time_diff), incomplete=s.incomplete,
+                   wait_timeout_ns=ns(s.wait_timeout), buffer_size=s.buffer_size,
+                   max_reorder_ns=ns(s.max_reorder), fallback_timeout_ns=ns(s.lidar_fallback_timeout))
 
     def __post_init__(self):
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
