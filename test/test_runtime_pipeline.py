@@ -6,6 +6,7 @@ import torch
 
 from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
 from sparse_perception_ros.model import CLASS_NAMES, build_model
+from sparse_perception_ros.runtime.backends import torch_stepper
 from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineConfig, PipelineState
 
 S = 1_000_000_000
@@ -22,8 +23,7 @@ def config(**kw) -> PipelineConfig:
 @pytest.fixture(scope="module")
 def pipeline():
     torch.manual_seed(0)
-    model = build_model("tiny")
-    return Pipeline(model, CLASS_NAMES, config(max_detections=20))
+    return Pipeline(torch_stepper(build_model("tiny")), CLASS_NAMES, config(max_detections=20))
 
 
 def make_frame(stamp_ns=T0, seed=0, pose_x=0.0, present=None, size=(160, 90)) -> Frame:
@@ -111,7 +111,7 @@ def test_missing_image_is_masked_like_absent(pipeline):
 
 def test_score_threshold_and_limits():
     torch.manual_seed(0)
-    model = build_model("tiny")
+    model = torch_stepper(build_model("tiny"))
     full, _ = Pipeline(model, CLASS_NAMES, config(max_detections=32)).step(make_frame(), PipelineState.empty())
     thr = float(np.median(full.scores))
     cut, _ = Pipeline(model, CLASS_NAMES, config(score_threshold=thr, max_detections=5)).step(make_frame(),
@@ -172,7 +172,7 @@ def test_config_comes_from_the_parameters_and_has_no_defaults_of_its_own():
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.score_threshold = 0.5
     with pytest.raises(TypeError):
-        Pipeline(build_model("tiny"), CLASS_NAMES)  # no config, no silent defaults
+        Pipeline(torch_stepper(build_model("tiny")), CLASS_NAMES)  # no config, no silent defaults
 
 
 def test_counters_report_per_frame_events_without_mutating_the_pipeline(pipeline):

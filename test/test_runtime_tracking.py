@@ -94,10 +94,11 @@ def test_pipeline_default_keeps_model_ids_and_resets_forget_tracks():
     from test_runtime_pipeline import T0, config, make_frame
 
     from sparse_perception_ros.model import CLASS_NAMES, build_model
+    from sparse_perception_ros.runtime.backends import torch_stepper
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
     torch.manual_seed(0)
-    model = build_model("tiny")
+    model = torch_stepper(build_model("tiny"))
     with pytest.raises(ValueError, match="reassociate_distance"):
         config(reassociate_distance=-1.0)
     plain = Pipeline(model, CLASS_NAMES, config(max_detections=16))
@@ -149,10 +150,11 @@ def test_pipeline_track_class_vote_on_and_off():
     from test_runtime_pipeline import T0, config, make_frame
 
     from sparse_perception_ros.model import CLASS_NAMES, build_model
+    from sparse_perception_ros.runtime.backends import torch_stepper
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
     torch.manual_seed(0)
-    model = build_model("tiny")
+    model = torch_stepper(build_model("tiny"))
     off = Pipeline(model, CLASS_NAMES, config(max_detections=16))
     on = Pipeline(model, CLASS_NAMES, config(max_detections=16, track_class_vote=True))
     s_off, s_on = PipelineState.empty(), PipelineState.empty()
@@ -208,10 +210,11 @@ def test_pipeline_duplicate_distance_hides_boxes_only_from_the_output():
     from test_runtime_pipeline import T0, config, make_frame
 
     from sparse_perception_ros.model import CLASS_NAMES, build_model
+    from sparse_perception_ros.runtime.backends import torch_stepper
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
     torch.manual_seed(0)
-    model = build_model("tiny")
+    model = torch_stepper(build_model("tiny"))
     kw = dict(max_detections=32, track_class_vote=True)
     off = Pipeline(model, CLASS_NAMES, config(**kw))
     # 5 m: random weights put many same-class boxes within it

@@ -57,7 +57,8 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
         from sparse_perception_ros.runtime.loading import load_model
 
         mp = params.model if backend is None else replace(params.model, backend=backend)
-        model, note = load_model(mp)
+        loaded = load_model(mp)
+        model, note = loaded.stepper, loaded.note
     return Pipeline.from_params(model, CLASS_NAMES, params), note
 
 
