@@ -7,12 +7,11 @@ two implementations sum the same fp32 products in a different order (measured ~1
 import pytest
 import torch
 
+from sparse_perception_ros.ops import deformable_aggregation as da_module
 from sparse_perception_ros.ops import dfa_cpu
 from sparse_perception_ros.ops.deformable_aggregation import (
     deformable_aggregation,
-    dfa_impl,
     flatten_feature_maps,
-    get_dfa_impl,
     resolve_dfa_impl,
 )
 
@@ -91,20 +90,23 @@ def test_bad_shapes_raise_value_error():
         dfa_cpu.deformable_aggregation_fast(flat[0], flat[1][:1], flat[2][:1], loc, weights)
 
 
-def test_impl_switch_dispatches_and_restores():
+def test_impl_argument_dispatches_per_call():
+    """The implementation is an explicit argument; there is no ambient (context-variable) choice."""
     maps, loc, weights = make_inputs([(6, 10), (3, 5)], seed=6)
     flat = flatten_feature_maps(maps)
     ref = deformable_aggregation(*flat, loc, weights)
-    assert get_dfa_impl() == "reference"
-    with dfa_impl("fast"):
-        assert get_dfa_impl() == "fast"
-        fast = deformable_aggregation(*flat, loc, weights)
-    assert get_dfa_impl() == "reference"
-    torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(deformable_aggregation(*flat, loc, weights, impl="reference"), ref, atol=0, rtol=0)
+    torch.testing.assert_close(deformable_aggregation(*flat, loc, weights, impl="fast"), ref, atol=ATOL, rtol=0)
     torch.testing.assert_close(deformable_aggregation(*flat, loc, weights, impl="auto"), ref, atol=ATOL, rtol=0)
     assert resolve_dfa_impl("auto", torch.device("cpu")) == "fast"
-    with pytest.raises(ValueError, match="unknown DFA impl"), dfa_impl("cuda-magic"):
-        pass
+    assert resolve_dfa_impl("fast", "cpu") == "fast"
+    assert resolve_dfa_impl("reference", "cpu") == "reference"
+    with pytest.raises(ValueError, match="unknown DFA impl"):
+        deformable_aggregation(*flat, loc, weights, impl="cuda-magic")
+    with pytest.raises(ValueError, match="unknown DFA impl"):
+        resolve_dfa_impl("cuda-magic", "cpu")
+    for removed in ("dfa_impl", "get_dfa_impl", "_DFA_IMPL"):
+        assert not hasattr(da_module, removed), f"{removed} should be gone (impl is a per-call/per-layer choice)"
 
 
 def test_refuses_to_silently_drop_gradients():

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..geometry.boxes import COS_YAW, SIN_YAW, H, L, W, X, Y, Z
 from ..ops.deformable_aggregation import (
+    DFA_IMPLS,
     deformable_aggregation,
     deformable_aggregation_grid_sample,
     flatten_feature_maps,
@@ -106,6 +107,13 @@ class DeformableFeatureAggregation(nn.Module):
     softmaxed **jointly over cams x levels x points** for each group; per camera the Linear
     outputs are ordered (level, point, group), group fastest. ``sampling`` selects the CUDA
     kernel semantics (``"kernel"``) or the pure-torch ``grid_sample`` fallback.
+
+    ``dfa_impl`` (one of :data:`~..ops.deformable_aggregation.DFA_IMPLS`) is the implementation of
+    the kernel-semantics op this layer calls (``impl=`` of
+    :func:`~..ops.deformable_aggregation.deformable_aggregation`): ``"reference"`` (default,
+    differentiable, for training) or the registered inference op (``"fast"`` CPU, ``"triton"``
+    CUDA, ``"auto"``). It is a plain attribute, validated on every assignment, and is not part
+    of the state dict; it has no effect with ``sampling="grid_sample"``.
     """
 
     def __init__(
@@ -117,17 +125,30 @@ class DeformableFeatureAggregation(nn.Module):
         num_learnable_pts: int = 6,
         num_fixed_pts: int = 7,
         sampling: str = "kernel",
+        dfa_impl: str = "reference",
     ):
         super().__init__()
         if sampling not in ("kernel", "grid_sample"):
             raise ValueError(f"sampling must be 'kernel' or 'grid_sample', got {sampling!r}")
         self.embed_dims, self.num_groups, self.num_levels, self.num_cams = embed_dims, num_groups, num_levels, num_cams
         self.sampling = sampling
+        self.dfa_impl = dfa_impl
         self.kps_generator = KeypointsGenerator(embed_dims, num_learnable_pts, num_fixed_pts)
         self.num_pts = self.kps_generator.num_pts
         self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.camera_encoder = nn.Sequential(*linear_relu_ln(embed_dims, 1, 2, 12))
         self.weights_fc = nn.Linear(embed_dims, num_groups * num_levels * self.num_pts)
+
+    @property
+    def dfa_impl(self) -> str:
+        """Implementation of the DFA op used by :meth:`forward` (one of ``DFA_IMPLS``)."""
+        return self._dfa_impl
+
+    @dfa_impl.setter
+    def dfa_impl(self, name: str) -> None:
+        if name not in DFA_IMPLS:
+            raise ValueError(f"unknown DFA impl {name!r}; choose one of {DFA_IMPLS}")
+        self._dfa_impl = name
 
     def attention_weights(
         self, instance_feature: torch.Tensor, anchor_embed: torch.Tensor, projection_mat: torch.Tensor
@@ -147,7 +168,9 @@ class DeformableFeatureAggregation(nn.Module):
         features: FeatureInputs,
         projection_mat: torch.Tensor,
         image_wh: torch.Tensor,
+        impl: str | None = None,
     ) -> torch.Tensor:
+        """``impl``: the DFA implementation for this call (None: the layer's ``dfa_impl``)."""
         bs, num_anchor = instance_feature.shape[:2]
         if projection_mat.shape[1] != self.num_cams:
             raise ValueError(f"head was built for {self.num_cams} cameras, got {projection_mat.shape[1]}")
@@ -158,7 +181,7 @@ class DeformableFeatureAggregation(nn.Module):
         points_2d = points_2d.permute(0, 2, 3, 1, 4)
         weights = weights.permute(0, 1, 4, 2, 3, 5)
         if self.sampling == "kernel":
-            aggregated = deformable_aggregation(*features.flat, points_2d, weights)
+            aggregated = deformable_aggregation(*features.flat, points_2d, weights, impl=impl or self.dfa_impl)
         else:
             aggregated = deformable_aggregation_grid_sample(features.maps, points_2d, weights, drop_outside=False)
         return torch.cat([self.output_proj(aggregated), instance_feature], dim=-1)

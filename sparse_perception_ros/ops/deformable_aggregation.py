@@ -25,63 +25,72 @@ plugin) can slot in with the same inputs:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from . import dfa_op  # noqa: F401  (import registers torch.ops.sparse_perception.deformable_aggregation)
+
 __all__ = [
     "flatten_feature_maps",
     "deformable_aggregation",
+    "deformable_aggregation_reference",
     "deformable_aggregation_grid_sample",
     "kernel_valid_mask",
     "DFA_IMPLS",
-    "dfa_impl",
-    "get_dfa_impl",
     "resolve_dfa_impl",
 ]
 
-# Implementations of the kernel-semantics op, selected per call (``impl=``) or for a block of
-# code (``with dfa_impl("fast"): head.step(...)``); the default keeps the readable reference.
-# - "reference": the torch code below (the oracle);
-# - "fast": the C/OpenMP CPU kernel (``ops.dfa_cpu``);
-# - "triton": the Triton GPU kernel (``ops.dfa_triton``, CUDA tensors);
-# - "auto": triton for CUDA tensors when Triton imports, fast on CPU when it compiles, else reference.
-# During ``torch.onnx.export`` every impl becomes one custom node (``ops.dfa_onnx``).
+# Implementations of the kernel-semantics op, chosen per call with ``impl=`` (the model's DFA
+# layers carry their own choice, ``DeformableFeatureAggregation(dfa_impl=...)``):
+# - "reference": the torch code below (the oracle; differentiable, what training uses);
+# - "fast": the registered op on CPU tensors -> the C/OpenMP kernel (``ops.dfa_cpu``);
+# - "triton": the registered op on CUDA tensors -> the Triton kernel (``ops.dfa_triton``);
+# - "auto": the registered op on any device, which picks the kernel of the tensors' device.
+# "fast", "triton" and "auto" all go through ``torch.ops.sparse_perception.deformable_aggregation``
+# (``ops.dfa_op``), one opaque node for torch.compile / torch.export; its kernels fall back to
+# the reference math when the C compiler or Triton is missing (see :func:`resolve_dfa_impl`).
+# During ``torch.onnx.export`` every impl becomes one custom ONNX node (``ops.dfa_onnx``).
 DFA_IMPLS = ("reference", "fast", "triton", "auto")
-_DFA_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("dfa_impl", default="reference")
+
+# impl -> the only device type its kernel runs on (a mismatch is an error, not a silent switch)
+_IMPL_DEVICE = {"fast": "cpu", "triton": "cuda"}
 
 
-@contextlib.contextmanager
-def dfa_impl(name: str) -> Iterator[None]:
-    """Use implementation ``name`` (one of :data:`DFA_IMPLS`) for DFA calls inside the block."""
+def _check_impl(name: str, device: torch.device) -> None:
     if name not in DFA_IMPLS:
         raise ValueError(f"unknown DFA impl {name!r}; choose one of {DFA_IMPLS}")
-    token = _DFA_IMPL.set(name)
-    try:
-        yield
-    finally:
-        _DFA_IMPL.reset(token)
+    wanted = _IMPL_DEVICE.get(name)
+    if wanted is not None and device.type != wanted:
+        raise ValueError(
+            f"DFA impl {name!r} runs on {wanted} tensors, got {device.type} tensors; "
+            f"use impl='auto' to follow the device or 'reference' for the torch code"
+        )
 
 
-def get_dfa_impl() -> str:
-    """The implementation name in effect (``"reference"`` unless inside :func:`dfa_impl`)."""
-    return _DFA_IMPL.get()
+def resolve_dfa_impl(name: str, device: torch.device | str) -> str:
+    """The implementation that actually runs for ``impl=name`` on tensors on ``device``.
 
-
-def resolve_dfa_impl(name: str, device: torch.device) -> str:
-    """``"auto"`` -> the concrete implementation for tensors on ``device``; others unchanged."""
-    if name != "auto":
+    ``"reference"`` -> ``"reference"``; ``"auto"`` -> ``"triton"`` on CUDA when Triton imports,
+    ``"fast"`` on CPU when the C kernel compiles, else ``"reference"``; ``"fast"`` (CPU) and
+    ``"triton"`` (CUDA) -> themselves, or ``"reference"`` when their kernel is unavailable (the
+    registered op then runs the reference math). Raises ``ValueError`` for an unknown name and
+    for ``"fast"`` off CPU / ``"triton"`` off CUDA.
+    """
+    device = torch.device(device)
+    _check_impl(name, device)
+    if name == "reference":
         return name
     if device.type == "cuda":
         from .dfa_triton import triton_available
 
         return "triton" if triton_available() else "reference"
-    from .dfa_cpu import available
+    if device.type == "cpu":
+        from .dfa_cpu import available
 
-    return "fast" if device.type == "cpu" and available() else "reference"
+        return "fast" if available() else "reference"
+    return "reference"
 
 
 def flatten_feature_maps(feature_maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,21 +125,17 @@ def deformable_aggregation(
     weights: torch.Tensor,
     impl: str | None = None,
 ) -> torch.Tensor:
-    """Torch reference of the CUDA ``DeformableAggregation`` op (kernel semantics, see module doc).
+    """The CUDA ``DeformableAggregation`` op (kernel semantics, see module doc), by ``impl``.
 
-    ``impl`` (default: :func:`get_dfa_impl`) picks another implementation of the same op, see
-    :data:`DFA_IMPLS`; under ``torch.onnx.export`` the op is emitted as one custom node.
+    ``impl`` (one of :data:`DFA_IMPLS`; ``None`` means ``"reference"``):
 
-    Only samples the kernel keeps (location inside the open unit square) are processed:
+    - ``"reference"``: :func:`deformable_aggregation_reference`, the differentiable torch code;
+    - ``"fast"`` (CPU tensors), ``"triton"`` (CUDA tensors), ``"auto"`` (any device): the
+      registered op ``torch.ops.sparse_perception.deformable_aggregation`` (:mod:`.dfa_op`),
+      which runs the kernel of the tensors' device. Inference only (no backward).
+      ``"fast"`` on non-CPU or ``"triton"`` on non-CUDA tensors raises ``ValueError``.
 
-    1. per kept sample and level, bilinear interpolation of the 4 neighbours as one
-       ``embedding_bag`` over rows of ``mc_ms_feat`` (out-of-map neighbours get weight 0);
-    2. multiply by the per-group attention weight, sum over levels;
-    3. ``index_add`` into the sample's (batch, anchor) row, which sums over points and cameras.
-
-    Uses ``nonzero`` (data-dependent shapes): for graph export use
-    :func:`deformable_aggregation_grid_sample` with ``drop_outside=True``, which has the same
-    semantics with static shapes.
+    Under ``torch.onnx.export`` every impl is emitted as one custom ONNX node (:mod:`.dfa_onnx`).
 
     Returns:
         ``[bs, anchors, C]`` in ``mc_ms_feat``'s dtype.
@@ -139,17 +144,45 @@ def deformable_aggregation(
         from .dfa_onnx import dfa_symbolic
 
         return dfa_symbolic(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
-    chosen = resolve_dfa_impl(impl or _DFA_IMPL.get(), mc_ms_feat.device)
-    if chosen == "fast":
-        from .dfa_cpu import deformable_aggregation_fast
+    name = "reference" if impl is None else impl
+    device = mc_ms_feat.device
+    _check_impl(name, device)
+    if name == "reference":
+        return deformable_aggregation_reference(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    return torch.ops.sparse_perception.deformable_aggregation(
+        mc_ms_feat,
+        spatial_shape.to(device=device, dtype=torch.int64),
+        scale_start_index.to(device=device, dtype=torch.int64),
+        sampling_location,
+        weights,
+    )
 
-        return deformable_aggregation_fast(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
-    if chosen == "triton":
-        from .dfa_triton import deformable_aggregation_triton
 
-        return deformable_aggregation_triton(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
-    if chosen not in DFA_IMPLS:
-        raise ValueError(f"unknown DFA impl {chosen!r}; choose one of {DFA_IMPLS}")
+def deformable_aggregation_reference(
+    mc_ms_feat: torch.Tensor,
+    spatial_shape: torch.Tensor,
+    scale_start_index: torch.Tensor,
+    sampling_location: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Torch reference of the CUDA ``DeformableAggregation`` op (kernel semantics, see module doc).
+
+    Differentiable. Only samples the kernel keeps (location inside the open unit square) are
+    processed:
+
+    1. per kept sample and level, bilinear interpolation of the 4 neighbours as one
+       ``embedding_bag`` over rows of ``mc_ms_feat`` (out-of-map neighbours get weight 0);
+    2. multiply by the per-group attention weight, sum over levels;
+    3. ``index_add`` into the sample's (batch, anchor) row, which sums over points and cameras.
+
+    Uses ``nonzero`` (data-dependent shapes): for graph capture use the registered op
+    (``impl="fast"``/``"triton"``/``"auto"`` of :func:`deformable_aggregation`, one opaque node)
+    or :func:`deformable_aggregation_grid_sample` with ``drop_outside=True``, which has the same
+    semantics with static shapes.
+
+    Returns:
+        ``[bs, anchors, C]`` in ``mc_ms_feat``'s dtype.
+    """
     bs, num_rows, c = mc_ms_feat.shape
     _, num_anchor, num_pts, num_cams, _ = sampling_location.shape
     levels, groups = weights.shape[-2], weights.shape[-1]
