@@ -41,6 +41,8 @@ class ModelParams:
     engine: str
     device: str
     sampling: str
+    dfa_impl: str
+    compile: bool
     num_threads: int
     sensors: str
 

@@ -1,6 +1,7 @@
 """Head building blocks and instance-bank functions: keypoints, DFA weights, projection, bank rules."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -12,9 +13,11 @@ from sparse_perception_ros.model.instance_bank import (
     TemporalState,
     anchor_projection,
     assign_instance_ids,
+    bank_advance,
     bank_cache,
     bank_get,
     bank_update,
+    host_step_inputs,
 )
 
 
@@ -150,16 +153,34 @@ def test_update_merges_cached_and_top_new_by_raw_logit():
     feature = torch.arange(5.0)[None, :, None].expand(1, 5, 3).clone()
     anchor = torch.arange(5.0)[None, :, None].expand(1, 5, 11).clone()
     cls = torch.tensor([[[0.0, -5], [3, -5], [-5, -5], [-5, 2], [1, -5]]])  # max logits 0, 3, -5, 2, 1
-    f, a, ids = bank_update(feature, anchor, cls, prior)
+    f, a = bank_update(feature, anchor, cls, prior)
     torch.testing.assert_close(f[:, :2], prior.temp_feature)
     torch.testing.assert_close(a[:, :2], prior.temp_anchor)
     assert f[0, 2:, 0].tolist() == [1.0, 3.0, 4.0]  # top 3 of 5, descending
-    assert ids.tolist() == [[10, 11]]
-    # gap > 2 s: nothing merged, carried ids reset
+    # gap > 2 s: nothing merged
     prior = bank_get(cached_state(n=2, dim=3), 103.0, np.eye(4))
-    f, a, ids = bank_update(feature, anchor, cls, prior)
+    f, a = bank_update(feature, anchor, cls, prior)
     torch.testing.assert_close(f, feature)
-    assert ids.tolist() == [[-1, -1]]
+
+
+def test_advance_keeps_carried_ids_only_when_the_update_applied():
+    cfg = SimpleNamespace(num_anchor=5, num_temp_instances=2, embed_dims=3, max_time_interval=2.0)
+    state = cached_state(n=2, dim=3)  # ids 10, 11; next id 50
+    outs = {"next_anchors": torch.zeros(1, 2, 11), "next_features": torch.zeros(1, 2, 3),
+            "next_confidence": torch.zeros(1, 2), "cache_index": torch.tensor([3, 0]),
+            "det_index": torch.tensor([0, 1, 4])}
+    host = host_step_inputs(100.5, np.eye(4), state, cfg)
+    ids, nxt = bank_advance(state, host, outs, 100.5, np.eye(4), cfg)
+    assert ids.tolist() == [10, 11, 52]  # rows 2, 3, 4 are new: 50, 51, 52
+    assert nxt.track_ids.tolist() == [[51, 10]] and nxt.next_track_id == 53 and nxt.timestamp == 100.5
+    # gap > 2 s: the carried rows lost their ids and get fresh ones in row order
+    host = host_step_inputs(103.0, np.eye(4), state, cfg)
+    ids, nxt = bank_advance(state, host, outs, 103.0, np.eye(4), cfg)
+    assert ids.tolist() == [50, 51, 54] and nxt.next_track_id == 55
+    # first frame: every row new
+    empty = TemporalState.empty(next_track_id=7)
+    ids, nxt = bank_advance(empty, host_step_inputs(0.0, np.eye(4), empty, cfg), outs, 0.0, np.eye(4), cfg)
+    assert ids.tolist() == [7, 8, 11] and nxt.next_track_id == 12
 
 
 def test_cache_decays_previous_confidence_and_sorts():

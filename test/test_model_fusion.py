@@ -185,8 +185,6 @@ def test_fused_graph_uses_standard_scatter_ops(fused_onnx):
 
 @pytest.mark.parametrize("case", ["sweep", "no_sweep", "cameras_masked"])
 def test_fused_step_graph_onnxruntime_matches_torch(model, fused_onnx, case):
-    from sparse_perception_ros.ops.deformable_aggregation import dfa_impl
-
     frames = synthetic_sequence(CFG, 3, with_backbone=True, seed=6)
     torch_backend = TorchBackend(model, CFG, dfa_impl="reference")
     ort = OrtBackend(fused_onnx)
@@ -200,8 +198,7 @@ def test_fused_step_graph_onnxruntime_matches_torch(model, fused_onnx, case):
         inputs = {"img": f.images[0], "projection_mat": proj, "image_wh": f.image_wh,
                   **host_step_inputs(f.timestamp, f.T_world_from_model, state, CFG),
                   **lidar_step_inputs(points, LID)}
-        with dfa_impl("reference"):
-            ref = torch_backend.run(inputs)
+        ref = torch_backend.run(inputs)
         out = ort.run(inputs)
         for name in RAW:
             np.testing.assert_allclose(out[name], ref[name].numpy(), atol=1e-4, rtol=0, err_msg=f"frame {i} {name}")

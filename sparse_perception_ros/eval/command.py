@@ -81,6 +81,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions, run_offline
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.paths import config_file
+    from sparse_perception_ros.runtime.loading import random_weights
 
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
@@ -143,8 +144,8 @@ def evaluate(args: argparse.Namespace) -> dict:
                 "nuScenes-format data from " + str(args.dataroot) + ".",
                 "Backend debug_ground_truth replays ground truth: a pipeline check, not a detector score."
                 if backend == DEBUG_BACKEND else "",
-                "The model runs RANDOM weights (no trained weights bundled): its scores mean nothing."
-                if "RANDOM" in note else ""))),
+                "The model runs RANDOM weights (no checkpoint given, none bundled for this preset): its scores "
+                "mean nothing." if backend != DEBUG_BACKEND and random_weights(params.model) else ""))),
         }
         if node_notes:
             run_info["node"] = "; ".join(node_notes)

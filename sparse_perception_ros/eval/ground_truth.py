@@ -1,8 +1,9 @@
 """DEBUG ONLY: ground truth replayed as detections, through the same Pipeline / Detections path.
 
-:class:`GroundTruthPassthrough` is a stand-in *model* (``cfg`` + ``step``, what
+:class:`GroundTruthPassthrough` is a debug backend: a real
+:class:`~sparse_perception_ros.runtime.backends.Stepper` (what
 :class:`~sparse_perception_ros.runtime.pipeline.Pipeline` and the node's ``configure(model=...)``
-take). At a keyframe stamp it returns that keyframe's ground-truth boxes, moved from the global
+take), returning a real :class:`~sparse_perception_ros.model.HeadOutput`. At a keyframe stamp it returns that keyframe's ground-truth boxes, moved from the global
 frame into the model frame with the ``T_world_from_model`` the caller passes in (offline: the
 dataset's ego pose; in the node: its own TF lookup). Scores are 1, track ids are stable per
 instance. Between keyframes it returns nothing. It is never a default: it is chosen only by
@@ -17,14 +18,18 @@ The ground truth travels as a small JSON table (:func:`save_table` / :func:`load
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
+import torch
 
 from sparse_perception_ros.eval.submission import DETECTION_NAMES
+from sparse_perception_ros.geometry.boxes import encode_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform, yaw_from_quat
+from sparse_perception_ros.model import HeadOutput, TemporalState
+from sparse_perception_ros.model.config import get_preset
+from sparse_perception_ros.runtime.backends import Stepper
 from sparse_perception_ros.runtime.boxes import transform_boxes
 
 __all__ = ["DEBUG_BACKEND", "GroundTruthEntry", "gt_table", "save_table", "load_table", "GroundTruthPassthrough",
@@ -92,21 +97,37 @@ def load_table(path: str | Path) -> dict[int, GroundTruthEntry]:
             for k, v in doc["stamps"].items()}
 
 
-class GroundTruthPassthrough:
-    """DEBUG model: GT of the keyframe at ``timestamp`` in the model frame; empty between keyframes.
+def _encode(boxes: np.ndarray) -> np.ndarray:
+    """``(N, 10)`` -> ``(N, 11)`` float32 state vectors; degenerate sizes clipped to 1 µm for the log."""
+    b = np.array(boxes, dtype=np.float64).reshape(-1, 10)
+    b[:, 3:6] = np.maximum(b[:, 3:6], 1e-6)
+    return encode_boxes(b).astype(np.float32)
+
+
+class GroundTruthPassthrough(Stepper):
+    """DEBUG backend: GT of the keyframe at ``timestamp`` in the model frame; empty between keyframes.
 
     Args:
         table: ``{stamp_ns: GroundTruthEntry}`` (global frame).
         num_cams: cameras the Pipeline checks frames against.
         input_wh: the (tiny) image size the Pipeline's preprocessing resizes to; images are unused.
+
+    ``cfg`` is the ``tiny`` preset's with these cameras and input size and no LiDAR branch; the
+    output's raw fields hold what a model would give for a certain box (one-hot class logits of
+    +/-20, the encoded box as the prediction, centerness logit 20).
     """
 
+    name = DEBUG_BACKEND
     debug_name = DEBUG_BACKEND
+    with_backbone = True
 
     def __init__(self, table: dict[int, GroundTruthEntry], num_cams: int = 6, input_wh: tuple[int, int] = (64, 32)):
         self.table = dict(table)
         self._stamps = np.array(sorted(self.table), dtype=np.int64)
-        self.cfg = SimpleNamespace(input_wh=tuple(input_wh), head=SimpleNamespace(num_cams=int(num_cams)))
+        base = get_preset("tiny")
+        self.cfg = replace(base, name=DEBUG_BACKEND, input_wh=tuple(input_wh),
+                           head=replace(base.head, num_cams=int(num_cams)), lidar=None)
+        self.device = torch.device("cpu")
 
     def lookup(self, stamp_ns: int) -> GroundTruthEntry | None:
         if not len(self._stamps):
@@ -116,18 +137,23 @@ class GroundTruthPassthrough:
             return None
         return self.table[int(self._stamps[i])]
 
-    def step(self, img, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray, state):
-        """Same signature as the model's step; ``state`` passes through unchanged."""
-        import torch
-
+    def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
+             state: TemporalState, points=None) -> tuple[HeadOutput, TemporalState]:
+        """The stepper signature; ``state`` passes through unchanged (ids come from the table)."""
         entry = self.lookup(int(round(timestamp * 1e9)))
         if entry is None or not len(entry.boxes):
             boxes, labels, ids = np.zeros((0, 10)), np.zeros(0, np.int64), np.zeros(0, np.int64)
         else:
             boxes = transform_boxes(entry.boxes, invert_transform(np.asarray(T_world_from_model, dtype=np.float64)))
             labels, ids = entry.labels, entry.ids
-        out = SimpleNamespace(boxes=torch.from_numpy(np.asarray(boxes, dtype=np.float32)),
-                              scores=torch.ones(len(boxes), dtype=torch.float32),
-                              labels=torch.from_numpy(labels.astype(np.int64)),
-                              instance_ids=torch.from_numpy(ids.astype(np.int64)))
+        n, num_classes = len(boxes), self.cfg.head.num_classes
+        ones = torch.ones(n, dtype=torch.float32)
+        labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        logits = torch.full((n, num_classes), -20.0)
+        logits[torch.arange(n), labels_t] = 20.0
+        out = HeadOutput(boxes=torch.from_numpy(np.asarray(boxes, dtype=np.float32)), scores=ones,
+                         cls_scores=ones.clone(), cls_scores_aligned=ones.clone(), labels=labels_t,
+                         instance_ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)), classification=logits,
+                         prediction=torch.from_numpy(_encode(boxes)),
+                         quality=torch.full((n, 2), 20.0))
         return out, state

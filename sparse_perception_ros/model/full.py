@@ -82,10 +82,11 @@ class Sparse4DModel(nn.Module):
         T_world_from_model: np.ndarray,
         state: TemporalState,
         points: torch.Tensor | np.ndarray | None = None,
+        dfa_impl: str | None = None,
     ) -> tuple[HeadOutput, TemporalState]:
         """Images (+ points for fused models) -> :meth:`Sparse4DHead.step` (see there for the
         other arguments). ``points``: one sweep ``(N, >=3)`` float32 in the model frame, or None
         when there is none (fused models then run camera-only); ignored by camera-only models."""
         lidar = self.lidar_candidates(points, img.device)
         return self.head.step(self.extract_features(img.float()), projection_mat, image_wh, timestamp,
-                              T_world_from_model, state, lidar=lidar)
+                              T_world_from_model, state, lidar=lidar, dfa_impl=dfa_impl)

@@ -25,11 +25,17 @@ from .checkpoint import LoadReport, load_matching, strip_prefix
 from .config import HeadConfig, LidarConfig
 from .decoding import decode_detections
 from .dfa import DeformableFeatureAggregation, FeatureInputs
-from .instance_bank import BankPrior, TemporalState, assign_instance_ids, bank_cache, bank_get, bank_update
+from .instance_bank import BankPrior, TemporalState, bank_advance, bank_cache, bank_prior, bank_update, host_step_inputs
 from .lidar import BevSampler, LidarCandidates
 from .refine import RefinementModule
 
-__all__ = ["Sparse4DHead", "HeadOutput", "FrameResult", "default_anchors"]
+__all__ = ["Sparse4DHead", "HeadOutput", "FrameResult", "default_anchors", "step_output", "STEP_INPUTS", "STEP_OUTPUTS"]
+
+# The temporal step's state inputs and its outputs, in order (:meth:`Sparse4DHead.temporal_step`;
+# the exported graph's interface, see ``runtime/export.py``).
+STEP_INPUTS = ("T_cur_from_prev", "dt", "prev_anchors", "prev_features", "prev_confidence", "prev_valid")
+STEP_OUTPUTS = ("boxes", "scores", "cls_scores", "labels", "det_index", "classification", "prediction", "quality",
+                "next_anchors", "next_features", "next_confidence", "cache_index")
 
 
 @dataclass
@@ -53,8 +59,7 @@ class HeadOutput:
 class FrameResult:
     """Raw result of the decoder stack for a batch: all ``[bs, A, *]``.
 
-    ``feature`` is the input of the last refine (what gets cached); ``carried_ids`` ``[bs, N_temp]``
-    are the previous ids after the update's mask (None on a first frame). ``layers`` (only with
+    ``feature`` is the input of the last refine (what gets cached). ``layers`` (only with
     ``forward_frame(..., all_layers=True)``, for training) holds every refine's
     ``(anchor [bs, A, 11], cls [bs, A, C], quality [bs, A, 2])`` in decoder order, each taken
     right after its refine (decoder 0's before the bank update reorders rows).
@@ -64,7 +69,6 @@ class FrameResult:
     anchor: torch.Tensor
     cls: torch.Tensor
     quality: torch.Tensor
-    carried_ids: torch.Tensor | None
     layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
@@ -170,11 +174,12 @@ class Sparse4DHead(nn.Module):
 
     def deformable(self, i: int, n_dfa: int, feature: torch.Tensor, anchor: torch.Tensor, anchor_embed: torch.Tensor,
                    features: FeatureInputs, projection_mat: torch.Tensor, image_wh: torch.Tensor,
-                   lidar: LidarCandidates | None = None) -> torch.Tensor:
+                   lidar: LidarCandidates | None = None, dfa_impl: str | None = None) -> torch.Tensor:
         """Layer ``i`` (the ``n_dfa``-th deformable): image DFA ``[bs, A, 2E]``, plus the BEV term
-        (masked by ``lidar.valid``) on its aggregated half in fused models."""
+        (masked by ``lidar.valid``) on its aggregated half in fused models. ``dfa_impl``: the DFA
+        implementation for this call (None: the layer's own, ``"reference"`` unless set)."""
         layer = self.layers[i]
-        out = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh)
+        out = layer(feature, anchor, anchor_embed, features, projection_mat, image_wh, impl=dfa_impl)
         if lidar is None or self.lidar_fusion is None:
             return out
         e = self.cfg.embed_dims
@@ -190,14 +195,19 @@ class Sparse4DHead(nn.Module):
         prior: BankPrior,
         all_layers: bool = False,
         lidar: LidarCandidates | None = None,
+        dfa_impl: str | None = None,
     ) -> FrameResult:
-        """Run the decoder stack for a batch (stateless; ``prior`` from :func:`bank_get`).
+        """The decoder stack for a batch: the only implementation of the per-frame decoder.
 
         ``feature_maps``: per level ``[bs, cams, E, H_l, W_l]``; ``projection_mat [bs, cams, 4, 4]``;
-        ``image_wh [bs, cams, 2]``. The prior's tensors must have the same ``bs``.
-        ``all_layers`` (training): classify in every decoder and return every layer's outputs in
-        ``FrameResult.layers``; the last layer's values are the same either way.
+        ``image_wh [bs, cams, 2]``. ``prior`` (:func:`~.instance_bank.bank_prior`) must have the same
+        ``bs``: without temp tensors every row is a first frame (``temp_gnn`` is self-attention
+        with the 2E value); with them and ``prior.valid`` None every row is temporal; with a
+        ``prior.valid`` tensor both ``temp_gnn`` results are computed and selected per row (the
+        static-shape graph). ``all_layers`` (training): classify in every decoder and return every
+        layer's outputs in ``FrameResult.layers``; the last layer's values are the same either way.
         ``lidar``: the LiDAR branch's candidates (fused models), None for camera-only.
+        ``dfa_impl``: DFA implementation for every deformable layer (None: the layers' own).
         """
         features = feature_maps if isinstance(feature_maps, FeatureInputs) else FeatureInputs(list(feature_maps))
         bs = projection_mat.shape[0]
@@ -205,9 +215,9 @@ class Sparse4DHead(nn.Module):
         time_interval = prior.time_interval.to(projection_mat.device)
         time_interval = time_interval.expand(bs) if time_interval.numel() == 1 else time_interval
         temp_feature = prior.temp_feature
+        select = None if prior.valid is None else prior.valid.reshape(bs, 1, 1)
         anchor_embed = self.anchor_encoder(anchor)
         temp_embed = None if prior.temp_anchor is None else self.anchor_encoder(prior.temp_anchor)
-        carried_ids = None
         num_refined = n_dfa = 0
         last = len(self.operation_order) - 1
         cls = quality = None
@@ -215,17 +225,24 @@ class Sparse4DHead(nn.Module):
         for i, op in enumerate(self.operation_order):
             layer = self.layers[i]
             if op == "temp_gnn":
-                if temp_feature is None:  # first frame: self-attention, value = 2E concat
-                    feature = self._graph(i, feature, anchor_embed)
+                first = temporal = None
+                if temp_feature is None or select is not None:  # first frame: self-attention, value = 2E concat
+                    first = self._graph(i, feature, anchor_embed)
+                if temp_feature is not None:
+                    temporal = self._graph(i, feature, anchor_embed, temp_feature, temp_embed, temp_feature)
+                if first is None:
+                    feature = temporal
+                elif temporal is None:
+                    feature = first
                 else:
-                    feature = self._graph(i, feature, anchor_embed, temp_feature, temp_embed, temp_feature)
+                    feature = torch.where(select, temporal, first)
             elif op == "gnn":
                 feature = self._graph(i, feature, anchor_embed, value=feature)
             elif op in ("norm", "ffn"):
                 feature = layer(feature)
             elif op == "deformable":
                 feature = self.deformable(i, n_dfa, feature, anchor, anchor_embed, features, projection_mat, image_wh,
-                                          lidar)
+                                          lidar, dfa_impl)
                 n_dfa += 1
             else:  # refine
                 want_cls = all_layers or num_refined == self.cfg.num_single_frame_decoder - 1 or i == last
@@ -234,12 +251,66 @@ class Sparse4DHead(nn.Module):
                     layer_outputs.append((anchor, cls, quality))
                 num_refined += 1
                 if num_refined == self.cfg.num_single_frame_decoder:
-                    feature, anchor, carried_ids = bank_update(feature, anchor, cls, prior)
+                    feature, anchor = bank_update(feature, anchor, cls, prior)
                 if i != last:
                     anchor_embed = self.anchor_encoder(anchor)
                 if num_refined > self.cfg.num_single_frame_decoder and temp_embed is not None:
                     temp_embed = anchor_embed[:, : self.cfg.num_temp_instances]
-        return FrameResult(feature, anchor, cls, quality, carried_ids, layer_outputs)
+        return FrameResult(feature, anchor, cls, quality, layer_outputs)
+
+    def temporal_step(
+        self,
+        feature_maps: Sequence[torch.Tensor] | FeatureInputs,
+        projection_mat: torch.Tensor,
+        image_wh: torch.Tensor,
+        T_cur_from_prev: torch.Tensor,
+        dt: torch.Tensor,
+        prev_anchors: torch.Tensor,
+        prev_features: torch.Tensor,
+        prev_confidence: torch.Tensor,
+        prev_valid: torch.Tensor,
+        lidar: LidarCandidates | None = None,
+        static: bool = True,
+        dfa_impl: str | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """One frame as tensors only, batch 1: the step every backend runs (exported as ONNX, run
+        eagerly or under ``torch.compile`` by the torch backend, and by :meth:`step`).
+
+        Inputs after the images (see :func:`~.instance_bank.host_step_inputs`):
+        ``T_cur_from_prev [1, 4, 4]`` float32, ``dt [1]`` float32 seconds, ``prev_anchors
+        [1, N_temp, 11]``, ``prev_features [1, N_temp, E]``, ``prev_confidence [1, N_temp]``,
+        ``prev_valid [1]`` bool (False: first frame, the prev tensors are ignored). ``static``: see
+        :func:`~.instance_bank.bank_prior` (True for graph capture; same numbers either way).
+
+        Returns, in :data:`STEP_OUTPUTS` order: ``boxes [k, 10]``, ``scores [k]``, ``cls_scores
+        [k]``, ``labels [k]`` int64, ``det_index [k]`` int64 (row of each box among the A
+        instances), ``classification [A, C]``, ``prediction [A, 11]``, ``quality [A, 2]``,
+        ``next_anchors [1, N_temp, 11]``, ``next_features [1, N_temp, E]``, ``next_confidence
+        [1, N_temp]`` (the new cache, sorted) and ``cache_index [N_temp]`` int64 (row of each
+        cached instance). The instance bank's projection, update and cache and the decoder's
+        top-k are all inside; ids are host bookkeeping (:func:`~.instance_bank.bank_advance`).
+        """
+        cfg = self.cfg
+        prior = bank_prior(T_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid,
+                           cfg.max_time_interval, cfg.default_time_interval, static=static)
+        res = self.forward_frame(feature_maps, projection_mat, image_wh, prior, lidar=lidar, dfa_impl=dfa_impl)
+        conf, cached_feature, cached_anchor, order = bank_cache(
+            res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
+        )
+        rows = torch.arange(cfg.num_anchor, device=res.anchor.device)
+        det = decode_detections(res.cls[0], res.anchor[0], res.quality[0], rows, cfg.num_output)
+        return (
+            det.boxes, det.scores, det.cls_scores, det.labels, det.instance_ids,
+            res.cls[0], res.anchor[0], res.quality[0],
+            cached_anchor, cached_feature, conf, order[0],
+        )
+
+    def set_dfa_impl(self, name: str) -> Sparse4DHead:
+        """Every deformable layer's default DFA implementation (see ``ops.deformable_aggregation``)."""
+        for op, layer in zip(self.operation_order, self.layers, strict=True):
+            if op == "deformable":
+                layer.dfa_impl = name
+        return self
 
     @torch.no_grad()
     def step(
@@ -251,8 +322,13 @@ class Sparse4DHead(nn.Module):
         T_world_from_model: np.ndarray,
         state: TemporalState,
         lidar: LidarCandidates | None = None,
+        dfa_impl: str | None = None,
     ) -> tuple[HeadOutput, TemporalState]:
         """One frame (batch size 1): detect, decode, track ids; returns the output and the next state.
+
+        The host bookkeeping (:func:`~.instance_bank.host_step_inputs`,
+        :func:`~.instance_bank.bank_advance`) around :meth:`temporal_step`, exactly what every
+        runtime backend runs.
 
         Args:
             feature_maps: ``num_levels`` float32 tensors ``[1, N_cam, E, H_l, W_l]`` (strides 4..32).
@@ -263,6 +339,7 @@ class Sparse4DHead(nn.Module):
             T_world_from_model: ``(4, 4)`` float64 pose of the model frame in a fixed world frame.
             state: the previous :class:`TemporalState` (``TemporalState.empty()`` on a first frame).
             lidar: LiDAR candidates of this frame (fused models; None = camera-only).
+            dfa_impl: DFA implementation for this step (None: the layers' own).
         """
         if projection_mat.shape[0] != 1:
             raise ValueError(f"step() takes batch size 1, got {projection_mat.shape[0]}; use forward_frame for batches")
@@ -281,26 +358,22 @@ class Sparse4DHead(nn.Module):
                     raise ValueError(f"state.{name} has shape {tuple(value.shape)}, this head expects {shape}")
             if state.features is None or state.confidence is None:
                 raise ValueError("a non-empty state needs anchors, features and confidence")
-        prior = bank_get(state, float(timestamp), t_world, cfg.max_time_interval, cfg.default_time_interval)
-        res = self.forward_frame(feature_maps, projection_mat.float(), image_wh.float(), prior, lidar=lidar)
-        conf, cached_feature, cached_anchor, order = bank_cache(
-            res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
-        )
-        ids, next_id = assign_instance_ids(cfg.num_anchor, res.carried_ids, prior.next_track_id, bs=1)
-        ids = ids.to(order.device)
-        new_state = TemporalState(
-            anchors=cached_anchor,
-            features=cached_feature,
-            confidence=conf,
-            track_ids=torch.gather(ids, 1, order),
-            timestamp=float(timestamp),
-            T_world_from_model=t_world.copy(),
-            next_track_id=next_id,
-        )
-        det = decode_detections(res.cls[0], res.anchor[0], res.quality[0], ids[0], cfg.num_output)
-        out = HeadOutput(
-            boxes=det.boxes, scores=det.scores, cls_scores=det.cls_scores, cls_scores_aligned=det.cls_scores_aligned,
-            labels=det.labels, instance_ids=det.instance_ids,
-            classification=res.cls[0], prediction=res.anchor[0], quality=res.quality[0],
-        )
-        return out, new_state
+        device = projection_mat.device
+        host = host_step_inputs(float(timestamp), t_world, state, cfg)
+        args = [torch.as_tensor(host[k]).to(device) for k in STEP_INPUTS]
+        outs = dict(zip(STEP_OUTPUTS, self.temporal_step(
+            feature_maps, projection_mat.float(), image_wh.float(), *args, lidar=lidar, static=False,
+            dfa_impl=dfa_impl), strict=True))
+        ids, new_state = bank_advance(state, host, outs, float(timestamp), t_world, cfg)
+        return step_output(outs, ids), new_state
+
+
+def step_output(outs: Mapping[str, torch.Tensor], instance_ids: torch.Tensor) -> HeadOutput:
+    """:data:`STEP_OUTPUTS` (as tensors, any device) + the boxes' ids -> :class:`HeadOutput`."""
+    cls = outs["classification"]
+    return HeadOutput(
+        boxes=outs["boxes"], scores=outs["scores"], cls_scores=outs["cls_scores"],
+        cls_scores_aligned=cls.sigmoid().max(dim=-1).values[outs["det_index"]],
+        labels=outs["labels"], instance_ids=instance_ids.to(outs["labels"].device),
+        classification=cls, prediction=outs["prediction"], quality=outs["quality"],
+    )

@@ -31,8 +31,11 @@ __all__ = [
     "TemporalState",
     "BankPrior",
     "anchor_projection",
+    "host_step_inputs",
+    "bank_prior",
     "bank_get",
     "bank_update",
+    "bank_advance",
     "bank_cache",
     "assign_instance_ids",
 ]
@@ -111,11 +114,15 @@ class TemporalState:
 
 @dataclass
 class BankPrior:
-    """What :func:`bank_get` hands the decoder for one frame.
+    """What the decoder gets of the previous frame (see :func:`bank_prior`).
 
     ``temp_anchor [bs, N_temp, 11]`` (projected, sin/cos swapped) and ``temp_feature
-    [bs, N_temp, E]`` are None on a first frame; ``mask [bs]`` bool (None on a first frame);
-    ``time_interval [bs]`` float32 seconds; ``prev_track_ids [bs, N_temp]`` or None.
+    [bs, N_temp, E]`` are None when no row has a previous frame; ``mask [bs]`` bool: the bank
+    update applies (a previous frame within ``max_time_interval``), None with no temp tensors;
+    ``time_interval [bs]`` float32 seconds; ``prev_confidence [bs, N_temp]`` or None.
+    ``valid [bs]`` bool or None: with temp tensors, None means every row has a previous frame;
+    a tensor makes the decoder compute the first-frame and the temporal ``temp_gnn`` results and
+    select per row with ``where`` (the static-shape exported graph).
     """
 
     temp_anchor: torch.Tensor | None
@@ -123,8 +130,7 @@ class BankPrior:
     mask: torch.Tensor | None
     time_interval: torch.Tensor
     prev_confidence: torch.Tensor | None
-    prev_track_ids: torch.Tensor | None
-    next_track_id: int
+    valid: torch.Tensor | None = None
 
 
 def anchor_projection(anchor: torch.Tensor, T_dst_from_src: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
@@ -143,6 +149,111 @@ def anchor_projection(anchor: torch.Tensor, T_dst_from_src: torch.Tensor, dt: to
     return torch.cat([center, anchor[..., W : W + 3], yaw, vel], dim=-1)
 
 
+# ------------------------------------------------------------------------------ host bookkeeping
+def host_step_inputs(timestamp: float, T_world_from_model: np.ndarray, state: TemporalState, cfg) -> dict:
+    """The state inputs of one step for ``state``: the only place ``dt`` and the pose change are computed.
+
+    ``dt = float32(t_cur - t_prev)`` and ``T_cur_from_prev = float32(inv(T_world_cur) @ T_world_prev)``
+    are computed in float64 (as the reference does) and returned as numpy ``[1]`` / ``[1, 4, 4]``.
+    The state tensors are passed **as they are** (on whatever device they live, no copy); an
+    empty state gives ``prev_valid = False`` and numpy zeros of the graph's static shapes.
+    ``cfg``: a :class:`~.config.HeadConfig` or a :class:`~.config.ModelConfig` (its ``head``);
+    only an empty state needs it (for the shapes).
+
+    Returns ``{T_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid}``.
+    """
+    if state.is_empty:
+        if cfg is None:
+            raise ValueError("an empty state needs the config for the static input shapes")
+        h = getattr(cfg, "head", cfg)
+        return {
+            "T_cur_from_prev": np.eye(4, dtype=np.float32)[None],
+            "dt": np.zeros(1, np.float32),
+            "prev_anchors": np.zeros((1, h.num_temp_instances, 11), np.float32),
+            "prev_features": np.zeros((1, h.num_temp_instances, h.embed_dims), np.float32),
+            "prev_confidence": np.zeros((1, h.num_temp_instances), np.float32),
+            "prev_valid": np.zeros(1, bool),
+        }
+    dt = np.float32(np.float64(timestamp) - np.float64(state.timestamp))
+    t = np.linalg.inv(np.asarray(T_world_from_model, np.float64)) @ np.asarray(state.T_world_from_model, np.float64)
+    return {
+        "T_cur_from_prev": t.astype(np.float32)[None],
+        "dt": np.array([dt], np.float32),
+        "prev_anchors": state.anchors,
+        "prev_features": state.features,
+        "prev_confidence": state.confidence,
+        "prev_valid": np.ones(1, bool),
+    }
+
+
+def bank_advance(
+    state: TemporalState,
+    inputs: dict,
+    outputs: dict,
+    timestamp: float,
+    T_world_from_model: np.ndarray,
+    cfg,
+) -> tuple[torch.Tensor, TemporalState]:
+    """End a step on the host: track ids and the next :class:`TemporalState` (the only place).
+
+    ``inputs``: what :func:`host_step_inputs` gave for this step; ``outputs``: the step's
+    ``det_index [k]``, ``cache_index [N_temp]`` and ``next_anchors`` / ``next_features`` /
+    ``next_confidence`` (torch tensors, on any device: the state keeps them where they are).
+    Carried rows keep their ids when the bank update applied (``prev_valid`` and
+    ``|dt| <= max_time_interval``, as in the graph), new rows get fresh ids in row order.
+    Returns ``(instance_ids [k] int64 of the decoded boxes, next state)``.
+    """
+    h = getattr(cfg, "head", cfg)
+    carried = None
+    if not state.is_empty:
+        applied = bool(np.abs(np.asarray(inputs["dt"])[0]) <= np.float32(h.max_time_interval))
+        prev_ids = state.track_ids.to(torch.int64).cpu()
+        carried = prev_ids if applied else torch.full_like(prev_ids, -1)
+    ids, next_id = assign_instance_ids(h.num_anchor, carried, state.next_track_id, bs=1)
+    ids = ids[0]
+    new_state = TemporalState(
+        anchors=outputs["next_anchors"], features=outputs["next_features"], confidence=outputs["next_confidence"],
+        track_ids=ids[outputs["cache_index"].cpu()][None], timestamp=float(timestamp),
+        T_world_from_model=np.asarray(T_world_from_model, np.float64).copy(), next_track_id=next_id,
+    )
+    return ids[outputs["det_index"].cpu()], new_state
+
+
+# ------------------------------------------------------------------------------ tensor functions
+def bank_prior(
+    T_cur_from_prev: torch.Tensor,
+    dt: torch.Tensor,
+    prev_anchors: torch.Tensor,
+    prev_features: torch.Tensor,
+    prev_confidence: torch.Tensor,
+    prev_valid: torch.Tensor,
+    max_time_interval: float,
+    default_time_interval: float,
+    static: bool = True,
+) -> BankPrior:
+    """The step's inputs (see :func:`host_step_inputs`, as tensors) -> the decoder's :class:`BankPrior`.
+
+    ``mask = prev_valid & |dt| <= max_time_interval``; cached anchors are projected with the
+    **real** ``dt`` (even when masked); ``time_interval = dt`` unless ``dt == 0`` or masked, then
+    ``default_time_interval``; the previous confidence is zeroed where there is no previous frame.
+    ``static=True`` (export, ``torch.compile``) keeps every tensor and lets the decoder select per
+    row; ``static=False`` (eager) reads ``prev_valid`` once: all False gives the first-frame prior
+    (no temp tensors, nothing computed for them), all True a prior without the selection. Both
+    give the same numbers.
+    """
+    valid = prev_valid.reshape(-1).to(torch.bool)
+    dt = dt.reshape(-1).to(torch.float32)
+    default = torch.full_like(dt, default_time_interval)
+    if not static and not bool(valid.any()):
+        return BankPrior(None, None, None, default, None)
+    mask = valid & (dt.abs() <= max_time_interval)
+    temp_anchor = anchor_projection(prev_anchors, T_cur_from_prev.to(prev_anchors.dtype), dt)
+    time_interval = torch.where((dt != 0) & mask, dt, default)
+    prev_conf = torch.where(valid[:, None], prev_confidence, torch.zeros_like(prev_confidence))
+    select = None if not static and bool(valid.all()) else valid
+    return BankPrior(temp_anchor, prev_features, mask, time_interval, prev_conf, select)
+
+
 def bank_get(
     state: TemporalState,
     timestamp: float,
@@ -150,34 +261,26 @@ def bank_get(
     max_time_interval: float = 2.0,
     default_time_interval: float = 0.5,
 ) -> BankPrior:
-    """Start a frame: compute ``dt``, the mask and the projected cache (see module doc)."""
+    """The prior of ``state`` for a frame at ``timestamp`` / ``T_world_from_model`` (eager; training
+    and tests): :func:`host_step_inputs` then :func:`bank_prior`, on the state's device."""
     if state.is_empty:
-        ti = torch.tensor([default_time_interval], dtype=torch.float32)
-        return BankPrior(None, None, None, ti, None, None, int(state.next_track_id))
-    device = state.anchors.device
-    dt = np.float32(np.float64(timestamp) - np.float64(state.timestamp))
-    dt32 = torch.tensor([dt], dtype=torch.float32, device=device)
-    mask = dt32.abs() <= max_time_interval
-    t_cur_from_prev = np.linalg.inv(np.asarray(T_world_from_model, np.float64)) @ np.asarray(
-        state.T_world_from_model, np.float64
-    )
-    t = torch.as_tensor(t_cur_from_prev, dtype=state.anchors.dtype, device=device)[None]
-    temp_anchor = anchor_projection(state.anchors, t, dt32)
-    ti = torch.where((dt32 != 0) & mask, dt32, torch.full_like(dt32, default_time_interval))
-    return BankPrior(temp_anchor, state.features, mask, ti, state.confidence, state.track_ids, int(state.next_track_id))
+        return BankPrior(None, None, None, torch.tensor([default_time_interval], dtype=torch.float32), None)
+    host = host_step_inputs(timestamp, T_world_from_model, state, None)
+    t = {k: torch.as_tensor(v, device=state.anchors.device) for k, v in host.items()}
+    return bank_prior(t["T_cur_from_prev"], t["dt"], t["prev_anchors"], t["prev_features"], t["prev_confidence"],
+                      t["prev_valid"], max_time_interval, default_time_interval, static=False)
 
 
 def bank_update(
     feature: torch.Tensor, anchor: torch.Tensor, cls: torch.Tensor, prior: BankPrior
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge after decoder 0: ``[bs, A, *]`` -> ``[bs, A, *]`` rows ``[cached || top (A - N_temp)]``.
 
     Ranks the current instances by ``cls.max(-1)`` (raw logits); applied only where
-    ``prior.mask``. Returns (feature, anchor, track_ids ``[bs, N_temp]`` with -1 where masked,
-    or None on a first frame).
+    ``prior.mask``. Returns (feature, anchor); unchanged on a first frame.
     """
     if prior.temp_feature is None:
-        return feature, anchor, None
+        return feature, anchor
     num_temp = prior.temp_feature.shape[1]
     num_new = anchor.shape[1] - num_temp
     conf = cls.max(dim=-1).values
@@ -187,10 +290,7 @@ def bank_update(
     merged_feature = torch.cat([prior.temp_feature, sel_feature], dim=1)
     merged_anchor = torch.cat([prior.temp_anchor, sel_anchor], dim=1)
     m = prior.mask[:, None, None]
-    ids = None
-    if prior.prev_track_ids is not None:
-        ids = torch.where(prior.mask[:, None], prior.prev_track_ids, torch.full_like(prior.prev_track_ids, -1))
-    return torch.where(m, merged_feature, feature), torch.where(m, merged_anchor, anchor), ids
+    return torch.where(m, merged_feature, feature), torch.where(m, merged_anchor, anchor)
 
 
 def bank_cache(

@@ -1,22 +1,30 @@
-"""One small backend interface for the exported step, and the runner that carries its state.
+"""One typed stepper for every backend, and the small graph interface under it.
 
-A :class:`Backend` runs the step graph of :mod:`.export` and nothing else:
+A :class:`Stepper` is what the node, ``eval`` and ``bench`` drive, whatever runs the model:
+``cfg`` (a :class:`~..model.config.ModelConfig`), ``device`` (where inputs go) and
+``out, state = stepper.step(images, projection_mat, image_wh, timestamp, T_world_from_model, state,
+points=None)`` with the :class:`~..model.HeadOutput` / :class:`~..model.TemporalState` of
+``Sparse4DHead.step``. :class:`StepRunner` is the stepper of every model backend; the debug
+ground-truth replay (``eval.ground_truth``) is the other one.
+
+A :class:`Backend` runs the step graph of :mod:`.export` (``Sparse4DHead.temporal_step`` after
+the backbone) and nothing else:
 
 - ``input_spec()`` / ``output_spec()``: ``{name: TensorSpec(shape, dtype)}`` in graph order;
 - ``run(inputs: dict) -> dict``: one call of the graph. Inputs may be numpy arrays or torch
   tensors (on any device); each backend converts only what is not already where it needs it.
 
-Implementations: :class:`TorchBackend` (eager :class:`~.export.StepGraph`, DFA impl selectable),
-:class:`OrtBackend` (ONNX Runtime on the exported file, DFA node as a custom op) and
-``TensorRTBackend`` (:mod:`.tensorrt_backend`, imported lazily). :func:`create_backend` picks
-one by name, ``"auto"`` = TensorRT if usable, else ONNX Runtime, else torch.
+Implementations: :class:`TorchBackend` (the same step function in eager torch or under
+``torch.compile``, DFA implementation resolved explicitly), :class:`OrtBackend` (ONNX Runtime on
+the exported file, DFA node as a custom op) and ``TensorRTBackend`` (:mod:`.tensorrt_backend`,
+imported lazily). :func:`create_backend` picks one by name, ``"auto"`` = TensorRT if usable, else
+ONNX Runtime, else torch.
 
-:class:`StepRunner` turns any backend into the model's ``step`` API
-(``out, state = runner.step(img_or_features, projection_mat, image_wh, timestamp, T_world, state)``),
-so :class:`~.pipeline.Pipeline`, the evaluator and the benchmark drive all backends the same way.
-The state is carried between ``run`` calls as the backend's own output tensors: numpy-backed
-for ONNX Runtime, CUDA tensors for TensorRT (no host round trip). The host does the float64
-time/pose arithmetic and the track-id bookkeeping, exactly as ``head.step``.
+:class:`StepRunner` wraps any backend with the host bookkeeping of the instance bank
+(:func:`~..model.instance_bank.host_step_inputs` before, :func:`~..model.instance_bank.bank_advance`
+after: float64 time/pose arithmetic, track ids, the next state) — the same functions
+``Sparse4DHead.step`` uses. The state is carried between ``run`` calls as the backend's own
+output tensors: numpy-backed for ONNX Runtime, CUDA tensors for TensorRT (no host round trip).
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ import torch
 
 from ..model import HeadOutput, TemporalState
 from ..model.config import ModelConfig, get_preset
-from ..model.instance_bank import assign_instance_ids
-from .export import STATE_OUTPUTS, StepGraph, host_step_inputs, input_names, lidar_step_inputs, output_names
+from ..model.head import step_output
+from ..model.instance_bank import bank_advance, host_step_inputs
+from .export import StepGraph, input_names, lidar_step_inputs, output_names
 
 __all__ = [
+    "Stepper",
     "TensorSpec",
     "Backend",
     "TorchBackend",
@@ -46,6 +56,7 @@ __all__ = [
     "available_backends",
     "StepRunner",
     "build_stepper",
+    "torch_stepper",
     "BACKENDS",
 ]
 
@@ -82,6 +93,7 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     with_backbone: bool = False
+    device: torch.device = torch.device("cpu")  # where the graph's outputs (and the carried state) live
 
     @abc.abstractmethod
     def input_spec(self) -> dict[str, TensorSpec]: ...
@@ -99,23 +111,34 @@ class Backend(abc.ABC):
 
 
 class TorchBackend(Backend):
-    """Eager PyTorch on a :class:`~.export.StepGraph` (same function as the exported graph).
+    """PyTorch on a :class:`~.export.StepGraph`: the exported step function, run eagerly or compiled.
 
-    ``dfa_impl``: ``"fast"`` (C CPU kernel), ``"reference"``, ``"triton"`` or ``"auto"``
-    (see :mod:`sparse_perception_ros.ops.deformable_aggregation`). ``device``: where the module
-    and inputs live. Outputs are torch tensors on ``device``.
+    ``dfa_impl``: ``"auto"`` (Triton on CUDA, the fast C kernel on CPU), ``"fast"``,
+    ``"triton"`` or ``"reference"``; resolved once here for ``device`` (``self.dfa_impl`` holds
+    the concrete choice). ``device``: where the module and inputs live (default: the module's).
+    ``compile``: run the step under ``torch.compile`` (static shapes, the ``where`` form of the
+    first-frame branch, one graph); eager otherwise. Outputs are torch tensors on ``device``.
     """
 
     name = "torch"
 
     def __init__(self, module: torch.nn.Module, cfg: ModelConfig, dfa_impl: str = "auto",
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device | None = None, compile: bool = False):
+        from ..ops.deformable_aggregation import DFA_IMPLS, resolve_dfa_impl
+
+        if dfa_impl not in DFA_IMPLS:
+            raise ValueError(f"unknown DFA impl {dfa_impl!r}; choose one of {DFA_IMPLS}")
         self.with_backbone = hasattr(module, "extract_features")
         head = module.head if self.with_backbone else module
         self.cfg = cfg
-        self.device = torch.device(device)
-        self.graph = StepGraph(head, module if self.with_backbone else None).to(self.device).eval()
-        self.dfa_impl = dfa_impl
+        first = next(module.parameters(), None)
+        self.device = torch.device(device) if device is not None else (
+            first.device if first is not None else torch.device("cpu"))
+        self.dfa_impl = resolve_dfa_impl(dfa_impl, self.device)
+        self.compiled = bool(compile)
+        self.graph = StepGraph(head, module if self.with_backbone else None, static=self.compiled,
+                               dfa_impl=self.dfa_impl).to(self.device).eval()
+        self._fn = torch.compile(self.graph, dynamic=False) if self.compiled else self.graph
         self._inputs = input_names(cfg, self.with_backbone)
 
     def input_spec(self) -> dict[str, TensorSpec]:
@@ -126,12 +149,9 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def run(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        from ..ops.deformable_aggregation import dfa_impl
-
         self._check_inputs(inputs)
         args = [torch.as_tensor(inputs[k]).to(self.device) for k in self._inputs]
-        with dfa_impl(self.dfa_impl):
-            outs = self.graph(*args)
+        outs = self._fn(*args)
         return dict(zip(output_names(), outs, strict=True))
 
 
@@ -253,6 +273,7 @@ def create_backend(
     dfa_impl: str = "auto",
     device: str | None = None,
     num_threads: int | None = None,
+    compile: bool = False,
 ) -> Backend:
     """Build a backend by name (one of :data:`BACKENDS`).
 
@@ -271,7 +292,7 @@ def create_backend(
         for cand in available_backends():
             try:
                 return create_backend(cand, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
-                                      dfa_impl=dfa_impl, device=device, num_threads=num_threads)
+                                      dfa_impl=dfa_impl, device=device, num_threads=num_threads, compile=compile)
             except BackendUnavailable as exc:
                 reasons.append(f"{cand}: {exc}")
         raise BackendUnavailable("no backend can run: " + "; ".join(reasons))
@@ -287,24 +308,45 @@ def create_backend(
         return OrtBackend(onnx_path, num_threads=num_threads)
     if module is None or cfg is None:
         raise BackendUnavailable("torch needs the model module and its config")
-    return TorchBackend(module, get_preset(cfg) if isinstance(cfg, str) else cfg, dfa_impl, device or "cpu")
+    return TorchBackend(module, get_preset(cfg) if isinstance(cfg, str) else cfg, dfa_impl, device, compile)
 
 
-# ---------------------------------------------------------------------------------- the runner
-class StepRunner:
+# ---------------------------------------------------------------------------------- steppers
+class Stepper(abc.ABC):
+    """What runs one frame for the Pipeline, whatever the backend.
+
+    ``name``: the backend's name; ``cfg``: the :class:`ModelConfig` (input size, cameras,
+    LiDAR); ``device``: where :meth:`step`'s tensor inputs should live; ``with_backbone``: True
+    when ``step`` takes images (else per-level feature maps).
+    """
+
+    name: str
+    cfg: ModelConfig
+    device: torch.device
+    with_backbone: bool = True
+
+    @abc.abstractmethod
+    def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
+             state: TemporalState, points: np.ndarray | None = None) -> tuple[HeadOutput, TemporalState]:
+        """One frame, batch 1: the :class:`HeadOutput` (model frame) and the next state."""
+
+
+class StepRunner(Stepper):
     """The model's ``step`` API on top of any :class:`Backend`, with the state carried between calls.
 
     ``out, state = runner.step(images, projection_mat, image_wh, timestamp, T_world_from_model, state)``
-    behaves like ``Sparse4DHead.step`` / ``Sparse4DModel.step``: ``images`` is ``img [1, N, 3, H, W]``
-    for a full-model backend, else the list of per-level feature maps. ``state`` is a
-    :class:`~sparse_perception_ros.model.TemporalState`; the returned one holds the backend's own
-    output tensors (numpy-backed CPU tensors for ONNX Runtime, CUDA tensors for TensorRT), which
-    the next call feeds back as inputs without a copy. ``cfg`` is exposed for the Pipeline.
+    behaves like ``Sparse4DHead.step`` / ``Sparse4DModel.step`` (the same host functions around
+    the same step): ``images`` is ``img [1, N, 3, H, W]`` for a full-model backend, else the list
+    of per-level feature maps. The returned state holds the backend's own output tensors
+    (numpy-backed CPU tensors for ONNX Runtime, CUDA tensors for TensorRT), which the next call
+    feeds back as inputs without a copy.
     """
 
     def __init__(self, backend: Backend, cfg: ModelConfig):
         self.backend = backend
         self.cfg = cfg
+        self.name = backend.name
+        self.device = backend.device
         self.with_backbone = backend.with_backbone
 
     def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
@@ -325,35 +367,33 @@ class StepRunner:
         inputs: dict[str, Any] = dict(zip(names, images, strict=True))
         inputs["projection_mat"] = projection_mat
         inputs["image_wh"] = image_wh
-        inputs.update(host_step_inputs(timestamp, t_world, state, self.cfg))
+        host = host_step_inputs(timestamp, t_world, state, self.cfg)
+        inputs.update(host)
         if "points" in self.backend.input_spec():
             inputs.update(lidar_step_inputs(None if points is None else np.asarray(points), self.cfg.lidar))
-        mask = not state.is_empty and bool(np.abs(inputs["dt"][0]) <= np.float32(h.max_time_interval))
         out = self.backend.run(inputs)
         out = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))) for k, v in out.items()}
-        # track ids (host bookkeeping, as Sparse4DHead.step): carried rows keep their id when masked in
-        carried = None
-        if not state.is_empty:
-            prev_ids = state.track_ids.to(torch.int64)
-            carried = prev_ids if mask else torch.full_like(prev_ids, -1)
-        ids, next_id = assign_instance_ids(h.num_anchor, None if carried is None else carried.cpu(),
-                                           state.next_track_id, bs=1)
-        det_index = out["det_index"].cpu()
-        cache_index = out["cache_index"].cpu()
-        ids = ids[0]
-        cls = out["classification"]
-        new_state = TemporalState(
-            anchors=out[STATE_OUTPUTS[0]], features=out[STATE_OUTPUTS[1]], confidence=out[STATE_OUTPUTS[2]],
-            track_ids=ids[cache_index][None], timestamp=float(timestamp), T_world_from_model=t_world.copy(),
-            next_track_id=next_id,
-        )
-        head_out = HeadOutput(
-            boxes=out["boxes"], scores=out["scores"], cls_scores=out["cls_scores"],
-            cls_scores_aligned=cls.sigmoid().max(dim=-1).values[out["det_index"]],
-            labels=out["labels"], instance_ids=ids[det_index],
-            classification=cls, prediction=out["prediction"], quality=out["quality"],
-        )
-        return head_out, new_state
+        ids, new_state = bank_advance(state, host, out, float(timestamp), t_world, self.cfg)
+        return step_output(out, ids), new_state
+
+
+def _module_config(module: torch.nn.Module, preset: str | ModelConfig | None) -> ModelConfig:
+    """The :class:`ModelConfig` of a built head or full model (a head needs ``preset`` for the
+    input size; the head's own config wins over the preset's)."""
+    if hasattr(module, "extract_features"):
+        return module.cfg
+    if preset is None:
+        raise ValueError("a head-only module needs its preset (for the input size)")
+    cfg = get_preset(preset)
+    return ModelConfig(cfg.name, cfg.backbone, module.cfg, cfg.input_wh, None)
+
+
+def torch_stepper(module: torch.nn.Module, preset: str | ModelConfig | None = None, *, dfa_impl: str = "auto",
+                  device: str | torch.device | None = None, compile: bool = False) -> StepRunner:
+    """The torch backend's stepper for a built full model (or a head, with its ``preset``):
+    :class:`TorchBackend` under :class:`StepRunner`, what ``model.backend: torch`` runs."""
+    cfg = _module_config(module, preset)
+    return StepRunner(TorchBackend(module, cfg, dfa_impl, device, compile), cfg)
 
 
 def build_stepper(
@@ -368,14 +408,15 @@ def build_stepper(
     cache_dir: str | Path | None = None,
     num_threads: int | None = None,
     dfa_impl: str = "auto",
+    compile: bool = False,
 ) -> StepRunner:
     """One call for the node, the evaluator and the benchmark: a :class:`StepRunner` for ``backend``.
 
     Builds the model of ``preset`` (loading ``checkpoint``) unless ``module`` is given. For
     ``onnxruntime`` (and ``auto`` when ONNX Runtime is the pick) without ``onnx_path``, the step
     graph is exported once into ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``),
-    keyed by preset, variant and a hash of the weights. ``tensorrt`` needs ``engine_path``. The
-    result plugs into ``Pipeline(runner, class_names, ...)`` in place of the torch model.
+    keyed by preset, variant and a hash of the weights. ``tensorrt`` needs ``engine_path``.
+    ``dfa_impl`` and ``compile`` apply to the torch backend.
     """
     from ..model import build_head, build_model
     from .export import export_cached
@@ -401,5 +442,5 @@ def build_stepper(
     if wants_ort and onnx_path is None:
         onnx_path = export_cached(module, cfg, cache_dir)
     chosen = create_backend(backend, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
-                            dfa_impl=dfa_impl, num_threads=num_threads)
+                            dfa_impl=dfa_impl, num_threads=num_threads, compile=compile)
     return StepRunner(chosen, cfg)

@@ -12,10 +12,12 @@ There is no separate first-frame graph: ``prev_valid = False`` gives the first-f
 time interval) by selecting between both attention results with ``where``; ``prev_valid = True``
 with ``|dt| > max_time_interval`` gives the reference's stale-cache behaviour. The instance
 bank's projection (with the sin/cos swap), update top-k, cache top-k and the decoder's top-k
-are all inside. The host keeps only what cannot be a tensor op cheaply: float64 time and pose
-arithmetic (``dt`` and ``T_cur_from_prev`` are computed in float64 and passed as float32, as the
-reference does) and the track-id bookkeeping (from ``det_index`` / ``cache_index``, see
-:class:`~.backends.StepRunner`).
+are all inside: the graph is :meth:`Sparse4DHead.temporal_step` itself (after the backbone and
+the LiDAR branch for full models), the function every backend runs. The host keeps only what
+cannot be a tensor op cheaply: float64 time and pose arithmetic (``dt`` and ``T_cur_from_prev``
+are computed in float64 and passed as float32, as the reference does) and the track-id
+bookkeeping (from ``det_index`` / ``cache_index``), both in :mod:`~..model.instance_bank`
+(``host_step_inputs``, ``bank_advance``).
 
 Shapes are static (batch 1, fixed image size): the DFA's ``spatial_shape`` and
 ``scale_start_index`` become constants and TensorRT builds one engine per resolution anyway.
@@ -46,10 +48,9 @@ from torch import nn
 
 from ..model import TemporalState, build_head, build_model
 from ..model.config import LidarConfig, ModelConfig, get_preset
-from ..model.decoding import decode_detections
 from ..model.dfa import FeatureInputs
-from ..model.head import Sparse4DHead
-from ..model.instance_bank import BankPrior, anchor_projection, bank_cache, bank_update
+from ..model.head import STEP_INPUTS, STEP_OUTPUTS, Sparse4DHead
+from ..model.instance_bank import host_step_inputs
 
 __all__ = [
     "StepGraph",
@@ -68,10 +69,8 @@ __all__ = [
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
-STATE_HOST_INPUTS = ("T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid")
+STATE_HOST_INPUTS = STEP_INPUTS
 STATE_OUTPUTS = ("next_anchors", "next_features", "next_confidence")
-DETECTION_OUTPUTS = ("boxes", "scores", "cls_scores", "labels", "det_index")
-RAW_OUTPUTS = ("classification", "prediction", "quality")
 
 
 def level_shapes(input_wh: tuple[int, int], num_levels: int = 4) -> list[tuple[int, int]]:
@@ -94,15 +93,14 @@ def input_names(cfg: ModelConfig, with_backbone: bool) -> list[str]:
 
 
 def output_names() -> list[str]:
-    return [*DETECTION_OUTPUTS, *RAW_OUTPUTS, *STATE_OUTPUTS, "cache_index"]
+    return list(STEP_OUTPUTS)
 
 
 class StepGraph(nn.Module):
     """The exportable step around a built head (and optionally the backbone + neck).
 
-    Wraps, does not copy: the head's layers, bank functions and decoder are called as they are.
-    ``forward`` mirrors :meth:`Sparse4DHead.forward_frame` with the first-frame branch turned
-    into a ``where`` on ``prev_valid``. Inputs (batch 1):
+    Wraps, does not copy: ``forward`` runs the backbone (full model), the LiDAR branch (fused
+    presets) and then :meth:`Sparse4DHead.temporal_step`, the one decoder step. Inputs (batch 1):
 
     - ``img [1, N_cam, 3, H, W]`` (full model) or ``feat_l{i} [1, N_cam, E, H_i, W_i]``;
     - ``projection_mat [1, N_cam, 4, 4]``, ``image_wh [1, N_cam, 2]`` float32;
@@ -113,18 +111,22 @@ class StepGraph(nn.Module):
     - fused presets (``cfg.lidar``) only: ``points [1, max_points, point_dims]`` float32 (model
       frame, zero-padded) and ``num_points [1]`` int64 (0 = no sweep: the camera-only path).
 
-    Outputs (a tuple in :func:`output_names` order): ``boxes [k, 10]``, ``scores [k]``,
-    ``cls_scores [k]``, ``labels [k]`` int64, ``det_index [k]`` int64 (row of each box among the
-    A instances), ``classification [A, n_cls]``, ``prediction [A, 11]``, ``quality [A, 2]``,
-    ``next_anchors``, ``next_features``, ``next_confidence`` (the new cache) and
-    ``cache_index [N_temp]`` int64 (row of each cached instance).
+    Outputs: a tuple in :func:`output_names` order (see :meth:`Sparse4DHead.temporal_step`).
+
+    ``static``: True (export, ``torch.compile``) selects the first-frame branch with ``where``;
+    False (eager) branches on ``prev_valid`` in Python, which skips the unused attention (same
+    numbers). ``dfa_impl``: the DFA implementation of every deformable layer (None: the layers'
+    own; the ONNX exporter emits one custom node whatever it is).
     """
 
-    def __init__(self, head: Sparse4DHead, backbone: nn.Module | None = None):
+    def __init__(self, head: Sparse4DHead, backbone: nn.Module | None = None, static: bool = True,
+                 dfa_impl: str | None = None):
         super().__init__()
         self.head = head
         self.backbone = backbone  # a Sparse4DModel (extract_features) or None
         self.pts_branch = getattr(backbone, "pts_branch", None)
+        self.static = static
+        self.dfa_impl = dfa_impl
         if head.lidar_fusion is not None and self.pts_branch is None:
             raise ValueError("a fused head needs its LiDAR branch: export the full model (with_backbone=True)")
         self.eval()
@@ -138,71 +140,14 @@ class StepGraph(nn.Module):
             points, num_points = args[-2:]
             args = args[:-2]
             lidar = self.pts_branch(points, num_points.reshape(1))
-        projection_mat, image_wh, t_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid = (
-            args[n_img:]
-        )
+        projection_mat, image_wh, *state = args[n_img:]
         if self.backbone is not None:
             dtype = next(self.backbone.img_backbone.parameters()).dtype
             maps = [f.float() for f in self.backbone.extract_features(images[0].to(dtype))]
         else:
             maps = list(images)
-        valid = prev_valid.reshape(1).to(torch.bool)
-        dt = dt.reshape(1).to(torch.float32)
-        mask = valid & (dt.abs() <= cfg.max_time_interval)
-        temp_anchor = anchor_projection(prev_anchors, t_cur_from_prev, dt)
-        time_interval = torch.where((dt != 0) & mask, dt, torch.full_like(dt, cfg.default_time_interval))
-        prev_conf = torch.where(valid[:, None], prev_confidence, torch.zeros_like(prev_confidence))
-        prior = BankPrior(temp_anchor, prev_features, mask, time_interval, prev_conf, None, 0)
-        feature, anchor, cls, quality = self._decoder(FeatureInputs(maps), projection_mat, image_wh, prior, valid,
-                                                      lidar)
-        conf, cached_feature, cached_anchor, order = bank_cache(
-            feature, anchor, cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
-        )
-        rows = torch.arange(cfg.num_anchor, device=anchor.device)
-        det = decode_detections(cls[0], anchor[0], quality[0], rows, cfg.num_output)
-        return (
-            det.boxes, det.scores, det.cls_scores, det.labels, det.instance_ids,
-            cls[0], anchor[0], quality[0],
-            cached_anchor, cached_feature, conf, order[0],
-        )
-
-    def _decoder(self, features: FeatureInputs, projection_mat, image_wh, prior: BankPrior, valid: torch.Tensor,
-                 lidar=None):
-        """:meth:`Sparse4DHead.forward_frame` for bs 1 with both first-frame and temporal paths."""
-        head, cfg = self.head, self.head.cfg
-        feature, anchor = head.initial_instances(1, lidar)
-        temp_feature = prior.temp_feature
-        anchor_embed = head.anchor_encoder(anchor)
-        temp_embed = head.anchor_encoder(prior.temp_anchor)
-        sel = valid[:, None, None]
-        num_refined = n_dfa = 0
-        last = len(head.operation_order) - 1
-        cls = quality = None
-        for i, op in enumerate(head.operation_order):
-            layer = head.layers[i]
-            if op == "temp_gnn":
-                first = head._graph(i, feature, anchor_embed)
-                temporal = head._graph(i, feature, anchor_embed, temp_feature, temp_embed, temp_feature)
-                feature = torch.where(sel, temporal, first)
-            elif op == "gnn":
-                feature = head._graph(i, feature, anchor_embed, value=feature)
-            elif op in ("norm", "ffn"):
-                feature = layer(feature)
-            elif op == "deformable":
-                feature = head.deformable(i, n_dfa, feature, anchor, anchor_embed, features, projection_mat, image_wh,
-                                          lidar)
-                n_dfa += 1
-            else:  # refine
-                want_cls = num_refined == cfg.num_single_frame_decoder - 1 or i == last
-                anchor, cls, quality = layer(feature, anchor, anchor_embed, prior.time_interval, want_cls)
-                num_refined += 1
-                if num_refined == cfg.num_single_frame_decoder:
-                    feature, anchor, _ = bank_update(feature, anchor, cls, prior)
-                if i != last:
-                    anchor_embed = head.anchor_encoder(anchor)
-                if num_refined > cfg.num_single_frame_decoder:
-                    temp_embed = anchor_embed[:, : cfg.num_temp_instances]
-        return feature, anchor, cls, quality
+        return self.head.temporal_step(FeatureInputs(maps), projection_mat, image_wh, *state, lidar=lidar,
+                                       static=self.static, dfa_impl=self.dfa_impl)
 
 
 @dataclass
@@ -233,36 +178,6 @@ def lidar_step_inputs(points: np.ndarray | None, lidar: LidarConfig) -> dict[str
     d = min(pts.shape[1], lidar.point_dims)
     out[0, :n, :d] = pts[:, :d]
     return {"points": out, "num_points": np.array([n], np.int64)}
-
-
-def host_step_inputs(timestamp: float, T_world_from_model: np.ndarray, state: TemporalState, cfg: ModelConfig,
-                     ) -> dict:
-    """The state-related graph inputs for ``state``, computed exactly as ``head.step`` does.
-
-    ``dt = float32(t_cur - t_prev)`` and ``T_cur_from_prev = float32(inv(T_cur) @ T_prev)`` are
-    computed in float64 on the host. The state tensors are passed **as they are** (on whatever
-    device they live, no copy); an empty state gives ``prev_valid = False`` and numpy zeros.
-    """
-    h = cfg.head
-    if state.is_empty:
-        return {
-            "T_cur_from_prev": np.eye(4, dtype=np.float32)[None],
-            "dt": np.zeros(1, np.float32),
-            "prev_anchors": np.zeros((1, h.num_temp_instances, 11), np.float32),
-            "prev_features": np.zeros((1, h.num_temp_instances, h.embed_dims), np.float32),
-            "prev_confidence": np.zeros((1, h.num_temp_instances), np.float32),
-            "prev_valid": np.zeros(1, bool),
-        }
-    dt = np.float32(np.float64(timestamp) - np.float64(state.timestamp))
-    t = np.linalg.inv(np.asarray(T_world_from_model, np.float64)) @ np.asarray(state.T_world_from_model, np.float64)
-    return {
-        "T_cur_from_prev": t.astype(np.float32)[None],
-        "dt": np.array([dt], np.float32),
-        "prev_anchors": state.anchors,
-        "prev_features": state.features,
-        "prev_confidence": state.confidence,
-        "prev_valid": np.ones(1, bool),
-    }
 
 
 def synthetic_sequence(cfg: ModelConfig, num_frames: int = 5, with_backbone: bool = False, seed: int = 0,

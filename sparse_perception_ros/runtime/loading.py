@@ -1,14 +1,15 @@
-"""Model parameters -> a ready model or backend runner (weights loaded safely), errors naming the parameter."""
+"""Model parameters -> a ready :class:`~.backends.Stepper` (weights loaded safely), errors naming the parameter."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sparse_perception_ros.params import ModelParams, ParameterError
 
-__all__ = ["load_model", "bundled_weights_path"]
+__all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights"]
 
 
 def bundled_weights_path(preset: str) -> Path | None:
@@ -21,35 +22,57 @@ def bundled_weights_path(preset: str) -> Path | None:
         return None
 
 
-def load_model(p: ModelParams, seed: int = 0):
-    """Build ``p.preset``, load its weights and wrap it in the chosen backend. Returns ``(model, note)``.
+def random_weights(p: ModelParams) -> bool:
+    """True when these parameters run random weights: no ``model.checkpoint`` and no bundled
+    weights for ``model.preset``."""
+    return not p.checkpoint and bundled_weights_path(p.preset) is None
 
-    The result has ``cfg`` and ``step(...)`` (what :class:`~.pipeline.Pipeline` needs): the torch
-    module itself for ``backend=torch``, else a :class:`~.backends.StepRunner` over ONNX Runtime
-    (the step graph exported once into a cache) or TensorRT (``engine``). ``checkpoint=""`` uses
-    the bundled weights of the preset, or (until weights are bundled) deterministic random
-    weights, which the note states plainly. Checkpoints are read with ``weights_only=True`` only.
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What :func:`load_model` gives: the stepper, a one-line note for the log, and whether the
+    weights are random (a preset with no bundled weights and no ``model.checkpoint``)."""
+
+    stepper: object  # a runtime.backends.Stepper
+    note: str
+    random_weights: bool
+
+
+def load_model(p: ModelParams, seed: int = 0) -> LoadedModel:
+    """Build ``p.preset``, load its weights and wrap it in the chosen backend's stepper.
+
+    Every backend gives the same typed :class:`~.backends.StepRunner`: ``torch`` runs the step
+    function eagerly (or under ``torch.compile`` with ``model.compile``) with the DFA
+    implementation ``model.dfa_impl`` resolved for ``model.device``; ``onnxruntime`` runs the
+    same step exported once into a cache; ``tensorrt`` runs ``model.engine``.
+    ``checkpoint=""`` uses the bundled weights of the preset; a preset without bundled weights
+    (``sparse4dv3_r50``: the released weights cannot be shipped) runs deterministic random
+    weights, which the note states and ``random_weights`` flags. Checkpoints are read with
+    ``weights_only=True`` only.
     """
     from sparse_perception_ros.model import CheckpointError, build_model
+    from sparse_perception_ros.model.config import get_preset
     from sparse_perception_ros.runtime.backends import BackendUnavailable, build_stepper
 
     if p.device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("model.device", "'cuda' requested but torch.cuda.is_available() is False on this machine")
     if p.backend == "tensorrt" and not p.engine:
         raise ParameterError("model.engine", "backend 'tensorrt' needs an engine file (sparse-perception build-engine)")
-    from sparse_perception_ros.model.config import get_preset
-
     if p.sensors == "lidar_only" and get_preset(p.preset).lidar is None:
         raise ParameterError("model.sensors", f"'lidar_only' needs a fused preset (tiny_fusion); {p.preset!r} has no "
                                               "LiDAR branch")
+    if p.dfa_impl == "fast" and p.device == "cuda":
+        raise ParameterError("model.dfa_impl", "'fast' is the CPU kernel; use auto or triton with device cuda")
+    if p.dfa_impl == "triton" and p.device != "cuda":
+        raise ParameterError("model.dfa_impl", "'triton' runs on CUDA tensors only; use auto or fast with device cpu")
     torch.manual_seed(seed)
     model = build_model(p.preset, sampling=p.sampling)
     path = Path(p.checkpoint).expanduser() if p.checkpoint else bundled_weights_path(p.preset)
     if p.checkpoint and not path.is_file():
         raise ParameterError("model.checkpoint", f"file not found: {path}")
     if path is None:
-        note = (f"model {p.preset}: no bundled weights yet, running deterministic RANDOM weights (seed {seed}); "
-                "boxes are meaningless until a trained model is bundled")
+        note = (f"model {p.preset}: no bundled weights for this preset, running deterministic RANDOM weights "
+                f"(seed {seed}); boxes are meaningless without model.checkpoint")
     else:
         try:
             report = model.load_official_checkpoint(path)
@@ -57,11 +80,13 @@ def load_model(p: ModelParams, seed: int = 0):
             raise ParameterError("model.checkpoint", f"{path}: {exc}") from None
         note = f"model {p.preset}: loaded {path} ({report.summary()})"
     model = model.to(p.device).eval()
-    if p.backend == "torch":
-        return model, note + "; backend torch"
     try:
-        runner = build_stepper(p.backend, p.preset, module=model, engine_path=p.engine or None,
-                               num_threads=p.num_threads or None)
+        stepper = build_stepper(p.backend, p.preset, module=model, engine_path=p.engine or None,
+                                num_threads=p.num_threads or None, dfa_impl=p.dfa_impl, compile=p.compile)
     except BackendUnavailable as exc:
         raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
-    return runner, note + f"; backend {type(runner.backend).__name__}"
+    backend = stepper.backend
+    detail = f"; backend {type(backend).__name__}"
+    if backend.name == "torch":
+        detail += f" (DFA {backend.dfa_impl}, {'torch.compile' if backend.compiled else 'eager'})"
+    return LoadedModel(stepper, note + detail, path is None)

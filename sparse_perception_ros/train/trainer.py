@@ -268,10 +268,10 @@ def _cat_priors(priors: Sequence[BankPrior]) -> BankPrior:
     first = priors[0]
     ti = torch.cat([p.time_interval for p in priors])
     if first.temp_anchor is None:
-        return BankPrior(None, None, None, ti, None, None, 0)
+        return BankPrior(None, None, None, ti, None)
     return BankPrior(
         torch.cat([p.temp_anchor for p in priors]), torch.cat([p.temp_feature for p in priors]),
-        torch.cat([p.mask for p in priors]), ti, torch.cat([p.prev_confidence for p in priors]), None, 0,
+        torch.cat([p.mask for p in priors]), ti, torch.cat([p.prev_confidence for p in priors]),
     )
 
 
