@@ -79,8 +79,8 @@ def test_node_torch_backend_and_onnxruntime_give_the_same_boxes():
     """The node's two CPU backends (load_model with the shipped parameters and bundled weights) on the
     same synthetic drive, each carrying its own state: every instance's decoded box, and the
     published boxes, within 1e-4; the same track ids."""
-    from sparse_perception_ros.model.decoding import decode_box
     from sparse_perception_ros.model.config import get_preset
+    from sparse_perception_ros.model.decoding import decode_box
     from sparse_perception_ros.runtime.export import synthetic_sequence
 
     steppers = [load_model(BASE).stepper, load_model(with_(backend="onnxruntime")).stepper]
