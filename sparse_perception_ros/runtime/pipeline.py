@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
+from sparse_perception_ros.runtime.backends import Stepper
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
     TrackedFrame,
@@ -208,11 +209,10 @@ class Pipeline:
     """Preprocess -> model step -> filter -> host tracking (:func:`~.tracking.track_frame`).
 
     Args:
-        model: a stepper: ``cfg`` (``input_wh``, ``head.num_cams``, ``lidar`` or None), optionally
-            ``device`` (the torch device inputs go to), and
-            ``step(img, projection_mat, image_wh, timestamp, T_world_from_model, state, points=None)
-            -> (HeadOutput, TemporalState)`` (e.g. :class:`~sparse_perception_ros.model.full.Sparse4DModel`
-            or :class:`~sparse_perception_ros.runtime.backends.StepRunner`).
+        model: a :class:`~sparse_perception_ros.runtime.backends.Stepper` (every backend's, from
+            :func:`~sparse_perception_ros.runtime.loading.load_model` or
+            :func:`~sparse_perception_ros.runtime.backends.torch_stepper`; or the debug
+            ground-truth replay): ``cfg``, ``device`` and ``step(...)``.
         class_names: names of the label indices.
         config: :class:`PipelineConfig`.
     """
@@ -224,7 +224,10 @@ class Pipeline:
         build theirs here, so a new option reaches both."""
         return cls(model, class_names, PipelineConfig.from_params(params))
 
-    def __init__(self, model, class_names, config: PipelineConfig):
+    def __init__(self, model: Stepper, class_names, config: PipelineConfig):
+        if not isinstance(model, Stepper):
+            raise TypeError(f"model must be a runtime.backends.Stepper (e.g. torch_stepper(module)), got "
+                            f"{type(model).__name__}")
         if not isinstance(config, PipelineConfig):
             raise TypeError(f"config must be a PipelineConfig, got {type(config).__name__}")
         self.model = model
@@ -237,18 +240,7 @@ class Pipeline:
             raise ValueError(f"sensors 'lidar_only' needs a fused model; {model.cfg.name} has no LiDAR branch")
         self.input_wh = tuple(model.cfg.input_wh)
         self.num_cams = int(model.cfg.head.num_cams)
-        self.device = self._device_of(model)
-
-    @staticmethod
-    def _device_of(model) -> torch.device:
-        """Where inputs go: the stepper's ``device``; for an object without one, a torch module's
-        parameter device, else the CPU."""
-        device = getattr(model, "device", None)
-        if device is not None:
-            return torch.device(device)
-        params = getattr(model, "parameters", None)
-        first = next(params(), None) if callable(params) else None
-        return first.device if first is not None else torch.device("cpu")
+        self.device = torch.device(model.device)
 
     def warm_up(self) -> float:
         """Run two throw-away steps (first frame, then temporal) on blank inputs; returns seconds taken.
