@@ -82,11 +82,12 @@ def test_detection_array_round_trip():
     from sparse_perception_ros.eval.ros_mode import detection_array_to_boxes
     from sparse_perception_ros.eval.submission import DETECTION_NAMES
     from sparse_perception_ros.ros.messages import detections_to_msg
+    from sparse_perception_ros.runtime.pipeline import Detections
 
     boxes = np.array([[10.0, -2.0, 0.5, 4.5, 1.9, 1.6, 0.3, 2.0, -1.0, 0.0],
                       [-5.0, 7.0, 0.9, 0.8, 0.7, 1.8, -2.5, 0.0, 0.5, 0.0]])
-    msg = detections_to_msg(boxes, np.array([0.9, 0.4]), np.array([0, 8]), np.array([17, 4]), DETECTION_NAMES,
-                            123, "base_link")
+    msg = detections_to_msg(Detections(123, boxes, np.array([0.9, 0.4]), np.array([0, 8]), np.array([17, 4])),
+                            DETECTION_NAMES, "base_link")
     b, s, lab, ids = detection_array_to_boxes(msg, DETECTION_NAMES)
     np.testing.assert_allclose(b, boxes, atol=1e-6)
     np.testing.assert_allclose(s, [0.9, 0.4], atol=1e-6)

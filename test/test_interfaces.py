@@ -10,6 +10,7 @@ from vision_msgs.msg import Detection3DArray
 
 from sparse_perception_ros.doctor import interface_type_hash
 from sparse_perception_ros.ros.messages import detections_to_msg
+from sparse_perception_ros.runtime.pipeline import Detections
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = {
@@ -56,8 +57,8 @@ def test_all_vision_msgs_hashes_match_the_build():
 def test_detection3darray_cdr_matches_rosbags():
     boxes = np.array([[1.5, -2.25, 0.75, 4.5, 1.9, 1.6, 0.3, 1.0, 0.0, 0.0],
                       [10.0, 3.0, -0.5, 0.6, 0.7, 1.8, -2.0, 0.0, 0.5, 0.0]])
-    msg = detections_to_msg(boxes, [0.91, 0.42], [0, 8], [17, -1], ["car"] * 8 + ["pedestrian"],
-                            1_533_151_603_547_590_123, "base_link")
+    msg = detections_to_msg(Detections(1_533_151_603_547_590_123, boxes, [0.91, 0.42], [0, 8], [17, -1]),
+                            ["car"] * 8 + ["pedestrian"], "base_link")
     ours = bytes(serialize_message(msg))
     store = rosbags_store_with("vision_msgs")
     decoded = store.deserialize_cdr(ours, "vision_msgs/msg/Detection3DArray")

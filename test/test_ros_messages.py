@@ -8,6 +8,7 @@ from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import yaw_from_quat
 from sparse_perception_ros.ros.convert import stamp_to_ns
 from sparse_perception_ros.ros.messages import CLASS_COLORS, detections_to_markers, detections_to_msg
+from sparse_perception_ros.runtime.pipeline import Detections
 
 CLASSES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
            "pedestrian", "traffic_cone"]
@@ -22,7 +23,7 @@ def sample(n=3, seed=0):
 
 def test_detection_fields_follow_the_conventions():
     boxes, scores, labels, ids = sample()
-    msg = detections_to_msg(boxes, scores, labels, ids, CLASSES, 1_533_151_603_547_590_123, "base_link")
+    msg = detections_to_msg(Detections(1_533_151_603_547_590_123, boxes, scores, labels, ids), CLASSES, "base_link")
     assert stamp_to_ns(msg.header.stamp) == 1_533_151_603_547_590_123 and msg.header.frame_id == "base_link"
     for i, det in enumerate(msg.detections):
         assert det.id == str(ids[i]) and det.header == msg.header
@@ -35,15 +36,15 @@ def test_detection_fields_follow_the_conventions():
 
 
 def test_empty_detections_give_empty_messages():
-    msg = detections_to_msg(np.zeros((0, 10)), [], [], [], CLASSES, 1, "base_link")
+    msg = detections_to_msg(Detections(1, np.zeros((0, 10)), [], [], []), CLASSES, "base_link")
     assert msg.detections == []
-    markers = detections_to_markers(np.zeros((0, 10)), [], [], [], CLASSES, 1, "base_link")
+    markers = detections_to_markers(Detections(1, np.zeros((0, 10)), [], [], []), CLASSES, "base_link")
     assert [m.action for m in markers.markers] == [Marker.DELETEALL]
 
 
 def test_unknown_label_and_missing_track_id():
     boxes, scores, _, _ = sample(2)
-    msg = detections_to_msg(boxes, scores, [42, -1], [-1, 5], CLASSES, 1, "base_link")
+    msg = detections_to_msg(Detections(1, boxes, scores, [42, -1], [-1, 5]), CLASSES, "base_link")
     assert [d.results[0].hypothesis.class_id for d in msg.detections] == ["unknown", "unknown"]
     assert [d.id for d in msg.detections] == ["", "5"]
 
@@ -51,14 +52,14 @@ def test_unknown_label_and_missing_track_id():
 def test_mismatched_lengths_and_bad_box_shape_raise():
     boxes, scores, labels, ids = sample(3)
     with pytest.raises(ValueError, match="3 rows"):
-        detections_to_msg(boxes, scores[:2], labels, ids, CLASSES, 1, "x")
+        detections_to_msg(Detections(1, boxes, scores[:2], labels, ids), CLASSES, "x")
     with pytest.raises(ValueError, match="N, >=7"):
-        detections_to_msg(boxes[:, :5], scores, labels, ids, CLASSES, 1, "x")
+        detections_to_msg(Detections(1, boxes[:, :5], scores, labels, ids), CLASSES, "x")
 
 
 def test_markers_layout():
     boxes, scores, labels, ids = sample(4)
-    markers = detections_to_markers(boxes, scores, labels, ids, CLASSES, 1, "base_link").markers
+    markers = detections_to_markers(Detections(1, boxes, scores, labels, ids), CLASSES, "base_link").markers
     moving = int((np.hypot(boxes[:, 7], boxes[:, 8]) > 0.2).sum())
     assert markers[0].action == Marker.DELETEALL and len(markers) == 1 + 3 * 4 + moving
     assert len([m for m in markers if m.ns == "velocities"]) == moving
@@ -86,11 +87,11 @@ def test_box_corners_axis_aligned_and_rotated():
 def test_velocity_rides_in_a_second_hypothesis():
     boxes, scores, labels, ids = sample(2)
     boxes[1, 7:10] = [3.0, -4.0, 0.0]
-    msg = detections_to_msg(boxes, scores, labels, ids, CLASSES, 1, "base_link")
+    msg = detections_to_msg(Detections(1, boxes, scores, labels, ids), CLASSES, "base_link")
     det = msg.detections[1]
     assert det.results[0].hypothesis.class_id == CLASSES[labels[1]]  # class first, always
     vel = det.results[1]
     assert vel.hypothesis.class_id == "velocity" and vel.hypothesis.score == pytest.approx(5.0)
     assert (vel.pose.pose.position.x, vel.pose.pose.position.y) == (3.0, -4.0)
-    seven = detections_to_msg(boxes[:, :7], scores, labels, ids, CLASSES, 1, "base_link")
+    seven = detections_to_msg(Detections(1, boxes[:, :7], scores, labels, ids), CLASSES, "base_link")
     assert all(len(d.results) == 1 for d in seven.detections)  # no velocity column, no velocity hypothesis

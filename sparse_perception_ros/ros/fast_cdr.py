@@ -11,11 +11,15 @@ that ``rclpy.serialization.deserialize_message`` reads these bytes back to that 
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.messages import VELOCITY_HYPOTHESIS
+
+if TYPE_CHECKING:
+    from sparse_perception_ros.runtime.pipeline import Detections
 
 __all__ = ["detection3darray_cdr"]
 
@@ -54,9 +58,10 @@ class _Writer:
         self.string(frame_id)
 
 
-def detection3darray_cdr(boxes, scores, labels, track_ids, class_names, stamp_ns: int, frame_id: str) -> bytes:
+def detection3darray_cdr(det: Detections, class_names, frame_id: str) -> bytes:
     """Serialized Detection3DArray with the same content as ``detections_to_msg`` (same arguments)."""
-    b = np.asarray(boxes, dtype=np.float64)
+    scores, labels, track_ids = det.scores, det.labels, det.track_ids
+    b = np.asarray(det.boxes, dtype=np.float64)
     if b.size == 0:
         b = b.reshape(0, 7)
     if b.ndim != 2 or b.shape[1] < 7:
@@ -65,7 +70,7 @@ def detection3darray_cdr(boxes, scores, labels, track_ids, class_names, stamp_ns
     for arr in (scores, labels, track_ids):
         if len(arr) != n:
             raise ValueError(f"boxes has {n} rows but a per-box array has {len(arr)}")
-    stamp_ns = int(stamp_ns)
+    stamp_ns = int(det.stamp_ns)
     if stamp_ns < 0:
         raise ValueError(f"negative stamp {stamp_ns}")
     sec, nanosec = stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000

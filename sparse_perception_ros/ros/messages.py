@@ -1,5 +1,9 @@
 """Output message builders: decoded boxes -> vision_msgs/Detection3DArray and RViz MarkerArray.
 
+Both builders take one :class:`~sparse_perception_ros.runtime.pipeline.Detections` (or any object
+with its ``stamp_ns``, ``boxes``, ``scores``, ``labels`` and ``track_ids``) whose boxes are already
+in the message frame ``frame_id``; the header stamp is ``det.stamp_ns``.
+
 Box layout (the decoder's, see ``docs/model.md``): ``boxes (N, >=7) float``
 ``[x, y, z, size_heading, size_lateral, size_z, yaw, (vx, vy, vz)]`` in the message frame,
 metres / radians. ``size_heading`` is the extent along the box's heading (its local x), so it
@@ -14,11 +18,16 @@ an arrow (ns ``velocities``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.convert import ns_to_stamp
+
+if TYPE_CHECKING:
+    from sparse_perception_ros.runtime.pipeline import Detections
 
 __all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers"]
 
@@ -44,28 +53,28 @@ VELOCITY_HYPOTHESIS = "velocity"
 _EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
 
-def _check_boxes(boxes: np.ndarray, *columns: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float64)
+def _check_boxes(det: Detections) -> np.ndarray:
+    """``det.boxes`` as (N, >=7) float64, checked against the per-box arrays."""
+    b = np.asarray(det.boxes, dtype=np.float64)
     if b.size == 0:
         b = b.reshape(0, 7)
     if b.ndim != 2 or b.shape[1] < 7:
         raise ValueError(f"boxes must be (N, >=7) [x, y, z, size_heading, size_lateral, size_z, yaw], got {b.shape}")
-    for c in columns:
+    for c in (det.scores, det.labels, det.track_ids):
         if len(c) != len(b):
             raise ValueError(f"boxes has {len(b)} rows but a per-box array has {len(c)}")
     return b
 
 
-def detections_to_msg(boxes, scores, labels, track_ids, class_names, stamp_ns: int, frame_id: str):
+def detections_to_msg(det: Detections, class_names, frame_id: str):
     """Build a vision_msgs/Detection3DArray.
 
     Args:
-        boxes: (N, >=7) float, see module docstring, in ``frame_id``.
-        scores: (N,) float in [0, 1].
-        labels: (N,) int, index into ``class_names``; out-of-range labels become "unknown".
-        track_ids: (N,) int64 track ids (``Detection3D.id`` as decimal string; -1 gives "").
+        det: ``boxes (N, >=7)`` float (see module docstring) in ``frame_id``; ``scores (N,)`` in
+            [0, 1]; ``labels (N,)`` int index into ``class_names`` (out of range: "unknown");
+            ``track_ids (N,)`` int64 (``Detection3D.id`` as decimal string; -1 gives "");
+            ``stamp_ns`` the header stamp, integer ns.
         class_names: sequence of class names.
-        stamp_ns: header stamp, integer nanoseconds.
 
     Each detection has one hypothesis: ``class_id`` = class name, ``score`` = score, and its
     ``pose`` equals the box centre pose (covariance left zero: unknown).
@@ -74,8 +83,9 @@ def detections_to_msg(boxes, scores, labels, track_ids, class_names, stamp_ns: i
     from std_msgs.msg import Header
     from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis, ObjectHypothesisWithPose
 
-    b = _check_boxes(boxes, scores, labels, track_ids)
-    header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+    b = _check_boxes(det)
+    scores, labels, track_ids = det.scores, det.labels, det.track_ids
+    header = Header(stamp=ns_to_stamp(det.stamp_ns), frame_id=frame_id)
     quats = quat_from_yaw(b[:, 6])  # (N, 4) wxyz
     out = Detection3DArray(header=header)
     dets = []
@@ -104,9 +114,8 @@ def detections_to_msg(boxes, scores, labels, track_ids, class_names, stamp_ns: i
     return out
 
 
-def detections_to_markers(boxes, scores, labels, track_ids, class_names, stamp_ns: int, frame_id: str,
-                          lifetime_ns: int = 0):
-    """Build a visualization_msgs/MarkerArray for RViz / Foxglove.
+def detections_to_markers(det: Detections, class_names, frame_id: str, lifetime_ns: int = 0):
+    """Build a visualization_msgs/MarkerArray for RViz / Foxglove (``det`` as in :func:`detections_to_msg`).
 
     The array starts with one DELETEALL marker, then per object (marker id = row index, so
     ids are stable within a message): a LINE_LIST box coloured by class (ns ``boxes``), an
@@ -119,8 +128,9 @@ def detections_to_markers(boxes, scores, labels, track_ids, class_names, stamp_n
     from std_msgs.msg import ColorRGBA, Header
     from visualization_msgs.msg import Marker, MarkerArray
 
-    b = _check_boxes(boxes, scores, labels, track_ids)
-    header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+    b = _check_boxes(det)
+    scores, labels, track_ids = det.scores, det.labels, det.track_ids
+    header = Header(stamp=ns_to_stamp(det.stamp_ns), frame_id=frame_id)
     life = Duration(sec=int(lifetime_ns // 1_000_000_000), nanosec=int(lifetime_ns % 1_000_000_000))
     markers = [Marker(header=header, action=Marker.DELETEALL)]
     corners = box_corners(b)

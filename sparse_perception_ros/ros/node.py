@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import rclpy
@@ -348,19 +348,17 @@ class PerceptionNode(Node):
             if self.stats.first(f"reset_logged/{det.reset}"):
                 self.get_logger().warning(f"temporal state reset: {det.reset} (counted, logged once)")
         t2 = time.perf_counter()
-        out_frame, boxes = self.params.frames.output_frame, det.boxes
+        out_frame = self.params.frames.output_frame
         T_out = self._lookup(out_frame, self.params.frames.model_frame, af.stamp_ns, "output")
         if T_out is None:  # publish in the model frame rather than lose the frame
             out_frame = self.params.frames.model_frame
         else:
-            boxes = transform_boxes(boxes, T_out)
+            det = replace(det, boxes=transform_boxes(det.boxes, T_out))
         names = self.pipeline.class_names
         # serialized directly (ros/fast_cdr.py): same message as detections_to_msg, ~6x cheaper to build
-        self._pub_objects.publish(detection3darray_cdr(boxes, det.scores, det.labels, det.track_ids, names,
-                                                       af.stamp_ns, out_frame))
+        self._pub_objects.publish(detection3darray_cdr(det, names, out_frame))
         if self.params.output.publish_markers and self._pub_markers.get_subscription_count() > 0:
-            self._pub_markers.publish(detections_to_markers(boxes, det.scores, det.labels, det.track_ids, names,
-                                                            af.stamp_ns, out_frame))
+            self._pub_markers.publish(detections_to_markers(det, names, out_frame))
         t3 = time.perf_counter()
         self.stats.count("frames_published")
         stages = {"assemble": assemble_ms, "convert": 1e3 * (t1 - t0), **det.timings_ms, "publish": 1e3 * (t3 - t2),

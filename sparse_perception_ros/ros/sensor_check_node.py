@@ -33,6 +33,7 @@ from sparse_perception_ros.ros.convert import (
     stamp_to_ns,
 )
 from sparse_perception_ros.ros.messages import detections_to_markers, detections_to_msg
+from sparse_perception_ros.runtime.pipeline import Detections
 
 
 def summarize(rgb: np.ndarray | None, K: np.ndarray | None, points: np.ndarray) -> str:
@@ -91,11 +92,11 @@ class SensorCheckNode(Node):
             boxes = np.concatenate([(lo + hi) / 2, hi - lo, [0.0]])[None, :]
         else:
             boxes = np.zeros((0, 7))
-        scores = [len(points) / max(total, 1)] * len(boxes)
-        ids = [len(points)] * len(boxes)
-        stamp, frame = stamp_to_ns(msg.header.stamp), msg.header.frame_id
-        self._objects.publish(detections_to_msg(boxes, scores, [0] * len(boxes), ids, ["points"], stamp, frame))
-        markers = detections_to_markers(boxes, scores, [0] * len(boxes), ids, ["points"], stamp, frame)
+        det = Detections(stamp_ns=stamp_to_ns(msg.header.stamp), boxes=boxes,
+                         scores=[len(points) / max(total, 1)] * len(boxes), labels=[0] * len(boxes),
+                         track_ids=[len(points)] * len(boxes))
+        self._objects.publish(detections_to_msg(det, ["points"], msg.header.frame_id))
+        markers = detections_to_markers(det, ["points"], msg.header.frame_id)
         text = Marker(header=markers.markers[0].header, ns="sensor_check", id=0, type=Marker.TEXT_VIEW_FACING,
                       action=Marker.ADD, text=summarize(self._rgb, self._K, points))
         text.pose.orientation.w = 1.0
