@@ -5,7 +5,16 @@ messages) and return numpy arrays; they never import rclpy. Builders (``*_to_msg
 rclpy messages and import the message packages lazily.
 
 Every refusal raises :class:`ConversionError` (a ``ValueError``) naming the offending field and
-its value, so a node can log it once, count it and drop that one message without crashing.
+its value, so a node can log it once, count it and drop that one message without crashing. No
+other exception escapes a reader for any field values a message can carry (property-based tests
+in ``test/test_ros_convert_fuzz.py``), and memory stays bounded: raw images and clouds are views
+on (or one copy of) the message buffer, and a compressed image is decoded only after its header
+says it has at most :data:`MAX_DECODED_PIXELS` pixels.
+
+Cheap checks: :func:`check_image`, :func:`check_compressed_image` and :func:`check_pointcloud2`
+validate sizes, encodings and layouts without decoding (microseconds), so a node can run them on
+every message as it arrives and leave the full conversion to its worker. The readers run the same
+checks first.
 
 Zero-copy: ``image_to_rgb`` (rgb8, and mono8 as a broadcast view) and ``pointcloud2_to_array``
 (rows without padding) return read-only views on the message buffer. Copy them if you keep
@@ -24,6 +33,11 @@ __all__ = [
     "CameraCalibration",
     "IMAGE_ENCODINGS",
     "POINTFIELD_DTYPES",
+    "MAX_DECODED_PIXELS",
+    "MAX_POINT_STEP",
+    "check_image",
+    "check_compressed_image",
+    "check_pointcloud2",
     "image_to_rgb",
     "compressed_image_to_rgb",
     "camera_info_to_calibration",
@@ -75,6 +89,14 @@ POINTFIELD_DTYPES: dict[int, str] = {
 }
 
 
+# A compressed image whose header declares more pixels is refused before decoding (bounded memory:
+# 8K UHD, 7680x4320, fits; the decoded RGB copy is at most ~100 MB).
+MAX_DECODED_PIXELS = 7680 * 4320
+
+# numpy's limit for a structured dtype's itemsize (a C int); a larger point_step is refused.
+MAX_POINT_STEP = 2**31 - 1
+
+
 def stamp_to_ns(stamp) -> int:
     """builtin_interfaces/Time -> integer nanoseconds (never float)."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
@@ -104,12 +126,8 @@ def _as_bytes_view(data) -> np.ndarray:
 # Images
 
 
-def image_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image -> ``(H, W, 3) uint8`` RGB.
-
-    Accepted encodings: rgb8 (zero-copy view), bgr8 (one contiguous copy), mono8 (a read-only
-    broadcast view replicating the channel). Row padding (``step > width * channels``) is
-    supported; the result is then a strided view.
+def check_image(msg) -> tuple[int, int]:
+    """Validate a sensor_msgs/Image without converting it; returns ``(width, height)``.
 
     Raises:
         UnsupportedEncodingError: encoding not in ``IMAGE_ENCODINGS``.
@@ -128,10 +146,27 @@ def image_to_rgb(msg) -> np.ndarray:
     row_bytes = width * channels
     if step < row_bytes:
         raise ConversionError("step", step, f"smaller than width*channels = {width}*{channels} = {row_bytes}")
-    buf = _as_bytes_view(msg.data)
-    if buf.size != step * height:
-        raise ConversionError("data", f"{buf.size} bytes", f"expected step*height = {step}*{height} = {step * height}")
-    rows = buf.reshape(height, step)[:, :row_bytes]
+    size = _as_bytes_view(msg.data).size
+    if size != step * height:
+        raise ConversionError("data", f"{size} bytes", f"expected step*height = {step}*{height} = {step * height}")
+    return width, height
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/Image -> ``(H, W, 3) uint8`` RGB.
+
+    Accepted encodings: rgb8 (zero-copy view), bgr8 (one contiguous copy), mono8 (a read-only
+    broadcast view replicating the channel). Row padding (``step > width * channels``) is
+    supported; the result is then a strided view.
+
+    Raises:
+        UnsupportedEncodingError: encoding not in ``IMAGE_ENCODINGS``.
+        ConversionError: zero size, ``step`` too small, or ``data`` length != ``step * height``.
+    """
+    width, height = check_image(msg)
+    enc = str(msg.encoding).lower()
+    step, row_bytes = int(msg.step), width * IMAGE_ENCODINGS[enc]
+    rows = _as_bytes_view(msg.data).reshape(height, step)[:, :row_bytes]
     if enc == "mono8":
         gray = rows.reshape(height, width, 1)
         return np.broadcast_to(gray, (height, width, 3))
@@ -150,6 +185,83 @@ def _check_compressed_complete(fmt: str, buf: np.ndarray) -> None:
         raise ConversionError("data", f"{buf.size} bytes", "truncated or corrupt PNG (no IEND chunk)")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0..SOF15 without DHT 0xC4, JPG 0xC8 and DAC 0xCC): they carry the size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` from a JPEG's frame header, walking the marker segments before it."""
+    data = memoryview(np.ascontiguousarray(buf))
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        raise ConversionError("data", f"{n} bytes", "not a jpeg stream (no start-of-image marker)")
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in _JPEG_SOF:
+            if length < 7 or i + 9 > n:
+                break
+            return (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]
+        if length < 2:
+            break
+        i += 2 + length
+    raise ConversionError("data", f"{n} bytes", "corrupt jpeg: no frame header (SOF) before the image data")
+
+
+def _png_size(buf: np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` from a PNG's IHDR chunk."""
+    head = buf[:24].tobytes()
+    if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise ConversionError("data", f"{buf.size} bytes", "not a png stream (no signature and IHDR chunk)")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _compressed_format(msg) -> str:
+    fmt_text = str(msg.format).lower()
+    if "jpeg" in fmt_text or "jpg" in fmt_text:
+        return "jpeg"
+    if "png" in fmt_text:
+        return "png"
+    raise UnsupportedEncodingError("format", msg.format, "unsupported compressed format; accepted: jpeg, png")
+
+
+def check_compressed_image(msg) -> tuple[int, int]:
+    """Validate a sensor_msgs/CompressedImage without decoding it; returns ``(width, height)`` from its header.
+
+    Checks the format, that the stream starts as a JPEG/PNG (so the decoder cannot pick another
+    format), that it is complete (end marker), and that the declared size is non-zero and at most
+    :data:`MAX_DECODED_PIXELS`.
+
+    Raises:
+        UnsupportedEncodingError: format is neither jpeg nor png.
+        ConversionError: empty, not a stream of that format, truncated, or a bad declared size.
+    """
+    fmt = _compressed_format(msg)
+    buf = _as_bytes_view(msg.data)
+    if buf.size == 0:
+        raise ConversionError("data", "0 bytes", f"empty {fmt} payload")
+    _check_compressed_complete(fmt, buf)
+    width, height = _jpeg_size(buf) if fmt == "jpeg" else _png_size(buf)
+    if width <= 0 or height <= 0:
+        raise ConversionError("data", f"{width}x{height}", f"zero-sized {fmt}")
+    if width * height > MAX_DECODED_PIXELS:
+        raise ConversionError("data", f"{width}x{height}",
+                              f"{fmt} declares more than {MAX_DECODED_PIXELS} pixels (refused before decoding)")
+    return width, height
+
+
 def compressed_image_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg or png) -> ``(H, W, 3) uint8`` RGB (decoded copy).
 
@@ -158,24 +270,21 @@ def compressed_image_to_rgb(msg) -> np.ndarray:
 
     Raises:
         UnsupportedEncodingError: format is neither jpeg nor png.
-        ConversionError: empty, truncated or undecodable data.
+        ConversionError: empty, truncated, oversized (:func:`check_compressed_image`) or undecodable data.
     """
     import cv2
 
-    fmt_text = str(msg.format).lower()
-    if "jpeg" in fmt_text or "jpg" in fmt_text:
-        fmt = "jpeg"
-    elif "png" in fmt_text:
-        fmt = "png"
-    else:
-        raise UnsupportedEncodingError("format", msg.format, "unsupported compressed format; accepted: jpeg, png")
-    buf = _as_bytes_view(msg.data)
-    if buf.size == 0:
-        raise ConversionError("data", "0 bytes", f"empty {fmt} payload")
-    _check_compressed_complete(fmt, buf)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    width, height = check_compressed_image(msg)
+    fmt, buf = _compressed_format(msg), _as_bytes_view(msg.data)
+    try:
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ConversionError("data", f"{buf.size} bytes", f"corrupt {fmt}: {str(exc).strip()[:200]}") from None
     if bgr is None or bgr.size == 0:
         raise ConversionError("data", f"{buf.size} bytes", f"corrupt {fmt}: the decoder rejected it")
+    if bgr.shape[:2] != (height, width):
+        raise ConversionError("data", f"{bgr.shape[1]}x{bgr.shape[0]}",
+                              f"decoded size differs from the {width}x{height} its header declares")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -205,6 +314,14 @@ class CameraCalibration:
     distortion_model: str
 
 
+def _float_array(name: str, values) -> np.ndarray:
+    """A CameraInfo array field as ``(n,) float64`` (ConversionError if it is not numeric)."""
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ConversionError(name, type(values).__name__, f"not an array of numbers ({exc})") from None
+
+
 def camera_info_to_calibration(msg) -> CameraCalibration:
     """sensor_msgs/CameraInfo -> :class:`CameraCalibration`.
 
@@ -215,7 +332,7 @@ def camera_info_to_calibration(msg) -> CameraCalibration:
     if width <= 0 or height <= 0:
         raise ConversionError("width" if width <= 0 else "height", width if width <= 0 else height,
                               "zero-sized camera")
-    k = np.asarray(msg.k, dtype=np.float64)
+    k = _float_array("k", msg.k)
     if k.size != 9:
         raise ConversionError("k", k.size, "K must have 9 entries")
     K = k.reshape(3, 3)
@@ -223,7 +340,7 @@ def camera_info_to_calibration(msg) -> CameraCalibration:
         raise ConversionError("k", K.tolist(), "K has non-finite entries")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ConversionError("k", K.tolist(), "focal lengths fx, fy must be positive (uncalibrated camera?)")
-    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    d = _float_array("d", msg.d)
     model = str(msg.distortion_model)
     sizes = _DISTORTION_SIZES.get(model)
     if sizes is None:
@@ -232,7 +349,7 @@ def camera_info_to_calibration(msg) -> CameraCalibration:
                                   f"unknown model with non-zero coefficients; known: {', '.join(filter(None, _DISTORTION_SIZES))}")
     elif d.size not in sizes and np.any(d != 0):
         raise ConversionError("d", d.size, f"{model or 'no model'} expects {sizes[0]} coefficients")
-    p = np.asarray(msg.p, dtype=np.float64)
+    p = _float_array("p", msg.p)
     P = p.reshape(3, 4) if p.size == 12 else np.zeros((3, 4))
     return CameraCalibration(K=K, D=d, P=P, width=width, height=height, distortion_model=model)
 
@@ -247,9 +364,13 @@ def pointfield_dtype(fields, point_step: int, is_bigendian: bool) -> np.dtype:
     Padding between and after fields is kept as unnamed space, so the dtype maps the raw
     buffer directly. ``count > 1`` fields become sub-arrays.
 
-    Raises ConversionError for unknown datatypes, duplicate names, zero counts, or fields that
-    overrun ``point_step``.
+    Raises ConversionError for a ``point_step`` outside ``1..MAX_POINT_STEP``, unknown datatypes,
+    duplicate names, zero counts, or fields that overrun ``point_step`` (sizes are checked in
+    Python integers before numpy sees them).
     """
+    point_step = int(point_step)
+    if not 0 < point_step <= MAX_POINT_STEP:
+        raise ConversionError("point_step", point_step, f"must be in 1..{MAX_POINT_STEP}")
     order = ">" if is_bigendian else "<"
     names, formats, offsets = [], [], []
     for f in fields:
@@ -258,49 +379,75 @@ def pointfield_dtype(fields, point_step: int, is_bigendian: bool) -> np.dtype:
             raise ConversionError(f"fields[{name}].datatype", int(f.datatype), "unknown PointField datatype (1..8)")
         if name in names:
             raise ConversionError("fields", name, "duplicate field name")
-        count = int(f.count)
+        count, offset = int(f.count), int(f.offset)
         if count < 1:
             raise ConversionError(f"fields[{name}].count", count, "count must be >= 1")
         base = np.dtype(order + POINTFIELD_DTYPES[int(f.datatype)])
-        fmt = base if count == 1 else np.dtype((base, (count,)))
-        offset = int(f.offset)
-        if offset < 0 or offset + fmt.itemsize > point_step:
+        if offset < 0 or offset + count * base.itemsize > point_step:
             raise ConversionError(f"fields[{name}].offset", offset,
-                                  f"field of {fmt.itemsize} bytes does not fit in point_step={point_step}")
+                                  f"field of {count}x{base.itemsize} bytes does not fit in point_step={point_step}")
         names.append(name)
-        formats.append(fmt)
+        formats.append(base if count == 1 else np.dtype((base, (count,))))
         offsets.append(offset)
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
 
 
-def pointcloud2_to_array(msg) -> np.ndarray:
-    """sensor_msgs/PointCloud2 -> structured ``(height * width,)`` array with the message's fields.
-
-    Zero-copy (a read-only view) when rows have no padding; otherwise one copy. NaN points of
-    ``is_dense=False`` clouds are kept here (see :func:`pointcloud2_to_points`).
-
-    Raises ConversionError for a bad layout (``point_step``, ``row_step``, truncated ``data``).
-    """
+def _pointcloud2_layout(msg) -> tuple[np.dtype, int, np.ndarray]:
+    """``(dtype, number of points, byte buffer)`` of a PointCloud2 whose layout has been checked."""
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
     if height < 0 or width < 0:
         raise ConversionError("width", width, "negative size")
-    if point_step <= 0:
-        raise ConversionError("point_step", point_step, "must be positive")
     dtype = pointfield_dtype(msg.fields, point_step, bool(msg.is_bigendian))
     n = height * width
     buf = _as_bytes_view(msg.data)
     if n == 0:
-        return np.zeros(0, dtype=dtype)
+        return dtype, 0, buf
     if row_step < width * point_step:
         raise ConversionError("row_step", row_step, f"smaller than width*point_step = {width * point_step}")
     expected = row_step * (height - 1) + width * point_step
     if buf.size < expected:
         raise ConversionError("data", f"{buf.size} bytes",
                               f"truncated: expected row_step*height = {row_step}*{height} = {row_step * height}")
-    if row_step == width * point_step:
+    return dtype, n, buf
+
+
+def check_pointcloud2(msg, required: tuple[str, ...] = ("x", "y", "z")) -> int:
+    """Validate a sensor_msgs/PointCloud2's layout without converting it; returns the point count.
+
+    Checks what :func:`pointcloud2_to_points` needs: a valid field layout, enough ``data``, and
+    each ``required`` field present and scalar. Raises ConversionError otherwise.
+    """
+    dtype, n, _ = _pointcloud2_layout(msg)
+    _check_required(dtype, required)
+    return n
+
+
+def _check_required(dtype: np.dtype, required: tuple[str, ...]) -> None:
+    present = dtype.names or ()
+    for name in required:
+        if name not in present:
+            raise ConversionError("fields", sorted(present), f"missing required field {name!r}")
+        if dtype.fields[name][0].shape:
+            raise ConversionError(f"fields[{name}].count", dtype.fields[name][0].shape, "expected a scalar field")
+
+
+def pointcloud2_to_array(msg) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> structured ``(height * width,)`` array with the message's fields.
+
+    Zero-copy (a read-only view) when rows have no padding; otherwise one copy (at most the
+    size of ``data``). NaN points of ``is_dense=False`` clouds are kept here (see
+    :func:`pointcloud2_to_points`).
+
+    Raises ConversionError for a bad layout (``point_step``, ``row_step``, truncated ``data``).
+    """
+    dtype, n, buf = _pointcloud2_layout(msg)
+    if n == 0:
+        return np.zeros(0, dtype=dtype)
+    height, width, row_step = int(msg.height), int(msg.width), int(msg.row_step)
+    if row_step == width * dtype.itemsize:
         return np.frombuffer(buf, dtype=dtype, count=n)
-    grid = np.ndarray(shape=(height, width), dtype=dtype, buffer=buf, strides=(row_step, point_step))
+    grid = np.ndarray(shape=(height, width), dtype=dtype, buffer=buf, strides=(row_step, dtype.itemsize))
     return grid.reshape(-1)  # copies: rows are padded
 
 
@@ -322,17 +469,16 @@ def pointcloud2_to_points(
     Raises ConversionError if a required field is missing or the layout is bad.
     """
     arr = pointcloud2_to_array(msg)
+    _check_required(arr.dtype, required)
     present = set(arr.dtype.names or ())
-    for name in required:
-        if name not in present:
-            raise ConversionError("fields", sorted(present), f"missing required field {name!r}")
     out = np.empty((arr.shape[0], len(fields)), dtype=np.float32)
     for i, name in enumerate(fields):
         if name in present:
             col = arr[name]
             if col.ndim != 1:
                 raise ConversionError(f"fields[{name}].count", col.shape[1:], "expected a scalar field")
-            out[:, i] = col
+            with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 -> inf (then dropped for x, y, z)
+                out[:, i] = col
         else:
             out[:, i] = fill_value
     if skip_nans and out.shape[0]:
