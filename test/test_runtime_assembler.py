@@ -120,6 +120,48 @@ def test_backward_time_jump_clears_buffers_and_is_counted():
     assert g.complete and a.stats["time_jumps"] == 1
 
 
+@pytest.mark.parametrize("mode", ["mask", "wait"])
+def test_images_received_before_the_post_jump_trigger_are_kept(mode):
+    """A bag loop: the post-jump images arrive before the first post-jump sweep. They are older than
+    the last trigger (so they look stale), yet the first frame after the jump has every camera."""
+    a = assembler(incomplete=mode)
+    t = 10_000 * MS
+    feed_cameras(a, t, [0] * 6, now_ns=t)
+    (first,) = a.add_points(t, "sweep", now_ns=t)
+    assert first.complete
+    feed_cameras(a, t + 60 * MS, [0] * 6, now_ns=t)  # pre-jump images no sweep will use
+    loop = 1_000 * MS
+    feed_cameras(a, loop, [-40, -30, -20, -10, 0, 10], now_ns=t + 100 * MS)  # post-jump images, before the sweep
+    assert a.buffered()["CAM_FRONT"] >= 1
+    (f,) = a.add_points(loop, "looped", now_ns=t + 110 * MS)
+    assert a.stats["time_jumps"] == 1
+    assert f.complete and f.present.all() and f.points == "looped"
+    assert f.camera_stamps_ns.tolist() == [loop - 40 * MS, loop - 30 * MS, loop - 20 * MS, loop - 10 * MS, loop,
+                                           loop + 10 * MS]
+    assert all(img.endswith(str(stamp)) for img, stamp in zip(f.images, f.camera_stamps_ns, strict=True))
+
+
+def test_a_far_older_image_without_a_jump_is_evicted_by_the_next_trigger():
+    a = assembler(buffer_size=4)
+    t = 10_000 * MS
+    a.add_points(t, "sweep", now_ns=t)
+    a.add_image("CAM_BACK", t - 5_000 * MS, "ancient", now_ns=t)  # kept: a jump could follow
+    assert a.buffered()["CAM_BACK"] == 1
+    a.add_image("CAM_BACK", t - 300 * MS, "late", now_ns=t)  # merely late (within max_reorder): evicted at once
+    assert a.buffered()["CAM_BACK"] == 1
+    (f,) = a.add_points(t + 50 * MS, "next", now_ns=t)  # no jump came: the next sweep evicts it
+    assert a.buffered()["CAM_BACK"] == 0 and not f.present[3]
+
+
+def test_a_clock_running_back_emits_the_waiting_frame():
+    a = assembler(incomplete="wait", wait_timeout_ns=100 * MS)
+    t = 10_000 * MS
+    assert a.add_points(t, "sweep", now_ns=t) == []
+    assert a.poll(t + 50 * MS) == []
+    (f,) = a.poll(t - 5_000 * MS)  # e.g. /clock restarted by a looping player
+    assert f.timed_out and f.points == "sweep"
+
+
 @pytest.mark.parametrize("kwargs,field", [
     (dict(cameras=()), "cameras"), (dict(cameras=("a", "a")), "cameras"), (dict(cameras=("lidar",)), "reserved"),
     (dict(cameras=CAMS, trigger="CAM_NOPE"), "trigger"), (dict(cameras=CAMS, max_camera_time_diff_ns=0), "max_camera"),

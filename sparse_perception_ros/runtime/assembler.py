@@ -15,7 +15,14 @@ Incomplete frames are never silently dropped:
 Buffers are bounded (``buffer_size`` per source) and images too old to match any future trigger
 are evicted. A trigger older than the previous one by at most ``max_reorder_ns`` arrived out of
 order: it is dropped and counted (``stats["out_of_order"]``). One older by more (a bag loop, a
-clock reset) is a time jump: the buffers are cleared and ``stats["time_jumps"]`` counts it.
+clock reset) is a time jump, counted in ``stats["time_jumps"]``: the samples of the old timeline
+are dropped, but those already received with post-jump stamps (older than the last trigger by more
+than ``max_reorder_ns``; they are kept when they arrive for that reason) stay, so the first frame
+after the jump has every camera that arrived. The next forward trigger evicts such samples if no
+jump came.
+
+Arrival times (``now_ns``) are the caller's clock, e.g. a ROS node's clock (sim time on replay); a
+clock that runs backwards emits a waiting frame at once and restarts the LiDAR-silence timer.
 
 LiDAR dropout: with ``trigger="lidar"`` and ``fallback_timeout_ns > 0``, once no sweep has
 arrived for that long the first camera opens frames (without points) until sweeps return, so
@@ -167,7 +174,7 @@ class FrameAssembler:
     def poll(self, now_ns: int) -> list[AssembledFrame]:
         """Emit a waiting frame whose deadline has passed (call from a timer)."""
         p = self._pending
-        if p is not None and int(now_ns) >= p.deadline_ns:
+        if p is not None and (int(now_ns) >= p.deadline_ns or int(now_ns) < p.arrival_ns):  # or the clock ran back
             self._pending = None
             return [self._emit(p, timed_out=True)]
         return []
@@ -186,8 +193,10 @@ class FrameAssembler:
 
     def _add(self, source: str, stamp_ns: int, payload: Any, now_ns: int) -> list[AssembledFrame]:
         out: list[AssembledFrame] = []
-        if self._first_arrival_ns is None:
+        if self._first_arrival_ns is None or now_ns < self._first_arrival_ns:  # first, or the clock ran back
             self._first_arrival_ns = now_ns
+        if self._last_lidar_arrival_ns is not None and now_ns < self._last_lidar_arrival_ns:
+            self._last_lidar_arrival_ns = now_ns
         if source == LIDAR:
             self._last_lidar_arrival_ns = now_ns
             p = self._pending
@@ -195,7 +204,8 @@ class FrameAssembler:
                     and abs(stamp_ns - p.stamp_ns) <= self.config.max_camera_time_diff_ns):
                 self._pending, self._last_trigger_ns = None, p.prev_trigger_ns  # the sweep takes over
                 self.stats["fallback_cancelled"] += 1
-        if self._acts_as_trigger(source, stamp_ns, now_ns):
+        triggered = self._acts_as_trigger(source, stamp_ns, now_ns)
+        if triggered:
             last = self._last_trigger_ns
             if last is not None and stamp_ns <= last:
                 if last - stamp_ns <= self.config.max_reorder_ns:  # late or duplicate: drop, keep state
@@ -205,8 +215,9 @@ class FrameAssembler:
                 if self._pending is not None:
                     out.append(self._emit(self._pending, timed_out=True))
                     self._pending = None
-                for buf in self._buffers.values():
-                    buf.clear()
+                post_jump = last - self.config.max_reorder_ns  # older samples belong to the new timeline
+                for name, buf in self._buffers.items():
+                    self._buffers[name] = deque((s for s in buf if s[0] < post_jump), maxlen=buf.maxlen)
             prev_trigger, self._last_trigger_ns = self._last_trigger_ns, stamp_ns
             if self._pending is not None:  # a newer trigger pushes the waiting one out
                 self.stats["superseded"] += 1
@@ -224,7 +235,7 @@ class FrameAssembler:
         if p is not None and not fallback and (self.config.incomplete == "mask" or self._complete(p.stamp_ns)):
             self._pending = None
             out.append(self._emit(p, timed_out=False))
-        self._evict()
+        self._evict(keep_post_jump=not triggered)
         return out
 
     def _closest(self, source: str, stamp_ns: int) -> tuple[int, Any] | None:
@@ -265,14 +276,19 @@ class FrameAssembler:
                               points=points, points_stamp_ns=int(points_stamp), complete=complete,
                               timed_out=timed_out and not complete, trigger=p.source, arrival_ns=p.arrival_ns)
 
-    def _evict(self) -> None:
-        """Drop samples that no future trigger can match (assuming trigger stamps increase)."""
+    def _evict(self, keep_post_jump: bool) -> None:
+        """Drop samples that no future trigger can match, assuming trigger stamps increase; with
+        ``keep_post_jump``, samples older than the last trigger by more than ``max_reorder_ns`` stay
+        (they can only belong to a timeline after a backward jump, whose trigger has not come yet)."""
         if self._last_trigger_ns is None:
             return
         oldest_needed = self._last_trigger_ns - self.config.max_camera_time_diff_ns
-        for buf in self._buffers.values():
-            while buf and buf[0][0] < oldest_needed:
-                buf.popleft()
+        post_jump = self._last_trigger_ns - self.config.max_reorder_ns
+        for name, buf in self._buffers.items():
+            if any(t < oldest_needed and not (keep_post_jump and t < post_jump) for t, _ in buf):
+                self._buffers[name] = deque(((t, x) for t, x in buf
+                                             if t >= oldest_needed or (keep_post_jump and t < post_jump)),
+                                            maxlen=buf.maxlen)
 
     def buffered(self) -> dict[str, int]:
         """Samples held per source (for diagnostics and tests)."""
