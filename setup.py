@@ -28,7 +28,7 @@ setup(
     maintainer_email="maintainers@sparse-perception.invalid",
     description="Sparse4D-v3 style multi-camera + LiDAR 3D detection and tracking node for ROS 2.",
     license="Apache-2.0",
-    tests_require=["pytest"],
+    extras_require={"test": ["pytest"]},  # not tests_require: current setuptools warns "Unknown distribution option"
     entry_points={
         "console_scripts": [
             "sparse-perception = sparse_perception_ros.cli:main",
