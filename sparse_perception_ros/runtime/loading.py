@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sparse_perception_ros.params import ModelParams, ParameterError
+from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 
 __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights"]
 
@@ -30,12 +31,14 @@ def random_weights(p: ModelParams) -> bool:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """What :func:`load_model` gives: the stepper, a one-line note for the log, and whether the
-    weights are random (a preset with no bundled weights and no ``model.checkpoint``)."""
+    """What :func:`load_model` gives: the stepper, a one-line note for the log, whether the
+    weights are random (a preset with no bundled weights and no ``model.checkpoint``), and the
+    frame the weights were trained in (``<weights>.frame.json``, see :mod:`.model_frame`)."""
 
     stepper: object  # a runtime.backends.Stepper
     note: str
     random_weights: bool
+    frame_convention: FrameConvention = NUSCENES_LIDAR_TOP
 
 
 def load_model(p: ModelParams, seed: int = 0) -> LoadedModel:
@@ -89,4 +92,8 @@ def load_model(p: ModelParams, seed: int = 0) -> LoadedModel:
     detail = f"; backend {type(backend).__name__}"
     if backend.name == "torch":
         detail += f" (DFA {backend.dfa_impl}, {'torch.compile' if backend.compiled else 'eager'})"
-    return LoadedModel(stepper, note + detail, path is None)
+    try:
+        convention = load_convention(path)
+    except ValueError as exc:
+        raise ParameterError("model.checkpoint", f"frame convention: {exc}") from None
+    return LoadedModel(stepper, note + detail, path is None, convention)
