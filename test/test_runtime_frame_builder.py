@@ -174,6 +174,15 @@ def test_without_ego_pose_cameras_use_the_static_mounting():
     np.testing.assert_allclose(built.frame.T_cam_from_model[0], invert_transform(T_LIDAR_CAM["front"]), atol=1e-12)
 
 
+def test_image_size_is_checked_against_the_calibration_before_decoding():
+    b = builder(calibrate=("back",))
+    b.check_image_size("back", W, H)
+    b.check_image_size("front", 1, 1)  # no calibration yet: nothing to compare with
+    with pytest.raises(InputRefused) as err:
+        b.check_image_size("back", W, H + 1)
+    assert err.value.field == "image size"
+
+
 def test_refused_inputs_are_reported_and_masked():
     b = builder(calibrate=("back",))
     decoded = []
@@ -189,9 +198,14 @@ def test_refused_inputs_are_reported_and_masked():
                             image("back", T_REF, rgb=np.zeros((H + 1, W, 3), np.uint8))],
                     PointsInput(bad_cloud, "lidar_top", T_REF), Lookup(make_buffer()))
     assert decoded == []  # no calibration yet: the image is not even decoded
-    assert [(what, exc.field) for what, exc in built.refused] == [("camera/front", "camera_info"),
-                                                                  ("image/back", "image size"), ("points", "fields")]
+    assert [(what, exc.field) for what, exc in built.refused] == [("image/back", "image size"), ("points", "fields")]
+    assert built.awaiting_calibration == ["front"]  # the start-up race: masked, not a refusal
     assert not built.frame.present.any() and built.frame.points is None
+
+    b.set_calibration("front", None)  # its CameraInfo was invalid: now a refusal
+    built = b.build(T_REF, [CameraInput(decode_front, "cam_front", T_REF), None], None, Lookup(make_buffer()))
+    assert decoded == [] and built.awaiting_calibration == []
+    assert [(what, exc.field) for what, exc in built.refused] == [("camera/front", "camera_info")]
 
     def broken():
         raise ValueError("truncated jpeg")

@@ -16,8 +16,11 @@ memory:
   A camera seen for the first time, and per-frame ego-motion compensation, are not changes.
 
 An input that cannot be used is refused (reported in :attr:`BuiltFrame.refused`) and its camera
-masked; a camera whose transform is missing is masked too (``lookup`` reports why). A masked
-camera keeps its last good ``K`` / ``T_cam_from_model`` in the frame's arrays; they are unused.
+masked; a camera whose transform is missing is masked too (``lookup`` reports why). An image of a
+camera whose first CameraInfo has not arrived yet is masked and reported apart
+(:attr:`BuiltFrame.awaiting_calibration`): at start-up an image and its CameraInfo race, which is
+not a refusal until it lasts (the caller decides how long). A masked camera keeps its last good
+``K`` / ``T_cam_from_model`` in the frame's arrays; they are unused.
 """
 
 from __future__ import annotations
@@ -82,11 +85,13 @@ class BuiltFrame:
         refused: ``(what, error)`` per input that was not used (``what``: ``image/<cam>``,
             ``camera/<cam>`` or ``points``), for the caller to log and count.
         calibration_changed: cameras whose calibration changed with this frame.
+        awaiting_calibration: cameras with an image but no CameraInfo received yet (masked, not refused).
     """
 
     frame: Frame
     refused: list[tuple[str, ValueError]] = field(default_factory=list)
     calibration_changed: list[str] = field(default_factory=list)
+    awaiting_calibration: list[str] = field(default_factory=list)
 
 
 class FrameBuilder:
@@ -115,8 +120,10 @@ class FrameBuilder:
     @classmethod
     def from_params(cls, params) -> FrameBuilder:
         """The builder the node parameters describe (a :class:`~sparse_perception_ros.params.PerceptionParams`)."""
-        return cls(params.cameras.names, params.frames.model_frame, params.frames.world_frame,
-                   params.sync.wait_timeout)
+        from sparse_perception_ros.runtime.model_frame import model_frame_name
+
+        model = model_frame_name(params.frames.model_frame, params.frames.model_frame_axes)
+        return cls(params.cameras.names, model, params.frames.world_frame, params.sync.wait_timeout)
 
     def set_calibration(self, camera: str, calibration) -> None:
         """The camera's latest calibration: anything with ``K (3, 3)`` float (pixels), ``width`` and
@@ -146,10 +153,14 @@ class FrameBuilder:
         changed: list[str] = []
         with self._calib_lock:
             calibs = [self._calib.get(c) for c in self.cameras]
+            awaiting = [c for c, inp in zip(self.cameras, cameras, strict=True)
+                        if inp is not None and c not in self._calib]
         for i, (cam, inp, calib) in enumerate(zip(self.cameras, cameras, calibs, strict=True)):
             if inp is None:
                 continue
             stamps[i] = inp.stamp_ns
+            if cam in awaiting:
+                continue
             rgb = self._image(cam, inp, calib, refused)
             if rgb is None:
                 continue
@@ -165,13 +176,21 @@ class FrameBuilder:
                       T_world_from_model=T_world_from_model,
                       points=self._points(points, t_ref, T_world_from_model, lookup, refused),
                       camera_stamps_ns=stamps, calibration_key=f"generation-{self.generation}")
-        return BuiltFrame(frame, refused, changed)
+        return BuiltFrame(frame, refused, changed, awaiting)
+
+    def check_image_size(self, camera: str, width: int, height: int) -> None:
+        """Raise :class:`InputRefused` (``"image size"``) if ``camera`` has a calibration of another size
+        (a cheap check on arrival, before any decoding); nothing without a valid calibration."""
+        with self._calib_lock:
+            calib = self._calib.get(camera)
+        if calib is not None and (int(width), int(height)) != (calib.width, calib.height):
+            raise InputRefused("image size", f"{width}x{height}", f"CameraInfo says {calib.width}x{calib.height}")
 
     @staticmethod
     def _image(cam: str, inp: CameraInput, calib, refused: list) -> np.ndarray | None:
         """The image checked against ``calib``, or None (refused)."""
-        if calib is None:
-            refused.append((f"camera/{cam}", InputRefused("camera_info", None, "no valid CameraInfo yet")))
+        if calib is None:  # its last CameraInfo was invalid (refused when it arrived)
+            refused.append((f"camera/{cam}", InputRefused("camera_info", None, "no valid CameraInfo")))
             return None
         try:
             rgb = inp.image() if callable(inp.image) else inp.image
