@@ -6,7 +6,7 @@ checkpoint layout). ``tiny`` runs the same code paths with small sizes for tests
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "BackboneConfig",
@@ -18,6 +18,8 @@ __all__ = [
     "tiny_fusion",
     "PRESETS",
     "get_preset",
+    "with_num_cams",
+    "MAX_CAMERAS",
 ]
 
 
@@ -194,3 +196,18 @@ def get_preset(preset: str | ModelConfig) -> ModelConfig:
         return PRESETS[preset]
     except KeyError:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}") from None
+
+
+MAX_CAMERAS = 12
+
+
+def with_num_cams(cfg: ModelConfig, num_cams: int) -> ModelConfig:
+    """``cfg`` for a rig of ``num_cams`` cameras (1 to :data:`MAX_CAMERAS`). The weights do not depend
+    on the count (each camera's embedding is computed from its own projection matrix, the DFA sums
+    over cameras), so a checkpoint of any count loads; only the static shapes change."""
+    n = int(num_cams)
+    if not 1 <= n <= MAX_CAMERAS:
+        raise ValueError(f"num_cams must be in [1, {MAX_CAMERAS}], got {num_cams}")
+    if n == cfg.head.num_cams:
+        return cfg
+    return replace(cfg, head=replace(cfg.head, num_cams=n))

@@ -155,10 +155,11 @@ class DeformableFeatureAggregation(nn.Module):
     ) -> torch.Tensor:
         """-> ``[bs, A, cams, levels, pts, groups]``; sums to 1 over (cams, levels, pts) per group."""
         bs, num_anchor = instance_feature.shape[:2]
-        cam_embed = self.camera_encoder(projection_mat[:, :, :3].reshape(bs, self.num_cams, 12))
+        cams = projection_mat.shape[1]  # the rig's camera count: nothing learned depends on it
+        cam_embed = self.camera_encoder(projection_mat[:, :, :3].reshape(bs, cams, 12))
         feature = (instance_feature + anchor_embed)[:, :, None] + cam_embed[:, None]
         weights = self.weights_fc(feature).reshape(bs, num_anchor, -1, self.num_groups).softmax(dim=-2)
-        return weights.reshape(bs, num_anchor, self.num_cams, self.num_levels, self.num_pts, self.num_groups)
+        return weights.reshape(bs, num_anchor, cams, self.num_levels, self.num_pts, self.num_groups)
 
     def forward(
         self,
@@ -172,8 +173,6 @@ class DeformableFeatureAggregation(nn.Module):
     ) -> torch.Tensor:
         """``impl``: the DFA implementation for this call (None: the layer's ``dfa_impl``)."""
         bs, num_anchor = instance_feature.shape[:2]
-        if projection_mat.shape[1] != self.num_cams:
-            raise ValueError(f"head was built for {self.num_cams} cameras, got {projection_mat.shape[1]}")
         key_points = self.kps_generator(anchor, instance_feature)
         weights = self.attention_weights(instance_feature, anchor_embed, projection_mat)
         points_2d = project_points(key_points, projection_mat, image_wh)

@@ -343,6 +343,11 @@ class StepRunner(Stepper):
     """
 
     def __init__(self, backend: Backend, cfg: ModelConfig):
+        spec = backend.input_spec()
+        image = spec.get("img") or spec.get("feat_l0")
+        if image is not None and isinstance(image.shape[1], int) and image.shape[1] != cfg.head.num_cams:
+            raise BackendUnavailable(f"{backend.name}: the graph takes {image.shape[1]} cameras, the rig has "
+                                     f"{cfg.head.num_cams} (export / build the engine for this camera count)")
         self.backend = backend
         self.cfg = cfg
         self.name = backend.name

@@ -41,7 +41,7 @@ class LoadedModel:
     frame_convention: FrameConvention = NUSCENES_LIDAR_TOP
 
 
-def load_model(p: ModelParams, seed: int = 0) -> LoadedModel:
+def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> LoadedModel:
     """Build ``p.preset``, load its weights and wrap it in the chosen backend's stepper.
 
     Every backend gives the same typed :class:`~.backends.StepRunner`: ``torch`` runs the step
@@ -51,10 +51,12 @@ def load_model(p: ModelParams, seed: int = 0) -> LoadedModel:
     ``checkpoint=""`` uses the bundled weights of the preset; a preset without bundled weights
     (``sparse4dv3_r50``: the released weights cannot be shipped) runs deterministic random
     weights, which the note states and ``random_weights`` flags. Checkpoints are read with
-    ``weights_only=True`` only.
+    ``weights_only=True`` only. ``num_cams``: the rig's camera count (the node passes
+    ``len(cameras.names)``; default: the preset's): the same weights run any count, and exported
+    graphs are made (and cached) per count.
     """
     from sparse_perception_ros.model import CheckpointError, build_model
-    from sparse_perception_ros.model.config import get_preset
+    from sparse_perception_ros.model.config import get_preset, with_num_cams
     from sparse_perception_ros.runtime.backends import BackendUnavailable, build_stepper
 
     if p.device == "cuda" and not torch.cuda.is_available():
@@ -68,8 +70,14 @@ def load_model(p: ModelParams, seed: int = 0) -> LoadedModel:
         raise ParameterError("model.dfa_impl", "'fast' is the CPU kernel; use auto or triton with device cuda")
     if p.dfa_impl == "triton" and p.device != "cuda":
         raise ParameterError("model.dfa_impl", "'triton' runs on CUDA tensors only; use auto or fast with device cpu")
+    cfg = get_preset(p.preset)
+    if num_cams is not None:
+        try:
+            cfg = with_num_cams(cfg, num_cams)
+        except ValueError as exc:
+            raise ParameterError("cameras.names", str(exc)) from None
     torch.manual_seed(seed)
-    model = build_model(p.preset, sampling=p.sampling)
+    model = build_model(cfg, sampling=p.sampling)
     path = Path(p.checkpoint).expanduser() if p.checkpoint else bundled_weights_path(p.preset)
     if p.checkpoint and not path.is_file():
         raise ParameterError("model.checkpoint", f"file not found: {path}")
@@ -84,7 +92,7 @@ def load_model(p: ModelParams, seed: int = 0) -> LoadedModel:
         note = f"model {p.preset}: loaded {path} ({report.summary()})"
     model = model.to(p.device).eval()
     try:
-        stepper = build_stepper(p.backend, p.preset, module=model, engine_path=p.engine or None,
+        stepper = build_stepper(p.backend, cfg, module=model, engine_path=p.engine or None,
                                 num_threads=p.num_threads or None, dfa_impl=p.dfa_impl, compile=p.compile)
     except BackendUnavailable as exc:
         raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
