@@ -221,3 +221,52 @@ def test_changed_intrinsics_reset_the_state(session):
     run_frames(rig, proc, [base + 2 * PERIOD], info_overrides={"front": zoom}, settle=0.3)
     rig.spin(1.2)
     assert rig.counts().get("reset/calibration_changed", 0) == before + 1
+
+
+def test_first_frame_after_a_backward_jump_has_every_camera(session):
+    """A bag loop: the post-jump images arrive before the post-jump sweep (the rig publishes images
+    first); they used to be evicted as stale, masking the first frame after the jump."""
+    rig, proc = session
+    base = T0 + 800 * S
+    run_frames(rig, proc, [base, base + PERIOD], settle=0.3)
+    rig.spin(1.2)
+    before = rig.counts()
+    run_frames(rig, proc, [base - 5 * S], settle=0.3)
+    rig.spin(1.2)
+    after = rig.counts()
+    assert after.get("sync/time_jumps", 0) == before.get("sync/time_jumps", 0) + 1
+    assert after.get("sync/missing_camera", 0) == before.get("sync/missing_camera", 0), (before, after)
+
+
+def test_end_to_end_latency_is_measured_from_arrival_when_stamps_are_far_from_the_clock(session):
+    """The rig's stamps are from 2023, the node runs on the wall clock without sim time: end_to_end must
+    not be wall clock minus a years-old stamp (it used to be)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    rig, proc = session
+    latency = []
+    sub = rig.node.create_subscription(DiagnosticArray, "/perception/output/latency", latency.append, 50)
+    try:
+        rig.spin(1.0)
+        run_frames(rig, proc, [T0 + 900 * S + k * PERIOD for k in range(3)])
+    finally:
+        rig.node.destroy_subscription(sub)
+    e2e = [float(kv.value) for msg in latency for st in msg.status for kv in st.values if kv.key == "end_to_end"]
+    assert e2e and all(0.0 <= v < 10_000.0 for v in e2e), e2e
+    rig.spin(1.2)
+    assert rig.counts().get("end_to_end_from_arrival", 0) >= len(e2e)
+
+
+def test_diagnostics_values_are_counters_only(session):
+    """Every value is a cumulative counter: no log-once bookkeeping (``reset_logged/...``,
+    ``frame_error:<type>``) among them."""
+    rig, _ = session
+    rig.spin(1.2)
+    for arr in reversed(rig.diagnostics):
+        st = next((s for s in arr.status if s.name.endswith("pipeline")), None)
+        if st is not None:
+            break
+    keys = [kv.key for kv in st.values]
+    assert "reset/time_jump_backward" in keys  # the session had resets, so their bookkeeping would show
+    assert not [k for k in keys if k.startswith(("reset_logged", "frame_error:")) or k.endswith(":first")], keys
+    assert all(kv.value.lstrip("-").replace(".", "", 1).isdigit() for kv in st.values), st.values

@@ -9,6 +9,12 @@ Callbacks buffer messages in the :class:`FrameAssembler` (with ``cameras.decode_
 also decodes its image). A worker thread takes the newest assembled frame (older ones are skipped and counted),
 has the ROS-free :class:`FrameBuilder` build the Frame through this node's TF, runs ``Pipeline.step`` and
 publishes. A refused input is logged once, counted in ``/diagnostics``, and its camera masked for that frame.
+
+Every message gets cheap checks on arrival (sizes, encodings, layouts, the image size against CameraInfo;
+no decoding), so a bad input is counted even in a frame the worker skips; the full conversion stays in the
+worker. A camera silent for :data:`CAMERA_SILENT_AFTER_S` while the rest of the rig sends is logged (and
+its return), and counted per camera. Times (sync waits, TF waits, latency) are on the node's ROS clock:
+with ``use_sim_time`` and a player's ``/clock`` a slowed replay needs no rescaled timeouts.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -40,10 +47,14 @@ from sparse_perception_ros.ros.params import declare_and_read_params
 from sparse_perception_ros.ros.tf_feed import TfFeed
 from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerConfig, FrameAssembler
 from sparse_perception_ros.runtime.boxes import transform_boxes
-from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, PointsInput
+from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, InputRefused, PointsInput
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+from sparse_perception_ros.runtime.silence import SilenceWatch
 
-__all__ = ["PerceptionNode", "main", "run_node"]
+__all__ = ["PerceptionNode", "main", "run_node", "CAMERA_SILENT_AFTER_S", "STAMP_CLOCK_TOLERANCE_S"]
+
+CAMERA_SILENT_AFTER_S = 1.0  # node-clock seconds of rig activity without a camera's image (12 frames at 12 Hz)
+STAMP_CLOCK_TOLERANCE_S = 10.0  # a frame stamp further from the node's clock: end_to_end from the trigger's arrival
 
 
 class PerceptionNode(Node):
@@ -54,7 +65,8 @@ class PerceptionNode(Node):
         self.pipeline: Pipeline | None = None
         self._state = PipelineState.empty()
         self._builder = FrameBuilder.from_params(self.params)
-        self._tf = TfFeed(self.diag.refuse, self.diag.bad_transform)
+        self._tf = TfFeed(self.diag.refuse, self.diag.bad_transform, clock=self._now_ns)
+        self._silence = SilenceWatch(self.params.cameras.names, int(CAMERA_SILENT_AFTER_S * 1e9))
         self._lock = threading.Condition()  # guards the assembler and the mailbox; notified when a frame arrives
         self._mailbox: AssembledFrame | None = None
         self._running, self._worker = False, None
@@ -104,8 +116,9 @@ class PerceptionNode(Node):
         self._pub_markers = self.create_publisher(MarkerArray, "~/output/markers", 10)
         self._pub_latency = self.create_publisher(DiagnosticArray, "~/output/latency", 10)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(0.025, lambda: self._deliver(self._assembler.poll), callback_group=inputs)
-        self.create_timer(1.0, self._publish_diagnostics)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers tick in wall time; what they read is the ROS clock
+        self.create_timer(0.025, lambda: self._deliver(self._assembler.poll), callback_group=inputs, clock=steady)
+        self.create_timer(1.0, self._publish_diagnostics, clock=steady)
         self._running = True
         self._worker = threading.Thread(target=self._work_loop, name="perception_worker", daemon=True)
         self._worker.start()
@@ -124,34 +137,60 @@ class PerceptionNode(Node):
             torch.set_num_threads(self.params.model.num_threads)
 
     # ------------------------------------------------------------------------- input callbacks
+    def _now_ns(self) -> int:
+        """The node's ROS clock (``/clock`` with ``use_sim_time``), integer ns."""
+        return self.get_clock().now().nanoseconds
+
     def _deliver(self, assemble, *args) -> None:
         """``assemble(*args, now_ns)`` (an assembler call) under the lock; the newest finished frame wins
         the single mailbox slot. Payloads are the FrameBuilder's inputs."""
         with self._lock:
-            for f in assemble(*args, time.monotonic_ns()):
+            for f in assemble(*args, self._now_ns()):
                 if self._mailbox is not None:
                     self.diag.stats.count("frames_skipped")
                 self._mailbox = f
                 self._lock.notify()
 
+    def _arrived(self, source: str) -> None:
+        """Any input arrived: the silence watch logs and counts cameras going silent or coming back."""
+        with self._lock:
+            events = self._silence.arrived(source, self._now_ns())
+            silent = self._silence.silent()
+        if events:
+            self.diag.camera_silence(events)
+            self.diag.set_silent(silent)
+
     def _on_image(self, cam: str, msg) -> None:
-        image = partial(convert.compressed_image_to_rgb if isinstance(msg, CompressedImage) else convert.image_to_rgb,
-                        msg)
-        if self.params.cameras.decode_on_arrival:  # in the executor thread, overlapping the worker's inference
-            try:
+        self._arrived(cam)
+        compressed = isinstance(msg, CompressedImage)
+        image = partial(convert.compressed_image_to_rgb if compressed else convert.image_to_rgb, msg)
+        try:  # cheap checks on every image, also those of frames the worker will skip
+            width, height = (convert.check_compressed_image if compressed else convert.check_image)(msg)
+            self._builder.check_image_size(cam, width, height)
+            if self.params.cameras.decode_on_arrival:  # in the executor thread, overlapping the worker's inference
                 image = image()
-            except convert.ConversionError as exc:
-                self.diag.refuse(f"image/{cam}", exc)
+        except (convert.ConversionError, InputRefused) as exc:
+            self.diag.refuse(f"image/{cam}", exc)
+            if cam != self.params.sync.trigger:
                 return
+            image = None  # a trigger camera's refused image still opens its frame (masked)
         stamp = convert.stamp_to_ns(msg.header.stamp)
-        self._deliver(self._assembler.add_image, cam, stamp, CameraInput(image, msg.header.frame_id, stamp))
+        payload = None if image is None else CameraInput(image, msg.header.frame_id, stamp)
+        self._deliver(self._assembler.add_image, cam, stamp, payload)
 
     def _on_points(self, msg: PointCloud2) -> None:
+        self._arrived("points")
         stamp = convert.stamp_to_ns(msg.header.stamp)
-        points = PointsInput(partial(convert.pointcloud2_to_points, msg), msg.header.frame_id, stamp)
+        try:  # layout only; the conversion runs in the worker for the frames it takes
+            convert.check_pointcloud2(msg)
+            points = PointsInput(partial(convert.pointcloud2_to_points, msg), msg.header.frame_id, stamp)
+        except convert.ConversionError as exc:
+            self.diag.refuse("points", exc)
+            points = None  # the sweep still opens its frame (cameras only)
         self._deliver(self._assembler.add_points, stamp, points)
 
     def _on_camera_info(self, cam: str, msg: CameraInfo) -> None:
+        self._arrived("camera_info")
         try:
             self._builder.set_calibration(cam, convert.camera_info_to_calibration(msg))
         except convert.ConversionError as exc:
@@ -179,7 +218,7 @@ class PerceptionNode(Node):
                 or self._pub_markers.get_subscription_count() > 0):
             self.diag.stats.count("frames_no_subscribers")
             return
-        assemble_ms = (time.monotonic_ns() - af.arrival_ns) * 1e-6  # trigger arrival -> worker start
+        assemble_ms = (self._now_ns() - af.arrival_ns) * 1e-6  # trigger arrival -> worker start
         t0 = time.perf_counter()
         built = self._builder.build(af.stamp_ns, af.images, af.points, self._tf.lookup)
         self.diag.built(built)
@@ -200,8 +239,21 @@ class PerceptionNode(Node):
         t3 = time.perf_counter()
         self.diag.stats.count("frames_published")
         stages = {"assemble": assemble_ms, "convert": 1e3 * (t1 - t0), **det.timings_ms, "publish": 1e3 * (t3 - t2),
-                  "end_to_end": (self.get_clock().now().nanoseconds - af.stamp_ns) * 1e-6}
+                  "end_to_end": self._end_to_end_ms(af)}
         self._pub_latency.publish(self.diag.latency(af.stamp_ns, stages))
+
+    def _end_to_end_ms(self, af: AssembledFrame) -> float:
+        """Now minus the frame's stamp on the node's clock; from the trigger's arrival instead when the stamp is
+        more than STAMP_CLOCK_TOLERANCE_S from the clock (a replay without ``use_sim_time``: an old bag's stamps)."""
+        now = self._now_ns()
+        if abs(now - af.stamp_ns) <= STAMP_CLOCK_TOLERANCE_S * 1e9:
+            return (now - af.stamp_ns) * 1e-6
+        self.diag.stats.count("end_to_end_from_arrival")
+        if self.diag.stats.first("end_to_end_from_arrival"):
+            self.get_logger().info(f"frame stamps are {(now - af.stamp_ns) * 1e-9:.0f} s from this node's clock (a "
+                                   "replay without use_sim_time and /clock?): end_to_end latency is measured from "
+                                   "the trigger's arrival")
+        return (now - af.arrival_ns) * 1e-6
 
     def _publish_diagnostics(self) -> None:
         with self._lock:

@@ -53,13 +53,18 @@ class TfFeed:
     Args:
         on_refused: ``on_refused(what, error)`` for a failed lookup (``what``: ``tf/<what>``).
         on_bad_transform: ``on_bad_transform(error)`` for a refused incoming transform.
+        clock: integer ns the lookup waits are measured on (a node's ROS clock, so sim time on replay);
+            None = monotonic. On another clock a wait also ends after ``max(1 s, 10 * wait_s)`` of wall
+            time, in case that clock stalls (a paused player).
     """
 
     def __init__(self, on_refused: Callable[[str, Exception], None], on_bad_transform: Callable[[str], None],
-                 cache_time_ns: int = 30_000_000_000, extrapolation_tolerance_ns: int = 60_000_000):
+                 cache_time_ns: int = 30_000_000_000, extrapolation_tolerance_ns: int = 60_000_000,
+                 clock: Callable[[], int] | None = None):
         self.buffer = TransformBuffer(cache_time_ns=cache_time_ns, extrapolation_tolerance_ns=extrapolation_tolerance_ns)
         self._lock = threading.Lock()
         self._on_refused, self._on_bad_transform = on_refused, on_bad_transform
+        self._clock = clock
 
     def add_tf(self, msg, static: bool) -> None:
         """A TFMessage from ``/tf`` (or ``/tf_static`` with ``static``)."""
@@ -79,15 +84,16 @@ class TfFeed:
         """``(4, 4)`` T_target_from_source at ``stamp_ns``, or None (reported to ``on_refused`` as ``tf/<what>``).
 
         A stamp just newer than the buffered /tf (:class:`ExtrapolationError`) is retried every 5 ms
-        for up to ``wait_s`` seconds, without holding the lock in between.
+        for up to ``wait_s`` seconds of the feed's clock, without holding the lock in between.
         """
-        deadline = time.monotonic() + wait_s
+        wall_deadline = time.monotonic() + (wait_s if self._clock is None else max(1.0, 10 * wait_s))
+        deadline = None if self._clock is None else self._clock() + int(wait_s * 1e9)
         while True:
             try:
                 with self._lock:
                     return self.buffer.lookup(target, source, stamp_ns)
             except ExtrapolationError as exc:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= wall_deadline or (deadline is not None and self._clock() >= deadline):
                     self._on_refused(f"tf/{what}", exc)
                     return None
             except TransformLookupError as exc:
