@@ -187,8 +187,7 @@ def test_bundled_weights_carry_the_frame_they_were_trained_in(tmp_path):
         assert conv.mount_height_m == pytest.approx(rig.lidar.T_base_from_lidar[2, 3])
     assert load_convention(tmp_path / "none.pt") is NUSCENES_LIDAR_TOP and load_convention(None) is NUSCENES_LIDAR_TOP
     bad = tmp_path / "w.pt"
-    (tmp_path / "w.pt.frame.json").write_text(json.dumps({"name": "x", "R_model_from_rep103": [[2, 0, 0], [0, 1, 0],
-                                                                                                [0, 0, 1]],
-                                                          "mount_height_m": 1.0}))
-    with pytest.raises(ValueError, match="w.pt.frame.json"):
+    (tmp_path / "w.pt.json").write_text(json.dumps({"frame": {"name": "x", "mount_height_m": 1.0,
+                                                              "R_model_from_rep103": [[2, 0, 0], [0, 1, 0], [0, 0, 1]]}}))
+    with pytest.raises(ValueError, match="w.pt.json"):
         load_convention(bad)

@@ -33,7 +33,7 @@ def random_weights(p: ModelParams) -> bool:
 class LoadedModel:
     """What :func:`load_model` gives: the stepper, a one-line note for the log, whether the
     weights are random (a preset with no bundled weights and no ``model.checkpoint``), and the
-    frame the weights were trained in (``<weights>.frame.json``, see :mod:`.model_frame`)."""
+    frame the weights were trained in (``<weights>.json``, see :mod:`.model_frame`)."""
 
     stepper: object  # a runtime.backends.Stepper
     note: str

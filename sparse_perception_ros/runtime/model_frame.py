@@ -12,8 +12,8 @@ not assumed:
   axes, as in nuScenes-style bags and the project's synthetic bags) or ``rep103`` (x forward,
   y left, z up; the node turns it into the weights' axes with the fixed rotation of the
   weights' :class:`FrameConvention`);
-- the convention travels with the weights: ``<checkpoint>.frame.json`` next to the file (the
-  bundled models have one), else :data:`NUSCENES_LIDAR_TOP` (the official weights' frame).
+- the convention travels with the weights: the ``frame`` entry of ``<checkpoint>.json`` next to
+  the file (the bundled models have one), else :data:`NUSCENES_LIDAR_TOP` (the official weights' frame).
 
 Every transform the node looks up to or from the model frame goes through :meth:`ModelFrame.wrap`,
 so images, sweeps, the ego pose and the published boxes all see the same rotated frame. At start-up
@@ -81,15 +81,16 @@ NUSCENES_LIDAR_TOP = FrameConvention(
 
 
 def load_convention(checkpoint: str | Path | None) -> FrameConvention:
-    """The convention stored next to ``checkpoint`` (``<checkpoint>.frame.json``), else
+    """The ``frame`` entry of ``<checkpoint>.json`` (the facts stored with the weights), else
     :data:`NUSCENES_LIDAR_TOP`. Raises ``ValueError`` naming the file when it is malformed."""
     if checkpoint is None:
         return NUSCENES_LIDAR_TOP
-    path = Path(str(checkpoint) + ".frame.json")
+    path = Path(str(checkpoint) + ".json")
     if not path.is_file():
         return NUSCENES_LIDAR_TOP
     try:
-        return FrameConvention.from_json(json.loads(path.read_text()))
+        doc = json.loads(path.read_text())
+        return NUSCENES_LIDAR_TOP if "frame" not in doc else FrameConvention.from_json(doc["frame"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
 
