@@ -1,6 +1,7 @@
 """Parameters: the shipped file validates, every error names its parameter, README table is generated."""
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,37 @@ def test_readme_parameter_table_is_the_generated_one():
     assert start in readme and end in readme
     table = readme.split(start)[1].split(end)[0].strip()
     assert table == markdown_table()
+
+
+@pytest.mark.parametrize("text", [
+    "/**:\n  ros__parameters:\n    sync:\n      wait_timeout: 0.3\n",
+    "perception:\n  ros__parameters:\n    sync.wait_timeout: 0.3\n",  # node-name keyed, dotted name
+    "/perception:\n  ros__parameters:\n    sync: {wait_timeout: 0.3}\n",
+])
+def test_user_file_with_one_parameter_overrides_the_package_defaults(tmp_path, text):
+    """Point 9: the package's file is loaded first; the user's names only what it changes."""
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    p = load_params(f)
+    package = load_params()
+    assert p.sync.wait_timeout == 0.3
+    assert p == replace(package, sync=replace(package.sync, wait_timeout=0.3))  # everything else: the package's
+
+
+def test_user_file_sections_apply_in_file_order(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("/**:\n  ros__parameters:\n    qos_depth: 3\n    output: {max_detections: 9}\n"
+                 "perception:\n  ros__parameters:\n    qos_depth: 4\n")
+    p = load_params(f)
+    assert p.qos_depth == 4 and p.output.max_detections == 9
+
+
+def test_user_file_errors_still_name_the_parameter(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("/**:\n  ros__parameters:\n    sync: {max_camera_timediff: 0.2}\n")
+    with pytest.raises(ParameterError, match="'sync.max_camera_timediff': is not a known parameter"):
+        load_params(f)
+    f.write_text("/**:\n  ros__parameters:\n    output.max_detections: 0\n")
+    with pytest.raises(ParameterError) as err:
+        load_params(f)
+    assert err.value.name == "output.max_detections"

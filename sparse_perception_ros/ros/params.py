@@ -1,9 +1,10 @@
 """Declare the node's parameters from the JSON schema (with descriptors) and read them, validated.
 
-Parameters are declared *typed but without defaults*: a value missing from the params file is
-an error that names it, never a silent default. Unknown names in the params file (typos) are
-refused too. The values then go through the same validation as
-:func:`sparse_perception_ros.params.params_from_flat`.
+Each parameter's default is its value in the package's ``config/perception.param.yaml`` (the one
+place defaults live), so a user's params file (``--params-file``) names only what it changes; a
+schema parameter that file lacks is declared typed without a default, and leaving it unset is an
+error that names it. Unknown names in the params files (typos) are refused too. The values then go
+through the same validation as :func:`sparse_perception_ros.params.params_from_flat`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.parameter import Parameter
 
-from sparse_perception_ros.params import ParameterError, PerceptionParams, params_from_flat, schema
+from sparse_perception_ros.params import ParameterError, PerceptionParams, default_flat, params_from_flat, schema
 
 __all__ = ["declare_and_read_params", "schema_leaves"]
 
@@ -57,13 +58,19 @@ def declare_and_read_params(node) -> PerceptionParams:
     unknown = sorted(n for n in overrides - set(leaves) if n != "use_sim_time")
     if unknown:
         raise ParameterError(unknown[0], "is not a known parameter (typo?)")
+    defaults = default_flat()
     flat = {}
     for name, spec in leaves.items():
+        default = defaults.get(name)
+        if default is None:  # not in the package file: typed, no default
+            default = _TYPES[spec["type"]]
+        elif spec["type"] == "number":  # 2 in YAML is still a double parameter
+            default = float(default)
         try:
-            node.declare_parameter(name, _TYPES[spec["type"]], _descriptor(name, spec))
+            node.declare_parameter(name, default, _descriptor(name, spec))
             value = node.get_parameter(name).value
         except ParameterUninitializedException:
-            raise ParameterError(name, "is required and has no default (pass it in the params file)") from None
+            raise ParameterError(name, "is required and has no default (pass it in a params file)") from None
         except ParameterException as exc:
             raise ParameterError(name, str(exc).splitlines()[0]) from None
         flat[name] = list(value) if spec["type"] == "array" else value
