@@ -93,3 +93,20 @@ def test_slowed_replay_on_sim_time_needs_no_scaled_timeouts(session):
     e2e = [float(kv.value) for msg in latency[1:] for st in msg.status for kv in st.values if kv.key == "end_to_end"]
     assert e2e and all(0.0 <= v < 2_000.0 for v in e2e), e2e  # bag-time ms, measured against /clock
     assert after.get("end_to_end_from_arrival", 0) == 0
+
+
+def test_a_waiting_frame_goes_out_when_clock_stops(session):
+    """The bag ends (the player's /clock stops) while a frame waits for a camera that never comes: on a
+    stopped clock its deadline would never pass, so after 1 s of wall time it goes out, masked."""
+    rig, proc = session
+    rig.spin(1.0)
+    before, n0 = rig.counts(), len(rig.objects)
+    stamp = rig.now_ns()
+    rig.publish_static()
+    rig.publish_frame(stamp, skip_cameras=("back",))
+    rig.spin(0.1)
+    Rig.spin(rig, 3.0)  # no /clock any more
+    assert len(rig.objects) > n0, "the last frame never went out"
+    rig.spin(1.5)
+    after = rig.counts()
+    assert after.get("sync/timed_out", 0) == before.get("sync/timed_out", 0) + 1

@@ -162,6 +162,17 @@ def test_a_clock_running_back_emits_the_waiting_frame():
     assert f.timed_out and f.points == "sweep"
 
 
+def test_flush_emits_the_waiting_frame_when_the_clock_stopped():
+    a = assembler(incomplete="wait", wait_timeout_ns=100 * MS)
+    t = 10_000 * MS
+    feed_cameras(a, t, [0, 0, 0, None, 0, 0], now_ns=t)
+    assert a.add_points(t, "last sweep of the bag", now_ns=t) == []
+    assert a.poll(t) == []  # the clock does not move on
+    (f,) = a.flush(t)
+    assert f.timed_out and f.points == "last sweep of the bag" and f.present.sum() == 5
+    assert a.flush(t) == [] and a.stats["timed_out"] == 1
+
+
 @pytest.mark.parametrize("kwargs,field", [
     (dict(cameras=()), "cameras"), (dict(cameras=("a", "a")), "cameras"), (dict(cameras=("lidar",)), "reserved"),
     (dict(cameras=CAMS, trigger="CAM_NOPE"), "trigger"), (dict(cameras=CAMS, max_camera_time_diff_ns=0), "max_camera"),

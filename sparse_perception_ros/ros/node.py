@@ -55,6 +55,7 @@ __all__ = ["PerceptionNode", "main", "run_node", "CAMERA_SILENT_AFTER_S", "STAMP
 
 CAMERA_SILENT_AFTER_S = 1.0  # node-clock seconds of rig activity without a camera's image (12 frames at 12 Hz)
 STAMP_CLOCK_TOLERANCE_S = 10.0  # a frame stamp further from the node's clock: end_to_end from the trigger's arrival
+CLOCK_STALL_S = 1.0  # wall seconds without the node's clock moving (a replay's /clock stopped): waiting frames go out
 
 
 class PerceptionNode(Node):
@@ -67,6 +68,7 @@ class PerceptionNode(Node):
         self._builder = FrameBuilder.from_params(self.params)
         self._tf = TfFeed(self.diag.refuse, self.diag.bad_transform, clock=self._now_ns)
         self._silence = SilenceWatch(self.params.cameras.names, int(CAMERA_SILENT_AFTER_S * 1e9))
+        self._clock_seen = (0, 0)  # (node clock, monotonic) when the node's clock last moved
         self._lock = threading.Condition()  # guards the assembler and the mailbox; notified when a frame arrives
         self._mailbox: AssembledFrame | None = None
         self._running, self._worker = False, None
@@ -117,7 +119,7 @@ class PerceptionNode(Node):
         self._pub_latency = self.create_publisher(DiagnosticArray, "~/output/latency", 10)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers tick in wall time; what they read is the ROS clock
-        self.create_timer(0.025, lambda: self._deliver(self._assembler.poll), callback_group=inputs, clock=steady)
+        self.create_timer(0.025, self._poll, callback_group=inputs, clock=steady)
         self.create_timer(1.0, self._publish_diagnostics, clock=steady)
         self._running = True
         self._worker = threading.Thread(target=self._work_loop, name="perception_worker", daemon=True)
@@ -150,6 +152,15 @@ class PerceptionNode(Node):
                     self.diag.stats.count("frames_skipped")
                 self._mailbox = f
                 self._lock.notify()
+
+    def _poll(self) -> None:
+        """Every 25 ms: a waiting frame goes out once its deadline passed on the node's clock, or at once when
+        that clock has not moved for CLOCK_STALL_S (a replay's /clock stopped at the end of the bag)."""
+        now, wall = self._now_ns(), time.monotonic_ns()
+        if now != self._clock_seen[0]:
+            self._clock_seen = (now, wall)
+        stalled = wall - self._clock_seen[1] > CLOCK_STALL_S * 1e9
+        self._deliver(self._assembler.flush if stalled else self._assembler.poll)
 
     def _arrived(self, source: str) -> None:
         """Any input arrived: the silence watch logs and counts cameras going silent or coming back."""

@@ -179,6 +179,12 @@ class FrameAssembler:
             return [self._emit(p, timed_out=True)]
         return []
 
+    def flush(self, now_ns: int) -> list[AssembledFrame]:
+        """Emit a waiting frame now, whatever its deadline (the caller's clock stopped: a player that
+        finished or paused its ``/clock``). ``now_ns`` is unused; the signature matches :meth:`poll`."""
+        p, self._pending = self._pending, None
+        return [] if p is None else [self._emit(p, timed_out=True)]
+
     # ------------------------------------------------------------------------------ internals
     def _acts_as_trigger(self, source: str, stamp_ns: int, now_ns: int) -> bool:
         cfg = self.config
