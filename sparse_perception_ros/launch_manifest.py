@@ -7,18 +7,24 @@ the same nodes with the same parameter files and remaps by construction.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["NodeSpec", "NODE_SETS", "default_remaps", "node_set", "DEFAULT_TOPICS"]
+__all__ = ["NodeSpec", "NODE_SETS", "default_remaps", "node_set", "load_topics", "params_files", "DEFAULT_TOPICS"]
 
 CAMERAS = ("front", "front_right", "front_left", "back", "back_left", "back_right")
 
-# Global topic names of the sensors (the synthetic bags and the nuScenes converter publish these).
+# The perception node's inputs, ``~/input/<key>``, and the global topics they are remapped to by
+# default: what the synthetic bags and the nuScenes converter publish. A camera ``<name>`` of
+# ``cameras.names`` reads ``~/input/<name>/image`` (``~/input/<name>/image/compressed`` with
+# ``cameras.compressed``) and ``~/input/<name>/camera_info``.
 DEFAULT_TOPICS: dict[str, str] = {
-    **{f"cam_{c}/image": f"/cam_{c}/image" for c in CAMERAS},
-    **{f"cam_{c}/camera_info": f"/cam_{c}/camera_info" for c in CAMERAS},
+    **{f"{c}/image": f"/cam_{c}/image" for c in CAMERAS},
+    **{f"{c}/camera_info": f"/cam_{c}/camera_info" for c in CAMERAS},
     "points": "/lidar_top/points",
 }
+_INPUT_KEY = re.compile(r"^(points|odometry|[^/\s]+/(image|image/compressed|camera_info))$")
 
 
 @dataclass(frozen=True)
@@ -49,18 +55,85 @@ class NodeSpec:
 
 
 def default_remaps(topics: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
-    """Private input topics of the perception node -> global sensor topics."""
-    topics = {**DEFAULT_TOPICS, **(topics or {})}
-    return tuple((f"~/input/{k}", v) for k, v in topics.items())
+    """Private input topics of the perception node -> global sensor topics.
+
+    ``topics`` (input key -> topic, as :func:`load_topics` reads them) replaces or adds to
+    :data:`DEFAULT_TOPICS`. A ``<name>/image`` entry also remaps ``<name>/image/compressed`` (the
+    node's topic with ``cameras.compressed``), unless that key is given too: one entry per camera
+    whatever its transport.
+    """
+    merged = {**DEFAULT_TOPICS, **(topics or {})}
+    for key in list(merged):
+        if key.endswith("/image") and f"{key}/compressed" not in merged:
+            merged[f"{key}/compressed"] = merged[key]
+    return tuple((f"~/input/{k}", v) for k, v in merged.items())
+
+
+def load_topics(path: str | Path) -> dict[str, str]:
+    """A topics file: the node's input keys -> the topics to remap them to.
+
+    YAML, flat or nested by camera name (nested keys are joined with ``/``)::
+
+        points: /sensing/lidar/top/pointcloud
+        odometry: /localization/kinematic_state
+        front:
+          image: /sensing/camera/front/image_raw/compressed
+          camera_info: /sensing/camera/front/camera_info
+
+    Keys are ``points``, ``odometry``, ``<camera>/image``, ``<camera>/image/compressed`` and
+    ``<camera>/camera_info``. Raises ValueError naming the file and the offending key.
+    """
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the topics file {path}: {exc}") from exc
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict):
+        raise ValueError(f"topics file {path}: the top level must be a mapping of input -> topic")
+
+    def walk(tree: dict, prefix: str) -> dict[str, str]:
+        out = {}
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                out.update(walk(value, name + "/"))
+            elif not _INPUT_KEY.match(name):
+                raise ValueError(f"topics file {path}: '{name}' is not an input of the perception node (known: "
+                                 "points, odometry, <camera>/image, <camera>/image/compressed, <camera>/camera_info)")
+            elif not isinstance(value, str) or not value:
+                raise ValueError(f"topics file {path}: '{name}' must be a topic name, got {value!r}")
+            else:
+                out[name] = value
+        return out
+
+    return walk(doc, "")
+
+
+def params_files(user_file: str = "") -> tuple[str, ...]:
+    """The package's ``config/perception.param.yaml`` first, then ``user_file`` (if any, and not that file):
+    with ``--params-file`` the later file wins, so a user file overrides only what it names."""
+    from sparse_perception_ros.paths import config_file
+
+    package = str(config_file("perception.param.yaml"))
+    if not user_file or Path(user_file).resolve() == Path(package).resolve():
+        return (package,)
+    return (package, str(user_file))
 
 
 def node_set(kind: str, params_file: str, bag: str = "", record_to: str = "", rate: float = 1.0,
              topics: dict[str, str] | None = None) -> list[NodeSpec]:
-    """The nodes of ``kind``: ``"perception"`` (the node) or ``"replay"`` (player + node + recorder)."""
+    """The nodes of ``kind``: ``"perception"`` (the node) or ``"replay"`` (player + node + recorder).
+
+    ``params_file`` is the user's params file ("" = none): it is loaded after the package's
+    ``config/perception.param.yaml``, so it needs only the parameters it changes (:func:`params_files`).
+    ``topics`` remaps the node's inputs (:func:`default_remaps`).
+    """
     if kind not in NODE_SETS:
         raise ValueError(f"unknown node set {kind!r}; known: {', '.join(NODE_SETS)}")
     perception = NodeSpec(name="perception", package="sparse_perception_ros", executable="perception_node",
-                          module="sparse_perception_ros.ros.node", params_files=(params_file,),
+                          module="sparse_perception_ros.ros.node", params_files=params_files(params_file),
                           remaps=default_remaps(topics))
     if kind == "perception":
         return [perception]

@@ -52,6 +52,8 @@ class ModelParams:
 @dataclass(frozen=True)
 class FrameParams:
     model_frame: str
+    model_frame_axes: str
+    base_frame: str
     output_frame: str
     world_frame: str
 

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import tempfile
 
-__all__ = ["start_captured", "stop_process", "captured_output"]
+__all__ = ["start_captured", "stop_process", "captured_output", "session_members"]
 
 
 def start_captured(argv: list[str], env: dict | None = None) -> subprocess.Popen:
     """Start ``argv`` with stdout and stderr captured together (:func:`captured_output`), in its
-    own process group (so :func:`stop_process` also reaches what it starts, e.g. the launcher's
-    nodes). The output goes to an unlinked temporary file, not a pipe: nobody reads a pipe while
+    own session (so :func:`stop_process` also reaches what it starts, e.g. the launcher's nodes). The output goes to an unlinked temporary file, not a pipe: nobody reads a pipe while
     the process runs, and a chatty node filling one (64 KiB) would block on its next log line."""
     out = tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -29,10 +28,30 @@ def captured_output(proc: subprocess.Popen) -> str:
     return out.read().decode(errors="replace")
 
 
+def session_members(sid: int) -> list[int]:
+    """PIDs of the live processes of session ``sid`` (from /proc; empty where there is no /proc)."""
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL what is left of the process group ``proc`` leads (started by :func:`start_captured`)."""
+    """SIGKILL what is left of the session ``proc`` leads (started by :func:`start_captured`): its process
+    group, and the groups its children lead (the launcher starts each node in its own group)."""
     with contextlib.suppress(ProcessLookupError):  # nothing left of the group
         os.killpg(proc.pid, signal.SIGKILL)
+    for pid in session_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> str:

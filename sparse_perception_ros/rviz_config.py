@@ -41,7 +41,7 @@ def rviz_config() -> dict:
     ]
     for cam in CAMERAS:
         displays.append({"Class": "rviz_default_plugins/Image", "Name": f"cam_{cam}", "Enabled": True,
-                         "Topic": _topic(DEFAULT_TOPICS[f"cam_{cam}/image"]), "Normalize Range": True})
+                         "Topic": _topic(DEFAULT_TOPICS[f"{cam}/image"]), "Normalize Range": True})
     return {
         "Panels": [{"Class": "rviz_common/Displays", "Name": "Displays", "Help Height": 0},
                    {"Class": "rviz_common/Views", "Name": "Views"}],

@@ -92,8 +92,8 @@ class Rig:
         self.executor.add_node(self.node)
         n = self.node
         image_type = CompressedImage if compressed else Image
-        self.pub_img = {c: n.create_publisher(image_type, DEFAULT_TOPICS[f"cam_{c}/image"], 5) for c in CAMERAS}
-        self.pub_info = {c: n.create_publisher(CameraInfo, DEFAULT_TOPICS[f"cam_{c}/camera_info"], 5) for c in CAMERAS}
+        self.pub_img = {c: n.create_publisher(image_type, DEFAULT_TOPICS[f"{c}/image"], 5) for c in CAMERAS}
+        self.pub_info = {c: n.create_publisher(CameraInfo, DEFAULT_TOPICS[f"{c}/camera_info"], 5) for c in CAMERAS}
         self.pub_pts = n.create_publisher(PointCloud2, DEFAULT_TOPICS["points"], 5)
         self.pub_tf = n.create_publisher(TFMessage, "/tf", 50)
         static_qos = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,

@@ -188,3 +188,29 @@ def test_play_pass_start_keeps_tf_static_and_clock_is_monotonic(bag):
     assert n == sum(len(v) for v in by_topic.values())
     ticks = [m.clock.sec * 10**9 + m.clock.nanosec for m in clock.sent]
     assert ticks == sorted(set(ticks)) and ticks[0] >= start_ns and ticks[-1] <= end_ns
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_player_and_recorder_stop_cleanly_on_a_signal(bag, tmp_path, sig):
+    """Issue 19 point 4: SIGTERM (docker stop, systemd) or SIGINT mid-playback: the player stops after the
+    message in flight and exits 0 without a traceback (rclpy's own handlers used to invalidate its publishers
+    mid-publish); the recorder closes a readable bag."""
+    from sparse_perception_ros.processes import captured_output, start_captured, stop_process
+
+    player = start_captured([sys.executable, "-m", "sparse_perception_ros.cli", "play", str(bag), "--wait", "0",
+                             "--rate", "0.2"])
+    out = tmp_path / "rec"
+    recorder = start_captured([sys.executable, "-m", "sparse_perception_ros.cli", "record", "--out", str(out),
+                               "/lidar_top/points"])
+    try:
+        time.sleep(6.0)
+        assert player.poll() is None and recorder.poll() is None, captured_output(player) + captured_output(recorder)
+        for proc in (player, recorder):
+            proc.send_signal(sig)
+            assert proc.wait(timeout=30) == 0, captured_output(proc)
+            assert "Traceback" not in captured_output(proc), captured_output(proc)
+    finally:
+        stop_process(player)
+        stop_process(recorder)
+    assert "published" in captured_output(player)
+    assert _bag_contents(out)["/lidar_top/points"], "the recorder closed an empty or unreadable bag"

@@ -14,8 +14,8 @@ from sparse_perception_ros.data import bagio
 from sparse_perception_ros.launch_manifest import CAMERAS, DEFAULT_TOPICS
 
 EXPECTED_TYPES = {
-    **{DEFAULT_TOPICS[f"cam_{c}/image"]: "sensor_msgs/msg/CompressedImage" for c in CAMERAS},
-    **{DEFAULT_TOPICS[f"cam_{c}/camera_info"]: "sensor_msgs/msg/CameraInfo" for c in CAMERAS},
+    **{DEFAULT_TOPICS[f"{c}/image"]: "sensor_msgs/msg/CompressedImage" for c in CAMERAS},
+    **{DEFAULT_TOPICS[f"{c}/camera_info"]: "sensor_msgs/msg/CameraInfo" for c in CAMERAS},
     "/lidar_top/points": "sensor_msgs/msg/PointCloud2",
     "/tf": "tf2_msgs/msg/TFMessage",
     "/tf_static": "tf2_msgs/msg/TFMessage",

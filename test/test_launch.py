@@ -1,14 +1,17 @@
 """Launch files and the built-in launcher start the same nodes, parameter files and remaps."""
 
+import argparse
 import ast
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
-from sparse_perception_ros.launch_manifest import DEFAULT_TOPICS, node_set
-from sparse_perception_ros.ros.launcher import command_line
+from sparse_perception_ros.launch_manifest import CAMERAS, DEFAULT_TOPICS, load_topics, node_set, params_files
+from sparse_perception_ros.paths import config_file
+from sparse_perception_ros.ros.launcher import add_arguments, command_line, split_remaps
 from sparse_perception_ros.runtime.boxes import transform_boxes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,10 +40,137 @@ def test_builtin_launcher_passes_the_same_params_and_remaps():
     argv = command_line(spec, namespace="car1")
     assert argv[1:3] == ["-m", "sparse_perception_ros.ros.node"]
     joined = " ".join(argv)
-    assert "--params-file /tmp/p.yaml" in joined and "__node:=perception" in joined and "__ns:=/car1" in joined
+    package = str(config_file("perception.param.yaml"))
+    assert f"--params-file {package} --params-file /tmp/p.yaml" in joined  # the package file first: yours wins
+    assert "__node:=perception" in joined and "__ns:=/car1" in joined
     for key, topic in DEFAULT_TOPICS.items():
         assert f"~/input/{key}:={topic}" in joined
-    assert len(spec.remaps) == len(DEFAULT_TOPICS) == 13
+    assert len(DEFAULT_TOPICS) == 13 and len(spec.remaps) == 13 + 6  # + .../image/compressed per camera
+
+
+def test_camera_inputs_are_named_after_the_camera_with_image_transport_suffixes():
+    """Point 10: ``~/input/<name>/image``, ``.../image/compressed``, ``.../camera_info``; no added prefix."""
+    remaps = dict(node_set("perception", "")[0].remaps)
+    for cam in CAMERAS:
+        assert remaps[f"~/input/{cam}/image"] == remaps[f"~/input/{cam}/image/compressed"] == f"/cam_{cam}/image"
+        assert remaps[f"~/input/{cam}/camera_info"] == f"/cam_{cam}/camera_info"
+    assert not [src for src in remaps if src.startswith("~/input/cam_")]
+    node_source = (REPO / "sparse_perception_ros" / "ros" / "node.py").read_text()
+    assert '"image/compressed"' in node_source and "~/input/cam_" not in node_source
+
+
+def test_without_a_user_params_file_only_the_package_file_is_loaded():
+    package = str(config_file("perception.param.yaml"))
+    assert params_files("") == params_files(package) == (package,)
+    assert params_files("/tmp/mine.yaml") == (package, "/tmp/mine.yaml")
+
+
+def test_topics_file_remaps_each_input(tmp_path):
+    """Point 7: a topics file (nested by camera or flat) remaps any input; one image entry covers both transports."""
+    f = tmp_path / "topics.yaml"
+    f.write_text("points: /sensing/lidar/top/pointcloud\nodometry: /localization/kinematic_state\n"
+                 "front:\n  image: /sensing/camera/front/image_raw/compressed\n"
+                 "  camera_info: /sensing/camera/front/camera_info\n"
+                 "cam_f/image: /sensing/camera/cam_f/image_raw\n")
+    topics = load_topics(f)
+    remaps = dict(node_set("perception", "", topics=topics)[0].remaps)
+    assert remaps["~/input/points"] == "/sensing/lidar/top/pointcloud"
+    assert remaps["~/input/odometry"] == "/localization/kinematic_state"
+    assert remaps["~/input/front/image"] == remaps["~/input/front/image/compressed"] == \
+        "/sensing/camera/front/image_raw/compressed"
+    assert remaps["~/input/front/camera_info"] == "/sensing/camera/front/camera_info"
+    assert remaps["~/input/cam_f/image/compressed"] == "/sensing/camera/cam_f/image_raw"
+    assert remaps["~/input/back/image"] == "/cam_back/image"  # the rest keep their defaults
+    f.write_text("front:\n  imag: /x\n")
+    with pytest.raises(ValueError, match="'front/imag' is not an input"):
+        load_topics(f)
+    f.write_text("points: 3\n")
+    with pytest.raises(ValueError, match="'points' must be a topic name"):
+        load_topics(f)
+
+
+def test_launcher_passes_ros_args_through_to_the_node():
+    """Point 7: ``sparse-perception launch perception ... --ros-args ...``: remaps first (ROS applies the first
+    matching rule), parameters after the launcher's params files (later ones win)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["perception", "--params-file", "/tmp/p.yaml", "--ros-args", "-r",
+                              "~/input/front/image:=/my/front", "-p", "output.max_detections:=7",
+                              "--params-file", "/tmp/q.yaml"])
+    assert args.ros_args == ["-r", "~/input/front/image:=/my/front", "-p", "output.max_detections:=7",
+                             "--params-file", "/tmp/q.yaml"]
+    (spec,) = node_set("perception", args.params_file)
+    argv = command_line(spec, ros_args=args.ros_args)
+    ros = argv[argv.index("--ros-args"):]
+    assert ros.index("~/input/front/image:=/my/front") < ros.index("~/input/front/image:=/cam_front/image")
+    assert ros.index("/tmp/p.yaml") < ros.index("output.max_detections:=7") < ros.index("/tmp/q.yaml")
+    assert ros.count("--ros-args") == 1
+    assert split_remaps(["--remap", "a:=b", "--log-level", "debug"]) == (["--remap", "a:=b"], ["--log-level", "debug"])
+
+
+class _Stub:
+    """Records its constructor arguments (stands in for launch / launch_ros actions)."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _run_launch_file(name: str, monkeypatch, **arguments) -> list[_Stub]:
+    """Run ``launch/<name>``'s description with stub ``launch`` / ``launch_ros`` modules (not installable
+    here): declared defaults + ``arguments`` as the launch configuration; returns the actions of its
+    OpaqueFunction."""
+    import importlib.util
+    import types
+
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    modules = {"launch": {"LaunchDescription": list}, "launch.actions": {
+        "DeclareLaunchArgument": _Stub, "OpaqueFunction": _Stub, "SetEnvironmentVariable": _Stub,
+        "ExecuteProcess": _Stub}, "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
+        "launch_ros": {}, "launch_ros.actions": {"Node": _Stub}, "ament_index_python": {},
+        "ament_index_python.packages": {"get_package_share_directory": lambda pkg: str(REPO)}}
+    for mod, attrs in modules.items():
+        monkeypatch.setitem(sys.modules, mod, types.SimpleNamespace(**attrs))
+    spec = importlib.util.spec_from_file_location(name.replace(".", "_"), REPO / "launch" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    declared = {a.args[0]: a.kwargs.get("default_value") for a in description
+                if isinstance(a, _Stub) and "description" in a.kwargs}
+    context = {**declared, **arguments}
+    missing = sorted(k for k, v in context.items() if v is None)
+    assert not missing, f"launch arguments without a value: {missing}"
+    (opaque,) = [a for a in description if isinstance(a, _Stub) and "function" in a.kwargs]
+    return opaque.kwargs["function"](context)
+
+
+@pytest.mark.parametrize("launch_file,arguments", [
+    ("perception.launch.py", {}),
+    ("replay.launch.py", {"bag": "/data/bag", "record_to": "/tmp/out"}),
+])
+def test_launch_files_remap_inputs_from_a_topics_file_and_arguments(launch_file, arguments, tmp_path, monkeypatch):
+    """Point 7 (launch files, run against stub launch modules): topics_file, points and odometry remap inputs;
+    the user's params file comes after the package's."""
+    topics = tmp_path / "topics.yaml"
+    topics.write_text("front:\n  image: /sensing/camera/front/image_raw/compressed\n")
+    actions = _run_launch_file(launch_file, monkeypatch, topics_file=str(topics), points="/sensing/lidar/points",
+                               odometry="/localization/odom", params_file="/tmp/mine.yaml", **arguments)
+    (node,) = [a for a in actions if a.kwargs.get("executable") == "perception_node"]
+    remaps = dict(node.kwargs["remappings"])
+    assert remaps["~/input/front/image/compressed"] == "/sensing/camera/front/image_raw/compressed"
+    assert remaps["~/input/points"] == "/sensing/lidar/points"
+    assert remaps["~/input/odometry"] == "/localization/odom"
+    assert remaps["~/input/back/camera_info"] == "/cam_back/camera_info"
+    assert node.kwargs["parameters"][:2] == [str(config_file("perception.param.yaml")), "/tmp/mine.yaml"]
+    defaults = _run_launch_file(launch_file, monkeypatch, **arguments)
+    (node,) = [a for a in defaults if a.kwargs.get("executable") == "perception_node"]
+    assert dict(node.kwargs["remappings"]) == dict(node_set("perception", "")[0].remaps)
+    assert node.kwargs["parameters"][:1] == [str(config_file("perception.param.yaml"))]
 
 
 def test_replay_set_needs_a_bag_and_unknown_sets_are_refused():
@@ -80,5 +210,5 @@ def test_rviz_config_is_valid_yaml_and_shows_what_the_node_publishes():
     assert topics["/perception/output/objects"] == "vision_msgs_rviz_plugins/Detection3DArray"
     assert topics[DEFAULT_TOPICS["points"]] == "rviz_default_plugins/PointCloud2"
     images = [t for t, c in topics.items() if c == "rviz_default_plugins/Image"]
-    assert len(images) == 6 and all(DEFAULT_TOPICS[f"cam_{c}/image"] in images for c in
+    assert len(images) == 6 and all(DEFAULT_TOPICS[f"{c}/image"] in images for c in
                                     ("front", "front_right", "front_left", "back", "back_left", "back_right"))

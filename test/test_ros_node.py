@@ -173,7 +173,7 @@ def test_all_cameras_listed_in_manifest_have_topics():
 
     remaps = dict(default_remaps())
     for cam in CAMERAS:
-        assert remaps[f"~/input/cam_{cam}/image"] == DEFAULT_TOPICS[f"cam_{cam}/image"]
+        assert remaps[f"~/input/{cam}/image"] == DEFAULT_TOPICS[f"{cam}/image"]
 
 
 def test_odometry_alone_provides_the_ego_pose(session):

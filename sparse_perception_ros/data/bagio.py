@@ -62,11 +62,11 @@ def camera_name(channel: str) -> str:
 
 
 def image_topic(channel: str) -> str:
-    return DEFAULT_TOPICS[f"cam_{camera_name(channel)}/image"]
+    return DEFAULT_TOPICS[f"{camera_name(channel)}/image"]
 
 
 def camera_info_topic(channel: str) -> str:
-    return DEFAULT_TOPICS[f"cam_{camera_name(channel)}/camera_info"]
+    return DEFAULT_TOPICS[f"{camera_name(channel)}/camera_info"]
 
 
 def _msg_search_roots() -> list[Path]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import time
 
 from sparse_perception_ros.data import bagio
@@ -58,8 +60,8 @@ def _is_transient_local(conn) -> bool:
     return False
 
 
-def _sleep_until(deadline: float, tick, period: float) -> None:
-    while True:
+def _sleep_until(deadline: float, tick, period: float, stopped=lambda: False) -> None:
+    while not stopped():
         now = time.monotonic()
         if now >= deadline:
             return
@@ -92,8 +94,9 @@ class _SimClock:
 
 
 def _play_pass(reader, conns, pubs, clock_pub, start_ns: int, rate: float, clock_hz: float, bar,
-               resend_latched: bool) -> int:
-    """One pass from ``start_ns``; transient-local messages before it (``/tf_static``) are sent at once."""
+               resend_latched: bool, stopped=lambda: False) -> int:
+    """One pass from ``start_ns``; transient-local messages before it (``/tf_static``) are sent at once.
+    Ends early once ``stopped()`` is true."""
     clock = _SimClock(clock_pub, start_ns, rate)
     sent = 0
     for conn, t_ns, raw in bagio.iter_messages(reader, conns):
@@ -106,7 +109,9 @@ def _play_pass(reader, conns, pubs, clock_pub, start_ns: int, rate: float, clock
         if clock.wall0 is None:
             clock.wall0 = time.monotonic()
         clock.cap = t_ns
-        _sleep_until(clock.wall0 + (t_ns - start_ns) / 1e9 / rate, clock.tick, 1.0 / max(clock_hz, 1e-3))
+        _sleep_until(clock.wall0 + (t_ns - start_ns) / 1e9 / rate, clock.tick, 1.0 / max(clock_hz, 1e-3), stopped)
+        if stopped():
+            break
         clock.publish(t_ns)
         pubs[conn.id].publish(bytes(raw))
         sent += 1
@@ -117,6 +122,7 @@ def _play_pass(reader, conns, pubs, clock_pub, start_ns: int, rate: float, clock
 def play(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
     from rosgraph_msgs.msg import Clock
     from tqdm import tqdm
 
@@ -141,7 +147,12 @@ def play(args: argparse.Namespace) -> int:
                                 f"importable here ({exc}); install its interface package or use --skip-unknown") from exc
         conns = [c for c in conns if c.id in classes]
         counts = {c.id: c.msgcount for c in conns}
-        rclpy.init(args=["--ros-args", *args.ros_args] if args.ros_args else None)
+        # SIGINT / SIGTERM end playback after the message in flight; then shut down cleanly (rclpy's own
+        # handlers would invalidate the publishers while a message is being sent)
+        stop = threading.Event()
+        rclpy.init(args=["--ros-args", *args.ros_args] if args.ros_args else None,
+                   signal_handler_options=SignalHandlerOptions.NO)
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             node = rclpy.create_node("bag_player")
             pubs = {}
@@ -160,7 +171,7 @@ def play(args: argparse.Namespace) -> int:
                 pubs[c.id] = by_topic[c.topic] = node.create_publisher(classes[c.id], c.topic, qos)
             clock_pub = None if args.no_clock else node.create_publisher(Clock, bagio.CLOCK_TOPIC, 10)
             deadline = time.monotonic() + max(0.0, args.wait)
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stop.is_set():
                 if by_topic and all(p.get_subscription_count() >= args.min_subscribers for p in by_topic.values()):
                     time.sleep(0.5)  # matched: give reliable readers a moment to finish discovery
                     break
@@ -172,15 +183,17 @@ def play(args: argparse.Namespace) -> int:
             passes = 0
             while True:
                 sent += _play_pass(reader, conns, pubs, clock_pub, start_ns, args.rate, args.clock_hz, bar,
-                                   resend_latched=passes == 0)
+                                   resend_latched=passes == 0, stopped=stop.is_set)
                 passes += 1
-                if not args.loop or not rclpy.ok():
+                if not args.loop or stop.is_set():
                     break
             bar.close()
-            time.sleep(max(0.0, args.linger))
+            stop.wait(max(0.0, args.linger))
             print(f"play: published {sent} messages from {args.bag}", file=sys.stderr)
             node.destroy_node()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if rclpy.ok():
                 rclpy.shutdown()
     finally:

@@ -1,6 +1,7 @@
 """``perception_node``: six cameras + a LiDAR in, tracked 3D boxes out. A thin adapter over Pipeline.step.
 
-Inputs: ``~/input/cam_<name>/image`` (Image or CompressedImage) and ``.../camera_info`` per camera,
+Inputs: ``~/input/<name>/image`` (Image) or ``~/input/<name>/image/compressed`` (CompressedImage) and
+``~/input/<name>/camera_info`` per camera of ``cameras.names``,
 ``~/input/points``, ``/tf`` + ``/tf_static``, optionally ``~/input/odometry`` (one more TF edge). Outputs:
 ``~/output/objects`` (Detection3DArray), ``~/output/markers``, ``~/output/latency`` (per frame), ``/diagnostics``.
 
@@ -102,10 +103,11 @@ class PerceptionNode(Node):
                          history=sensor.history)
         inputs, tf_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()  # /tf kept apart
         images = ReentrantCallbackGroup()  # matters only with a multi-threaded executor (see run_node)
-        for cam in p.cameras.names:
-            sub(CompressedImage if p.cameras.compressed else Image, f"~/input/cam_{cam}/image",
-                lambda m, c=cam: self._on_image(c, m), qos, callback_group=images)
-            sub(CameraInfo, f"~/input/cam_{cam}/camera_info", lambda m, c=cam: self._on_camera_info(c, m), qos,
+        for cam in p.cameras.names:  # image_transport's names: .../image, .../image/compressed
+            image_type, image_topic = (CompressedImage, "image/compressed") if p.cameras.compressed else (Image, "image")
+            sub(image_type, f"~/input/{cam}/{image_topic}", lambda m, c=cam: self._on_image(c, m), qos,
+                callback_group=images)
+            sub(CameraInfo, f"~/input/{cam}/camera_info", lambda m, c=cam: self._on_camera_info(c, m), qos,
                 callback_group=inputs)
         sub(PointCloud2, "~/input/points", self._on_points, qos, callback_group=inputs)
         odo_qos = QoSProfile(depth=50, reliability=qos.reliability, durability=qos.durability)  # every pose counts
@@ -287,6 +289,9 @@ def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
             except ParameterError as exc:
                 print(f"{prog}: invalid parameters: {exc}", file=sys.stderr)
                 return 2
+            if not rclpy.ok():  # SIGINT / SIGTERM while the model loaded: rclpy has shut the context down
+                node.destroy_node()
+                return 0
             node.activate()
             executor = SingleThreadedExecutor()
             executor.add_node(node)

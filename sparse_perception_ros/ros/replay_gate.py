@@ -35,8 +35,9 @@ def _static_messages(bag: str) -> list[bytes]:
         reader.close()
 
 
-def gate(bag: str, inputs: list[str], outputs: list[str], timeout_s: float, settle_s: float = 1.0) -> bool:
-    """Wait as the module docstring says; True when everything was ready before ``timeout_s``."""
+def gate(bag: str, inputs: list[str], outputs: list[str], timeout_s: float, settle_s: float = 1.0) -> bool | None:
+    """Wait as the module docstring says; True when everything was ready before ``timeout_s``, None when
+    SIGINT or SIGTERM stopped the wait (rclpy's handlers shut the context down)."""
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from tf2_msgs.msg import TFMessage
@@ -54,14 +55,17 @@ def gate(bag: str, inputs: list[str], outputs: list[str], timeout_s: float, sett
                 pub.publish(raw)
         deadline = time.monotonic() + timeout_s
         ready = False
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and rclpy.ok():
             if all(node.count_subscribers(t) > 0 for t in [*inputs, *outputs]):
                 ready = True
                 break
             time.sleep(0.1)
-        time.sleep(settle_s)  # discovery matching + transient-local delivery of the static transforms
+        end = time.monotonic() + settle_s  # discovery matching + transient-local delivery of the static transforms
+        while time.monotonic() < end and rclpy.ok():
+            time.sleep(0.05)
+        stopped = not rclpy.ok()
         node.destroy_node()
-        return ready
+        return None if stopped else ready
     finally:
         if rclpy.ok():
             rclpy.shutdown()
@@ -76,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outputs", nargs="*", default=[], help="topics that must have a subscriber (the recorder)")
     p.add_argument("--timeout", type=float, default=120.0, help="give up waiting after this many seconds")
     args = p.parse_args(ours)
-    if not gate(args.bag, args.inputs, args.outputs, args.timeout):
+    ready = gate(args.bag, args.inputs, args.outputs, args.timeout)
+    if ready is None:  # stopped by a signal before playing: nothing to clean up
+        return 0
+    if not ready:
         print(f"replay_gate: not every subscriber appeared within {args.timeout} s; playing anyway", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
