@@ -6,6 +6,7 @@
 - SIGTERM to the launcher alone leaves no process of its session behind.
 - ``perception_node`` alone with a node-name keyed params file naming one parameter: its camera
   topics (``~/input/<name>/image/compressed``, ``~/input/<name>/camera_info``); SIGINT stops it cleanly.
+- ``perception_node --help`` prints usage and the parameter table and starts nothing.
 """
 
 import os
@@ -20,6 +21,7 @@ from rcl_interfaces.srv import GetParameters
 from rclpy.executors import SingleThreadedExecutor
 
 from sparse_perception_ros.processes import captured_output, session_members, start_captured, stop_process
+from sparse_perception_ros.ros.params import schema_leaves
 
 UP_TIMEOUT_S = 180.0  # model load + warm-up on a busy 2-core machine
 
@@ -169,4 +171,15 @@ def test_node_alone_takes_a_node_name_keyed_user_file_and_stops_on_sigint(tmp_pa
         assert _gone(pids)
     finally:
         stop_process(proc)
+
+
+def test_help_prints_usage_and_the_parameter_table_and_starts_nothing():
+    """Point 8."""
+    out = subprocess.run([sys.executable, "-m", "sparse_perception_ros.ros.node", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: perception_node") and "--ros-args" in out.stdout
+    for name in schema_leaves():
+        assert f"`{name}`" in out.stdout, name
+    assert "warm-up" not in out.stdout + out.stderr and "[perception]" not in out.stdout + out.stderr
 

@@ -20,6 +20,7 @@ with ``use_sim_time`` and a player's ``/clock`` a slowed replay needs no rescale
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 import time
@@ -305,8 +306,27 @@ def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
     return 0
 
 
+def parse_command_line(args=None, prog: str = "perception_node") -> argparse.Namespace:
+    """The node's own (non-ROS) arguments: only ``--help``, which prints usage and the parameter table and
+    exits 0 before anything starts. ``args`` is a full argv (program name first); None reads ``sys.argv``."""
+    from rclpy.utilities import remove_ros_args
+
+    from sparse_perception_ros.params import markdown_table
+
+    description = (__doc__ or "").split("\n\n")[0] + (
+        "\n\nParameters come from the package's config/perception.param.yaml, overridden by --params-file "
+        "files (name only what you change) and -p NAME:=VALUE. Inputs are remapped with -r, e.g. "
+        "-r ~/input/front/image:=/my/camera/image_raw.")
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
+        usage=f"{prog} [-h] [--ros-args [-p NAME:=VALUE] [--params-file FILE] [-r FROM:=TO] ...]",
+        epilog="parameters (default = config/perception.param.yaml):\n" + markdown_table())
+    return parser.parse_args(remove_ros_args(list(sys.argv if args is None else args))[1:])
+
+
 def main(args=None) -> int:
     """Console script ``perception_node``."""
+    parse_command_line(args)
     return run_node(args)
 
 
