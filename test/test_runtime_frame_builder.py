@@ -174,6 +174,16 @@ def test_without_ego_pose_cameras_use_the_static_mounting():
     np.testing.assert_allclose(built.frame.T_cam_from_model[0], invert_transform(T_LIDAR_CAM["front"]), atol=1e-12)
 
 
+def test_build_waits_briefly_for_a_first_camera_info_still_in_flight():
+    import threading
+
+    b = FrameBuilder(CAMS, model_frame="lidar_top", world_frame="odom", tf_wait_s=2.0)
+    b.set_calibration("back", Calib())
+    threading.Timer(0.05, b.set_calibration, ("front", Calib())).start()  # the CameraInfo right behind its image
+    built = b.build(T_REF, [image("front", T_REF), image("back", T_REF)], None, Lookup(make_buffer()))
+    assert built.frame.present.tolist() == [True, True] and built.awaiting_calibration == [] and not built.refused
+
+
 def test_image_size_is_checked_against_the_calibration_before_decoding():
     b = builder(calibrate=("back",))
     b.check_image_size("back", W, H)

@@ -102,7 +102,8 @@ class FrameBuilder:
         model_frame: the frame the network reasons in (boxes come out in it).
         world_frame: a fixed frame (e.g. ``odom``) for the ego pose and ego-motion compensation.
         tf_wait_s: how long the ego-pose and per-camera lookups may wait for a transform still in
-            flight (the static and point-cloud lookups never wait).
+            flight (the static and point-cloud lookups never wait), and how long :meth:`build` waits for
+            the first CameraInfo of a camera whose image came first (the start-up race; wall time).
     """
 
     def __init__(self, cameras: Sequence[str], model_frame: str, world_frame: str, tf_wait_s: float = 0.0):
@@ -111,7 +112,7 @@ class FrameBuilder:
         self.cameras = tuple(cameras)
         self.model_frame, self.world_frame, self.tf_wait_s = model_frame, world_frame, float(tf_wait_s)
         self._calib: dict[str, object] = {}  # camera -> latest calibration (set_calibration)
-        self._calib_lock = threading.Lock()
+        self._calib_lock = threading.Condition()  # notified by set_calibration
         self._last_K = {c: np.eye(3) for c in self.cameras}
         self._last_T = {c: np.eye(4) for c in self.cameras}
         self._known: dict[str, str] = {}  # camera -> digest of (K, static T_cam_from_model) last seen
@@ -133,6 +134,7 @@ class FrameBuilder:
             raise ValueError(f"unknown camera {camera!r}; cameras: {list(self.cameras)}")
         with self._calib_lock:
             self._calib[camera] = calibration
+            self._calib_lock.notify_all()
 
     def build(self, stamp_ns: int, cameras: Sequence[CameraInput | None], points: PointsInput | None,
               lookup: Lookup) -> BuiltFrame:
@@ -152,9 +154,13 @@ class FrameBuilder:
         refused: list[tuple[str, ValueError]] = []
         changed: list[str] = []
         with self._calib_lock:
+            def uncalibrated():
+                return [c for c, inp in zip(self.cameras, cameras, strict=True) if inp is not None and c not in self._calib]
+
+            if self.tf_wait_s > 0 and uncalibrated():  # an image before its camera's first CameraInfo
+                self._calib_lock.wait_for(lambda: not uncalibrated(), timeout=self.tf_wait_s)
             calibs = [self._calib.get(c) for c in self.cameras]
-            awaiting = [c for c, inp in zip(self.cameras, cameras, strict=True)
-                        if inp is not None and c not in self._calib]
+            awaiting = uncalibrated()
         for i, (cam, inp, calib) in enumerate(zip(self.cameras, cameras, calibs, strict=True)):
             if inp is None:
                 continue
