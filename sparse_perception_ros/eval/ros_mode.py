@@ -7,9 +7,9 @@ own process, same params file and remaps as ``launch/replay.launch.py``), with t
 - the player plays only the node's input topics, behind :mod:`~sparse_perception_ros.ros.replay_gate`,
   which starts it once the node (after loading its model) and the recorder have subscribed and
   the bag's static transforms have reached the node, so no keyframe is lost at start-up;
-- at ``--rate`` r != 1 the node's wall-clock sync timeouts (``sync.wait_timeout``,
-  ``sync.lidar_fallback_timeout``) are divided by r, so a slowed replay (for a model slower than
-  real time on this machine) syncs as the live system would;
+- the node runs with ``use_sim_time`` on the player's ``/clock``, so its sync and TF waits
+  (``sync.wait_timeout``, ``sync.lidar_fallback_timeout``) are in bag time and a slowed replay (for
+  a model slower than real time on this machine) syncs as the live system would, at any ``--rate``;
 - with ``--backend debug_ground_truth`` the node process is
   :mod:`sparse_perception_ros.ros.eval_gt_node` (the same PerceptionNode, configured with the GT
   passthrough); any other ``--backend`` is passed as ``-p model.backend:=...``.
@@ -44,7 +44,7 @@ WORLD_FRAME = "odom"  # the bags' world frame is the nuScenes global frame (docs
 OBJECTS_TOPIC = "/perception/output/objects"
 LATENCY_TOPIC = "/perception/output/latency"
 DIAGNOSTICS_TOPIC = "/diagnostics"  # the node's counters (skipped frames, masked cameras, resets)
-# Wall clock minus a 2018 bag stamp is not a latency: left out of replay reports.
+# On sim time end_to_end is bag-time latency (compute looks 1/rate times faster): left out of replay reports.
 _NOT_A_LATENCY = ("end_to_end",)
 
 
@@ -198,12 +198,8 @@ def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None
                 spec = replace(spec, parameters={**spec.parameters, "model.preset": preset})
             if node_overrides:
                 spec = replace(spec, parameters={**spec.parameters, **node_overrides})
-            if rate != 1.0:  # the node's sync timeouts are wall-clock: scale them to stay the same in bag time
-                from sparse_perception_ros.params import load_params
-
-                sync = load_params(params_file).sync
-                spec = replace(spec, parameters={**spec.parameters, "sync.wait_timeout": sync.wait_timeout / rate,
-                                                 "sync.lidar_fallback_timeout": sync.lidar_fallback_timeout / rate})
+            # on the player's /clock: the node's timeouts are in bag time at any --rate, none is rescaled
+            spec = replace(spec, parameters={**spec.parameters, "use_sim_time": True})
             if backend == DEBUG_BACKEND:
                 spec = replace(spec, module="sparse_perception_ros.ros.eval_gt_node",
                                arguments=("--gt-table", str(gt_table_path)))
