@@ -95,6 +95,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the node to come up")
 
 
+def node_parameters(params_file: str | None, preset: str) -> dict:
+    """The node's full parameter tree for the demo: the package's file, the user's ``params_file`` over it
+    (it may name a single parameter), then the demo's changes: JPEG input (the synthetic bags), and
+    ``preset`` unless a params file was given."""
+    from dataclasses import asdict
+
+    from sparse_perception_ros.params import load_params
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+
+    tree = plain(asdict(load_params(params_file or None)))
+    tree["cameras"]["compressed"] = True  # the synthetic bags carry JPEG
+    if not params_file:
+        tree["model"]["preset"] = preset
+    return tree
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -110,11 +130,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bag = _ensure_bag(Path(args.workdir), 1, args.keyframes, args.seed, *args.image_size)
 
-    params = yaml.safe_load(Path(args.params_file or config_file("perception.param.yaml")).read_text())
-    node_params = params["/**"]["ros__parameters"]
-    node_params["cameras"]["compressed"] = True  # the synthetic bags carry JPEG
-    if not args.params_file:
-        node_params["model"]["preset"] = args.preset
+    node_params = node_parameters(args.params_file, args.preset)
+    params = {"/**": {"ros__parameters": node_params}}
     from sparse_perception_ros.runtime.loading import bundled_weights_path
 
     untrained = not node_params["model"]["checkpoint"] and bundled_weights_path(node_params["model"]["preset"]) is None

@@ -25,3 +25,18 @@ def test_demo_runs_end_to_end(tmp_path):
         assert "RANDOM" not in summary["model"]
         assert gt["recall"] >= 0.3 and gt["precision"] >= 0.3, gt
         assert gt["tracks_following"] >= 1, gt
+
+
+def test_demo_takes_a_user_params_file_naming_one_parameter(tmp_path):
+    """Issue 19 point 9: ``sparse-perception demo --params-file mine.yaml`` with one parameter gets the package
+    defaults for the rest (the demo used to index the user's file for every group); the tree validates."""
+    from sparse_perception_ros.demo import node_parameters
+    from sparse_perception_ros.params import flatten, load_params, params_from_flat
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("/**:\n  ros__parameters:\n    output:\n      score_threshold: 0.45\n")
+    tree = node_parameters(str(mine), "tiny")
+    p = params_from_flat(flatten(tree))
+    assert p.output.score_threshold == 0.45 and p.cameras.compressed is True
+    assert p.model.preset == load_params().model.preset and p.sync == load_params().sync
+    assert params_from_flat(flatten(node_parameters(None, "tiny_fusion"))).model.preset == "tiny_fusion"
