@@ -112,21 +112,27 @@ def load_topics(path: str | Path) -> dict[str, str]:
 
 
 def params_files(user_file: str = "") -> tuple[str, ...]:
-    """The package's ``config/perception.param.yaml`` first, then ``user_file`` (if any, and not that file):
-    with ``--params-file`` the later file wins, so a user file overrides only what it names."""
+    """The node's ``--params-file`` list: ``user_file`` alone, or the package's ``config/perception.param.yaml``
+    when there is none.
+
+    The node itself declares every parameter with the package file's value as its default (ros/params.py),
+    so the package file is always the base and a user file names only what it changes. Both files are not
+    passed: with one parameter in two ``/**`` files, rcl ignores a later ``-p`` for it (measured with
+    rclpy 9: ``--params-file a --params-file b -p k:=v`` gives b's value), which broke the launcher's own
+    ``-p`` overrides (``cameras.compressed`` for a replay) and a user's ``--ros-args -p``.
+    """
+    if user_file:
+        return (str(user_file),)
     from sparse_perception_ros.paths import config_file
 
-    package = str(config_file("perception.param.yaml"))
-    if not user_file or Path(user_file).resolve() == Path(package).resolve():
-        return (package,)
-    return (package, str(user_file))
+    return (str(config_file("perception.param.yaml")),)
 
 
 def node_set(kind: str, params_file: str, bag: str = "", record_to: str = "", rate: float = 1.0,
              topics: dict[str, str] | None = None) -> list[NodeSpec]:
     """The nodes of ``kind``: ``"perception"`` (the node) or ``"replay"`` (player + node + recorder).
 
-    ``params_file`` is the user's params file ("" = none): it is loaded after the package's
+    ``params_file`` is the user's params file ("" = none): it overrides the package's
     ``config/perception.param.yaml``, so it needs only the parameters it changes (:func:`params_files`).
     ``topics`` remaps the node's inputs (:func:`default_remaps`).
     """

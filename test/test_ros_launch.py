@@ -96,7 +96,7 @@ def probe():
 def launched(tmp_path_factory, probe):
     tmp = tmp_path_factory.mktemp("launch")
     mine, topics = tmp / "mine.param.yaml", tmp / "topics.yaml"
-    mine.write_text("/**:\n  ros__parameters:\n    output:\n      score_threshold: 0.25\n")  # one parameter
+    mine.write_text("/**:\n  ros__parameters:\n    output:\n      score_threshold: 0.25\n      max_detections: 5\n")
     topics.write_text("points: /my/points\nfront_left:\n  camera_info: /my/front_left/camera_info\n")
     proc = start_captured([sys.executable, "-m", "sparse_perception_ros.cli", "launch", "perception",
                            "--namespace", "launched", "--params-file", str(mine), "--topics-file", str(topics),
@@ -110,7 +110,8 @@ def launched(tmp_path_factory, probe):
 
 
 def test_one_parameter_user_file_and_ros_args_parameters_reach_the_node(launched, probe):
-    """Point 9: the package file, then the user's (one parameter), then ``--ros-args -p`` (point 7)."""
+    """Point 9: the package file, then the user's (two parameters), then ``--ros-args -p`` (point 7), which
+    wins over the user's file too (``max_detections``: 5 in the file, 7 from ``-p``)."""
     values = probe.parameters(["output.score_threshold", "output.max_detections", "sync.wait_timeout",
                                "model.preset"], node="/launched/perception")
     assert values == {"output.score_threshold": 0.25, "output.max_detections": 7, "sync.wait_timeout": 0.1,
