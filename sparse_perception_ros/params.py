@@ -81,7 +81,7 @@ class TemporalParams:
     max_time_gap: float
     reassociate_distance: float
     track_class_vote: bool
-    duplicate_distance: float
+    duplicate_iou: float
 
 
 @dataclass(frozen=True)

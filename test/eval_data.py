@@ -11,17 +11,21 @@ from pathlib import Path
 SCENES, KEYFRAMES = 2, 8
 
 
-def synth_config(sweeps: bool = False):
+def synth_config(sweeps: bool = False, **overrides):
+    """The small set's :class:`SynthConfig`; ``overrides`` change fields (e.g. ``objects=60`` for a dense set)."""
+    from dataclasses import replace
+
     from sparse_perception_ros.data.generator import SynthConfig
 
-    return SynthConfig(seed=3, scenes=SCENES, keyframes=KEYFRAMES, width=160, height=90, beams=8, azimuth_steps=180,
-                       objects=12, sweeps=sweeps)
+    config = SynthConfig(seed=3, scenes=SCENES, keyframes=KEYFRAMES, width=160, height=90, beams=8, azimuth_steps=180,
+                         objects=12, sweeps=sweeps)
+    return replace(config, **overrides)
 
 
-def make_dataset(folder: Path, bags: bool = False, sweeps: bool = False) -> tuple[Path, Path | None]:
-    """``(dataroot, bag folder or None)`` under ``folder``."""
+def make_dataset(folder: Path, bags: bool = False, sweeps: bool = False, **overrides) -> tuple[Path, Path | None]:
+    """``(dataroot, bag folder or None)`` under ``folder``; ``overrides``: :func:`synth_config`'s."""
     from sparse_perception_ros.data.synth import synthesize
 
     root, bag_root = folder / "nuscenes", (folder / "bags" if bags else None)
-    synthesize(synth_config(sweeps), out=str(root), bag_out=str(bag_root) if bags else None)
+    synthesize(synth_config(sweeps, **overrides), out=str(root), bag_out=str(bag_root) if bags else None)
     return root, bag_root

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sparse_perception_ros.geometry.boxes import box_corners, decode_boxes, encode_boxes
+from sparse_perception_ros.geometry.boxes import bev_iou, box_corners, decode_boxes, encode_boxes
 from sparse_perception_ros.geometry.image_transform import (
     adjust_intrinsics,
     adjust_projection,
@@ -93,3 +93,33 @@ def test_projection_adjustment_moves_pixels_like_the_image():
     k_new = adjust_intrinsics(k, rc)
     np.testing.assert_allclose(k_new, [[1266 * 0.44, 0, 816 * 0.44], [0, 1266 * 0.44, 491 * 0.44 - 140], [0, 0, 1]])
     assert augmentation_matrix(rc)[1, 3] == 0.0  # the shift multiplies depth (column 2), not column 3
+
+
+def test_bev_iou_matches_shapely_and_known_values():
+    from shapely.geometry import Polygon
+
+    rng = np.random.default_rng(1)
+    b = make_boxes(40)
+    b[:, :2] = rng.uniform(-4, 4, (40, 2))  # crowded: many overlaps
+    b[:, 3:5] = rng.uniform(0.3, 5.0, (40, 2))
+    iou = bev_iou(b, b)
+    polys = [Polygon(c[:4, :2]) for c in box_corners(b)]
+    ref = np.array([[p.intersection(q).area / p.union(q).area for q in polys] for p in polys])
+    assert (ref > 0).sum() > 100
+    np.testing.assert_allclose(iou, ref, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(iou, iou.T, rtol=0, atol=1e-12)
+    # a unit square and the same square turned by 45 degrees: overlap 2 (sqrt 2 - 1), union 2 - that
+    sq = np.array([[0, 0, 0, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, np.pi / 4, 0, 0, 0.0]])
+    inter = 2 * (np.sqrt(2) - 1)
+    assert bev_iou(sq[:1], sq[1:])[0, 0] == pytest.approx(inter / (2 - inter), abs=1e-12)
+    # touching edges, far apart, masked pairs and degenerate footprints give 0; no boxes gives (N, 0)
+    touching = sq[:1].copy()
+    touching[0, 0] = 1.0
+    assert bev_iou(sq[:1], touching)[0, 0] == pytest.approx(0.0, abs=1e-12)
+    assert bev_iou(sq, sq, mask=np.eye(2, dtype=bool))[0, 1] == 0.0
+    flat = sq[:1].copy()
+    flat[0, 4] = 0.0
+    assert bev_iou(flat, flat)[0, 0] == 0.0
+    assert bev_iou(sq, np.zeros((0, 10))).shape == (2, 0)
+    with pytest.raises(ValueError, match="mask"):
+        bev_iou(sq, sq, mask=np.ones((1, 2), bool))

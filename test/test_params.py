@@ -35,6 +35,7 @@ def test_flat_ros_names_round_trip():
     ("sync.trigger", "CAM_SIDE", "sync.trigger"),
     ("frames.world_frame", "lidar_top", "frames.world_frame"),
     ("cameras.names", ["A", "A"], "cameras.names"),
+    ("temporal.duplicate_iou", 1.01, "temporal.duplicate_iou"),
 ])
 def test_bad_value_is_refused_naming_the_parameter(name, value, needle):
     flat = flatten(copy.deepcopy(DEFAULT))

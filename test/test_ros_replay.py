@@ -43,7 +43,7 @@ def sweep_stamps(bag_path) -> set[int]:
 def test_player_node_and_checker(bag, tmp_path):
     # every decoded box published (no duplicate suppression), so each frame carries exactly 32
     params = write_params(tmp_path, **{"cameras.compressed": True, "output.score_threshold": 0.0,
-                                       "output.max_detections": 32, "temporal.duplicate_distance": 0.0})
+                                       "output.max_detections": 32, "temporal.duplicate_iou": 1.0})
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node("replay_checker", context=ctx)

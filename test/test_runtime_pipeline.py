@@ -16,7 +16,7 @@ T0 = 1_533_151_603_547_590_000
 def config(**kw) -> PipelineConfig:
     """Explicit test settings: every box, the reference's output (tracking extras off); ``kw`` overrides."""
     base = dict(score_threshold=0.0, max_detections=300, max_time_gap_s=2.0, sensors="all",
-                reassociate_distance=0.0, track_class_vote=False, duplicate_distance=0.0)
+                reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0)
     return PipelineConfig(**{**base, **kw})
 
 
@@ -164,8 +164,8 @@ def test_config_comes_from_the_parameters_and_has_no_defaults_of_its_own():
     c = PipelineConfig.from_params(p)
     assert (c.score_threshold, c.max_detections, c.max_time_gap_s, c.sensors) == (
         p.output.score_threshold, p.output.max_detections, p.temporal.max_time_gap, p.model.sensors)
-    assert (c.reassociate_distance, c.track_class_vote, c.duplicate_distance) == (
-        p.temporal.reassociate_distance, p.temporal.track_class_vote, p.temporal.duplicate_distance)
+    assert (c.reassociate_distance, c.track_class_vote, c.duplicate_iou) == (
+        p.temporal.reassociate_distance, p.temporal.track_class_vote, p.temporal.duplicate_iou)
     # only resize_method (not a node parameter) has a default: nothing can drift from the YAML
     defaults = {f.name for f in dataclasses.fields(PipelineConfig) if f.default is not dataclasses.MISSING}
     assert defaults == {"resize_method"}

@@ -2,7 +2,7 @@
 
 Exact checks on hand-made tracks (world frame, constant-velocity prediction, class and one-use
 rules, the bank-id map surviving while the bank keeps the instance), the per-track class vote of
-``temporal.track_class_vote`` and the duplicate suppression of ``temporal.duplicate_distance``."""
+``temporal.track_class_vote`` and the duplicate suppression of ``temporal.duplicate_iou``."""
 
 from dataclasses import replace
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparse_perception_ros.geometry.boxes import bev_iou
 from sparse_perception_ros.runtime.tracking import (
     TrackMemory,
     reassociate,
@@ -21,11 +22,11 @@ from sparse_perception_ros.runtime.tracking import (
 S = 1_000_000_000
 
 
-def boxes(*rows):
-    """rows of (x, y, vx, vy) -> (N, 10) boxes in the model frame."""
+def boxes(*rows, size=(4.5, 1.9)):
+    """rows of (x, y, vx, vy) -> (N, 10) boxes in the model frame, footprint ``size`` (w, l; a car)."""
     out = np.zeros((len(rows), 10))
     for i, (x, y, vx, vy) in enumerate(rows):
-        out[i, [0, 1, 7, 8]] = [x, y, vx, vy]
+        out[i, [0, 1, 3, 4, 5, 7, 8]] = [x, y, *size, 1.5, vx, vy]
     return out
 
 
@@ -48,6 +49,24 @@ def test_new_instance_takes_the_predicted_track_and_carried_ones_are_untouched()
     _, mem4 = reassociate(np.array([11]), boxes((60, 0, 0, 0)), np.array([0]), pose, 3 * S // 2, carried={9},
                           alive={11}, memory=mem3, max_distance=4.0)
     assert mem4.id_map == {}
+
+
+def test_a_track_that_left_the_bank_is_continued_only_by_a_box_that_reaches_it():
+    """Issue 20: a pedestrian walks out of view while a neighbour 1.5 m away appears: the neighbour
+    keeps its own id (their footprints' circumscribed circles, 0.49 m each, do not meet); a new box
+    0.5 m from the lost track continues it, and a track the bank still holds is continued at the
+    plain 4 m gate."""
+    pose, ped = np.eye(4), (0.7, 0.7)
+    _, mem = reassociate(np.array([1]), boxes((0, 0, 0, 0), size=ped), np.array([5]), pose, 0, carried=set(),
+                         alive={1}, memory=None, max_distance=4.0)
+    assert mem.reach == pytest.approx([0.5 * np.hypot(0.7, 0.7)])
+    apart, _ = reassociate(np.array([2]), boxes((1.5, 0, 0, 0), size=ped), np.array([5]), pose, S // 2, carried={1},
+                           alive={2}, memory=mem, max_distance=4.0)
+    near, _ = reassociate(np.array([2]), boxes((0.5, 0, 0, 0), size=ped), np.array([5]), pose, S // 2, carried={1},
+                          alive={2}, memory=mem, max_distance=4.0)
+    held, _ = reassociate(np.array([2]), boxes((3.0, 0, 0, 0), size=ped), np.array([5]), pose, S // 2, carried={1},
+                          alive={1, 2}, memory=mem, max_distance=4.0)
+    assert (apart.tolist(), near.tolist(), held.tolist()) == ([2], [1], [1])
 
 
 def test_ids_stay_unique_when_an_owner_comes_back():
@@ -177,26 +196,60 @@ def test_pipeline_track_class_vote_on_and_off():
     assert d.labels.tolist() == off.step(make_frame(T0 - S), s_off)[0].labels.tolist()
 
 
+def footprints(*rows):
+    """rows of (x, y, w, l, yaw) -> (N, 10) boxes (w along the heading)."""
+    out = np.zeros((len(rows), 10))
+    for i, (x, y, w, l_, yaw) in enumerate(rows):
+        out[i, [0, 1, 3, 4, 5, 6]] = [x, y, w, l_, 1.0, yaw]
+    return out
+
+
 def test_suppress_duplicates_keeps_the_track_with_more_evidence():
-    xy = np.array([[0.0, 0.0], [1.5, 0.0], [1.0, 0.5], [30.0, 0.0], [30.5, 0.0]])
+    b = footprints((0.0, 0, 4.5, 1.9, 0), (1.5, 0, 4.5, 1.9, 0), (1.0, 0.5, 4.5, 1.9, 0), (30.0, 0, 4.5, 1.9, 0),
+                   (30.5, 0, 4.5, 1.9, 0))
     labels = np.array([0, 0, 1, 0, 0])
     # box 1 scores higher this frame but its track has less history than box 0's: box 0 stays;
-    # box 2 is as close but of another class; boxes 3 and 4 tie on evidence: the higher score wins
+    # box 2 overlaps as much but is of another class; boxes 3 and 4 tie on evidence: the higher score wins
     evidence = np.array([2.0, 0.9, 0.1, 1.0, 1.0])
     scores = np.array([0.4, 0.9, 0.3, 0.5, 0.6])
-    assert suppress_duplicates(xy, labels, evidence, scores, 2.0).tolist() == [True, False, True, False, True]
-    # strictly closer than the distance; 0 keeps everything
-    assert suppress_duplicates(xy, labels, evidence, scores, 1.5).tolist() == [True, True, True, False, True]
-    assert suppress_duplicates(xy, labels, evidence, scores, 0.0).all()
-    # a hidden box does not hide others: a chain 0 - 1 - 2 at 1.5 m keeps 0 and 2
-    chain = suppress_duplicates(np.array([[0.0, 0], [1.5, 0], [3.0, 0]]), np.zeros(3), np.array([3.0, 2.0, 1.0]),
-                                np.ones(3), 2.0)
+    assert suppress_duplicates(b, labels, evidence, scores, 0.1).tolist() == [True, False, True, False, True]
+    # strictly more than max_iou: IoU(0, 1) = 3 / 6 = 0.5, IoU(3, 4) = 4 / 5 = 0.8; 1 keeps everything
+    assert suppress_duplicates(b, labels, evidence, scores, 0.5).tolist() == [True, True, True, False, True]
+    assert suppress_duplicates(b, labels, evidence, scores, 1.0).all()
+    # a hidden box does not hide others: a chain 0 - 1 - 2 of overlapping cars keeps 0 and 2
+    chain = suppress_duplicates(footprints((0.0, 0, 4.5, 1.9, 0), (3.0, 0, 4.5, 1.9, 0), (6.0, 0, 4.5, 1.9, 0)),
+                                np.zeros(3), np.array([3.0, 2.0, 1.0]), np.ones(3), 0.0)
     assert chain.tolist() == [True, False, True]
-    assert suppress_duplicates(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(0), 2.0).shape == (0,)
-    with pytest.raises(ValueError, match="max_distance"):
-        suppress_duplicates(xy, labels, evidence, scores, -1.0)
+    assert suppress_duplicates(np.zeros((0, 10)), np.zeros(0), np.zeros(0), np.zeros(0), 0.1).shape == (0,)
+    with pytest.raises(ValueError, match="max_iou"):
+        suppress_duplicates(b, labels, evidence, scores, -0.1)
     with pytest.raises(ValueError, match="same length"):
-        suppress_duplicates(xy, labels[:2], evidence, scores, 2.0)
+        suppress_duplicates(b, labels[:2], evidence, scores, 0.1)
+
+
+@pytest.mark.parametrize("name,w,l_", [("traffic cones", 0.4, 0.4), ("pedestrians", 0.7, 0.7), ("cars", 4.6, 1.9)])
+def test_neighbours_that_do_not_overlap_are_never_hidden_however_close(name, w, l_):
+    """Issue 20: objects side by side (cones in a row, people abreast, parked cars) all stay, at any
+    spacing and heading that keeps their footprints apart, even at max_iou 0; a second box on one
+    object goes."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        yaw = rng.uniform(-np.pi, np.pi)
+        gap = rng.uniform(0.01, 0.3)
+        side = np.array([-np.sin(yaw), np.cos(yaw)])  # the lateral axis (size l)
+        row = [(*(k * (l_ + gap) * side), w, l_, yaw) for k in range(6)]  # six abreast, gap apart
+        kept = suppress_duplicates(footprints(*row), np.zeros(6), rng.uniform(0, 5, 6), rng.uniform(0, 1, 6), 0.0)
+        assert kept.all(), name
+    twin = footprints((0.0, 0.0, w, l_, 0.3), (0.25 * w, 0.1 * l_, w, l_, 0.5))  # a second instance on one object
+    assert suppress_duplicates(twin, np.zeros(2), np.array([2.0, 1.0]), np.ones(2), 0.1).tolist() == [True, False]
+
+
+def test_keep_by_evidence_checks_its_shapes():
+    from sparse_perception_ros.runtime.tracking import keep_by_evidence
+
+    assert keep_by_evidence(np.zeros((0, 0), bool), np.zeros(0), np.zeros(0)).shape == (0,)
+    with pytest.raises(ValueError, match="conflict"):
+        keep_by_evidence(np.zeros((2, 3), bool), np.zeros(2), np.zeros(2))
 
 
 def test_track_evidence_sums_all_classes_of_the_history():
@@ -206,7 +259,7 @@ def test_track_evidence_sums_all_classes_of_the_history():
     assert track_evidence(np.array([4, 7, 99]), v) == pytest.approx([0.9, 0.2, 0.0])
 
 
-def test_pipeline_duplicate_distance_hides_boxes_only_from_the_output():
+def test_pipeline_duplicate_iou_hides_boxes_only_from_the_output():
     from test_runtime_pipeline import T0, config, make_frame
 
     from sparse_perception_ros.model import CLASS_NAMES, build_model
@@ -217,8 +270,8 @@ def test_pipeline_duplicate_distance_hides_boxes_only_from_the_output():
     model = torch_stepper(build_model("tiny"))
     kw = dict(max_detections=32, track_class_vote=True)
     off = Pipeline(model, CLASS_NAMES, config(**kw))
-    # 5 m: random weights put many same-class boxes within it
-    on = Pipeline(model, CLASS_NAMES, config(duplicate_distance=5.0, **kw))
+    # any overlap: random weights put many same-class boxes on top of each other
+    on = Pipeline(model, CLASS_NAMES, config(duplicate_iou=0.0, **kw))
     s_off, s_on = PipelineState.empty(), PipelineState.empty()
     hidden = 0
     for k in range(4):
@@ -238,33 +291,32 @@ def test_pipeline_duplicate_distance_hides_boxes_only_from_the_output():
         for t, lab, sc in zip(d_on.track_ids.tolist(), d_on.labels.tolist(), d_on.scores.tolist(), strict=True):
             assert lab == d_off.labels[rows[t]] and sc == d_off.scores[rows[t]]
         # what was hidden is exactly what suppress_duplicates says
-        want = suppress_duplicates(d_off.boxes[:, :2], d_off.labels, track_evidence(d_off.track_ids, s_off.class_votes),
-                                   d_off.scores, 5.0)
+        want = suppress_duplicates(d_off.boxes, d_off.labels, track_evidence(d_off.track_ids, s_off.class_votes),
+                                   d_off.scores, 0.0)
         assert d_on.track_ids.tolist() == d_off.track_ids[want].tolist()
-        # no two published boxes of one class closer than the distance
+        # no two published boxes of one class overlap
         for c in set(d_on.labels.tolist()):
-            xy = d_on.boxes[d_on.labels == c, :2]
-            dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
-            assert (dist >= 5.0).all()
+            b = d_on.boxes[d_on.labels == c]
+            assert (bev_iou(b, b)[~np.eye(len(b), dtype=bool)] == 0).all()
         assert d_on.counters["duplicates_suppressed"] == len(d_off.track_ids) - len(d_on.track_ids)
         hidden += len(d_off.track_ids) - len(d_on.track_ids)
     assert hidden >= 1
-    with pytest.raises(ValueError, match="duplicate_distance"):
-        config(duplicate_distance=-1.0)
+    with pytest.raises(ValueError, match="duplicate_iou"):
+        config(duplicate_iou=1.5)
 
 
 def test_tracking_config_validates_and_track_frame_off_is_the_model_output():
     from sparse_perception_ros.runtime.tracking import TrackingConfig, track_frame
 
     with pytest.raises(ValueError, match="num_classes"):
-        TrackingConfig(0.0, False, 0.0, num_classes=0)
-    off = TrackingConfig(0.0, False, 0.0, num_classes=3)
-    b = boxes((0, 0, 0, 0), (0.5, 0, 0, 0))
+        TrackingConfig(0.0, False, 1.0, num_classes=0)
+    off = TrackingConfig(0.0, False, 1.0, num_classes=3)
+    b = footprints((0.0, 0, 1.0, 1.0, 0), (0.5, 0, 1.0, 1.0, 0))  # IoU 1/3
     out = track_frame(b.astype(np.float32), np.float32([0.9, 0.8]), np.array([1, 1]), np.array([5, 6]), np.eye(4), 0,
                       carried=set(), alive={5, 6}, tracks=None, class_votes=None, config=off)
     assert out.track_ids.tolist() == [5, 6] and out.labels.tolist() == [1, 1] and out.suppressed == 0
     assert out.class_votes is None and out.tracks.ids.tolist() == [5, 6]
-    on = TrackingConfig(0.0, True, 2.0, num_classes=3)
+    on = TrackingConfig(0.0, True, 0.1, num_classes=3)
     out = track_frame(b.astype(np.float32), np.float32([0.9, 0.8]), np.array([1, 1]), np.array([5, 6]), np.eye(4), 0,
                       carried=set(), alive={5, 6}, tracks=None, class_votes=None, config=on)
     assert out.track_ids.tolist() == [5] and out.suppressed == 1 and set(out.class_votes.class_score) == {5, 6}

@@ -22,6 +22,7 @@ __all__ = [
     "encode_boxes",
     "decode_boxes",
     "box_corners",
+    "bev_iou",
 ]
 
 X, Y, Z, W, L, H, SIN_YAW, COS_YAW, VX, VY, VZ = range(11)
@@ -79,3 +80,68 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     rot = np.zeros((b.shape[0], 3, 3))
     rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
     return np.einsum("nij,nkj->nki", rot, local) + b[:, None, 0:3]
+
+
+def _clip(poly: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The part of the convex polygon ``poly (K, 2)`` left of the directed line ``a -> b`` (one
+    Sutherland-Hodgman step)."""
+    if not len(poly):
+        return poly
+    side = (b[0] - a[0]) * (poly[:, 1] - a[1]) - (b[1] - a[1]) * (poly[:, 0] - a[0])  # > 0: left (inside)
+    out = []
+    for i in range(len(poly)):
+        j = (i + 1) % len(poly)
+        if side[i] >= 0:
+            out.append(poly[i])
+        if (side[i] >= 0) != (side[j] >= 0):
+            t = side[i] / (side[i] - side[j])
+            out.append(poly[i] + t * (poly[j] - poly[i]))
+    return np.asarray(out).reshape(-1, 2)
+
+
+def _area(poly: np.ndarray) -> float:
+    """Shoelace area of a polygon ``(K, 2)`` (counter-clockwise: positive)."""
+    if len(poly) < 3:
+        return 0.0
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def bev_iou(boxes_a: np.ndarray, boxes_b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Bird's-eye-view intersection over union of rotated boxes, ``(N, M)`` float64 in ``[0, 1]``.
+
+    The footprints are the rectangles ``w x l`` (``w`` along the heading) turned by ``yaw`` about
+    ``(x, y)``; height is ignored. Pairs whose circumscribed circles do not meet, and pairs where
+    ``mask`` is False, are 0 without computing anything; the others are intersected exactly
+    (convex clipping). Degenerate footprints (zero area) give 0.
+
+    Args:
+        boxes_a: ``(N, >=7)`` decoded boxes ``[x, y, z, w, l, h, yaw, ...]``, metres / rad, any frame.
+        boxes_b: ``(M, >=7)`` in the same frame.
+        mask: ``(N, M)`` bool, the pairs to compute (default: all).
+    """
+    a, b = np.asarray(boxes_a, np.float64), np.asarray(boxes_b, np.float64)
+    if a.ndim != 2 or a.shape[1] < 7 or b.ndim != 2 or b.shape[1] < 7:
+        raise ValueError(f"boxes must be (N, >=7), got {a.shape} and {b.shape}")
+    iou = np.zeros((len(a), len(b)))
+    if not len(a) or not len(b):
+        return iou
+    reach = 0.5 * np.hypot(a[:, 3], a[:, 4])[:, None] + 0.5 * np.hypot(b[:, 3], b[:, 4])[None]
+    near = np.linalg.norm(a[:, None, :2] - b[None, :, :2], axis=-1) < reach
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != near.shape:
+            raise ValueError(f"mask must be {near.shape}, got {mask.shape}")
+        near &= mask
+    if not near.any():
+        return iou
+    ca, cb = box_corners(a[:, :7])[:, :4, :2], box_corners(b[:, :7])[:, :4, :2]  # counter-clockwise
+    area_a, area_b = a[:, 3] * a[:, 4], b[:, 3] * b[:, 4]
+    for i, j in zip(*np.nonzero(near), strict=True):
+        poly = ca[i]
+        for k in range(4):
+            poly = _clip(poly, cb[j, k], cb[j, (k + 1) % 4])
+        inter = max(_area(poly), 0.0)
+        union = area_a[i] + area_b[j] - inter
+        iou[i, j] = min(inter / union, 1.0) if union > 0 else 0.0
+    return iou

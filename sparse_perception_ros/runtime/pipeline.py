@@ -133,7 +133,7 @@ class PipelineState:
     last_stamp_ns: int | None = None
     calibration: str | None = None
     tracks: TrackMemory | None = None  # published tracks for id re-association (runtime/tracking.py)
-    class_votes: TrackClassVotes | None = None  # per-track score history (track_class_vote, duplicate_distance)
+    class_votes: TrackClassVotes | None = None  # per-track score history (track_class_vote, duplicate_iou)
 
     @classmethod
     def empty(cls, next_track_id: int = 0) -> PipelineState:
@@ -160,11 +160,11 @@ class PipelineConfig:
         track_class_vote: give each published track one class, the largest summed score over its
             history (:func:`~.tracking.vote_track_classes`); False publishes the model's per-frame
             class, the reference (``temporal.track_class_vote``).
-        duplicate_distance: metres, ``>= 0``; a box is not published when a box of the same
-            (published) class this close belongs to a track with a larger summed score over its
-            history (:func:`~.tracking.suppress_duplicates`; counted in
-            ``Detections.counters["duplicates_suppressed"]``); 0 publishes every box, the reference
-            (``temporal.duplicate_distance``).
+        duplicate_iou: in ``[0, 1]``; a box is not published when its bird's-eye-view IoU with a box
+            of the same (published) class is larger than this and that box belongs to a track with a
+            larger summed score over its history (:func:`~.tracking.suppress_duplicates`; counted in
+            ``Detections.counters["duplicates_suppressed"]``); 1 publishes every box, the reference
+            (``temporal.duplicate_iou``).
         resize_method: image resize (``"pil_bicubic"`` = the reference; ``"cv2_area"`` faster). Not a
             node parameter.
     """
@@ -175,7 +175,7 @@ class PipelineConfig:
     sensors: str
     reassociate_distance: float
     track_class_vote: bool
-    duplicate_distance: float
+    duplicate_iou: float
     resize_method: str = "pil_bicubic"
 
     def __post_init__(self):
@@ -197,12 +197,11 @@ class PipelineConfig:
         return cls(score_threshold=params.output.score_threshold, max_detections=params.output.max_detections,
                    max_time_gap_s=t.max_time_gap, sensors=params.model.sensors,
                    reassociate_distance=t.reassociate_distance, track_class_vote=t.track_class_vote,
-                   duplicate_distance=t.duplicate_distance, resize_method=resize_method)
+                   duplicate_iou=t.duplicate_iou, resize_method=resize_method)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
-        return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_distance,
-                              num_classes)
+        return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes)
 
 
 class Pipeline:
