@@ -86,7 +86,7 @@ class TemporalParams:
 
 @dataclass(frozen=True)
 class OutputParams:
-    score_threshold: float
+    score_threshold: float | str  # a number in [0, 1], or "auto": the weights' own (runtime.pipeline)
     max_detections: int
     publish_markers: bool
     force_processing: bool
@@ -228,8 +228,11 @@ def markdown_table() -> str:
                 if bound in spec:
                     allowed = f"{allowed} {sym} {spec[bound]}".strip()
             value = defaults[name]
+            kind = " or ".join(spec["type"]) if isinstance(spec["type"], list) else spec["type"]
+            if "pattern" in spec:  # the string form of a number-or-string parameter, e.g. ^auto$
+                allowed = f"{allowed}, or `{spec['pattern'].strip('^$')}`".lstrip(", ")
             shown = json.dumps(value) if not isinstance(value, str) else f"`{value}`" if value else '`""`'
-            rows.append(f"| `{name}` | {spec['type']} | {shown} | {allowed} | {spec.get('description', '')} |")
+            rows.append(f"| `{name}` | {kind} | {shown} | {allowed} | {spec.get('description', '')} |")
 
     walk(schema(), "")
     return "\n".join(rows)

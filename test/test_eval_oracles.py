@@ -128,3 +128,4 @@ def test_dense_ground_truth_with_the_default_parameters_scores_perfectly(tmp_pat
         assert m["per_class_AP"][c] == pytest.approx(1.0, abs=1e-9), c
     assert m["mAP_present"] == pytest.approx(1.0, abs=1e-9) and m["AMOTA"] == pytest.approx(1.0, abs=1e-9)
     assert m["IDS"] == 0
+    assert report["run"]["score_threshold"].startswith("0.05 (output.score_threshold is auto")

@@ -36,8 +36,9 @@ def data(tmp_path_factory):
     params.write_text(text)
     # Agreement run: random weights score ~0.01, so keep the top 30 boxes to compare.
     low = folder / "low_threshold.param.yaml"
-    low.write_text(text.replace("score_threshold: 0.3", "score_threshold: 0.0").replace("max_detections: 300",
-                                                                                         "max_detections: 30"))
+    assert "score_threshold: auto " in text and "max_detections: 300" in text
+    low.write_text(text.replace("score_threshold: auto ", "score_threshold: 0.0 ").replace("max_detections: 300",
+                                                                                            "max_detections: 30"))
     return root, sorted(bags.iterdir()), params, low, folder
 
 

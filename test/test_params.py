@@ -35,6 +35,9 @@ def test_flat_ros_names_round_trip():
     ("sync.trigger", "CAM_SIDE", "sync.trigger"),
     ("frames.world_frame", "lidar_top", "frames.world_frame"),
     ("cameras.names", ["A", "A"], "cameras.names"),
+    ("output.score_threshold", "0.3", "output.score_threshold"),
+    ("output.score_threshold", "automatic", "output.score_threshold"),
+    ("output.score_threshold", 1.5, "output.score_threshold"),
     ("temporal.duplicate_iou", 1.01, "temporal.duplicate_iou"),
 ])
 def test_bad_value_is_refused_naming_the_parameter(name, value, needle):
@@ -109,3 +112,12 @@ def test_user_file_errors_still_name_the_parameter(tmp_path):
     with pytest.raises(ParameterError) as err:
         load_params(f)
     assert err.value.name == "output.max_detections"
+
+
+@pytest.mark.parametrize("value", ["auto", 0, 0.45, 1])
+def test_score_threshold_is_auto_or_a_number(value):
+    flat = flatten(copy.deepcopy(DEFAULT))
+    assert flat["output.score_threshold"] == "auto"  # the shipped default: the weights' own threshold
+    flat["output.score_threshold"] = value
+    assert params_from_flat(flat).output.score_threshold == value
+    assert "| `output.score_threshold` | number or string | `auto` | >= 0 <= 1, or `auto` |" in markdown_table()

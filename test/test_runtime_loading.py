@@ -133,3 +133,46 @@ def test_onnxruntime_backend_matches_torch_through_the_pipeline():
         assert clear.sum() >= 4  # enough clear ranks remain
         np.testing.assert_array_equal(dt.track_ids[clear], do.track_ids[clear])
         np.testing.assert_allclose(dt.boxes[clear], do.boxes[clear], atol=2e-3)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_fusion"])
+def test_bundled_weights_carry_their_display_threshold(preset):
+    """Issue 20: each bundled model's sidecar holds the threshold chosen on validation data
+    (scripts/choose_score_threshold.py), next to the frame entry; load_model returns it and says so."""
+    import json
+
+    from sparse_perception_ros.runtime.loading import bundled_weights_path, load_score_threshold
+
+    path = bundled_weights_path(preset)
+    if path is None:
+        pytest.skip(f"no models/{preset}.pt bundled")
+    doc = json.loads(path.with_name(path.name + ".json").read_text())
+    assert "frame" in doc and 0.0 < doc["score_threshold"]["value"] < 1.0
+    assert "seed 3" in doc["score_threshold"]["data"] and "choose_score_threshold" in doc["score_threshold"]["made_by"]
+    loaded = load_model(with_(preset=preset))
+    assert loaded.score_threshold == load_score_threshold(path) == doc["score_threshold"]["value"]
+    assert f"display threshold {loaded.score_threshold:g}" in loaded.note
+
+
+def test_weights_without_a_threshold_and_malformed_sidecars(tmp_path):
+    import json
+    import shutil
+
+    from sparse_perception_ros.runtime.loading import bundled_weights_path, load_score_threshold
+
+    assert load_score_threshold(None) is None and load_score_threshold(tmp_path / "none.pt") is None
+    weights = tmp_path / "mine.pt"
+    shutil.copy(bundled_weights_path("tiny"), weights)
+    loaded = load_model(with_(checkpoint=str(weights)))  # no sidecar: auto falls back to 0.3, said in the note
+    assert loaded.score_threshold is None and "output.score_threshold auto uses 0.3" in loaded.note
+    sidecar = tmp_path / "mine.pt.json"
+    sidecar.write_text(json.dumps({"frame": json.loads(
+        bundled_weights_path("tiny").with_suffix(".pt.json").read_text())["frame"]}))
+    assert load_score_threshold(weights) is None
+    for bad in ({"score_threshold": {"value": 1.5}}, {"score_threshold": {"value": "high"}}, {"score_threshold": 0.3}):
+        sidecar.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="mine.pt.json"):
+            load_score_threshold(weights)
+    with pytest.raises(ParameterError) as err:
+        load_model(with_(checkpoint=str(weights)))
+    assert err.value.name == "model.checkpoint" and "display threshold" in str(err.value)

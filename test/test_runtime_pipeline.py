@@ -160,7 +160,7 @@ def test_config_comes_from_the_parameters_and_has_no_defaults_of_its_own():
 
     from sparse_perception_ros.params import load_params
 
-    p = load_params()
+    p = dataclasses.replace(load_params(), output=dataclasses.replace(load_params().output, score_threshold=0.25))
     c = PipelineConfig.from_params(p)
     assert (c.score_threshold, c.max_detections, c.max_time_gap_s, c.sensors) == (
         p.output.score_threshold, p.output.max_detections, p.temporal.max_time_gap, p.model.sensors)
@@ -190,3 +190,23 @@ def test_frame_without_pose_carries_only_the_id_counter_and_the_stream_bookkeepi
     assert new.last_stamp_ns == T0 + S // 2 and new.calibration == frame.calibration_signature()
     det2, _ = pipeline.step(make_frame(T0), new)  # the stream rules still see the frame: a jump back
     assert det2.reset == "time_jump_backward"
+
+
+def test_score_threshold_auto_takes_the_weights_own_and_a_number_overrides_it():
+    import dataclasses
+
+    from sparse_perception_ros.params import load_params
+    from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD, resolve_score_threshold
+
+    p = load_params()
+    assert p.output.score_threshold == "auto"  # the shipped default
+    assert PipelineConfig.from_params(p, weights_score_threshold=0.42).score_threshold == 0.42
+    assert PipelineConfig.from_params(p).score_threshold == DEFAULT_SCORE_THRESHOLD == 0.3  # weights without one
+    fixed = dataclasses.replace(p, output=dataclasses.replace(p.output, score_threshold=0.1))
+    assert PipelineConfig.from_params(fixed, weights_score_threshold=0.42).score_threshold == 0.1
+    torch.manual_seed(0)
+    pipe = Pipeline.from_params(torch_stepper(build_model("tiny")), CLASS_NAMES, p, weights_score_threshold=0.05)
+    assert pipe.config.score_threshold == 0.05
+    assert resolve_score_threshold(0, None) == 0.0 and isinstance(resolve_score_threshold(1, 0.5), float)
+    with pytest.raises(ValueError, match="auto"):
+        resolve_score_threshold("0.3", None)

@@ -20,6 +20,35 @@ import numpy as np
 __all__ = ["add_arguments", "run", "evaluate"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto", "debug_ground_truth")
+# What eval scores when the node parameters leave output.score_threshold at auto (the display threshold):
+# the devkit ranks boxes by score and integrates over recall, so the full output is scored.
+EVAL_SCORE_THRESHOLD = 0.05
+
+
+def score_threshold_arg(text: str) -> float | str:
+    """``--score-threshold``: a number in [0, 1] or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] or 'auto', got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def eval_score_threshold(args: argparse.Namespace, params) -> tuple[float | str, str]:
+    """``(threshold, note)``: ``--score-threshold`` when given; else the params file's number; else
+    (``auto``, the package default) :data:`EVAL_SCORE_THRESHOLD`, so the full output is scored."""
+    if args.score_threshold is not None:
+        return args.score_threshold, f"--score-threshold {args.score_threshold}"
+    value = params.output.score_threshold
+    if value != "auto":
+        return value, f"output.score_threshold {value} of the params file"
+    return EVAL_SCORE_THRESHOLD, (f"{EVAL_SCORE_THRESHOLD} (output.score_threshold is auto, the display threshold; "
+                                  f"eval scores the full output: the devkit ranks by score. --score-threshold auto "
+                                  f"scores what the node displays)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override model.backend; debug_ground_truth replays GROUND TRUTH as detections "
                              "(a debug check of frames/tokens/transforms, never a model score)")
     parser.add_argument("--preset", default=None, help="override model.preset (e.g. tiny, tiny_fusion, sparse4dv3_r50)")
-    parser.add_argument("--score-threshold", type=float, default=None,
-                        help="override output.score_threshold (the node publishes only boxes above it; the devkit "
-                             "ranks by score, so a low threshold such as 0.05 scores the model's full output)")
+    parser.add_argument("--score-threshold", type=score_threshold_arg, default=None,
+                        help="override output.score_threshold: a number in [0, 1] or 'auto' (the weights' display "
+                             "threshold). Default: the params file's number, or 0.05 when it says auto (the devkit "
+                             "ranks by score, so a low threshold scores the model's full output)")
     parser.add_argument("--sensors", choices=("all", "camera_only", "lidar_only"), default=None,
                         help="override model.sensors (fused presets: measure a dropped modality)")
     parser.add_argument("--out", default="eval_report", help="report folder (written to a temp name, renamed when "
@@ -63,13 +93,15 @@ def _progress(total: int, desc: str, quiet: bool):
                 leave=False)
 
 
-def node_overrides(args: argparse.Namespace) -> dict:
-    """The perception node's parameters that ``--sensors`` / ``--score-threshold`` override."""
+def node_overrides(args: argparse.Namespace, score_threshold: float | str | None = None) -> dict:
+    """The perception node's parameters that ``--sensors`` and the score threshold eval uses
+    (:func:`eval_score_threshold`; None: ``--score-threshold`` as given) override."""
     out: dict = {}
     if args.sensors:
         out["model.sensors"] = args.sensors
-    if args.score_threshold is not None:
-        out["output.score_threshold"] = float(args.score_threshold)
+    threshold = args.score_threshold if score_threshold is None else score_threshold
+    if threshold is not None:
+        out["output.score_threshold"] = threshold if threshold == "auto" else float(threshold)
     return out
 
 
@@ -85,15 +117,15 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
-    if args.preset or args.sensors or args.score_threshold is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
-        params = replace(params, model=replace(params.model, preset=args.preset or params.model.preset,
-                                               sensors=args.sensors or params.model.sensors))
-        if args.score_threshold is not None:
-            if not 0.0 <= args.score_threshold <= 1.0:
-                raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-            params = replace(params, output=replace(params.output, score_threshold=args.score_threshold))
+    if isinstance(args.score_threshold, float) and not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    threshold, threshold_note = eval_score_threshold(args, params)
+    params = replace(params, model=replace(params.model, preset=args.preset or params.model.preset,
+                                           sensors=args.sensors or params.model.sensors),
+                     output=replace(params.output, score_threshold=threshold))
+    print(f"eval: score threshold {threshold_note}", file=sys.stderr)
     backend = args.backend or params.model.backend
     nusc = open_nuscenes(args.dataroot, args.version)
     samples = select_samples(nusc, args.scenes, args.max_samples)
@@ -115,7 +147,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             bags = list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
             results, timings, note = run_ros(bags, samples, params_file, backend if args.backend else None,
                                              table, tmp / "work", rate=args.rate, quiet=args.quiet,
-                                             preset=args.preset, node_overrides=node_overrides(args))
+                                             preset=args.preset, node_overrides=node_overrides(args, threshold))
             mode = "ros (bag -> node -> recorder)"
         det_sub, trk_sub = results_to_submissions(results, tokens)
         report.write_json(tmp / "submission_detection.json", det_sub)
@@ -136,6 +168,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         synthetic = "synth" in nusc.version
         run_info = {
             "mode": mode, "backend": backend, "model": note, "params_file": params_file,
+            "score_threshold": threshold_note,
             "dataroot": str(args.dataroot), "version": nusc.version, "samples": len(samples),
             "scenes": len({s.scene_name for s in samples}), "frames_with_output": len(results),
             "wall_s": round(time.perf_counter() - t_start, 1),

@@ -48,6 +48,7 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     from sparse_perception_ros.model import CLASS_NAMES
     from sparse_perception_ros.runtime.pipeline import Pipeline
 
+    threshold = None  # the weights' display threshold (output.score_threshold: auto)
     if backend == DEBUG_BACKEND:
         if gt_table is None:
             raise ValueError(f"backend {DEBUG_BACKEND!r} needs the ground-truth table")
@@ -58,8 +59,8 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
 
         mp = params.model if backend is None else replace(params.model, backend=backend)
         loaded = load_model(mp)
-        model, note = loaded.stepper, loaded.note
-    return Pipeline.from_params(model, CLASS_NAMES, params), note
+        model, note, threshold = loaded.stepper, loaded.note, loaded.score_threshold
+    return Pipeline.from_params(model, CLASS_NAMES, params, weights_score_threshold=threshold), note
 
 
 def run_offline(nusc, samples, pipeline, progress=None) -> list[SampleResult]:

@@ -81,16 +81,16 @@ class PerceptionNode(Node):
         from sparse_perception_ros.model import CLASS_NAMES
         from sparse_perception_ros.runtime.loading import load_model
 
-        p = self.params
+        p, weights_threshold = self.params, None  # the weights' display threshold (output.score_threshold: auto)
         if model is None:
             loaded = load_model(p.model)
             self.get_logger().info(loaded.note)
-            model = loaded.stepper
+            model, weights_threshold = loaded.stepper, loaded.score_threshold
         if int(model.cfg.head.num_cams) != len(p.cameras.names):
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, but the model takes "
                                                   f"{model.cfg.head.num_cams}")
         try:
-            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p)
+            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
         self._set_threads()

@@ -34,7 +34,9 @@ def schema_leaves(node: dict | None = None, prefix: str = "") -> dict[str, dict]
 
 
 def _descriptor(name: str, spec: dict) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, type=int(_TYPES[spec["type"]]), read_only=True)
+    dynamic = isinstance(spec["type"], list)  # e.g. a number or "auto": any ROS type, the schema checks the value
+    d = ParameterDescriptor(name=name, type=0 if dynamic else int(_TYPES[spec["type"]]), read_only=True,
+                            dynamic_typing=dynamic)
     text = spec.get("description", "")
     if "enum" in spec:
         text += f" One of: {', '.join(map(str, spec['enum']))}."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from sparse_perception_ros.params import ModelParams, ParameterError
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 
-__all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights"]
+__all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold"]
 
 
 def bundled_weights_path(preset: str) -> Path | None:
@@ -29,16 +30,41 @@ def random_weights(p: ModelParams) -> bool:
     return not p.checkpoint and bundled_weights_path(p.preset) is None
 
 
+def load_score_threshold(checkpoint: str | Path | None) -> float | None:
+    """The weights' own display threshold: ``score_threshold.value`` of ``<checkpoint>.json`` (the
+    facts stored with the weights; the bundled models' were chosen on validation data by
+    ``scripts/choose_score_threshold.py``), or None when there is no such file or entry. Raises
+    ``ValueError`` naming the file when the entry is malformed or outside ``[0, 1]``."""
+    if checkpoint is None:
+        return None
+    path = Path(str(checkpoint) + ".json")
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if "score_threshold" not in doc:
+            return None
+        value = doc["score_threshold"]["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"score_threshold.value must be a number in [0, 1], got {value!r}")
+        return float(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """What :func:`load_model` gives: the stepper, a one-line note for the log, whether the
-    weights are random (a preset with no bundled weights and no ``model.checkpoint``), and the
-    frame the weights were trained in (``<weights>.json``, see :mod:`.model_frame`)."""
+    weights are random (a preset with no bundled weights and no ``model.checkpoint``), the frame
+    the weights were trained in (``<weights>.json``, see :mod:`.model_frame`) and their display
+    threshold (:func:`load_score_threshold`; None: the weights have none, and
+    ``output.score_threshold: auto`` uses :data:`~.pipeline.DEFAULT_SCORE_THRESHOLD`)."""
 
     stepper: object  # a runtime.backends.Stepper
     note: str
     random_weights: bool
     frame_convention: FrameConvention = NUSCENES_LIDAR_TOP
+    score_threshold: float | None = None
 
 
 def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> LoadedModel:
@@ -104,4 +130,14 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         convention = load_convention(path)
     except ValueError as exc:
         raise ParameterError("model.checkpoint", f"frame convention: {exc}") from None
-    return LoadedModel(stepper, note + detail, path is None, convention)
+    try:
+        threshold = load_score_threshold(path)
+    except ValueError as exc:
+        raise ParameterError("model.checkpoint", f"display threshold: {exc}") from None
+    from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
+
+    detail += (f"; display threshold {threshold:g} (stored with the weights, used by output.score_threshold auto)"
+               if threshold is not None else
+               f"; no display threshold stored with these weights (output.score_threshold auto uses "
+               f"{DEFAULT_SCORE_THRESHOLD:g})")
+    return LoadedModel(stepper, note + detail, path is None, convention, threshold)

@@ -32,7 +32,7 @@ from sparse_perception_ros.runtime.tracking import (
 )
 
 __all__ = ["Frame", "Detections", "PipelineState", "PipelineConfig", "Pipeline", "RESET_REASONS", "SENSOR_MODES",
-           "MASKED_PROJECTION", "calibration_key", "thin_points"]
+           "MASKED_PROJECTION", "DEFAULT_SCORE_THRESHOLD", "calibration_key", "thin_points", "resolve_score_threshold"]
 
 # Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
 # camera masked). A camera-only model uses the cameras whatever the mode ("lidar_only" refused).
@@ -44,6 +44,20 @@ RESET_REASONS = ("time_jump_backward", "time_gap", "missing_ego_pose", "calibrat
 # sampling rule (locations outside (0, 1) are dropped) and with zero-padded grid_sample alike,
 # a masked camera then contributes nothing.
 MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
+
+# ``output.score_threshold: auto`` with weights that carry no display threshold of their own.
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+
+def resolve_score_threshold(value: float | str, weights_score_threshold: float | None) -> float:
+    """The score threshold to apply: ``value`` (``output.score_threshold``) when it is a number;
+    for ``"auto"`` the weights' own display threshold (``score_threshold`` of ``<weights>.json``,
+    :attr:`~.loading.LoadedModel.score_threshold`), else :data:`DEFAULT_SCORE_THRESHOLD`."""
+    if value == "auto":
+        return DEFAULT_SCORE_THRESHOLD if weights_score_threshold is None else float(weights_score_threshold)
+    if isinstance(value, str):
+        raise ValueError(f"score_threshold must be a number in [0, 1] or 'auto', got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -190,14 +204,17 @@ class PipelineConfig:
         self.tracking(num_classes=1)  # checks the tracking fields now, with their names in the message
 
     @classmethod
-    def from_params(cls, params, resize_method: str = "pil_bicubic") -> PipelineConfig:
+    def from_params(cls, params, weights_score_threshold: float | None = None,
+                    resize_method: str = "pil_bicubic") -> PipelineConfig:
         """The settings the node parameters describe (``params``: a
-        :class:`~sparse_perception_ros.params.PerceptionParams`)."""
+        :class:`~sparse_perception_ros.params.PerceptionParams`); ``output.score_threshold: auto``
+        takes ``weights_score_threshold`` (the loaded weights' own, or None:
+        :data:`DEFAULT_SCORE_THRESHOLD`), see :func:`resolve_score_threshold`."""
         t = params.temporal
-        return cls(score_threshold=params.output.score_threshold, max_detections=params.output.max_detections,
-                   max_time_gap_s=t.max_time_gap, sensors=params.model.sensors,
-                   reassociate_distance=t.reassociate_distance, track_class_vote=t.track_class_vote,
-                   duplicate_iou=t.duplicate_iou, resize_method=resize_method)
+        return cls(score_threshold=resolve_score_threshold(params.output.score_threshold, weights_score_threshold),
+                   max_detections=params.output.max_detections, max_time_gap_s=t.max_time_gap,
+                   sensors=params.model.sensors, reassociate_distance=t.reassociate_distance,
+                   track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou, resize_method=resize_method)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
@@ -217,11 +234,13 @@ class Pipeline:
     """
 
     @classmethod
-    def from_params(cls, model, class_names, params) -> Pipeline:
+    def from_params(cls, model, class_names, params, weights_score_threshold: float | None = None) -> Pipeline:
         """The pipeline the node parameters describe (``params``: a
-        :class:`~sparse_perception_ros.params.PerceptionParams`); the node and ``eval --offline`` both
-        build theirs here, so a new option reaches both."""
-        return cls(model, class_names, PipelineConfig.from_params(params))
+        :class:`~sparse_perception_ros.params.PerceptionParams`; ``weights_score_threshold``: the
+        loaded weights' display threshold, :attr:`~.loading.LoadedModel.score_threshold`, used by
+        ``output.score_threshold: auto``); the node and ``eval --offline`` both build theirs here,
+        so a new option reaches both."""
+        return cls(model, class_names, PipelineConfig.from_params(params, weights_score_threshold))
 
     def __init__(self, model: Stepper, class_names, config: PipelineConfig):
         if not isinstance(model, Stepper):
