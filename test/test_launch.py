@@ -38,7 +38,7 @@ def test_replay_launch_file_uses_the_replay_node_set():
 def test_builtin_launcher_passes_the_same_params_and_remaps():
     (spec,) = node_set("perception", "/tmp/p.yaml")
     argv = command_line(spec, namespace="car1")
-    assert argv[1:3] == ["-m", "sparse_perception_ros.ros.node"]
+    assert argv[1:3] == ["-m", "sparse_perception_ros.ros.node_main"]
     joined = " ".join(argv)
     assert joined.count("--params-file") == 1 and "--params-file /tmp/p.yaml" in joined  # the node has the defaults
     assert "__node:=perception" in joined and "__ns:=/car1" in joined

@@ -25,11 +25,13 @@ from sparse_perception_ros.ros.convert import ns_to_stamp
 from sparse_perception_ros.runtime.frame_builder import InputRefused
 from sparse_perception_ros.runtime.stats import NodeStats
 
-__all__ = ["PROBLEM_PREFIXES", "WINDOW_S", "CALIBRATION_GRACE_S", "NodeDiagnostics", "latency_msg", "status_msg"]
+__all__ = ["PROBLEM_PREFIXES", "WINDOW_S", "CALIBRATION_GRACE_S", "STAMP_CLOCK_TOLERANCE_S", "NodeDiagnostics",
+           "latency_msg", "status_msg"]
 
-PROBLEM_PREFIXES = ("refused", "tf_refused", "frame_error", "reset/", "camera_silent/")
+PROBLEM_PREFIXES = ("refused", "tf_refused", "frame_error", "reset/", "camera_silent/", "model_frame_mismatch")
 WINDOW_S = 10.0  # the status level looks this far back
 CALIBRATION_GRACE_S = 5.0  # an image may wait this long for its camera's first CameraInfo before it is a refusal
+STAMP_CLOCK_TOLERANCE_S = 10.0  # a frame stamp further from the node's clock: end_to_end from the trigger's arrival
 
 
 def latency_msg(node_name: str, stamp_ns: int, stages_ms: dict[str, float]) -> DiagnosticArray:
@@ -43,10 +45,11 @@ def latency_msg(node_name: str, stamp_ns: int, stages_ms: dict[str, float]) -> D
 
 def status_msg(node_name: str, counts: dict[str, int], latency_ms: dict[str, dict[str, float]],
                stamp_ns: int, recent_problems: dict[str, int] | None = None, silent: Sequence[str] = (),
-               window_s: float = WINDOW_S) -> DiagnosticArray:
+               window_s: float = WINDOW_S, standing: Sequence[str] = ()) -> DiagnosticArray:
     """``<node_name>: pipeline``: every counter (sorted), then ``latency_ms/<stage>/p50|p90|p99``
     (``latency_ms`` as in :meth:`NodeStats.snapshot`); WARN while ``recent_problems`` (problem counters
-    counted in the last ``window_s``) or ``silent`` (cameras silent now) is non-empty."""
+    counted in the last ``window_s``), ``silent`` (cameras silent now) or ``standing`` (problems that last,
+    such as a model frame that disagrees with the weights) is non-empty."""
     values = [KeyValue(key=k, value=str(v)) for k, v in sorted(counts.items())]
     for stage, q in sorted(latency_ms.items()):
         values += [KeyValue(key=f"latency_ms/{stage}/{k}", value=f"{q[k]:.2f}") for k in ("p50", "p90", "p99")]
@@ -55,6 +58,7 @@ def status_msg(node_name: str, counts: dict[str, int], latency_ms: dict[str, dic
         notes.append(f"in the last {window_s:g} s: " + ", ".join(sorted(recent_problems)))
     if silent:
         notes.append("silent camera(s): " + ", ".join(silent))
+    notes.extend(standing)
     status = DiagnosticStatus(level=DiagnosticStatus.WARN if notes else DiagnosticStatus.OK,
                               name=f"{node_name}: pipeline", hardware_id="sparse_perception",
                               message="; ".join(notes) if notes else "ok", values=values)
@@ -79,6 +83,27 @@ class NodeDiagnostics:
         self.window_s, self.calibration_grace_s = float(window_s), float(calibration_grace_s)
         self._awaiting_since: dict[str, int] = {}  # camera -> first image without a CameraInfo
         self._silent: list[str] = []
+        self._standing: list[str] = []  # problems that last (the model frame's mount): WARN while present
+
+    def end_to_end_ms(self, now_ns: int, stamp_ns: int, arrival_ns: int) -> float:
+        """Now minus the frame's stamp on the node's clock; from the trigger's arrival instead when the stamp is
+        more than STAMP_CLOCK_TOLERANCE_S from the clock (a replay without ``use_sim_time``: an old bag's stamps)."""
+        if abs(now_ns - stamp_ns) <= STAMP_CLOCK_TOLERANCE_S * 1e9:
+            return (now_ns - stamp_ns) * 1e-6
+        if self.stats.count("end_to_end_from_arrival") == 1:
+            self._log.info(f"frame stamps are {(now_ns - stamp_ns) * 1e-9:.0f} s from this node's clock (a replay "
+                           "without use_sim_time and /clock?): end_to_end latency is measured from the trigger's "
+                           "arrival")
+        return (now_ns - arrival_ns) * 1e-6
+
+    def model_frame(self, problems: list[str]) -> None:
+        """The model frame's mount disagrees with the weights' (runtime/model_frame.py): each problem logged
+        once, loudly, and counted (``model_frame_mismatch`` keeps /diagnostics at WARN)."""
+        for problem in problems:
+            self.stats.count("model_frame_mismatch")
+            self._log.error(f"{problem} -- detection will suffer (README: Model frame)")
+        if problems:  # the check runs once: the note stays for the node's life
+            self._standing = ["model frame disagrees with the weights (see the log)"]
 
     def refuse(self, what: str, exc: Exception) -> None:
         """An input was refused: counted per ``what`` and the error's ``field`` (or type), logged once."""
@@ -150,4 +175,4 @@ class NodeDiagnostics:
         snap = self.stats.snapshot()
         recent = self.stats.recent(PROBLEM_PREFIXES, int(self.window_s * 1e9))
         return status_msg(self._name, {**snap["counts"], **extra_counts}, snap["latency_ms"], now_ns, recent,
-                          self._silent, self.window_s)
+                          self._silent, self.window_s, self._standing)

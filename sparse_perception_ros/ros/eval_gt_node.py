@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, GroundTruthPassthrough, load_table
-    from sparse_perception_ros.ros.node import run_node
+    from sparse_perception_ros.ros.node_main import run_node
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ours = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv

@@ -1,38 +1,29 @@
-"""``perception_node``: six cameras + a LiDAR in, tracked 3D boxes out. A thin adapter over Pipeline.step.
+"""``perception_node``: cameras + a LiDAR in, tracked 3D boxes out. A thin adapter over Pipeline.step.
 
-Inputs: ``~/input/<name>/image`` (Image) or ``~/input/<name>/image/compressed`` (CompressedImage) and
-``~/input/<name>/camera_info`` per camera of ``cameras.names``,
-``~/input/points``, ``/tf`` + ``/tf_static``, optionally ``~/input/odometry`` (one more TF edge). Outputs:
-``~/output/objects`` (Detection3DArray), ``~/output/markers``, ``~/output/latency`` (per frame), ``/diagnostics``.
+Inputs: ``~/input/<name>/image`` (Image) or ``.../image/compressed`` and ``~/input/<name>/camera_info`` per
+camera of ``cameras.names``, ``~/input/points``, ``/tf`` + ``/tf_static``, optionally ``~/input/odometry``.
+Outputs: ``~/output/objects`` (Detection3DArray), ``~/output/markers``, ``~/output/latency``, ``/diagnostics``.
 
-``configure()`` loads the model (an invalid parameter exits with status 2 naming it), ``activate()`` subscribes.
-Callbacks buffer messages in the :class:`FrameAssembler` (with ``cameras.decode_on_arrival`` an image callback
-also decodes its image). A worker thread takes the newest assembled frame (older ones are skipped and counted),
-has the ROS-free :class:`FrameBuilder` build the Frame through this node's TF, runs ``Pipeline.step`` and
-publishes. A refused input is logged once, counted in ``/diagnostics``, and its camera masked for that frame.
-
-Every message gets cheap checks on arrival (sizes, encodings, layouts, the image size against CameraInfo;
-no decoding), so a bad input is counted even in a frame the worker skips; the full conversion stays in the
-worker. A camera silent for :data:`CAMERA_SILENT_AFTER_S` while the rest of the rig sends is logged (and
-its return), and counted per camera. Times (sync waits, TF waits, latency) are on the node's ROS clock:
-with ``use_sim_time`` and a player's ``/clock`` a slowed replay needs no rescaled timeouts.
+``configure()`` loads the model for this rig, ``activate()`` subscribes (entry point: ``ros/node_main.py``).
+Callbacks run cheap checks on every message (no decoding; with ``cameras.decode_on_arrival`` an image is also
+decoded there) and buffer it in the :class:`FrameAssembler`. A worker thread takes the newest frame (older
+ones are skipped and counted), has the ROS-free :class:`FrameBuilder` build the Frame through this node's TF
+(the model frame by the weights' convention, ``runtime/model_frame.py``), runs ``Pipeline.step`` and
+publishes. A refused input is logged once and counted; silent cameras are logged and counted per camera.
+Times (sync and TF waits, latency) are on the node's ROS clock, so ``use_sim_time`` replays need no rescaling.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import threading
 import time
 from dataclasses import replace
 from functools import partial
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -50,13 +41,14 @@ from sparse_perception_ros.ros.tf_feed import TfFeed
 from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerConfig, FrameAssembler
 from sparse_perception_ros.runtime.boxes import transform_boxes
 from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, InputRefused, PointsInput
+from sparse_perception_ros.runtime.loading import set_torch_threads
+from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, ModelFrame
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 from sparse_perception_ros.runtime.silence import SilenceWatch
 
-__all__ = ["PerceptionNode", "main", "run_node", "CAMERA_SILENT_AFTER_S", "STAMP_CLOCK_TOLERANCE_S"]
+__all__ = ["PerceptionNode", "CAMERA_SILENT_AFTER_S"]
 
 CAMERA_SILENT_AFTER_S = 1.0  # node-clock seconds of rig activity without a camera's image (12 frames at 12 Hz)
-STAMP_CLOCK_TOLERANCE_S = 10.0  # a frame stamp further from the node's clock: end_to_end from the trigger's arrival
 CLOCK_STALL_S = 1.0  # wall seconds without the node's clock moving (a replay's /clock stopped): waiting frames go out
 
 
@@ -77,23 +69,25 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------------- lifecycle
     def configure(self, model=None) -> None:
-        """Load the model (or take ``model``: anything with ``cfg`` and ``step``) and build the pipeline."""
+        """Load the model (or take ``model``: a ``runtime.backends.Stepper``) and build the pipeline."""
         from sparse_perception_ros.model import CLASS_NAMES
         from sparse_perception_ros.runtime.loading import load_model
 
         p, weights_threshold = self.params, None  # the weights' display threshold (output.score_threshold: auto)
+        convention = NUSCENES_LIDAR_TOP  # the frame the weights were trained in
         if model is None:
-            loaded = load_model(p.model)
+            loaded = load_model(p.model, num_cams=len(p.cameras.names))  # the same weights run any camera count
             self.get_logger().info(loaded.note)
-            model, weights_threshold = loaded.stepper, loaded.score_threshold
-        if int(model.cfg.head.num_cams) != len(p.cameras.names):
-            raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, but the model takes "
-                                                  f"{model.cfg.head.num_cams}")
+            model, weights_threshold, convention = loaded.stepper, loaded.score_threshold, loaded.frame_convention
+        self._frame = ModelFrame(p.frames.model_frame, p.frames.model_frame_axes, convention)
+        self._lookup = self._frame.wrap(self._tf.lookup)  # the model frame's lookups carry the axes turn
+        if int(model.cfg.head.num_cams) != len(p.cameras.names):  # a model handed in (debug replay) is fixed
+            raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, the model {model.cfg.head.num_cams}")
         try:
             self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
-        self._set_threads()
+        set_torch_threads(self.params.model.num_threads)  # per thread in torch: also where inference runs
         seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
         self.get_logger().info(f"warm-up of the model took {seconds:.1f} s")
         self._assembler = FrameAssembler(AssemblerConfig.from_params(p))
@@ -117,15 +111,15 @@ class PerceptionNode(Node):
         static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                 reliability=ReliabilityPolicy.RELIABLE)
         sub(TFMessage, "/tf_static", lambda m: self._tf.add_tf(m, True), static_qos, callback_group=tf_group)
-        self._pub_objects = self.create_publisher(Detection3DArray, "~/output/objects", 10)
-        self._pub_markers = self.create_publisher(MarkerArray, "~/output/markers", 10)
-        self._pub_latency = self.create_publisher(DiagnosticArray, "~/output/latency", 10)
-        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        pub = self.create_publisher
+        self._pub_objects, self._pub_markers = pub(Detection3DArray, "~/output/objects", 10), pub(MarkerArray,
+                                                                                                   "~/output/markers", 10)
+        self._pub_latency, self._pub_diag = pub(DiagnosticArray, "~/output/latency", 10), pub(DiagnosticArray,
+                                                                                               "/diagnostics", 10)
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers tick in wall time; what they read is the ROS clock
         self.create_timer(0.025, self._poll, callback_group=inputs, clock=steady)
         self.create_timer(1.0, self._publish_diagnostics, clock=steady)
-        self._running = True
-        self._worker = threading.Thread(target=self._work_loop, name="perception_worker", daemon=True)
+        self._running, self._worker = True, threading.Thread(target=self._work_loop, name="perception_worker", daemon=True)
         self._worker.start()
 
     def shutdown(self) -> None:
@@ -134,12 +128,6 @@ class PerceptionNode(Node):
             self._lock.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=10)
-
-    def _set_threads(self) -> None:
-        if self.params.model.num_threads > 0:  # per thread in torch: also set where inference runs
-            import torch
-
-            torch.set_num_threads(self.params.model.num_threads)
 
     # ------------------------------------------------------------------------- input callbacks
     def _now_ns(self) -> int:
@@ -159,17 +147,16 @@ class PerceptionNode(Node):
     def _poll(self) -> None:
         """Every 25 ms: a waiting frame goes out once its deadline passed on the node's clock, or at once when
         that clock has not moved for CLOCK_STALL_S (a replay's /clock stopped at the end of the bag)."""
-        now, wall = self._now_ns(), time.monotonic_ns()
-        if now != self._clock_seen[0]:
-            self._clock_seen = (now, wall)
+        if (now := self._now_ns()) != self._clock_seen[0]:
+            self._clock_seen = (now, time.monotonic_ns())
+        wall = time.monotonic_ns()
         stalled = wall - self._clock_seen[1] > CLOCK_STALL_S * 1e9
         self._deliver(self._assembler.flush if stalled else self._assembler.poll)
 
     def _arrived(self, source: str) -> None:
         """Any input arrived: the silence watch logs and counts cameras going silent or coming back."""
         with self._lock:
-            events = self._silence.arrived(source, self._now_ns())
-            silent = self._silence.silent()
+            events, silent = self._silence.arrived(source, self._now_ns()), self._silence.silent()
         if events:
             self.diag.camera_silence(events)
             self.diag.set_silent(silent)
@@ -213,7 +200,7 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------------- worker
     def _work_loop(self) -> None:
-        self._set_threads()
+        set_torch_threads(self.params.model.num_threads)  # per thread in torch: also where inference runs
         while True:
             with self._lock:
                 while self._running and self._mailbox is None:
@@ -228,24 +215,23 @@ class PerceptionNode(Node):
 
     def _process(self, af: AssembledFrame) -> None:
         p, names = self.params, self.pipeline.class_names
+        self.diag.model_frame(self._frame.check_once(self._lookup, p.frames.base_frame, af.stamp_ns) or [])
         if not (p.output.force_processing or self._pub_objects.get_subscription_count() > 0
                 or self._pub_markers.get_subscription_count() > 0):
             self.diag.stats.count("frames_no_subscribers")
             return
         assemble_ms = (self._now_ns() - af.arrival_ns) * 1e-6  # trigger arrival -> worker start
         t0 = time.perf_counter()
-        built = self._builder.build(af.stamp_ns, af.images, af.points, self._tf.lookup)
+        built = self._builder.build(af.stamp_ns, af.images, af.points, self._lookup)
         self.diag.built(built)
         t1 = time.perf_counter()
         det, self._state = self.pipeline.step(built.frame, self._state)
         self.diag.detections(det)
         t2 = time.perf_counter()
         out_frame = p.frames.output_frame
-        T_out = self._tf.lookup(out_frame, p.frames.model_frame, af.stamp_ns, "output")
-        if T_out is None:  # publish in the model frame rather than lose the frame
-            out_frame = p.frames.model_frame
-        else:
-            det = replace(det, boxes=transform_boxes(det.boxes, T_out))
+        if (T_out := self._lookup(out_frame, self._frame.name, af.stamp_ns, "output")) is None:  # keep the frame:
+            out_frame, T_out = self._frame.tf_frame, self._frame.T_tf_from_model  # publish in the model's TF frame
+        det = replace(det, boxes=transform_boxes(det.boxes, T_out))
         # serialized directly (ros/fast_cdr.py): same message as detections_to_msg, ~6x cheaper to build
         self._pub_objects.publish(detection3darray_cdr(det, names, out_frame))
         if p.output.publish_markers and self._pub_markers.get_subscription_count() > 0:
@@ -253,82 +239,10 @@ class PerceptionNode(Node):
         t3 = time.perf_counter()
         self.diag.stats.count("frames_published")
         stages = {"assemble": assemble_ms, "convert": 1e3 * (t1 - t0), **det.timings_ms, "publish": 1e3 * (t3 - t2),
-                  "end_to_end": self._end_to_end_ms(af)}
+                  "end_to_end": self.diag.end_to_end_ms(self._now_ns(), af.stamp_ns, af.arrival_ns)}
         self._pub_latency.publish(self.diag.latency(af.stamp_ns, stages))
-
-    def _end_to_end_ms(self, af: AssembledFrame) -> float:
-        """Now minus the frame's stamp on the node's clock; from the trigger's arrival instead when the stamp is
-        more than STAMP_CLOCK_TOLERANCE_S from the clock (a replay without ``use_sim_time``: an old bag's stamps)."""
-        now = self._now_ns()
-        if abs(now - af.stamp_ns) <= STAMP_CLOCK_TOLERANCE_S * 1e9:
-            return (now - af.stamp_ns) * 1e-6
-        self.diag.stats.count("end_to_end_from_arrival")
-        if self.diag.stats.first("end_to_end_from_arrival"):
-            self.get_logger().info(f"frame stamps are {(now - af.stamp_ns) * 1e-9:.0f} s from this node's clock (a "
-                                   "replay without use_sim_time and /clock?): end_to_end latency is measured from "
-                                   "the trigger's arrival")
-        return (now - af.arrival_ns) * 1e-6
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
             sync = {f"sync/{k}": v for k, v in self._assembler.stats.items()}
         self._pub_diag.publish(self.diag.status(self.get_clock().now().nanoseconds, sync))
-
-
-def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
-    """Init rclpy, build and configure the node (``make_model(node)`` may supply the model), spin.
-
-    Exit status 2 on invalid parameters (the message names the parameter), else 0. One
-    SingleThreadedExecutor runs every callback (inference runs on the node's worker thread): the
-    MultiThreadedExecutor's per-callback hand-off fell ~1 s behind on /tf on 2 cores with a full rig.
-    """
-    try:
-        with rclpy.init(args=args):
-            try:
-                node = PerceptionNode()
-                node.configure(model=None if make_model is None else make_model(node))
-            except ParameterError as exc:
-                print(f"{prog}: invalid parameters: {exc}", file=sys.stderr)
-                return 2
-            if not rclpy.ok():  # SIGINT / SIGTERM while the model loaded: rclpy has shut the context down
-                node.destroy_node()
-                return 0
-            node.activate()
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.shutdown()
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
-
-
-def parse_command_line(args=None, prog: str = "perception_node") -> argparse.Namespace:
-    """The node's own (non-ROS) arguments: only ``--help``, which prints usage and the parameter table and
-    exits 0 before anything starts. ``args`` is a full argv (program name first); None reads ``sys.argv``."""
-    from rclpy.utilities import remove_ros_args
-
-    from sparse_perception_ros.params import markdown_table
-
-    description = (__doc__ or "").split("\n\n")[0] + (
-        "\n\nParameters come from the package's config/perception.param.yaml, overridden by --params-file "
-        "files (name only what you change) and -p NAME:=VALUE. Inputs are remapped with -r, e.g. "
-        "-r ~/input/front/image:=/my/camera/image_raw.")
-    parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
-        usage=f"{prog} [-h] [--ros-args [-p NAME:=VALUE] [--params-file FILE] [-r FROM:=TO] ...]",
-        epilog="parameters (default = config/perception.param.yaml):\n" + markdown_table())
-    return parser.parse_args(remove_ros_args(list(sys.argv if args is None else args))[1:])
-
-
-def main(args=None) -> int:
-    """Console script ``perception_node``."""
-    parse_command_line(args)
-    return run_node(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,6 +24,12 @@ def bundled_weights_path(preset: str) -> Path | None:
         return None
 
 
+def set_torch_threads(num_threads: int) -> None:
+    """``model.num_threads`` for the calling thread (torch's setting is per thread); 0 keeps torch's default."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
 def random_weights(p: ModelParams) -> bool:
     """True when these parameters run random weights: no ``model.checkpoint`` and no bundled
     weights for ``model.preset``."""
