@@ -33,3 +33,23 @@ def test_a_model_frame_that_disagrees_with_the_weights_is_named(tmp_path, model_
         assert log.count("turned 90 deg") == 1 and "model_frame_axes: rep103" in log and "1.84 m up" in log
     else:
         assert "model_frame_mismatch" not in counts and "model frame" not in status.message
+
+
+@pytest.mark.parametrize("cameras", [["front", "front_right", "front_left", "back"], ["front"]])
+def test_a_rig_with_another_camera_count_runs(tmp_path, cameras):
+    """Issue 19, point 15: four cameras (or one) in cameras.names start the node with the bundled
+    six-camera weights, and frames come out (the rig still publishes six; the node listens to its own)."""
+    proc = start_node(write_params(tmp_path, **{"cameras.names": cameras, "sync.trigger": "lidar",
+                                                "output.score_threshold": 0.0}))
+    rig = Rig()
+    try:
+        rig.wait_for_node()
+        rig.publish_static()
+        got = run_frames(rig, proc, [T0 + 10 * S + k * S // 2 for k in range(3)], settle=1.5)
+        counts = rig.counts()
+    finally:
+        rig.close()
+        log = stop(proc)
+    assert got and any(len(m.detections) for m in got), log[-2000:]
+    assert counts.get("camera_masked", 0) == 0, counts  # every camera the node listens to was used
+    assert "invalid parameters" not in log
