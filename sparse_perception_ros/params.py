@@ -63,6 +63,7 @@ class CameraParams:
     names: tuple[str, ...]
     compressed: bool
     decode_on_arrival: bool
+    undistort: bool
 
 
 @dataclass(frozen=True)

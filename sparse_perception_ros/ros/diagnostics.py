@@ -138,9 +138,9 @@ class NodeDiagnostics:
 
     def built(self, built) -> None:
         """A :class:`~sparse_perception_ros.runtime.frame_builder.BuiltFrame`: its refused inputs,
-        calibration changes and masked cameras. A camera awaiting its first CameraInfo is counted under
-        ``camera_info_pending/<cam>`` (the start-up race), and refused only once it has waited longer
-        than ``calibration_grace_s``."""
+        calibration changes, one-time warnings (logged) and masked cameras. A camera awaiting its first
+        CameraInfo is counted under ``camera_info_pending/<cam>`` (the start-up race), and refused only once
+        it has waited longer than ``calibration_grace_s``."""
         for what, exc in built.refused:
             self.refuse(what, exc)
         now = self.stats.clock()
@@ -153,6 +153,8 @@ class NodeDiagnostics:
                 self.stats.count(f"camera_info_pending/{cam}")
         for cam in built.calibration_changed:
             self._log.warning(f"calibration of camera {cam} changed: the temporal state will reset")
+        for warning in getattr(built, "warnings", ()):  # one-time (e.g. a distorted camera with cameras.undistort off)
+            self._log.warning(warning)
         if missing := int((~built.frame.present).sum()):
             self.stats.count("camera_masked", missing)
 

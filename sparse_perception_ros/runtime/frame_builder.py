@@ -13,7 +13,10 @@ memory:
 - calibration changes, detected here and only here: a known camera whose intrinsics or static
   mounting (camera <- model at ``t_ref``, without the ego-motion term) moved bumps a generation
   that goes into ``Frame.calibration_key``, so ``Pipeline.step`` resets the temporal state once.
-  A camera seen for the first time, and per-frame ego-motion compensation, are not changes.
+  A camera seen for the first time, and per-frame ego-motion compensation, are not changes;
+- lens distortion: an image whose calibration has ``D != 0`` is remapped onto the pinhole image with
+  the same ``K`` (maps cached per camera and calibration, :mod:`.undistort`, which states the cost);
+  with ``undistort=False`` it passes as it is and :attr:`BuiltFrame.warnings` says so once.
 
 An input that cannot be used is refused (reported in :attr:`BuiltFrame.refused`) and its camera
 masked; a camera whose transform is missing is masked too (``lookup`` reports why). An image of a
@@ -33,6 +36,7 @@ import numpy as np
 
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
+from sparse_perception_ros.runtime.undistort import Undistorter
 
 __all__ = ["CameraInput", "PointsInput", "InputRefused", "BuiltFrame", "Lookup", "FrameBuilder"]
 
@@ -86,12 +90,14 @@ class BuiltFrame:
             ``camera/<cam>`` or ``points``), for the caller to log and count.
         calibration_changed: cameras whose calibration changed with this frame.
         awaiting_calibration: cameras with an image but no CameraInfo received yet (masked, not refused).
+        warnings: one-time messages for the caller to log loudly (a distorted camera with undistortion off).
     """
 
     frame: Frame
     refused: list[tuple[str, ValueError]] = field(default_factory=list)
     calibration_changed: list[str] = field(default_factory=list)
     awaiting_calibration: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class FrameBuilder:
@@ -104,9 +110,12 @@ class FrameBuilder:
         tf_wait_s: how long the ego-pose and per-camera lookups may wait for a transform still in
             flight (the static and point-cloud lookups never wait), and how long :meth:`build` waits for
             the first CameraInfo of a camera whose image came first (the start-up race; wall time).
+        undistort: remap images whose calibration has ``D != 0`` (``cameras.undistort``); False for
+            images already rectified.
     """
 
-    def __init__(self, cameras: Sequence[str], model_frame: str, world_frame: str, tf_wait_s: float = 0.0):
+    def __init__(self, cameras: Sequence[str], model_frame: str, world_frame: str, tf_wait_s: float = 0.0,
+                 undistort: bool = True):
         if not cameras:
             raise ValueError("cameras must not be empty")
         self.cameras = tuple(cameras)
@@ -117,6 +126,7 @@ class FrameBuilder:
         self._last_T = {c: np.eye(4) for c in self.cameras}
         self._known: dict[str, str] = {}  # camera -> digest of (K, static T_cam_from_model) last seen
         self.generation = 0  # bumped when a known camera's calibration changes
+        self.undistorter = Undistorter(undistort)
 
     @classmethod
     def from_params(cls, params) -> FrameBuilder:
@@ -124,11 +134,12 @@ class FrameBuilder:
         from sparse_perception_ros.runtime.model_frame import model_frame_name
 
         model = model_frame_name(params.frames.model_frame, params.frames.model_frame_axes)
-        return cls(params.cameras.names, model, params.frames.world_frame, params.sync.wait_timeout)
+        return cls(params.cameras.names, model, params.frames.world_frame, params.sync.wait_timeout,
+                   params.cameras.undistort)
 
     def set_calibration(self, camera: str, calibration) -> None:
         """The camera's latest calibration: anything with ``K (3, 3)`` float (pixels), ``width`` and
-        ``height`` (e.g. ``ros.convert.CameraCalibration``), or None after an invalid one (its images are
+        ``height``, optionally ``D`` and ``distortion_model`` (e.g. ``ros.convert.CameraCalibration``), or None after an invalid one (its images are
         then refused until a valid one arrives). Safe to call from another thread than :meth:`build`."""
         if camera not in self.cameras:
             raise ValueError(f"unknown camera {camera!r}; cameras: {list(self.cameras)}")
@@ -153,6 +164,7 @@ class FrameBuilder:
         present, stamps = np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64)
         refused: list[tuple[str, ValueError]] = []
         changed: list[str] = []
+        warnings: list[str] = []
         with self._calib_lock:
             def uncalibrated():
                 return [c for c, inp in zip(self.cameras, cameras, strict=True) if inp is not None and c not in self._calib]
@@ -167,7 +179,7 @@ class FrameBuilder:
             stamps[i] = inp.stamp_ns
             if cam in awaiting:
                 continue
-            rgb = self._image(cam, inp, calib, refused)
+            rgb = self._image(cam, inp, calib, refused, warnings)
             if rgb is None:
                 continue
             T_static, T = self._camera_pose(cam, inp, t_ref, T_world_from_model, lookup)
@@ -182,7 +194,7 @@ class FrameBuilder:
                       T_world_from_model=T_world_from_model,
                       points=self._points(points, t_ref, T_world_from_model, lookup, refused),
                       camera_stamps_ns=stamps, calibration_key=f"generation-{self.generation}")
-        return BuiltFrame(frame, refused, changed, awaiting)
+        return BuiltFrame(frame, refused, changed, awaiting, warnings)
 
     def check_image_size(self, camera: str, width: int, height: int) -> None:
         """Raise :class:`InputRefused` (``"image size"``) if ``camera`` has a calibration of another size
@@ -192,9 +204,8 @@ class FrameBuilder:
         if calib is not None and (int(width), int(height)) != (calib.width, calib.height):
             raise InputRefused("image size", f"{width}x{height}", f"CameraInfo says {calib.width}x{calib.height}")
 
-    @staticmethod
-    def _image(cam: str, inp: CameraInput, calib, refused: list) -> np.ndarray | None:
-        """The image checked against ``calib``, or None (refused)."""
+    def _image(self, cam: str, inp: CameraInput, calib, refused: list, warnings: list) -> np.ndarray | None:
+        """The image checked against ``calib`` and undistorted, or None (refused)."""
         if calib is None:  # its last CameraInfo was invalid (refused when it arrived)
             refused.append((f"camera/{cam}", InputRefused("camera_info", None, "no valid CameraInfo")))
             return None
@@ -203,9 +214,12 @@ class FrameBuilder:
             if rgb.shape[:2] != (calib.height, calib.width):
                 raise InputRefused("image size", f"{rgb.shape[1]}x{rgb.shape[0]}",
                                    f"CameraInfo says {calib.width}x{calib.height}")
+            rgb, warning = self.undistorter(cam, rgb, calib)
         except ValueError as exc:
             refused.append((f"image/{cam}", exc))
             return None
+        if warning is not None:
+            warnings.append(warning)
         return rgb
 
     def _camera_pose(self, cam: str, inp: CameraInput, t_ref: int, T_world_from_model: np.ndarray | None,
