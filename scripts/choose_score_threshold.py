@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,8 +28,9 @@ import numpy as np
 
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
 from sparse_perception_ros.eval.ground_truth import gt_table
+from sparse_perception_ros.eval.matching import greedy_pairs
 from sparse_perception_ros.eval.offline import build_pipeline
-from sparse_perception_ros.eval.replay import record_raw, replay
+from sparse_perception_ros.eval.replay import load_raw, record_raw, replay, save_raw
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
@@ -44,17 +44,7 @@ def match_counts(gt_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> int:
     if not len(gt_xy) or not len(det_xy):
         return 0
     dist = np.linalg.norm(gt_xy[:, None] - det_xy[None], axis=-1)
-    used_g, used_d, n = set(), set(), 0
-    for flat in np.argsort(dist, axis=None):
-        a, b = np.unravel_index(flat, dist.shape)
-        if dist[a, b] > radius:
-            break
-        if a in used_g or b in used_d:
-            continue
-        used_g.add(a)
-        used_d.add(b)
-        n += 1
-    return n
+    return len(greedy_pairs(dist, radius))
 
 
 def curve(frames, table, thresholds, tracking, max_detections: int, radius: float, max_range: float) -> list[dict]:
@@ -115,16 +105,16 @@ def main(argv=None) -> int:
     thresholds = np.round(np.arange(lo, hi + step / 2, step), 4)
     curves = {}
     for preset in args.presets:
-        cache = Path(args.cache) / f"{preset}.pkl" if args.cache else None
+        cache = Path(args.cache) / f"{preset}.json" if args.cache else None
         if cache is not None and cache.is_file():
-            frames = pickle.loads(cache.read_bytes())
+            frames = load_raw(cache)
         else:
             pipeline, note = build_pipeline(replace(params, model=replace(params.model, preset=preset)))
             print(f"{preset}: {note}", file=sys.stderr, flush=True)
             frames = record_raw(nusc, samples, pipeline)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_bytes(pickle.dumps(frames))
+                save_raw(frames, cache)
         rows = curve(frames, table, thresholds, tracking, params.output.max_detections, args.radius, args.max_range)
         curves[preset] = rows
         best = max(rows, key=lambda r: (round(r["f1"], 6), -r["threshold"]))

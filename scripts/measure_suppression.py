@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 import tempfile
 from dataclasses import replace
@@ -27,7 +26,7 @@ import numpy as np
 from sparse_perception_ros.eval import devkit
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
 from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions
-from sparse_perception_ros.eval.replay import record_raw, replay
+from sparse_perception_ros.eval.replay import load_raw, record_raw, replay, save_raw
 from sparse_perception_ros.eval.report import write_json
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
@@ -67,9 +66,9 @@ def score(nusc, samples, results) -> dict:
 
 
 def raw_outputs(nusc, samples, preset: str, cache: Path | None):
-    path = cache / f"{preset}.pkl" if cache else None
+    path = cache / f"{preset}.json" if cache else None
     if path is not None and path.is_file():
-        return pickle.loads(path.read_bytes())
+        return load_raw(path)
     params = load_params()
     params = replace(params, model=replace(params.model, preset=preset))
     pipeline, note = build_pipeline(params)
@@ -77,7 +76,7 @@ def raw_outputs(nusc, samples, preset: str, cache: Path | None):
     frames = record_raw(nusc, samples, pipeline)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pickle.dumps(frames))
+        save_raw(frames, path)
     return frames
 
 

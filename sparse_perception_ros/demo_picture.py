@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_perception_ros.eval.matching import greedy_pairs
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform
 from sparse_perception_ros.ros.messages import CLASS_COLORS
@@ -192,15 +193,7 @@ def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: fl
         if not len(gi) or not len(di):
             continue
         dist = np.linalg.norm(gt_xy[gi, None, :2] - det_boxes[None, di, :2], axis=-1)
-        used_g, used_d = set(), set()
-        for flat in np.argsort(dist, axis=None):
-            a, b = np.unravel_index(flat, dist.shape)
-            if dist[a, b] > radius:
-                break
-            if a in used_g or b in used_d:
-                continue
-            used_g.add(a)
-            used_d.add(b)
+        for a, b in greedy_pairs(dist, radius):
             n_match += 1
             n_same += gt_names[gi[a]] == det_names[di[b]]
             per = follow.setdefault(det_ids[di[b]], {})

@@ -8,7 +8,7 @@ from test_runtime_pipeline import config
 
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
 from sparse_perception_ros.eval.offline import run_offline
-from sparse_perception_ros.eval.replay import record_raw, replay
+from sparse_perception_ros.eval.replay import load_raw, record_raw, replay, save_raw
 from sparse_perception_ros.model import CLASS_NAMES, build_model
 from sparse_perception_ros.runtime.backends import torch_stepper
 from sparse_perception_ros.runtime.pipeline import Pipeline
@@ -26,12 +26,15 @@ def data(tmp_path_factory):
     dict(score_threshold=0.0, max_detections=24, reassociate_distance=4.0, track_class_vote=True, duplicate_iou=0.0),
     dict(score_threshold=0.012, max_detections=300, reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0),
 ])
-def test_replay_equals_the_pipeline(data, kw):
+def test_replay_equals_the_pipeline(data, kw, tmp_path):
     nusc, samples, model = data
     pipeline = Pipeline(model, CLASS_NAMES, config(**kw))
     want = run_offline(nusc, samples, pipeline)
     frames = record_raw(nusc, samples, pipeline)
     assert [f.scene_start for f in frames].count(True) == 2 and all(f.reset is None for f in frames)
+    cache = tmp_path / "raw.json"  # the scripts' cache round-trips exactly (JSON, no pickle)
+    save_raw(frames, cache)
+    frames = load_raw(cache)
     got = replay(frames, kw["score_threshold"], kw["max_detections"], pipeline.tracking)
     assert len(got) == len(want) == len(samples)
     shown = 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["RawFrame", "record_raw", "replay"]
+__all__ = ["RawFrame", "record_raw", "replay", "save_raw", "load_raw"]
 
 
 @dataclass(frozen=True)
@@ -112,4 +112,35 @@ def replay(frames: list[RawFrame], score_threshold: float, max_detections: int, 
                 boxes, scores, labels, ids = boxes[shown], scores[shown], labels[shown], ids[shown]
             T = f.T_world_from_model
         out.append(SampleResult(f.sample_token, f.stamp_ns, boxes, scores, labels, ids, T, {}, f.reset))
+    return out
+
+
+def save_raw(frames: list[RawFrame], path) -> None:
+    """Write :func:`record_raw`'s output as JSON (a cache for the tuning scripts; no pickle, so a
+    cache file can never run code when read back)."""
+    import json
+    from pathlib import Path
+
+    def row(f: RawFrame) -> dict:
+        return {"sample_token": f.sample_token, "stamp_ns": int(f.stamp_ns), "boxes": f.boxes.tolist(),
+                "scores": f.scores.tolist(), "labels": f.labels.tolist(), "bank_ids": f.bank_ids.tolist(),
+                "carried": sorted(int(i) for i in f.carried), "alive": sorted(int(i) for i in f.alive),
+                "T_world_from_model": None if f.T_world_from_model is None else f.T_world_from_model.tolist(),
+                "reset": f.reset, "scene_start": bool(f.scene_start)}
+
+    Path(path).write_text(json.dumps([row(f) for f in frames]))
+
+
+def load_raw(path) -> list[RawFrame]:
+    """Inverse of :func:`save_raw`."""
+    import json
+    from pathlib import Path
+
+    out = []
+    for r in json.loads(Path(path).read_text()):
+        t = r["T_world_from_model"]
+        out.append(RawFrame(r["sample_token"], int(r["stamp_ns"]), np.asarray(r["boxes"], np.float32).reshape(-1, 10),
+                            np.asarray(r["scores"], np.float32), np.asarray(r["labels"], np.int64),
+                            np.asarray(r["bank_ids"], np.int64), frozenset(r["carried"]), frozenset(r["alive"]),
+                            None if t is None else np.asarray(t, np.float64), r["reset"], bool(r["scene_start"])))
     return out
