@@ -30,7 +30,7 @@ def test_config_for_a_camera_count_is_validated():
     assert err.value.name == "cameras.names"
 
 
-@pytest.mark.parametrize("cams", [1, 4, 8])
+@pytest.mark.parametrize("cams", [1, 5])
 def test_six_camera_weights_run_other_rigs_on_torch_and_onnxruntime(cams, tmp_path):
     path = bundled_weights_path("tiny")
     if path is None:

@@ -363,7 +363,10 @@ def installed_replay_set(build: Build, params_file: Path, bag: Path, env: dict) 
 def test_installed_node_turns_a_played_bag_into_detections(build, probe, bag):
     """The node set of replay.launch.py, started as launch_ros would: each executable from
     lib/<pkg>/ in the sourced workspace, the node with its ros_args (installed parameter file,
-    remaps), the player with its arguments."""
+    remaps), the player with its arguments. Run on the plain build only (CI time): its node reads
+    config and weights from share/ (copies), the stricter case; the symlink tree is checked above."""
+    if build.symlink:
+        pytest.skip("the installed node runs against a bag on the plain build only (CI time budget)")
     params_file = build.share / "config" / "perception.param.yaml"
     env = underlay_env(build.home)
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(build.share / "config" / "fastdds_large_data.xml")  # as the README
