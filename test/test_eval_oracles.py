@@ -129,3 +129,8 @@ def test_dense_ground_truth_with_the_default_parameters_scores_perfectly(tmp_pat
     assert m["mAP_present"] == pytest.approx(1.0, abs=1e-9) and m["AMOTA"] == pytest.approx(1.0, abs=1e-9)
     assert m["IDS"] == 0
     assert report["run"]["score_threshold"].startswith("0.05 (output.score_threshold is auto")
+    # the recall ceiling is reported next to the metrics: every GT box the devkit scores is reachable
+    ceiling = m["recall_ceiling"]
+    assert ceiling["value"] == pytest.approx(1.0) and ceiling["gt_per_sample_max"] >= 30
+    assert ceiling["max_outputs"] == 300  # output.max_detections: the GT backend has no model output count
+    assert "Recall ceiling" in (out / "summary.md").read_text()

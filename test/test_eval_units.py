@@ -191,3 +191,12 @@ def test_replay_specs_keep_the_launch_node_set(tmp_path):
     gt = {s.name: s for s in replay_specs("B", "R", params, "debug_ground_truth", "gt.json")}["perception"]
     assert gt.module == "sparse_perception_ros.ros.eval_gt_node" and gt.arguments == ("--gt-table", "gt.json")
     assert "model.backend" not in gt.parameters
+
+
+def test_recall_ceiling_is_the_share_of_gt_reachable_with_k_outputs():
+    """sum(min(n, K)) / sum(n): samples with more GT boxes than K lose the excess, others nothing."""
+    from sparse_perception_ros.eval.devkit import recall_ceiling
+
+    assert recall_ceiling([10, 50, 40], 32) == pytest.approx((10 + 32 + 32) / 100)
+    assert recall_ceiling([10, 50, 40], 100) == 1.0
+    assert recall_ceiling([0, 0], 32) is None and recall_ceiling([5], None) is None

@@ -160,6 +160,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                        render_curves=plots, verbose=args.verbose)
         metrics = devkit.summarize(det, trk)
         metrics["gt_counts"] = det.get("gt_counts", {})
+        metrics["recall_ceiling"] = recall_ceiling_entry(det.get("gt_per_sample", []), params, backend)
         ego = max((float(np.hypot(*r.T_global_from_boxes[:2, 3])) for r in results), default=None)
         n_pred = sum(len(v) for v in det_sub["results"].values())
         warning = devkit.wrong_frame_warning(metrics, ego, n_pred)
@@ -197,6 +198,23 @@ def evaluate(args: argparse.Namespace) -> dict:
         print(f"node: {n}", file=sys.stderr)
     print(f"report: {out}/summary.md")
     return {"metrics": metrics, "run": run_info, "warning": warning}
+
+
+def recall_ceiling_entry(gt_per_sample, params, backend: str) -> dict:
+    """``metrics.json``'s ``recall_ceiling``: the preset's output count K (``head.num_output``, the most
+    boxes a frame can publish), GT boxes per scored sample (mean, max) and the share of GT boxes
+    reachable at all with K outputs (:func:`~.devkit.recall_ceiling`). K is also capped by
+    ``output.max_detections``; the ground-truth backend has no model output count."""
+    from sparse_perception_ros.eval.devkit import recall_ceiling
+    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND
+    from sparse_perception_ros.model.config import get_preset
+
+    k = params.output.max_detections
+    if backend != DEBUG_BACKEND:
+        k = min(k, get_preset(params.model.preset).head.num_output)
+    n = np.asarray(list(gt_per_sample), dtype=np.int64)
+    return {"max_outputs": int(k), "gt_per_sample_mean": float(n.mean()) if len(n) else None,
+            "gt_per_sample_max": int(n.max()) if len(n) else None, "value": recall_ceiling(n, k)}
 
 
 def convert_to_bags(args: argparse.Namespace, samples, out: Path) -> list[str]:

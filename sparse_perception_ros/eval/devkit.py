@@ -17,7 +17,10 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "summarize", "wrong_frame_warning"]
+import numpy as np
+
+__all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "recall_ceiling", "summarize",
+           "wrong_frame_warning"]
 
 
 def split_covering(nusc, scene_names) -> str:
@@ -134,7 +137,18 @@ def run_detection_eval(nusc, result_path: str, sample_tokens, output_dir: str, r
                                      verbose=verbose)
         summary = ev.main(plot_examples=0, render_curves=render_curves)
     summary["gt_counts"] = _counts(ev.gt_boxes, "detection_name")
+    summary["gt_per_sample"] = [len(ev.gt_boxes[tok]) for tok in ev.gt_boxes.sample_tokens]
     return summary
+
+
+def recall_ceiling(gt_per_sample, max_outputs: int | None) -> float | None:
+    """The share of GT boxes reachable at all when a frame publishes at most ``max_outputs`` boxes:
+    ``sum(min(n, K)) / sum(n)`` over samples (``n`` = GT boxes the devkit scores in the sample, after
+    its range filter). 1.0 means the output count never caps recall; ``None`` without GT or without a cap."""
+    n = np.asarray(list(gt_per_sample), dtype=np.int64)
+    if max_outputs is None or n.sum() == 0:
+        return None
+    return float(np.minimum(n, int(max_outputs)).sum() / n.sum())
 
 
 def run_tracking_eval(nusc, result_path: str, sample_tokens, scene_names, output_dir: str,

@@ -76,7 +76,17 @@ def format_metrics(m: dict) -> str:
     if "AMOTA" in m:
         lines += [f"AMOTA {_fmt(m['AMOTA'])}", f"AMOTP {_fmt(m['AMOTP'])}",
                   f"IDS   {'n/a' if m['IDS'] is None else int(m['IDS'])}"]
+    if m.get("recall_ceiling"):
+        lines.append("recall ceiling " + ceiling_text(m["recall_ceiling"]))
     return "\n".join(lines)
+
+
+def ceiling_text(c: dict) -> str:
+    """One line for ``metrics['recall_ceiling']`` (see ``eval.command.recall_ceiling_entry``)."""
+    cap = "no output cap" if c.get("max_outputs") is None else f"at most {c['max_outputs']} boxes per frame"
+    gt = ("" if c.get("gt_per_sample_mean") is None else
+          f"; GT boxes per sample: mean {c['gt_per_sample_mean']:.1f}, max {c['gt_per_sample_max']}")
+    return f"{_fmt(c.get('value'))} ({cap}{gt})"
 
 
 def write_summary(path: Path, metrics: dict, run: dict, latency: dict, warning: str | None) -> None:
@@ -95,6 +105,9 @@ def write_summary(path: Path, metrics: dict, run: dict, latency: dict, warning: 
     counts = metrics.get("gt_counts", {})
     for c, ap in metrics["per_class_AP"].items():
         lines.append(f"| {c} | {counts.get(c, 0)} | {_fmt(ap, 3)} |")
+    if metrics.get("recall_ceiling"):
+        lines += ["", "Recall ceiling (share of GT boxes reachable at all with the output count): "
+                  + ceiling_text(metrics["recall_ceiling"])]
     if "AMOTA" in metrics:
         lines += ["", "## Tracking (nuscenes-devkit TrackingEval, tracking_nips_2019)", "",
                   "| AMOTA | AMOTP | IDS |", "| --- | --- | --- |",
