@@ -208,3 +208,26 @@ def test_fused_step_graph_onnxruntime_matches_torch(model, fused_onnx, case):
                               confidence=ref["next_confidence"],
                               track_ids=torch.full((1, CFG.head.num_temp_instances), -1), timestamp=f.timestamp,
                               T_world_from_model=f.T_world_from_model)
+
+
+def test_velocity_candidates_start_with_the_regressed_velocity():
+    """LidarConfig.velocity: two more regression channels (vx, vy, m/s) become the candidate
+    anchor's velocity (vz stays 0); without it the anchors start at rest (the bundled layout)."""
+    from dataclasses import replace
+
+    lid = replace(LID, velocity=True)
+    assert (LID.reg_dims, lid.reg_dims) == (8, 10)
+    torch.manual_seed(0)
+    branch = LidarBranch(lid, 64, 10).eval()
+    assert branch.regression.out_channels == 10
+    wb, hb = lid.bev_size
+    row, col = 20, 30
+    heat = torch.full((1, 10, hb, wb), -9.0)
+    heat[0, 0, row, col] = 3.0
+    reg = torch.zeros(1, 10, hb, wb)
+    reg[0, :, row, col] = torch.tensor([0.5, 0.5, -0.9, 0.5, 1.5, 0.4, 0.0, 1.0, 2.5, -1.25])
+    branch.heatmap.register_forward_hook(lambda *_: heat)
+    branch.regression.register_forward_hook(lambda *_: reg)
+    with torch.no_grad():
+        out = branch(torch.zeros(1, 10, 5), torch.tensor([10]))
+    np.testing.assert_allclose(out.anchor[0, 0, 8:].numpy(), [2.5, -1.25, 0.0], atol=1e-6)

@@ -40,6 +40,39 @@ def test_bev_targets_peak_and_regression_decode_back():
     assert heat[1:8].sum() == 0 and heat[9].sum() == 0
 
 
+def test_bev_velocity_targets_and_unknown_velocity_weighs_nothing():
+    """With LidarConfig.velocity the targets end with (vx, vy) of the box; a NaN velocity (a GT box
+    the devkit has no neighbour for) adds nothing to the regression loss."""
+    from dataclasses import replace
+
+    from sparse_perception_ros.model.lidar import LidarCandidates
+    from sparse_perception_ros.train.lidar_losses import lidar_losses
+
+    lid = replace(LID, velocity=True)
+    boxes = np.array([[10.3, -4.9, -0.8, 4.5, 1.9, 1.6, 0.7, 3.0, -1.5, 0],
+                      [-30.0, 22.2, -1.0, 0.6, 0.6, 1.7, -2.0, np.nan, np.nan, 0]], np.float32)
+    _, cells, regs = bev_targets(boxes, np.array([0, 8]), lid, 10)
+    assert regs.shape == (2, 10)
+    np.testing.assert_allclose(regs[0, 8:], [3.0, -1.5])
+    assert np.isnan(regs[1, 8:]).all()
+    wb, hb = lid.bev_size
+    reg = torch.zeros(1, 10, hb, wb)
+    for (row, col), r in zip(cells, np.nan_to_num(regs), strict=True):
+        reg[0, :, row, col] = torch.from_numpy(r)  # a perfect prediction where the target is known
+
+    def loss(pred):
+        cand = LidarCandidates(bev=None, heatmap=torch.zeros(1, 10, hb, wb), regression=pred, anchor=None,
+                               feature=None, score=None, valid=None)
+        return lidar_losses(cand, [torch.from_numpy(boxes)], [torch.tensor([0, 8])], torch.tensor([100]), lid)["bev_reg"]
+
+    assert loss(reg).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = reg.clone()
+    wrong[0, 8:, cells[1, 0], cells[1, 1]] = 7.0  # velocity of the box without one: not supervised
+    assert loss(wrong).item() == pytest.approx(0.0, abs=1e-6)
+    wrong[0, 8, cells[0, 0], cells[0, 1]] += 1.0  # velocity of the moving box: 1 m/s off
+    assert loss(wrong).item() == pytest.approx(0.25 * 1.0 / 2, rel=1e-5)  # reg_weight * |err| / num GT
+
+
 def test_points_rotate_with_boxes_and_dropout_masks_the_right_modality(samples):
     s = samples[0]
     assert s.points is not None and s.points.shape[1] == 4 and len(s.points) > 1000
@@ -94,3 +127,29 @@ def test_dropped_sweeps_leave_the_branch_bn_alone_and_recalibration_averages(sam
     again = bn.running_mean.clone()
     recalibrate_lidar_bn(model, samples, num=3, seed=0)
     torch.testing.assert_close(bn.running_mean, again, rtol=0, atol=1e-6)  # deterministic, not cumulative
+
+
+def test_init_grows_smaller_weights_into_a_larger_capacity(tmp_path):
+    """``train --init`` from the bundled 96-anchor fused weights into 120 anchors with velocity
+    regression: every old tensor is kept, the anchor table keeps its 96 rows first, the new velocity
+    channels start at zero, and the result loads strictly."""
+    from dataclasses import replace
+
+    from sparse_perception_ros.model import build_model
+    from sparse_perception_ros.model.config import with_capacity
+    from sparse_perception_ros.train.trainer import model_from_checkpoint
+
+    small = build_model("tiny_fusion")
+    path = tmp_path / "small.pt"
+    torch.save(small.state_dict(), path)
+    big_cfg = with_capacity(get_preset("tiny_fusion"), 120, 80, 40)
+    big_cfg = replace(big_cfg, lidar=replace(big_cfg.lidar, velocity=True))
+    big = model_from_checkpoint(path, TrainConfig(preset="tiny_fusion", depth_weight=0.0), big_cfg)
+    a_old, a_new = small.head.instance_bank.anchor, big.head.instance_bank.anchor
+    assert a_new.shape == (120, 11) and torch.equal(a_new[:96], a_old)
+    assert a_new[96:].abs().sum() > 0  # fresh anchors, not zeros
+    w_old, w_new = small.pts_branch.regression.weight, big.pts_branch.regression.weight
+    assert torch.equal(w_new[:8], w_old) and w_new[8:].abs().sum() == 0
+    for k, v in small.state_dict().items():
+        if not k.startswith(("head.instance_bank.", "pts_branch.regression.")):
+            assert torch.equal(big.state_dict()[k], v), k

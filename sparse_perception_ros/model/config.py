@@ -18,6 +18,7 @@ __all__ = [
     "tiny_fusion",
     "PRESETS",
     "get_preset",
+    "with_capacity",
     "with_num_cams",
     "MAX_CAMERAS",
 ]
@@ -89,6 +90,11 @@ class LidarConfig:
     head give ``num_candidates`` (K) anchors that replace the last K learned anchors of the
     instance bank. ``max_points`` is the static point count of exported graphs (clouds are
     padded to it, or thinned to it by the pipeline). Defaults: the nuScenes range, 0.6 m pillars.
+
+    ``velocity``: the BEV box head also regresses ``(vx, vy)`` per cell (CenterPoint / TransFusion-L
+    style, m/s in the model frame), and the candidates' anchors start with it instead of zero. It
+    needs a motion cue in the input: several sweeps with their time lag ``dt`` (multi-sweep LiDAR).
+    False keeps the 8-channel regression of the bundled ``tiny_fusion`` weights.
     """
 
     point_range: tuple[float, float, float, float, float, float] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
@@ -99,6 +105,7 @@ class LidarConfig:
     bev_stride: int = 2
     num_candidates: int = 32
     max_points: int = 300_000
+    velocity: bool = False
 
     def __post_init__(self) -> None:
         x0, y0, z0, x1, y1, z1 = self.point_range
@@ -115,6 +122,12 @@ class LidarConfig:
             raise ValueError(f"grid {nx}x{ny} is not divisible by bev_stride {self.bev_stride}")
         if self.num_candidates < 1 or self.max_points < 1:
             raise ValueError("num_candidates and max_points must be >= 1")
+
+    @property
+    def reg_dims(self) -> int:
+        """Channels of the BEV box regression: ``[dx, dy, z, log W, log L, log H, sin, cos]`` (8),
+        then ``vx, vy`` with :attr:`velocity` (10)."""
+        return 10 if self.velocity else 8
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -199,6 +212,16 @@ def get_preset(preset: str | ModelConfig) -> ModelConfig:
 
 
 MAX_CAMERAS = 12
+
+
+def with_capacity(cfg: ModelConfig, num_anchor: int, num_temp_instances: int, num_output: int) -> ModelConfig:
+    """``cfg`` with another head capacity: anchors (instances per frame), temporal instances carried
+    to the next frame, and outputs decoded per frame (``bench/bench_capacity.py`` measures the cost
+    and the recall ceiling). The learned anchor table has ``num_anchor`` rows, so weights of another
+    capacity do not load as they are (training's ``--init`` grows them)."""
+    head = replace(cfg.head, num_anchor=int(num_anchor), num_temp_instances=int(num_temp_instances),
+                   num_output=int(num_output))
+    return replace(cfg, head=head)
 
 
 def with_num_cams(cfg: ModelConfig, num_cams: int) -> ModelConfig:

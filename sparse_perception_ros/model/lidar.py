@@ -37,8 +37,9 @@ from .config import LidarConfig
 
 __all__ = ["LidarBranch", "LidarCandidates", "BevSampler", "PillarEncoder", "REG_DIMS", "pad_points"]
 
-# Regression channels of the BEV box head: [dx, dy, z, log W, log L, log H, sin, cos]; dx, dy
-# are the centre's offset inside its BEV cell in cells (target in [0, 1)).
+# Box channels of the BEV regression: [dx, dy, z, log W, log L, log H, sin, cos]; dx, dy are the
+# centre's offset inside its BEV cell in cells (target in [0, 1)). LidarConfig.velocity adds vx, vy
+# after them (LidarConfig.reg_dims).
 REG_DIMS = 8
 
 
@@ -49,8 +50,8 @@ class LidarCandidates:
     Attributes:
         bev: ``[bs, E, H_bev, W_bev]`` BEV features (sampled by :class:`BevSampler`).
         heatmap: ``[bs, n_cls, H_bev, W_bev]`` class heatmap logits.
-        regression: ``[bs, 8, H_bev, W_bev]`` box regression (see ``REG_DIMS``).
-        anchor: ``[bs, K, 11]`` candidate anchors (velocity 0), detached.
+        regression: ``[bs, R, H_bev, W_bev]`` box regression, ``R = cfg.reg_dims`` (8, or 10 with velocity).
+        anchor: ``[bs, K, 11]`` candidate anchors (velocity regressed with ``cfg.velocity``, else 0), detached.
         feature: ``[bs, K, E]`` candidate instance features.
         score: ``[bs, K]`` peak heatmap probability of each candidate.
         valid: ``[bs]`` float32, 1 where a sweep was given (``num_points > 0``), else 0.
@@ -145,7 +146,7 @@ class LidarBranch(nn.Module):
         layers += _conv_bn(c, embed_dims) + _conv_bn(embed_dims, embed_dims)
         self.bev_net = nn.Sequential(*layers)
         self.heatmap = nn.Conv2d(embed_dims, num_classes, 3, padding=1)
-        self.regression = nn.Conv2d(embed_dims, REG_DIMS, 3, padding=1)
+        self.regression = nn.Conv2d(embed_dims, cfg.reg_dims, 3, padding=1)
         self.candidate_fc = nn.Sequential(nn.Linear(embed_dims + num_classes, embed_dims), nn.ReLU(inplace=True),
                                           nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims))
         nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.1) / 0.1))  # CenterPoint's prior 0.1
@@ -165,7 +166,7 @@ class LidarBranch(nn.Module):
         score, idx = torch.where(is_peak, peak, torch.zeros_like(peak)).flatten(1).topk(cfg.num_candidates, dim=1)
         row = torch.div(idx, wb, rounding_mode="floor")
         col = idx - row * wb
-        reg_k = torch.gather(reg.flatten(2), 2, idx[:, None].expand(-1, REG_DIMS, -1)).transpose(1, 2)  # [bs, K, 8]
+        reg_k = torch.gather(reg.flatten(2), 2, idx[:, None].expand(-1, reg.shape[1], -1)).transpose(1, 2)  # [bs, K, R]
         x0, y0 = cfg.point_range[0], cfg.point_range[1]
         cell = cfg.bev_cell
         centre_x = x0 + (col.to(bev.dtype) + reg_k[..., 0]) * cell
@@ -175,7 +176,9 @@ class LidarBranch(nn.Module):
             torch.stack([centre_x, centre_y, reg_k[..., 2]], dim=-1),  # X, Y, Z
             reg_k[..., 3:6],  # log W, log L, log H
             reg_k[..., 6:8],  # sin, cos
-            torch.zeros_like(reg_k[..., :3]),  # vx, vy, vz
+            # vx, vy regressed with cfg.velocity (vz 0), else all 0
+            reg_k[..., 8:10] if cfg.velocity else torch.zeros_like(reg_k[..., :2]),
+            torch.zeros_like(reg_k[..., :1]),
         ], dim=-1).detach()
         feat_k = torch.gather(bev.flatten(2), 2, idx[:, None].expand(-1, self.embed_dims, -1)).transpose(1, 2)
         cls_k = torch.gather(heat.flatten(2), 2, idx[:, None].expand(-1, self.num_classes, -1)).transpose(1, 2)

@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from these weights (a checkpoint or a bundled models/*.pt of the same preset) with "
                         "a fresh optimizer and schedule: fine-tuning, or a second schedule after a first run")
     p.add_argument("--preset", default="tiny", help="model preset (tiny, tiny_fusion, sparse4dv3_r50)")
+    p.add_argument("--capacity", default=None, metavar="A,T,O",
+                   help="train another head capacity than the preset's: anchors, temporal instances, outputs "
+                        "(e.g. 300,200,100; bench/bench_capacity.py); --init from smaller weights grows them")
+    p.add_argument("--lidar-velocity", action="store_true",
+                   help="fused presets: the BEV box head also regresses (vx, vy) for the LiDAR candidates "
+                        "(LidarConfig.velocity; wants multi-sweep input)")
     g = p.add_argument_group("data")
     g.add_argument("--dataroot", default=None,
                    help="nuScenes-format root to train on (read with nuscenes-devkit); default: synthetic data")
@@ -99,10 +105,28 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _fused(args: argparse.Namespace) -> bool:
-    from ..model.config import get_preset
+def model_config(args: argparse.Namespace):
+    """The preset, with ``--capacity`` and ``--lidar-velocity`` applied. Raises ValueError naming the option."""
+    from dataclasses import replace
 
-    return get_preset(args.preset).lidar is not None
+    from ..model.config import get_preset, with_capacity
+
+    cfg = get_preset(args.preset)
+    if getattr(args, "capacity", None):
+        try:
+            a, t, o = (int(v) for v in str(args.capacity).split(","))
+            cfg = with_capacity(cfg, a, t, o)
+        except ValueError as exc:
+            raise ValueError(f"--capacity must be A,T,O with 0 < T < A and O <= A (e.g. 300,200,100): {exc}") from None
+    if getattr(args, "lidar_velocity", False):
+        if cfg.lidar is None:
+            raise ValueError(f"--lidar-velocity needs a fused preset; {args.preset} has no LiDAR branch")
+        cfg = replace(cfg, lidar=replace(cfg.lidar, velocity=True))
+    return cfg
+
+
+def _fused(args: argparse.Namespace) -> bool:
+    return model_config(args).lidar is not None
 
 
 def _with_points(args: argparse.Namespace) -> bool:
@@ -243,7 +267,12 @@ def run(args: argparse.Namespace) -> int:
     from .augment import AugmentConfig
     from .trainer import TrainConfig, TrainingDiverged, train
 
-    fused = _fused(args)
+    try:
+        mcfg = model_config(args)
+    except ValueError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    fused = mcfg.lidar is not None
     drops = {"lidar_dropout": 0.2 if args.lidar_dropout is None else args.lidar_dropout,
              "camera_dropout": 0.1 if args.camera_dropout is None else args.camera_dropout} if fused else {}
     if not fused and (args.lidar_dropout or args.camera_dropout):
@@ -264,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
         meta["init"] = {"path": str(args.init), "sha256": _sha256(args.init)}
     try:
         result = train(samples, cfg, out, resume=args.resume, meta=meta, stop_at=args.stop_at,
-                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, init=args.init)
+                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, init=args.init,
+                       model_cfg=mcfg)
     except TrainingDiverged as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 1

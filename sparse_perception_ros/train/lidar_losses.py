@@ -8,7 +8,8 @@ Targets per frame, on the BEV grid of :class:`~sparse_perception_ros.model.lidar
   centre cell; channels take the max over boxes;
 - regression at each centre cell: ``[dx, dy, z, log W, log L, log H, sin, cos]`` with ``dx, dy``
   the centre's offset inside the cell (in cells, ``[0, 1)``), the other entries as the head's
-  box encoding (``train/losses.py``).
+  box encoding (``train/losses.py``); with ``LidarConfig.velocity`` also ``vx, vy`` (m/s, model
+  frame; a GT box without a velocity, NaN, gets weight 0 there).
 
 Loss: the CenterNet Gaussian focal loss (alpha 2, beta 4) on ``sigmoid(heatmap)`` summed and
 divided by the number of GT centres, and L1 on the regression at the centre cells divided by the
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from ..model.config import LidarConfig
-from ..model.lidar import REG_DIMS, LidarCandidates
+from ..model.lidar import LidarCandidates
 
 __all__ = ["LidarLossConfig", "LIDAR_LOSS_NAMES", "bev_targets", "lidar_losses"]
 
@@ -42,7 +43,7 @@ def bev_targets(boxes: np.ndarray, labels: np.ndarray, cfg: LidarConfig, num_cla
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``boxes (N, 10)`` model frame, ``labels (N,)`` -> ``heatmap [n_cls, H, W]`` float32,
     ``cells (M, 2)`` int64 ``(row, col)`` of the boxes inside the grid and their regression
-    targets ``(M, 8)`` float32."""
+    targets ``(M, cfg.reg_dims)`` float32 (velocity NaN where unknown)."""
     wb, hb = cfg.bev_size
     cell = cfg.bev_cell
     x0, y0 = cfg.point_range[0], cfg.point_range[1]
@@ -60,8 +61,9 @@ def bev_targets(boxes: np.ndarray, labels: np.ndarray, cfg: LidarConfig, num_cla
         g = np.exp(-((rows_grid[r0:r1] - row) ** 2 + (cols_grid[:, c0:c1] - col) ** 2) / (2 * sigma**2))
         np.maximum(heat[lab, r0:r1, c0:c1], g.astype(np.float32), out=heat[lab, r0:r1, c0:c1])
         cells.append((row, col))
-        regs.append([fx - col, fy - row, b[2], np.log(b[3]), np.log(b[4]), np.log(b[5]), np.sin(b[6]), np.cos(b[6])])
-    return (heat, np.asarray(cells, np.int64).reshape(-1, 2), np.asarray(regs, np.float32).reshape(-1, REG_DIMS))
+        reg = [fx - col, fy - row, b[2], np.log(b[3]), np.log(b[4]), np.log(b[5]), np.sin(b[6]), np.cos(b[6])]
+        regs.append(reg + [b[7], b[8]] if cfg.velocity else reg)
+    return (heat, np.asarray(cells, np.int64).reshape(-1, 2), np.asarray(regs, np.float32).reshape(-1, cfg.reg_dims))
 
 
 def lidar_losses(lidar: LidarCandidates, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
@@ -83,8 +85,10 @@ def lidar_losses(lidar: LidarCandidates, boxes: Sequence[torch.Tensor], labels: 
         neg_loss = -(torch.log(1 - p) * p**2 * (1 - target) ** 4)[~pos].sum()
         hm_total = hm_total + pos_loss + neg_loss
         if len(cells):
-            pred = lidar.regression[b][:, cells[:, 0], cells[:, 1]].T  # [M, 8]
-            reg_total = reg_total + (pred - torch.from_numpy(regs)).abs().sum()
+            pred = lidar.regression[b][:, cells[:, 0], cells[:, 1]].T  # [M, R]
+            reg_target = torch.from_numpy(regs)
+            known = ~reg_target.isnan()
+            reg_total = reg_total + ((pred - reg_target.nan_to_num(0.0)).abs() * known).sum()
         n_total += len(cells)
     n = max(n_total, 1)
     return {"bev_hm": loss_cfg.hm_weight * hm_total / n, "bev_reg": loss_cfg.reg_weight * reg_total / n}

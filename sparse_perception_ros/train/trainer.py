@@ -31,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..model import build_model
 from ..model.backbone import FrozenBatchNorm2d
+from ..model.checkpoint import load_matching, read_checkpoint
 from ..model.config import ModelConfig, get_preset
 from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_get
 from .augment import AugmentConfig, collate_frame, draw_clip_aug
@@ -186,6 +187,30 @@ def init_model(samples: Sequence[TrainSample], cfg: TrainConfig, model_cfg: Mode
     return model
 
 
+# Tensors whose first dimension is a capacity: anchors per frame, and the LiDAR box regression's
+# output channels (8, or 10 with velocity). Weights of a smaller capacity grow into a larger model.
+GROWABLE = {"head.instance_bank.anchor": "model", "head.instance_bank.instance_feature": "model",
+            "pts_branch.regression.weight": "zeros", "pts_branch.regression.bias": "zeros"}
+
+
+def grow_state_dict(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """``sd`` with each :data:`GROWABLE` tensor that has fewer rows than the model's (``own``) padded
+    to the model's size: its rows first, then the fresh model's anchors (``model``: the default
+    anchors, uniform over +-40 m) or zeros (``zeros``: new regression channels start at 0 m/s).
+    Returns the dict and one note per grown tensor. Anything else must match as before."""
+    out, notes = dict(sd), []
+    for key, fill in GROWABLE.items():
+        if key not in sd or key not in own:
+            continue
+        old, new = sd[key], own[key]
+        if old.shape[1:] == new.shape[1:] and old.shape[0] < new.shape[0]:
+            grown = new.detach().clone() if fill == "model" else torch.zeros_like(new)
+            grown[: old.shape[0]] = old
+            out[key] = grown
+            notes.append(f"{key} grown from {old.shape[0]} to {new.shape[0]} rows ({fill} for the new ones)")
+    return out, notes
+
+
 def model_from_checkpoint(path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig | None = None):
     """A model of the preset with the weights of the training checkpoint (or bundled model) ``path``,
     ready to train: trainable backbone BN as in :func:`init_model`, plus the depth branch's weights
@@ -197,7 +222,10 @@ def model_from_checkpoint(path: str | Path, cfg: TrainConfig, model_cfg: ModelCo
     model = build_model(model_cfg or get_preset(cfg.preset))
     if cfg.train_bn:
         trainable_batchnorm(model.img_backbone)
-    model.load_official_checkpoint(path)
+    sd, grown = grow_state_dict(read_checkpoint(path), model.state_dict())
+    for note in grown:
+        print(f"train: init: {note}", file=sys.stderr)
+    load_matching(model, sd)
     attach_depth_branch(model, cfg)
     if getattr(model, "depth_branch", None) is not None:
         saved_sd = torch.load(path, weights_only=True)
