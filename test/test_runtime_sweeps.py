@@ -100,7 +100,7 @@ def test_window_and_max_sweeps_limit_the_history():
     pts = feed(builder(max_sweeps=4), list(range(10))).frame.points
     assert pts.shape == (12, 5) and np.allclose(np.unique(pts[:, 4]), [0, 0.05, 0.1, 0.15])
     pts = feed(builder(window_s=0.2), list(range(10))).frame.points
-    assert np.unique(pts[:, 4]).max() == pytest.approx(0.2)  # dt <= window (inclusive)
+    assert np.unique(pts[:, 4]).max() == pytest.approx(0.15)  # dt < window (0.5 s at 20 Hz: key + 9 sweeps)
     assert select_sweeps([T0, T0 + 100 * MS, T0 + 200 * MS, T0 + 300 * MS], T0 + 200 * MS,
                          SweepConfig(0.5, 3)) == [1, 0]  # newer than the key: never
 

@@ -84,10 +84,10 @@ class PerceptionNode(Node):
         if int(model.cfg.head.num_cams) != len(p.cameras.names):  # a model handed in (debug replay) is fixed
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, the model {model.cfg.head.num_cams}")
         try:
-            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold)
+            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold, weights_sweeps)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
-        self._builder.set_sweeps_from_params(p, weights_sweeps, fused=self.pipeline.lidar is not None)  # lidar.*
+        self._builder.set_sweeps(self.pipeline.sweeps)  # multi-sweep LiDAR (lidar.*; None: single sweeps)
         set_torch_threads(self.params.model.num_threads)  # per thread in torch: also where inference runs
         seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
         self.get_logger().info(f"warm-up of the model took {seconds:.1f} s")

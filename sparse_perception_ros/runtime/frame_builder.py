@@ -144,12 +144,6 @@ class FrameBuilder:
         self.sweeps = None if config is None or config.max_sweeps == 1 else SweepBuffer(config)
         self._sweep_counts = {}
 
-    def set_sweeps_from_params(self, params, weights_max_sweeps: int | None, fused: bool = True) -> None:
-        """:meth:`set_sweeps` as the node parameters ``lidar.*`` say (``lidar.max_sweeps: auto`` takes
-        ``weights_max_sweeps``, :func:`~.sweeps.resolve_max_sweeps`); single sweeps unless ``fused`` (a model
-        without a LiDAR branch ignores the points)."""
-        self.set_sweeps(SweepConfig.from_params(params, weights_max_sweeps) if fused else None)
-
     def add_sweep(self, points: PointsInput) -> None:
         """Buffer a sweep as it arrives (the node calls this for every sweep; a no-op for single sweeps)."""
         if self.sweeps is not None:

@@ -8,7 +8,7 @@ One function does the geometry, :func:`accumulate_sweeps`::
 
 ``(N, 5) float32 [x, y, z, intensity, dt]`` (metres in the key frame, intensity as given, dt in
 seconds, ``>= 0``). Which sweeps count is :func:`select_sweeps`: those strictly older than the key
-and at most ``window_s`` older, newest first, at most ``max_sweeps - 1`` of them (the key is the
+and less than ``window_s`` older (so 0.5 s at 20 Hz gives the key and 9 sweeps, the nuScenes convention), newest first, at most ``max_sweeps - 1`` of them (the key is the
 first of ``max_sweeps``). ``max_sweeps = 1`` is the single-sweep input (every ``dt = 0``). The model's
 point budget (``LidarConfig.max_points``, :func:`~.pipeline.thin_points`) applies to the result,
 i.e. after accumulation.
@@ -21,7 +21,7 @@ The node keeps the recent sweeps in a :class:`SweepBuffer`, a bounded ring:
 - a sweep is stored in its own sensor frame with its stamp; its pose in the world frame
   (``T_world_from_sensor`` at its stamp, through the node's TF) is looked up once, when the sweep is
   first used, and kept ("the pose used"); a sweep whose pose is unavailable is dropped and counted;
-- the buffer clears on a gap (a sweep newer than the newest buffered by more than ``window_s``), a
+- the buffer clears on a gap (a sweep newer than the newest buffered by ``window_s`` or more), a
   time jump backwards (a sweep older than the newest buffered), a change of the sensor frame, and on
   :meth:`SweepBuffer.clear` (a reset). Clears and drops are counted in :attr:`SweepBuffer.counters`.
 """
@@ -57,7 +57,7 @@ class SweepConfig:
     """Accumulation settings (``lidar.sweep_window`` and ``lidar.max_sweeps``).
 
     Attributes:
-        window_s: s, ``> 0``; sweeps older than the key by more are not used.
+        window_s: s, ``> 0``; sweeps older than the key by this much or more are not used.
         max_sweeps: ``>= 1``; sweeps per model input, the key included (1 = single sweep).
         max_buffered_points: ``>= 1``; the node's buffer holds at most this many decoded points.
     """
@@ -88,9 +88,9 @@ class SweepConfig:
 
 def select_sweeps(stamps_ns: Sequence[int], key_ns: int, config: SweepConfig) -> list[int]:
     """Indices of the sweeps (stamps ``stamps_ns``, any order) that join the key sweep at ``key_ns``:
-    older than the key by more than 0 and at most ``window_s``, newest first, at most ``max_sweeps - 1``."""
+    older than the key by more than 0 and less than ``window_s``, newest first, at most ``max_sweeps - 1``."""
     key_ns, window = int(key_ns), config.window_ns
-    ok = [i for i, t in enumerate(stamps_ns) if 0 < key_ns - int(t) <= window]
+    ok = [i for i, t in enumerate(stamps_ns) if 0 < key_ns - int(t) < window]
     ok.sort(key=lambda i: -int(stamps_ns[i]))
     return ok[: config.max_sweeps - 1]
 
@@ -209,7 +209,7 @@ class SweepBuffer:
                     self._clear("frame_changed")
                 elif stamp_ns < last.stamp_ns:
                     self._clear("time_jump_backward")
-                elif stamp_ns - last.stamp_ns > self.config.window_ns:
+                elif stamp_ns - last.stamp_ns >= self.config.window_ns:
                     self._clear("gap")
             self._sweeps.append(BufferedSweep(stamp_ns, frame_id, points))
             self._evict()
@@ -217,7 +217,7 @@ class SweepBuffer:
     def _evict(self) -> None:
         cfg = self.config
         newest = self._sweeps[-1].stamp_ns
-        self._sweeps = [s for s in self._sweeps if newest - s.stamp_ns <= cfg.window_ns][-cfg.max_sweeps:]
+        self._sweeps = [s for s in self._sweeps if newest - s.stamp_ns < cfg.window_ns][-cfg.max_sweeps:]
         total = sum(s.num_points for s in self._sweeps)
         while len(self._sweeps) > 1 and total > cfg.max_buffered_points:
             total -= self._sweeps.pop(0).num_points
