@@ -234,3 +234,18 @@ def test_training_samples_accumulate_as_the_node_does():
                    lambda t, s, st, w, ws=0.0: lookup(t, s, st, w) if s != "lidar_top" or t != "lidar_top" else np.eye(4))
     assert node.frame.points.shape == samples[1].points.shape
     assert np.abs(node.frame.points - samples[1].points).max() < 1e-4
+
+
+def test_sweep_count_belongs_to_the_weights(tmp_path):
+    """lidar.max_sweeps auto: the weights' lidar_sweeps entry; the bundled tiny_fusion has none (single sweeps)."""
+    import json
+
+    from sparse_perception_ros.runtime.loading import bundled_weights_path, load_max_sweeps
+
+    assert load_max_sweeps(bundled_weights_path("tiny_fusion")) is None  # trained on single sweeps
+    w = tmp_path / "w.pt"
+    (tmp_path / "w.pt.json").write_text(json.dumps({"lidar_sweeps": {"max_sweeps": 10}}))
+    assert load_max_sweeps(w) == 10
+    (tmp_path / "w.pt.json").write_text(json.dumps({"lidar_sweeps": {"max_sweeps": 0}}))
+    with pytest.raises(ValueError, match="w.pt.json.*max_sweeps"):
+        load_max_sweeps(w)
