@@ -78,6 +78,12 @@ class SyncParams:
 
 
 @dataclass(frozen=True)
+class LidarParams:
+    sweep_window: float
+    max_sweeps: int | str  # an integer >= 1, or "auto": the weights' own (runtime.sweeps)
+
+
+@dataclass(frozen=True)
 class TemporalParams:
     max_time_gap: float
     reassociate_distance: float
@@ -99,6 +105,7 @@ class PerceptionParams:
     frames: FrameParams
     cameras: CameraParams
     sync: SyncParams
+    lidar: LidarParams
     temporal: TemporalParams
     output: OutputParams
     qos_depth: int
@@ -165,7 +172,7 @@ def _build(tree: dict) -> PerceptionParams:
         value = tree[name]
         if isinstance(value, dict):
             cls = {"model": ModelParams, "frames": FrameParams, "cameras": CameraParams, "sync": SyncParams,
-                   "temporal": TemporalParams, "output": OutputParams}[name]
+                   "lidar": LidarParams, "temporal": TemporalParams, "output": OutputParams}[name]
             value = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
         kwargs[name] = value
     return PerceptionParams(**kwargs)

@@ -4,7 +4,8 @@ One node process, one rig; in order: both sensors, LiDAR silent for 3 s (the ass
 to camera-triggered frames, the fused model runs its camera path), every camera silent (frames
 carry only the sweep; the model runs LiDAR-only with all cameras masked), then both again. Each
 phase checks that outputs keep arriving, are finite, and that the node stays alive; the counters
-show which path ran. Score changes of a trained model under dropout are measured on held-out
+show which path ran. Last, multi-sweep LiDAR (``lidar.max_sweeps: 3``, ``lidar.sweep_window: 0.3``, so
+the dropout phases' sweeps 0.5 s apart stay single): sweeps 0.1 s apart reach the model accumulated. Score changes of a trained model under dropout are measured on held-out
 data in ``test/test_fusion_trained.py`` and recorded in ``models/README.md``.
 """
 
@@ -22,7 +23,8 @@ def session(tmp_path_factory):
     params = write_params(tmp_path_factory.mktemp("fused"), **{"model.preset": "tiny_fusion",
                                                                "output.score_threshold": 0.0,
                                                                "output.max_detections": 16,
-                                                               "sync.lidar_fallback_timeout": 1.0})
+                                                               "sync.lidar_fallback_timeout": 1.0,
+                                                               "lidar.max_sweeps": 3, "lidar.sweep_window": 0.3})
     proc = start_node(params)
     rig = Rig()
     rig.wait_for_node()
@@ -72,3 +74,21 @@ def test_dropouts_and_recovery(session):
     final = rig.counts()
     assert final.get("camera_masked", 0) == after.get("camera_masked", 0)  # no camera masked after recovery
     assert proc.poll() is None
+
+
+def test_multi_sweep_points_reach_the_model(session):
+    """Sweeps 0.1 s apart with the ego moving: each frame after the first carries up to 2 previous sweeps
+    (dt > 0), moved through TF; the jump from the previous phase's stamps clears the buffer (a gap)."""
+    rig, proc = session
+    before = rig.counts()
+    base = T0 + 40 * S
+    out = run_frames(rig, proc, [base + k * (S // 10) for k in range(5)])
+    assert len(out) >= 3 and finite(out)
+    rig.spin(1.0)
+    after = rig.counts()
+    sweeps = after.get("lidar/sweeps_accumulated", 0) - before.get("lidar/sweeps_accumulated", 0)
+    points = after.get("lidar/points_accumulated", 0) - before.get("lidar/points_accumulated", 0)
+    assert sweeps >= 4, f"previous sweeps fed to the model: {sweeps}; counters {after}"
+    assert points == 200 * sweeps  # every cloud has 200 points
+    assert after.get("lidar/sweeps_cleared/gap", 0) >= 1
+    assert not any(k.startswith("lidar/sweeps_dropped") for k in after), after

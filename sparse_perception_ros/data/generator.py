@@ -52,6 +52,9 @@ class SynthConfig:
     keyframe_hz: float = 2.0
     objects: int = 40
     sweeps: bool = True
+    # with sweeps=False: still cast every LiDAR sweep (keyframe cameras only), for multi-sweep LiDAR
+    # (runtime/sweeps.py) at the cost of ray casting alone
+    lidar_sweeps: bool = False
     jpeg_quality: int = 90
     # (name, weight) for every class (scene.parse_class_weights); None = scene.CLASS_WEIGHT
     class_weights: tuple[tuple[str, float], ...] | None = None
@@ -159,7 +162,7 @@ def _window(cfg: SynthConfig, scene: int, n: int) -> list[Record]:
     sample_token = make_token(cfg.seed, "sample", scene, n)
     events: list[tuple[int, int, Record]] = []
     key_renders = []
-    frames = range(lid_per_key) if cfg.sweeps else range(1)
+    frames = range(lid_per_key) if cfg.sweeps or cfg.lidar_sweeps else range(1)
     key_hit = None
     key_lidar_ts = 0
     for j in frames:

@@ -84,6 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="class mix override, e.g. bus=3,truck=4 (relative frequencies; the rest keep the "
                         "nuScenes-like defaults of data/scene.py)")
     p.add_argument("--no-sweeps", action="store_true", help="keyframes only (no intermediate camera/LiDAR frames)")
+    p.add_argument("--lidar-sweeps", action="store_true",
+                   help="with --no-sweeps: keep every LiDAR sweep (keyframe cameras only), for multi-sweep LiDAR")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality 1-100")
     p.add_argument("--images", choices=IMAGE_FORMATS, default="jpeg",
                    help="bag images: jpeg = CompressedImage (default), raw = Image rgb8")
@@ -101,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = SynthConfig(seed=args.seed, scenes=args.scenes, keyframes=args.keyframes, width=args.width,
                       height=args.height, beams=args.beams, azimuth_steps=args.azimuth_steps,
                       camera_hz=args.camera_hz, lidar_hz=args.lidar_hz, keyframe_hz=args.keyframe_hz,
-                      objects=args.objects, sweeps=not args.no_sweeps, jpeg_quality=args.jpeg_quality,
+                      objects=args.objects, sweeps=not args.no_sweeps,
+                      lidar_sweeps=args.lidar_sweeps, jpeg_quality=args.jpeg_quality,
                       class_weights=class_weights)
     try:
         cfg.validate()
@@ -112,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         print("synth: give --out (nuScenes root) and/or --bag-out (bags)", file=sys.stderr)
         return 2
     per_key = (cfg.camera_hz * 6 + cfg.lidar_hz) / cfg.keyframe_hz if cfg.sweeps else 7
+    if cfg.lidar_sweeps and not cfg.sweeps:
+        per_key = 6 + cfg.lidar_hz / cfg.keyframe_hz
     t0 = time.perf_counter()
     with progress_bar(int(cfg.scenes * cfg.keyframes * per_key), "synth") as bar:
         try:

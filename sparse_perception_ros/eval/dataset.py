@@ -22,7 +22,7 @@ from sparse_perception_ros.geometry.transforms import invert_transform, make_tra
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
 
 __all__ = ["CAMERA_CHANNELS", "SampleRef", "open_nuscenes", "find_version", "select_samples", "pose_matrix",
-           "T_global_from_lidar", "load_frame"]
+           "T_global_from_lidar", "load_frame", "lidar_history"]
 
 # Sparse4D / node camera order (cameras.names = front, front_right, front_left, back, back_left, back_right).
 CAMERA_CHANNELS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
@@ -105,11 +105,41 @@ def T_global_from_lidar(nusc, sample_token: str) -> np.ndarray:
     return _sensor_pose(nusc, nusc.get("sample_data", sample["data"][LIDAR]))
 
 
-def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bool = True) -> Frame:
+def lidar_history(nusc, lidar_sd: dict, sweeps) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The previous LIDAR_TOP sweeps of the key sample_data ``lidar_sd`` that ``sweeps`` (a
+    :class:`~sparse_perception_ros.runtime.sweeps.SweepConfig`) selects, as
+    :func:`~sparse_perception_ros.runtime.sweeps.accumulate_sweeps` takes them: ``(points (M, 4),
+    T_key_from_sweep, dt_s)``, newest first, through the ego poses of the sweeps' own stamps."""
+    from sparse_perception_ros.runtime.sweeps import select_sweeps
+
+    if sweeps is None or sweeps.max_sweeps <= 1:
+        return []
+    key_ns = int(lidar_sd["timestamp"]) * 1000
+    prev, chain = lidar_sd["prev"], []
+    while prev and len(chain) < sweeps.max_sweeps - 1:
+        sd = nusc.get("sample_data", prev)
+        if key_ns - int(sd["timestamp"]) * 1000 >= sweeps.window_ns:
+            break
+        chain.append(sd)
+        prev = sd["prev"]
+    T_key_from_global = invert_transform(_sensor_pose(nusc, lidar_sd))
+    picked = select_sweeps([int(sd["timestamp"]) * 1000 for sd in chain], key_ns, sweeps)
+    return [(_read_points(nusc, chain[i]), T_key_from_global @ _sensor_pose(nusc, chain[i]),
+             (key_ns - int(chain[i]["timestamp"]) * 1000) * 1e-9) for i in picked]
+
+
+def _read_points(nusc, sd: dict) -> np.ndarray:
+    raw = np.fromfile(Path(nusc.dataroot) / sd["filename"], dtype=np.float32)
+    return raw.reshape(-1, 5)[:, :4].copy() if raw.size % 5 == 0 else raw.reshape(-1, 4).copy()
+
+
+def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bool = True, sweeps=None) -> Frame:
     """The keyframe as the node would assemble it: 6 RGB images, K, ego-motion compensated extrinsics.
 
     ``T_world_from_model`` is the global pose of LIDAR_TOP; points ``(N, 4)`` float32 x, y, z,
-    intensity in LIDAR_TOP. A camera missing from the sample is masked (``present`` False).
+    intensity in LIDAR_TOP; with ``sweeps`` (a :class:`~sparse_perception_ros.runtime.sweeps.SweepConfig`
+    of ``max_sweeps > 1``) ``(N, 5)`` with the previous sweeps of the root (:func:`lidar_history`) and
+    ``dt``, accumulated by the node's function. A camera missing from the sample is masked (``present`` False).
     ``calibration_key`` digests K and the static camera <- LiDAR extrinsics, so per-frame ego-motion
     compensation does not count as a calibration change (as in the node).
     """
@@ -143,8 +173,11 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
         stamps[i] = int(sd["timestamp"]) * 1000
     points = None
     if with_points:
-        raw = np.fromfile(Path(nusc.dataroot) / lidar_sd["filename"], dtype=np.float32)
-        points = raw.reshape(-1, 5)[:, :4].copy() if raw.size % 5 == 0 else raw.reshape(-1, 4).copy()
+        points = _read_points(nusc, lidar_sd)
+        if sweeps is not None and sweeps.max_sweeps > 1:
+            from sparse_perception_ros.runtime.sweeps import accumulate_sweeps
+
+            points = accumulate_sweeps(points, lidar_history(nusc, lidar_sd, sweeps))
     return Frame(stamp_ns=int(lidar_sd["timestamp"]) * 1000, images=images, K=K, T_cam_from_model=T_cm,
                  present=present, T_world_from_model=T_gm, points=points, camera_stamps_ns=stamps,
                  calibration_key=calibration_key(K, T_static))

@@ -48,7 +48,7 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     from sparse_perception_ros.model import CLASS_NAMES
     from sparse_perception_ros.runtime.pipeline import Pipeline
 
-    threshold = None  # the weights' display threshold (output.score_threshold: auto)
+    threshold = sweeps = None  # the weights' display threshold and sweep count (the auto parameters)
     if backend == DEBUG_BACKEND:
         if gt_table is None:
             raise ValueError(f"backend {DEBUG_BACKEND!r} needs the ground-truth table")
@@ -60,7 +60,9 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
         mp = params.model if backend is None else replace(params.model, backend=backend)
         loaded = load_model(mp)
         model, note, threshold = loaded.stepper, loaded.note, loaded.score_threshold
-    return Pipeline.from_params(model, CLASS_NAMES, params, weights_score_threshold=threshold), note
+        sweeps = loaded.max_sweeps
+    return Pipeline.from_params(model, CLASS_NAMES, params, weights_score_threshold=threshold,
+                                weights_max_sweeps=sweeps), note
 
 
 def run_offline(nusc, samples, pipeline, progress=None) -> list[SampleResult]:
@@ -78,7 +80,7 @@ def run_offline(nusc, samples, pipeline, progress=None) -> list[SampleResult]:
             state = PipelineState.empty(next_track_id=state.temporal.next_track_id)
             scene = ref.scene_name
         t0 = time.perf_counter()
-        frame = load_frame(nusc, ref.token)
+        frame = load_frame(nusc, ref.token, sweeps=pipeline.sweeps)  # lidar.*: as the node accumulates
         t1 = time.perf_counter()
         det, state = pipeline.step(frame, state)
         timings = {"load": 1e3 * (t1 - t0), **det.timings_ms}

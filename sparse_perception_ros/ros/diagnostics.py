@@ -4,7 +4,7 @@ Counter keys (all in ``/diagnostics``, cumulative since start): ``refused/<input
 ``refused_total`` for refused inputs, ``tf_refused:<parent>-><child>`` for refused transforms,
 ``camera_masked``, ``camera_silent/<camera>`` (times the camera went silent),
 ``camera_info_pending/<camera>`` (images masked while the camera's first CameraInfo was still on
-its way), ``reset/<rule>``, ``frame_error_total`` and ``frame_error/<type>``, the pipeline's
+its way), ``reset/<rule>``, the frame builder's ``lidar/...`` multi-sweep counters (``BuiltFrame.counters``), ``frame_error_total`` and ``frame_error/<type>``, the pipeline's
 per-frame counters (``Detections.counters``) and whatever the node counts itself
 (``frames_published``, ``frames_skipped``, ...). Only counters are values; what is logged once is
 remembered apart.
@@ -157,6 +157,9 @@ class NodeDiagnostics:
             self._log.warning(warning)
         if missing := int((~built.frame.present).sum()):
             self.stats.count("camera_masked", missing)
+        for key, n in getattr(built, "counters", {}).items():  # e.g. lidar/sweeps_accumulated (runtime/sweeps.py)
+            if n:
+                self.stats.count(key, n)
 
     def detections(self, det) -> None:
         """A :class:`~sparse_perception_ros.runtime.pipeline.Detections`: its per-frame counters and reset."""

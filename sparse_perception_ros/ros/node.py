@@ -6,10 +6,9 @@ Outputs: ``~/output/objects`` (Detection3DArray), ``~/output/markers``, ``~/outp
 
 ``configure()`` loads the model for this rig, ``activate()`` subscribes (entry point: ``ros/node_main.py``).
 Callbacks run cheap checks on every message (no decoding; with ``cameras.decode_on_arrival`` an image is also
-decoded there) and buffer it in the :class:`FrameAssembler`. A worker thread takes the newest frame (older
-ones are skipped and counted), has the ROS-free :class:`FrameBuilder` build the Frame through this node's TF
-(the model frame by the weights' convention, ``runtime/model_frame.py``), runs ``Pipeline.step`` and
-publishes. A refused input is logged once and counted; silent cameras are logged and counted per camera.
+decoded there) and buffer it in the :class:`FrameAssembler` (every sweep also in the builder's multi-sweep buffer).
+A worker takes the newest frame (older ones skipped, counted), has the ROS-free :class:`FrameBuilder` build it
+through this node's TF (model frame: ``runtime/model_frame.py``), runs ``Pipeline.step`` and publishes. A refused input is logged once and counted; silent cameras are logged and counted per camera.
 Times (sync and TF waits, latency) are on the node's ROS clock, so ``use_sim_time`` replays need no rescaling.
 """
 
@@ -73,20 +72,22 @@ class PerceptionNode(Node):
         from sparse_perception_ros.model import CLASS_NAMES
         from sparse_perception_ros.runtime.loading import load_model
 
-        p, weights_threshold = self.params, None  # the weights' display threshold (output.score_threshold: auto)
+        p, weights_threshold, weights_sweeps = self.params, None, None  # the weights' own (for the auto parameters)
         convention = NUSCENES_LIDAR_TOP  # the frame the weights were trained in
         if model is None:
             loaded = load_model(p.model, num_cams=len(p.cameras.names))  # the same weights run any camera count
             self.get_logger().info(loaded.note)
             model, weights_threshold, convention = loaded.stepper, loaded.score_threshold, loaded.frame_convention
+            weights_sweeps = loaded.max_sweeps
         self._frame = ModelFrame(p.frames.model_frame, p.frames.model_frame_axes, convention)
         self._lookup = self._frame.wrap(self._tf.lookup)  # the model frame's lookups carry the axes turn
         if int(model.cfg.head.num_cams) != len(p.cameras.names):  # a model handed in (debug replay) is fixed
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, the model {model.cfg.head.num_cams}")
         try:
-            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold)
+            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold, weights_sweeps)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
+        self._builder.set_sweeps(self.pipeline.sweeps)  # multi-sweep LiDAR (lidar.*; None: single sweeps)
         set_torch_threads(self.params.model.num_threads)  # per thread in torch: also where inference runs
         seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
         self.get_logger().info(f"warm-up of the model took {seconds:.1f} s")
@@ -185,6 +186,7 @@ class PerceptionNode(Node):
         try:  # layout only; the conversion runs in the worker for the frames it takes
             convert.check_pointcloud2(msg)
             points = PointsInput(partial(convert.pointcloud2_to_points, msg), msg.header.frame_id, stamp)
+            self._builder.add_sweep(points)
         except convert.ConversionError as exc:
             self.diag.refuse("points", exc)
             points = None  # the sweep still opens its frame (cameras only)

@@ -9,7 +9,9 @@ memory:
 - per camera, ``T_cam_from_model`` at the camera's *own* stamp ``t_cam``: the ego motion between
   trigger and exposure is compensated, ``T_cam_from_world(t_cam) @ T_world_from_model(t_ref)``;
 - the sweep moved into the model frame (through the world frame at its own stamp when that
-  differs from ``t_ref``);
+  differs from ``t_ref``); with multi-sweep accumulation (:meth:`FrameBuilder.set_sweeps`,
+  ``lidar.max_sweeps > 1``) the previous sweeps of :mod:`.sweeps`' buffer join it, each moved through
+  the world frame at its own stamp, with a ``dt`` column (:func:`~.sweeps.accumulate_sweeps`);
 - calibration changes, detected here and only here: a known camera whose intrinsics or static
   mounting (camera <- model at ``t_ref``, without the ego-motion term) moved bumps a generation
   that goes into ``Frame.calibration_key``, so ``Pipeline.step`` resets the temporal state once.
@@ -36,6 +38,7 @@ import numpy as np
 
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
+from sparse_perception_ros.runtime.sweeps import SweepBuffer, SweepConfig, accumulate_sweeps
 from sparse_perception_ros.runtime.undistort import Undistorter
 
 __all__ = ["CameraInput", "PointsInput", "InputRefused", "BuiltFrame", "Lookup", "FrameBuilder"]
@@ -91,6 +94,10 @@ class BuiltFrame:
         calibration_changed: cameras whose calibration changed with this frame.
         awaiting_calibration: cameras with an image but no CameraInfo received yet (masked, not refused).
         warnings: one-time messages for the caller to log loudly (a distorted camera with undistortion off).
+        counters: event counts to add to the caller's counters: with multi-sweep accumulation
+            ``lidar/sweeps_accumulated`` and ``lidar/points_accumulated`` (previous sweeps and their
+            points in this frame, ``dt > 0``), and the sweep buffer's clears and drops since the last
+            frame (:class:`~.sweeps.SweepBuffer`).
     """
 
     frame: Frame
@@ -98,6 +105,7 @@ class BuiltFrame:
     calibration_changed: list[str] = field(default_factory=list)
     awaiting_calibration: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class FrameBuilder:
@@ -127,6 +135,19 @@ class FrameBuilder:
         self._known: dict[str, str] = {}  # camera -> digest of (K, static T_cam_from_model) last seen
         self.generation = 0  # bumped when a known camera's calibration changes
         self.undistorter = Undistorter(undistort)
+        self.sweeps: SweepBuffer | None = None  # multi-sweep accumulation (set_sweeps); None = single sweep
+        self._sweep_counts: dict[str, int] = {}  # the buffer's counters already reported
+
+    def set_sweeps(self, config: SweepConfig | None) -> None:
+        """Accumulate ``config.max_sweeps`` sweeps within ``config.window_s`` (a fresh, empty buffer);
+        None or ``max_sweeps == 1``: single sweeps. Every sweep must then reach :meth:`add_sweep`."""
+        self.sweeps = None if config is None or config.max_sweeps == 1 else SweepBuffer(config)
+        self._sweep_counts = {}
+
+    def add_sweep(self, points: PointsInput) -> None:
+        """Buffer a sweep as it arrives (the node calls this for every sweep; a no-op for single sweeps)."""
+        if self.sweeps is not None:
+            self.sweeps.add(points.stamp_ns, points.frame_id, points.points)
 
     @classmethod
     def from_params(cls, params) -> FrameBuilder:
@@ -189,12 +210,18 @@ class FrameBuilder:
             if self._note_calibration(cam, self._last_K[cam], T_static):
                 changed.append(cam)
             images[i], present[i] = rgb, True
+        counters: dict[str, int] = {}
         frame = Frame(stamp_ns=t_ref, images=images, K=np.stack([self._last_K[c] for c in self.cameras]),
                       T_cam_from_model=np.stack([self._last_T[c] for c in self.cameras]), present=present,
                       T_world_from_model=T_world_from_model,
-                      points=self._points(points, t_ref, T_world_from_model, lookup, refused),
+                      points=self._points(points, t_ref, T_world_from_model, lookup, refused, counters),
                       camera_stamps_ns=stamps, calibration_key=f"generation-{self.generation}")
-        return BuiltFrame(frame, refused, changed, awaiting, warnings)
+        if self.sweeps is not None:  # the buffer's clears and drops since the last frame
+            for key, n in list(self.sweeps.counters.items()):
+                if n > self._sweep_counts.get(key, 0):
+                    counters[key] = n - self._sweep_counts.get(key, 0)
+                    self._sweep_counts[key] = n
+        return BuiltFrame(frame, refused, changed, awaiting, warnings, counters)
 
     def check_image_size(self, camera: str, width: int, height: int) -> None:
         """Raise :class:`InputRefused` (``"image size"``) if ``camera`` has a calibration of another size
@@ -232,12 +259,14 @@ class FrameBuilder:
         return T_static, None if T_cam_from_world is None else T_cam_from_world @ T_world_from_model
 
     def _points(self, p: PointsInput | None, t_ref: int, T_world_from_model: np.ndarray | None, lookup: Lookup,
-                refused: list) -> np.ndarray | None:
-        """The sweep in the model frame at ``t_ref`` (ego motion between the stamps compensated), or None."""
+                refused: list, counters: dict[str, int]) -> np.ndarray | None:
+        """The sweep in the model frame at ``t_ref`` (ego motion between the stamps compensated), or None;
+        with accumulation, ``(N, 5)`` with the previous sweeps and ``dt`` (:func:`~.sweeps.accumulate_sweeps`)."""
         if p is None:
             return None
+        buffered = None if self.sweeps is None else self.sweeps.get(p.stamp_ns, p.frame_id)
         try:
-            pts = p.points() if callable(p.points) else p.points
+            pts = buffered.decoded() if buffered is not None else p.points() if callable(p.points) else p.points
         except ValueError as exc:
             refused.append(("points", exc))
             return None
@@ -248,6 +277,14 @@ class FrameBuilder:
             T = lookup(self.model_frame, p.frame_id, t_ref, "points", 0.0)
         if T is None:
             return None
+        if self.sweeps is not None:
+            T_model_from_world = None if T_world_from_model is None else invert_transform(T_world_from_model)
+            history = self.sweeps.history(p.stamp_ns, p.frame_id, self.world_frame,
+                                          lambda target, source, stamp: lookup(target, source, stamp, "sweeps", 0.0),
+                                          T_model_from_world)
+            counters["lidar/sweeps_accumulated"] = len(history)
+            counters["lidar/points_accumulated"] = sum(len(h[0]) for h in history)
+            return accumulate_sweeps(pts, history, T)
         out = np.array(pts, dtype=np.float32)  # a copy: the input is left as it was
         out[:, :3] = out[:, :3] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
         return out

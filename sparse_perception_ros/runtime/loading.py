@@ -11,7 +11,8 @@ import torch
 from sparse_perception_ros.params import ModelParams, ParameterError
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 
-__all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold"]
+__all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold",
+           "load_max_sweeps"]
 
 
 def bundled_weights_path(preset: str) -> Path | None:
@@ -58,19 +59,42 @@ def load_score_threshold(checkpoint: str | Path | None) -> float | None:
         raise ValueError(f"{path}: {exc}") from None
 
 
+def load_max_sweeps(checkpoint: str | Path | None) -> int | None:
+    """The sweep count the weights were trained with: ``lidar_sweeps.max_sweeps`` of ``<checkpoint>.json``
+    (used by ``lidar.max_sweeps: auto``, :func:`~.sweeps.resolve_max_sweeps`), or None when there is no
+    such file or entry (single-sweep weights). Raises ``ValueError`` naming the file when malformed."""
+    if checkpoint is None:
+        return None
+    path = Path(str(checkpoint) + ".json")
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if "lidar_sweeps" not in doc:
+            return None
+        value = doc["lidar_sweeps"]["max_sweeps"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"lidar_sweeps.max_sweeps must be an integer >= 1, got {value!r}")
+        return value
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """What :func:`load_model` gives: the stepper, a one-line note for the log, whether the
     weights are random (a preset with no bundled weights and no ``model.checkpoint``), the frame
     the weights were trained in (``<weights>.json``, see :mod:`.model_frame`) and their display
     threshold (:func:`load_score_threshold`; None: the weights have none, and
-    ``output.score_threshold: auto`` uses :data:`~.pipeline.DEFAULT_SCORE_THRESHOLD`)."""
+    ``output.score_threshold: auto`` uses :data:`~.pipeline.DEFAULT_SCORE_THRESHOLD`) and the sweep count
+    they were trained with (:func:`load_max_sweeps`; None: single sweeps, what ``lidar.max_sweeps: auto`` then uses)."""
 
     stepper: object  # a runtime.backends.Stepper
     note: str
     random_weights: bool
     frame_convention: FrameConvention = NUSCENES_LIDAR_TOP
     score_threshold: float | None = None
+    max_sweeps: int | None = None
 
 
 def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> LoadedModel:
@@ -140,10 +164,17 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         threshold = load_score_threshold(path)
     except ValueError as exc:
         raise ParameterError("model.checkpoint", f"display threshold: {exc}") from None
+    try:
+        max_sweeps = load_max_sweeps(path)
+    except ValueError as exc:
+        raise ParameterError("model.checkpoint", f"LiDAR sweeps: {exc}") from None
     from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
 
     detail += (f"; display threshold {threshold:g} (stored with the weights, used by output.score_threshold auto)"
                if threshold is not None else
                f"; no display threshold stored with these weights (output.score_threshold auto uses "
                f"{DEFAULT_SCORE_THRESHOLD:g})")
-    return LoadedModel(stepper, note + detail, path is None, convention, threshold)
+    if cfg.lidar is not None:
+        detail += (f"; trained on {max_sweeps} LiDAR sweeps (lidar.max_sweeps auto)" if max_sweeps is not None else
+                   "; no sweep count stored with these weights (single sweeps; lidar.max_sweeps auto uses 1)")
+    return LoadedModel(stepper, note + detail, path is None, convention, threshold, max_sweeps)

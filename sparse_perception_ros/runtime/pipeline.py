@@ -233,14 +233,24 @@ class Pipeline:
         config: :class:`PipelineConfig`.
     """
 
+    sweeps = None  # a runtime.sweeps.SweepConfig for the frames' producers (from_params), None = single sweeps
+
     @classmethod
-    def from_params(cls, model, class_names, params, weights_score_threshold: float | None = None) -> Pipeline:
+    def from_params(cls, model, class_names, params, weights_score_threshold: float | None = None,
+                    weights_max_sweeps: int | None = None) -> Pipeline:
         """The pipeline the node parameters describe (``params``: a
         :class:`~sparse_perception_ros.params.PerceptionParams`; ``weights_score_threshold``: the
         loaded weights' display threshold, :attr:`~.loading.LoadedModel.score_threshold`, used by
         ``output.score_threshold: auto``); the node and ``eval --offline`` both build theirs here,
-        so a new option reaches both."""
-        return cls(model, class_names, PipelineConfig.from_params(params, weights_score_threshold))
+        so a new option reaches both. ``sweeps`` is then the multi-sweep accumulation the frames must carry
+        (``lidar.*``; ``lidar.max_sweeps: auto`` takes ``weights_max_sweeps``, :func:`~.sweeps.resolve_max_sweeps`),
+        None for a model without a LiDAR branch: the node's FrameBuilder and ``eval --offline`` read it."""
+        from sparse_perception_ros.runtime.sweeps import SweepConfig
+
+        pipeline = cls(model, class_names, PipelineConfig.from_params(params, weights_score_threshold))
+        if pipeline.lidar is not None:
+            pipeline.sweeps = SweepConfig.from_params(params, weights_max_sweeps)
+        return pipeline
 
     def __init__(self, model: Stepper, class_names, config: PipelineConfig):
         if not isinstance(model, Stepper):

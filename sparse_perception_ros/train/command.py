@@ -63,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=1, help="processes rendering synthetic data")
     g.add_argument("--data-cache", default=None,
                    help="file to store the loaded training keyframes in (reused when its data settings match)")
+    g.add_argument("--max-sweeps", type=int, default=1,
+                   help="fused presets: LiDAR sweeps per keyframe, the key included (multi-sweep LiDAR with a dt "
+                        "channel, as the node's lidar.max_sweeps; synthetic data then casts every sweep); write it "
+                        "into the weights' <weights>.json as lidar_sweeps.max_sweeps for lidar.max_sweeps auto")
+    g.add_argument("--sweep-window", type=float, default=0.5, help="with --max-sweeps > 1: window in s (lidar.sweep_window)")
     g.add_argument("--val-seed", type=int, default=2, help="seed of the held-out synthetic scenes (differs from --synth-seed)")
     g.add_argument("--val-scenes", type=int, default=0,
                    help="held-out synthetic scenes for a quick simplified mAP after training (0 = none; the "
@@ -134,8 +139,20 @@ def _with_points(args: argparse.Namespace) -> bool:
     return _fused(args) or getattr(args, "depth_weight", 0.0) > 0
 
 
+def _sweeps(args: argparse.Namespace):
+    """``(SweepConfig | None, max_points | None)`` of ``--max-sweeps`` / ``--sweep-window`` (fused presets)."""
+    from ..model.config import get_preset
+    from ..runtime.sweeps import SweepConfig
+
+    if getattr(args, "max_sweeps", 1) <= 1 or not _fused(args):
+        return None, None
+    return SweepConfig(args.sweep_window, args.max_sweeps), get_preset(args.preset).lidar.max_points
+
+
 def _data_settings(args: argparse.Namespace) -> dict:
     points = {"with_points": True} if _with_points(args) else {}
+    if (sweeps := _sweeps(args)[0]) is not None:
+        points.update(max_sweeps=sweeps.max_sweeps, sweep_window=sweeps.window_s)
     if args.dataroot:
         return {"dataroot": str(args.dataroot), "version": args.version, "split": args.split, **points}
     mix = {"class_weights": dict(parse_class_weights(args.class_weights))} if args.class_weights else {}
@@ -179,12 +196,16 @@ def _load_samples(args: argparse.Namespace):
         if not args.split:
             print("train: no --split given, training on every scene of the root (validation scenes included)",
                   file=sys.stderr)
-        samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=False), with_points=_with_points(args))
+        sweeps, max_points = _sweeps(args)
+        samples = samples_from_streams(read_scenes(nusc, scenes, sweeps=sweeps is not None),
+                                       with_points=_with_points(args), sweeps=sweeps, max_points=max_points)
     else:
         w, h = args.image_size
         mix = parse_class_weights(args.class_weights) if args.class_weights else None
+        sweeps, max_points = _sweeps(args)
         samples = synthetic_samples(args.synth_seed, args.scenes, args.keyframes, w, h, args.objects, args.workers,
-                                    with_points=_with_points(args), class_weights=mix)
+                                    with_points=_with_points(args), class_weights=mix, sweeps=sweeps,
+                                    max_points=max_points)
     if args.data_cache:
         save_samples(samples, args.data_cache, settings)
     return samples
@@ -305,8 +326,9 @@ def run(args: argparse.Namespace) -> int:
         from .quick_eval import quick_map, run_inference
 
         w, h = args.image_size
+        sweeps, max_points = _sweeps(args)
         val = synthetic_samples(args.val_seed, args.val_scenes, args.keyframes, w, h, args.objects, args.workers,
-                                with_points=fused)
+                                with_points=fused, sweeps=sweeps, max_points=max_points)
         t2 = time.perf_counter()
         res = quick_map(run_inference(result.model, val), val)
         res["inference_s_per_frame"] = (time.perf_counter() - t2) / max(len(val), 1)

@@ -79,7 +79,9 @@ class TrainSample:
         instance_ids: ``(N,)`` int64, stable per object within the scene.
         image_wh: ``(W, H)`` of each stored image.
         points: the key sweep ``(P, 4)`` float32 ``[x, y, z, intensity]`` in LIDAR_TOP (fused
-            training, ``with_points=True``), else None.
+            training, ``with_points=True``), else None; with multi-sweep accumulation (``sweeps``)
+            ``(P, 5)`` ``[x, y, z, intensity, dt]``: the key sweep and its previous sweeps moved into it
+            (:func:`~sparse_perception_ros.runtime.sweeps.accumulate_sweeps`, as the node does).
     """
 
     scene: str
@@ -125,15 +127,26 @@ def _boxes_in_lidar(kf: KeyframeRecord, t_lidar_from_world: np.ndarray, instance
 
 
 def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_NAMES,
-                        decode: bool = False, min_lidar_pts: int = 1, with_points: bool = False
-                        ) -> Iterator[TrainSample]:
+                        decode: bool = False, min_lidar_pts: int = 1, with_points: bool = False,
+                        sweeps=None, max_points: int | None = None) -> Iterator[TrainSample]:
     """One :class:`TrainSample` per complete keyframe of a scene stream (6 key cameras, key LiDAR, GT).
 
     Sweeps (non-key records) are skipped. GT boxes with fewer than ``min_lidar_pts`` LiDAR points
     are dropped (the reference trains on nuScenes' ``valid_flag`` boxes, i.e. seen by a sensor).
     ``decode=True`` stores decoded RGB arrays instead of the encoded bytes (faster per iteration,
     ~30x more memory). ``with_points=True`` keeps the key sweep's ``x, y, z, intensity``.
+
+    ``sweeps`` (a :class:`~sparse_perception_ros.runtime.sweeps.SweepConfig` with ``max_sweeps > 1``):
+    the key sweep joins the stream's previous LIDAR_TOP sweeps (non-key records; the stream must carry
+    them: ``SynthConfig.lidar_sweeps`` or ``read_scenes(sweeps=True)``) that the node would accumulate,
+    moved through the ego poses, with ``dt``; ``max_points`` then thins the result as the pipeline does
+    (:func:`~sparse_perception_ros.runtime.pipeline.thin_points`), which keeps the stored samples small.
     """
+    from ..runtime.pipeline import thin_points
+    from ..runtime.sweeps import accumulate_sweeps, select_sweeps
+
+    multi = sweeps is not None and sweeps.max_sweeps > 1
+    recent: list[LidarRecord] = []  # the LIDAR_TOP sweeps of the last window, oldest first
     info = stream.info
     t_base_from_lidar = info.calibs[LIDAR_CHANNEL].T_base_from_sensor
     pending: dict[str, dict] = {}
@@ -142,11 +155,17 @@ def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_
         if isinstance(rec, KeyframeRecord):
             token = rec.sample_token
             pending.setdefault(token, {"cams": {}})["kf"] = rec
+        elif multi and isinstance(rec, LidarRecord) and rec.channel == LIDAR_CHANNEL and not rec.is_key_frame:
+            recent = _recent(recent, rec, sweeps)
+            continue
         elif isinstance(rec, (CameraRecord, LidarRecord)) and rec.is_key_frame and rec.sample_token:
             slot = pending.setdefault(rec.sample_token, {"cams": {}})
             if isinstance(rec, LidarRecord):
                 if rec.channel == LIDAR_CHANNEL:
                     slot["lidar"] = rec
+                    if multi:
+                        slot["history"] = list(recent)
+                        recent = _recent(recent, rec, sweeps)
             elif rec.channel in CAMERA_ORDER:
                 slot["cams"][rec.channel] = rec
         else:
@@ -171,16 +190,35 @@ def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_
         boxes, labels, ids = _boxes_in_lidar(slot["kf"], t_lidar_from_world, instance_index, class_names,
                                              min_lidar_pts)
         points = np.ascontiguousarray(lidar.points[:, :4], np.float32) if with_points else None
+        if with_points and multi:
+            hist = slot.get("history", [])
+            stamps = [r.timestamp_us * 1000 for r in hist]
+            picked = [hist[i] for i in select_sweeps(stamps, lidar.timestamp_us * 1000, sweeps)]
+            points = accumulate_sweeps(points, [
+                (r.points, t_lidar_from_world @ np.asarray(r.T_world_from_base, np.float64) @ t_base_from_lidar,
+                 (lidar.timestamp_us - r.timestamp_us) * 1e-6) for r in picked])
+        if points is not None and max_points is not None:
+            points = np.ascontiguousarray(thin_points(points, max_points))
         yield TrainSample(info.name, lidar.timestamp_us * 1e-6, images, np.stack(ks), np.stack(t_cams),
                           t_world_from_lidar, boxes, labels, ids, sizes, points)
 
 
+def _recent(recent: list[LidarRecord], rec: LidarRecord, sweeps) -> list[LidarRecord]:
+    """``recent`` plus ``rec``, keeping the sweeps a later key could still use (the last window)."""
+    t = rec.timestamp_us * 1000
+    if recent and recent[-1].timestamp_us > rec.timestamp_us:
+        recent = []  # a time jump back: as the node's buffer, start again
+    return [r for r in recent if t - r.timestamp_us * 1000 < sweeps.window_ns][-(sweeps.max_sweeps - 1):] + [rec]
+
+
 def samples_from_streams(streams: Iterable[SceneStream], class_names: Sequence[str] = CLASS_NAMES,
-                         decode: bool = False, with_points: bool = False) -> list[TrainSample]:
-    """All samples of all scenes, in stream order."""
+                         decode: bool = False, with_points: bool = False, sweeps=None,
+                         max_points: int | None = None) -> list[TrainSample]:
+    """All samples of all scenes, in stream order (``sweeps``, ``max_points``: :func:`samples_from_stream`)."""
     out: list[TrainSample] = []
     for s in streams:
-        out.extend(samples_from_stream(s, class_names, decode, with_points=with_points))
+        out.extend(samples_from_stream(s, class_names, decode, with_points=with_points, sweeps=sweeps,
+                                       max_points=max_points))
     return out
 
 
@@ -240,8 +278,10 @@ def make_clips(samples: Sequence[TrainSample], clip_len: int, stride: int | None
 
 def synthetic_samples(seed: int, scenes: int, keyframes: int, width: int, height: int, objects: int = 40,
                       workers: int = 1, decode: bool = False, with_points: bool = False,
-                      class_weights: tuple[tuple[str, float], ...] | None = None) -> list[TrainSample]:
-    """Render a synthetic set with the project's generator (keyframes only, no sweeps).
+                      class_weights: tuple[tuple[str, float], ...] | None = None, sweeps=None,
+                      max_points: int | None = None) -> list[TrainSample]:
+    """Render a synthetic set with the project's generator (keyframe cameras only; the LiDAR's sweeps
+    too when ``sweeps`` asks for several, ray casting alone: :func:`samples_from_stream`).
 
     ``class_weights``: the generator's class mix (``data.scene.parse_class_weights``); None = default.
 
@@ -251,5 +291,7 @@ def synthetic_samples(seed: int, scenes: int, keyframes: int, width: int, height
     from ..data.generator import SynthConfig, generate
 
     cfg = SynthConfig(seed=seed, scenes=scenes, keyframes=keyframes, width=width, height=height,
-                      objects=objects, sweeps=False, class_weights=class_weights)
-    return samples_from_streams(generate(cfg, workers=workers), decode=decode, with_points=with_points)
+                      objects=objects, sweeps=False, class_weights=class_weights,
+                      lidar_sweeps=sweeps is not None and sweeps.max_sweeps > 1)
+    return samples_from_streams(generate(cfg, workers=workers), decode=decode, with_points=with_points,
+                                sweeps=sweeps, max_points=max_points)
