@@ -66,7 +66,8 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 export PIP_CONSTRAINT="$ROOT/requirements/constraints.txt"
 say "installing pinned packages (ROS 2 Kilted wheels, torch CPU, ML stack, tools)"
-"${PIP[@]}" install -q -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/ml.txt" -r "$ROOT/requirements/dev.txt"
+"${PIP[@]}" install -q -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/ml.txt" -r "$ROOT/requirements/dev.txt" \
+  -r "$ROOT/requirements/tensorrt.txt"
 "${PIP[@]}" install -q --no-deps -r "$ROOT/requirements/nuscenes.txt"
 
 # cmake >= 3.22 is needed for the interface packages; take it from PyPI when the system's is missing or old.

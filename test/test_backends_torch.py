@@ -79,3 +79,32 @@ def test_pipeline_takes_a_stepper_not_a_raw_module():
                             reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0)
     with pytest.raises(TypeError, match="Stepper"):
         Pipeline(build_model("tiny"), ("car",), config)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def test_cuda_graph_needs_a_cuda_device(head):
+    """Asking for a CUDA graph on the CPU is an error naming the device, not a silent eager run."""
+    from sparse_perception_ros.runtime.backends import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="CUDA device"):
+        TorchBackend(head, CFG, dfa_impl="fast", cuda_graph=True)
+    assert TorchBackend(head, CFG, dfa_impl="fast").mode == "eager"  # the CPU default is unchanged
+
+
+@needs_cuda
+def test_cuda_graph_replay_matches_cpu_eager_over_frames(head):
+    """model.device cuda: the step is captured once and replayed; 4 frames with the state carried
+    match the CPU eager step (atol 1e-3 on raw outputs: Triton vs the C kernel, cuBLAS vs CPU GEMM)."""
+    frames = synthetic_sequence(CFG, 4, seed=3)
+    ref, _ = run(StepRunner(TorchBackend(head, CFG, dfa_impl="fast"), CFG), frames)
+    gpu_head = build_head("tiny")
+    gpu_head.load_state_dict(head.state_dict())
+    backend = TorchBackend(gpu_head.cuda(), CFG, device="cuda")
+    outs, state = run(StepRunner(backend, CFG), frames)
+    assert backend.mode == "CUDA graph" and backend._captured is not None, backend.mode
+    assert state.anchors.device.type == "cuda"
+    for a, b in zip(ref, outs, strict=True):
+        for name in RAW:
+            torch.testing.assert_close(getattr(b, name).cpu(), getattr(a, name), atol=1e-3, rtol=1e-3)

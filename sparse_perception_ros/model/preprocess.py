@@ -3,7 +3,12 @@
 Per camera: uint8 image -> resize by ``max(H_dst/H, W_dst/W)`` with **PIL bicubic** (which
 antialiases when downscaling, as the reference did) -> keep the bottom ``H_dst`` rows and the
 centred ``W_dst`` columns -> BGR to RGB -> ``(x - mean) / std`` on the 0-255 scale. The same
-resize/crop is folded into each camera's projection matrix. See ``docs/model.md`` for the
+resize/crop is folded into each camera's projection matrix.
+
+:func:`preprocess_images_torch` is the same transform as tensor ops on any device (the CUDA path:
+uint8 upload from pinned memory, then resize, crop and normalise on the GPU). Its resize is
+``F.interpolate(mode="bicubic", antialias=True)``, torch's PIL-compatible antialiased bicubic, rounded
+back to uint8 levels as PIL does; it differs from PIL by at most a few levels at edges. See ``docs/model.md`` for the
 measured difference of OpenCV resizes.
 """
 
@@ -13,11 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..geometry.image_transform import ResizeCrop, adjust_projection, compute_resize_crop
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_crop_image", "preprocess_images"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_crop_image", "preprocess_images", "preprocess_images_torch"]
 
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # RGB
 IMAGENET_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -34,6 +38,8 @@ def resize_crop_image(image: np.ndarray, rc: ResizeCrop, method: str = "pil_bicu
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
     if method == "pil_bicubic":
+        from PIL import Image  # imported here: the GPU check runs this package where Pillow may be absent
+
         resized = np.asarray(Image.fromarray(img).resize(rc.resized_wh, Image.Resampling.BICUBIC))
     elif method in ("cv2_cubic", "cv2_area"):
         import cv2
@@ -80,4 +86,72 @@ def preprocess_images(
     img = torch.from_numpy(np.ascontiguousarray(np.stack(imgs).transpose(0, 3, 1, 2)))[None]
     projection_mat = torch.from_numpy(np.stack(mats).astype(np.float32))[None]
     image_wh = torch.tensor(input_wh, dtype=torch.float32).expand(1, len(imgs), 2).clone()
+    return img, projection_mat, image_wh
+
+
+_PINNED: dict[tuple, torch.Tensor] = {}
+
+
+def _upload(image: np.ndarray, device: torch.device, slot: int) -> torch.Tensor:
+    """``(H, W, 3) uint8`` numpy -> the same tensor on ``device``; to a GPU through a reused pinned
+    host buffer (one per camera slot and shape) and a non-blocking copy. The caller synchronises
+    the stream before a buffer is refilled (:func:`preprocess_images_torch` does, once per frame)."""
+    host = torch.from_numpy(np.ascontiguousarray(image))
+    if device.type != "cuda":
+        return host.to(device)
+    key = (slot, tuple(host.shape))
+    buf = _PINNED.get(key)
+    if buf is None:
+        buf = _PINNED[key] = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+    buf.copy_(host)
+    return buf.to(device, non_blocking=True)
+
+
+def preprocess_images_torch(
+    images: Sequence[np.ndarray] | np.ndarray,
+    lidar2img: np.ndarray,
+    input_wh: tuple[int, int] = (704, 256),
+    channel_order: str = "bgr",
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`preprocess_images` with the image work as torch ops on ``device`` (same arguments
+    and outputs; outputs live on ``device``).
+
+    Per camera: ``(H, W, 3) uint8`` uploaded (pinned, non-blocking on CUDA) -> antialiased bicubic
+    resize (float32, rounded and clamped to 0..255 like PIL's uint8 result) -> the same bottom /
+    centre crop -> RGB -> ``(x - mean) / std``. Projections get the same resize/crop on the host
+    (float64) as :func:`preprocess_images`. Max difference to the PIL path: a few uint8 levels at
+    sharp edges, i.e. a few hundredths after normalisation (``test/test_model_preprocess_torch.py``).
+    """
+    import torch.nn.functional as F
+
+    if channel_order not in ("bgr", "rgb"):
+        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    device = torch.device(device)
+    proj = np.asarray(lidar2img, dtype=np.float64)
+    if proj.shape != (len(images), 4, 4):
+        raise ValueError(f"lidar2img must be ({len(images)}, 4, 4), got {proj.shape}")
+    mean = torch.from_numpy(IMAGENET_MEAN).to(device).view(3, 1, 1)
+    std_inv = torch.from_numpy(_STD_INV).to(device).view(3, 1, 1)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # last frame's uploads out of the pinned buffers are done
+    imgs, mats = [], []
+    for slot, (image, p) in enumerate(zip(images, proj, strict=True)):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+        rc = compute_resize_crop((image.shape[1], image.shape[0]), input_wh)
+        x = _upload(image, device, slot).permute(2, 0, 1)[None].float()  # [1, 3, H, W]
+        w_r, h_r = rc.resized_wh
+        if (h_r, w_r) != tuple(x.shape[2:]):
+            x = F.interpolate(x, size=(h_r, w_r), mode="bicubic", antialias=True, align_corners=False)
+            x = x.round_().clamp_(0, 255)
+        x0, y0, x1, y1 = rc.crop
+        x = x[0, :, y0:y1, x0:x1]
+        if channel_order == "bgr":
+            x = x.flip(0)
+        imgs.append((x - mean) * std_inv)
+        mats.append(adjust_projection(p, rc))
+    img = torch.stack(imgs)[None].contiguous()
+    projection_mat = torch.from_numpy(np.stack(mats).astype(np.float32))[None].to(device)
+    image_wh = torch.tensor(input_wh, dtype=torch.float32).expand(1, len(imgs), 2).clone().to(device)
     return img, projection_mat, image_wh

@@ -49,3 +49,52 @@ def dfa_symbolic(
 def is_dfa_node(node) -> bool:
     """True for an ``onnx.NodeProto`` that is our DFA node (any domain spelling used for ORT)."""
     return node.op_type == OP_TYPE and node.domain in (DOMAIN, "ai.onnx.contrib")
+
+
+def replace_with_standin(model):
+    """A copy of ``model`` (``onnx.ModelProto``) with every DFA node replaced by standard ops of the
+    same output shape and dtype: ``mean(weights over P, cams, L, G)[..., None] * mean(mc_ms_feat
+    over rows)[:, None] + mean(sampling_location over P, cams, xy)[..., None]`` -> ``[bs, A, C]``.
+
+    **Not the DFA's numbers**: it only lets a TensorRT build check every *other* op of the graph
+    where the plugin cannot be used (TensorRT-RTX on a machine without a GPU, see
+    ``runtime/tensorrt_plugin.py``). Every float input still feeds the output, so nothing upstream
+    is pruned as dead. Returns ``(model, number of nodes replaced)``.
+    """
+    import onnx
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes, count = [], 0
+    axes = {}
+
+    def const_axes(values):
+        name = f"dfa_standin_axes_{'_'.join(map(str, values))}"
+        if name not in axes:
+            axes[name] = helper.make_tensor(name, onnx.TensorProto.INT64, [len(values)], list(values))
+        return name
+
+    for node in out.graph.node:
+        if not is_dfa_node(node):
+            nodes.append(node)
+            continue
+        count += 1
+        feat, _, _, loc, w = node.input
+        p = f"{node.name or node.output[0]}_standin"
+        nodes += [
+            helper.make_node("ReduceMean", [w, const_axes([2, 3, 4, 5])], [f"{p}_w"], keepdims=0, name=f"{p}_w"),
+            helper.make_node("Unsqueeze", [f"{p}_w", const_axes([2])], [f"{p}_w3"], name=f"{p}_w3"),
+            helper.make_node("ReduceMean", [feat, const_axes([1])], [f"{p}_f"], keepdims=1, name=f"{p}_f"),
+            helper.make_node("Mul", [f"{p}_w3", f"{p}_f"], [f"{p}_m"], name=f"{p}_m"),
+            helper.make_node("ReduceMean", [loc, const_axes([2, 3, 4])], [f"{p}_l"], keepdims=0, name=f"{p}_l"),
+            helper.make_node("Unsqueeze", [f"{p}_l", const_axes([2])], [f"{p}_l3"], name=f"{p}_l3"),
+            helper.make_node("Add", [f"{p}_m", f"{p}_l3"], [node.output[0]], name=f"{p}_out"),
+        ]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(axes.values())
+    keep = [o for o in out.opset_import if o.domain not in (DOMAIN, "ai.onnx.contrib")]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    return out, count

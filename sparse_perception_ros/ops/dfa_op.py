@@ -52,12 +52,32 @@ def _reference(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, 
         ).contiguous()
 
 
+# (device, shape values) -> int64 tensors on that device: the model builds ``spatial_shape`` and
+# ``scale_start_index`` on the host every frame; copying them to a GPU inside a CUDA-graph capture
+# is a pageable host->device copy, which capture forbids. Reading a host tensor's values is not a
+# device operation, so the cached device copy is found without one (the values fully define it).
+# Entries are never dropped: a captured graph keeps pointing at them (one per resolution and device).
+_DEVICE_INDEX_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _index_on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` as a dense int64 tensor on ``device``; host -> accelerator copies are made once per value."""
+    t = t.detach()
+    if t.device == device or device.type == "cpu" or t.device.type != "cpu":
+        return t.to(device=device, dtype=torch.int64).contiguous()
+    key = (str(device), tuple(t.shape), tuple(t.reshape(-1).tolist()))
+    cached = _DEVICE_INDEX_CACHE.get(key)
+    if cached is None:
+        cached = _DEVICE_INDEX_CACHE[key] = t.to(device=device, dtype=torch.int64).contiguous()
+    return cached
+
+
 def _contiguous(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights, device):
     """The kernels index raw memory: dense row-major inputs, int64 shapes on the features' device."""
     return (
         mc_ms_feat.detach().contiguous(),
-        spatial_shape.detach().to(device=device, dtype=torch.int64).contiguous(),
-        scale_start_index.detach().to(device=device, dtype=torch.int64).contiguous(),
+        _index_on(spatial_shape, torch.device(device)),
+        _index_on(scale_start_index, torch.device(device)),
         sampling_location.detach().contiguous(),
         weights.detach().contiguous(),
     )

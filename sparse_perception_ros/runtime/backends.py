@@ -117,13 +117,17 @@ class TorchBackend(Backend):
     ``"triton"`` or ``"reference"``; resolved once here for ``device`` (``self.dfa_impl`` holds
     the concrete choice). ``device``: where the module and inputs live (default: the module's).
     ``compile``: run the step under ``torch.compile`` (static shapes, the ``where`` form of the
-    first-frame branch, one graph); eager otherwise. Outputs are torch tensors on ``device``.
+    first-frame branch, one graph); eager otherwise. ``cuda_graph``: capture the static step in a
+    CUDA graph on the first ``run`` and replay it afterwards (:class:`~.cuda_graph.CudaGraphStep`);
+    None (default) = on for a CUDA device without ``compile``. A capture that fails falls back to
+    eager once, with a warning, and leaves the reason in ``cuda_graph_error``. Outputs are torch
+    tensors on ``device``.
     """
 
     name = "torch"
 
     def __init__(self, module: torch.nn.Module, cfg: ModelConfig, dfa_impl: str = "auto",
-                 device: str | torch.device | None = None, compile: bool = False):
+                 device: str | torch.device | None = None, compile: bool = False, cuda_graph: bool | None = None):
         from ..ops.deformable_aggregation import DFA_IMPLS, resolve_dfa_impl
 
         if dfa_impl not in DFA_IMPLS:
@@ -136,10 +140,43 @@ class TorchBackend(Backend):
             first.device if first is not None else torch.device("cpu"))
         self.dfa_impl = resolve_dfa_impl(dfa_impl, self.device)
         self.compiled = bool(compile)
-        self.graph = StepGraph(head, module if self.with_backbone else None, static=self.compiled,
+        if cuda_graph is None:
+            cuda_graph = self.device.type == "cuda" and not self.compiled
+        if cuda_graph and self.device.type != "cuda":
+            raise BackendUnavailable(f"a CUDA graph needs a CUDA device, got {self.device}")
+        self.cuda_graph = bool(cuda_graph)
+        self.cuda_graph_error: str | None = None
+        self._captured = None
+        self.graph = StepGraph(head, module if self.with_backbone else None, static=self.compiled or self.cuda_graph,
                                dfa_impl=self.dfa_impl).to(self.device).eval()
         self._fn = torch.compile(self.graph, dynamic=False) if self.compiled else self.graph
         self._inputs = input_names(cfg, self.with_backbone)
+
+    @property
+    def mode(self) -> str:
+        """How the step runs: ``"torch.compile"``, ``"CUDA graph"`` (captured, or not yet),
+        ``"eager (CUDA graph capture failed: ...)"`` or ``"eager"``."""
+        if self.compiled:
+            return "torch.compile"
+        if self.cuda_graph_error:
+            return f"eager (CUDA graph capture failed: {self.cuda_graph_error})"
+        return "CUDA graph" if self.cuda_graph else "eager"
+
+    def _run_graph(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if self._captured is None and self.cuda_graph_error is None:
+            from .cuda_graph import CudaGraphStep
+
+            try:
+                self._captured = CudaGraphStep(self._fn, args)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: keep serving frames eagerly
+                import warnings
+
+                self.cuda_graph_error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"torch backend: CUDA graph capture failed, running eagerly: {self.cuda_graph_error}",
+                              RuntimeWarning, stacklevel=3)
+        if self._captured is not None:
+            return self._captured(*args)
+        return self._fn(*args)
 
     def input_spec(self) -> dict[str, TensorSpec]:
         return _spec_from_cfg(self.cfg, self.with_backbone)
@@ -151,7 +188,7 @@ class TorchBackend(Backend):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         self._check_inputs(inputs)
         args = [torch.as_tensor(inputs[k]).to(self.device) for k in self._inputs]
-        outs = self._fn(*args)
+        outs = self._run_graph(args) if self.cuda_graph else self._fn(*args)
         return dict(zip(output_names(), outs, strict=True))
 
 
@@ -274,6 +311,7 @@ def create_backend(
     device: str | None = None,
     num_threads: int | None = None,
     compile: bool = False,
+    cuda_graph: bool | None = None,
 ) -> Backend:
     """Build a backend by name (one of :data:`BACKENDS`).
 
@@ -292,7 +330,8 @@ def create_backend(
         for cand in available_backends():
             try:
                 return create_backend(cand, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
-                                      dfa_impl=dfa_impl, device=device, num_threads=num_threads, compile=compile)
+                                      dfa_impl=dfa_impl, device=device, num_threads=num_threads, compile=compile,
+                                      cuda_graph=cuda_graph)
             except BackendUnavailable as exc:
                 reasons.append(f"{cand}: {exc}")
         raise BackendUnavailable("no backend can run: " + "; ".join(reasons))
@@ -308,7 +347,7 @@ def create_backend(
         return OrtBackend(onnx_path, num_threads=num_threads)
     if module is None or cfg is None:
         raise BackendUnavailable("torch needs the model module and its config")
-    return TorchBackend(module, get_preset(cfg) if isinstance(cfg, str) else cfg, dfa_impl, device, compile)
+    return TorchBackend(module, get_preset(cfg) if isinstance(cfg, str) else cfg, dfa_impl, device, compile, cuda_graph)
 
 
 # ---------------------------------------------------------------------------------- steppers
@@ -394,11 +433,12 @@ def _module_config(module: torch.nn.Module, preset: str | ModelConfig | None) ->
 
 
 def torch_stepper(module: torch.nn.Module, preset: str | ModelConfig | None = None, *, dfa_impl: str = "auto",
-                  device: str | torch.device | None = None, compile: bool = False) -> StepRunner:
+                  device: str | torch.device | None = None, compile: bool = False,
+                  cuda_graph: bool | None = None) -> StepRunner:
     """The torch backend's stepper for a built full model (or a head, with its ``preset``):
     :class:`TorchBackend` under :class:`StepRunner`, what ``model.backend: torch`` runs."""
     cfg = _module_config(module, preset)
-    return StepRunner(TorchBackend(module, cfg, dfa_impl, device, compile), cfg)
+    return StepRunner(TorchBackend(module, cfg, dfa_impl, device, compile, cuda_graph), cfg)
 
 
 def build_stepper(

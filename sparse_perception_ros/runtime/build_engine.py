@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing-cache", default=None, help="timing cache file, read if present and written back")
     parser.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit in GiB")
     parser.add_argument("--verbose", action="store_true", help="log TensorRT's info messages")
+    parser.add_argument("--target", default=None,
+                        help="TensorRT-RTX ahead-of-time target such as SM89 (no GPU needed); default: the local GPU")
+    parser.add_argument("--dfa", default="plugin", choices=("plugin", "standin"),
+                        help="'standin' replaces the DFA nodes by standard ops of the same shape: a build check of "
+                             "the rest of the graph, not a usable engine (TensorRT-RTX cannot take the plugin yet)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,13 +39,14 @@ def run(args: argparse.Namespace) -> int:
     engine = Path(args.output) if args.output else onnx_path.with_suffix(".engine")
     try:
         meta = build_engine(onnx_path, engine, precision=args.precision, timing_cache=args.timing_cache,
-                            workspace_gib=args.workspace_gib, verbose=args.verbose)
+                            workspace_gib=args.workspace_gib, verbose=args.verbose, target=args.target, dfa=args.dfa)
     except BackendUnavailable as exc:
         print(f"build-engine: cannot build here: {exc}", file=sys.stderr)
         return 2
     except (EngineBuildError, ValueError, FileNotFoundError) as exc:
         print(f"build-engine: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {engine} (TensorRT {meta['tensorrt_version']}, {meta['gpu_name']}, {meta['precision']}) "
+    print(f"wrote {engine} ({meta['tensorrt_module']} {meta['tensorrt_version']}, "
+          f"{meta.get('target') or meta['gpu_name']}, {meta['precision']}, DFA: {meta['dfa_plugin']}) "
           f"and {engine}.json")
     return 0

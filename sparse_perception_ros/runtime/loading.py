@@ -101,7 +101,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     """Build ``p.preset``, load its weights and wrap it in the chosen backend's stepper.
 
     Every backend gives the same typed :class:`~.backends.StepRunner`: ``torch`` runs the step
-    function eagerly (or under ``torch.compile`` with ``model.compile``) with the DFA
+    function eagerly on CPU, captured in a CUDA graph with ``model.device: cuda`` (or under
+    ``torch.compile`` with ``model.compile``) with the DFA
     implementation ``model.dfa_impl`` resolved for ``model.device``; ``onnxruntime`` runs the
     same step exported once into a cache; ``tensorrt`` runs ``model.engine``.
     ``checkpoint=""`` uses the bundled weights of the preset; a preset without bundled weights
@@ -155,7 +156,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     backend = stepper.backend
     detail = f"; backend {type(backend).__name__}"
     if backend.name == "torch":
-        detail += f" (DFA {backend.dfa_impl}, {'torch.compile' if backend.compiled else 'eager'})"
+        detail += f" (DFA {backend.dfa_impl}, {backend.mode}, {backend.device})"
     try:
         convention = load_convention(path)
     except ValueError as exc:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
+from sparse_perception_ros.model.preprocess import preprocess_images_torch
 from sparse_perception_ros.runtime.backends import Stepper
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
@@ -180,7 +181,9 @@ class PipelineConfig:
             ``Detections.counters["duplicates_suppressed"]``); 1 publishes every box, the reference
             (``temporal.duplicate_iou``).
         resize_method: image resize (``"pil_bicubic"`` = the reference; ``"cv2_area"`` faster). Not a
-            node parameter.
+            node parameter. On a CUDA model the images are resized on the GPU instead
+            (:func:`~sparse_perception_ros.model.preprocess.preprocess_images_torch`: antialiased
+            bicubic, within a few uint8 levels of PIL's) and this setting is not used.
     """
 
     score_threshold: float
@@ -325,8 +328,13 @@ class Pipeline:
         K4 = np.tile(np.eye(4), (len(images), 1, 1))
         K4[:, :3, :3] = frame.K
         lidar2img = K4 @ np.asarray(frame.T_cam_from_model, dtype=np.float64)
-        img, proj, wh = preprocess_images(images, lidar2img, input_wh=self.input_wh, channel_order="rgb",
-                                          method=self.config.resize_method)
+        if self.device.type == "cuda":  # uint8 upload from pinned memory, resize + normalise on the GPU
+            img, proj, wh = preprocess_images_torch(images, lidar2img, input_wh=self.input_wh, channel_order="rgb",
+                                                    device=self.device)
+            proj = proj.cpu()
+        else:
+            img, proj, wh = preprocess_images(images, lidar2img, input_wh=self.input_wh, channel_order="rgb",
+                                              method=self.config.resize_method)
         if not present.all():
             proj[0, ~torch.from_numpy(present)] = torch.from_numpy(MASKED_PROJECTION).float()
         return img.to(self.device), proj.to(self.device), wh.to(self.device)

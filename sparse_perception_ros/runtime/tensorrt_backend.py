@@ -1,7 +1,10 @@
 """TensorRT: engine builder (ONNX -> engine + sidecar JSON) and the backend that runs it.
 
-**Not yet verified on hardware** (TensorRT is not installable on the development machines);
-written for TensorRT >= 10.9 including 11.x against the documented Python API. Everything is
+**Running an engine is not yet verified on hardware.** The module is chosen at run time
+(:func:`import_tensorrt`: ``tensorrt`` >= 10.9 incl. 11.x, else ``tensorrt_rtx``). The builder is
+checked against the real TensorRT-RTX 1.7.1 in CI, ahead-of-time for SM89 without a GPU
+(``target="SM89"``), with the DFA replaced by a stand-in (``dfa="standin"``) because the plugin
+is blocked there (:data:`~.tensorrt_plugin.RTX_BLOCKER`). Everything is
 imported lazily: this module imports cleanly without TensorRT, and only building or loading an
 engine raises :class:`~.backends.BackendUnavailable` with the reason.
 
@@ -52,18 +55,34 @@ class EngineBuildError(RuntimeError):
     """TensorRT could not parse the ONNX or build the engine (the parser/builder errors are logged)."""
 
 
-def import_tensorrt():
-    """``import tensorrt`` or raise :class:`BackendUnavailable` with a one-line reason."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
+TRT_MODULES = ("tensorrt", "tensorrt_rtx")  # tried in this order: TensorRT 10/11, then TensorRT for RTX
+
+
+def import_tensorrt(require_gpu: bool = True):
+    """The first of :data:`TRT_MODULES` that imports (chosen at run time), or raise
+    :class:`BackendUnavailable` with a one-line reason. ``require_gpu``: also require a CUDA GPU
+    (running, or building for the local GPU); an ahead-of-time TensorRT-RTX build does not."""
+    reasons = []
+    for name in TRT_MODULES:
+        try:
+            trt = __import__(name)
+            break
+        except ImportError as exc:
+            reasons.append(f"{name}: {exc.__class__.__name__}: {exc}")
+    else:
         raise BackendUnavailable(
-            f"TensorRT is not installed ({exc.__class__.__name__}: {exc}); it needs an NVIDIA GPU machine "
-            "with TensorRT >= 10.9 (pip install tensorrt) - use --backend onnxruntime here"
-        ) from None
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("TensorRT is installed but no CUDA GPU is visible to torch")
+            "neither TensorRT nor TensorRT-RTX is installed (" + "; ".join(reasons) + "); TensorRT >= 10.9 needs "
+            "an NVIDIA GPU machine (pip install tensorrt), TensorRT-RTX builds ahead-of-time anywhere "
+            "(pip install -r requirements/tensorrt.txt) - use --backend onnxruntime here"
+        )
+    if require_gpu and not torch.cuda.is_available():
+        raise BackendUnavailable(f"{trt.__name__} is installed but no CUDA GPU is visible to torch")
     return trt
+
+
+def is_rtx(trt) -> bool:
+    """True for the TensorRT-RTX module (ahead-of-time targets, no ``tensorrt.plugin``)."""
+    return trt.__name__.startswith("tensorrt_rtx")
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -106,13 +125,20 @@ def build_engine(
     timing_cache: str | Path | None = None,
     workspace_gib: float = 4.0,
     verbose: bool = False,
+    target: str | None = None,
+    dfa: str = "plugin",
 ) -> dict[str, Any]:
     """Build ``engine_path`` from the exported step ONNX and write its sidecar JSON.
 
     ``precision``: ``"auto"`` (what the ONNX encodes; its sidecar says ``fp32`` or
-    ``fp16-backbone``), or one of those two, which must then match the ONNX. Returns the sidecar
+    ``fp16-backbone``), or one of those two, which must then match the ONNX. ``target``: an
+    ahead-of-time TensorRT-RTX target (``"SM89"``, one of ``trt.ComputeCapability``), built
+    without a GPU; None builds for the local GPU. ``dfa``: ``"plugin"`` (our DFA plugin) or
+    ``"standin"`` (each DFA node replaced by standard ops of the same shape,
+    :func:`~..ops.dfa_onnx.replace_with_standin`: a build check of every other op, **not a usable
+    engine**; its sidecar says so and :class:`TensorRTBackend` refuses it). Returns the sidecar
     dict. Raises :class:`BackendUnavailable` (no TensorRT / GPU), :class:`EngineBuildError`,
-    ``ValueError`` (precision mismatch) or ``FileNotFoundError``.
+    ``ValueError`` (precision mismatch, bad target) or ``FileNotFoundError``.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -125,24 +151,47 @@ def build_engine(
     if precision != "auto" and precision != encoded:
         raise ValueError(f"{onnx_path} was exported as {encoded}; re-export "
                          f"{'with' if precision == 'fp16-backbone' else 'without'} --backbone-fp16 for {precision}")
-    trt = import_tensorrt()
-    from .tensorrt_plugin import register_dfa_plugin
+    if dfa not in ("plugin", "standin"):
+        raise ValueError(f"dfa must be 'plugin' or 'standin', got {dfa!r}")
+    trt = import_tensorrt(require_gpu=target is None)
+    if target is not None and not hasattr(trt, "ComputeCapability"):
+        raise ValueError(f"ahead-of-time targets need TensorRT-RTX; {trt.__name__} builds for the local GPU only")
+    if target is not None and target not in trt.ComputeCapability.__members__:
+        raise ValueError(f"unknown target {target!r}; {trt.__name__} has {list(trt.ComputeCapability.__members__)}")
+    if dfa == "plugin":
+        from .tensorrt_plugin import PluginUnavailable, register_dfa_plugin
 
-    register_dfa_plugin()
+        try:
+            register_dfa_plugin(trt)
+        except PluginUnavailable as exc:
+            raise EngineBuildError(str(exc)) from None
     logger = _Logger.create(trt, verbose)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if dfa == "standin":
+        import onnx
+
+        from ..ops.dfa_onnx import replace_with_standin
+
+        model, replaced = replace_with_standin(onnx.load(str(onnx_path)))
+        parsed = parser.parse(model.SerializeToString())
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         for err in errors:
             log.error("ONNX parser: %s", err)
         raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {errors[0] if errors else 'unknown error'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    cache_file = Path(timing_cache) if timing_cache else None
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file and cache_file.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache_file = Path(timing_cache) if timing_cache and not is_rtx(trt) else None  # a no-op in TensorRT-RTX
+    if cache_file:
+        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    if target is not None:
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(trt.ComputeCapability.__members__[target], 0)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
@@ -154,11 +203,14 @@ def build_engine(
     meta = {
         "onnx": str(onnx_path),
         "onnx_sha256": _sha256(onnx_path),
+        "tensorrt_module": trt.__name__,
         "tensorrt_version": trt.__version__,
-        **_device_info(),
+        **(_device_info() if target is None else {"gpu_name": None, "target": target}),
         "precision": encoded,
         "strongly_typed": True,
-        "dfa_plugin": "sparse_perception::DeformableAggregation (AOT Triton kernel)",
+        "layers": network.num_layers,
+        "dfa_plugin": ("sparse_perception::DeformableAggregation (AOT Triton kernel)" if dfa == "plugin" else
+                       f"STAND-IN: {replaced} DFA node(s) replaced by standard ops (build check only, wrong numbers)"),
         "export": {k: export_meta[k] for k in ("preset", "with_backbone", "inputs", "outputs") if k in export_meta},
     }
     sidecar_path(engine_path).write_text(json.dumps(meta, indent=2))
@@ -188,6 +240,8 @@ class TensorRTBackend(Backend):
         if not side.is_file():
             raise EngineMismatch(f"{engine_path} has no sidecar {side.name}; rebuild it with build-engine")
         meta = json.loads(side.read_text())
+        if str(meta.get("dfa_plugin", "")).startswith("STAND-IN"):
+            raise EngineMismatch(f"{engine_path} is a build check with a stand-in for the DFA, not a usable engine")
         dev = _device_info()
         problems = []
         if meta.get("tensorrt_version") != trt.__version__:
@@ -200,7 +254,7 @@ class TensorRTBackend(Backend):
             raise EngineMismatch(f"refusing {engine_path}: " + "; ".join(problems) + " - rebuild with build-engine")
         from .tensorrt_plugin import register_dfa_plugin
 
-        register_dfa_plugin()  # harmless for AOT engines; needed if TensorRT asks for the creator
+        register_dfa_plugin(trt)  # harmless for AOT engines; needed if TensorRT asks for the creator
         self.meta = meta
         self.device = torch.device("cuda")
         self._trt = trt

@@ -31,7 +31,7 @@ import threading
 
 from ..ops.dfa_onnx import OP_TYPE, PLUGIN_NAMESPACE
 
-__all__ = ["PLUGIN_ID", "register_dfa_plugin"]
+__all__ = ["PLUGIN_ID", "register_dfa_plugin", "PluginUnavailable", "RTX_BLOCKER"]
 
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{OP_TYPE}"
 _lock = threading.Lock()
@@ -46,12 +46,28 @@ def _const(expr) -> int:
     return int(value() if callable(value) else value)
 
 
-def register_dfa_plugin() -> None:
+class PluginUnavailable(RuntimeError):
+    """The DFA plugin cannot be used with this TensorRT module (the message says why)."""
+
+
+RTX_BLOCKER = (
+    "the DFA plugin cannot be built with TensorRT-RTX 1.7.1 here: it has no tensorrt.plugin module, and a "
+    "class-based Python IPluginV3 referenced from the ONNX graph makes the ONNX parser call std::terminate "
+    "right after it created the plugin, before any plugin method runs (the process aborts; docs/backends.md, "
+    "'TensorRT-RTX'). Build with dfa='standin' to check the rest of the graph"
+)
+
+
+def register_dfa_plugin(trt=None) -> None:
     """Register descriptor, autotune and AOT implementation with TensorRT (idempotent).
 
-    Must run before the ONNX parser meets the node. Raises ImportError without TensorRT.
+    ``trt``: the TensorRT module in use (default ``import tensorrt``). Must run before the ONNX
+    parser meets the node. Raises ImportError without TensorRT and :class:`PluginUnavailable`
+    for TensorRT-RTX (see :data:`RTX_BLOCKER`): the parser would abort the process otherwise.
     """
     global _registered
+    if trt is not None and trt.__name__.startswith("tensorrt_rtx"):
+        raise PluginUnavailable(RTX_BLOCKER)
     with _lock:
         if _registered:
             return
