@@ -39,14 +39,15 @@ frozen :class:`TrackingConfig`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from sparse_perception_ros.geometry.boxes import bev_iou
 
 __all__ = ["TrackMemory", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
-           "reassociate", "footprint_reach", "track_evidence", "keep_by_evidence", "suppress_duplicates"]
+           "reassociate", "footprint_reach", "track_evidence", "keep_by_evidence", "suppress_duplicates",
+           "extend_history", "track_velocity", "blend_velocity"]
 
 
 def footprint_reach(boxes: np.ndarray) -> np.ndarray:
@@ -59,7 +60,9 @@ def footprint_reach(boxes: np.ndarray) -> np.ndarray:
 class TrackMemory:
     """Published tracks of one frame. ``xy``, ``vel`` ``(M, 2)`` world frame (m, m/s);
     ``labels``, ``ids`` ``(M,)`` int64; ``id_map``: bank id -> published id; ``reach`` ``(M,)``
-    :func:`footprint_reach` (m), None: no size gate."""
+    :func:`footprint_reach` (m), None: no size gate; ``history``: published id -> ``(K, 3)`` float64
+    ``[t (s), x, y]`` world positions of that track over the last ``velocity_window`` seconds, oldest
+    first, this frame included (:func:`track_velocity`; empty when the window is 0)."""
 
     stamp_ns: int
     xy: np.ndarray
@@ -68,6 +71,43 @@ class TrackMemory:
     ids: np.ndarray
     id_map: dict[int, int] = field(default_factory=dict)
     reach: np.ndarray | None = None
+    history: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def extend_history(memory: TrackMemory, previous: TrackMemory | None, window_s: float, keep: set[int]) -> TrackMemory:
+    """``memory`` (this frame's tracks) with each published id's position history: the previous
+    frame's, this frame's position appended, entries older than ``window_s`` dropped; only ids in
+    ``keep`` are remembered (this frame's and those still in the bank). ``window_s = 0``: no history."""
+    if window_s <= 0:
+        return memory
+    t = memory.stamp_ns * 1e-9
+    old = previous.history if previous is not None else {}
+    history = {}
+    for tid, xy in zip(memory.ids.tolist(), memory.xy, strict=True):
+        rows = old.get(tid)
+        row = np.array([[t, xy[0], xy[1]]])
+        rows = row if rows is None else np.concatenate([rows[rows[:, 0] < t], row])
+        history[tid] = rows[rows[:, 0] > t - window_s]
+    for tid, rows in old.items():
+        if tid not in history and tid in keep:
+            rows = rows[rows[:, 0] > t - window_s]
+            if len(rows):
+                history[tid] = rows
+    return replace(memory, history=history)
+
+
+def track_velocity(history: dict[int, np.ndarray], track_ids: np.ndarray, min_span_s: float) -> np.ndarray:
+    """``(N, 2)`` world velocity (m/s) of each track from its position history: the least-squares
+    slope of ``x(t)``, ``y(t)``; NaN where the history spans less than ``min_span_s`` seconds
+    (fewer than two positions, or a track too young to tell motion from the detector's jitter)."""
+    out = np.full((len(track_ids), 2), np.nan)
+    for i, tid in enumerate(np.asarray(track_ids).tolist()):
+        rows = history.get(tid)
+        if rows is None or len(rows) < 2 or rows[-1, 0] - rows[0, 0] < min_span_s:
+            continue
+        t = rows[:, 0] - rows[:, 0].mean()
+        out[i] = (t @ (rows[:, 1:] - rows[:, 1:].mean(axis=0))) / (t @ t)
+    return out
 
 
 def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_world_from_model: np.ndarray,
@@ -269,12 +309,20 @@ class TrackingConfig:
         duplicate_iou: in ``[0, 1]``; :func:`suppress_duplicates`: two published boxes of one class
             overlap (BEV IoU) at most this much (1 publishes every box).
         num_classes: C, the number of class indices.
+        velocity_window: s, ``>= 0``; publish each track's velocity measured from its own positions
+            over this window (:func:`track_velocity`, :func:`blend_velocity`) where it spans at
+            least half of it; 0 publishes the model's velocity as it is (the reference).
+        velocity_noise: m/s, ``> 0``; the track velocity's expected error for a static object (the
+            detector's position jitter over the window): a track velocity this small is mostly
+            noise and shrinks towards the model's (:func:`blend_velocity`).
     """
 
     reassociate_distance: float
     track_class_vote: bool
     duplicate_iou: float
     num_classes: int
+    velocity_window: float = 0.0
+    velocity_noise: float = 0.5
 
     def __post_init__(self):
         if not self.reassociate_distance >= 0:
@@ -283,6 +331,24 @@ class TrackingConfig:
             raise ValueError(f"duplicate_iou must be in [0, 1], got {self.duplicate_iou}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not self.velocity_window >= 0:
+            raise ValueError(f"velocity_window must be >= 0, got {self.velocity_window}")
+        if not self.velocity_noise > 0:
+            raise ValueError(f"velocity_noise must be > 0, got {self.velocity_noise}")
+
+
+def blend_velocity(model_vel: np.ndarray, track_vel: np.ndarray, noise: float) -> np.ndarray:
+    """``(N, 2)`` published velocity: the model's plus the track's correction, shrunk by how far the
+    correction stands above the track's noise: ``v = v_model + g (v_track - v_model)`` with
+    ``g = d^2 / (d^2 + noise^2)``, ``d = |v_track - v_model|`` (a Wiener-style gain). A static object
+    (model ~0, track jitter ~noise) keeps ~0; a moving one the model missed gets its track velocity.
+    Rows where ``track_vel`` is NaN keep the model's."""
+    model_vel = np.asarray(model_vel, np.float64)
+    diff = np.asarray(track_vel, np.float64) - model_vel
+    d2 = (diff**2).sum(axis=1, keepdims=True)
+    gain = d2 / (d2 + noise**2)
+    out = model_vel + np.nan_to_num(gain * diff)
+    return out
 
 
 @dataclass(frozen=True)
@@ -317,11 +383,13 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
         tracks, class_votes: the previous frame's memories, or None (first frame / after a reset).
         config: :class:`TrackingConfig`.
     """
+    previous = tracks
     track_ids, tracks = reassociate(bank_ids, boxes, labels, T_world_from_model, stamp_ns, carried, alive, tracks,
                                     config.reassociate_distance)
+    keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
+    tracks = extend_history(tracks, previous, config.velocity_window, keep)
     votes = None
     if config.track_class_vote or config.duplicate_iou < 1.0:
-        keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
         voted, votes = vote_track_classes(track_ids, labels, scores, class_votes, keep, config.num_classes)
         if config.track_class_vote:
             labels = voted
@@ -331,4 +399,21 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
         if not shown.all():
             suppressed = int((~shown).sum())
             boxes, scores, labels, track_ids = boxes[shown], scores[shown], labels[shown], track_ids[shown]
+    if config.velocity_window > 0 and len(boxes):
+        boxes = with_track_velocity(boxes, track_ids, tracks.history, T_world_from_model, config)
     return TrackedFrame(boxes, scores, labels, track_ids, tracks, votes, suppressed)
+
+
+def with_track_velocity(boxes: np.ndarray, track_ids: np.ndarray, history: dict[int, np.ndarray],
+                        T_world_from_model: np.ndarray, config: TrackingConfig) -> np.ndarray:
+    """``boxes (N, 10)`` (model frame, a copy) with ``vx, vy`` from :func:`blend_velocity` of the model's
+    velocity and each track's measured one (:func:`track_velocity` over ``config.velocity_window``,
+    at least half of it spanned), both in the world frame; ``vz`` and tracks too young are unchanged."""
+    R = np.asarray(T_world_from_model, np.float64)[:3, :3]
+    b = np.array(boxes, copy=True)
+    model_world = (b[:, 7:10].astype(np.float64) @ R.T)[:, :2]
+    measured = track_velocity(history, track_ids, 0.5 * config.velocity_window)
+    blended = blend_velocity(model_world, measured, config.velocity_noise)
+    world = np.c_[blended, (b[:, 7:10].astype(np.float64) @ R.T)[:, 2]]
+    b[:, 7:10] = world @ R  # back into the model frame (R orthonormal)
+    return b

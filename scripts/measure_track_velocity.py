@@ -1,0 +1,61 @@
+"""Measure the track-velocity estimate on the bundled models (docs/training.md, *Velocity from tracks*).
+
+Each model runs once over ``--dataroot`` (offline, keyframes, as ``eval --offline``; raw outputs
+cached as JSON); the output is then replayed through the node's host steps (score threshold 0.05,
+the node's re-association, class vote and duplicate suppression) with ``temporal.velocity_window``
+W and ``temporal.velocity_noise`` S for each ``W:S`` setting (``0`` = the model's velocity), and
+scored by nuscenes-devkit. Tune on the validation seed 3 only; quote the held-out seed 2.
+
+    .venv/bin/python scripts/measure_track_velocity.py --dataroot data/val_s3/root --cache runs/raw_val_s3 \\
+        --settings 0 1.0:0.5 1.5:0.5 1.5:0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure_suppression import raw_outputs, score  # noqa: E402
+
+from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples  # noqa: E402
+from sparse_perception_ros.eval.replay import replay  # noqa: E402
+from sparse_perception_ros.eval.report import write_json  # noqa: E402
+from sparse_perception_ros.model import CLASS_NAMES  # noqa: E402
+from sparse_perception_ros.params import load_params  # noqa: E402
+from sparse_perception_ros.runtime.tracking import TrackingConfig  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataroot", required=True, help="nuScenes-format root (validation seed 3 for choosing)")
+    parser.add_argument("--presets", nargs="+", default=["tiny", "tiny_fusion"], help="bundled models to measure")
+    parser.add_argument("--settings", nargs="+", default=["0", "1.0:0.5", "1.5:0.5", "2.0:0.5", "1.5:0.25", "1.5:1.0"],
+                        help="W:S pairs (velocity_window s : velocity_noise m/s); 0 = the model's velocity")
+    parser.add_argument("--score-threshold", type=float, default=0.05, help="as scripts/eval_bundled.sh")
+    parser.add_argument("--cache", default="", help="folder for the raw outputs (reused when present)")
+    parser.add_argument("--json", default="", help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    t = load_params().temporal
+    nusc = open_nuscenes(args.dataroot)
+    samples = select_samples(nusc)
+    table = {}
+    for preset in args.presets:
+        frames = raw_outputs(nusc, samples, preset, Path(args.cache) if args.cache else None)
+        for setting in args.settings:
+            w, _, s = setting.partition(":")
+            tracking = TrackingConfig(t.reassociate_distance, t.track_class_vote, t.duplicate_iou, len(CLASS_NAMES),
+                                      velocity_window=float(w), velocity_noise=float(s or 0.5))
+            m = score(nusc, samples, replay(frames, args.score_threshold, 300, tracking))
+            table[f"{preset} {setting}"] = m
+            print(f"{preset:12s} {setting:9s} mAVE(present) {m['mAVE_present']:.4f}  NDS {m['NDS']:.4f}  "
+                  f"mAP(present) {m['mAP_present']:.4f}  AMOTA {m['AMOTA']:.4f}  IDS {m['IDS']:.0f}", flush=True)
+    if args.json:
+        write_json(Path(args.json), table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
