@@ -80,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", nargs="+", default=None, help="only these scene names")
     parser.add_argument("--max-samples", type=int, default=None, help="at most this many keyframes (in scene order)")
     parser.add_argument("--rate", type=float, default=1.0, help="ROS mode: playback rate")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="replays at once: the scenes are cut into this many shards, each its own process (ROS "
+                             "mode: its own node, player and recorder in DDS domain ROS_DOMAIN_ID + shard); the "
+                             "results are merged and scored once (docs/eval.md)")
+    parser.add_argument("--job-threads", type=int, default=None,
+                        help="with --jobs: OMP_NUM_THREADS of each shard (default: inherited, as --jobs 1 runs, so "
+                             "the scores are bit-identical; e.g. cores/jobs avoids oversubscription at float32 "
+                             "rounding-level differences)")
     parser.add_argument("--pictures", type=int, default=3, help="BEV + camera pictures of this many keyframes")
     parser.add_argument("--no-plots", action="store_true", help="skip the devkit's PR/TP curve plots (faster)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -105,15 +113,11 @@ def node_overrides(args: argparse.Namespace, score_threshold: float | str | None
     return out
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    """The whole run; returns ``metrics.json``'s content. Raises on bad input."""
-    from sparse_perception_ros.eval import devkit, report
-    from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
-    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, gt_table
-    from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions, run_offline
+def resolve_params(args: argparse.Namespace):
+    """``(params, params_file, threshold, threshold_note)``: the node parameters eval runs with
+    (the params file with ``--preset``, ``--sensors`` and the score threshold applied)."""
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.paths import config_file
-    from sparse_perception_ros.runtime.loading import random_weights
 
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
@@ -125,6 +129,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     params = replace(params, model=replace(params.model, preset=args.preset or params.model.preset,
                                            sensors=args.sensors or params.model.sensors),
                      output=replace(params.output, score_threshold=threshold))
+    return params, params_file, threshold, threshold_note
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The whole run; returns ``metrics.json``'s content. Raises on bad input."""
+    from sparse_perception_ros.eval import devkit, report
+    from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
+    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, gt_table
+    from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions, run_offline
+    from sparse_perception_ros.runtime.loading import random_weights
+
+    if getattr(args, "jobs", 1) < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    params, params_file, threshold, threshold_note = resolve_params(args)
     print(f"eval: score threshold {threshold_note}", file=sys.stderr)
     backend = args.backend or params.model.backend
     nusc = open_nuscenes(args.dataroot, args.version)
@@ -134,7 +152,15 @@ def evaluate(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     t_start = time.perf_counter()
     with report.staged_folder(out, overwrite=args.overwrite) as tmp:
-        if args.offline:
+        jobs = getattr(args, "jobs", 1)
+        if jobs > 1:
+            from sparse_perception_ros.eval.shards import run_sharded
+
+            bags = None if args.offline else list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
+            results, timings, note = run_sharded(args, samples, jobs, tmp / "work", out, bags)
+            mode = "offline (Pipeline.step)" if args.offline else "ros (bag -> node -> recorder)"
+            mode += f", {jobs} jobs"
+        elif args.offline:
             pipeline, note = build_pipeline(params, backend if args.backend else None, table)
             print(f"eval: {note}", file=sys.stderr)
             with _progress(len(samples), "offline Pipeline.step", args.quiet) as bar:

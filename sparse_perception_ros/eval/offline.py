@@ -65,8 +65,9 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
                                 weights_max_sweeps=sweeps), note
 
 
-def run_offline(nusc, samples, pipeline, progress=None) -> list[SampleResult]:
-    """Run ``pipeline`` over ``samples`` (:class:`~.dataset.SampleRef`, scene by scene, in time order)."""
+def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None = None) -> list[SampleResult]:
+    """Run ``pipeline`` over ``samples`` (:class:`~.dataset.SampleRef`, scene by scene, in time order).
+    ``final_state``: if given, receives the last ``PipelineState`` (its next free track id)."""
     import time
 
     from sparse_perception_ros.eval.dataset import load_frame
@@ -89,6 +90,8 @@ def run_offline(nusc, samples, pipeline, progress=None) -> list[SampleResult]:
                                 det.reset))
         if progress is not None:
             progress(1)
+    if final_state is not None:
+        final_state.append(state)
     return out
 
 

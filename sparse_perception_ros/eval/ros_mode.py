@@ -243,8 +243,10 @@ def _bag_duration_s(bag: str) -> float:
 
 def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work: Path, rate: float = 1.0,
             quiet: bool = False, preset: str | None = None,
-            node_overrides: dict | None = None) -> tuple[list[SampleResult], list[dict[str, float]], str]:
-    """Play every bag holding a selected sample through the node; returns results, latency rows, a note."""
+            node_overrides: dict | None = None,
+            progress=None) -> tuple[list[SampleResult], list[dict[str, float]], str]:
+    """Play every bag holding a selected sample through the node; returns results, latency rows, a note.
+    ``progress(done, total)``: called after each bag (``eval --jobs``' per-shard progress)."""
     from tqdm import tqdm
 
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, save_table
@@ -318,6 +320,8 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
         res, miss = match_outputs(side, outputs, read_tf(bag), wanted)
         results += res
         missing += miss
+        if progress is not None:
+            progress(i + 1, len(chosen))
     model_lines = [ln.split("]: ", 1)[1] for ln in log.read_text(errors="replace").splitlines()
                    if "[perception]: model " in ln]
     note = (f"{model_lines[-1] + '; ' if model_lines else ''}node backend {backend or 'from params file'}; "

@@ -6,6 +6,7 @@ Examples::
     sparse-perception train --out runs/tiny --synth-seed 1 --scenes 8 --keyframes 40 --iters 3000
     sparse-perception train --out runs/tiny --resume      # continue from runs/tiny/checkpoints/last.pt
     sparse-perception train --dataroot /data/nuscenes --out runs/nusc --preset tiny
+    torchrun --nproc_per_node 8 -m sparse_perception_ros.cli train --dataroot ... --out ...  # DDP
 
 See ``docs/training.md``.
 """
@@ -74,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "official numbers come from sparse-perception eval)")
     t = p.add_argument_group("optimisation")
     t.add_argument("--iters", type=int, default=2000, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=1, help="clips per step")
+    t.add_argument("--batch-size", type=int, default=1,
+                   help="clips per step (per process under torchrun: the global batch is nproc x this)")
     t.add_argument("--clip-len", type=int, default=3, help="consecutive keyframes per clip (instance bank carried)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (backbone x0.5)")
     t.add_argument("--warmup", type=int, default=100, help="linear warm-up iterations, then cosine decay")
@@ -96,6 +98,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--stop-at", type=int, default=None,
                    help="stop with a checkpoint after this iteration (the schedule still spans --iters), "
                         "e.g. to reproduce a run that --max-minutes ended early")
+    t.add_argument("--freeze-bn", action="store_true",
+                   help="keep the backbone BatchNorm frozen (default: trained, as the reference)")
+    t.add_argument("--no-sync-bn", action="store_true",
+                   help="under torchrun on CUDA: per-GPU BatchNorm statistics instead of SyncBatchNorm")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward (CUDA; losses stay float32)")
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop with a checkpoint after this much wall time (continue with --resume)")
 
@@ -246,10 +253,43 @@ def run_smoke(out_dir: str | Path | None = None, iters: int = 30, log=None) -> d
 
 
 def run(args: argparse.Namespace) -> int:
+    from .distributed import from_environment, shutdown
+
+    ctx = from_environment()
+    try:
+        return _run(args, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _load_samples_once(args: argparse.Namespace, ctx):
+    """The training keyframes on every rank, made once: rank 0 loads or generates them into the
+    data cache (``--data-cache``, else ``OUT/train_data.pt`` for synthetic data) while the others
+    wait on a barrier, then read the cache. A nuScenes root without a cache is read by every rank."""
+    if ctx is None:
+        return _load_samples(args)
+    cache = args.data_cache or (None if args.dataroot else str(Path(args.out) / "train_data.pt"))
+    if cache is None:
+        return _load_samples(args)
+    from .dataset import load_samples
+
+    args = argparse.Namespace(**{**vars(args), "data_cache": cache})
+    samples = None
+    if ctx.is_main:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        samples = _load_samples(args)
+    ctx.barrier()
+    return samples if samples is not None else load_samples(cache)[0]
+
+
+def _run(args: argparse.Namespace, ctx) -> int:
     import torch
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.smoke and ctx is not None:
+        print("train: --smoke is a single-process check; run it without torchrun", file=sys.stderr)
+        return 2
     if args.smoke:
         try:
             if args.out:
@@ -303,24 +343,33 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(preset=args.preset, iters=args.iters, batch_size=args.batch_size, clip_len=args.clip_len,
                       lr=args.lr, warmup_iters=args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
                       augment=AugmentConfig(enabled=not args.no_augment, **drops), depth_weight=args.depth_weight,
-                      track_matching=args.track_matching and not args.no_track_matching)
+                      track_matching=args.track_matching and not args.no_track_matching,
+                      train_bn=not args.freeze_bn)
+    main = ctx is None or ctx.is_main
     t0 = time.perf_counter()
-    samples = _load_samples(args)
-    print(f"train: {len(samples)} keyframes loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    samples = _load_samples_once(args, ctx)
+    if main:
+        print(f"train: {len(samples)} keyframes loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     out = Path(args.out)
     t1 = time.perf_counter()
     meta = {"data": _data_settings(args), "num_keyframes": len(samples), "command": "sparse-perception train " + " ".join(sys.argv[2:])}
+    if ctx is not None:
+        meta["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend,
+                               "global_batch": ctx.world_size * args.batch_size, "bf16": args.bf16,
+                               "sync_bn": ctx.device.type == "cuda" and not args.no_sync_bn and not args.freeze_bn}
     if args.init:
         meta["init"] = {"path": str(args.init), "sha256": _sha256(args.init)}
     try:
         result = train(samples, cfg, out, resume=args.resume, meta=meta, stop_at=args.stop_at,
                        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, init=args.init,
-                       model_cfg=mcfg)
+                       model_cfg=mcfg, dist=ctx, amp=args.bf16, sync_bn=not args.no_sync_bn)
     except TrainingDiverged as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 1
     planned = cfg.iters if args.stop_at is None else min(cfg.iters, args.stop_at)
     finished = bool(result.history) and result.history[-1]["iter"] == planned - 1
+    if not main:
+        return 0
     if args.val_scenes > 0 and finished:
         from .dataset import synthetic_samples
         from .quick_eval import quick_map, run_inference

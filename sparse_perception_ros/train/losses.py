@@ -132,7 +132,8 @@ def match_with_forced(logits: torch.Tensor, pred: torch.Tensor, labels: torch.Te
 def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | None,
                  gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor],
                  cfg: LossConfig, forced: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
-                 matches_out: list | None = None) -> tuple[dict[str, torch.Tensor], int]:
+                 matches_out: list | None = None, avg_factor: float | None = None
+                 ) -> tuple[dict[str, torch.Tensor], int]:
     """Losses of one decoder layer for a batch.
 
     Args:
@@ -141,6 +142,8 @@ def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | 
         forced: per entry ``(pred_rows, gt_idx)`` pairs fixed before the Hungarian matching (the
             temporal instances keep the object they were matched to in the previous frame), or None.
         matches_out: if given, receives the ``(pred_idx, gt_idx)`` of every entry.
+        avg_factor: the normaliser of the losses instead of ``max(num_gt, 1)`` (data-parallel
+            training: the GT count of the global batch divided by the world size).
     Returns:
         ``({"cls", "box", "cns", "yns"}: scalar tensors, already weighted and normalised), num_gt``.
     """
@@ -169,7 +172,7 @@ def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | 
         matched_labels.append(labels[gi])
         if quality is not None:
             matched_q.append(quality[b, pi])
-    avg = float(max(num_gt, 1))
+    avg = float(max(num_gt, 1)) if avg_factor is None else float(avg_factor)
     out = {"cls": cfg.cls_weight * sigmoid_focal_loss(cls, cls_target, cfg.alpha, cfg.gamma) / avg}
     zero = pred.sum() * 0.0
     if not matched_pred or sum(len(p) for p in matched_pred) == 0:

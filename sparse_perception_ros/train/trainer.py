@@ -37,6 +37,7 @@ from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_get
 from .augment import AugmentConfig, collate_frame, draw_clip_aug
 from .dataset import TrainSample, make_clips
 from .depth import DepthBranch, camera_focal, depth_loss, depth_targets
+from .distributed import DistContext, convert_sync_batchnorm, rank_batch
 from .lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from .losses import LOSS_NAMES, LossConfig, layer_losses
 
@@ -318,36 +319,41 @@ def _forced_pairs(prev_inst: torch.Tensor, instance_ids: torch.Tensor, temporal_
     return torch.tensor(rows, dtype=torch.int64), torch.tensor(gts, dtype=torch.int64)
 
 
-def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True
+def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True,
+              step: torch.nn.Module | None = None, dist: DistContext | None = None, amp: bool = False
               ) -> tuple[dict[str, float], int]:
-    """:func:`_clip_loss` with attention on torch's *math* backend (see :data:`TRAIN_ATTENTION`)."""
+    """:func:`_clip_loss` with attention on torch's *math* backend (see :data:`TRAIN_ATTENTION`).
+
+    ``step``: the :class:`FrameStep` of ``model`` to run each frame through (the trainer passes it
+    wrapped in ``DistributedDataParallel`` under ``torchrun``); ``dist``: the process group (the
+    head losses are then normalised by the global GT count); ``amp``: bf16 autocast of the forward."""
     with sdpa_kernel(TRAIN_ATTENTION):
-        return _clip_loss(model, clip, augs, cfg, backward)
+        return _clip_loss(model, clip, augs, cfg, backward, step, dist, amp)
 
 
-def _clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True
-               ) -> tuple[dict[str, float], int]:
-    """Run ``clip[t][b]`` (frame t of clip b) through the model with the bank carried; per frame,
-    sum the losses of all decoder layers, divide by the clip length and (if ``backward``)
-    back-propagate. Returns the summed components (floats) and the GT count.
+class FrameStep(torch.nn.Module):
+    """One frame of a clip as one ``forward``: features, LiDAR branch, depth branch, head and the
+    losses of every decoder layer -> the frame's summed loss (a scalar tensor). The side outputs
+    (the logged loss components in order, the GT count, the head's result and the last layer's
+    matches) are left in ``self.out`` for the caller. One module with one ``forward`` is what
+    ``DistributedDataParallel`` needs to all-reduce the gradients."""
 
-    Fused models (``model.pts_branch``) run the LiDAR branch on the frame's points (samples
-    need ``points``) and add its losses (:mod:`.lidar_losses`) once per frame."""
-    head = model.head
-    hc = head.cfg
-    input_wh = model.cfg.input_wh
-    branch = getattr(model, "pts_branch", None)
-    depth_branch = getattr(model, "depth_branch", None)
-    states = [TemporalState.empty() for _ in clip[0]]
-    prev_inst: list[torch.Tensor] = [torch.full((hc.num_temp_instances,), -1, dtype=torch.int64) for _ in clip[0]]
-    totals = dict.fromkeys(loss_names(model), 0.0)
-    num_gt = 0
-    for frame in clip:
-        fb = collate_frame(frame, augs, input_wh, cfg.max_range)
-        feats = model.extract_features(fb.img)
-        priors = [bank_get(st, ts, pose, hc.max_time_interval, hc.default_time_interval)
-                  for st, ts, pose in zip(states, fb.timestamps, fb.T_world_from_model, strict=True)]
-        prior = _cat_priors(priors)
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, num_frames: int, amp: bool = False):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.num_frames = num_frames
+        self.amp = amp
+        self.out: tuple = ()
+
+    def forward(self, fb, prior: BankPrior, forced, avg_factor: float | None = None) -> torch.Tensor:
+        model, cfg, n_frames = self.model, self.cfg, self.num_frames
+        branch = getattr(model, "pts_branch", None)
+        depth_branch = getattr(model, "depth_branch", None)
+        logged: list[tuple[str, float]] = []
+        device_type = fb.img.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            feats = model.extract_features(fb.img)
         lidar = None
         frame_loss = None
         if branch is not None and fb.points is None:
@@ -355,48 +361,130 @@ def _clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainCon
         # a frame whose sweep is dropped for every clip runs the camera path (exactly what
         # valid = 0 gives): running the branch on empty grids would drag its BN statistics to zero
         if branch is not None and int(fb.num_points.sum()) > 0:
-            lidar = branch(fb.points, fb.num_points)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+                lidar = branch(fb.points, fb.num_points)
+            if self.amp:
+                lidar = _float_tree(lidar)
             lparts = lidar_losses(lidar, fb.boxes, fb.labels, fb.num_points, model.cfg.lidar, cfg.lidar_loss)
             for k, v in lparts.items():
-                totals[k] += float(v.detach()) / len(clip)
+                logged.append((k, float(v.detach()) / n_frames))
             frame_loss = sum(lparts.values())
+        if self.amp:
+            feats = [f.float() for f in feats]
         if depth_branch is not None:
             if fb.points is None:
                 raise ValueError("the depth loss needs samples with points (with_points=True) or depth_weight=0")
             shapes = [tuple(f.shape[-2:]) for f in feats[: len(depth_branch.depth_layers)]]
-            target = depth_targets(fb.points, fb.num_points, fb.projection_mat, input_wh, shapes)
+            target = depth_targets(fb.points, fb.num_points, fb.projection_mat, model.cfg.input_wh, shapes)
             pred = depth_branch(feats, camera_focal(fb.projection_mat))
             d_loss = depth_loss(pred, target, cfg.depth_weight)
-            totals["depth"] += float(d_loss.detach()) / len(clip)
+            logged.append(("depth", float(d_loss.detach()) / n_frames))
             frame_loss = d_loss if frame_loss is None else frame_loss + d_loss
-        res = head.forward_frame(feats, fb.projection_mat, fb.image_wh, prior, all_layers=True, lidar=lidar)
-        forced = None
-        if cfg.track_matching and prior.mask is not None:
-            forced = [_forced_pairs(prev_inst[b], fb.instance_ids[b], bool(prior.mask[b]))
-                      for b in range(len(states))]
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            res = model.head.forward_frame(feats, fb.projection_mat, fb.image_wh, prior, all_layers=True,
+                                           lidar=lidar)
         last_matches: list = []
+        hc = model.head.cfg
+        n = 0
         for li, (anchor, cls, quality) in enumerate(res.layers):
+            if self.amp:
+                anchor, cls, quality = anchor.float(), cls.float(), None if quality is None else quality.float()
             temporal_layer = li >= hc.num_single_frame_decoder  # rows :N_temp are the carried instances
             is_last = li == len(res.layers) - 1
             parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss,
                                     forced=forced if temporal_layer else None,
-                                    matches_out=last_matches if is_last else None)
+                                    matches_out=last_matches if is_last else None, avg_factor=avg_factor)
             for k, v in parts.items():
-                totals[k] += float(v.detach()) / len(clip)
+                logged.append((k, float(v.detach()) / n_frames))
             layer_sum = sum(parts.values())
             frame_loss = layer_sum if frame_loss is None else frame_loss + layer_sum
+        self.out = (logged, n, res, last_matches)
+        return frame_loss / n_frames
+
+
+def _float_tree(x):
+    """bf16 tensors (autocast outputs) in a dataclass / tuple / dict -> float32, for the losses."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_float_tree(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _float_tree(v) for k, v in x.items()}
+    if hasattr(x, "__dataclass_fields__"):
+        return replace(x, **{f: _float_tree(getattr(x, f)) for f in x.__dataclass_fields__})
+    return x
+
+
+def _frame_to(fb, device: torch.device):
+    """The network inputs of a :class:`FrameBatch` on ``device`` (targets stay on the CPU)."""
+    def mv(t):
+        return None if t is None else t.to(device, non_blocking=True)
+
+    return replace(fb, img=mv(fb.img), projection_mat=mv(fb.projection_mat), image_wh=mv(fb.image_wh),
+                   points=mv(fb.points), num_points=mv(fb.num_points))
+
+
+def _clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConfig, backward: bool = True,
+               step: torch.nn.Module | None = None, dist: DistContext | None = None, amp: bool = False
+               ) -> tuple[dict[str, float], int]:
+    """Run ``clip[t][b]`` (frame t of clip b) through the model with the bank carried; per frame,
+    sum the losses of all decoder layers, divide by the clip length and (if ``backward``)
+    back-propagate. Returns the summed components (floats) and the GT count.
+
+    Fused models (``model.pts_branch``) run the LiDAR branch on the frame's points (samples
+    need ``points``) and add its losses (:mod:`.lidar_losses`) once per frame.
+
+    With ``dist`` (several ranks) the head losses of a frame are divided by the all-reduced GT
+    count of that frame over all ranks divided by the world size (so that DDP's gradient average
+    equals one process's loss over the global batch), and ``step`` (DDP) syncs gradients only
+    in the last frame's backward."""
+    import contextlib
+
+    head = model.head
+    hc = head.cfg
+    input_wh = model.cfg.input_wh
+    step = step if step is not None else FrameStep(model, cfg, len(clip), amp)
+    device = dist.device if dist is not None else None
+    states = [TemporalState.empty() for _ in clip[0]]
+    prev_inst: list[torch.Tensor] = [torch.full((hc.num_temp_instances,), -1, dtype=torch.int64) for _ in clip[0]]
+    totals = dict.fromkeys(loss_names(model), 0.0)
+    num_gt = 0
+    for t, frame in enumerate(clip):
+        fb = collate_frame(frame, augs, input_wh, cfg.max_range)
+        avg_factor = None
+        if dist is not None:
+            global_gt = dist.all_reduce_sum([sum(len(lb) for lb in fb.labels)])[0]
+            avg_factor = max(global_gt, 1.0) / dist.world_size
+            if device.type != "cpu":
+                fb = _frame_to(fb, device)
+        priors = [bank_get(st, ts, pose, hc.max_time_interval, hc.default_time_interval)
+                  for st, ts, pose in zip(states, fb.timestamps, fb.T_world_from_model, strict=True)]
+        prior = _cat_priors(priors)
+        forced = None
+        if cfg.track_matching and prior.mask is not None:
+            forced = [_forced_pairs(prev_inst[b], fb.instance_ids[b], bool(prior.mask[b]))
+                      for b in range(len(states))]
+        # DDP: accumulate locally, all-reduce in the last frame's backward only
+        sync = t == len(clip) - 1 or not hasattr(step, "no_sync")
+        with contextlib.nullcontext() if sync else step.no_sync():
+            frame_loss = step(fb, prior, forced, avg_factor)
+            if backward:
+                frame_loss.backward()
+        logged, n, res, last_matches = getattr(step, "module", step).out  # DDP wraps the FrameStep
+        for k, v in logged:
+            totals[k] += v
         num_gt += n
-        if backward:
-            (frame_loss / len(clip)).backward()
         with torch.no_grad():
-            conf, feat, anc, order = bank_cache(res.feature.detach(), res.anchor.detach(), res.cls.detach(),
-                                                prior.prev_confidence, hc.num_temp_instances, hc.confidence_decay)
+            conf, feat, anc, order = bank_cache(res.feature.detach().float(), res.anchor.detach().float(),
+                                                res.cls.detach().float(), prior.prev_confidence,
+                                                hc.num_temp_instances, hc.confidence_decay)
         prev_inst = []
         for b, (pi, gi) in enumerate(last_matches):
             row_inst = torch.full((hc.num_anchor,), -1, dtype=torch.int64)
             # only well-localised instances carry their object on (early in training the matches are
             # nearly random; forcing those would pin far-away rows and suppress good new candidates)
-            near = torch.linalg.vector_norm(res.anchor[b, pi, :2].detach().cpu() - fb.boxes[b][gi, :2], dim=-1)
+            near = torch.linalg.vector_norm(res.anchor[b, pi, :2].detach().float().cpu() - fb.boxes[b][gi, :2],
+                                            dim=-1)
             near = near < cfg.track_match_distance
             row_inst[pi[near]] = fb.instance_ids[b][gi[near]]
             prev_inst.append(row_inst[order[b].cpu()])
@@ -424,6 +512,16 @@ def evaluate_loss(model, samples: Sequence[TrainSample], clips: Sequence[Sequenc
 
 
 # ---------------------------------------------------------------------------------- loop
+def _placed(model, dist: DistContext | None, cfg: TrainConfig, sync_bn: bool):
+    """``model`` ready for this rank: SyncBatchNorm (several CUDA ranks, trainable BN, ``sync_bn``)
+    and moved to the rank's device. Unchanged in a single process."""
+    if dist is None:
+        return model
+    if sync_bn and cfg.train_bn:
+        convert_sync_batchnorm(model, dist)
+    return model.to(dist.device)
+
+
 def _lr_factor(it: int, cfg: TrainConfig) -> float:
     if it < cfg.warmup_iters:
         return (it + 1) / cfg.warmup_iters
@@ -481,7 +579,8 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
           progress: bool | None = None, log: Callable[[str], None] | None = None,
           model_cfg: ModelConfig | None = None, model: torch.nn.Module | None = None,
           meta: dict | None = None, stop_at: int | None = None, max_seconds: float | None = None,
-          init: str | Path | None = None) -> TrainResult:
+          init: str | Path | None = None, dist: DistContext | None = None, amp: bool = False,
+          sync_bn: bool = True) -> TrainResult:
     """Train ``cfg.preset`` (or ``model_cfg``) on ``samples``; see the module doc for the outputs.
 
     ``stop_at``: stop (with a checkpoint) after that many iterations, as if interrupted;
@@ -494,8 +593,16 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
     ``resume`` (the run's own checkpoint already holds them).
     The data order and augmentation of iteration ``i`` depend only on ``(seed, i)``, so a resumed
     run sees the same batches as an uninterrupted one.
+
+    ``dist``: this process's rank in a ``torchrun`` process group (:mod:`.distributed`):
+    ``cfg.batch_size`` clips per rank, gradients all-reduced by ``DistributedDataParallel``,
+    files written by rank 0 only. ``amp``: bf16 autocast of the forward (meant for CUDA).
+    ``sync_bn``: with several CUDA ranks, trainable BatchNorm becomes ``SyncBatchNorm``.
     """
+    main = dist is None or dist.is_main
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not main:
+        log = lambda msg: None  # noqa: E731 - rank 0 speaks for all
     clips = make_clips(samples, cfg.clip_len)
     if not clips:
         raise ValueError(f"no clip of {cfg.clip_len} consecutive keyframes in {len(samples)} samples")
@@ -511,7 +618,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         saved.pop("meta", None)
         if saved != json.loads(json.dumps(cfg.to_json())):
             log("warning: resuming with a config that differs from config.json")
-        model = model_from_checkpoint(out / "checkpoints" / "last.pt", cfg, mcfg)
+        model = _placed(model_from_checkpoint(out / "checkpoints" / "last.pt", cfg, mcfg), dist, cfg, sync_bn)
         state = torch.load(out / "train_state.pt", weights_only=True)
         opt = _optimizer(model, cfg)
         opt.load_state_dict(state["optimizer"])
@@ -525,25 +632,39 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             raise ValueError("give either model or init, not both")
         model = model_from_checkpoint(init, cfg, mcfg)
         attach_depth_branch(model, cfg)
+        model = _placed(model, dist, cfg, sync_bn)
         opt = _optimizer(model, cfg)
         log(f"initialised from {init}")
     else:
         model = model if model is not None else init_model(samples, cfg, mcfg)
         attach_depth_branch(model, cfg)
+        model = _placed(model, dist, cfg, sync_bn)
         opt = _optimizer(model, cfg)
-    if out is not None:
+    if dist is not None:
+        dist.barrier()  # every rank has read the run's files before rank 0 rewrites config.json
+    if out is not None and main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**cfg.to_json(), "model": asdict(mcfg), "meta": meta or {}},
                                                     indent=2))
     model.train()
     names = loss_names(model)
+    step = FrameStep(model, cfg, cfg.clip_len, amp)
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters: the first frame of a clip leaves the temporal branches unused, a
+        # dropped sweep the LiDAR branch; those ranks contribute zeros to the average
+        step = DistributedDataParallel(step, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                                       find_unused_parameters=True)
+        log(f"distributed: {dist.world_size} ranks ({dist.backend}), {cfg.batch_size} clip(s) per rank, "
+            f"global batch {dist.world_size * cfg.batch_size}")
     from tqdm import tqdm
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and main
     bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not show, dynamic_ncols=True)
     csv_file = None
     writer = None
-    if out is not None:
+    if out is not None and main:
         # rewritten from the history, so rows past the resumed checkpoint do not linger
         csv_file = open(out / "log.csv", "w", newline="")  # noqa: SIM115 - closed below
         writer = csv.DictWriter(csv_file, fieldnames=["iter", "loss", *names, "lr", "num_gt", "sec", "skipped"],
@@ -555,32 +676,39 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         end = cfg.iters if stop_at is None else min(cfg.iters, stop_at)
         t_start = time.perf_counter()
         skipped = in_row = 0
+        stop_next = False  # several ranks: rank 0's clock decides, shared by the per-iteration all-reduce
         for it in range(start, end):
-            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+            if max_seconds is not None and (stop_next if dist is not None
+                                            else time.perf_counter() - t_start > max_seconds):
                 end = it
-                if out is not None and history:
+                if out is not None and history and main:
                     _save_checkpoint(model, opt, it, out, keep_iter_file=False)
                     (out / "log.json").write_text(json.dumps(history))
                     _write_plot(history, out / "loss.png", names)
                 log(f"stopped at iteration {it} after {max_seconds:.0f} s; continue with --resume")
+                if dist is not None:
+                    dist.barrier()
                 break
             t0 = time.perf_counter()
-            rng = np.random.default_rng([cfg.seed, it])
-            picks = rng.choice(len(clips), cfg.batch_size, replace=len(clips) < cfg.batch_size)
-            batch = [clips[i] for i in picks]
-            augs = [draw_clip_aug(rng, cfg.augment, len(samples[c[0]].images)) for c in batch]
+            batch, augs = rank_batch(it, cfg.seed, cfg.batch_size, clips, samples, cfg.augment,
+                                     *((dist.rank, dist.world_size) if dist is not None else (0, 1)))
             frames = [[samples[c[t]] for c in batch] for t in range(cfg.clip_len)]
             factor = _lr_factor(it, cfg)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * factor * g["lr_mult"]
             opt.zero_grad(set_to_none=True)
             buffers = [(b, b.clone()) for b in model.buffers()]  # BN statistics, restored after a bad step
-            parts, num_gt = clip_loss(model, frames, augs, cfg)
+            parts, num_gt = clip_loss(model, frames, augs, cfg, step=step, dist=dist, amp=amp)
             # a non-finite loss or gradient (a degenerate sample, a singular backward) would turn every
             # weight into NaN through the optimizer: skip that step, count it, and go on
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                        cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             finite = math.isfinite(sum(parts.values())) and bool(torch.isfinite(grad_norm))
+            if dist is not None:  # one decision for all ranks; logged losses of the global batch
+                stop_here = main and max_seconds is not None and time.perf_counter() - t_start > max_seconds
+                red = dist.all_reduce_sum([float(not finite), float(stop_here), num_gt, *(parts[k] for k in names)])
+                finite, stop_next, num_gt = red[0] == 0, red[1] > 0, int(red[2])
+                parts = {k: v / dist.world_size for k, v in zip(names, red[3:], strict=True)}
             if finite:
                 opt.step()
                 in_row = 0
@@ -607,10 +735,13 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             bar.update(1)
             done = it + 1
             if out is not None and (done % cfg.ckpt_every == 0 or done == end):
-                _save_checkpoint(model, opt, done, out, keep_iter_file=True)
-                (out / "log.json").write_text(json.dumps(history))
-                _write_plot(history, out / "loss.png", names)
-            if not show and (done % max(1, cfg.iters // 20) == 0 or done == cfg.iters):
+                if main:
+                    _save_checkpoint(model, opt, done, out, keep_iter_file=True)
+                    (out / "log.json").write_text(json.dumps(history))
+                    _write_plot(history, out / "loss.png", names)
+                if dist is not None:
+                    dist.barrier()
+            if not show and main and (done % max(1, cfg.iters // 20) == 0 or done == cfg.iters):
                 log(f"iter {done}/{cfg.iters} " + " ".join(f"{k} {row[k]:.3f}" for k in ("loss", *names))
                     + f" lr {row['lr']:.2e} {row['sec']:.2f}s/it")
     finally:
