@@ -698,7 +698,9 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
                 g["lr"] = cfg.lr * factor * g["lr_mult"]
             opt.zero_grad(set_to_none=True)
             buffers = [(b, b.clone()) for b in model.buffers()]  # BN statistics, restored after a bad step
-            parts, num_gt = clip_loss(model, frames, augs, cfg, step=step, dist=dist, amp=amp)
+            # a single process calls clip_loss exactly as before DDP existed (it builds its own FrameStep)
+            extra = {"step": step, "dist": dist, "amp": amp} if dist is not None or amp else {}
+            parts, num_gt = clip_loss(model, frames, augs, cfg, **extra)
             # a non-finite loss or gradient (a degenerate sample, a singular backward) would turn every
             # weight into NaN through the optimizer: skip that step, count it, and go on
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
