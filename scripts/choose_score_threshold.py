@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     table = gt_table(nusc, samples)
     params = load_params()
     t = params.temporal
-    tracking = TrackingConfig(t.reassociate_distance, t.track_class_vote, t.duplicate_iou, len(CLASS_NAMES))
+    tracking = TrackingConfig(t.reassociate_distance, t.track_class_vote, t.duplicate_iou, len(CLASS_NAMES),
+                              t.velocity_window, t.velocity_noise)
     lo, hi, step = args.grid
     thresholds = np.round(np.arange(lo, hi + step / 2, step), 4)
     curves = {}

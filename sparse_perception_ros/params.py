@@ -89,6 +89,8 @@ class TemporalParams:
     reassociate_distance: float
     track_class_vote: bool
     duplicate_iou: float
+    velocity_window: float
+    velocity_noise: float
 
 
 @dataclass(frozen=True)

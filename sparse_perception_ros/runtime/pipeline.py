@@ -180,6 +180,9 @@ class PipelineConfig:
             larger summed score over its history (:func:`~.tracking.suppress_duplicates`; counted in
             ``Detections.counters["duplicates_suppressed"]``); 1 publishes every box, the reference
             (``temporal.duplicate_iou``).
+        velocity_window, velocity_noise: s ``>= 0`` and m/s ``> 0``; velocity from tracks
+            (:func:`~.tracking.with_track_velocity`; ``temporal.velocity_window`` /
+            ``temporal.velocity_noise``); a window of 0 publishes the model's velocity (the reference).
         resize_method: image resize (``"pil_bicubic"`` = the reference; ``"cv2_area"`` faster). Not a
             node parameter. On a CUDA model the images are resized on the GPU instead
             (:func:`~sparse_perception_ros.model.preprocess.preprocess_images_torch`: antialiased
@@ -193,6 +196,8 @@ class PipelineConfig:
     reassociate_distance: float
     track_class_vote: bool
     duplicate_iou: float
+    velocity_window: float
+    velocity_noise: float
     resize_method: str = "pil_bicubic"
 
     def __post_init__(self):
@@ -217,11 +222,13 @@ class PipelineConfig:
         return cls(score_threshold=resolve_score_threshold(params.output.score_threshold, weights_score_threshold),
                    max_detections=params.output.max_detections, max_time_gap_s=t.max_time_gap,
                    sensors=params.model.sensors, reassociate_distance=t.reassociate_distance,
-                   track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou, resize_method=resize_method)
+                   track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
+                   velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
-        return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes)
+        return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes,
+                              self.velocity_window, self.velocity_noise)
 
 
 class Pipeline:

@@ -299,8 +299,8 @@ def suppress_duplicates(boxes: np.ndarray, labels: np.ndarray, evidence: np.ndar
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Settings of :func:`track_frame` (``temporal.*`` node parameters; no defaults, so none can
-    disagree with ``config/perception.param.yaml``).
+    """Settings of :func:`track_frame` (``temporal.*`` node parameters; :class:`~.pipeline.PipelineConfig`
+    passes every one from the node parameters; the velocity fields' defaults are "off", the reference).
 
     Attributes:
         reassociate_distance: metres, ``>= 0``; gate of :func:`reassociate` (0 keeps the model's ids).
@@ -388,6 +388,9 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
                                     config.reassociate_distance)
     keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
     tracks = extend_history(tracks, previous, config.velocity_window, keep)
+    if config.velocity_window > 0 and len(tracks.ids):  # the next frame's prediction uses it too
+        measured = track_velocity(tracks.history, tracks.ids, 0.5 * config.velocity_window)
+        tracks = replace(tracks, vel=blend_velocity(tracks.vel, measured, config.velocity_noise))
     votes = None
     if config.track_class_vote or config.duplicate_iou < 1.0:
         voted, votes = vote_track_classes(track_ids, labels, scores, class_votes, keep, config.num_classes)
