@@ -193,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
           f"{gt['max_range_m']:.0f} m have a detection within {gt['radius_m']:.0f} m (precision "
           f"{100 * gt['precision']:.0f} %, same class {100 * gt['class_agreement']:.0f} %); "
           f"{gt['tracks_following']} track ids followed one object for 3+ frames")
+    if gt.get("moving_matched"):
+        print(f"  motion:  {gt['moving_matched']} detections of objects moving > 1 m/s: "
+              f"{100 * gt['velocity_direction']:.0f} % with a velocity within 45 degrees of the truth, "
+              f"mean error {gt['velocity_error']:.2f} m/s")
     for stage in ("assemble", "convert", "preprocess", "infer", "decode", "publish"):
         q = report["latency_ms"].get(stage)
         if q:

@@ -9,9 +9,9 @@ import numpy as np
 from sparse_perception_ros.eval.matching import greedy_pairs
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform
-from sparse_perception_ros.ros.messages import CLASS_COLORS
+from sparse_perception_ros.ros.messages import CLASS_COLORS, VELOCITY_HYPOTHESIS
 
-__all__ = ["draw_demo_picture", "boxes_from_detection_msg", "gt_agreement"]
+__all__ = ["draw_demo_picture", "boxes_from_detection_msg", "velocities_from_detection_msg", "gt_agreement"]
 
 _EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
@@ -36,6 +36,20 @@ def boxes_from_detection_msg(msg, T_target_from_msg: np.ndarray | None = None):
         names.append(d.results[0].hypothesis.class_id if d.results else "unknown")
         ids.append(d.id)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 7), names, ids
+
+
+def velocities_from_detection_msg(msg, T_target_from_msg: np.ndarray | None = None) -> np.ndarray:
+    """Detection3DArray -> ``(N, 2)`` velocity (m/s) of each detection in the target frame's axes, from
+    its ``velocity`` hypothesis (ros/messages.py: position = (vx, vy, vz) in the message frame); NaN
+    for a detection without one."""
+    R = np.eye(3) if T_target_from_msg is None else np.asarray(T_target_from_msg)[:3, :3]
+    out = np.full((len(msg.detections), 2), np.nan)
+    for i, d in enumerate(msg.detections):
+        for r in d.results[1:]:
+            if r.hypothesis.class_id == VELOCITY_HYPOTHESIS:
+                p = r.pose.pose.position
+                out[i] = (R @ np.array([p.x, p.y, p.z]))[:2]
+    return out
 
 
 def _read_input_bag(bag: Path) -> dict:
@@ -102,8 +116,20 @@ def draw_demo_picture(bag: Path, detections: list, out_path: Path) -> Path:
                     ax_bev.plot(poly[:, 0], poly[:, 1], color=CLASS_COLORS.get(name, (0.5, 0.5, 0.5)), lw=1.2)
         for b, tid in zip(det_boxes, det_ids, strict=True):
             ax_bev.text(b[0], b[1], tid, fontsize=6)
+        # velocity arrows, one second of motion (moving faster than 0.5 m/s): ground truth grey,
+        # detections in their class colour
+        gt_vel = velocities_from_detection_msg(gt_msg, T_base_from_odom)
+        det_vel = velocities_from_detection_msg(det_msg)
+        for boxes, vels, names, style in ((gt_boxes, gt_vel, gt_names, "gt"), (det_boxes, det_vel, det_names, "det")):
+            for b, v, name in zip(boxes, vels, names, strict=True):
+                if np.isfinite(v).all() and np.hypot(*v) > 0.5:
+                    color = "0.35" if style == "gt" else CLASS_COLORS.get(name, (0.5, 0.5, 0.5))
+                    ax_bev.annotate("", xy=(b[0] + v[0], b[1] + v[1]), xytext=(b[0], b[1]),
+                                    arrowprops={"arrowstyle": "->", "color": color, "lw": 1.4 if style == "det" else 2.0,
+                                                "alpha": 0.6 if style == "gt" else 1.0})
         ax_bev.plot([0], [0], marker=(3, 0, -90), markersize=12, color="k")
-        ax_bev.set_title(f"base_link BEV at {t / 1e9:.2f} s: ground truth (grey), detections (class colours)")
+        ax_bev.set_title(f"base_link BEV at {t / 1e9:.2f} s: ground truth (grey), detections (class colours);\n"
+                         "arrows: one second of motion")
         # front camera with the detections projected
         img_t, img_msg = min(data["images"], key=lambda e: abs(e[0] - t)) if data["images"] else (None, None)
         if img_msg is not None and data["info"] is not None and "cam_front" in data["static"]:
@@ -162,6 +188,21 @@ def _gt_at(data: dict, t: int):
     return np.asarray(rows).reshape(-1, 7), names, ids
 
 
+def _gt_velocity_at(data: dict, t: int, ids, T_base_from_odom: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` ground-truth velocity (base_link axes, m/s) of the objects ``ids`` at stamp ``t``:
+    each object's velocity hypothesis in the nearest keyframe's message (odom), NaN if absent."""
+    gts = data["gt"]
+    out = np.full((len(ids), 2), np.nan)
+    if not gts:
+        return out
+    msg = min(gts, key=lambda m: abs(_stamp_ns(m.header.stamp) - t))
+    vel = dict(zip([d.id for d in msg.detections], velocities_from_detection_msg(msg, T_base_from_odom), strict=True))
+    for i, tid in enumerate(ids):
+        if tid in vel:
+            out[i] = vel[tid]
+    return out
+
+
 def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: float = 40.0) -> dict:
     """How the recorded detections follow the bag's ground truth (base_link BEV).
 
@@ -169,11 +210,15 @@ def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: fl
     stamp (interpolated between keyframes). Detections and GT boxes within ``max_range`` are
     matched greedily by centre distance (closest first, at most ``radius`` m, class-agnostic).
     Returns ``frames``, ``recall`` (matched GT / GT), ``precision`` (matched detections /
-    detections), ``class_agreement`` (matched pairs of the same class) and ``tracks_following``
-    (track ids matched to one and the same GT object in 3 or more frames).
+    detections), ``class_agreement`` (matched pairs of the same class), ``tracks_following``
+    (track ids matched to one and the same GT object in 3 or more frames), and for the matched GT
+    objects moving faster than 1 m/s: ``moving_matched`` (how many pairs), ``velocity_direction``
+    (the share whose published velocity is faster than 0.5 m/s and points within 45 degrees of the
+    truth) and ``velocity_error`` (mean |v - v_gt|, m/s).
     """
     data = _read_input_bag(Path(bag))
     n_gt = n_det = n_match = n_same = frames = 0
+    moving, direction_ok, vel_err = 0, 0, []
     follow: dict[str, dict[str, int]] = {}
     for det_msg in detections:
         t = _stamp_ns(det_msg.header.stamp)
@@ -186,6 +231,8 @@ def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: fl
         gt_boxes, gt_names, gt_ids = gt
         gt_xy = gt_boxes[:, :3] @ T[:3, :3].T + T[:3, 3] if len(gt_boxes) else np.zeros((0, 3))
         det_boxes, det_names, det_ids = boxes_from_detection_msg(det_msg)
+        det_vel = velocities_from_detection_msg(det_msg)
+        gt_vel = _gt_velocity_at(data, t, gt_ids, T)
         gi = np.flatnonzero(np.hypot(gt_xy[:, 0], gt_xy[:, 1]) <= max_range)
         di = np.flatnonzero(np.hypot(det_boxes[:, 0], det_boxes[:, 1]) <= max_range)
         n_gt += len(gi)
@@ -198,12 +245,22 @@ def gt_agreement(bag: Path, detections: list, radius: float = 2.0, max_range: fl
             n_same += gt_names[gi[a]] == det_names[di[b]]
             per = follow.setdefault(det_ids[di[b]], {})
             per[gt_ids[gi[a]]] = per.get(gt_ids[gi[a]], 0) + 1
+            vg, vd = gt_vel[gi[a]], det_vel[di[b]]
+            if np.isfinite(vg).all() and np.hypot(*vg) > 1.0:
+                moving += 1
+                vd = np.nan_to_num(vd)
+                vel_err.append(float(np.linalg.norm(vd - vg)))
+                speed = np.hypot(*vd)
+                direction_ok += bool(speed > 0.5 and vd @ vg / (speed * np.hypot(*vg)) > np.cos(np.pi / 4))
     return {
         "frames": frames,
         "recall": n_match / n_gt if n_gt else 0.0,
         "precision": n_match / n_det if n_det else 0.0,
         "class_agreement": n_same / n_match if n_match else 0.0,
         "tracks_following": sum(1 for per in follow.values() if max(per.values()) >= 3),
+        "moving_matched": moving,
+        "velocity_direction": direction_ok / moving if moving else 0.0,
+        "velocity_error": float(np.mean(vel_err)) if vel_err else None,
         "radius_m": radius,
         "max_range_m": max_range,
     }

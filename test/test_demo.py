@@ -19,6 +19,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "demo summary" in res.stdout and "latency infer" in res.stdout and "vs GT:" in res.stdout
     gt = summary["ground_truth"]
     assert gt["frames"] >= 3 and 0.0 <= gt["recall"] <= 1.0
+    assert gt["moving_matched"] >= 0 and 0.0 <= gt["velocity_direction"] <= 1.0  # the velocity check is reported
     from sparse_perception_ros.runtime.loading import bundled_weights_path
 
     if bundled_weights_path("tiny_fusion") is not None:  # the default demo model is trained: real detections
