@@ -58,6 +58,9 @@ def test_outputs_over_dds(session):
     rig.spin(1.2)
     counts = rig.counts()
     assert counts.get("frames_published", 0) >= len(got)
+    # the default model frame (lidar_top) agrees with the bundled weights: no mismatch is named
+    status = [st for arr in rig.diagnostics for st in arr.status if st.name.endswith("pipeline")][-1]
+    assert "model_frame_mismatch" not in counts and "model frame" not in status.message
 
 
 def test_fault_inputs_are_refused_counted_and_survived(session):

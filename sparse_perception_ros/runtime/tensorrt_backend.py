@@ -76,7 +76,9 @@ def import_tensorrt(require_gpu: bool = True):
             "(pip install -r requirements/tensorrt.txt) - use --backend onnxruntime here"
         )
     if require_gpu and not torch.cuda.is_available():
-        raise BackendUnavailable(f"{trt.__name__} is installed but no CUDA GPU is visible to torch")
+        flavour = "TensorRT-RTX" if is_rtx(trt) else "TensorRT"
+        hint = " (build ahead of time for an RTX card with --target SM89, or SM86/SM120)" if is_rtx(trt) else ""
+        raise BackendUnavailable(f"{flavour} ({trt.__name__}) is installed but no CUDA GPU is visible to torch{hint}")
     return trt
 
 
