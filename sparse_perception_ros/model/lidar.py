@@ -85,6 +85,11 @@ class PillarEncoder(nn.Module):
     past ``num_points`` (padding) or outside ``point_range`` go to a dump cell that is dropped.
     """
 
+    # the pooling op of exported graphs: "scatter_nd" (one ScatterND(add)); "scatter_elements" is the
+    # former form (two ScatterElements(add), slow in ONNX Runtime), kept for bench/bench_step.py's
+    # before/after comparison. Eager torch always runs scatter_add.
+    onnx_pooling: str = "scatter_nd"
+
     def __init__(self, cfg: LidarConfig):
         super().__init__()
         self.cfg = cfg
@@ -115,7 +120,7 @@ class PillarEncoder(nn.Module):
         # no masking needed: padding, out-of-range and NaN points all land in the dropped dump cell
         feat = feat.reshape(bs * p, c)
         flat_cell = cell.reshape(bs * p)
-        if torch.onnx.is_in_onnx_export():
+        if torch.onnx.is_in_onnx_export() and self.onnx_pooling == "scatter_nd":
             # one ScatterND(reduction="add") over rows [P, C + 1] (features and a count column):
             # ONNX Runtime's CPU kernel adds whole rows and is ~20x faster than its per-element
             # ScatterElements(add) (bench/RESULTS.md, "Pillar pooling in ONNX Runtime"); torch's
