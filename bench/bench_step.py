@@ -2,9 +2,11 @@
 
 Same as ``sparse-perception bench`` (``sparse_perception_ros/runtime/bench.py``): the tiny
 preset, images -> detections (``--head-only`` for features -> detections), a synthetic drive
-with ego motion, each backend carrying its own state; median step time after 2 warm-up frames.
+with ego motion, each backend carrying its own state, backends interleaved frame by frame;
+median step time after 2 warm-up frames. ``--points N``: sweeps of N points for fused presets.
 
-Usage: ``.venv/bin/python bench/bench_step.py [--frames 12] [--threads 1] [--head-only]``
+Usage: ``.venv/bin/python bench/bench_step.py [--frames 12] [--threads 1] [--head-only]
+[--preset tiny_fusion --points 35000 --backends torch,onnxruntime-scatterelements,onnxruntime]``
 """
 
 import argparse

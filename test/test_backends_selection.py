@@ -108,3 +108,30 @@ def test_build_stepper_exports_once_and_plugs_into_the_step_api(tmp_path):
     assert state.next_track_id == ref_state.next_track_id
     torch_runner = build_stepper("torch", "tiny", module=model)
     assert isinstance(torch_runner.backend, TorchBackend)
+
+
+def test_auto_keeps_the_fastest_measured_backend(head, tmp_path_factory):
+    """build_stepper("auto") builds every usable backend, times interleaved synthetic steps and keeps
+    the lowest median; a backend made 40 ms slower per step loses, and the reason names the times."""
+    import time
+
+    from sparse_perception_ros.runtime.backend_probe import probe_fastest
+    from sparse_perception_ros.runtime.backends import StepRunner, build_stepper
+
+    class Slow(StepRunner):
+        def step(self, *args, **kwargs):
+            time.sleep(0.04)
+            return super().step(*args, **kwargs)
+
+    fast = StepRunner(TorchBackend(head, CFG), CFG)
+    choice = probe_fastest({"slow": Slow(TorchBackend(head, CFG), CFG), "torch": fast}, "tiny", budget_s=0.0,
+                           skipped={"tensorrt": "no GPU"})
+    assert choice.backend == "torch" and choice.step_ms["slow"] > choice.step_ms["torch"] + 30
+    assert "auto picked torch" in str(choice) and "slow " in str(choice) and "tensorrt (no GPU)" in str(choice)
+    only = probe_fastest({"torch": fast}, "tiny")
+    assert only.backend == "torch" and "only usable backend" in only.reason and not only.step_ms
+
+    runner = build_stepper("auto", "tiny", module=head, cache_dir=tmp_path_factory.getbasetemp() / "onnx_cache")
+    picked = runner.auto_choice
+    assert runner.name == picked.backend == min(picked.step_ms, key=picked.step_ms.get)
+    assert set(picked.step_ms) == set(available_backends()) - {"tensorrt"}  # no engine given: TensorRT skipped

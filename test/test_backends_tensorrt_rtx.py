@@ -117,3 +117,36 @@ def test_python_plugin_abort_is_still_there():
     assert proc.returncode != 0 and "PARSED" not in proc.stdout and "PLUGIN_METHOD_CALLED" not in proc.stdout, (
         "TensorRT-RTX no longer aborts after creating the Python plugin: revisit RTX_BLOCKER", proc.stdout, proc.stderr)
     assert "terminate called without an active exception" in proc.stderr
+
+
+def test_pillar_pooling_is_not_parsable_by_tensorrt_rtx(tmp_path):
+    """Pinned limitation of the fused graph: TensorRT-RTX 1.7.1's parser takes no reducing scatter,
+    neither the exported pillar pooling (ScatterND add, the form that is fast in ONNX Runtime) nor
+    the former ScatterElements(add) (full TensorRT has that one only as a plugin, and not with more
+    indices than data rows, as here: points > pillars). A parser that accepts one makes this fail:
+    then the fused graph can be checked here like the camera one."""
+    import onnx
+    import tensorrt_rtx as trt
+    from onnx import TensorProto, helper
+
+    from sparse_perception_ros.model.config import LidarConfig
+    from sparse_perception_ros.model.lidar import PillarEncoder
+
+    path = tmp_path / "pillars.onnx"
+    with torch.no_grad():
+        torch.onnx.export(PillarEncoder(LidarConfig(max_points=500)).eval(), (torch.zeros(1, 500, 5), torch.tensor([0])),
+                          opset_version=20, dynamo=True, external_data=False, verbose=False).save(str(path),
+                                                                                                 external_data=False)
+    v = helper.make_tensor_value_info
+    elements = helper.make_model(helper.make_graph(
+        [helper.make_node("ScatterElements", ["d", "i", "u"], ["o"], axis=0, reduction="add")], "g",
+        [v("d", TensorProto.FLOAT, [50, 4]), v("i", TensorProto.INT64, [40, 4]), v("u", TensorProto.FLOAT, [40, 4])],
+        [v("o", TensorProto.FLOAT, [50, 4])]), opset_imports=[helper.make_opsetid("", 20)])
+    logger = trt.Logger(trt.Logger.INTERNAL_ERROR)
+    for model, reason in ((onnx.load(str(path)), "ScatterND with reduction is not supported"),
+                          (elements, "Unsupported reduction type")):
+        builder = trt.Builder(logger)  # builder and network must outlive the parser
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        assert not parser.parse(model.SerializeToString())
+        assert reason in str(parser.get_error(0))

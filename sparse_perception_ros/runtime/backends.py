@@ -17,8 +17,9 @@ the backbone) and nothing else:
 Implementations: :class:`TorchBackend` (the same step function in eager torch or under
 ``torch.compile``, DFA implementation resolved explicitly), :class:`OrtBackend` (ONNX Runtime on
 the exported file, DFA node as a custom op) and ``TensorRTBackend`` (:mod:`.tensorrt_backend`,
-imported lazily). :func:`create_backend` picks one by name, ``"auto"`` = TensorRT if usable, else
-ONNX Runtime, else torch.
+imported lazily). :func:`create_backend` picks one by name, ``"auto"`` = the first usable of
+TensorRT, ONNX Runtime, torch; :func:`build_stepper`'s ``"auto"`` (the node's ``model.backend:
+auto``) builds every usable one and keeps the fastest measured (:mod:`.backend_probe`).
 
 :class:`StepRunner` wraps any backend with the host bookkeeping of the instance bank
 (:func:`~..model.instance_bank.host_step_inputs` before, :func:`~..model.instance_bank.bank_advance`
@@ -363,6 +364,7 @@ class Stepper(abc.ABC):
     cfg: ModelConfig
     device: torch.device
     with_backbone: bool = True
+    auto_choice: Any = None  # a backend_probe.AutoChoice when build_stepper("auto") picked this one
 
     @abc.abstractmethod
     def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
@@ -461,7 +463,10 @@ def build_stepper(
     ``onnxruntime`` (and ``auto`` when ONNX Runtime is the pick) without ``onnx_path``, the step
     graph is exported once into ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``),
     keyed by preset, variant and a hash of the weights. ``tensorrt`` needs ``engine_path``.
-    ``dfa_impl`` and ``compile`` apply to the torch backend.
+    ``dfa_impl`` and ``compile`` apply to the torch backend. ``auto`` builds every usable backend
+    (TensorRT with ``engine_path`` on a GPU, ONNX Runtime, torch), times a few interleaved
+    synthetic steps of each (:func:`~.backend_probe.probe_fastest`, bounded to a few seconds) and
+    returns the fastest; its ``auto_choice`` says which and why (the node logs it).
     """
     from ..model import build_head, build_model
     from .export import export_cached
@@ -480,12 +485,36 @@ def build_stepper(
     head_cfg = module.head.cfg if with_backbone else module.cfg
     cfg = ModelConfig(cfg.name, cfg.backbone, head_cfg, cfg.input_wh, getattr(module, "cfg", cfg).lidar
                       if with_backbone else None)
-    wants_ort = backend == "onnxruntime" or (
-        backend == "auto" and "onnxruntime" in available_backends()
-        and not ("tensorrt" in available_backends() and engine_path is not None)
-    )
-    if wants_ort and onnx_path is None:
+    if backend == "auto":
+        return _fastest_stepper(module, cfg, onnx_path=onnx_path, engine_path=engine_path, cache_dir=cache_dir,
+                                num_threads=num_threads, dfa_impl=dfa_impl, compile=compile)
+    if backend == "onnxruntime" and onnx_path is None:
         onnx_path = export_cached(module, cfg, cache_dir)
     chosen = create_backend(backend, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
                             dfa_impl=dfa_impl, num_threads=num_threads, compile=compile)
     return StepRunner(chosen, cfg)
+
+
+def _fastest_stepper(module: torch.nn.Module, cfg: ModelConfig, *, onnx_path, engine_path, cache_dir, num_threads,
+                     dfa_impl: str, compile: bool) -> StepRunner:
+    """``build_stepper("auto")``: every usable backend, timed; the fastest with its ``auto_choice``."""
+    from .backend_probe import probe_fastest
+    from .export import export_cached
+
+    runners: dict[str, StepRunner] = {}
+    skipped: dict[str, str] = {}
+    for cand in available_backends():
+        try:
+            if cand == "onnxruntime" and onnx_path is None:
+                onnx_path = export_cached(module, cfg, cache_dir)
+            runners[cand] = StepRunner(create_backend(cand, module=module, cfg=cfg, onnx_path=onnx_path,
+                                                      engine_path=engine_path, dfa_impl=dfa_impl,
+                                                      num_threads=num_threads, compile=compile), cfg)
+        except BackendUnavailable as exc:
+            skipped[cand] = str(exc)
+    if not runners:
+        raise BackendUnavailable("no backend can run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    choice = probe_fastest(runners, cfg.name, skipped=skipped)
+    runner = runners[choice.backend]
+    runner.auto_choice = choice
+    return runner

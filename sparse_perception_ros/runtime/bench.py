@@ -8,7 +8,14 @@ compilation, reported separately). Backends:
   backend ran before the DFA implementation was resolved explicitly: the baseline);
 - ``torch``: the node's torch backend (eager, DFA ``auto``: the C kernel on CPU, Triton on CUDA);
 - ``torch-compile``: the same under ``torch.compile`` (``model.compile: true``);
-- ``onnxruntime``: the exported step graph; ``tensorrt``: an engine (``--engine``).
+- ``onnxruntime``: the exported step graph; ``tensorrt``: an engine (``--engine``);
+- ``onnxruntime-scatterelements`` (fused presets): the graph exported with the former pillar
+  pooling (two ``ScatterElements(add)``), for before/after comparisons.
+
+The backends are timed interleaved (frame 1 of each backend, then frame 2 of each, ...), so a
+load change on a shared machine hits all of them alike; compare ratios within one run.
+``--points N`` replaces the synthetic sweep of fused presets (4000 points) by a ground-heavy
+cloud of N points (at most the preset's ``max_points``, what the node thins to).
 
 Before timing, the first frame's logits of each backend are checked against the baseline (a
 sanity bound of 1e-2: random weights of the 6-decoder release head amplify float reordering to
@@ -19,6 +26,7 @@ Random weights unless ``--checkpoint`` is given (timings barely depend on the va
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -43,6 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=12, help="frames per backend (default 12)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed frames at the start (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime (default 1)")
+    parser.add_argument("--points", type=int, default=None,
+                        help="fused presets: N points per sweep instead of the synthetic 4000 (a 32-beam sweep has "
+                             "about 35000; at most the preset's max_points)")
+
+
+def sweep(n: int, seed: int = 0) -> np.ndarray:
+    """``(n, 4)`` float32 x, y, z, intensity: a ground-heavy cloud within 50 m (70 % ground)."""
+    rng = np.random.default_rng(seed)
+    r = 50 * np.sqrt(rng.uniform(0.01, 1, n))
+    a = rng.uniform(-np.pi, np.pi, n)
+    z = np.where(rng.uniform(size=n) < 0.7, -1.8 + rng.normal(0, 0.03, n), rng.uniform(-1.8, 1.0, n))
+    return np.c_[r * np.cos(a), r * np.sin(a), z, rng.uniform(0, 255, n)].astype(np.float32)
 
 
 def _frame_args(frame, with_backbone: bool):
@@ -52,9 +72,10 @@ def _frame_args(frame, with_backbone: bool):
 
 def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torch-reference", "torch", "onnxruntime"),
                frames: int = 12, warmup: int = 2, threads: int = 1, checkpoint: str | None = None,
-               engine: str | None = None) -> dict[str, dict[str, float]]:
+               engine: str | None = None, points: int | None = None) -> dict[str, dict[str, float]]:
     """Per backend ``{"median_ms", "p90_ms", "first_call_s", "max_logit_diff"}`` (the difference of
-    the first frame's logits to the first backend's)."""
+    the first frame's logits to the first backend's), timed interleaved. ``points``: sweep size of
+    fused presets (None: the synthetic sequence's)."""
     from ..model import TemporalState, build_head, build_model
     from ..model.config import get_preset
     from .backends import OrtBackend, StepRunner, TorchBackend
@@ -72,6 +93,11 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
 
             module.load_official_state_dict(read_checkpoint(checkpoint))
     seq = synthetic_sequence(cfg, frames, with_backbone=with_backbone)
+    if points is not None and cfg.lidar is not None and with_backbone:
+        if not 0 < points <= cfg.lidar.max_points:
+            raise ValueError(f"--points must be in 1..{cfg.lidar.max_points} (the preset's max_points)")
+        for i, frame in enumerate(seq):
+            frame.points = sweep(points, seed=i)
     steppers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in backends:
@@ -81,9 +107,18 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
                 steppers[name] = StepRunner(TorchBackend(module, cfg, dfa_impl="auto"), cfg)
             elif name == "torch-compile":
                 steppers[name] = StepRunner(TorchBackend(module, cfg, dfa_impl="auto", compile=True), cfg)
-            elif name == "onnxruntime":
-                path = Path(tmp) / "step.onnx"
-                export_step(path, cfg, with_backbone=with_backbone, module=module)
+            elif name in ("onnxruntime", "onnxruntime-scatterelements"):
+                path = Path(tmp) / f"{name}.onnx"
+                pillars = getattr(getattr(module, "pts_branch", None), "pillars", None)
+                if name != "onnxruntime" and pillars is None:
+                    raise ValueError(f"{name} needs a fused preset")
+                try:
+                    if name != "onnxruntime":
+                        pillars.onnx_pooling = "scatter_elements"
+                    export_step(path, cfg, with_backbone=with_backbone, module=module)
+                finally:
+                    if pillars is not None:
+                        pillars.onnx_pooling = "scatter_nd"
                 steppers[name] = StepRunner(OrtBackend(path, num_threads=threads), cfg)
             elif name == "tensorrt":
                 from .tensorrt_backend import TensorRTBackend
@@ -97,7 +132,7 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
         for name, stepper in steppers.items():
             t0 = time.perf_counter()
             out, _ = stepper.step(*_frame_args(seq[0], with_backbone), seq[0].timestamp, seq[0].T_world_from_model,
-                                  TemporalState.empty())
+                                  TemporalState.empty(), points=seq[0].points)
             first_call[name] = time.perf_counter() - t0
             first[name] = out
         ref = next(iter(first.values()))
@@ -106,19 +141,20 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
             diffs[name] = float((out.classification.cpu() - ref.classification.cpu()).abs().max())
             if diffs[name] > 1e-2:
                 raise RuntimeError(f"{name} differs from {next(iter(first))} by {diffs[name]} on the first frame")
-        results = {}
-        for name, stepper in steppers.items():
-            state = TemporalState.empty()
-            times = []
-            for i, frame in enumerate(seq):
+        states = {name: TemporalState.empty() for name in steppers}
+        times: dict[str, list[float]] = {name: [] for name in steppers}
+        for i, frame in enumerate(seq):
+            for name, stepper in steppers.items():  # interleaved: A, B, A, B, ...
                 t0 = time.perf_counter()
-                out, state = stepper.step(*_frame_args(frame, with_backbone), frame.timestamp,
-                                          frame.T_world_from_model, state)
+                out, states[name] = stepper.step(*_frame_args(frame, with_backbone), frame.timestamp,
+                                                 frame.T_world_from_model, states[name], points=frame.points)
                 _ = out.boxes.cpu()  # results on the host, as a node publishes them
                 if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            results[name] = {"median_ms": 1e3 * statistics.median(times),
-                             "p90_ms": 1e3 * float(np.percentile(times, 90)),
+                    times[name].append(time.perf_counter() - t0)
+        results = {}
+        for name in steppers:
+            results[name] = {"median_ms": 1e3 * statistics.median(times[name]),
+                             "p90_ms": 1e3 * float(np.percentile(times[name], 90)),
                              "first_call_s": first_call[name], "max_logit_diff": diffs[name]}
     return results
 
@@ -127,12 +163,14 @@ def run(args: argparse.Namespace) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     try:
         res = bench_step(args.preset, not args.head_only, backends, args.frames, args.warmup, args.threads,
-                         args.checkpoint, args.engine)
+                         args.checkpoint, args.engine, args.points)
     except Exception as exc:  # a CLI: report, do not dump a traceback
         print(f"bench failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
     what = "head (features -> detections)" if args.head_only else "full model (images -> detections)"
-    print(f"{args.preset}, {what}, {args.threads} thread(s), median of {args.frames - args.warmup} frames")
+    sweep_size = f", {args.points} points per sweep" if args.points else ""
+    print(f"{args.preset}, {what}{sweep_size}, {args.threads} thread(s), median of {args.frames - args.warmup} frames "
+          f"(backends interleaved; load average {os.getloadavg()[0]:.2f} at the end)")
     base_name = next(iter(res))
     base = res[base_name]["median_ms"]
     print(f"| backend | median | p90 | first call | max logit diff | vs {base_name} |\n"

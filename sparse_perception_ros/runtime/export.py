@@ -69,6 +69,9 @@ __all__ = [
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
+# Bumped whenever the exported graph of the same weights changes, so export_cached never serves a
+# stale file: 2 = the pillar pooling as one ScatterND(add) instead of two ScatterElements(add).
+GRAPH_FORMAT = 2
 STATE_HOST_INPUTS = STEP_INPUTS
 STATE_OUTPUTS = ("next_anchors", "next_features", "next_confidence")
 
@@ -316,6 +319,7 @@ def export_step(
             "scatter_nodes": sum(n.op_type in ("ScatterElements", "ScatterND") for n in model.graph.node),
         },
         "opset": opset,
+        "graph_format": GRAPH_FORMAT,
         "sha256": digest,
     }
     Path(str(path) + ".json").write_text(json.dumps(meta, indent=2))
@@ -335,13 +339,14 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
                   backbone_fp16: bool = False) -> Path:
     """Export ``module`` (head or full model) once into ``cache_dir`` and return the file.
 
-    The name holds the preset, the variant, the camera count (a graph's shapes are static) and
-    :func:`weights_digest`, so changed weights or another rig give a new file. Default directory: ``~/.cache/sparse_perception_ros/onnx``.
+    The name holds the preset, the variant, the camera count (a graph's shapes are static), the
+    :data:`GRAPH_FORMAT` and :func:`weights_digest`, so changed weights, another rig or a changed
+    graph give a new file. Default directory: ``~/.cache/sparse_perception_ros/onnx``.
     """
     root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
     with_backbone = hasattr(module, "extract_features")
     variant = ("full_fp16" if backbone_fp16 else "full") if with_backbone else "head"
-    path = root / f"{cfg.name}_{variant}_{cfg.head.num_cams}cam_{weights_digest(module)}.onnx"
+    path = root / f"{cfg.name}_{variant}_{cfg.head.num_cams}cam_g{GRAPH_FORMAT}_{weights_digest(module)}.onnx"
     if not path.is_file() or not Path(str(path) + ".json").is_file():
         tmp = path.with_name(f".{path.name}.{id(module)}.tmp.onnx")
         export_step(tmp, cfg, with_backbone=with_backbone, module=module, backbone_fp16=backbone_fp16)

@@ -155,6 +155,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
     backend = stepper.backend
     detail = f"; backend {type(backend).__name__}"
+    if stepper.auto_choice is not None:  # model.backend auto: which one and why (measured at start-up)
+        detail += f" ({stepper.auto_choice})"
     if backend.name == "torch":
         detail += f" (DFA {backend.dfa_impl}, {backend.mode}, {backend.device})"
     try:
