@@ -3,6 +3,13 @@
     .venv/bin/python bench/bench_node.py latency  [--rate 0.5]      # glue overhead vs model time
     .venv/bin/python bench/bench_node.py soak     [--frames 2000]   # memory and latency over time
     .venv/bin/python bench/bench_node.py overload [--factor 2]      # bag at 2x the sustainable rate
+    .venv/bin/python bench/bench_node.py realtime [--preset tiny_fusion]  # 440x248 bag at 1.0x, default params
+
+``realtime`` (issue 21's acceptance) plays a 440x248 synthetic bag (20 Hz LiDAR, 12 Hz cameras) at
+1.0x into the node with the shipped parameters and the given preset (the fused preset triggers on
+the LiDAR, the camera preset on the front camera), and reports the share of triggers that produced
+an output and the trigger-arrival -> publish latency (assemble + convert + model + publish) p50 /
+p99, with the machine's load average.
 
 All three use the shipped parameters' CPU preset (``tiny``, which loads the bundled camera-only
 model ``models/tiny.pt``) on a generated 320x180 scene, with ``output.score_threshold`` 0 so that
@@ -40,12 +47,13 @@ MODEL = ("preprocess", "infer", "decode")
 GLUE = ("assemble", "convert", "publish")
 
 
-def make_bag(workdir: Path, keyframes: int, seed: int = 3) -> Path:
-    out = workdir / f"bench_bags_{keyframes}_{seed}"
+def make_bag(workdir: Path, keyframes: int, seed: int = 3, size: tuple[int, int] = (320, 180)) -> Path:
+    out = workdir / f"bench_bags_{keyframes}_{seed}" if size == (320, 180) else \
+        workdir / f"bench_bags_{keyframes}_{seed}_{size[0]}x{size[1]}"
     if not out.exists():
         subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "synth", "--bag-out", str(out), "--scenes",
-                        "1", "--keyframes", str(keyframes), "--seed", str(seed), "--width", "320", "--height", "180"],
-                       check=True, capture_output=True)
+                        "1", "--keyframes", str(keyframes), "--seed", str(seed), "--width", str(size[0]), "--height",
+                        str(size[1])], check=True, capture_output=True)
     return sorted(p for p in out.iterdir() if p.is_dir())[0]
 
 
@@ -96,17 +104,35 @@ class Probe:
         self.rclpy.shutdown(context=self.ctx)
 
 
-def start_node(tmp: Path) -> subprocess.Popen:
+def start_node(tmp: Path, realtime_preset: str | None = None) -> subprocess.Popen:
+    """The node with the shipped parameters; for the stage benchmarks every box is published (score
+    threshold 0, at most 30); ``realtime_preset``: the shipped output settings and this preset."""
     doc = yaml.safe_load((REPO / "config" / "perception.param.yaml").read_text())
     p = doc["/**"]["ros__parameters"]
-    p["cameras"]["compressed"] = True
-    p["output"]["score_threshold"] = 0.0  # publish boxes whatever the weights score, so publishing costs something real
-    p["output"]["max_detections"] = 30
+    p["cameras"]["compressed"] = True  # the synthetic bags carry JPEG CompressedImage
+    if realtime_preset is None:
+        p["output"]["score_threshold"] = 0.0  # publish whatever the weights score, so publishing costs something
+        p["output"]["max_detections"] = 30
+    else:
+        p["model"]["preset"] = realtime_preset
+        if realtime_preset != "tiny_fusion":
+            p["sync"]["trigger"] = p["cameras"]["names"][0]  # a camera-only model runs at the front camera's rate
     p["output"]["force_processing"] = True  # the probe only listens to latency and diagnostics
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(doc))
     (spec,) = node_set("perception", str(params))
     return start_captured(command_line(spec))
+
+
+def topic_counts(bag: Path) -> dict[str, int]:
+    """Messages per topic in ``bag`` (from its index)."""
+    from sparse_perception_ros.data import bagio
+
+    reader = bagio.open_reader(bag)
+    try:
+        return {c.topic: c.msgcount for c in reader.connections}
+    finally:
+        reader.close()
 
 
 def rss_mb(pid: int) -> float:
@@ -142,7 +168,8 @@ def play(bag: Path, rate: float, loop: bool = False) -> subprocess.Popen:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("latency", "soak", "overload"))
+    parser.add_argument("mode", choices=("latency", "soak", "overload", "realtime"))
+    parser.add_argument("--preset", default="tiny_fusion", help="realtime: model preset (tiny_fusion or tiny)")
     parser.add_argument("--rate", type=float, default=0.5, help="latency: playback rate (sustainable)")
     parser.add_argument("--frames", type=int, default=2000, help="soak: frames to push through the node")
     parser.add_argument("--factor", type=float, default=2.0, help="overload: times the sustainable frame rate")
@@ -152,9 +179,11 @@ def main() -> None:
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_large_data.xml"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     workdir = Path.home() / ".cache" / "sparse_perception_ros"
-    bag = make_bag(workdir, args.keyframes)
+    realtime = args.mode == "realtime"
+    bag = make_bag(workdir, args.keyframes, size=(440, 248) if realtime else (320, 180))
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        node = start_node(Path(tmp))
+        node = start_node(Path(tmp), args.preset if realtime else None)
         probe = Probe()
         try:
             probe.wait_for_node()
@@ -172,6 +201,30 @@ def main() -> None:
                 print(stage_table(frames))
                 print(f"  glue fraction of (glue + model): median {np.median(g) * 100:.1f} %, "
                       f"p90 {np.percentile(g, 90) * 100:.1f} %")
+            elif realtime:
+                probe.spin(3.0)  # the node's warm-up and DDS discovery settle before the bag starts
+                before, n0 = dict(probe.counts), len(probe.frames)
+                player = play(bag, 1.0)
+                while player.poll() is None:
+                    probe.spin(0.5)
+                probe.spin(3.0)
+                frames = probe.frames[n0:]
+                c = probe.counts
+                topics = topic_counts(bag)
+                trigger = "/lidar_top/points" if args.preset == "tiny_fusion" else "/cam_front/image/compressed"
+                triggers = topics.get(trigger) or topics.get(trigger.replace("/compressed", ""), 0)
+                published = c.get("frames_published", 0) - before.get("frames_published", 0)
+                skipped = c.get("frames_skipped", 0) - before.get("frames_skipped", 0)
+                e2e = np.array([sum(f.get(k, 0.0) for k in (*GLUE, *MODEL)) for _, f in frames])
+                print(f"realtime: {args.preset}, bag {bag.name} (440x248, 20 Hz LiDAR, 12 Hz cameras) at 1.0x, "
+                      f"shipped parameters; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
+                      f"on {os.cpu_count()} cores")
+                print(f"  triggers in the bag ({trigger}): {triggers}; frames published {published} "
+                      f"({100.0 * published / max(triggers, 1):.1f} %), skipped {skipped}")
+                if len(e2e):
+                    print(f"  trigger arrival -> publish: p50 {np.percentile(e2e, 50):.1f} ms, "
+                          f"p99 {np.percentile(e2e, 99):.1f} ms, max {e2e.max():.1f} ms over {len(e2e)} frames")
+                print(stage_table(frames))
             elif args.mode == "soak":
                 player = play(bag, 1.0, loop=True)
                 t0, samples = time.monotonic(), []
