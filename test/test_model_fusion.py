@@ -143,8 +143,11 @@ def test_exported_pillar_pooling_matches_eager_in_onnxruntime(tmp_path, monkeypa
 
 
 def test_candidates_decode_a_planted_peak():
+    from dataclasses import replace
+
     torch.manual_seed(0)
-    branch = LidarBranch(LID, 64, 10).eval()
+    # the 8-channel layout (no velocity head; test_velocity_candidates_... covers the other)
+    branch = LidarBranch(replace(LID, velocity=False), 64, 10).eval()
     wb, hb = LID.bev_size
     row, col, cls = 37, 52, 4
     heat = torch.full((1, 10, hb, wb), -9.0)
@@ -171,7 +174,9 @@ def _frame_args(frame):
 
 def test_no_sweep_is_exactly_the_camera_path(model):
     frames = synthetic_sequence(CFG, 2, with_backbone=True, seed=1)
-    camera = build_model("tiny")
+    from dataclasses import replace
+
+    camera = build_model(replace(CFG, name="tiny_fusion_camera_path", lidar=None))  # the same head, no LiDAR
     camera.load_state_dict({k: v for k, v in model.state_dict().items()
                             if not k.startswith(("pts_branch.", "head.lidar_fusion."))})
     s_f = s_c = TemporalState.empty()
@@ -264,7 +269,7 @@ def test_velocity_candidates_start_with_the_regressed_velocity():
     from dataclasses import replace
 
     lid = replace(LID, velocity=True)
-    assert (LID.reg_dims, lid.reg_dims) == (8, 10)
+    assert (replace(LID, velocity=False).reg_dims, lid.reg_dims) == (8, 10)
     torch.manual_seed(0)
     branch = LidarBranch(lid, 64, 10).eval()
     assert branch.regression.out_channels == 10

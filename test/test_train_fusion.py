@@ -139,10 +139,11 @@ def test_init_grows_smaller_weights_into_a_larger_capacity(tmp_path):
     from sparse_perception_ros.model.config import with_capacity
     from sparse_perception_ros.train.trainer import model_from_checkpoint
 
-    small = build_model("tiny_fusion")
+    base = get_preset("tiny_fusion")
+    small = build_model(replace(with_capacity(base, 96, 64, 32), lidar=replace(base.lidar, velocity=False)))  # v1
     path = tmp_path / "small.pt"
     torch.save(small.state_dict(), path)
-    big_cfg = with_capacity(get_preset("tiny_fusion"), 120, 80, 40)
+    big_cfg = with_capacity(base, 120, 80, 40)
     big_cfg = replace(big_cfg, lidar=replace(big_cfg.lidar, velocity=True))
     big = model_from_checkpoint(path, TrainConfig(preset="tiny_fusion", depth_weight=0.0), big_cfg)
     a_old, a_new = small.head.instance_bank.anchor, big.head.instance_bank.anchor
