@@ -2,7 +2,7 @@
 # Retrain the bundled models from scratch with the exact commands of models/README.md, on the
 # synthetic training scenes (seed 1; tiny's stages 3, 4 and 5: seeds 4, 5 and 6), and write them to
 # ${OUT:-runs}/bundled/*.pt (not over models/; compare, then copy). CPU only: about 1 h for
-# tiny_fusion and about 5.5 h for tiny (five stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
+# tiny_fusion v2 (from v1, which comes from git history) and about 5.5 h for tiny (five stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
 # when the script is run again (--max-minutes / --resume), so it can be done in pieces.
 # Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min;
 # SEED=S: stage-2 seed, default 0 = the bundled model; OUT=DIR: where runs go)
@@ -33,11 +33,20 @@ done_at() {  # done_at DIR N: the run in DIR has reached iteration N
 }
 
 if [ "$WHICH" = tiny_fusion ] || [ "$WHICH" = all ]; then
-  done_at "$OUT/tiny_fusion" 2500 || run "$OUT/tiny_fusion" - --preset tiny_fusion "${data[@]}" --iters 2500 --lr 2e-3 \
-      --warmup 200 --ckpt-every 500 --depth-weight 0
-  if done_at "$OUT/tiny_fusion" 2500; then
-    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_fusion/checkpoints/last.pt" "$OUT/bundled/tiny_fusion.pt" \
-        --preset tiny_fusion --recalibrate-bn "$OUT/train_s1_16_pts.pt"
+  # v1, the starting point: 2500 iterations from scratch at 96 anchors on single sweeps (models/README.md,
+  # "v1"); the preset has grown since (issue 20), so v1 comes from git history rather than a rerun
+  if [ ! -f "$OUT/bundled/tiny_fusion_v1.pt" ]; then
+    git show 5056fed:models/tiny_fusion.pt > "$OUT/bundled/tiny_fusion_v1.pt"
+  fi
+  # v2 (bundled): v1 grown to 192/128/64 anchors with the LiDAR velocity head (train --init), fine-tuned on
+  # 5 accumulated sweeps of 50-object scenes
+  sweeps=(--synth-seed 1 --scenes 16 --keyframes 40 --objects 50 --image-size 440 248 --clip-len 3 --threads 1
+          --max-sweeps 5 --sweep-window 0.5 --data-cache "$OUT/train_s1_16_o50_sw5.pt")
+  done_at "$OUT/tiny_fusion_v2" 2500 || run "$OUT/tiny_fusion_v2" "$OUT/bundled/tiny_fusion_v1.pt" --preset tiny_fusion \
+      "${sweeps[@]}" --iters 2500 --lr 1e-3 --warmup 100 --ckpt-every 250 --depth-weight 0
+  if done_at "$OUT/tiny_fusion_v2" 2500; then
+    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_fusion_v2/checkpoints/last.pt" "$OUT/bundled/tiny_fusion.pt" \
+        --preset tiny_fusion --recalibrate-bn "$OUT/train_s1_16_o50_sw5.pt"
   fi
 fi
 if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
