@@ -25,6 +25,9 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("kw", [
     dict(score_threshold=0.0, max_detections=24, reassociate_distance=4.0, track_class_vote=True, duplicate_iou=0.0),
     dict(score_threshold=0.012, max_detections=300, reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0),
+    # velocity from tracks (the node's default): recorded raw, applied once by the replay
+    dict(score_threshold=0.0, max_detections=24, reassociate_distance=4.0, track_class_vote=True, duplicate_iou=0.0,
+         velocity_window=2.0, velocity_noise=1.0),
 ])
 def test_replay_equals_the_pipeline(data, kw, tmp_path):
     nusc, samples, model = data

@@ -48,13 +48,14 @@ def record_raw(nusc, samples, pipeline, progress=None) -> list[RawFrame]:
     threshold and no host tracking, and keep each frame's raw output (:class:`RawFrame`).
 
     ``pipeline``: a :class:`~sparse_perception_ros.runtime.pipeline.Pipeline`; only its model,
-    ``max_time_gap_s`` and ``sensors`` matter (the others are replaced here).
+    ``max_time_gap_s``, ``sensors`` and ``sweeps`` matter (the host steps, velocity from tracks
+    included, are switched off here and left to :func:`replay`).
     """
     from sparse_perception_ros.eval.dataset import load_frame
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState, _ids
 
     raw_config = replace(pipeline.config, score_threshold=0.0, reassociate_distance=0.0, track_class_vote=False,
-                         duplicate_iou=1.0)
+                         duplicate_iou=1.0, velocity_window=0.0)
     raw = Pipeline(pipeline.model, pipeline.class_names, raw_config)
     state = PipelineState.empty()
     scene = None
@@ -64,7 +65,7 @@ def record_raw(nusc, samples, pipeline, progress=None) -> list[RawFrame]:
         if start:
             state = PipelineState.empty(next_track_id=state.temporal.next_track_id)
             scene = ref.scene_name
-        frame = load_frame(nusc, ref.token)
+        frame = load_frame(nusc, ref.token, sweeps=pipeline.sweeps)  # multi-sweep LiDAR as run_offline
         carried = set() if raw.reset_reason(frame, state) else _ids(state.temporal)
         det, state = raw.step(frame, state)
         pose = None if frame.T_world_from_model is None else np.asarray(frame.T_world_from_model, np.float64)
