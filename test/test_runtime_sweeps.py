@@ -237,12 +237,12 @@ def test_training_samples_accumulate_as_the_node_does():
 
 
 def test_sweep_count_belongs_to_the_weights(tmp_path):
-    """lidar.max_sweeps auto: the weights' lidar_sweeps entry; the bundled tiny_fusion (v2) was trained on 5 sweeps."""
+    """lidar.max_sweeps auto: the weights' lidar_sweeps entry; the bundled tiny_fusion (v2) runs 1 (trained on 5; 1 scored better on validation)."""
     import json
 
     from sparse_perception_ros.runtime.loading import bundled_weights_path, load_max_sweeps
 
-    assert load_max_sweeps(bundled_weights_path("tiny_fusion")) == 5  # train --max-sweeps 5 (models/README.md)
+    assert load_max_sweeps(bundled_weights_path("tiny_fusion")) == 1  # chosen on validation (models/README.md)
     w = tmp_path / "w.pt"
     (tmp_path / "w.pt.json").write_text(json.dumps({"lidar_sweeps": {"max_sweeps": 10}}))
     assert load_max_sweeps(w) == 10
