@@ -104,7 +104,7 @@ class Probe:
         self.rclpy.shutdown(context=self.ctx)
 
 
-def start_node(tmp: Path, realtime_preset: str | None = None) -> subprocess.Popen:
+def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | None = None) -> subprocess.Popen:
     """The node with the shipped parameters; for the stage benchmarks every box is published (score
     threshold 0, at most 30); ``realtime_preset``: the shipped output settings and this preset."""
     doc = yaml.safe_load((REPO / "config" / "perception.param.yaml").read_text())
@@ -115,6 +115,8 @@ def start_node(tmp: Path, realtime_preset: str | None = None) -> subprocess.Pope
         p["output"]["max_detections"] = 30
     else:
         p["model"]["preset"] = realtime_preset
+        if backend:
+            p["model"]["backend"] = backend
         if realtime_preset != "tiny_fusion":
             p["sync"]["trigger"] = p["cameras"]["names"][0]  # a camera-only model runs at the front camera's rate
     p["output"]["force_processing"] = True  # the probe only listens to latency and diagnostics
@@ -170,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("latency", "soak", "overload", "realtime"))
     parser.add_argument("--preset", default="tiny_fusion", help="realtime: model preset (tiny_fusion or tiny)")
+    parser.add_argument("--backend", default=None, help="realtime: model.backend instead of the shipped one")
     parser.add_argument("--rate", type=float, default=0.5, help="latency: playback rate (sustainable)")
     parser.add_argument("--frames", type=int, default=2000, help="soak: frames to push through the node")
     parser.add_argument("--factor", type=float, default=2.0, help="overload: times the sustainable frame rate")
@@ -183,7 +186,7 @@ def main() -> None:
     bag = make_bag(workdir, args.keyframes, size=(440, 248) if realtime else (320, 180))
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        node = start_node(Path(tmp), args.preset if realtime else None)
+        node = start_node(Path(tmp), args.preset if realtime else None, args.backend)
         probe = Probe()
         try:
             probe.wait_for_node()
@@ -216,7 +219,7 @@ def main() -> None:
                 published = c.get("frames_published", 0) - before.get("frames_published", 0)
                 skipped = c.get("frames_skipped", 0) - before.get("frames_skipped", 0)
                 e2e = np.array([sum(f.get(k, 0.0) for k in (*GLUE, *MODEL)) for _, f in frames])
-                print(f"realtime: {args.preset}, bag {bag.name} (440x248, 20 Hz LiDAR, 12 Hz cameras) at 1.0x, "
+                print(f"realtime: {args.preset} ({args.backend or 'shipped backend'}), bag {bag.name} (440x248, 20 Hz LiDAR, 12 Hz cameras) at 1.0x, "
                       f"shipped parameters; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
                       f"on {os.cpu_count()} cores")
                 print(f"  triggers in the bag ({trigger}): {triggers}; frames published {published} "
