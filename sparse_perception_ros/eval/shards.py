@@ -225,7 +225,7 @@ def _watch(procs, dirs, shards, quiet: bool, report_out: Path) -> None:
                 if (d / "progress.json").is_file():
                     try:
                         prog = json.loads((d / "progress.json").read_text())
-                    except ValueError:
+                    except ValueError:  # caught mid-write by the shard: shown at the next poll
                         pass
                 done = len(shards[k]) if rc == 0 else prog.get("done", 0)
                 total = len(shards[k]) if rc == 0 or prog.get("unit") != "bag" else prog.get("total", 0)

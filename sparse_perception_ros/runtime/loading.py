@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from sparse_perception_ros.params import ModelParams, ParameterError
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
+from sparse_perception_ros.runtime.sidecar import read_fact
 
 __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold",
            "load_max_sweeps"]
@@ -37,47 +37,33 @@ def random_weights(p: ModelParams) -> bool:
     return not p.checkpoint and bundled_weights_path(p.preset) is None
 
 
+def _score_threshold(entry) -> float:
+    value = entry["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"score_threshold.value must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def load_score_threshold(checkpoint: str | Path | None) -> float | None:
     """The weights' own display threshold: ``score_threshold.value`` of ``<checkpoint>.json`` (the
     facts stored with the weights; the bundled models' were chosen on validation data by
     ``scripts/choose_score_threshold.py``), or None when there is no such file or entry. Raises
     ``ValueError`` naming the file when the entry is malformed or outside ``[0, 1]``."""
-    if checkpoint is None:
-        return None
-    path = Path(str(checkpoint) + ".json")
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        if "score_threshold" not in doc:
-            return None
-        value = doc["score_threshold"]["value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"score_threshold.value must be a number in [0, 1], got {value!r}")
-        return float(value)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    return read_fact(checkpoint, "score_threshold", _score_threshold)
+
+
+def _max_sweeps(entry) -> int:
+    value = entry["max_sweeps"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"lidar_sweeps.max_sweeps must be an integer >= 1, got {value!r}")
+    return value
 
 
 def load_max_sweeps(checkpoint: str | Path | None) -> int | None:
-    """The sweep count the weights were trained with: ``lidar_sweeps.max_sweeps`` of ``<checkpoint>.json``
+    """The sweep count these weights run with: ``lidar_sweeps.max_sweeps`` of ``<checkpoint>.json``
     (used by ``lidar.max_sweeps: auto``, :func:`~.sweeps.resolve_max_sweeps`), or None when there is no
     such file or entry (single-sweep weights). Raises ``ValueError`` naming the file when malformed."""
-    if checkpoint is None:
-        return None
-    path = Path(str(checkpoint) + ".json")
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        if "lidar_sweeps" not in doc:
-            return None
-        value = doc["lidar_sweeps"]["max_sweeps"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"lidar_sweeps.max_sweeps must be an integer >= 1, got {value!r}")
-        return value
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    return read_fact(checkpoint, "lidar_sweeps", _max_sweeps)
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,13 @@ frame (REP 103) with what the weights were trained with (axes, height) and names
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sparse_perception_ros.geometry.transforms import make_transform
+from sparse_perception_ros.runtime.sidecar import read_fact
 
 __all__ = ["FrameConvention", "NUSCENES_LIDAR_TOP", "MODEL_FRAME_AXES", "ModelFrame", "load_convention",
            "model_frame_name"]
@@ -83,16 +83,8 @@ NUSCENES_LIDAR_TOP = FrameConvention(
 def load_convention(checkpoint: str | Path | None) -> FrameConvention:
     """The ``frame`` entry of ``<checkpoint>.json`` (the facts stored with the weights), else
     :data:`NUSCENES_LIDAR_TOP`. Raises ``ValueError`` naming the file when it is malformed."""
-    if checkpoint is None:
-        return NUSCENES_LIDAR_TOP
-    path = Path(str(checkpoint) + ".json")
-    if not path.is_file():
-        return NUSCENES_LIDAR_TOP
-    try:
-        doc = json.loads(path.read_text())
-        return NUSCENES_LIDAR_TOP if "frame" not in doc else FrameConvention.from_json(doc["frame"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    convention = read_fact(checkpoint, "frame", FrameConvention.from_json)
+    return NUSCENES_LIDAR_TOP if convention is None else convention
 
 
 def model_frame_name(tf_frame: str, axes: str) -> str:
