@@ -388,9 +388,10 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
                                     config.reassociate_distance)
     keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
     tracks = extend_history(tracks, previous, config.velocity_window, keep)
-    if config.velocity_window > 0 and len(tracks.ids):  # the next frame's prediction uses it too
+    if config.velocity_window > 0 and len(tracks.ids):  # published, and the next frame's prediction uses it
         measured = track_velocity(tracks.history, tracks.ids, 0.5 * config.velocity_window)
         tracks = replace(tracks, vel=blend_velocity(tracks.vel, measured, config.velocity_noise))
+        boxes = with_track_velocity(boxes, tracks.vel, T_world_from_model)  # the rows of tracks are the boxes'
     votes = None
     if config.track_class_vote or config.duplicate_iou < 1.0:
         voted, votes = vote_track_classes(track_ids, labels, scores, class_votes, keep, config.num_classes)
@@ -402,21 +403,15 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
         if not shown.all():
             suppressed = int((~shown).sum())
             boxes, scores, labels, track_ids = boxes[shown], scores[shown], labels[shown], track_ids[shown]
-    if config.velocity_window > 0 and len(boxes):
-        boxes = with_track_velocity(boxes, track_ids, tracks.history, T_world_from_model, config)
     return TrackedFrame(boxes, scores, labels, track_ids, tracks, votes, suppressed)
 
 
-def with_track_velocity(boxes: np.ndarray, track_ids: np.ndarray, history: dict[int, np.ndarray],
-                        T_world_from_model: np.ndarray, config: TrackingConfig) -> np.ndarray:
-    """``boxes (N, 10)`` (model frame, a copy) with ``vx, vy`` from :func:`blend_velocity` of the model's
-    velocity and each track's measured one (:func:`track_velocity` over ``config.velocity_window``,
-    at least half of it spanned), both in the world frame; ``vz`` and tracks too young are unchanged."""
+def with_track_velocity(boxes: np.ndarray, world_vel: np.ndarray, T_world_from_model: np.ndarray) -> np.ndarray:
+    """``boxes (N, 10)`` (model frame, a copy) with ``vx, vy`` set from ``world_vel (N, 2)`` (world frame,
+    :func:`blend_velocity` of the model's and each track's measured velocity); ``vz`` is unchanged."""
     R = np.asarray(T_world_from_model, np.float64)[:3, :3]
     b = np.array(boxes, copy=True)
-    model_world = (b[:, 7:10].astype(np.float64) @ R.T)[:, :2]
-    measured = track_velocity(history, track_ids, 0.5 * config.velocity_window)
-    blended = blend_velocity(model_world, measured, config.velocity_noise)
-    world = np.c_[blended, (b[:, 7:10].astype(np.float64) @ R.T)[:, 2]]
+    world = b[:, 7:10].astype(np.float64) @ R.T
+    world[:, :2] = world_vel
     b[:, 7:10] = world @ R  # back into the model frame (R orthonormal)
     return b
