@@ -104,9 +104,11 @@ class Probe:
         self.rclpy.shutdown(context=self.ctx)
 
 
-def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | None = None) -> subprocess.Popen:
+def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | None = None,
+               overrides: list[str] = ()) -> subprocess.Popen:
     """The node with the shipped parameters; for the stage benchmarks every box is published (score
-    threshold 0, at most 30); ``realtime_preset``: the shipped output settings and this preset."""
+    threshold 0, at most 30); ``realtime_preset``: the shipped output settings and this preset;
+    ``overrides``: ``group.name=value`` (YAML value) set last."""
     doc = yaml.safe_load((REPO / "config" / "perception.param.yaml").read_text())
     p = doc["/**"]["ros__parameters"]
     p["cameras"]["compressed"] = True  # the synthetic bags carry JPEG CompressedImage
@@ -120,6 +122,11 @@ def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | Non
         if realtime_preset != "tiny_fusion":
             p["sync"]["trigger"] = p["cameras"]["names"][0]  # a camera-only model runs at the front camera's rate
     p["output"]["force_processing"] = True  # the probe only listens to latency and diagnostics
+    for item in overrides:
+        (group, name), value = item.split("=", 1)[0].split("."), item.split("=", 1)[1]
+        if name not in p[group]:
+            raise SystemExit(f"--param {item}: no parameter {group}.{name}")
+        p[group][name] = yaml.safe_load(value)
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(doc))
     (spec,) = node_set("perception", str(params))
@@ -173,6 +180,8 @@ def main() -> None:
     parser.add_argument("mode", choices=("latency", "soak", "overload", "realtime"))
     parser.add_argument("--preset", default="tiny_fusion", help="realtime: model preset (tiny_fusion or tiny)")
     parser.add_argument("--backend", default=None, help="realtime: model.backend instead of the shipped one")
+    parser.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
+                        help="realtime: override one node parameter (repeatable), e.g. model.image_features=in_step")
     parser.add_argument("--rate", type=float, default=0.5, help="latency: playback rate (sustainable)")
     parser.add_argument("--frames", type=int, default=2000, help="soak: frames to push through the node")
     parser.add_argument("--factor", type=float, default=2.0, help="overload: times the sustainable frame rate")
@@ -186,7 +195,7 @@ def main() -> None:
     bag = make_bag(workdir, args.keyframes, size=(440, 248) if realtime else (320, 180))
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        node = start_node(Path(tmp), args.preset if realtime else None, args.backend)
+        node = start_node(Path(tmp), args.preset if realtime else None, args.backend, args.param)
         probe = Probe()
         try:
             probe.wait_for_node()
@@ -219,7 +228,7 @@ def main() -> None:
                 published = c.get("frames_published", 0) - before.get("frames_published", 0)
                 skipped = c.get("frames_skipped", 0) - before.get("frames_skipped", 0)
                 e2e = np.array([sum(f.get(k, 0.0) for k in (*GLUE, *MODEL)) for _, f in frames])
-                print(f"realtime: {args.preset} ({args.backend or 'shipped backend'}), bag {bag.name} (440x248, 20 Hz LiDAR, 12 Hz cameras) at 1.0x, "
+                print(f"realtime: {args.preset} ({args.backend or 'shipped backend'}{''.join(', ' + a for a in args.param)}), bag {bag.name} (440x248, 20 Hz LiDAR, 12 Hz cameras) at 1.0x, "
                       f"shipped parameters; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
                       f"on {os.cpu_count()} cores")
                 print(f"  triggers in the bag ({trigger}): {triggers}; frames published {published} "

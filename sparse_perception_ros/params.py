@@ -47,6 +47,7 @@ class ModelParams:
     compile: bool
     num_threads: int
     sensors: str
+    image_features: str  # auto | on_arrival | in_step (runtime.features)
 
 
 @dataclass(frozen=True)

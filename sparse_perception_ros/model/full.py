@@ -16,7 +16,7 @@ from .head import HeadOutput, Sparse4DHead
 from .instance_bank import TemporalState
 from .lidar import LidarBranch, LidarCandidates
 
-__all__ = ["Sparse4DModel"]
+__all__ = ["Sparse4DModel", "AfterBackbone"]
 
 
 class Sparse4DModel(nn.Module):
@@ -54,6 +54,16 @@ class Sparse4DModel(nn.Module):
         feats = self.img_neck(self.img_backbone(img.flatten(0, 1)))
         return [f.reshape(bs, n, *f.shape[1:]) for f in feats]
 
+    def camera_features(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """``img [n, 3, H, W]`` normalised (any number of images: one camera, or all) -> 4 maps
+        ``[n, E, H/s, W/s]``. Each image is independent (eval-mode BatchNorm), so features computed
+        one camera at a time match the batched :meth:`extract_features` (within float rounding)."""
+        return self.img_neck(self.img_backbone(img))
+
+    def after_backbone(self) -> AfterBackbone:
+        """The rest of the model (head + LiDAR branch, parameters shared) for a step fed with features."""
+        return AfterBackbone(self)
+
     def lidar_candidates(self, points: torch.Tensor | np.ndarray | None, device=None) -> LidarCandidates | None:
         """``points (N, >=3)`` (model frame; x, y, z[, intensity[, dt]]) of one sweep -> candidates
         for batch size 1; None for a camera-only model. ``points=None`` (no sweep) gives
@@ -90,3 +100,18 @@ class Sparse4DModel(nn.Module):
         lidar = self.lidar_candidates(points, img.device)
         return self.head.step(self.extract_features(img.float()), projection_mat, image_wh, timestamp,
                               T_world_from_model, state, lidar=lidar, dfa_impl=dfa_impl)
+
+
+class AfterBackbone(nn.Module):
+    """``head`` and ``pts_branch`` of a :class:`Sparse4DModel`, shared (not copied): the step that runs
+    at every trigger when the image features are computed apart, one camera at a time as images
+    arrive (:mod:`sparse_perception_ros.runtime.features`). ``cfg`` is the full model's
+    :class:`ModelConfig` (``lidar`` set for fused presets). Its step graph takes ``feat_l{i}``
+    instead of ``img`` and, for fused presets, the sweep as the full graph does."""
+
+    def __init__(self, model: Sparse4DModel):
+        super().__init__()
+        self.cfg = model.cfg
+        self.head = model.head
+        self.pts_branch = model.pts_branch
+        self.eval()

@@ -21,7 +21,8 @@ import torch
 
 from ..geometry.image_transform import ResizeCrop, adjust_projection, compute_resize_crop
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_crop_image", "preprocess_images", "preprocess_images_torch"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_crop_image", "preprocess_images", "preprocess_images_torch",
+           "preprocess_projection"]
 
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # RGB
 IMAGENET_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -87,6 +88,20 @@ def preprocess_images(
     projection_mat = torch.from_numpy(np.stack(mats).astype(np.float32))[None]
     image_wh = torch.tensor(input_wh, dtype=torch.float32).expand(1, len(imgs), 2).clone()
     return img, projection_mat, image_wh
+
+
+def preprocess_projection(image_sizes: Sequence[tuple[int, int]], lidar2img: np.ndarray,
+                          input_wh: tuple[int, int] = (704, 256)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The geometry half of :func:`preprocess_images` alone (for images preprocessed elsewhere, e.g.
+    on arrival): source image sizes ``(W_i, H_i)`` + ``lidar2img (N_cam, 4, 4)`` -> ``projection_mat
+    [1, N_cam, 4, 4]`` float32 with the same resize/crop folded in, ``image_wh [1, N_cam, 2]``."""
+    proj = np.asarray(lidar2img, dtype=np.float64)
+    if proj.shape != (len(image_sizes), 4, 4):
+        raise ValueError(f"lidar2img must be ({len(image_sizes)}, 4, 4), got {proj.shape}")
+    mats = [adjust_projection(p, compute_resize_crop(tuple(wh), input_wh)) for wh, p in zip(image_sizes, proj,
+                                                                                               strict=True)]
+    projection_mat = torch.from_numpy(np.stack(mats).astype(np.float32))[None]
+    return projection_mat, torch.tensor(input_wh, dtype=torch.float32).expand(1, len(mats), 2).clone()
 
 
 _PINNED: dict[tuple, torch.Tensor] = {}

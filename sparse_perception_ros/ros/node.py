@@ -83,12 +83,12 @@ class PerceptionNode(Node):
         self._lookup = self._frame.wrap(self._tf.lookup)  # the model frame's lookups carry the axes turn
         if int(model.cfg.head.num_cams) != len(p.cameras.names):  # a model handed in (debug replay) is fixed
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, the model {model.cfg.head.num_cams}")
+        set_torch_threads(self.params.model.num_threads)  # per thread in torch; the pipeline's threads take it
         try:
             self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold, weights_sweeps)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
         self._builder.set_sweeps(self.pipeline.sweeps)  # multi-sweep LiDAR (lidar.*; None: single sweeps)
-        set_torch_threads(self.params.model.num_threads)  # per thread in torch: also where inference runs
         seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
         self.get_logger().info(f"warm-up of the model took {seconds:.1f} s")
         self._assembler = FrameAssembler(AssemblerConfig.from_params(p))
@@ -129,6 +129,8 @@ class PerceptionNode(Node):
             self._lock.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=10)
+        if self.pipeline is not None:
+            self.pipeline.close()
 
     # ------------------------------------------------------------------------- input callbacks
     def _now_ns(self) -> int:
@@ -177,8 +179,19 @@ class PerceptionNode(Node):
                 return
             image = None  # a trigger camera's refused image still opens its frame (masked)
         stamp = convert.stamp_to_ns(msg.header.stamp)
+        if self.pipeline.features is not None and not callable(image) and image is not None:
+            self._image_features(cam, stamp, image)
         payload = None if image is None else CameraInput(image, msg.header.frame_id, stamp)
         self._deliver(self._assembler.add_image, cam, stamp, payload)
+
+    def _image_features(self, cam: str, stamp: int, image) -> None:
+        """``model.image_features`` on arrival: the pipeline's feature thread takes this image now (this
+        returns at once); a failure only means the step computes the features itself."""
+        try:
+            if (ready := self._builder.frame_image(cam, image)) is not None:
+                self.pipeline.add_image(self.params.cameras.names.index(cam), stamp, ready)
+        except Exception as exc:  # noqa: BLE001 - the step recomputes what is missing
+            self.diag.refuse(f"image_features/{cam}", exc)
 
     def _on_points(self, msg: PointCloud2) -> None:
         self._arrived("points")

@@ -59,7 +59,7 @@ def probe_fastest(runners: dict, preset: str, warmup: int = 1, rounds: int = 3, 
     if len(names) == 1:
         return AutoChoice(names[0], {}, f"auto picked {names[0]}: the only usable backend{others}")
     frames = synthetic_sequence(cfg, warmup + rounds, with_backbone=with_backbone, seed=7)
-    if cfg.lidar is not None and with_backbone:
+    if cfg.lidar is not None:
         for i, f in enumerate(frames):
             f.points = sweep(min(PROBE_POINTS, cfg.lidar.max_points), seed=i)
     states = {n: TemporalState.empty() for n in names}
@@ -82,7 +82,7 @@ def probe_fastest(runners: dict, preset: str, warmup: int = 1, rounds: int = 3, 
     best = min(step_ms, key=step_ms.get)
     measured = ", ".join(f"{n} {ms:.1f} ms" for n, ms in sorted(step_ms.items(), key=lambda kv: kv[1]))
     sweep_note = (f", sweeps of {min(PROBE_POINTS, cfg.lidar.max_points)} points"
-                  if cfg.lidar is not None and with_backbone else "")
+                  if cfg.lidar is not None else "")
     reason = (f"auto picked {best}: fastest measured step for {preset} on this machine (median of "
               f"{len(times[best])} interleaved synthetic steps after {warmup} warm-up{sweep_note}, "
               f"{torch.get_num_threads()} torch thread(s), load average {_load():.2f}: {measured}){others}")

@@ -44,7 +44,7 @@ from ..model import HeadOutput, TemporalState
 from ..model.config import ModelConfig, get_preset
 from ..model.head import step_output
 from ..model.instance_bank import bank_advance, host_step_inputs
-from .export import StepGraph, input_names, lidar_step_inputs, output_names
+from .export import StepGraph, graph_parts, input_names, lidar_step_inputs, output_names
 
 __all__ = [
     "Stepper",
@@ -134,7 +134,7 @@ class TorchBackend(Backend):
         if dfa_impl not in DFA_IMPLS:
             raise ValueError(f"unknown DFA impl {dfa_impl!r}; choose one of {DFA_IMPLS}")
         self.with_backbone = hasattr(module, "extract_features")
-        head = module.head if self.with_backbone else module
+        head, pts_branch = graph_parts(module)
         self.cfg = cfg
         first = next(module.parameters(), None)
         self.device = torch.device(device) if device is not None else (
@@ -149,7 +149,7 @@ class TorchBackend(Backend):
         self.cuda_graph_error: str | None = None
         self._captured = None
         self.graph = StepGraph(head, module if self.with_backbone else None, static=self.compiled or self.cuda_graph,
-                               dfa_impl=self.dfa_impl).to(self.device).eval()
+                               dfa_impl=self.dfa_impl, pts_branch=pts_branch).to(self.device).eval()
         self._fn = torch.compile(self.graph, dynamic=False) if self.compiled else self.graph
         self._inputs = input_names(cfg, self.with_backbone)
 
@@ -266,7 +266,7 @@ def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool) -> dict[str, TensorSpe
         "prev_confidence": TensorSpec((1, h.num_temp_instances), "float32"),
         "prev_valid": TensorSpec((1,), "bool"),
     })
-    if cfg.lidar is not None and with_backbone:
+    if cfg.lidar is not None:  # set only for a graph with its LiDAR branch
         spec["points"] = TensorSpec((1, cfg.lidar.max_points, cfg.lidar.point_dims), "float32")
         spec["num_points"] = TensorSpec((1,), "int64")
     return spec
@@ -364,6 +364,7 @@ class Stepper(abc.ABC):
     cfg: ModelConfig
     device: torch.device
     with_backbone: bool = True
+    camera_backbone = None  # a runtime.features.CameraBackbone when the image backbone runs apart (step_features)
     auto_choice: Any = None  # a backend_probe.AutoChoice when build_stepper("auto") picked this one
 
     @abc.abstractmethod
@@ -383,7 +384,9 @@ class StepRunner(Stepper):
     feeds back as inputs without a copy.
     """
 
-    def __init__(self, backend: Backend, cfg: ModelConfig):
+    def __init__(self, backend: Backend, cfg: ModelConfig, camera_backbone=None):
+        if camera_backbone is not None and backend.with_backbone:
+            raise ValueError("a camera_backbone goes with a graph after the backbone (feat_l{i} in)")
         spec = backend.input_spec()
         image = spec.get("img") or spec.get("feat_l0")
         if image is not None and isinstance(image.shape[1], int) and image.shape[1] != cfg.head.num_cams:
@@ -393,16 +396,27 @@ class StepRunner(Stepper):
         self.cfg = cfg
         self.name = backend.name
         self.device = backend.device
-        self.with_backbone = backend.with_backbone
+        self.camera_backbone = camera_backbone
+        self.with_backbone = backend.with_backbone or camera_backbone is not None
 
     def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
              state: TemporalState, points: np.ndarray | None = None) -> tuple[HeadOutput, TemporalState]:
         """``points``: one sweep ``(N, >=3)`` in the model frame for fused graphs (None = no sweep,
-        at most ``cfg.lidar.max_points``); ignored by camera-only graphs."""
+        at most ``cfg.lidar.max_points``); ignored by camera-only graphs. With a ``camera_backbone``,
+        ``images`` is ``img [1, N, 3, H, W]``: the backbone runs, then the graph after it."""
+        if self.camera_backbone is not None:
+            img = images[0] if isinstance(images, (list, tuple)) else images
+            images = [m[None] for m in self.camera_backbone.run(torch.as_tensor(img)[0].float())]
+        return self.step_features(images, projection_mat, image_wh, timestamp, T_world_from_model, state, points)
+
+    def step_features(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
+                      state: TemporalState, points: np.ndarray | None = None) -> tuple[HeadOutput, TemporalState]:
+        """:meth:`step` with what the graph itself takes: ``img`` for a full graph, else the
+        ``feat_l{i} [1, N, E, H_i, W_i]`` list (the pipeline's :class:`~.features.FeatureCache`)."""
         h = self.cfg.head
         if isinstance(images, (torch.Tensor, np.ndarray)):
             images = [images]
-        names = ["img"] if self.with_backbone else [f"feat_l{i}" for i in range(h.num_levels)]
+        names = ["img"] if self.backend.with_backbone else [f"feat_l{i}" for i in range(h.num_levels)]
         if len(images) != len(names):
             raise ValueError(f"expected {len(names)} image/feature tensors, got {len(images)}")
         if np.shape(projection_mat)[0] != 1:
@@ -426,7 +440,7 @@ class StepRunner(Stepper):
 def _module_config(module: torch.nn.Module, preset: str | ModelConfig | None) -> ModelConfig:
     """The :class:`ModelConfig` of a built head or full model (a head needs ``preset`` for the
     input size; the head's own config wins over the preset's)."""
-    if hasattr(module, "extract_features"):
+    if isinstance(getattr(module, "cfg", None), ModelConfig):  # a full model or its after_backbone()
         return module.cfg
     if preset is None:
         raise ValueError("a head-only module needs its preset (for the input size)")
@@ -481,10 +495,9 @@ def build_stepper(
                 from ..model.checkpoint import read_checkpoint
 
                 module.load_official_state_dict(read_checkpoint(checkpoint))
-    with_backbone = hasattr(module, "extract_features")
-    head_cfg = module.head.cfg if with_backbone else module.cfg
-    cfg = ModelConfig(cfg.name, cfg.backbone, head_cfg, cfg.input_wh, getattr(module, "cfg", cfg).lidar
-                      if with_backbone else None)
+    head, pts_branch = graph_parts(module)
+    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh,
+                      module.cfg.lidar if pts_branch is not None else None)
     if backend == "auto":
         return _fastest_stepper(module, cfg, onnx_path=onnx_path, engine_path=engine_path, cache_dir=cache_dir,
                                 num_threads=num_threads, dfa_impl=dfa_impl, compile=compile)

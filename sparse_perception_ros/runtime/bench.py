@@ -93,7 +93,7 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
 
             module.load_official_state_dict(read_checkpoint(checkpoint))
     seq = synthetic_sequence(cfg, frames, with_backbone=with_backbone)
-    if points is not None and cfg.lidar is not None and with_backbone:
+    if points is not None and cfg.lidar is not None:
         if not 0 < points <= cfg.lidar.max_points:
             raise ValueError(f"--points must be in 1..{cfg.lidar.max_points} (the preset's max_points)")
         for i, frame in enumerate(seq):

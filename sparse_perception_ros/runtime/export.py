@@ -91,12 +91,17 @@ LIDAR_INPUTS = ("points", "num_points")
 
 def input_names(cfg: ModelConfig, with_backbone: bool) -> list[str]:
     images = ["img"] if with_backbone else [f"feat_l{i}" for i in range(cfg.head.num_levels)]
-    lidar = list(LIDAR_INPUTS) if cfg.lidar is not None and with_backbone else []
+    lidar = list(LIDAR_INPUTS) if cfg.lidar is not None else []  # cfg.lidar: set only when the graph has its branch
     return [*images, "projection_mat", "image_wh", "T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid", *lidar]
 
 
 def output_names() -> list[str]:
     return list(STEP_OUTPUTS)
+
+
+def graph_parts(module: nn.Module) -> tuple[Sparse4DHead, nn.Module | None]:
+    """``(head, pts_branch)`` of a full model, its ``after_backbone()`` or a bare head (no branch)."""
+    return getattr(module, "head", module), getattr(module, "pts_branch", None)
 
 
 class StepGraph(nn.Module):
@@ -123,15 +128,15 @@ class StepGraph(nn.Module):
     """
 
     def __init__(self, head: Sparse4DHead, backbone: nn.Module | None = None, static: bool = True,
-                 dfa_impl: str | None = None):
+                 dfa_impl: str | None = None, pts_branch: nn.Module | None = None):
         super().__init__()
         self.head = head
         self.backbone = backbone  # a Sparse4DModel (extract_features) or None
-        self.pts_branch = getattr(backbone, "pts_branch", None)
+        self.pts_branch = pts_branch if pts_branch is not None else getattr(backbone, "pts_branch", None)
         self.static = static
         self.dfa_impl = dfa_impl
         if head.lidar_fusion is not None and self.pts_branch is None:
-            raise ValueError("a fused head needs its LiDAR branch: export the full model (with_backbone=True)")
+            raise ValueError("a fused head needs its LiDAR branch: export the full model or its after_backbone()")
         self.eval()
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -248,7 +253,8 @@ def export_step(
 ) -> dict:
     """Export the step graph to ``path`` (one self-contained ``.onnx``) and check it.
 
-    ``module``: an already built head (``with_backbone=False``) or full model (``True``); else one
+    ``module``: an already built head or ``Sparse4DModel.after_backbone()`` (``with_backbone=False``)
+    or full model (``True``); else one
     is built from ``preset`` (and ``checkpoint`` loaded). ``backbone_fp16``: backbone + neck in
     float16 (full model only; the module itself is not modified). Writes ``<path>.json`` next to it
     (inputs, outputs, preset, DFA domain, sha256) and returns that dict. Raises ``ValueError`` on
@@ -278,9 +284,9 @@ def export_step(
         module = copy.deepcopy(module)
         module.img_backbone.half()
         module.img_neck.half()
-    head = module.head if with_backbone else module
-    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh, cfg.lidar if with_backbone else None)
-    graph = StepGraph(head, module if with_backbone else None)
+    head, pts_branch = graph_parts(module)
+    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh, cfg.lidar if pts_branch is not None else None)
+    graph = StepGraph(head, module if with_backbone else None, pts_branch=pts_branch)
     args = example_args(cfg, with_backbone)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +351,8 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
     """
     root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
     with_backbone = hasattr(module, "extract_features")
-    variant = ("full_fp16" if backbone_fp16 else "full") if with_backbone else "head"
+    variant = (("full_fp16" if backbone_fp16 else "full") if with_backbone
+               else "after_backbone" if hasattr(module, "head") else "head")
     path = root / f"{cfg.name}_{variant}_{cfg.head.num_cams}cam_g{GRAPH_FORMAT}_{weights_digest(module)}.onnx"
     if not path.is_file() or not Path(str(path) + ".json").is_file():
         tmp = path.with_name(f".{path.name}.{id(module)}.tmp.onnx")

@@ -231,6 +231,19 @@ class FrameBuilder:
         if calib is not None and (int(width), int(height)) != (calib.width, calib.height):
             raise InputRefused("image size", f"{width}x{height}", f"CameraInfo says {calib.width}x{calib.height}")
 
+    def frame_image(self, camera: str, rgb: np.ndarray) -> np.ndarray | None:
+        """``rgb`` as :meth:`build` will put it in a frame (checked against the camera's calibration,
+        undistorted), for work done on arrival; None when it would not be used as it is (no valid
+        calibration yet, wrong size, refused: :meth:`build` reports those)."""
+        with self._calib_lock:
+            calib = self._calib.get(camera)
+        if calib is None or rgb.shape[:2] != (calib.height, calib.width):
+            return None
+        try:
+            return self.undistorter(camera, rgb, calib)[0]
+        except ValueError:
+            return None
+
     def _image(self, cam: str, inp: CameraInput, calib, refused: list, warnings: list) -> np.ndarray | None:
         """The image checked against ``calib`` and undistorted, or None (refused)."""
         if calib is None:  # its last CameraInfo was invalid (refused when it arrived)

@@ -66,6 +66,33 @@ def load_max_sweeps(checkpoint: str | Path | None) -> int | None:
     return read_fact(checkpoint, "lidar_sweeps", _max_sweeps)
 
 
+def image_features_on_arrival(p: ModelParams) -> bool:
+    """``model.image_features``: True when the image backbone runs once per image as it arrives
+    (:mod:`.features`), False when it runs inside each step. ``auto`` = on arrival on CPU with torch or
+    ONNX Runtime (and ``auto``), in the step otherwise: a CUDA graph and a TensorRT engine hold the
+    whole step. An explicit ``on_arrival`` that cannot run raises, naming the parameter."""
+    if p.image_features == "in_step":
+        return False
+    if p.image_features not in ("auto", "on_arrival"):
+        raise ParameterError("model.image_features", f"must be auto, on_arrival or in_step, got {p.image_features!r}")
+    blocker = ("device cuda runs the whole step on the GPU" if p.device == "cuda" else
+               "a TensorRT engine holds the whole step" if p.backend == "tensorrt" else
+               "torch.compile compiles the whole step" if p.compile else None)
+    if blocker and p.image_features == "on_arrival":
+        raise ParameterError("model.image_features", f"'on_arrival' cannot run here: {blocker}; use auto or in_step")
+    return blocker is None
+
+
+def camera_backbone(backend: str, model: torch.nn.Module, num_threads: int | None):
+    """The :class:`~.features.CameraBackbone` for a step run by ``backend``: ONNX Runtime's when the step
+    runs there (exported once into the cache), torch's otherwise."""
+    from sparse_perception_ros.runtime import features
+
+    if backend == "onnxruntime":
+        return features.OrtCameraBackbone(features.export_backbone_cached(model), num_threads)
+    return features.TorchCameraBackbone(model)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """What :func:`load_model` gives: the stepper, a one-line note for the log, whether the
@@ -100,7 +127,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     """
     from sparse_perception_ros.model import CheckpointError, build_model
     from sparse_perception_ros.model.config import get_preset, with_num_cams
-    from sparse_perception_ros.runtime.backends import BackendUnavailable, build_stepper
+    from sparse_perception_ros.runtime.backends import BackendUnavailable, StepRunner, build_stepper
 
     if p.device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("model.device", "'cuda' requested but torch.cuda.is_available() is False on this machine")
@@ -134,9 +161,16 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
             raise ParameterError("model.checkpoint", f"{path}: {exc}") from None
         note = f"model {p.preset}: loaded {path} ({report.summary()})"
     model = model.to(p.device).eval()
+    on_arrival = image_features_on_arrival(p)
     try:
-        stepper = build_stepper(p.backend, cfg, module=model, engine_path=p.engine or None,
-                                num_threads=p.num_threads or None, dfa_impl=p.dfa_impl, compile=p.compile)
+        stepper = build_stepper(p.backend, cfg, module=model.after_backbone() if on_arrival else model,
+                                engine_path=p.engine or None, num_threads=p.num_threads or None, dfa_impl=p.dfa_impl,
+                                compile=p.compile)
+        if on_arrival:  # the same backend, with what makes its features
+            choice = stepper.auto_choice
+            stepper = StepRunner(stepper.backend, stepper.cfg, camera_backbone(stepper.backend.name, model,
+                                                                               p.num_threads or None))
+            stepper.auto_choice = choice
     except BackendUnavailable as exc:
         raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
     backend = stepper.backend
@@ -145,6 +179,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         detail += f" ({stepper.auto_choice})"
     if backend.name == "torch":
         detail += f" (DFA {backend.dfa_impl}, {backend.mode}, {backend.device})"
+    detail += (f"; image backbone on arrival ({stepper.camera_backbone.name}, once per image)" if on_arrival
+               else "; image backbone in each step")
     try:
         convention = load_convention(path)
     except ValueError as exc:

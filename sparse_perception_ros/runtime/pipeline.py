@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.model import TemporalState, preprocess_images
-from sparse_perception_ros.model.preprocess import preprocess_images_torch
+from sparse_perception_ros.model.preprocess import preprocess_images_torch, preprocess_projection
 from sparse_perception_ros.runtime.backends import Stepper
+from sparse_perception_ros.runtime.features import FeatureCache
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
     TrackedFrame,
@@ -279,6 +280,10 @@ class Pipeline:
         self.input_wh = tuple(model.cfg.input_wh)
         self.num_cams = int(model.cfg.head.num_cams)
         self.device = torch.device(model.device)
+        self.features: FeatureCache | None = None  # image features made apart (a stepper's camera_backbone)
+        if model.camera_backbone is not None:
+            self.features = FeatureCache(model.camera_backbone, self.num_cams, self.input_wh, config.resize_method,
+                                         num_threads=torch.get_num_threads())
 
     def warm_up(self) -> float:
         """Run two throw-away steps (first frame, then temporal) on blank inputs; returns seconds taken.
@@ -324,8 +329,22 @@ class Pipeline:
             raise ValueError(f"present must be ({n},), got {np.shape(frame.present)}")
 
     # ---------------------------------------------------------------------------------- step
-    def preprocess(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Network inputs: ``img [1, N, 3, H, W]``, ``projection_mat [1, N, 4, 4]``, ``image_wh [1, N, 2]``."""
+    def add_image(self, cam: int, stamp_ns: int, image: np.ndarray) -> None:
+        """Camera ``cam``'s image (``(H, W, 3) uint8`` RGB, as the frame will carry it) has arrived:
+        with a stepper with a ``camera_backbone``, its features are computed now on the cache's own thread
+        (:meth:`~.features.FeatureCache.submit`; this returns at once), so the frames that use this
+        image find them ready; nothing otherwise."""
+        if self.features is not None and self.config.sensors != "lidar_only":
+            self.features.submit(cam, stamp_ns, image)
+
+    def close(self) -> None:
+        """Stop the image-feature thread, if any (the node's shutdown)."""
+        if self.features is not None:
+            self.features.close()
+
+    def preprocess(self, frame: Frame) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Network inputs: ``img [1, N, 3, H, W]`` (or, with a stepper fed with features, the
+        ``feat_l{i} [1, N, E, H_i, W_i]`` list), ``projection_mat [1, N, 4, 4]``, ``image_wh [1, N, 2]``."""
         w, h = self.input_wh
         present = np.asarray(frame.present, dtype=bool) & np.array([im is not None for im in frame.images])
         if self.config.sensors == "lidar_only":
@@ -335,7 +354,10 @@ class Pipeline:
         K4 = np.tile(np.eye(4), (len(images), 1, 1))
         K4[:, :3, :3] = frame.K
         lidar2img = K4 @ np.asarray(frame.T_cam_from_model, dtype=np.float64)
-        if self.device.type == "cuda":  # uint8 upload from pinned memory, resize + normalise on the GPU
+        if self.features is not None:  # the same resize/crop folded into the projections; features cached per image
+            proj, wh = preprocess_projection([(im.shape[1], im.shape[0]) for im in images], lidar2img, self.input_wh)
+            img = self.features.features(images, frame.camera_stamps_ns, present)
+        elif self.device.type == "cuda":  # uint8 upload from pinned memory, resize + normalise on the GPU
             img, proj, wh = preprocess_images_torch(images, lidar2img, input_wh=self.input_wh, channel_order="rgb",
                                                     device=self.device)
             proj = proj.cpu()
@@ -344,6 +366,8 @@ class Pipeline:
                                               method=self.config.resize_method)
         if not present.all():
             proj[0, ~torch.from_numpy(present)] = torch.from_numpy(MASKED_PROJECTION).float()
+        if isinstance(img, list):
+            return [m.to(self.device) for m in img], proj.to(self.device), wh.to(self.device)
         return img.to(self.device), proj.to(self.device), wh.to(self.device)
 
     def _points(self, frame: Frame) -> tuple[np.ndarray | None, bool]:
@@ -362,12 +386,16 @@ class Pipeline:
         reason = self.reset_reason(frame, state)
         if reason:  # the one reset point: nothing of the old state but the id counter reaches this frame
             state = PipelineState.empty(state.temporal.next_track_id)
+            if reason == "calibration_changed" and self.features is not None:
+                self.features.clear()  # features of images undistorted with the old calibration
         t0 = time.perf_counter()
+        misses = self.features.misses if self.features is not None else 0
         img, proj, wh = self.preprocess(frame)
         points, thinned = self._points(frame)
         t1 = time.perf_counter()
         pose = frame.T_world_from_model
-        out, temporal = self.model.step(img, proj, wh, frame.stamp_ns * 1e-9, pose if pose is not None else np.eye(4),
+        run = self.model.step_features if self.features is not None else self.model.step
+        out, temporal = run(img, proj, wh, frame.stamp_ns * 1e-9, pose if pose is not None else np.eye(4),
                                         state.temporal, points=points)
         t2 = time.perf_counter()
         idx = torch.nonzero(out.scores >= self.config.score_threshold).flatten()[: self.config.max_detections]
@@ -390,6 +418,8 @@ class Pipeline:
         det.timings_ms = {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
         det.counters = {"duplicates_suppressed": tracked.suppressed if tracked is not None else 0,
                         "points_thinned": int(thinned)}
+        if self.features is not None:  # cameras whose features were not ready on arrival (computed in this step)
+            det.counters["image_features_in_step"] = self.features.misses - misses
         return det, self._next_state(frame, temporal, tracked)
 
     @staticmethod

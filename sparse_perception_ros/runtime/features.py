@@ -1,0 +1,274 @@
+"""Image features computed apart from the step: one camera at a time, as its image arrives.
+
+With the cameras at 12 Hz and the LiDAR at 20 Hz, most sweeps bring no new image, and each image
+is used by one to three steps. Running the backbone + neck (about half of the fused step) inside
+every step therefore repeats work and serialises it behind the trigger. Here it runs once per
+image instead: :meth:`FeatureCache.add` (called by the node's image callback, in the executor
+thread, i.e. on the other core while the worker runs the previous step) preprocesses the image
+(resize, crop, normalise: :func:`~..model.preprocess.preprocess_images`, the same code) and runs the
+backbone on it; the step then takes ``feat_l{i} [1, N_cam, E, H_i, W_i]`` from the cache
+(:meth:`FeatureCache.features`), computing only what is missing. Eval-mode BatchNorm makes each
+image independent, so per-camera features equal the batched backbone's within float rounding
+(``test/test_runtime_features.py`` states the tolerance): accuracy does not change.
+
+Backbones: :class:`TorchCameraBackbone` (``Sparse4DModel.camera_features``) and
+:class:`OrtCameraBackbone` (the backbone + neck exported once to ONNX, :func:`export_backbone_cached`).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import io
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparse_perception_ros.model.preprocess import preprocess_images
+
+__all__ = ["CameraBackbone", "TorchCameraBackbone", "OrtCameraBackbone", "export_backbone_cached", "FeatureCache"]
+
+
+class CameraBackbone(abc.ABC):
+    """``run(img [n, 3, H, W] float32 normalised) -> [4 maps [n, E, H/s, W/s]]`` CPU torch tensors."""
+
+    name = "backbone"
+
+    @abc.abstractmethod
+    def run(self, img: torch.Tensor) -> list[torch.Tensor]: ...
+
+
+class TorchCameraBackbone(CameraBackbone):
+    """The full model's ``img_backbone`` + ``img_neck`` in eager torch (thread-safe: no state)."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @torch.no_grad()
+    def run(self, img: torch.Tensor) -> list[torch.Tensor]:
+        return [f.float() for f in self.model.camera_features(img)]
+
+
+class _BackboneGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.img_backbone, self.img_neck = model.img_backbone, model.img_neck
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.img_neck(self.img_backbone(img)))
+
+
+def export_backbone_cached(model: nn.Module, cache_dir: str | Path | None = None) -> Path:
+    """Export ``model``'s backbone + neck for one image ``img [1, 3, H, W]`` -> ``feat_l0..3`` once into
+    ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``), keyed by preset and weights hash."""
+    from sparse_perception_ros.runtime.export import weights_digest
+
+    root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
+    path = root / f"{model.cfg.name}_camera_backbone_{weights_digest(model)}.onnx"
+    if path.is_file():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    w, h = model.cfg.input_wh
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp.onnx")
+    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = folding_log.level
+    folding_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(_BackboneGraph(model).eval(), (torch.zeros(1, 3, h, w),), input_names=["img"],
+                                        output_names=[f"feat_l{i}" for i in range(4)], opset_version=20, dynamo=True,
+                                        external_data=False, optimize=True, verbose=False)
+    finally:
+        folding_log.setLevel(level)
+    program.save(str(tmp), external_data=False)
+    tmp.replace(path)
+    return path
+
+
+class OrtCameraBackbone(CameraBackbone):
+    """ONNX Runtime on :func:`export_backbone_cached`'s file, one image per call (``num_threads`` intra-op)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, img: torch.Tensor) -> list[torch.Tensor]:
+        x = img.detach().cpu().numpy()
+        per_image = [self.session.run(None, {"img": np.ascontiguousarray(x[i:i + 1])}) for i in range(len(x))]
+        return [torch.from_numpy(np.concatenate([maps[lvl] for maps in per_image])) for lvl in range(4)]
+
+
+class FeatureCache:
+    """Per-camera image features keyed by ``(camera index, image stamp)``, filled as images arrive.
+
+    ``add(cam, stamp_ns, image)`` preprocesses one ``(H, W, 3) uint8`` RGB image exactly as the step
+    would and runs ``backbone`` on it, in the calling thread. ``submit`` hands the same work to the
+    cache's own thread and returns at once (the node's image callbacks: the ROS executor must stay
+    free for /tf and the sweeps); per camera only the newest waiting image is kept, so a backlog
+    cannot grow. ``features(images, stamps_ns, present)`` returns the frame's
+    ``feat_l{i} [1, N_cam, E, H_i, W_i]``: cached maps where the image's stamp is known, the
+    thread's result where it is computing that image now, the rest computed in one batch in the
+    caller (taken off the thread's queue), and the features of a blank image for masked cameras.
+    ``keep`` images per camera are remembered (a trigger may use an image older than the newest).
+    ``hits`` / ``misses`` count the cameras served from the cache (or the thread) / computed in the step.
+    """
+
+    def __init__(self, backbone: CameraBackbone, num_cams: int, input_wh: tuple[int, int],
+                 resize_method: str = "pil_bicubic", keep: int = 3, num_threads: int = 0):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.backbone, self.num_cams, self.input_wh = backbone, int(num_cams), tuple(input_wh)
+        self.resize_method, self.keep, self.num_threads = resize_method, int(keep), int(num_threads)
+        self._cv = threading.Condition()  # guards everything below; notified on submit, result and close
+        self._maps: list[OrderedDict[tuple, list[torch.Tensor]]] = [OrderedDict() for _ in range(self.num_cams)]
+        self._queued: dict[int, tuple[tuple, np.ndarray]] = {}  # camera -> (key, image) waiting for the thread
+        self._busy: tuple[int, tuple] | None = None  # (camera, key) the thread is computing
+        self._thread: threading.Thread | None = None
+        self._running = True
+        self._blank: list[torch.Tensor] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def _compute(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        img, _, _ = preprocess_images(images, np.tile(np.eye(4), (len(images), 1, 1)), input_wh=self.input_wh,
+                                      channel_order="rgb", method=self.resize_method)
+        return self.backbone.run(img[0])
+
+    def _check(self, cam: int) -> None:
+        if not 0 <= cam < self.num_cams:
+            raise ValueError(f"camera index {cam} outside 0..{self.num_cams - 1}")
+
+    def add(self, cam: int, stamp_ns: int, image: np.ndarray) -> None:
+        """Compute (now, in this thread) and remember camera ``cam``'s image stamped ``stamp_ns``."""
+        self._check(cam)
+        key = (int(stamp_ns), image.shape)
+        with self._cv:
+            if key in self._maps[cam]:
+                return
+        self._store(cam, key, self._compute([image]))
+
+    def submit(self, cam: int, stamp_ns: int, image: np.ndarray) -> None:
+        """:meth:`add` on the cache's thread (started on first use); returns at once."""
+        self._check(cam)
+        key = (int(stamp_ns), image.shape)
+        with self._cv:
+            if not self._running or key in self._maps[cam] or self._busy == (cam, key):
+                return
+            self._queued[cam] = (key, image)  # a newer image replaces one still waiting
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="image_features", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def _loop(self) -> None:
+        if self.num_threads > 0:
+            torch.set_num_threads(self.num_threads)  # per thread in torch
+        while True:
+            with self._cv:
+                while self._running and not self._queued:
+                    self._cv.wait()
+                if not self._running:
+                    return
+                cam = min(self._queued, key=lambda c: self._queued[c][0][0])  # the oldest stamp first
+                key, image = self._queued.pop(cam)
+                self._busy = (cam, key)
+            try:
+                maps = self._compute([image])
+            except Exception:  # noqa: BLE001 - the step computes it itself; a bad image is refused there
+                maps = None
+            with self._cv:
+                if maps is not None:
+                    self._store_locked(cam, key, maps)
+                self._busy = None
+                self._cv.notify_all()
+
+    def _store(self, cam: int, key: tuple, maps: list[torch.Tensor]) -> None:
+        with self._cv:
+            self._store_locked(cam, key, maps)
+
+    def _store_locked(self, cam: int, key: tuple, maps: list[torch.Tensor]) -> None:
+        memory = self._maps[cam]
+        memory[key] = maps
+        while len(memory) > self.keep:
+            memory.popitem(last=False)
+
+    def _blank_maps(self) -> list[torch.Tensor]:
+        if self._blank is None:
+            w, h = self.input_wh
+            self._blank = self._compute([np.zeros((h, w, 3), np.uint8)])
+        return self._blank
+
+    def features(self, images: list[np.ndarray | None], stamps_ns, present: np.ndarray) -> list[torch.Tensor]:
+        """``N_cam`` images (None / ``present`` False: masked), their stamps (None or -1: unknown, not
+        cached) -> ``feat_l{i} [1, N_cam, E, H_i, W_i]``; missing ones computed in one batch."""
+        per_cam: list[list[torch.Tensor] | None] = [None] * self.num_cams
+        keys: list[tuple | None] = [None] * self.num_cams
+        todo, in_flight = [], None
+        with self._cv:
+            for c in range(self.num_cams):
+                if not present[c] or images[c] is None:
+                    continue
+                stamp = -1 if stamps_ns is None else int(stamps_ns[c])
+                keys[c] = (stamp, images[c].shape) if stamp >= 0 else None
+                maps = self._maps[c].get(keys[c]) if keys[c] is not None else None
+                if maps is not None:
+                    per_cam[c] = maps
+                elif keys[c] is not None and self._busy == (c, keys[c]):
+                    in_flight = c  # the thread is on it: take its result below
+                else:
+                    todo.append(c)
+                    if keys[c] is not None and c in self._queued and self._queued[c][0] == keys[c]:
+                        del self._queued[c]  # computed here, in the batch
+        self.hits += self.num_cams - len(todo)
+        self.misses += len(todo)
+        if todo:
+            computed = self._compute([images[c] for c in todo])
+            for j, c in enumerate(todo):
+                per_cam[c] = [m[j:j + 1] for m in computed]
+                if keys[c] is not None:
+                    self._store(c, keys[c], per_cam[c])
+        if in_flight is not None:
+            with self._cv:
+                self._cv.wait_for(lambda: self._busy != (in_flight, keys[in_flight]))
+                per_cam[in_flight] = self._maps[in_flight].get(keys[in_flight])
+            if per_cam[in_flight] is None:  # the thread failed on it
+                per_cam[in_flight] = self._compute([images[in_flight]])
+        if any(m is None for m in per_cam):
+            blank = self._blank_maps()
+            per_cam = [blank if m is None else m for m in per_cam]
+        return [torch.cat([m[lvl] for m in per_cam])[None] for lvl in range(len(per_cam[0]))]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the thread has nothing waiting or in progress; False on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queued and self._busy is None, timeout)
+
+    def clear(self) -> None:
+        """Forget every camera's features and waiting images (the blank image's stay)."""
+        with self._cv:
+            self._queued.clear()
+            for memory in self._maps:
+                memory.clear()
+
+    def close(self) -> None:
+        """Stop the thread (after the image it is computing); :meth:`submit` is then ignored."""
+        with self._cv:
+            self._running = False
+            self._queued.clear()
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

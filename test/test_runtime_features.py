@@ -1,0 +1,143 @@
+"""Issue 21: the image backbone once per image, apart from the step (runtime/features.py).
+
+The split must not change what the node publishes: per-camera features equal the batched
+backbone's within float rounding, and a pipeline whose features come from the cache (filled as
+images arrive, or computed in the step) publishes the same boxes, scores and ids as the one graph.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from test_runtime_pipeline import config, make_frame
+
+from sparse_perception_ros.model import CLASS_NAMES
+from sparse_perception_ros.params import ParameterError, load_params
+from sparse_perception_ros.runtime.features import FeatureCache
+from sparse_perception_ros.runtime.loading import load_model
+from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+
+BASE = load_params().model
+T0, S = 1_700_000_000_000_000_000, 1_000_000_000
+
+
+def with_(**kw):
+    return dataclasses.replace(BASE, **kw)
+
+
+def frames(n, lidar: bool, new_images_every: int = 2):
+    """A drive where the cameras (stamped apart) change only every ``new_images_every`` frames, as
+    12 Hz cameras under 20 Hz sweeps; a sweep per frame when ``lidar``."""
+    out = []
+    for k in range(n):
+        shot = k // new_images_every
+        f = make_frame(T0 + k * S // 20, seed=shot, pose_x=0.1 * k)
+        f.camera_stamps_ns = np.full(6, T0 + shot * S // 12 + 1000, np.int64) + np.arange(6)
+        if lidar:
+            rng = np.random.default_rng(k)
+            f.points = np.c_[rng.uniform(-30, 30, (3000, 2)), rng.uniform(-2, 1, 3000),
+                             rng.uniform(0, 100, 3000)].astype(np.float32)
+        out.append(f)
+    return out
+
+
+def run(pipe: Pipeline, fs, arrive: bool):
+    state, dets = PipelineState.empty(), []
+    for f in fs:
+        if arrive:  # what the node's image callbacks do before the frame is delivered
+            for c, im in enumerate(f.images):
+                pipe.add_image(c, int(f.camera_stamps_ns[c]), im)
+            assert pipe.features.wait(timeout=30)  # the images came before their trigger
+        det, state = pipe.step(f, state)
+        dets.append(det)
+    return dets
+
+
+def test_per_camera_features_match_the_batched_backbone():
+    full = load_model(with_(image_features="in_step")).stepper.backend.graph.backbone
+    img = torch.randn(1, 6, 3, *reversed(full.cfg.input_wh))
+    batched = full.extract_features(img)
+    single = [torch.cat(maps) for maps in zip(*(full.camera_features(img[0, c:c + 1]) for c in range(6)),
+                                                strict=True)]
+    for b, s in zip(batched, single, strict=True):
+        torch.testing.assert_close(s[None], b, atol=1e-4, rtol=0)  # float rounding of another batch size
+
+
+@pytest.mark.parametrize("preset,backend", [("tiny_fusion", "torch"), ("tiny_fusion", "onnxruntime"),
+                                            ("tiny", "torch")])
+def test_split_pipeline_publishes_what_the_one_graph_does(preset, backend):
+    one = load_model(with_(preset=preset, backend=backend, image_features="in_step")).stepper
+    split = load_model(with_(preset=preset, backend=backend, image_features="on_arrival")).stepper
+    assert split.camera_backbone is not None and one.camera_backbone is None
+    assert split.with_backbone and not split.backend.with_backbone  # takes images; its graph takes features
+    assert split.backend.name == backend and split.camera_backbone.name == backend
+    fs = frames(6, lidar=preset == "tiny_fusion")
+    ref = run(Pipeline(one, CLASS_NAMES, config(max_detections=32)), fs, arrive=False)
+    pipe = Pipeline(split, CLASS_NAMES, config(max_detections=32))
+    got = run(pipe, fs, arrive=True)
+    # every image computed once on arrival (on the cache's thread); the step found all of them there
+    assert pipe.features.misses == 0 and pipe.features.hits == 6 * len(fs)
+    for k, (r, g) in enumerate(zip(ref, got, strict=True)):
+        assert len(r.scores) == len(g.scores) > 0, f"frame {k}"
+        assert g.counters["image_features_in_step"] == 0 and "image_features_in_step" not in r.counters
+        np.testing.assert_allclose(g.scores, r.scores, atol=1e-3, rtol=0, err_msg=f"frame {k}")
+        gaps = np.abs(np.diff(r.scores))
+        clear = np.ones(len(r.scores), bool)  # ranks not within 1e-4 of a neighbour (near ties may swap)
+        clear[:-1] &= gaps > 1e-4
+        clear[1:] &= gaps > 1e-4
+        np.testing.assert_array_equal(g.track_ids[clear], r.track_ids[clear], err_msg=f"frame {k}")
+        np.testing.assert_allclose(g.boxes[clear], r.boxes[clear], atol=2e-3, rtol=0, err_msg=f"frame {k}")
+
+
+def test_cache_computes_what_is_missing_and_masks_with_a_blank_image():
+    loaded = load_model(with_(image_features="on_arrival"))
+    cache = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh, keep=2)
+    f = frames(1, lidar=False)[0]
+    present = np.array([1, 1, 1, 0, 1, 1], bool)
+    cache.add(0, int(f.camera_stamps_ns[0]), f.images[0])
+    maps = cache.features(f.images, f.camera_stamps_ns, present)
+    assert (cache.hits, cache.misses) == (2, 4)  # camera 0 cached + camera 3 masked; four computed now
+    again = cache.features(f.images, f.camera_stamps_ns, present)
+    assert (cache.hits, cache.misses) == (8, 4)  # the four are remembered
+    for a, b in zip(maps, again, strict=True):
+        assert torch.equal(a, b)
+    blank = cache._blank_maps()
+    assert torch.equal(maps[0][0, 3], blank[0][0]) and not torch.equal(maps[0][0, 2], blank[0][0])
+    for k in range(3):  # keep=2: the oldest of camera 0 is forgotten
+        cache.add(0, 10 + k, f.images[0])
+    cache.features(f.images, f.camera_stamps_ns, present)
+    assert cache.misses == 5
+    unknown = f.camera_stamps_ns.copy()
+    unknown[:] = -1  # no stamps: never cached
+    cache.features(f.images, unknown, present)
+    assert cache.misses == 10
+
+
+def test_submitted_images_are_computed_on_the_thread_and_never_twice():
+    loaded = load_model(with_(image_features="on_arrival"))
+    cache = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh)
+    calls = []
+    run = cache.backbone.run
+    cache.backbone.run = lambda img: calls.append(len(img)) or run(img)
+    fs = frames(3, lidar=False, new_images_every=1)
+    for c, im in enumerate(fs[0].images):  # a burst: all six, then the step arrives at once
+        cache.submit(c, int(fs[0].camera_stamps_ns[c]), im)
+    cache.features(fs[0].images, fs[0].camera_stamps_ns, np.ones(6, bool))
+    assert cache.wait(timeout=30)
+    assert sum(calls) == 6  # each image once: on the thread, or in the step's batch, never both
+    for f in fs[1:]:  # a newer image of a camera replaces its older one still waiting
+        for c, im in enumerate(f.images):
+            cache.submit(c, int(f.camera_stamps_ns[c]), im)
+    assert cache.wait(timeout=30) and 6 + 6 <= sum(calls) <= 6 + 12
+    cache.close()
+    cache.submit(0, 1, fs[0].images[0])  # ignored after close
+    assert cache.wait(timeout=1) and not cache._queued
+
+
+def test_image_features_parameter():
+    assert load_model(BASE).stepper.camera_backbone is not None  # auto on CPU: on arrival
+    assert load_model(with_(compile=True)).stepper.camera_backbone is None  # auto: the whole step compiled
+    with pytest.raises(ParameterError) as err:
+        load_model(with_(image_features="on_arrival", compile=True))
+    assert err.value.name == "model.image_features"
