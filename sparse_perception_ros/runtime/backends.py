@@ -179,8 +179,8 @@ class TorchBackend(Backend):
             return self._captured(*args)
         return self._fn(*args)
 
-    def input_spec(self) -> dict[str, TensorSpec]:
-        return _spec_from_cfg(self.cfg, self.with_backbone)
+    def input_spec(self) -> dict[str, TensorSpec]:  # eager: any point count; compiled / CUDA graph: static
+        return _spec_from_cfg(self.cfg, self.with_backbone, dynamic_points=not (self.compiled or self.cuda_graph))
 
     def output_spec(self) -> dict[str, TensorSpec]:
         return _output_spec_from_cfg(self.cfg)
@@ -244,7 +244,7 @@ def _ort_dtype(type_str: str) -> str:
             "tensor(int32)": "int32", "tensor(bool)": "bool"}.get(type_str, type_str)
 
 
-def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool) -> dict[str, TensorSpec]:
+def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool = False) -> dict[str, TensorSpec]:
     from .export import level_shapes
 
     h = cfg.head
@@ -267,7 +267,8 @@ def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool) -> dict[str, TensorSpe
         "prev_valid": TensorSpec((1,), "bool"),
     })
     if cfg.lidar is not None:  # set only for a graph with its LiDAR branch
-        spec["points"] = TensorSpec((1, cfg.lidar.max_points, cfg.lidar.point_dims), "float32")
+        rows = "num_points_padded" if dynamic_points else cfg.lidar.max_points  # a name: a dynamic dim
+        spec["points"] = TensorSpec((1, rows, cfg.lidar.point_dims), "float32")
         spec["num_points"] = TensorSpec((1,), "int64")
     return spec
 
@@ -429,8 +430,9 @@ class StepRunner(Stepper):
         inputs["image_wh"] = image_wh
         host = host_step_inputs(timestamp, t_world, state, self.cfg)
         inputs.update(host)
-        if "points" in self.backend.input_spec():
-            inputs.update(lidar_step_inputs(None if points is None else np.asarray(points), self.cfg.lidar))
+        if (spec := self.backend.input_spec().get("points")) is not None:  # padded to a bucket where the graph allows
+            dynamic = not isinstance(spec.shape[1], int) or spec.shape[1] < 0
+            inputs.update(lidar_step_inputs(None if points is None else np.asarray(points), self.cfg.lidar, dynamic))
         out = self.backend.run(inputs)
         out = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))) for k, v in out.items()}
         ids, new_state = bank_advance(state, host, out, float(timestamp), t_world, self.cfg)

@@ -70,8 +70,14 @@ __all__ = [
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
 # Bumped whenever the exported graph of the same weights changes, so export_cached never serves a
-# stale file: 2 = the pillar pooling as one ScatterND(add) instead of two ScatterElements(add).
-GRAPH_FORMAT = 2
+# stale file: 2 = the pillar pooling as one ScatterND(add) instead of two ScatterElements(add);
+# 3 = the point count of ``points`` is dynamic (clouds padded to a POINT_BUCKET multiple, not max_points).
+GRAPH_FORMAT = 3
+
+# Clouds go into graphs with a dynamic point count padded to a multiple of this (at most
+# ``max_points``): a few shapes only (ONNX Runtime caches per shape), and a 35k-point sweep does not
+# pay for the 60k-point budget (bench/RESULTS.md, "Image backbone on arrival").
+POINT_BUCKET = 8192
 STATE_HOST_INPUTS = STEP_INPUTS
 STATE_OUTPUTS = ("next_anchors", "next_features", "next_confidence")
 
@@ -116,8 +122,8 @@ class StepGraph(nn.Module):
     - ``dt [1]`` float32 seconds (``t_cur - t_prev`` in float64, then cast);
     - ``prev_anchors [1, N_temp, 11]``, ``prev_features [1, N_temp, E]``, ``prev_confidence [1, N_temp]``;
     - ``prev_valid [1]`` bool (False: first frame; the prev tensors are then ignored);
-    - fused presets (``cfg.lidar``) only: ``points [1, max_points, point_dims]`` float32 (model
-      frame, zero-padded) and ``num_points [1]`` int64 (0 = no sweep: the camera-only path).
+    - fused presets (``cfg.lidar``) only: ``points [1, P, point_dims]`` float32 (model frame,
+      zero-padded; ``P`` is dynamic in exported graphs, up to ``max_points``: :func:`lidar_step_inputs`) and ``num_points [1]`` int64 (0 = no sweep: the camera-only path).
 
     Outputs: a tuple in :func:`output_names` order (see :meth:`Sparse4DHead.temporal_step`).
 
@@ -170,21 +176,23 @@ class StepInputs:
     points: np.ndarray | None = None  # (N, >=3) float32 model frame (fused presets), None = no sweep
 
 
-def lidar_step_inputs(points: np.ndarray | None, lidar: LidarConfig) -> dict[str, np.ndarray]:
-    """``points (N, >=3)`` -> the graph's ``points [1, max_points, point_dims]`` (zero-padded,
-    missing columns zero) and ``num_points [1]`` int64. Raises ValueError past ``max_points``
-    (the pipeline thins clouds to it first)."""
-    out = np.zeros((1, lidar.max_points, lidar.point_dims), np.float32)
-    if points is None:
-        return {"points": out, "num_points": np.zeros(1, np.int64)}
-    pts = np.asarray(points, np.float32)
-    if pts.ndim != 2 or pts.shape[1] < 3:
+def lidar_step_inputs(points: np.ndarray | None, lidar: LidarConfig, dynamic: bool = False) -> dict[str, np.ndarray]:
+    """``points (N, >=3)`` -> the graph's ``points [1, P, point_dims]`` (zero-padded, missing columns
+    zero) and ``num_points [1]`` int64. ``P = max_points`` for a static graph; ``dynamic`` (a graph
+    with a dynamic point count): N rounded up to a :data:`POINT_BUCKET` multiple, at most
+    ``max_points`` (padding is dropped inside the graph either way: same numbers). Raises
+    ValueError past ``max_points`` (the pipeline thins clouds to it first)."""
+    pts = None if points is None else np.asarray(points, np.float32)
+    if pts is not None and (pts.ndim != 2 or pts.shape[1] < 3):
         raise ValueError(f"points must be (N, >=3), got {pts.shape}")
-    n = pts.shape[0]
+    n = 0 if pts is None else pts.shape[0]
     if n > lidar.max_points:
-        raise ValueError(f"{n} points exceed the graph's static max_points {lidar.max_points}; thin the cloud first")
-    d = min(pts.shape[1], lidar.point_dims)
-    out[0, :n, :d] = pts[:, :d]
+        raise ValueError(f"{n} points exceed the graph's max_points {lidar.max_points}; thin the cloud first")
+    rows = min(lidar.max_points, max(1, -(-n // POINT_BUCKET)) * POINT_BUCKET) if dynamic else lidar.max_points
+    out = np.zeros((1, rows, lidar.point_dims), np.float32)
+    if pts is not None:
+        d = min(pts.shape[1], lidar.point_dims)
+        out[0, :n, :d] = pts[:, :d]
     return {"points": out, "num_points": np.array([n], np.int64)}
 
 
@@ -295,9 +303,12 @@ def export_step(
     folding_log.setLevel(logging.ERROR)
     try:
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+            names = input_names(cfg, with_backbone)
+            dynamic = tuple({1: torch.export.Dim("num_points_padded", min=2, max=cfg.lidar.max_points)}
+                            if n == "points" else None for n in names) if cfg.lidar is not None else None
             program = torch.onnx.export(
-                graph, args, input_names=input_names(cfg, with_backbone), output_names=output_names(),
-                opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False,
+                graph, args, input_names=names, output_names=output_names(), opset_version=opset, dynamo=True,
+                external_data=False, optimize=True, verbose=False, dynamic_shapes=None if dynamic is None else (dynamic,),
             )
     finally:
         folding_log.setLevel(level)
