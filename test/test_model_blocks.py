@@ -15,6 +15,7 @@ from sparse_perception_ros.model.instance_bank import (
     assign_instance_ids,
     bank_advance,
     bank_cache,
+    bank_decay,
     bank_get,
     bank_update,
     host_step_inputs,
@@ -192,6 +193,22 @@ def test_cache_decays_previous_confidence_and_sorts():
     # row 0: max(0.54, 0.1) = 0.54; row 1: max(0.06, 0.2) = 0.2; rows 2, 3 untouched
     torch.testing.assert_close(conf, torch.tensor([[0.7, 0.54]]))
     assert idx.tolist() == [[2, 0]] and f[0, :, 0].tolist() == [2.0, 0.0]
+
+
+def test_decay_per_interval_is_the_same_per_second_at_any_rate():
+    """confidence_decay_interval 0.5 s: ten frames 0.05 s apart decay as one 0.5 s frame (0.6); 0 = per frame."""
+    assert bank_decay(0.6, 0.0, torch.tensor([0.05])) == 0.6  # the reference: per frame, whatever dt
+    conf = torch.tensor([[0.9]])
+    fast = conf.clone()
+    for _ in range(10):
+        fast = fast * bank_decay(0.6, 0.5, torch.tensor([0.05]))
+    torch.testing.assert_close(fast, conf * 0.6, atol=1e-6, rtol=0)
+    torch.testing.assert_close(bank_decay(0.6, 0.5, torch.tensor([0.5, 1.0])), torch.tensor([[0.6], [0.36]]))
+    feature = torch.arange(4.0)[None, :, None]
+    anchor = torch.arange(4.0)[None, :, None].expand(1, 4, 11)
+    cls = torch.logit(torch.tensor([[[0.1], [0.2], [0.7], [0.3]]]))
+    c, *_ = bank_cache(feature, anchor, cls, torch.tensor([[0.9, 0.1]]), 2, bank_decay(0.6, 0.5, torch.tensor([0.05])))
+    torch.testing.assert_close(c, torch.tensor([[0.9 * 0.6 ** 0.1, 0.7]]))
 
 
 def test_assign_ids_keeps_carried_and_numbers_the_rest():

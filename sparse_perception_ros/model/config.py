@@ -52,6 +52,10 @@ class HeadConfig:
     ffn_dims: int = 1024
     anchor_encoder_dims: tuple[int, int, int, int] = (128, 32, 32, 64)  # pos, size, yaw, vel
     confidence_decay: float = 0.6
+    # 0: the decay applies once per frame (the reference, trained on 2 Hz keyframes); > 0: per this many
+    # seconds, decay ** (time_interval / confidence_decay_interval), so a node running at 10-20 Hz
+    # keeps the bank's per-second behaviour of the clips it was trained on (instance_bank.bank_decay)
+    confidence_decay_interval: float = 0.0
     max_time_interval: float = 2.0
     default_time_interval: float = 0.5
     num_output: int = 300
@@ -65,6 +69,8 @@ class HeadConfig:
             raise ValueError("need 0 < num_temp_instances < num_anchor")
         if self.num_output > self.num_anchor:
             raise ValueError("num_output must not exceed num_anchor")
+        if self.confidence_decay_interval < 0:
+            raise ValueError("confidence_decay_interval must be >= 0 (0 = per frame)")
         if not 1 <= self.num_single_frame_decoder <= self.num_decoder:
             raise ValueError("need 1 <= num_single_frame_decoder <= num_decoder")
 

@@ -25,7 +25,16 @@ from .checkpoint import LoadReport, load_matching, strip_prefix
 from .config import HeadConfig, LidarConfig
 from .decoding import decode_detections
 from .dfa import DeformableFeatureAggregation, FeatureInputs
-from .instance_bank import BankPrior, TemporalState, bank_advance, bank_cache, bank_prior, bank_update, host_step_inputs
+from .instance_bank import (
+    BankPrior,
+    TemporalState,
+    bank_advance,
+    bank_cache,
+    bank_decay,
+    bank_prior,
+    bank_update,
+    host_step_inputs,
+)
 from .lidar import BevSampler, LidarCandidates
 from .refine import RefinementModule
 
@@ -295,7 +304,8 @@ class Sparse4DHead(nn.Module):
                            cfg.max_time_interval, cfg.default_time_interval, static=static)
         res = self.forward_frame(feature_maps, projection_mat, image_wh, prior, lidar=lidar, dfa_impl=dfa_impl)
         conf, cached_feature, cached_anchor, order = bank_cache(
-            res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances, cfg.confidence_decay
+            res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances,
+            bank_decay(cfg.confidence_decay, cfg.confidence_decay_interval, prior.time_interval),
         )
         rows = torch.arange(cfg.num_anchor, device=res.anchor.device)
         det = decode_detections(res.cls[0], res.anchor[0], res.quality[0], rows, cfg.num_output)

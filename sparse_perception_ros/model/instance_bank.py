@@ -293,14 +293,23 @@ def bank_update(
     return torch.where(m, merged_feature, feature), torch.where(m, merged_anchor, anchor)
 
 
+def bank_decay(decay: float, interval: float, time_interval: torch.Tensor) -> float | torch.Tensor:
+    """The confidence decay of this frame: ``decay`` per frame (``interval`` 0, the reference), else
+    ``decay ** (time_interval / interval)`` as ``[bs, 1]`` (per ``interval`` seconds, whatever the frame rate)."""
+    if interval <= 0:
+        return decay
+    return torch.pow(torch.full_like(time_interval, decay), time_interval / interval)[:, None]
+
+
 def bank_cache(
     feature: torch.Tensor, anchor: torch.Tensor, cls: torch.Tensor, prev_confidence: torch.Tensor | None,
-    num_temp: int, decay: float = 0.6,
+    num_temp: int, decay: float | torch.Tensor = 0.6,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """End of frame: ``[bs, A, *]`` -> top ``num_temp`` (confidence, feature, anchor, indices), sorted.
 
     ``conf = sigmoid(max logit)``; rows ``:num_temp`` are lifted to
-    ``max(prev_confidence * decay, conf)`` whenever a previous confidence exists (mask ignored).
+    ``max(prev_confidence * decay, conf)`` whenever a previous confidence exists (mask ignored);
+    ``decay``: a number or ``[bs, 1]`` (:func:`bank_decay`).
     """
     conf = cls.max(dim=-1).values.sigmoid()
     if prev_confidence is not None:

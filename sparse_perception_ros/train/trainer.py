@@ -33,7 +33,7 @@ from ..model import build_model
 from ..model.backbone import FrozenBatchNorm2d
 from ..model.checkpoint import load_matching, read_checkpoint
 from ..model.config import ModelConfig, get_preset
-from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_get
+from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_decay, bank_get
 from .augment import AugmentConfig, collate_frame, draw_clip_aug
 from .dataset import TrainSample, make_clips
 from .depth import DepthBranch, camera_focal, depth_loss, depth_targets
@@ -477,7 +477,9 @@ def _clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainCon
         with torch.no_grad():
             conf, feat, anc, order = bank_cache(res.feature.detach().float(), res.anchor.detach().float(),
                                                 res.cls.detach().float(), prior.prev_confidence,
-                                                hc.num_temp_instances, hc.confidence_decay)
+                                                hc.num_temp_instances,
+                                                bank_decay(hc.confidence_decay, hc.confidence_decay_interval,
+                                                           prior.time_interval))
         prev_inst = []
         for b, (pi, gi) in enumerate(last_matches):
             row_inst = torch.full((hc.num_anchor,), -1, dtype=torch.int64)
