@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sweeps", action="store_true", help="when converting --dataroot to bags: keyframes only "
                                                                 "(faster; the node then runs on keyframes only)")
     parser.add_argument("--offline", action="store_true", help="run Pipeline.step on --dataroot directly, no ROS")
+    parser.add_argument("--sensor-rate", action="store_true",
+                        help="with --offline: step on every LiDAR sweep (each with its nearest camera images), as "
+                             "the node on a full-rate bag, and score the keyframes; default: keyframes only")
     parser.add_argument("--params-file", default="", help="node parameters (default: the package's CPU preset "
                                                           "config/perception.param.yaml)")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
@@ -164,9 +167,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             pipeline, note = build_pipeline(params, backend if args.backend else None, table)
             print(f"eval: {note}", file=sys.stderr)
             with _progress(len(samples), "offline Pipeline.step", args.quiet) as bar:
-                results = run_offline(nusc, samples, pipeline, progress=bar.update)
+                results = run_offline(nusc, samples, pipeline, progress=bar.update, sensor_rate=args.sensor_rate)
             timings = [r.timings_ms for r in results]
-            mode = "offline (Pipeline.step)"
+            mode = "offline (Pipeline.step" + (", every LiDAR sweep)" if args.sensor_rate else ", keyframes)")
         else:
             from sparse_perception_ros.eval.ros_mode import run_ros
 
@@ -277,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
     from sparse_perception_ros.params import ParameterError
 
     try:
+        if getattr(args, "sensor_rate", False) and not args.offline:
+            raise ValueError("--sensor-rate goes with --offline (a ROS run plays whatever rate its bags hold)")
         evaluate(args)
     except KeyboardInterrupt:
         print("eval: interrupted; no report written", file=sys.stderr)

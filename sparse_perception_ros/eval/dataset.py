@@ -22,7 +22,7 @@ from sparse_perception_ros.geometry.transforms import invert_transform, make_tra
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
 
 __all__ = ["CAMERA_CHANNELS", "SampleRef", "open_nuscenes", "find_version", "select_samples", "pose_matrix",
-           "T_global_from_lidar", "load_frame", "lidar_history"]
+           "T_global_from_lidar", "load_frame", "lidar_history", "sensor_rate_frames"]
 
 # Sparse4D / node camera order (cameras.names = front, front_right, front_left, back, back_left, back_right).
 CAMERA_CHANNELS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
@@ -143,28 +143,87 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
     ``calibration_key`` digests K and the static camera <- LiDAR extrinsics, so per-frame ego-motion
     compensation does not count as a calibration change (as in the node).
     """
+    sample = nusc.get("sample", sample_token)
+    camera_sds = [nusc.get("sample_data", sample["data"][ch]) if ch in sample["data"] else None for ch in cameras]
+    return _frame(nusc, nusc.get("sample_data", sample["data"][LIDAR]), camera_sds, with_points, sweeps)
+
+
+def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, sweeps=None, image_cache: int = 12):
+    """Every LiDAR sweep of ``samples``' scenes, from the first to the last selected keyframe, as the
+    node sees a bag at the sensors' rate: ``(frame, sample_token or None)`` in time order, the token
+    set on keyframes (those of ``samples``). Each camera contributes its image nearest in time to the
+    sweep (the node's sync rule). Decoded images are reused between sweeps (``image_cache`` kept)."""
+    from collections import OrderedDict
+
+    decoded: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def read(sd):
+        if sd["token"] not in decoded:
+            decoded[sd["token"]] = _read_image(nusc, sd)
+            while len(decoded) > image_cache:
+                decoded.popitem(last=False)
+        return decoded[sd["token"]]
+
+    selected = {ref.token for ref in samples}
+    scenes: list[list[SampleRef]] = []
+    for ref in samples:
+        if not scenes or scenes[-1][0].scene_name != ref.scene_name:
+            scenes.append([])
+        scenes[-1].append(ref)
+    for refs in scenes:
+        first, last = (nusc.get("sample", refs[i].token) for i in (0, -1))
+        chains = [_chain(nusc, first["data"].get(ch)) for ch in cameras]
+        stamps = [np.array([int(sd["timestamp"]) for sd in chain], np.int64) for chain in chains]
+        end = int(nusc.get("sample_data", last["data"][LIDAR])["timestamp"])
+        tok = first["data"][LIDAR]
+        while tok:
+            lidar_sd = nusc.get("sample_data", tok)
+            t = int(lidar_sd["timestamp"])
+            if t > end:
+                break
+            camera_sds = [chain[int(np.argmin(np.abs(st - t)))] if len(chain) else None
+                          for chain, st in zip(chains, stamps, strict=True)]
+            key = lidar_sd["sample_token"] if lidar_sd["is_key_frame"] else None
+            yield _frame(nusc, lidar_sd, camera_sds, True, sweeps, read), key if key in selected else None
+            tok = lidar_sd["next"]
+
+
+def _chain(nusc, sd_token: str | None) -> list[dict]:
+    """The sample_data records of one sensor from ``sd_token`` (a scene's first keyframe) to its last."""
+    out = []
+    while sd_token:
+        sd = nusc.get("sample_data", sd_token)
+        out.append(sd)
+        sd_token = sd["next"]
+    return out
+
+
+def _read_image(nusc, sd: dict) -> np.ndarray:
     import cv2
 
-    sample = nusc.get("sample", sample_token)
-    lidar_sd = nusc.get("sample_data", sample["data"][LIDAR])
+    bgr = cv2.imread(str(Path(nusc.dataroot) / sd["filename"]), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {Path(nusc.dataroot) / sd['filename']}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def _frame(nusc, lidar_sd: dict, camera_sds: list, with_points: bool, sweeps, read=None) -> Frame:
+    """The frame of one LiDAR sample_data and one camera sample_data (or None) per camera."""
+    read = read or (lambda sd: _read_image(nusc, sd))
     T_gm = _sensor_pose(nusc, lidar_sd)
     lidar2ego = pose_matrix(nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"]))
-    n = len(cameras)
+    n = len(camera_sds)
     T_static = np.tile(np.eye(4), (n, 1, 1))  # camera <- LiDAR without ego motion: the rig's calibration
     images: list[np.ndarray | None] = []
     K = np.tile(np.eye(3), (n, 1, 1))
     T_cm = np.tile(np.eye(4), (n, 1, 1))
     present = np.zeros(n, dtype=bool)
     stamps = np.full(n, -1, dtype=np.int64)
-    for i, ch in enumerate(cameras):
-        if ch not in sample["data"]:
+    for i, sd in enumerate(camera_sds):
+        if sd is None:
             images.append(None)
             continue
-        sd = nusc.get("sample_data", sample["data"][ch])
-        bgr = cv2.imread(str(Path(nusc.dataroot) / sd["filename"]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"cannot read image {Path(nusc.dataroot) / sd['filename']}")
-        images.append(np.ascontiguousarray(bgr[..., ::-1]))
+        images.append(read(sd))
         cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         K[i] = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
         T_cm[i] = invert_transform(_sensor_pose(nusc, sd)) @ T_gm

@@ -65,34 +65,59 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
                                 weights_max_sweeps=sweeps), note
 
 
-def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None = None) -> list[SampleResult]:
+def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None = None,
+                sensor_rate: bool = False) -> list[SampleResult]:
     """Run ``pipeline`` over ``samples`` (:class:`~.dataset.SampleRef`, scene by scene, in time order).
-    ``final_state``: if given, receives the last ``PipelineState`` (its next free track id)."""
+    ``final_state``: if given, receives the last ``PipelineState`` (its next free track id).
+    ``sensor_rate``: step on every LiDAR sweep between the keyframes, each with its nearest camera
+    images (:func:`~.dataset.sensor_rate_frames`: what the node does on a full-rate bag, every
+    sweep processed), and keep the keyframes' results; ``progress`` still counts keyframes."""
     import time
 
-    from sparse_perception_ros.eval.dataset import load_frame
+    from sparse_perception_ros.eval.dataset import load_frame, sensor_rate_frames
     from sparse_perception_ros.runtime.pipeline import PipelineState
 
+    if sensor_rate:
+        frames = ((ref, frame) for frame, token in sensor_rate_frames(nusc, samples, sweeps=pipeline.sweeps)
+                  for ref in [_ref_of(samples, token, frame)])
+    else:  # lidar.*: as the node accumulates
+        frames = ((ref, None) for ref in samples)
     state = PipelineState.empty()
     scene = None
     out: list[SampleResult] = []
-    for ref in samples:
+    t0 = time.perf_counter()
+    for ref, frame in frames:
         if ref.scene_name != scene:  # explicit reset at a scene start; track ids stay unique
             state = PipelineState.empty(next_track_id=state.temporal.next_track_id)
             scene = ref.scene_name
-        t0 = time.perf_counter()
-        frame = load_frame(nusc, ref.token, sweeps=pipeline.sweeps)  # lidar.*: as the node accumulates
+        if frame is None:
+            frame = load_frame(nusc, ref.token, sweeps=pipeline.sweeps)
         t1 = time.perf_counter()
         det, state = pipeline.step(frame, state)
+        if not ref.token:  # a sweep between keyframes
+            t0 = time.perf_counter()
+            continue
         timings = {"load": 1e3 * (t1 - t0), **det.timings_ms}
         out.append(SampleResult(ref.token, ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids,
                                 np.asarray(frame.T_world_from_model, dtype=np.float64), timings,
                                 det.reset))
         if progress is not None:
             progress(1)
+        t0 = time.perf_counter()
     if final_state is not None:
         final_state.append(state)
     return out
+
+
+def _ref_of(samples, token: str | None, frame):
+    """The :class:`~.dataset.SampleRef` of a keyframe ``token``, or a token-less one (a sweep between
+    keyframes) carrying its scene, found through the nearest earlier keyframe."""
+    from sparse_perception_ros.eval.dataset import SampleRef
+
+    if token is not None:
+        return next(r for r in samples if r.token == token)
+    earlier = [r for r in samples if r.stamp_ns <= frame.stamp_ns] or samples[:1]
+    return SampleRef("", earlier[-1].scene_name, int(frame.stamp_ns))
 
 
 def results_to_submissions(results: list[SampleResult], sample_tokens, class_names=None,

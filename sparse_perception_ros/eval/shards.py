@@ -115,7 +115,8 @@ def _run_shard(spec: dict) -> None:
                 _write_progress(progress, count[0], len(samples), "frame")
 
         final: list = []
-        results = run_offline(nusc, samples, pipeline, progress=tick, final_state=final)
+        results = run_offline(nusc, samples, pipeline, progress=tick, final_state=final,
+                              sensor_rate=getattr(args, "sensor_rate", False))
         timings = [r.timings_ms for r in results]
         next_id = int(final[0].temporal.next_track_id) if final else 0
     else:
