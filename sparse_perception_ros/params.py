@@ -88,6 +88,7 @@ class LidarParams:
 class TemporalParams:
     max_time_gap: float
     reassociate_distance: float
+    reassociate_window: float
     track_class_vote: bool
     duplicate_iou: float
     velocity_window: float

@@ -51,6 +51,31 @@ def test_new_instance_takes_the_predicted_track_and_carried_ones_are_untouched()
     assert mem4.id_map == {}
 
 
+@pytest.mark.parametrize("window_s,expect_kept", [(0.0, False), (0.5, True)])
+def test_a_track_missing_for_a_frame_is_continued_within_the_window(window_s, expect_kept):
+    """20 Hz: a car moving at 10 m/s (instance 5) is missing from one frame, then comes back as new
+    instance 8 at its predicted place. With the window it keeps its id; without, only the previous
+    frame counts and the car changes id. Past the window the lost track is forgotten."""
+    pose, dt = np.eye(4), S // 20
+    _, mem = reassociate(np.array([5, 6]), boxes((0, 0, 10, 0), (30, 0, 0, 0)), np.array([0, 0]), pose, 0,
+                         carried=set(), alive={5, 6}, memory=None, max_distance=4.0, window_s=window_s)
+    _, mem = reassociate(np.array([6]), boxes((30, 0, 0, 0)), np.array([0]), pose, dt, carried={5, 6}, alive={6},
+                         memory=mem, max_distance=4.0, window_s=window_s)
+    assert (mem.lost is not None and mem.lost.ids.tolist() == [5]) == expect_kept
+    ids, mem = reassociate(np.array([6, 8]), boxes((30, 0, 0, 0), (1.0, 0, 10, 0)), np.array([0, 0]), pose, 2 * dt,
+                           carried={6}, alive={6, 8}, memory=mem, max_distance=4.0, window_s=window_s)
+    assert ids.tolist() == ([6, 5] if expect_kept else [6, 8])
+    assert mem.lost is None or 5 not in mem.lost.ids.tolist()  # continued: no longer lost
+    if expect_kept:  # a lost track older than the window is forgotten
+        _, gone = reassociate(np.array([6]), boxes((30, 0, 0, 0)), np.array([0]), pose, 3 * dt, carried={6, 8},
+                              alive={6}, memory=mem, max_distance=4.0, window_s=window_s)
+        assert gone.lost.ids.tolist() == [5]
+        later, _ = reassociate(np.array([6, 9]), boxes((30, 0, 0, 0), (7.0, 0, 10, 0)), np.array([0, 0]), pose,
+                               3 * dt + S, carried={6}, alive={6, 9}, memory=gone, max_distance=4.0,
+                               window_s=window_s)
+        assert later.tolist() == [6, 9]
+
+
 def test_a_track_that_left_the_bank_is_continued_only_by_a_box_that_reaches_it():
     """Issue 20: a pedestrian walks out of view while a neighbour 1.5 m away appears: the neighbour
     keeps its own id (their footprints' circumscribed circles, 0.49 m each, do not meet); a new box

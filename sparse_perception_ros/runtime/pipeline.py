@@ -199,6 +199,7 @@ class PipelineConfig:
     duplicate_iou: float
     velocity_window: float
     velocity_noise: float
+    reassociate_window: float
     resize_method: str = "pil_bicubic"
 
     def __post_init__(self):
@@ -224,12 +225,13 @@ class PipelineConfig:
                    max_detections=params.output.max_detections, max_time_gap_s=t.max_time_gap,
                    sensors=params.model.sensors, reassociate_distance=t.reassociate_distance,
                    track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
-                   velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method)
+                   velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method,
+                   reassociate_window=t.reassociate_window)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
         return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes,
-                              self.velocity_window, self.velocity_noise)
+                              self.velocity_window, self.velocity_noise, self.reassociate_window)
 
 
 class Pipeline:

@@ -45,7 +45,7 @@ import numpy as np
 
 from sparse_perception_ros.geometry.boxes import bev_iou
 
-__all__ = ["TrackMemory", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
+__all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
            "reassociate", "footprint_reach", "track_evidence", "keep_by_evidence", "suppress_duplicates",
            "extend_history", "track_velocity", "blend_velocity"]
 
@@ -72,6 +72,37 @@ class TrackMemory:
     id_map: dict[int, int] = field(default_factory=dict)
     reach: np.ndarray | None = None
     history: dict[int, np.ndarray] = field(default_factory=dict)
+    lost: LostTracks | None = None  # tracks not published in this frame, remembered for re-association
+
+
+@dataclass(frozen=True)
+class LostTracks:
+    """Tracks published within the last ``reassociate_window`` seconds but not in the latest frame:
+    ``stamps_ns`` (M,) int64 (when each was last published), ``xy``, ``vel`` (M, 2) world frame,
+    ``labels``, ``ids`` (M,) int64, ``reach`` (M,) m. At 10-20 Hz an object missing from one frame
+    (a score dip) would otherwise come back with a new id; at 2 Hz one frame is already 0.5 s."""
+
+    stamps_ns: np.ndarray
+    xy: np.ndarray
+    vel: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    reach: np.ndarray
+
+    @staticmethod
+    def of(memory: TrackMemory, keep: np.ndarray) -> LostTracks:
+        reach = memory.reach if memory.reach is not None else np.zeros(len(memory.ids))
+        return LostTracks(np.full(int(keep.sum()), memory.stamp_ns, np.int64), memory.xy[keep], memory.vel[keep],
+                          memory.labels[keep], memory.ids[keep], reach[keep])
+
+    def select(self, keep: np.ndarray) -> LostTracks:
+        return LostTracks(self.stamps_ns[keep], self.xy[keep], self.vel[keep], self.labels[keep], self.ids[keep],
+                          self.reach[keep])
+
+    def join(self, other: LostTracks) -> LostTracks:
+        return LostTracks(*(np.concatenate([a, b]) for a, b in zip(
+            (self.stamps_ns, self.xy, self.vel, self.labels, self.ids, self.reach),
+            (other.stamps_ns, other.xy, other.vel, other.labels, other.ids, other.reach), strict=True)))
 
 
 def extend_history(memory: TrackMemory, previous: TrackMemory | None, window_s: float, keep: set[int]) -> TrackMemory:
@@ -112,7 +143,7 @@ def track_velocity(history: dict[int, np.ndarray], track_ids: np.ndarray, min_sp
 
 def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_world_from_model: np.ndarray,
                 stamp_ns: int, carried: set[int], alive: set[int], memory: TrackMemory | None,
-                max_distance: float) -> tuple[np.ndarray, TrackMemory]:
+                max_distance: float, window_s: float = 0.0) -> tuple[np.ndarray, TrackMemory]:
     """Published ids for one frame's boxes and the memory for the next frame.
 
     Args:
@@ -127,6 +158,9 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
         memory: the previous frame's :class:`TrackMemory`, or None (first frame / after a reset).
         max_distance: gate in metres; 0 disables re-association (ids pass through the map only).
             A track whose instance is not in ``alive`` is also gated by the footprints' sizes.
+        window_s: tracks missing from the previous frame but published within this many seconds
+            (:class:`LostTracks`) are candidates too, predicted over their own time gap; 0 = the
+            previous frame's tracks only.
     """
     bank_ids = np.asarray(bank_ids, np.int64)
     id_map = dict(memory.id_map) if memory is not None else {}
@@ -139,9 +173,14 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
     xy = boxes[:, :3] @ R.T + t
     vel = np.c_[boxes[:, 7:9], np.zeros(len(boxes))] @ R.T
     xy, vel = xy[:, :2], vel[:, :2]
-    if memory is not None and max_distance > 0 and len(memory.ids) and len(bank_ids):
-        dt = (stamp_ns - memory.stamp_ns) * 1e-9
-        predicted = memory.xy + memory.vel * dt
+    cand = None  # the previous frame's tracks, then the lost ones (window_s > 0)
+    if memory is not None:
+        cand = LostTracks.of(memory, np.ones(len(memory.ids), bool))
+        if window_s > 0 and memory.lost is not None:
+            cand = cand.join(memory.lost)
+    if cand is not None and max_distance > 0 and len(cand.ids) and len(bank_ids):
+        dt = (stamp_ns - cand.stamps_ns) * 1e-9
+        predicted = cand.xy + cand.vel * dt[:, None]
         fresh = np.array([int(b) not in carried and int(b) not in id_map for b in bank_ids])
         taken = set(published[~fresh].tolist())
         d = np.linalg.norm(xy[:, None] - predicted[None], axis=-1)
@@ -149,12 +188,12 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
             # a track whose instance left the bank may have been another object: only a box whose
             # footprint's circumscribed circle meets the track's continues it
             bank_of = {p: b for b, p in memory.id_map.items()}
-            gone = np.array([bank_of.get(int(i), int(i)) not in alive for i in memory.ids])
-            apart = d >= footprint_reach(boxes)[:, None] + memory.reach[None]
+            gone = np.array([bank_of.get(int(i), int(i)) not in alive for i in cand.ids])
+            apart = d >= footprint_reach(boxes)[:, None] + cand.reach[None]
             d[apart & gone[None]] = np.inf
         d[~fresh] = np.inf
-        d[np.asarray(labels)[:, None] != memory.labels[None]] = np.inf
-        d[:, [int(i) in taken for i in memory.ids]] = np.inf
+        d[np.asarray(labels)[:, None] != cand.labels[None]] = np.inf
+        d[:, [int(i) in taken for i in cand.ids]] = np.inf
         used_rows, used_cols = set(), set()
         for flat in np.argsort(d, axis=None):
             r, c = np.unravel_index(flat, d.shape)
@@ -164,8 +203,8 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
                 continue
             used_rows.add(r)
             used_cols.add(c)
-            published[r] = memory.ids[c]
-            id_map[int(bank_ids[r])] = int(memory.ids[c])
+            published[r] = cand.ids[c]
+            id_map[int(bank_ids[r])] = int(cand.ids[c])
     # one id per box: an instance showing its own id keeps it; of several instances mapped to the
     # same id the first keeps it; the others fall back to their own ids (and lose the mapping)
     used = {int(b) for b, p in zip(bank_ids, published, strict=True) if int(b) == int(p)}
@@ -177,8 +216,14 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
             id_map.pop(b, None)
         used.add(int(published[i]))
     id_map = {b: p for b, p in id_map.items() if b in alive}
+    lost = None
+    if window_s > 0 and cand is not None:  # candidates not published now, younger than the window
+        keep = ~np.isin(cand.ids, published) & (stamp_ns - cand.stamps_ns <= window_s * 1e9)
+        _, first = np.unique(cand.ids, return_index=True)  # one entry per id (the newest: listed first)
+        keep &= np.isin(np.arange(len(cand.ids)), first)
+        lost = cand.select(keep)
     return published, TrackMemory(int(stamp_ns), xy, vel, np.asarray(labels, np.int64).copy(), published.copy(), id_map,
-                                  footprint_reach(boxes))
+                                  footprint_reach(boxes), lost=lost)
 
 
 @dataclass(frozen=True)
@@ -312,6 +357,8 @@ class TrackingConfig:
         velocity_window: s, ``>= 0``; publish each track's velocity measured from its own positions
             over this window (:func:`track_velocity`, :func:`blend_velocity`) where it spans at
             least half of it; 0 publishes the model's velocity as it is (the reference).
+        reassociate_window: s, ``>= 0``; tracks missing from the latest frame stay candidates of
+            :func:`reassociate` this long (:class:`LostTracks`); 0 = the previous frame's only.
         velocity_noise: m/s, ``> 0``; the track velocity's expected error for a static object (the
             detector's position jitter over the window): a track velocity this small is mostly
             noise and shrinks towards the model's (:func:`blend_velocity`).
@@ -323,8 +370,11 @@ class TrackingConfig:
     num_classes: int
     velocity_window: float = 0.0
     velocity_noise: float = 0.5
+    reassociate_window: float = 0.0
 
     def __post_init__(self):
+        if not self.reassociate_window >= 0:
+            raise ValueError(f"reassociate_window must be >= 0, got {self.reassociate_window}")
         if not self.reassociate_distance >= 0:
             raise ValueError(f"reassociate_distance must be >= 0, got {self.reassociate_distance}")
         if not 0.0 <= self.duplicate_iou <= 1.0:
@@ -385,7 +435,7 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
     """
     previous = tracks
     track_ids, tracks = reassociate(bank_ids, boxes, labels, T_world_from_model, stamp_ns, carried, alive, tracks,
-                                    config.reassociate_distance)
+                                    config.reassociate_distance, config.reassociate_window)
     keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
     tracks = extend_history(tracks, previous, config.velocity_window, keep)
     if config.velocity_window > 0 and len(tracks.ids):  # published, and the next frame's prediction uses it
