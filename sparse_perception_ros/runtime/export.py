@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -366,7 +367,7 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
                else "after_backbone" if hasattr(module, "head") else "head")
     path = root / f"{cfg.name}_{variant}_{cfg.head.num_cams}cam_g{GRAPH_FORMAT}_{weights_digest(module)}.onnx"
     if not path.is_file() or not Path(str(path) + ".json").is_file():
-        tmp = path.with_name(f".{path.name}.{id(module)}.tmp.onnx")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(module)}.tmp.onnx")  # per process: parallel exports
         export_step(tmp, cfg, with_backbone=with_backbone, module=module, backbone_fp16=backbone_fp16)
         Path(str(tmp) + ".json").replace(str(path) + ".json")
         tmp.replace(path)
