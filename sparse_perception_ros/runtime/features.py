@@ -21,6 +21,7 @@ import abc
 import contextlib
 import io
 import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -76,7 +77,7 @@ def export_backbone_cached(model: nn.Module, cache_dir: str | Path | None = None
         return path
     root.mkdir(parents=True, exist_ok=True)
     w, h = model.cfg.input_wh
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp.onnx")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")  # parallel test workers
     folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
     level = folding_log.level
     folding_log.setLevel(logging.ERROR)
