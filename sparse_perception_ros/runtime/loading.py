@@ -83,12 +83,15 @@ def image_features_on_arrival(p: ModelParams) -> bool:
     return blocker is None
 
 
-def camera_backbone(backend: str, model: torch.nn.Module, num_threads: int | None):
-    """The :class:`~.features.CameraBackbone` for a step run by ``backend``: ONNX Runtime's when the step
-    runs there (exported once into the cache), torch's otherwise."""
+def camera_backbone(model: torch.nn.Module, num_threads: int | None):
+    """The :class:`~.features.CameraBackbone` of the image features made on arrival: ONNX Runtime (the
+    backbone exported once into the cache) whenever it is installed, whatever runs the step (1.6-1.7x
+    torch per image on CPU, ``bench/bench_split.py``), torch otherwise."""
+    import importlib.util
+
     from sparse_perception_ros.runtime import features
 
-    if backend == "onnxruntime":
+    if importlib.util.find_spec("onnxruntime") is not None:
         return features.OrtCameraBackbone(features.export_backbone_cached(model), num_threads)
     return features.TorchCameraBackbone(model)
 
@@ -168,8 +171,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
                                 compile=p.compile)
         if on_arrival:  # the same backend, with what makes its features
             choice = stepper.auto_choice
-            stepper = StepRunner(stepper.backend, stepper.cfg, camera_backbone(stepper.backend.name, model,
-                                                                               p.num_threads or None))
+            stepper = StepRunner(stepper.backend, stepper.cfg, camera_backbone(model, p.num_threads or None))
             stepper.auto_choice = choice
     except BackendUnavailable as exc:
         raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
