@@ -89,6 +89,7 @@ class TemporalParams:
     max_time_gap: float
     reassociate_distance: float
     reassociate_window: float
+    state_interval: float
     track_class_vote: bool
     duplicate_iou: float
     velocity_window: float

@@ -77,7 +77,7 @@ def test_compiled_step_matches_eager(head):
 def test_pipeline_takes_a_stepper_not_a_raw_module():
     config = PipelineConfig(score_threshold=0.3, max_detections=10, max_time_gap_s=2.0, sensors="all",
                             reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0,
-                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0)
+                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
     with pytest.raises(TypeError, match="Stepper"):
         Pipeline(build_model("tiny"), ("car",), config)
 

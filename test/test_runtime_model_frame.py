@@ -119,7 +119,7 @@ def test_rep103_lidar_frame_gives_the_same_detections(inputs):
     torch.set_num_threads(1)
     config = PipelineConfig(score_threshold=0.05, max_detections=50, max_time_gap_s=2.0, sensors="all",
                             reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0,
-                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0)
+                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
     # the tiny preset has 6 cameras: pad both frames with the same masked cameras
     results = []
     for rep103 in (False, True):

@@ -17,7 +17,7 @@ def config(**kw) -> PipelineConfig:
     """Explicit test settings: every box, the reference's output (tracking extras off); ``kw`` overrides."""
     base = dict(score_threshold=0.0, max_detections=300, max_time_gap_s=2.0, sensors="all",
                 reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0, velocity_window=0.0,
-                velocity_noise=1.0, reassociate_window=0.0)
+                velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
     return PipelineConfig(**{**base, **kw})
 
 
@@ -211,3 +211,21 @@ def test_score_threshold_auto_takes_the_weights_own_and_a_number_overrides_it():
     assert resolve_score_threshold(0, None) == 0.0 and isinstance(resolve_score_threshold(1, 0.5), float)
     with pytest.raises(ValueError, match="auto"):
         resolve_score_threshold("0.3", None)
+
+
+def test_state_interval_carries_the_state_only_from_frames_that_far_apart(pipeline):
+    """temporal.state_interval 0.45 s at 20 Hz: every frame publishes, but the kept state (the bank the
+    next frame starts from) is replaced only at frames 0.45 s or more after it; ids stay unique."""
+    held = Pipeline(pipeline.model, CLASS_NAMES, config(max_detections=20, state_interval=0.45))
+    state, kept, ids_seen = PipelineState.empty(), [], []
+    for k in range(21):  # 1 s at 20 Hz
+        det, state = held.step(make_frame(T0 + k * S // 20, pose_x=0.05 * k), state)
+        assert len(det.scores) == 20  # every frame publishes
+        kept.append(round(state.temporal.timestamp - T0 * 1e-9, 3))
+        ids_seen.append(state.temporal.next_track_id)
+    assert sorted(set(kept)) == [0.0, 0.45, 0.9]  # frames 0, 9 and 18 replaced the state
+    assert ids_seen == sorted(ids_seen)  # the id counter still advances with every frame
+    every, state = Pipeline(pipeline.model, CLASS_NAMES, config(max_detections=20)), PipelineState.empty()
+    for k in range(3):
+        _, state = every.step(make_frame(T0 + k * S // 20, pose_x=0.05 * k), state)
+    assert round(state.temporal.timestamp - T0 * 1e-9, 3) == 0.1  # 0: every frame's state is carried

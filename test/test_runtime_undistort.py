@@ -218,7 +218,7 @@ def test_a_distorted_camera_gives_the_detections_of_the_undistorted_render(rende
     torch.set_num_threads(1)
     config = PipelineConfig(score_threshold=0.1, max_detections=100, max_time_gap_s=2.0, sensors="all",
                             reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0,
-                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0)
+                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
     f = rendered_frame
     cams = tuple(f"cam{i}" for i in range(6))
 

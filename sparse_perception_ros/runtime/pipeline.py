@@ -184,6 +184,13 @@ class PipelineConfig:
         velocity_window, velocity_noise: s ``>= 0`` and m/s ``> 0``; velocity from tracks
             (:func:`~.tracking.with_track_velocity`; ``temporal.velocity_window`` /
             ``temporal.velocity_noise``); a window of 0 publishes the model's velocity (the reference).
+        reassociate_window: s ``>= 0``; lost tracks stay re-association candidates this long
+            (``temporal.reassociate_window``, :class:`~.tracking.LostTracks`).
+        state_interval: s ``>= 0``; the model's temporal state is carried on only from frames at
+            least this far apart (``temporal.state_interval``): the frames in between run on the
+            last kept state and publish, but do not replace it, so the instance bank advances at
+            the rate the weights were trained at (2 Hz keyframes: 0.5 s) whatever the trigger
+            rate. 0 carries every frame's state (the reference).
         resize_method: image resize (``"pil_bicubic"`` = the reference; ``"cv2_area"`` faster). Not a
             node parameter. On a CUDA model the images are resized on the GPU instead
             (:func:`~sparse_perception_ros.model.preprocess.preprocess_images_torch`: antialiased
@@ -200,6 +207,7 @@ class PipelineConfig:
     velocity_window: float
     velocity_noise: float
     reassociate_window: float
+    state_interval: float
     resize_method: str = "pil_bicubic"
 
     def __post_init__(self):
@@ -209,6 +217,8 @@ class PipelineConfig:
             raise ValueError(f"max_detections must be >= 1, got {self.max_detections}")
         if not self.max_time_gap_s > 0:
             raise ValueError(f"max_time_gap_s must be positive, got {self.max_time_gap_s}")
+        if not self.state_interval >= 0:
+            raise ValueError(f"state_interval must be >= 0, got {self.state_interval}")
         if self.sensors not in SENSOR_MODES:
             raise ValueError(f"sensors must be one of {SENSOR_MODES}, got {self.sensors!r}")
         self.tracking(num_classes=1)  # checks the tracking fields now, with their names in the message
@@ -226,7 +236,7 @@ class PipelineConfig:
                    sensors=params.model.sensors, reassociate_distance=t.reassociate_distance,
                    track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
                    velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method,
-                   reassociate_window=t.reassociate_window)
+                   reassociate_window=t.reassociate_window, state_interval=t.state_interval)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
@@ -400,6 +410,10 @@ class Pipeline:
         out, temporal = run(img, proj, wh, frame.stamp_ns * 1e-9, pose if pose is not None else np.eye(4),
                                         state.temporal, points=points)
         t2 = time.perf_counter()
+        held = state.temporal.anchors is not None and \
+            frame.stamp_ns * 1e-9 - state.temporal.timestamp < self.config.state_interval - 1e-3
+        if held:  # temporal.state_interval: this frame publishes, the kept state stays (ids stay unique)
+            temporal = replace(state.temporal, next_track_id=temporal.next_track_id)
         idx = torch.nonzero(out.scores >= self.config.score_threshold).flatten()[: self.config.max_detections]
         det = Detections(
             stamp_ns=int(frame.stamp_ns),
