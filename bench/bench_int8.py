@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ def main() -> None:
     from sparse_perception_ros.model.instance_bank import host_step_inputs
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.runtime.backends import OrtBackend
-    from sparse_perception_ros.runtime.bench import sweep
+    from sparse_perception_ros.runtime.bench import median_ms, sweep
     from sparse_perception_ros.runtime.export import export_cached, lidar_step_inputs, synthetic_sequence
     from sparse_perception_ros.runtime.loading import bundled_weights_path
 
@@ -54,12 +52,8 @@ def main() -> None:
         times, outs = {}, {}
         for name, path in (("fp32", fp32), ("int8", int8)):
             backend = OrtBackend(path, num_threads=1)
-            ts = []
-            for _ in range(args.frames):
-                t0 = time.perf_counter()
-                outs[name] = backend.run(inputs)
-                ts.append(time.perf_counter() - t0)
-            times[name] = 1e3 * statistics.median(ts[2:])
+            outs[name] = backend.run(inputs)
+            times[name] = median_ms(lambda b=backend: b.run(inputs), args.frames)
     a, b = outs["fp32"], outs["int8"]
     print(f"bench_int8: tiny_fusion after-backbone step, {args.points} points, 1 thread, median of {args.frames}; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")

@@ -17,20 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
-
-
-def median_ms(fn, n: int) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times[2:] if n > 4 else times)
 
 
 def measure(preset: str, backend: str, frames_n: int, n_points: int) -> str:
@@ -39,7 +28,7 @@ def measure(preset: str, backend: str, frames_n: int, n_points: int) -> str:
     from sparse_perception_ros.model.instance_bank import host_step_inputs
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.runtime import export
-    from sparse_perception_ros.runtime.bench import sweep
+    from sparse_perception_ros.runtime.bench import median_ms, sweep
     from sparse_perception_ros.runtime.features import FeatureCache
     from sparse_perception_ros.runtime.loading import load_model
 

@@ -56,6 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "about 35000; at most the preset's max_points)")
 
 
+def median_ms(fn, n: int, skip: int = 2) -> float:
+    """Median wall time of ``n`` calls of ``fn()`` in ms, the first ``skip`` (warm-up) left out when ``n > 2 * skip``."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[skip:] if n > 2 * skip else times)
+
+
 def sweep(n: int, seed: int = 0) -> np.ndarray:
     """``(n, 4)`` float32 x, y, z, intensity: a ground-heavy cloud within 50 m (70 % ground)."""
     rng = np.random.default_rng(seed)
