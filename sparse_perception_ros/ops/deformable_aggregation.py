@@ -30,7 +30,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import dfa_op  # noqa: F401  (import registers torch.ops.sparse_perception.deformable_aggregation)
+# dfa_cpu / dfa_triton are looked up on the module at call time (tests replace their functions);
+# importing dfa_op registers torch.ops.sparse_perception.deformable_aggregation
+from sparse_perception_ros.ops import dfa_cpu, dfa_op, dfa_triton
+from sparse_perception_ros.ops.dfa_onnx import dfa_symbolic
+from sparse_perception_ros.ops.dfa_reference import deformable_aggregation_reference, kernel_valid_mask
 
 __all__ = [
     "flatten_feature_maps",
@@ -83,13 +87,9 @@ def resolve_dfa_impl(name: str, device: torch.device | str) -> str:
     if name == "reference":
         return name
     if device.type == "cuda":
-        from .dfa_triton import triton_available
-
-        return "triton" if triton_available() else "reference"
+        return "triton" if dfa_triton.triton_available() else "reference"
     if device.type == "cpu":
-        from .dfa_cpu import available
-
-        return "fast" if available() else "reference"
+        return "fast" if dfa_cpu.available() else "reference"
     return "reference"
 
 
@@ -109,12 +109,6 @@ def flatten_feature_maps(feature_maps: Sequence[torch.Tensor]) -> tuple[torch.Te
     level_start = torch.cumsum(sizes, 0) - sizes
     scale_start_index = torch.arange(cams, dtype=torch.int64)[:, None] * sizes.sum() + level_start[None]
     return mc_ms_feat, spatial_shape, scale_start_index
-
-
-def kernel_valid_mask(sampling_location: torch.Tensor) -> torch.Tensor:
-    """``[..., 2]`` normalised locations -> ``[...]`` bool: True where the CUDA kernel samples."""
-    x, y = sampling_location[..., 0], sampling_location[..., 1]
-    return (x > 0) & (x < 1) & (y > 0) & (y < 1)
 
 
 def deformable_aggregation(
@@ -141,89 +135,19 @@ def deformable_aggregation(
         ``[bs, anchors, C]`` in ``mc_ms_feat``'s dtype.
     """
     if torch.onnx.is_in_onnx_export():
-        from .dfa_onnx import dfa_symbolic
-
         return dfa_symbolic(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
     name = "reference" if impl is None else impl
     device = mc_ms_feat.device
     _check_impl(name, device)
     if name == "reference":
         return deformable_aggregation_reference(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
-    return torch.ops.sparse_perception.deformable_aggregation(
+    return dfa_op.get_op()(
         mc_ms_feat,
         spatial_shape.to(device=device, dtype=torch.int64),
         scale_start_index.to(device=device, dtype=torch.int64),
         sampling_location,
         weights,
     )
-
-
-def deformable_aggregation_reference(
-    mc_ms_feat: torch.Tensor,
-    spatial_shape: torch.Tensor,
-    scale_start_index: torch.Tensor,
-    sampling_location: torch.Tensor,
-    weights: torch.Tensor,
-) -> torch.Tensor:
-    """Torch reference of the CUDA ``DeformableAggregation`` op (kernel semantics, see module doc).
-
-    Differentiable. Only samples the kernel keeps (location inside the open unit square) are
-    processed:
-
-    1. per kept sample and level, bilinear interpolation of the 4 neighbours as one
-       ``embedding_bag`` over rows of ``mc_ms_feat`` (out-of-map neighbours get weight 0);
-    2. multiply by the per-group attention weight, sum over levels;
-    3. ``index_add`` into the sample's (batch, anchor) row, which sums over points and cameras.
-
-    Uses ``nonzero`` (data-dependent shapes): for graph capture use the registered op
-    (``impl="fast"``/``"triton"``/``"auto"`` of :func:`deformable_aggregation`, one opaque node)
-    or :func:`deformable_aggregation_grid_sample` with ``drop_outside=True``, which has the same
-    semantics with static shapes.
-
-    Returns:
-        ``[bs, anchors, C]`` in ``mc_ms_feat``'s dtype.
-    """
-    bs, num_rows, c = mc_ms_feat.shape
-    _, num_anchor, num_pts, num_cams, _ = sampling_location.shape
-    levels, groups = weights.shape[-2], weights.shape[-1]
-    if weights.shape[:4] != (bs, num_anchor, num_pts, num_cams):
-        raise ValueError(f"weights {tuple(weights.shape)} do not match locations {tuple(sampling_location.shape)}")
-    if c % groups != 0:
-        raise ValueError(f"channels {c} not divisible by groups {groups}")
-    if spatial_shape.shape[:2] != (num_cams, levels):
-        raise ValueError(f"spatial_shape {tuple(spatial_shape.shape)} does not match cams {num_cams} x levels {levels}")
-    dtype, device = mc_ms_feat.dtype, mc_ms_feat.device
-    loc = sampling_location.to(dtype)
-    b_i, a_i, p_i, c_i = kernel_valid_mask(loc).nonzero(as_tuple=True)  # kept samples, S of them
-    x = loc[b_i, a_i, p_i, c_i, 0]
-    y = loc[b_i, a_i, p_i, c_i, 1]
-    hi = spatial_shape[c_i, :, 0].to(device)  # [S, levels]
-    wi = spatial_shape[c_i, :, 1].to(device)
-    h_im = y[:, None] * hi.to(dtype) - 0.5
-    w_im = x[:, None] * wi.to(dtype) - 0.5
-    h0f, w0f = torch.floor(h_im), torch.floor(w_im)
-    lh, lw = h_im - h0f, w_im - w0f
-    h0, w0 = h0f.long(), w0f.long()
-    base = scale_start_index[c_i].to(device) + b_i[:, None] * num_rows  # [S, levels]
-
-    rows, bws = [], []
-    for dh, dw in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        hh, ww = h0 + dh, w0 + dw
-        inside = (hh >= 0) & (hh < hi) & (ww >= 0) & (ww < wi)
-        bw = (lh if dh else 1 - lh) * (lw if dw else 1 - lw)
-        bws.append(torch.where(inside, bw, torch.zeros_like(bw)))
-        rows.append(torch.where(inside, base + hh * wi + ww, torch.zeros_like(base)))
-    rows_t = torch.stack(rows, dim=-1).reshape(-1, 4)  # [S * levels, 4]
-    bw_t = torch.stack(bws, dim=-1).reshape(-1, 4)
-    sampled = F.embedding_bag(rows_t, mc_ms_feat.reshape(bs * num_rows, c), per_sample_weights=bw_t, mode="sum")
-    sampled = sampled.reshape(-1, levels, groups, c // groups)  # [S, levels, G, C/G]
-    w = weights[b_i, a_i, p_i, c_i].to(dtype)  # [S, levels, G]
-    contrib = sampled[:, 0] * w[:, 0, :, None]
-    for lvl in range(1, levels):
-        contrib = contrib + sampled[:, lvl] * w[:, lvl, :, None]  # [S, G, C/G]
-    out = torch.zeros(bs * num_anchor, groups, c // groups, dtype=dtype, device=device)
-    out.index_add_(0, b_i * num_anchor + a_i, contrib)
-    return out.reshape(bs, num_anchor, c)
 
 
 def deformable_aggregation_grid_sample(

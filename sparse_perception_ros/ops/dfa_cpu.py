@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparse_perception_ros.ops.dfa_shapes import check_inputs
+
 __all__ = ["deformable_aggregation_fast", "deformable_aggregation_numpy", "available", "FastDFAUnavailable"]
 
 _C_SOURCE = r"""
@@ -218,21 +220,6 @@ def available() -> bool:
     return True
 
 
-def _check(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights) -> None:
-    bs, _, c = mc_ms_feat.shape
-    if sampling_location.ndim != 5 or sampling_location.shape[-1] != 2:
-        raise ValueError(f"sampling_location must be [bs, A, P, cams, 2], got {tuple(sampling_location.shape)}")
-    if weights.ndim != 6 or tuple(weights.shape[:4]) != tuple(sampling_location.shape[:4]):
-        raise ValueError(f"weights {tuple(weights.shape)} do not match locations {tuple(sampling_location.shape)}")
-    if sampling_location.shape[0] != bs:
-        raise ValueError("batch sizes of features and locations differ")
-    cams, levels, groups = sampling_location.shape[3], weights.shape[4], weights.shape[5]
-    if tuple(spatial_shape.shape) != (cams, levels, 2) or tuple(scale_start_index.shape) != (cams, levels):
-        raise ValueError(f"spatial_shape/scale_start_index must be [{cams}, {levels}, 2]/[{cams}, {levels}]")
-    if c % groups:
-        raise ValueError(f"channels {c} not divisible by groups {groups}")
-
-
 def _run(feat, shape, start, loc, w, out, nthreads: int) -> None:
     bs, rows, c = feat.shape
     _, a, p, cams, levels, g = w.shape
@@ -253,7 +240,7 @@ def deformable_aggregation_numpy(
     num_threads: int | None = None,
 ) -> np.ndarray:
     """numpy in, numpy out (used by the ONNX Runtime custom op). Shapes as the torch function."""
-    _check(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    check_inputs(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
     feat = np.ascontiguousarray(mc_ms_feat, dtype=np.float32)
     shape = np.ascontiguousarray(spatial_shape, dtype=np.int64)
     start = np.ascontiguousarray(scale_start_index, dtype=np.int64)
@@ -278,7 +265,7 @@ def deformable_aggregation_fast(
     ``ValueError`` when an input requires grad with grad mode on, on inconsistent shapes or on
     non-CPU tensors; :class:`FastDFAUnavailable` when the C kernel cannot be built.
     """
-    _check(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    check_inputs(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (mc_ms_feat, sampling_location, weights)):
         raise ValueError("the fast CPU DFA has no backward; use impl='reference' for training")
     for t in (mc_ms_feat, sampling_location, weights):

@@ -61,8 +61,8 @@ def replace_with_standin(model):
     ``runtime/tensorrt_plugin.py``). Every float input still feeds the output, so nothing upstream
     is pruned as dead. Returns ``(model, number of nodes replaced)``.
     """
-    import onnx
-    from onnx import helper
+    import onnx  # lazy: only graph rewriting needs onnx; the model imports this module
+    from onnx import helper  # lazy: as above
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

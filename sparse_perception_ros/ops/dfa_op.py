@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import torch
 
+# dfa_cpu / dfa_triton are looked up on the module at call time, so tests can observe the calls
+from sparse_perception_ros.ops import dfa_cpu, dfa_triton
+from sparse_perception_ros.ops.dfa_reference import deformable_aggregation_reference
+
 __all__ = ["NAMESPACE", "OP_NAME", "QUALNAME", "get_op", "is_registered"]
 
 NAMESPACE = "sparse_perception"
@@ -44,8 +48,6 @@ def get_op() -> torch._ops.OpOverloadPacket:
 
 
 def _reference(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights) -> torch.Tensor:
-    from .deformable_aggregation import deformable_aggregation_reference
-
     with torch.no_grad():
         return deformable_aggregation_reference(
             mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights
@@ -84,18 +86,13 @@ def _contiguous(mc_ms_feat, spatial_shape, scale_start_index, sampling_location,
 
 
 def _cpu_kernel(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights) -> torch.Tensor:
-    from . import dfa_cpu
-
     args = _contiguous(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights, mc_ms_feat.device)
     if not dfa_cpu.available():
         return _reference(*args)
-    # looked up on the module at call time (not bound at import), so tests can observe the call
     return dfa_cpu.deformable_aggregation_fast(*args)
 
 
 def _cuda_kernel(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights) -> torch.Tensor:
-    from . import dfa_triton
-
     args = _contiguous(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights, mc_ms_feat.device)
     if not dfa_triton.triton_available():
         return _reference(*args)

@@ -19,7 +19,9 @@ import numpy as np
 import onnx
 import torch
 
-from .dfa_onnx import DOMAIN, OP_TYPE
+from sparse_perception_ros.ops import dfa_cpu
+from sparse_perception_ros.ops.deformable_aggregation import deformable_aggregation
+from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE
 
 __all__ = ["ORT_DOMAIN", "register_custom_op", "to_ort_model", "session_options"]
 
@@ -29,12 +31,8 @@ _registered = False
 
 
 def _dfa_numpy(feat, spatial_shape, scale_start_index, loc, weights):
-    from . import dfa_cpu
-
     if dfa_cpu.available():
         return dfa_cpu.deformable_aggregation_numpy(feat, spatial_shape, scale_start_index, loc, weights)
-    from .deformable_aggregation import deformable_aggregation
-
     with torch.no_grad():
         out = deformable_aggregation(
             torch.from_numpy(np.ascontiguousarray(feat)), torch.from_numpy(np.asarray(spatial_shape)),
@@ -50,7 +48,7 @@ def register_custom_op() -> None:
     with _lock:
         if _registered:
             return
-        from onnxruntime_extensions import PyCustomOpDef, onnx_op
+        from onnxruntime_extensions import PyCustomOpDef, onnx_op  # lazy: optional dependency (ONNX Runtime backend)
 
         @onnx_op(
             op_type=OP_TYPE,
@@ -89,8 +87,8 @@ def to_ort_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def session_options(num_threads: int | None = None):
     """``onnxruntime.SessionOptions`` with the extensions library (and our op) registered."""
-    import onnxruntime as ort
-    from onnxruntime_extensions import get_library_path
+    import onnxruntime as ort  # lazy: optional dependency (ONNX Runtime backend)
+    from onnxruntime_extensions import get_library_path  # lazy: optional dependency
 
     register_custom_op()
     so = ort.SessionOptions()

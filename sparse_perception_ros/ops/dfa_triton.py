@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sparse_perception_ros.ops.dfa_shapes import check_inputs
+
 __all__ = [
     "triton_available",
     "deformable_aggregation_triton",
@@ -43,7 +45,7 @@ KERNEL_NAME = "dfa_kernel"
 def triton_available() -> bool:
     """True when ``triton`` imports (it may still have no GPU driver; see :func:`_launchable`)."""
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (lazy: optional dependency, probed here)
     except ImportError:
         return False
     return True
@@ -51,8 +53,8 @@ def triton_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _kernel():
-    import triton
-    import triton.language as tl
+    import triton  # lazy: optional dependency (GPU only)
+    import triton.language as tl  # lazy: optional dependency (GPU only)
 
     @triton.jit
     def dfa_kernel(
@@ -112,18 +114,6 @@ def _block_c(channels: int) -> int:
     return min(128, 1 << max(0, (channels - 1).bit_length()))
 
 
-def _check(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights) -> None:
-    if sampling_location.ndim != 5 or weights.ndim != 6:
-        raise ValueError("sampling_location must be [bs, A, P, cams, 2] and weights [bs, A, P, cams, L, G]")
-    if tuple(weights.shape[:4]) != tuple(sampling_location.shape[:4]):
-        raise ValueError(f"weights {tuple(weights.shape)} do not match locations {tuple(sampling_location.shape)}")
-    cams, levels = sampling_location.shape[3], weights.shape[4]
-    if tuple(spatial_shape.shape) != (cams, levels, 2) or tuple(scale_start_index.shape) != (cams, levels):
-        raise ValueError(f"spatial_shape/scale_start_index must be [{cams}, {levels}, 2]/[{cams}, {levels}]")
-    if mc_ms_feat.shape[2] % weights.shape[5]:
-        raise ValueError("channels not divisible by groups")
-
-
 def deformable_aggregation_triton(
     mc_ms_feat: torch.Tensor,
     spatial_shape: torch.Tensor,
@@ -137,7 +127,7 @@ def deformable_aggregation_triton(
     """
     if not triton_available():
         raise RuntimeError("the Triton DFA needs the 'triton' package (pip install triton==3.7.1)")
-    _check(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
+    check_inputs(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if mc_ms_feat.device.type != "cuda" and not interpret:
         raise ValueError(f"the Triton DFA runs on CUDA tensors (or under TRITON_INTERPRET=1), got {mc_ms_feat.device}")
@@ -196,9 +186,9 @@ def compile_ptx(
     """
     if not triton_available():
         raise RuntimeError("AOT compilation needs the 'triton' package (pip install triton==3.7.1)")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    import triton  # lazy: optional dependency (GPU only)
+    from triton.backends.compiler import GPUTarget  # lazy: as above
+    from triton.compiler import ASTSource  # lazy: as above
 
     block = _block_c(channels)
     constexprs = {"C": channels, "G": groups, "P": num_pts, "CAMS": num_cams, "L": num_levels, "BLOCK_C": block}
