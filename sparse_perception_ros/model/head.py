@@ -27,6 +27,7 @@ from .decoding import decode_detections
 from .dfa import DeformableFeatureAggregation, FeatureInputs
 from .instance_bank import (
     BankPrior,
+    StepInputs,
     TemporalState,
     bank_advance,
     bank_cache,
@@ -300,8 +301,8 @@ class Sparse4DHead(nn.Module):
         top-k are all inside; ids are host bookkeeping (:func:`~.instance_bank.bank_advance`).
         """
         cfg = self.cfg
-        prior = bank_prior(T_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid,
-                           cfg.max_time_interval, cfg.default_time_interval, static=static)
+        prev = StepInputs(T_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid)
+        prior = bank_prior(prev, cfg.max_time_interval, cfg.default_time_interval, static=static)
         res = self.forward_frame(feature_maps, projection_mat, image_wh, prior, lidar=lidar, dfa_impl=dfa_impl)
         conf, cached_feature, cached_anchor, order = bank_cache(
             res.feature, res.anchor, res.cls, prior.prev_confidence, cfg.num_temp_instances,

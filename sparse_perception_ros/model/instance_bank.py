@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from ..geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
 __all__ = [
     "TemporalState",
     "BankPrior",
+    "StepInputs",
     "anchor_projection",
     "host_step_inputs",
     "bank_prior",
@@ -220,18 +222,22 @@ def bank_advance(
 
 
 # ------------------------------------------------------------------------------ tensor functions
+class StepInputs(NamedTuple):
+    """The previous frame as the step's state inputs (:func:`host_step_inputs`, as tensors; the
+    field order is the exported graph's, ``head.STEP_INPUTS``)."""
+
+    T_cur_from_prev: torch.Tensor  # [1, 4, 4] float32
+    dt: torch.Tensor  # [1] float32 seconds
+    prev_anchors: torch.Tensor  # [1, N_temp, 11]
+    prev_features: torch.Tensor  # [1, N_temp, E]
+    prev_confidence: torch.Tensor  # [1, N_temp]
+    prev_valid: torch.Tensor  # [1] bool, False: first frame (the prev tensors are ignored)
+
+
 def bank_prior(
-    T_cur_from_prev: torch.Tensor,
-    dt: torch.Tensor,
-    prev_anchors: torch.Tensor,
-    prev_features: torch.Tensor,
-    prev_confidence: torch.Tensor,
-    prev_valid: torch.Tensor,
-    max_time_interval: float,
-    default_time_interval: float,
-    static: bool = True,
+    prev: StepInputs, max_time_interval: float, default_time_interval: float, static: bool = True
 ) -> BankPrior:
-    """The step's inputs (see :func:`host_step_inputs`, as tensors) -> the decoder's :class:`BankPrior`.
+    """The step's state inputs ``prev`` -> the decoder's :class:`BankPrior`.
 
     ``mask = prev_valid & |dt| <= max_time_interval``; cached anchors are projected with the
     **real** ``dt`` (even when masked); ``time_interval = dt`` unless ``dt == 0`` or masked, then
@@ -241,6 +247,7 @@ def bank_prior(
     (no temp tensors, nothing computed for them), all True a prior without the selection. Both
     give the same numbers.
     """
+    T_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid = prev
     valid = prev_valid.reshape(-1).to(torch.bool)
     dt = dt.reshape(-1).to(torch.float32)
     default = torch.full_like(dt, default_time_interval)
@@ -266,9 +273,8 @@ def bank_get(
     if state.is_empty:
         return BankPrior(None, None, None, torch.tensor([default_time_interval], dtype=torch.float32), None)
     host = host_step_inputs(timestamp, T_world_from_model, state, None)
-    t = {k: torch.as_tensor(v, device=state.anchors.device) for k, v in host.items()}
-    return bank_prior(t["T_cur_from_prev"], t["dt"], t["prev_anchors"], t["prev_features"], t["prev_confidence"],
-                      t["prev_valid"], max_time_interval, default_time_interval, static=False)
+    prev = StepInputs(**{k: torch.as_tensor(v, device=state.anchors.device) for k, v in host.items()})
+    return bank_prior(prev, max_time_interval, default_time_interval, static=False)
 
 
 def bank_update(
