@@ -50,6 +50,7 @@ __all__ = [
     "Stepper",
     "TensorSpec",
     "Backend",
+    "GraphFileBackend",
     "TorchBackend",
     "OrtBackend",
     "BackendUnavailable",
@@ -109,6 +110,20 @@ class Backend(abc.ABC):
         missing = [k for k in self.input_spec() if k not in inputs]
         if missing:
             raise ValueError(f"{self.name}: missing inputs {missing}")
+
+
+class GraphFileBackend(Backend):
+    """A backend over a loaded graph file (ONNX Runtime session, TensorRT engine): its tensor
+    specs are read once at load into ``_in`` / ``_out`` (name -> :class:`TensorSpec`, graph order)."""
+
+    _in: dict[str, TensorSpec]
+    _out: dict[str, TensorSpec]
+
+    def input_spec(self) -> dict[str, TensorSpec]:
+        return dict(self._in)
+
+    def output_spec(self) -> dict[str, TensorSpec]:
+        return dict(self._out)
 
 
 class TorchBackend(Backend):
@@ -193,7 +208,7 @@ class TorchBackend(Backend):
         return dict(zip(output_names(), outs, strict=True))
 
 
-class OrtBackend(Backend):
+class OrtBackend(GraphFileBackend):
     """ONNX Runtime on the exported step file.
 
     The DFA node runs as an onnxruntime-extensions Python custom op backed by the fast C kernel
@@ -225,12 +240,6 @@ class OrtBackend(Backend):
         self.with_backbone = any(i.name == "img" for i in self.session.get_inputs())
         self._in = {i.name: TensorSpec(tuple(i.shape), _ort_dtype(i.type)) for i in self.session.get_inputs()}
         self._out = {o.name: TensorSpec(tuple(o.shape), _ort_dtype(o.type)) for o in self.session.get_outputs()}
-
-    def input_spec(self) -> dict[str, TensorSpec]:
-        return dict(self._in)
-
-    def output_spec(self) -> dict[str, TensorSpec]:
-        return dict(self._out)
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         self._check_inputs(inputs)

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .backends import Backend, BackendUnavailable, TensorSpec
+from .backends import BackendUnavailable, GraphFileBackend, TensorSpec
 
 __all__ = ["build_engine", "TensorRTBackend", "EngineMismatch", "EngineBuildError", "import_tensorrt", "sidecar_path"]
 
@@ -223,7 +223,7 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT64": torch.i
                  "BOOL": torch.bool, "INT8": torch.int8, "UINT8": torch.uint8}
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(GraphFileBackend):
     """Run a built engine. Refuses engines whose sidecar does not match (:class:`EngineMismatch`).
 
     ``onnx_path`` (optional): also require the engine to have been built from this ONNX file.
@@ -280,12 +280,6 @@ class TensorRTBackend(Backend):
             else:
                 self._out[name] = spec
         self.with_backbone = "img" in self._in
-
-    def input_spec(self) -> dict[str, TensorSpec]:
-        return dict(self._in)
-
-    def output_spec(self) -> dict[str, TensorSpec]:
-        return dict(self._out)
 
     def run(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         self._check_inputs(inputs)
