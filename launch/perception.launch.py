@@ -20,14 +20,13 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from sparse_perception_ros.launch_manifest import load_topics, node_set
+from sparse_perception_ros.launch_manifest import launch_topics, node_set
 
 
 def _nodes(context):
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     overrides = {k: v for k, v in (("model.checkpoint", arg("checkpoint")), ("model.backend", arg("backend"))) if v}
-    topics = load_topics(arg("topics_file")) if arg("topics_file") else {}
-    topics.update({key: arg(key) for key in ("points", "odometry") if arg(key)})
+    topics = launch_topics(arg("topics_file"), points=arg("points"), odometry=arg("odometry"))
     actions = []
     for spec in node_set("perception", arg("params_file"), topics=topics):
         actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name,

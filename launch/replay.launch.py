@@ -19,13 +19,12 @@ from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from sparse_perception_ros.launch_manifest import load_topics, node_set
+from sparse_perception_ros.launch_manifest import launch_topics, node_set
 
 
 def _nodes(context):
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    topics = load_topics(arg("topics_file")) if arg("topics_file") else {}
-    topics.update({key: arg(key) for key in ("points", "odometry") if arg(key)})
+    topics = launch_topics(arg("topics_file"), points=arg("points"), odometry=arg("odometry"))
     actions = []
     for spec in node_set("replay", arg("params_file"), bag=arg("bag"), record_to=arg("record_to"),
                          rate=float(arg("rate")), topics=topics):

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NodeSpec", "NODE_SETS", "default_remaps", "node_set", "load_topics", "params_files", "DEFAULT_TOPICS"]
+__all__ = ["NodeSpec", "NODE_SETS", "default_remaps", "node_set", "load_topics", "launch_topics", "params_files", "DEFAULT_TOPICS"]
 
 CAMERAS = ("front", "front_right", "front_left", "back", "back_left", "back_right")
 
@@ -109,6 +109,14 @@ def load_topics(path: str | Path) -> dict[str, str]:
         return out
 
     return walk(doc, "")
+
+
+def launch_topics(topics_file: str = "", points: str = "", odometry: str = "") -> dict[str, str]:
+    """The input remaps a launch file's arguments ask for (input key -> topic, for :func:`node_set`):
+    ``topics_file`` read by :func:`load_topics`, then ``points`` and ``odometry`` where given ("" = not given)."""
+    topics = load_topics(topics_file) if topics_file else {}
+    topics.update({key: topic for key, topic in (("points", points), ("odometry", odometry)) if topic})
+    return topics
 
 
 def params_files(user_file: str = "") -> tuple[str, ...]:
