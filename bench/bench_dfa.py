@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 
@@ -41,20 +39,7 @@ from sparse_perception_ros.ops.deformable_aggregation import (
     deformable_aggregation_grid_sample,
     flatten_feature_maps,
 )
-
-LEVEL_HW = [(64, 176), (32, 88), (16, 44), (8, 22)]
-
-
-def timed(fn, repeats: int, sync=lambda: None) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from sparse_perception_ros.runtime.bench import RELEASE_LEVEL_HW, median_s, ring_cameras
 
 
 def main() -> None:
@@ -106,15 +91,7 @@ def ort_impls(maps, flat, loc, weights, threads: int) -> dict:
 
 def projected_locations(gen: torch.Generator) -> torch.Tensor:
     """``[1, 900, 13, 6, 2]``: keypoints of random anchors (within 50 m) through 6 ring cameras."""
-    k = torch.tensor([[557.0, 0, 352.0], [0, 557.0, 76.0], [0, 0, 1]])
-    mats = []
-    for c in range(6):
-        th = 2 * math.pi * c / 6 + math.pi / 2
-        r = torch.tensor([[math.sin(th), -math.cos(th), 0], [0, 0, -1], [math.cos(th), math.sin(th), 0]])
-        p = torch.eye(4)
-        p[:3, :3] = k @ r
-        mats.append(p)
-    proj = torch.stack(mats)  # [6, 4, 4]
+    proj = torch.tensor(ring_cameras(), dtype=torch.float32)  # [6, 4, 4]
     radius = 3 + 47 * torch.rand(900, 1, generator=gen)
     angle = 2 * math.pi * torch.rand(900, 1, generator=gen)
     centre = torch.cat([radius * angle.cos(), radius * angle.sin(), -1 + 0.5 * torch.randn(900, 1, generator=gen)], 1)
@@ -127,7 +104,7 @@ def projected_locations(gen: torch.Generator) -> torch.Tensor:
 
 def run(scenario: str, args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(0)
-    maps = [torch.randn(1, 6, 256, h, w, generator=gen) for h, w in LEVEL_HW]
+    maps = [torch.randn(1, 6, 256, h, w, generator=gen) for h, w in RELEASE_LEVEL_HW]
     if scenario == "uniform":
         loc = torch.rand(1, 900, 13, 6, 2, generator=gen) * 1.2 - 0.1
     else:
@@ -155,7 +132,7 @@ def run(scenario: str, args: argparse.Namespace) -> None:
             err = float((torch.from_numpy(fn()) - ref).abs().max())
             if err > 1e-4:
                 raise SystemExit(f"{name} differs from the reference by {err}")
-    results = {name: timed(fn, args.repeats) for name, fn in impls.items()}
+    results = {name: median_s(fn, args.repeats, warmup=1) for name, fn in impls.items()}
     if torch.cuda.is_available():
         from sparse_perception_ros.ops.dfa_triton import deformable_aggregation_triton
 
@@ -164,11 +141,11 @@ def run(scenario: str, args: argparse.Namespace) -> None:
         err = float((deformable_aggregation_triton(*cflat, cloc, cw).cpu() - ref).abs().max())
         if err > 1e-5:
             raise SystemExit(f"triton differs from the reference by {err}")
-        results["triton (GPU)"] = timed(lambda: deformable_aggregation_triton(*cflat, cloc, cw), args.repeats,
-                                        torch.cuda.synchronize)
-        results["grid_sample (GPU)"] = timed(
+        results["triton (GPU)"] = median_s(lambda: deformable_aggregation_triton(*cflat, cloc, cw), args.repeats,
+                                           warmup=1, sync=torch.cuda.synchronize)
+        results["grid_sample (GPU)"] = median_s(
             lambda: deformable_aggregation_grid_sample([m.cuda() for m in maps], cloc, cw), args.repeats,
-            torch.cuda.synchronize)
+            warmup=1, sync=torch.cuda.synchronize)
 
     base = results["grid_sample"]
     print(f"\n`{scenario}` locations: {kept:.0%} of (point, camera) samples kept; {args.threads} thread(s); "

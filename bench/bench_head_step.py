@@ -10,8 +10,6 @@ Usage: ``.venv/bin/python bench/bench_head_step.py [--repeats 3] [--threads N] [
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -23,55 +21,37 @@ from sparse_perception_ros.ops.deformable_aggregation import (
     deformable_aggregation_grid_sample,
     flatten_feature_maps,
 )
-
-LEVEL_HW = [(64, 176), (32, 88), (16, 44), (8, 22)]
+from sparse_perception_ros.runtime.bench import RELEASE_LEVEL_HW, median_s, ring_cameras
 
 
 def cameras() -> tuple[torch.Tensor, torch.Tensor]:
     """Six outward-looking cameras, nuScenes-like intrinsics after the 0.44 resize + crop."""
-    k = np.array([[557.0, 0, 352.0], [0, 557.0, 76.0], [0, 0, 1]])
-    mats = []
-    for c in range(6):
-        th = 2 * np.pi * c / 6 + np.pi / 2
-        r = np.array([[np.sin(th), -np.cos(th), 0], [0, 0, -1], [np.cos(th), np.sin(th), 0]])
-        p = np.eye(4)
-        p[:3, :3] = k @ r
-        mats.append(p)
-    return torch.tensor(np.stack(mats), dtype=torch.float32)[None], torch.tensor([704.0, 256.0]).expand(1, 6, 2)
-
-
-def timed(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    return torch.tensor(ring_cameras(), dtype=torch.float32)[None], torch.tensor([704.0, 256.0]).expand(1, 6, 2)
 
 
 def bench_head(sampling: str, repeats: int) -> None:
     torch.manual_seed(0)
     head = build_head("sparse4dv3_r50", sampling=sampling)
-    feats = [torch.randn(1, 6, 256, h, w) for h, w in LEVEL_HW]
+    feats = [torch.randn(1, 6, 256, h, w) for h, w in RELEASE_LEVEL_HW]
     proj, wh = cameras()
     t0 = 1.5e9
     out, state = head.step(feats, proj, wh, t0, np.eye(4), TemporalState.empty())  # warm-up
-    first, _ = timed(lambda: head.step(feats, proj, wh, t0, np.eye(4), TemporalState.empty()), repeats)
-    temporal, _ = timed(lambda: head.step(feats, proj, wh, t0 + 0.5, np.eye(4), state), repeats)
+    first = median_s(lambda: head.step(feats, proj, wh, t0, np.eye(4), TemporalState.empty()), repeats)
+    temporal = median_s(lambda: head.step(feats, proj, wh, t0 + 0.5, np.eye(4), state), repeats)
     print(f"head step [{sampling}]  first frame: {first * 1e3:8.1f} ms   temporal frame: {temporal * 1e3:8.1f} ms"
           f"   (median of {repeats}; {out.boxes.shape[0]} boxes out)")
 
 
 def bench_op(repeats: int, grid_sample: bool) -> None:
     gen = torch.Generator().manual_seed(0)
-    feats = [torch.randn(1, 6, 256, h, w, generator=gen) for h, w in LEVEL_HW]
+    feats = [torch.randn(1, 6, 256, h, w, generator=gen) for h, w in RELEASE_LEVEL_HW]
     loc = torch.rand(1, 900, 13, 6, 2, generator=gen) * 1.2 - 0.1
     weights = torch.rand(1, 900, 13, 6, 4, 8, generator=gen)
     flat = flatten_feature_maps(feats)
-    t_kernel, _ = timed(lambda: deformable_aggregation(*flat, loc, weights), repeats)
+    t_kernel = median_s(lambda: deformable_aggregation(*flat, loc, weights), repeats)
     print(f"DFA op, kernel semantics (kept samples, ~70% here): {t_kernel * 1e3:8.1f} ms")
     if grid_sample:
-        t_grid, _ = timed(lambda: deformable_aggregation_grid_sample(feats, loc, weights), repeats)
+        t_grid = median_s(lambda: deformable_aggregation_grid_sample(feats, loc, weights), repeats)
         print(f"DFA op, grid_sample fallback:                    {t_grid * 1e3:8.1f} ms")
 
 
@@ -100,8 +80,8 @@ def bench_resize(path: str) -> None:
         diff = ((other - pil) * torch.tensor([58.395, 57.12, 57.375])[:, None, None]).abs()  # back to 0-255 units
         print(f"resize {method} vs pil_bicubic on {path}: mean |diff| {diff.mean():.2f}, "
               f"p99 {diff.flatten().kthvalue(int(0.99 * diff.numel())).values:.1f}, max {diff.max():.0f} (0-255)")
-    t_pil, _ = timed(lambda: preprocess_images([img] * 6, np.eye(4)[None].repeat(6, 0)), 3)
-    t_cv, _ = timed(lambda: preprocess_images([img] * 6, np.eye(4)[None].repeat(6, 0), method="cv2_area"), 3)
+    t_pil = median_s(lambda: preprocess_images([img] * 6, np.eye(4)[None].repeat(6, 0)), 3)
+    t_cv = median_s(lambda: preprocess_images([img] * 6, np.eye(4)[None].repeat(6, 0), method="cv2_area"), 3)
     print(f"preprocess 6 x 1600x900: pil_bicubic {t_pil * 1e3:.1f} ms, cv2_area {t_cv * 1e3:.1f} ms")
 
 

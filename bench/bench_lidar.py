@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -27,25 +25,13 @@ import torch
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.model.lidar import LidarBranch
+from sparse_perception_ros.runtime.bench import median_s, sweep
 from sparse_perception_ros.runtime.export import synthetic_sequence
 
 
 def cloud(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    r = 50 * np.sqrt(rng.uniform(0.01, 1, n))
-    a = rng.uniform(-np.pi, np.pi, n)
-    z = np.where(rng.uniform(size=n) < 0.7, -1.8 + rng.normal(0, 0.03, n), rng.uniform(-1.8, 1.0, n))
-    return np.c_[r * np.cos(a), r * np.sin(a), z, rng.uniform(0, 255, n), np.zeros(n)].astype(np.float32)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """``(n, 5)`` float32: :func:`~sparse_perception_ros.runtime.bench.sweep` plus a zero time-offset column."""
+    return np.c_[sweep(n, seed), np.zeros(n, np.float32)]
 
 
 def numpy_pillars(branch: LidarBranch, pts: np.ndarray) -> np.ndarray:
@@ -93,8 +79,8 @@ def main() -> None:
         ours = branch.pillars(t_pts, n)[0].numpy()
         ref = numpy_pillars(branch, pts)
         err = float(np.abs(ours - ref).max())
-        t_ours = timed(lambda: branch.pillars(t_pts, n), args.repeats)
-    t_np = timed(lambda: numpy_pillars(branch, pts), args.repeats)
+        t_ours = median_s(lambda: branch.pillars(t_pts, n), args.repeats, warmup=1)
+    t_np = median_s(lambda: numpy_pillars(branch, pts), args.repeats, warmup=1)
     print(f"pillar scatter, 300k points: torch scatter_add {1e3 * t_ours:.1f} ms vs numpy np.add.at "
           f"{1e3 * t_np:.1f} ms -> {t_np / t_ours:.1f}x (max |diff| {err:.1e})")
 
@@ -102,16 +88,16 @@ def main() -> None:
         p = torch.from_numpy(cloud(count, seed=1))[None]
         c = torch.tensor([count])
         with torch.no_grad():
-            t = timed(lambda p=p, c=c: branch(p, c), args.repeats)
+            t = median_s(lambda p=p, c=c: branch(p, c), args.repeats, warmup=1)
         print(f"whole branch, {count // 1000}k points: {1e3 * t:.1f} ms")
 
     frame = synthetic_sequence(cfg, 1, with_backbone=True)[0]
     img, proj, wh = (torch.from_numpy(x) for x in (frame.images[0], frame.projection_mat, frame.image_wh))
     big = cloud(300_000, seed=2)
-    t_cam = timed(lambda: model.step(img, proj, wh, frame.timestamp, frame.T_world_from_model,
-                                     TemporalState.empty(), points=None), args.repeats)
-    t_fused = timed(lambda: model.step(img, proj, wh, frame.timestamp, frame.T_world_from_model,
-                                       TemporalState.empty(), points=big), args.repeats)
+    t_cam = median_s(lambda: model.step(img, proj, wh, frame.timestamp, frame.T_world_from_model,
+                                     TemporalState.empty(), points=None), args.repeats, warmup=1)
+    t_fused = median_s(lambda: model.step(img, proj, wh, frame.timestamp, frame.T_world_from_model,
+                                       TemporalState.empty(), points=big), args.repeats, warmup=1)
     print(f"step: camera path {1e3 * t_cam:.1f} ms, fused with 300k points {1e3 * t_fused:.1f} ms "
           f"-> branch share {100 * (t_fused - t_cam) / t_fused:.0f} % of the fused step ({t_fused / t_cam:.2f}x)")
 
@@ -144,8 +130,8 @@ def main() -> None:
             so.intra_op_num_threads = args.threads
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             feed = {"points": padded.numpy(), "num_points": np.array([300_000], np.int64)}
-            t_ort = timed(lambda: sess.run(None, feed), args.repeats)
-            t_torch = timed(lambda: b300(padded, torch.tensor([300_000])), args.repeats)
+            t_ort = median_s(lambda: sess.run(None, feed), args.repeats, warmup=1)
+            t_torch = median_s(lambda: b300(padded, torch.tensor([300_000])), args.repeats, warmup=1)
             a_ort = sess.run(None, feed)[0]
             a_t = b300(padded, torch.tensor([300_000])).anchor.numpy()
         print(f"branch alone, 300k static: torch {1e3 * t_torch:.1f} ms, ONNX Runtime {1e3 * t_ort:.1f} ms "

@@ -11,14 +11,13 @@ Prints the median time of each and the ratio measured in this run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import struct
-import time
 
 import numpy as np
 
 from sparse_perception_ros.ros.convert import array_to_pointcloud2_msg, pointcloud2_to_array, pointcloud2_to_points
 from sparse_perception_ros.ros.sensor_check_demo import LIDAR_DTYPE
+from sparse_perception_ros.runtime.bench import median_s
 
 
 def baseline_loop(msg) -> np.ndarray:
@@ -33,15 +32,6 @@ def baseline_loop(msg) -> np.ndarray:
         if x == x and y == y and z == z:  # drop NaN points
             out.append((x, y, z, inten))
     return np.asarray(out, dtype=np.float32).reshape(-1, 4)
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -64,9 +54,9 @@ def main() -> None:
     ref = baseline_loop(msg)
     np.testing.assert_array_equal(ours, ref)
 
-    t_loop = timed(lambda: baseline_loop(msg), 3)
-    t_points = timed(lambda: pointcloud2_to_points(msg), args.repeats)
-    t_view = timed(lambda: pointcloud2_to_array(msg), args.repeats)
+    t_loop = median_s(lambda: baseline_loop(msg), 3)
+    t_points = median_s(lambda: pointcloud2_to_points(msg), args.repeats)
+    t_view = median_s(lambda: pointcloud2_to_array(msg), args.repeats)
     print(f"PointCloud2 -> numpy, {args.points} points, point_step {msg.point_step}, 1 % NaN")
     print(f"  per-point Python loop (baseline)          {t_loop * 1e3:9.1f} ms")
     print(f"  pointcloud2_to_points (N, 4) float32      {t_points * 1e3:9.2f} ms   {t_loop / t_points:7.0f}x faster")

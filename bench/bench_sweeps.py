@@ -17,8 +17,6 @@ Random branch weights (timings do not depend on values). Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -26,20 +24,13 @@ import torch
 from sparse_perception_ros.geometry.transforms import make_transform
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.model.lidar import LidarBranch
+from sparse_perception_ros.runtime.bench import median_s, sweep
 from sparse_perception_ros.runtime.frame_builder import FrameBuilder, PointsInput
 from sparse_perception_ros.runtime.pipeline import thin_points
 from sparse_perception_ros.runtime.sweeps import SweepConfig
 
 MS = 1_000_000
 T0 = 1_700_000_000_000_000_000
-
-
-def sweep(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    r = 50 * np.sqrt(rng.uniform(0.01, 1, n))
-    a = rng.uniform(-np.pi, np.pi, n)
-    z = np.where(rng.uniform(size=n) < 0.7, -1.8 + rng.normal(0, 0.03, n), rng.uniform(-1.8, 1.0, n))
-    return np.c_[r * np.cos(a), r * np.sin(a), z, rng.uniform(0, 255, n)].astype(np.float32)
 
 
 def lookup(target, source, stamp, what, wait_s=0.0):
@@ -49,16 +40,6 @@ def lookup(target, source, stamp, what, wait_s=0.0):
     T_base_lidar = make_transform(None, [0.9, 0.0, 1.8])
     return {("odom", "base_link"): T_world_base, ("odom", "lidar_top"): T_world_base @ T_base_lidar,
             ("base_link", "lidar_top"): T_base_lidar}[(target, source)]
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -93,13 +74,13 @@ def main() -> None:
         def build(b=b, key=key):
             return b.build(key.stamp_ns, [None], key, lookup)
 
-        acc_ms = 1e3 * median_time(build, args.repeats)
+        acc_ms = 1e3 * median_s(build, args.repeats, warmup=1)
         full = build().frame.points
         buffer_mb = 0.0 if b.sweeps is None else b.sweeps.num_points * 16 / 2**20
         thinned = thin_points(full, cfg.max_points)
-        t_budget = 1e3 * median_time(lambda p=thinned: run_branch(p), args.repeats)
-        t_full = t_budget if len(full) == len(thinned) else 1e3 * median_time(lambda p=full: run_branch(p),
-                                                                                   args.repeats)
+        t_budget = 1e3 * median_s(lambda p=thinned: run_branch(p), args.repeats, warmup=1)
+        t_full = t_budget if len(full) == len(thinned) else 1e3 * median_s(lambda p=full: run_branch(p),
+                                                                                args.repeats, warmup=1)
         print(f"| {n} | {acc_ms:.1f} | {buffer_mb:.1f} | {len(full)} ({len(thinned)}) | {thinned.nbytes / 2**20:.1f} | "
               f"{t_budget:.0f} | {t_full:.0f} |", flush=True)
 

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["add_arguments", "run", "bench_step"]
+__all__ = ["add_arguments", "run", "bench_step", "median_ms", "median_s", "wall_times", "sweep", "ring_cameras",
+           "RELEASE_LEVEL_HW"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,14 +57,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "about 35000; at most the preset's max_points)")
 
 
-def median_ms(fn, n: int, skip: int = 2) -> float:
-    """Median wall time of ``n`` calls of ``fn()`` in ms, the first ``skip`` (warm-up) left out when ``n > 2 * skip``."""
+# ---------------------------------------------------------- timing and inputs shared with bench/*.py
+# (H, W) of the four feature levels of the release model at its 704 x 256 input (strides 4 to 32)
+RELEASE_LEVEL_HW = ((64, 176), (32, 88), (16, 44), (8, 22))
+
+
+def wall_times(fn, n: int, sync=None) -> list[float]:
+    """Wall seconds of each of ``n`` calls of ``fn()``, each followed by ``sync()`` when given
+    (``torch.cuda.synchronize`` for GPU work)."""
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
+        if sync is not None:
+            sync()
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def median_s(fn, repeats: int, warmup: int = 0, sync=None) -> float:
+    """Median wall time in seconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed ones
+    (see :func:`wall_times` for ``sync``)."""
+    for _ in range(warmup):
+        fn()
+    if sync is not None:
+        sync()
+    return statistics.median(wall_times(fn, repeats, sync))
+
+
+def median_ms(fn, n: int, skip: int = 2) -> float:
+    """Median wall time of ``n`` calls of ``fn()`` in ms, the first ``skip`` (warm-up) left out when ``n > 2 * skip``."""
+    times = wall_times(fn, n)
     return 1e3 * statistics.median(times[skip:] if n > 2 * skip else times)
+
+
+def ring_cameras() -> np.ndarray:
+    """``(6, 4, 4)`` float64 projection matrices (image from ego) of six outward-looking cameras 60 degrees
+    apart, nuScenes-like intrinsics after the 0.44 resize + crop (a 704 x 256 image)."""
+    k = np.array([[557.0, 0, 352.0], [0, 557.0, 76.0], [0, 0, 1]])
+    mats = []
+    for c in range(6):
+        th = 2 * np.pi * c / 6 + np.pi / 2
+        r = np.array([[np.sin(th), -np.cos(th), 0], [0, 0, -1], [np.cos(th), np.sin(th), 0]])
+        p = np.eye(4)
+        p[:3, :3] = k @ r
+        mats.append(p)
+    return np.stack(mats)
 
 
 def sweep(n: int, seed: int = 0) -> np.ndarray:
