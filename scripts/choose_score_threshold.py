@@ -29,8 +29,7 @@ import numpy as np
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
 from sparse_perception_ros.eval.ground_truth import gt_table
 from sparse_perception_ros.eval.matching import greedy_pairs
-from sparse_perception_ros.eval.offline import build_pipeline
-from sparse_perception_ros.eval.replay import load_raw, record_raw, replay, save_raw
+from sparse_perception_ros.eval.replay import recorded_raw, replay
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
@@ -107,15 +106,7 @@ def main(argv=None) -> int:
     curves = {}
     for preset in args.presets:
         cache = Path(args.cache) / f"{preset}.json" if args.cache else None
-        if cache is not None and cache.is_file():
-            frames = load_raw(cache)
-        else:
-            pipeline, note = build_pipeline(replace(params, model=replace(params.model, preset=preset)))
-            print(f"{preset}: {note}", file=sys.stderr, flush=True)
-            frames = record_raw(nusc, samples, pipeline)
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                save_raw(frames, cache)
+        frames = recorded_raw(nusc, samples, replace(params, model=replace(params.model, preset=preset)), cache)
         rows = curve(frames, table, thresholds, tracking, params.output.max_detections, args.radius, args.max_range)
         curves[preset] = rows
         best = max(rows, key=lambda r: (round(r["f1"], 6), -r["threshold"]))

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_perception_ros.eval import devkit
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
-from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions
-from sparse_perception_ros.eval.replay import load_raw, record_raw, replay, save_raw
+from sparse_perception_ros.eval.devkit import score_results
+from sparse_perception_ros.eval.replay import recorded_raw, replay
 from sparse_perception_ros.eval.report import write_json
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
@@ -53,31 +52,16 @@ def conflict_rule(rule: str):
 
 
 def score(nusc, samples, results) -> dict:
-    tokens = [s.token for s in samples]
-    det_sub, trk_sub = results_to_submissions(results, tokens)
+    """The devkit's headline numbers of ``results`` (:func:`~sparse_perception_ros.eval.devkit.score_results`)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        write_json(folder / "det.json", det_sub)
-        write_json(folder / "trk.json", trk_sub)
-        det = devkit.run_detection_eval(nusc, str(folder / "det.json"), tokens, str(folder / "det"), render_curves=False)
-        trk = devkit.run_tracking_eval(nusc, str(folder / "trk.json"), tokens, sorted({s.scene_name for s in samples}),
-                                       str(folder / "trk"), render_curves=False)
-    return devkit.summarize(det, trk)
+        return score_results(nusc, samples, results, Path(tmp))
 
 
 def raw_outputs(nusc, samples, preset: str, cache: Path | None):
-    path = cache / f"{preset}.json" if cache else None
-    if path is not None and path.is_file():
-        return load_raw(path)
+    """The bundled ``preset``'s raw outputs on ``samples``, cached as ``<cache>/<preset>.json``."""
     params = load_params()
     params = replace(params, model=replace(params.model, preset=preset))
-    pipeline, note = build_pipeline(params)
-    print(f"{preset}: {note}", file=sys.stderr, flush=True)
-    frames = record_raw(nusc, samples, pipeline)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_raw(frames, path)
-    return frames
+    return recorded_raw(nusc, samples, params, cache / f"{preset}.json" if cache else None)
 
 
 def main(argv=None) -> int:

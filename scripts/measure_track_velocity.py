@@ -16,16 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# run as `python scripts/measure_track_velocity.py`: Python puts scripts/ first on sys.path
+from measure_suppression import raw_outputs, score
 
-from measure_suppression import raw_outputs, score  # noqa: E402
-
-from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples  # noqa: E402
-from sparse_perception_ros.eval.replay import replay  # noqa: E402
-from sparse_perception_ros.eval.report import write_json  # noqa: E402
-from sparse_perception_ros.model import CLASS_NAMES  # noqa: E402
-from sparse_perception_ros.params import load_params  # noqa: E402
-from sparse_perception_ros.runtime.tracking import TrackingConfig  # noqa: E402
+from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
+from sparse_perception_ros.eval.replay import replay
+from sparse_perception_ros.eval.report import write_json
+from sparse_perception_ros.model import CLASS_NAMES
+from sparse_perception_ros.params import load_params
+from sparse_perception_ros.runtime.tracking import TrackingConfig
 
 
 def main(argv=None) -> int:

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_perception_ros.eval.offline import results_to_submissions
+from sparse_perception_ros.eval.report import write_json
+
 __all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "recall_ceiling", "summarize",
-           "wrong_frame_warning"]
+           "score_results", "wrong_frame_warning"]
 
 
 def split_covering(nusc, scene_names) -> str:
@@ -204,6 +207,20 @@ def summarize(detection: dict, tracking: dict | None) -> dict:
         out.update({"AMOTA": _num(tracking["amota"]), "AMOTP": _num(tracking["amotp"]), "IDS": _num(tracking["ids"]),
                     "per_class_AMOTA": {k: _num(v) for k, v in tracking["label_metrics"]["amota"].items()}})
     return out
+
+
+def score_results(nusc, samples, results, folder: Path) -> dict:
+    """:func:`summarize` of the devkit's detection and tracking evaluation of ``results`` (the
+    :class:`~.offline.SampleResult` list of ``samples``, global frame), without plots. The
+    submissions (``det.json``, ``trk.json``) and the devkit's outputs (``det/``, ``trk/``) go to ``folder``."""
+    tokens = [s.token for s in samples]
+    det_sub, trk_sub = results_to_submissions(results, tokens)
+    write_json(folder / "det.json", det_sub)
+    write_json(folder / "trk.json", trk_sub)
+    det = run_detection_eval(nusc, str(folder / "det.json"), tokens, str(folder / "det"), render_curves=False)
+    trk = run_tracking_eval(nusc, str(folder / "trk.json"), tokens, sorted({s.scene_name for s in samples}),
+                            str(folder / "trk"), render_curves=False)
+    return summarize(det, trk)
 
 
 def wrong_frame_warning(metrics: dict, ego_distance_m: float | None, num_predictions: int | None = None) -> str | None:

@@ -12,11 +12,15 @@ give for any score threshold and tracking setting (the fast part): what the tuni
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RawFrame", "record_raw", "replay", "save_raw", "load_raw"]
+from sparse_perception_ros.eval.offline import build_pipeline
+
+__all__ = ["RawFrame", "record_raw", "recorded_raw", "replay", "save_raw", "load_raw"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,21 @@ def record_raw(nusc, samples, pipeline, progress=None) -> list[RawFrame]:
     return out
 
 
+def recorded_raw(nusc, samples, params, cache: Path | None = None) -> list[RawFrame]:
+    """:func:`record_raw` of the pipeline ``params`` build (:func:`~.offline.build_pipeline`), kept at ``cache``
+    (JSON, :func:`save_raw`): read from there when the file exists, written there after recording otherwise
+    (None: no cache). The model it builds is named on stderr."""
+    if cache is not None and cache.is_file():
+        return load_raw(cache)
+    pipeline, note = build_pipeline(params)
+    print(f"{params.model.preset}: {note}", file=sys.stderr, flush=True)
+    frames = record_raw(nusc, samples, pipeline)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_raw(frames, cache)
+    return frames
+
+
 def replay(frames: list[RawFrame], score_threshold: float, max_detections: int, tracking, conflict=None) -> list:
     """The :class:`~.offline.SampleResult` list ``run_offline`` gives for these settings.
 
@@ -120,7 +139,6 @@ def save_raw(frames: list[RawFrame], path) -> None:
     """Write :func:`record_raw`'s output as JSON (a cache for the tuning scripts; no pickle, so a
     cache file can never run code when read back)."""
     import json
-    from pathlib import Path
 
     def row(f: RawFrame) -> dict:
         return {"sample_token": f.sample_token, "stamp_ns": int(f.stamp_ns), "boxes": f.boxes.tolist(),
@@ -135,7 +153,6 @@ def save_raw(frames: list[RawFrame], path) -> None:
 def load_raw(path) -> list[RawFrame]:
     """Inverse of :func:`save_raw`."""
     import json
-    from pathlib import Path
 
     out = []
     for r in json.loads(Path(path).read_text()):
