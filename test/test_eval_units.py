@@ -11,7 +11,6 @@ from eval_data import make_dataset
 
 from sparse_perception_ros.eval import command, devkit, report
 from sparse_perception_ros.eval.dataset import (
-    CAMERA_CHANNELS,
     load_frame,
     open_nuscenes,
     pose_matrix,
@@ -21,6 +20,7 @@ from sparse_perception_ros.eval.ground_truth import GroundTruthPassthrough, gt_t
 from sparse_perception_ros.eval.submission import boxes_to_global
 from sparse_perception_ros.geometry.tf_buffer import TransformBuffer
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_from_yaw
+from sparse_perception_ros.sensors import CAMERA_CHANNELS
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,9 @@ import numpy as np
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.atomic import atomic_output
 from sparse_perception_ros.data.records import CameraRecord, GTBox, KeyframeRecord, LidarRecord, SceneStream
-from sparse_perception_ros.data.rig import frame_id_of, lidar_point_time
+from sparse_perception_ros.data.rig import lidar_point_time
 from sparse_perception_ros.geometry.transforms import invert_transform, matrix_to_quat, yaw_from_quat
+from sparse_perception_ros.sensors import frame_id_of
 
 __all__ = ["write_bag", "SceneBagSink", "BagWriter", "POINT_DTYPE", "IMAGE_FORMATS", "STORAGES"]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from sparse_perception_ros.data.generator import SynthConfig, _window, scene_info
 from sparse_perception_ros.data.records import CameraRecord, KeyframeRecord, LidarRecord
-from sparse_perception_ros.data.render import CLASS_COLOR_RGB
+from sparse_perception_ros.data.scene import SYNTH_CLASSES
 from sparse_perception_ros.geometry.camera import box_corners, project_points
 from sparse_perception_ros.geometry.transforms import invert_transform, yaw_from_quat
 
@@ -43,7 +43,7 @@ def _draw_camera(rec: CameraRecord, calib, kf: KeyframeRecord) -> np.ndarray:
         uv, depth = project_points(calib.K, t_cam_world, corners[i])
         if np.any(depth < 0.5) or np.linalg.norm(centre[i] - rec.T_world_from_base[:3, 3]) > 60:
             continue
-        color = tuple(int(c) for c in CLASS_COLOR_RGB[name][::-1])
+        color = tuple(int(c) for c in SYNTH_CLASSES[name].paint[::-1])
         for a, b in _EDGES:
             cv2.line(img, tuple(np.round(uv[a] * 4).astype(int)), tuple(np.round(uv[b] * 4).astype(int)), color, 1,
                      cv2.LINE_AA, shift=2)
@@ -74,7 +74,7 @@ def _draw_bev(lidar: LidarRecord, calib, kf: KeyframeRecord, size: int, extent: 
         yaw_base = yaw + np.arctan2(t_base_world[1, 0], t_base_world[0, 0])
         corners = box_corners(c_base, wlh, yaw_base)[:, [0, 2, 6, 4], :2]  # bottom face, in order
         for i, name in enumerate(names):
-            color = tuple(int(c) for c in CLASS_COLOR_RGB[name][::-1])
+            color = tuple(int(c) for c in SYNTH_CLASSES[name].paint[::-1])
             poly = np.round(to_px(corners[i]) * 4).astype(np.int32)
             cv2.polylines(img, [poly], True, color, 1, cv2.LINE_AA, shift=2)
             tip = c_base[i, :2] + 0.5 * wlh[i, 1] * np.array([np.cos(yaw_base[i]), np.sin(yaw_base[i])])

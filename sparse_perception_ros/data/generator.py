@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sparse_perception_ros.classes import CATEGORY_OF_CLASS, CLASS_NAMES
 from sparse_perception_ros.data.lidar import LidarCaster
 from sparse_perception_ros.data.records import (
     CameraRecord,
@@ -28,7 +29,7 @@ from sparse_perception_ros.data.records import (
     make_token,
 )
 from sparse_perception_ros.data.render import CameraRenderer, Road
-from sparse_perception_ros.data.rig import CATEGORY_OF_CLASS, DETECTION_CLASSES, Rig, nuscenes_rig
+from sparse_perception_ros.data.rig import Rig, nuscenes_rig
 from sparse_perception_ros.data.scene import ObjectStates, SceneSpec, make_scene
 from sparse_perception_ros.geometry.camera import box_corners, project_points
 from sparse_perception_ros.geometry.transforms import invert_transform, quat_from_yaw
@@ -206,7 +207,7 @@ def _window(cfg: SynthConfig, scene: int, n: int) -> list[Record]:
     for i in range(len(objs)):
         if npts[i] == 0:
             continue
-        name = DETECTION_CLASSES[objs.label[i]]
+        name = CLASS_NAMES[objs.label[i]]
         speed = float(np.hypot(*objs.velocity[i, :2]))
         level = "1" if vis[i] <= 0.4 else "2" if vis[i] <= 0.6 else "3" if vis[i] <= 0.8 else "4"
         boxes.append(GTBox(

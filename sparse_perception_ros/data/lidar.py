@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.data.render import Road, road_texture
-from sparse_perception_ros.data.rig import DETECTION_CLASSES, LidarSpec
-from sparse_perception_ros.data.scene import ObjectStates
+from sparse_perception_ros.data.rig import LidarSpec
+from sparse_perception_ros.data.scene import SYNTH_CLASSES, ObjectStates
 
-__all__ = ["LidarCaster", "CLASS_REFLECTIVITY"]
+__all__ = ["LidarCaster"]
 
-CLASS_REFLECTIVITY = {
-    "car": 40.0, "truck": 45.0, "construction_vehicle": 55.0, "bus": 45.0, "trailer": 35.0,
-    "barrier": 70.0, "motorcycle": 35.0, "bicycle": 30.0, "pedestrian": 20.0, "traffic_cone": 120.0,
-}
-_REFL = np.array([CLASS_REFLECTIVITY[c] for c in DETECTION_CLASSES])
+_REFL = np.array([SYNTH_CLASSES[c].reflectivity for c in CLASS_NAMES])  # (10,) by label
 
 
 class LidarCaster:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparse_perception_ros.eval.submission import DETECTION_NAMES
+from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.geometry.boxes import encode_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform, yaw_from_quat
 from sparse_perception_ros.model import HeadOutput, TemporalState
@@ -78,7 +78,7 @@ def gt_table(nusc, samples) -> dict[int, GroundTruthEntry]:
     ids: dict[str, int] = {}
     for ref in samples:
         boxes, names, instances = gt_sample_boxes(nusc, ref.token)
-        labels = np.array([DETECTION_NAMES.index(n) for n in names], dtype=np.int64)
+        labels = np.array([CLASS_NAMES.index(n) for n in names], dtype=np.int64)
         track = np.array([ids.setdefault(t, len(ids)) for t in instances], dtype=np.int64)
         table[int(ref.stamp_ns)] = GroundTruthEntry(boxes, labels, track)
     return table

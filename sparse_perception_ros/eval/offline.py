@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparse_perception_ros.classes import CLASS_NAMES
+
 __all__ = ["SampleResult", "build_pipeline", "run_offline", "results_to_submissions"]
 
 
@@ -45,7 +47,6 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     from dataclasses import replace
 
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, GroundTruthPassthrough
-    from sparse_perception_ros.model import CLASS_NAMES
     from sparse_perception_ros.runtime.pipeline import Pipeline
 
     threshold = sweeps = None  # the weights' display threshold and sweep count (the auto parameters)
@@ -124,14 +125,13 @@ def results_to_submissions(results: list[SampleResult], sample_tokens, class_nam
                            use_lidar: bool = False) -> tuple[dict, dict]:
     """``(detection_submission, tracking_submission)``: every token present, global frame, <= 500 boxes."""
     from sparse_perception_ros.eval.submission import (
-        DETECTION_NAMES,
         detection_entries,
         make_submission,
         tracking_entries,
         validate_submission,
     )
 
-    names = tuple(class_names or DETECTION_NAMES)
+    names = tuple(class_names or CLASS_NAMES)
     det, trk = {}, {}
     for r in results:
         det[r.sample_token] = detection_entries(r.sample_token, r.boxes, r.scores, r.labels, r.T_global_from_boxes,

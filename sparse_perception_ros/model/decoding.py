@@ -8,12 +8,7 @@ import torch
 
 from ..geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
 
-__all__ = ["decode_box", "Detections", "decode_detections", "CLASS_NAMES"]
-
-CLASS_NAMES = (
-    "car", "truck", "construction_vehicle", "bus", "trailer",
-    "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
-)
+__all__ = ["decode_box", "Detections", "decode_detections"]
 
 
 def decode_box(state: torch.Tensor) -> torch.Tensor:
@@ -34,7 +29,7 @@ class Detections:
       necessarily the class score of ``boxes[i]``** (the reference's tracking filter
       ``cls_scores >= 0.2`` is applied positionally to this array);
     - ``cls_scores_aligned [k]``: the class probability of ``boxes[i]`` itself;
-    - ``labels [k]`` int64 class index into :data:`CLASS_NAMES`;
+    - ``labels [k]`` int64 class index into :data:`~sparse_perception_ros.classes.CLASS_NAMES`;
     - ``instance_ids [k]`` int64 track ids.
     """
 

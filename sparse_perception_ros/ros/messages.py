@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sparse_perception_ros.classes import CLASS_COLORS, UNKNOWN_COLOR
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.convert import ns_to_stamp
@@ -29,22 +30,8 @@ from sparse_perception_ros.ros.convert import ns_to_stamp
 if TYPE_CHECKING:
     from sparse_perception_ros.runtime.pipeline import Detections
 
-__all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers"]
+__all__ = ["MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers"]
 
-# RGB in [0, 1], one per nuScenes detection class; unknown labels get grey.
-CLASS_COLORS: dict[str, tuple[float, float, float]] = {
-    "car": (1.0, 0.62, 0.0),
-    "truck": (1.0, 0.39, 0.28),
-    "construction_vehicle": (0.91, 0.59, 0.48),
-    "bus": (1.0, 0.27, 0.0),
-    "trailer": (1.0, 0.55, 0.0),
-    "barrier": (0.44, 0.5, 0.56),
-    "motorcycle": (1.0, 0.24, 0.59),
-    "bicycle": (0.86, 0.08, 0.24),
-    "pedestrian": (0.0, 0.0, 0.9),
-    "traffic_cone": (0.18, 0.31, 0.31),
-}
-_UNKNOWN_COLOR = (0.6, 0.6, 0.6)
 MARKER_NAMESPACES = ("boxes", "headings", "labels", "velocities")
 VELOCITY_HYPOTHESIS = "velocity"
 
@@ -137,7 +124,7 @@ def detections_to_markers(det: Detections, class_names, frame_id: str, lifetime_
     for i in range(len(b)):
         label = int(labels[i])
         name = class_names[label] if 0 <= label < len(class_names) else "unknown"
-        r, g, bl = CLASS_COLORS.get(name, _UNKNOWN_COLOR)
+        r, g, bl = CLASS_COLORS.get(name, UNKNOWN_COLOR)
         color = ColorRGBA(r=r, g=g, b=bl, a=1.0)
         box = Marker(header=header, ns="boxes", id=i, type=Marker.LINE_LIST, action=Marker.ADD, lifetime=life,
                      scale=Vector3(x=0.05, y=0.0, z=0.0), color=color)

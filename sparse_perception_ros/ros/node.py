@@ -30,6 +30,7 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
+from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.params import ParameterError, PerceptionParams
 from sparse_perception_ros.ros import convert
 from sparse_perception_ros.ros.diagnostics import NodeDiagnostics
@@ -69,7 +70,6 @@ class PerceptionNode(Node):
     # ------------------------------------------------------------------------- lifecycle
     def configure(self, model=None) -> None:
         """Load the model (or take ``model``: a ``runtime.backends.Stepper``) and build the pipeline."""
-        from sparse_perception_ros.model import CLASS_NAMES
         from sparse_perception_ros.runtime.loading import load_model
 
         p, weights_threshold, weights_sweeps = self.params, None, None  # the weights' own (for the auto parameters)
