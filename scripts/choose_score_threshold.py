@@ -31,10 +31,10 @@ from sparse_perception_ros.eval.ground_truth import gt_table
 from sparse_perception_ros.eval.matching import greedy_pairs
 from sparse_perception_ros.eval.offline import build_pipeline
 from sparse_perception_ros.eval.replay import load_raw, record_raw, replay, save_raw
+from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
-from sparse_perception_ros.runtime.boxes import transform_boxes
 from sparse_perception_ros.runtime.loading import bundled_weights_path
 from sparse_perception_ros.runtime.tracking import TrackingConfig
 

@@ -15,8 +15,8 @@ import pytest
 
 from sparse_perception_ros.data.records import GTBox, KeyframeRecord
 from sparse_perception_ros.data.scene import make_scene
+from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_from_yaw
-from sparse_perception_ros.runtime.boxes import transform_boxes
 
 CLASS_NAMES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                "pedestrian", "traffic_cone")

@@ -31,7 +31,8 @@ from sparse_perception_ros.data.records import (
 from sparse_perception_ros.data.render import CameraRenderer, Road
 from sparse_perception_ros.data.rig import Rig, nuscenes_rig
 from sparse_perception_ros.data.scene import ObjectStates, SceneSpec, make_scene
-from sparse_perception_ros.geometry.camera import box_corners, project_points
+from sparse_perception_ros.geometry.boxes import box_corners, boxes_from_wlh
+from sparse_perception_ros.geometry.camera import project_points
 from sparse_perception_ros.geometry.transforms import invert_transform, quat_from_yaw
 
 __all__ = ["SynthConfig", "generate", "scene_stream", "scene_context", "render_camera_at"]
@@ -135,7 +136,7 @@ def _visibility(cams, renders, pose, objs: ObjectStates) -> np.ndarray:
     n = len(objs)
     visible = np.zeros(n)
     total = np.zeros(n)
-    corners = box_corners(objs.center, objs.wlh, objs.yaw)
+    corners = box_corners(boxes_from_wlh(objs.center, objs.wlh, objs.yaw))
     for cam, (_, ids) in zip(cams, renders, strict=False):
         counts = np.bincount(ids.reshape(-1), minlength=n + 1)[1:]
         visible += counts

@@ -15,7 +15,8 @@ import numpy as np
 from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.data.rig import CameraSpec
 from sparse_perception_ros.data.scene import SYNTH_CLASSES, ObjectStates
-from sparse_perception_ros.geometry.camera import BOX_FACES, box_corners, pixel_rays
+from sparse_perception_ros.geometry.boxes import BOX_FACES, box_corners, boxes_from_wlh
+from sparse_perception_ros.geometry.camera import pixel_rays
 
 __all__ = ["Road", "CameraRenderer", "road_texture"]
 
@@ -141,7 +142,7 @@ class CameraRenderer:
         cam = self.cam
         t_cw = np.linalg.inv(t_wc)
         cam_pos = t_wc[:3, 3]
-        corners_w = box_corners(objs.center, objs.wlh, objs.yaw)  # (N, 8, 3)
+        corners_w = box_corners(boxes_from_wlh(objs.center, objs.wlh, objs.yaw))  # (N, 8, 3)
         corners_c = corners_w @ t_cw[:3, :3].T + t_cw[:3, 3]
         dist = np.linalg.norm(objs.center - cam_pos, axis=1)
         fx = cam.K[0, 0]

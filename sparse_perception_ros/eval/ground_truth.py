@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.classes import CLASS_NAMES
-from sparse_perception_ros.geometry.boxes import encode_boxes
+from sparse_perception_ros.geometry.boxes import encode_boxes, transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform, yaw_from_quat
 from sparse_perception_ros.model import HeadOutput, TemporalState
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.backends import Stepper
-from sparse_perception_ros.runtime.boxes import transform_boxes
 
 __all__ = ["DEBUG_BACKEND", "GroundTruthEntry", "gt_table", "save_table", "load_table", "GroundTruthPassthrough",
            "gt_sample_boxes"]

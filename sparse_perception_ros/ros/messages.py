@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sparse_perception_ros.classes import CLASS_COLORS, UNKNOWN_COLOR
-from sparse_perception_ros.geometry.boxes import box_corners
+from sparse_perception_ros.geometry.boxes import BOX_EDGES, box_corners
 from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.convert import ns_to_stamp
 
@@ -35,9 +35,6 @@ __all__ = ["MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "det
 MARKER_NAMESPACES = ("boxes", "headings", "labels", "velocities")
 VELOCITY_HYPOTHESIS = "velocity"
 
-# The 12 edges of a box as pairs of corner indices (corner order of geometry.boxes.box_corners:
-# bottom 0-3 counter-clockwise from (+heading, +lateral), then the top 4-7 in the same order).
-_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
 
 def _check_boxes(det: Detections) -> np.ndarray:
@@ -129,7 +126,7 @@ def detections_to_markers(det: Detections, class_names, frame_id: str, lifetime_
         box = Marker(header=header, ns="boxes", id=i, type=Marker.LINE_LIST, action=Marker.ADD, lifetime=life,
                      scale=Vector3(x=0.05, y=0.0, z=0.0), color=color)
         box.pose.orientation.w = 1.0
-        box.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in corners[i][_EDGES.reshape(-1)]]
+        box.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in corners[i][BOX_EDGES.reshape(-1)]]
         centre = Point(x=float(b[i, 0]), y=float(b[i, 1]), z=float(b[i, 2]))
         half = 0.5 * float(b[i, 3]) + 0.5
         tip = Point(x=centre.x + half * float(np.cos(b[i, 6])), y=centre.y + half * float(np.sin(b[i, 6])),
