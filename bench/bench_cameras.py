@@ -84,8 +84,9 @@ def accuracy(dataroot: Path) -> dict[str, dict]:
             for ch in masked:
                 frame.present[channels.index(ch)] = False
             det, state = pipeline.step(frame, state)
-            results.append(SampleResult(ref.token, ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids,
-                                        np.asarray(frame.T_world_from_model, np.float64)))
+            results.append(SampleResult(ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids,
+                                        sample_token=ref.token,
+                                        T_global_from_boxes=np.asarray(frame.T_world_from_model, np.float64)))
         tokens = [s.token for s in samples]
         with tempfile.TemporaryDirectory() as tmp:
             det_sub, trk_sub = results_to_submissions(results, tokens)

@@ -53,7 +53,8 @@ def gt_results(nusc, samples, table, sigma_m: float = 0.0, seed: int = 0, in_glo
             from sparse_perception_ros.geometry.transforms import invert_transform
 
             boxes = transform_boxes(boxes, invert_transform(T_global_from_lidar(nusc, ref.token)))
-        out.append(SampleResult(ref.token, ref.stamp_ns, boxes, np.ones(len(boxes), np.float32), e.labels, e.ids, T))
+        out.append(SampleResult(ref.stamp_ns, boxes, np.ones(len(boxes), np.float32), e.labels, e.ids,
+                                sample_token=ref.token, T_global_from_boxes=T))
     return out
 
 

@@ -82,7 +82,7 @@ def test_detection_array_round_trip():
     from sparse_perception_ros.eval.ros_mode import detection_array_to_boxes
     from sparse_perception_ros.eval.submission import DETECTION_NAMES
     from sparse_perception_ros.ros.messages import detections_to_msg
-    from sparse_perception_ros.runtime.pipeline import Detections
+    from sparse_perception_ros.runtime.detections import Detections
 
     boxes = np.array([[10.0, -2.0, 0.5, 4.5, 1.9, 1.6, 0.3, 2.0, -1.0, 0.0],
                       [-5.0, 7.0, 0.9, 0.8, 0.7, 1.8, -2.5, 0.0, 0.5, 0.0]])

@@ -94,7 +94,7 @@ def test_vision_msgs_velocity_hypothesis_carries_the_velocity_in_the_message_fra
     """ros/messages.detections_to_msg: the second hypothesis ``velocity`` holds (vx, vy, vz) in the
     message frame and its speed as the score; the arrow marker points along it."""
     from sparse_perception_ros.ros.messages import VELOCITY_HYPOTHESIS, detections_to_markers, detections_to_msg
-    from sparse_perception_ros.runtime.pipeline import Detections
+    from sparse_perception_ros.runtime.detections import Detections
 
     _, objs, target, _, T_base_from_lidar, _ = chain()
     in_base = transform_boxes(target, T_base_from_lidar).astype(np.float32)

@@ -155,7 +155,7 @@ def match_outputs(sidecar: dict, outputs: dict[int, tuple], tf, wanted: set[str]
                    np.zeros(0, np.int64))
         frame_id, boxes, scores, labels, ids = out
         T = tf.lookup(WORLD_FRAME, frame_id.lstrip("/"), stamp)
-        results.append(SampleResult(tok, stamp, boxes, scores, labels, ids, T))
+        results.append(SampleResult(stamp, boxes, scores, labels, ids, sample_token=tok, T_global_from_boxes=T))
     return results, missing
 
 

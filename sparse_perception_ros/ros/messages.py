@@ -1,6 +1,6 @@
 """Output message builders: decoded boxes -> vision_msgs/Detection3DArray and RViz MarkerArray.
 
-Both builders take one :class:`~sparse_perception_ros.runtime.pipeline.Detections` (or any object
+Both builders take one :class:`~sparse_perception_ros.runtime.detections.Detections` (or any object
 with its ``stamp_ns``, ``boxes``, ``scores``, ``labels`` and ``track_ids``) whose boxes are already
 in the message frame ``frame_id``; the header stamp is ``det.stamp_ns``.
 
@@ -28,7 +28,7 @@ from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.convert import ns_to_stamp
 
 if TYPE_CHECKING:
-    from sparse_perception_ros.runtime.pipeline import Detections
+    from sparse_perception_ros.runtime.detections import Detections
 
 __all__ = ["MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers"]
 
