@@ -60,11 +60,12 @@ def step_times(counts, frames: int) -> dict[int, float]:
 
 def accuracy(dataroot: Path) -> dict[str, dict]:
     from sparse_perception_ros.eval import devkit
-    from sparse_perception_ros.eval.dataset import CAMERA_CHANNELS, load_frame, open_nuscenes, select_samples
+    from sparse_perception_ros.eval.dataset import load_frame, open_nuscenes, select_samples
     from sparse_perception_ros.eval.offline import SampleResult, results_to_submissions
     from sparse_perception_ros.eval.report import write_json
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+    from sparse_perception_ros.sensors import CAMERA_CHANNELS
 
     params = load_params()
     params = replace(params, output=replace(params.output, score_threshold=0.05))
@@ -84,8 +85,9 @@ def accuracy(dataroot: Path) -> dict[str, dict]:
             for ch in masked:
                 frame.present[channels.index(ch)] = False
             det, state = pipeline.step(frame, state)
-            results.append(SampleResult(ref.token, ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids,
-                                        np.asarray(frame.T_world_from_model, np.float64)))
+            results.append(SampleResult(ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids,
+                                        sample_token=ref.token,
+                                        T_global_from_boxes=np.asarray(frame.T_world_from_model, np.float64)))
         tokens = [s.token for s in samples]
         with tempfile.TemporaryDirectory() as tmp:
             det_sub, trk_sub = results_to_submissions(results, tokens)

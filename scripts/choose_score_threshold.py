@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
 from sparse_perception_ros.eval.ground_truth import gt_table
 from sparse_perception_ros.eval.matching import greedy_pairs
 from sparse_perception_ros.eval.replay import recorded_raw, replay
+from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform
-from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
-from sparse_perception_ros.runtime.boxes import transform_boxes
 from sparse_perception_ros.runtime.loading import bundled_weights_path
 from sparse_perception_ros.runtime.tracking import TrackingConfig
 

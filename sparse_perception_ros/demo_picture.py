@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_perception_ros.classes import CLASS_COLORS
 from sparse_perception_ros.eval.matching import greedy_pairs
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform
-from sparse_perception_ros.ros.messages import CLASS_COLORS, VELOCITY_HYPOTHESIS
+from sparse_perception_ros.ros.messages import VELOCITY_HYPOTHESIS
 
 __all__ = ["draw_demo_picture", "boxes_from_detection_msg", "velocities_from_detection_msg", "gt_agreement"]
 

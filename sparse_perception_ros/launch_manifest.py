@@ -11,19 +11,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NodeSpec", "NODE_SETS", "default_remaps", "node_set", "load_topics", "launch_topics", "params_files", "DEFAULT_TOPICS"]
+from sparse_perception_ros.sensors import DEFAULT_TOPICS
 
-CAMERAS = ("front", "front_right", "front_left", "back", "back_left", "back_right")
+__all__ = ["NodeSpec", "NODE_SETS", "default_remaps", "node_set", "load_topics", "launch_topics", "params_files"]
 
-# The perception node's inputs, ``~/input/<key>``, and the global topics they are remapped to by
-# default: what the synthetic bags and the nuScenes converter publish. A camera ``<name>`` of
-# ``cameras.names`` reads ``~/input/<name>/image`` (``~/input/<name>/image/compressed`` with
-# ``cameras.compressed``) and ``~/input/<name>/camera_info``.
-DEFAULT_TOPICS: dict[str, str] = {
-    **{f"{c}/image": f"/cam_{c}/image" for c in CAMERAS},
-    **{f"{c}/camera_info": f"/cam_{c}/camera_info" for c in CAMERAS},
-    "points": "/lidar_top/points",
-}
 _INPUT_KEY = re.compile(r"^(points|odometry|[^/\s]+/(image|image/compressed|camera_info))$")
 
 

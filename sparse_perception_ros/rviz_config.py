@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from sparse_perception_ros.launch_manifest import CAMERAS, DEFAULT_TOPICS
+from sparse_perception_ros.sensors import CAMERAS, DEFAULT_TOPICS
 
 OBJECTS_TOPIC = "/perception/output/objects"
 MARKERS_TOPIC = "/perception/output/markers"

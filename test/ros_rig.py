@@ -26,7 +26,6 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, matrix_to_quat, quat_from_yaw
-from sparse_perception_ros.launch_manifest import CAMERAS, DEFAULT_TOPICS
 from sparse_perception_ros.processes import start_captured, stop_process
 from sparse_perception_ros.ros.convert import (
     CameraCalibration,
@@ -36,6 +35,7 @@ from sparse_perception_ros.ros.convert import (
     rgb_to_compressed_image_msg,
     rgb_to_image_msg,
 )
+from sparse_perception_ros.sensors import CAMERAS, DEFAULT_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000

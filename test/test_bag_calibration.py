@@ -14,8 +14,8 @@ from test_data_synth import SMALL, small_dataset
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.generator import render_camera_at
 from sparse_perception_ros.data.records import make_token
-from sparse_perception_ros.data.rig import CAMERA_CHANNELS
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_to_matrix
+from sparse_perception_ros.sensors import CAMERA_CHANNELS
 
 
 def _T(tr) -> np.ndarray:

@@ -56,8 +56,8 @@ def test_play_into_subscriber_and_record_round_trip(bag, tmp_path):
     from sensor_msgs.msg import CompressedImage, PointCloud2
     from tf2_msgs.msg import TFMessage
 
-    from sparse_perception_ros.launch_manifest import CAMERAS
     from sparse_perception_ros.ros.bag_player import message_class
+    from sparse_perception_ros.sensors import CAMERAS
 
     original = _bag_contents(bag)
     cams = [f"/cam_{c}/image" for c in CAMERAS]

@@ -11,7 +11,7 @@ import pytest
 from test_data_synth import VERSION, small_dataset
 
 from sparse_perception_ros.data import bagio
-from sparse_perception_ros.launch_manifest import CAMERAS, DEFAULT_TOPICS
+from sparse_perception_ros.sensors import CAMERAS, DEFAULT_TOPICS
 
 EXPECTED_TYPES = {
     **{DEFAULT_TOPICS[f"{c}/image"]: "sensor_msgs/msg/CompressedImage" for c in CAMERAS},

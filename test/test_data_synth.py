@@ -226,13 +226,13 @@ def test_class_weights_change_the_class_mix():
     an all-zero class is never placed (over 12 scenes of 40 objects)."""
     from collections import Counter
 
-    from sparse_perception_ros.data.rig import DETECTION_CLASSES
+    from sparse_perception_ros.classes import CLASS_NAMES
     from sparse_perception_ros.data.scene import CLASS_WEIGHT, make_scene, parse_class_weights
 
     def counts(mix):
         c = Counter()
         for i in range(12):
-            c.update(DETECTION_CLASSES[int(lab)] for lab in make_scene(1, i, 20.0, 40, mix).obj_label)
+            c.update(CLASS_NAMES[int(lab)] for lab in make_scene(1, i, 20.0, 40, mix).obj_label)
         return c
 
     default = counts(None)

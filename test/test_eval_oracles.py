@@ -49,11 +49,12 @@ def gt_results(nusc, samples, table, sigma_m: float = 0.0, seed: int = 0, in_glo
         boxes[:, :2] += rng.normal(0.0, 1.0, size=(len(boxes), 2)) * sigma_m
         T = np.eye(4)
         if not in_global:  # the classic bug: boxes in the sensor frame, written as if global
+            from sparse_perception_ros.geometry.boxes import transform_boxes
             from sparse_perception_ros.geometry.transforms import invert_transform
-            from sparse_perception_ros.runtime.boxes import transform_boxes
 
             boxes = transform_boxes(boxes, invert_transform(T_global_from_lidar(nusc, ref.token)))
-        out.append(SampleResult(ref.token, ref.stamp_ns, boxes, np.ones(len(boxes), np.float32), e.labels, e.ids, T))
+        out.append(SampleResult(ref.stamp_ns, boxes, np.ones(len(boxes), np.float32), e.labels, e.ids,
+                                sample_token=ref.token, T_global_from_boxes=T))
     return out
 
 

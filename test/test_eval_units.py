@@ -11,7 +11,6 @@ from eval_data import make_dataset
 
 from sparse_perception_ros.eval import command, devkit, report
 from sparse_perception_ros.eval.dataset import (
-    CAMERA_CHANNELS,
     load_frame,
     open_nuscenes,
     pose_matrix,
@@ -21,6 +20,7 @@ from sparse_perception_ros.eval.ground_truth import GroundTruthPassthrough, gt_t
 from sparse_perception_ros.eval.submission import boxes_to_global
 from sparse_perception_ros.geometry.tf_buffer import TransformBuffer
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_from_yaw
+from sparse_perception_ros.sensors import CAMERA_CHANNELS
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_detection_array_round_trip():
     from sparse_perception_ros.eval.ros_mode import detection_array_to_boxes
     from sparse_perception_ros.eval.submission import DETECTION_NAMES
     from sparse_perception_ros.ros.messages import detections_to_msg
-    from sparse_perception_ros.runtime.pipeline import Detections
+    from sparse_perception_ros.runtime.detections import Detections
 
     boxes = np.array([[10.0, -2.0, 0.5, 4.5, 1.9, 1.6, 0.3, 2.0, -1.0, 0.0],
                       [-5.0, 7.0, 0.9, 0.8, 0.7, 1.8, -2.5, 0.0, 0.5, 0.0]])

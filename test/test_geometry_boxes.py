@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from sparse_perception_ros.geometry.boxes import bev_iou, box_corners, decode_boxes, encode_boxes
+from sparse_perception_ros.geometry.boxes import (
+    BOX_EDGES,
+    BOX_FACES,
+    bev_iou,
+    box_corners,
+    boxes_from_wlh,
+    decode_boxes,
+    encode_boxes,
+)
 from sparse_perception_ros.geometry.image_transform import (
     adjust_intrinsics,
     adjust_projection,
@@ -123,3 +131,32 @@ def test_bev_iou_matches_shapely_and_known_values():
     assert bev_iou(sq, np.zeros((0, 10))).shape == (2, 0)
     with pytest.raises(ValueError, match="mask"):
         bev_iou(sq, sq, mask=np.ones((1, 2), bool))
+
+
+def test_boxes_from_wlh_gives_the_corners_of_the_old_nuscenes_formula():
+    """geometry/camera.box_corners (nuScenes w/l/h, corner index 4*(x>0) + 2*(y>0) + (z>0)) was
+    replaced by ``box_corners(boxes_from_wlh(...))``: the same corners, in the documented order."""
+    rng = np.random.default_rng(3)
+    n = 500
+    center, wlh, yaw = rng.uniform(-80, 80, (n, 3)), rng.uniform(0.1, 12, (n, 3)), rng.uniform(-4, 4, n)
+    signs = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=np.float64) * 2 - 1
+    lx, ly, lz = 0.5 * wlh[:, 1:2] * signs[:, 0], 0.5 * wlh[:, 0:1] * signs[:, 1], 0.5 * wlh[:, 2:3] * signs[:, 2]
+    c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+    old = np.stack([c * lx - s * ly + center[:, :1], s * lx + c * ly + center[:, 1:2], lz + center[:, 2:3]], axis=-1)
+    new = box_corners(boxes_from_wlh(center, wlh, yaw))
+    old_to_new = [2, 6, 1, 5, 3, 7, 0, 4]  # old index -> documented corner index (same sign pattern)
+    np.testing.assert_allclose(new[:, old_to_new], old, atol=1e-6)
+    local = np.einsum("nij,nkj->nki", np.stack([np.stack([c[:, 0], s[:, 0]], 1), np.stack([-s[:, 0], c[:, 0]], 1)], 1),
+                      (new - center[:, None])[..., :2])  # back into the box frame (x along heading)
+    assert np.all(local[:, :4, 0] * [1, -1, -1, 1] > 0) and np.all(local[:, :4, 1] * [1, 1, -1, -1] > 0)
+    assert np.all(new[:, 4:, 2] > new[:, :4, 2])
+
+
+def test_box_faces_and_edges_index_the_documented_corners():
+    corners = box_corners(np.array([[0.0, 0.0, 0.0, 4.0, 2.0, 1.0, 0.0]]))[0]
+    for face, (axis, sign) in zip(BOX_FACES, [(0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1)], strict=True):
+        assert np.all(np.sign(corners[list(face), axis]) == sign)
+        a, b, c = corners[list(face)][:3]
+        assert np.sign(np.cross(b - a, c - b)[axis]) == sign  # counter-clockwise seen from outside
+    lengths = sorted(np.linalg.norm(corners[i] - corners[j]) for i, j in BOX_EDGES)
+    assert lengths == [1.0] * 4 + [2.0] * 4 + [4.0] * 4

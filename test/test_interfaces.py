@@ -10,7 +10,7 @@ from vision_msgs.msg import Detection3DArray
 
 from sparse_perception_ros.doctor import interface_type_hash
 from sparse_perception_ros.ros.messages import detections_to_msg
-from sparse_perception_ros.runtime.pipeline import Detections
+from sparse_perception_ros.runtime.detections import Detections
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = {

@@ -7,7 +7,7 @@ from vision_msgs.msg import Detection3DArray
 
 from sparse_perception_ros.ros.fast_cdr import detection3darray_cdr
 from sparse_perception_ros.ros.messages import detections_to_msg
-from sparse_perception_ros.runtime.pipeline import Detections
+from sparse_perception_ros.runtime.detections import Detections
 
 CLASSES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
            "pedestrian", "traffic_cone"]

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from visualization_msgs.msg import Marker
 
+from sparse_perception_ros.classes import CLASS_COLORS
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import yaw_from_quat
 from sparse_perception_ros.ros.convert import stamp_to_ns
-from sparse_perception_ros.ros.messages import CLASS_COLORS, detections_to_markers, detections_to_msg
+from sparse_perception_ros.ros.messages import detections_to_markers, detections_to_msg
 from sparse_perception_ros.runtime.pipeline import Detections
 
 CLASSES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",

@@ -172,7 +172,8 @@ def test_invalid_parameter_exits_cleanly_naming_it(tmp_path):
 
 
 def test_all_cameras_listed_in_manifest_have_topics():
-    from sparse_perception_ros.launch_manifest import DEFAULT_TOPICS, default_remaps
+    from sparse_perception_ros.launch_manifest import default_remaps
+    from sparse_perception_ros.sensors import DEFAULT_TOPICS
 
     remaps = dict(default_remaps())
     for cam in CAMERAS:

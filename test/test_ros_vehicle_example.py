@@ -26,15 +26,16 @@ import numpy as np
 import pytest
 import yaml
 
+from sparse_perception_ros.classes import CLASS_NAMES as DETECTION_NAMES
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.bag_writer import write_bag
 from sparse_perception_ros.data.generator import SynthConfig, generate, scene_context
 from sparse_perception_ros.data.records import CameraRecord, LidarRecord, SceneStream
 from sparse_perception_ros.eval.ros_mode import read_outputs, read_tf
-from sparse_perception_ros.eval.submission import DETECTION_NAMES
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, matrix_to_quat
-from sparse_perception_ros.launch_manifest import DEFAULT_TOPICS, load_topics
+from sparse_perception_ros.launch_manifest import load_topics
 from sparse_perception_ros.processes import start_captured, stop_process
+from sparse_perception_ros.sensors import DEFAULT_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = SynthConfig(seed=5, scenes=1, keyframes=4, width=320, height=180)

@@ -19,9 +19,9 @@ from sparse_perception_ros.data.records import (
 )
 from sparse_perception_ros.geometry.boxes import encode_boxes
 from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
+from sparse_perception_ros.sensors import CAMERA_CHANNELS
 from sparse_perception_ros.train.augment import AugmentConfig, ClipAug, collate_frame, draw_clip_aug
 from sparse_perception_ros.train.dataset import (
-    CAMERA_ORDER,
     load_samples,
     make_clips,
     samples_from_stream,
@@ -41,7 +41,7 @@ def _stream(ego_yaw: float = 0.3) -> SceneStream:
     t_base_lidar = make_transform(_rot_z(-np.pi / 2), np.array([0.94, 0.0, 1.84]))
     k = np.array([[100.0, 0, 80], [0, 100.0, 45], [0, 0, 1]])
     calibs = {"LIDAR_TOP": SensorCalib("LIDAR_TOP", t_base_lidar)}
-    for i, ch in enumerate(CAMERA_ORDER):
+    for i, ch in enumerate(CAMERA_CHANNELS):
         yaw = np.deg2rad([0, -55, 55, 180, 110, -110][i])
         r = np.stack([[np.sin(yaw), -np.cos(yaw), 0], [0, 0, -1.0], [np.cos(yaw), np.sin(yaw), 0]], axis=1)
         calibs[ch] = SensorCalib(ch, make_transform(r, np.array([1.5, 0, 1.5])), k, 160, 90)
@@ -54,7 +54,7 @@ def _stream(ego_yaw: float = 0.3) -> SceneStream:
     img = np.zeros((90, 160, 3), np.uint8)
     records = [LidarRecord("l", "LIDAR_TOP", 1_000_000, np.zeros((0, 5), np.float32), True, "s", pose),
                KeyframeRecord("s", 1_000_000, [box, ped])]
-    records += [CameraRecord(f"c{i}", ch, 1_010_000, img, 160, 90, True, "s", pose) for i, ch in enumerate(CAMERA_ORDER)]
+    records += [CameraRecord(f"c{i}", ch, 1_010_000, img, 160, 90, True, "s", pose) for i, ch in enumerate(CAMERA_CHANNELS)]
     records.append(CameraRecord("sweep", "CAM_FRONT", 1_050_000, img, 160, 90, False, None, pose))
     return SceneStream(info, iter(records))
 

@@ -15,8 +15,8 @@ import pytest
 
 from sparse_perception_ros.data.records import GTBox, KeyframeRecord
 from sparse_perception_ros.data.scene import make_scene
+from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_from_yaw
-from sparse_perception_ros.runtime.boxes import transform_boxes
 
 CLASS_NAMES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                "pedestrian", "traffic_cone")
@@ -94,7 +94,7 @@ def test_vision_msgs_velocity_hypothesis_carries_the_velocity_in_the_message_fra
     """ros/messages.detections_to_msg: the second hypothesis ``velocity`` holds (vx, vy, vz) in the
     message frame and its speed as the score; the arrow marker points along it."""
     from sparse_perception_ros.ros.messages import VELOCITY_HYPOTHESIS, detections_to_markers, detections_to_msg
-    from sparse_perception_ros.runtime.pipeline import Detections
+    from sparse_perception_ros.runtime.detections import Detections
 
     _, objs, target, _, T_base_from_lidar, _ = chain()
     in_base = transform_boxes(target, T_base_from_lidar).astype(np.float32)

@@ -30,8 +30,10 @@ import numpy as np
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.atomic import atomic_output
 from sparse_perception_ros.data.records import CameraRecord, GTBox, KeyframeRecord, LidarRecord, SceneStream
-from sparse_perception_ros.data.rig import frame_id_of, lidar_point_time
+from sparse_perception_ros.data.rig import lidar_point_time
+from sparse_perception_ros.geometry.boxes import BOX_EDGES, box_corners
 from sparse_perception_ros.geometry.transforms import invert_transform, matrix_to_quat, yaw_from_quat
+from sparse_perception_ros.sensors import frame_id_of
 
 __all__ = ["write_bag", "SceneBagSink", "BagWriter", "POINT_DTYPE", "IMAGE_FORMATS", "STORAGES"]
 
@@ -248,13 +250,10 @@ def gt_detections(store, boxes: list[GTBox], ns: int, frame: str):
     return t["vision_msgs/msg/Detection3DArray"](header=header, detections=dets)
 
 
-_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
 
 def gt_markers(store, boxes: list[GTBox], ns: int, frame: str):
     """MarkerArray: DELETEALL, then per box a LINE_LIST (ns ``gt_boxes``) and a label (ns ``gt_labels``)."""
-    from sparse_perception_ros.geometry.boxes import box_corners
-
     t = store.types
     header = t["std_msgs/msg/Header"](stamp=_stamp(store, ns), frame_id=frame)
     mk, pt, v3 = t["visualization_msgs/msg/Marker"], t["geometry_msgs/msg/Point"], t["geometry_msgs/msg/Vector3"]
@@ -276,7 +275,7 @@ def gt_markers(store, boxes: list[GTBox], ns: int, frame: str):
     rows = _box_rows(boxes)
     corners = box_corners(rows) if len(rows) else np.zeros((0, 8, 3))
     for i, b in enumerate(boxes):
-        pts = [pt(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in corners[i][_EDGES.reshape(-1)]]
+        pts = [pt(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in corners[i][BOX_EDGES.reshape(-1)]]
         out.append(marker("gt_boxes", i, 5, 0, points=pts))  # LINE_LIST, ADD
         top = t["geometry_msgs/msg/Pose"](position=pt(x=rows[i, 0], y=rows[i, 1], z=rows[i, 2] + 0.5 * rows[i, 5] + 0.5),
                                           orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))

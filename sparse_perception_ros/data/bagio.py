@@ -1,7 +1,7 @@
 """Bag basics shared by the writer, converter, player and recorder (ROS-free: ``rosbags`` only).
 
 - The topic / frame scheme of our bags (see ``docs/data.md``), taken from
-  :data:`sparse_perception_ros.launch_manifest.DEFAULT_TOPICS` so the node and the bags agree.
+  :data:`sparse_perception_ros.sensors.DEFAULT_TOPICS` so the node and the bags agree.
 - A ``rosbags`` type store: the ROS 2 Kilted store plus any type whose ``.msg`` files are found
   (our ``interfaces/`` tree first, then ``share/<pkg>/msg`` of the venv and the ament prefixes).
 - :func:`open_reader`: an ``AnyReader`` whose failures (missing, truncated, corrupt bag, unknown
@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 from sparse_perception_ros.data.atomic import DataError
-from sparse_perception_ros.launch_manifest import DEFAULT_TOPICS
+from sparse_perception_ros.sensors import DEFAULT_TOPICS, camera_name
 
 __all__ = [
-    "camera_name",
     "image_topic",
     "camera_info_topic",
     "POINTS_TOPIC",
@@ -51,14 +50,6 @@ GT_SAMPLE_TOPIC = "/gt/sample_token"
 WORLD_FRAME = "odom"  # the nuScenes global frame of one scene
 BASE_FRAME = "base_link"  # the nuScenes ego frame
 SAMPLES_SIDECAR = "samples.json"  # inside the bag folder: sample_token -> stamps
-
-
-def camera_name(channel: str) -> str:
-    """``CAM_FRONT_LEFT`` -> ``front_left`` (the name in ``/cam_<name>/image``)."""
-    low = channel.lower()
-    if not low.startswith("cam_"):
-        raise ValueError(f"not a camera channel: {channel!r}")
-    return low[len("cam_"):]
 
 
 def image_topic(channel: str) -> str:

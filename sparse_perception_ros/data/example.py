@@ -17,14 +17,14 @@ import numpy as np
 
 from sparse_perception_ros.data.generator import SynthConfig, _window, scene_info
 from sparse_perception_ros.data.records import CameraRecord, KeyframeRecord, LidarRecord
-from sparse_perception_ros.data.render import CLASS_COLOR_RGB
-from sparse_perception_ros.geometry.camera import box_corners, project_points
+from sparse_perception_ros.data.scene import SYNTH_CLASSES
+from sparse_perception_ros.geometry.boxes import BOX_EDGES, BOX_FACES, box_corners, boxes_from_wlh
+from sparse_perception_ros.geometry.camera import project_points
 from sparse_perception_ros.geometry.transforms import invert_transform, yaw_from_quat
 
 __all__ = ["add_arguments", "run", "render_example"]
 
 MOSAIC = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"), ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
-_EDGES = ((0, 1), (1, 3), (3, 2), (2, 0), (4, 5), (5, 7), (7, 6), (6, 4), (0, 4), (1, 5), (2, 6), (3, 7))
 
 
 def _boxes_world(kf: KeyframeRecord):
@@ -37,14 +37,14 @@ def _boxes_world(kf: KeyframeRecord):
 def _draw_camera(rec: CameraRecord, calib, kf: KeyframeRecord) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(rec.jpeg, np.uint8), cv2.IMREAD_COLOR)
     centre, wlh, yaw, names = _boxes_world(kf)
-    corners = box_corners(centre, wlh, yaw)
+    corners = box_corners(boxes_from_wlh(centre, wlh, yaw))
     t_cam_world = invert_transform(rec.T_world_from_base @ calib.T_base_from_sensor)
     for i, name in enumerate(names):
         uv, depth = project_points(calib.K, t_cam_world, corners[i])
         if np.any(depth < 0.5) or np.linalg.norm(centre[i] - rec.T_world_from_base[:3, 3]) > 60:
             continue
-        color = tuple(int(c) for c in CLASS_COLOR_RGB[name][::-1])
-        for a, b in _EDGES:
+        color = tuple(int(c) for c in SYNTH_CLASSES[name].paint[::-1])
+        for a, b in BOX_EDGES:
             cv2.line(img, tuple(np.round(uv[a] * 4).astype(int)), tuple(np.round(uv[b] * 4).astype(int)), color, 1,
                      cv2.LINE_AA, shift=2)
     cv2.putText(img, rec.channel, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
@@ -72,9 +72,9 @@ def _draw_bev(lidar: LidarRecord, calib, kf: KeyframeRecord, size: int, extent: 
     if len(names):
         c_base = centre @ t_base_world[:3, :3].T + t_base_world[:3, 3]
         yaw_base = yaw + np.arctan2(t_base_world[1, 0], t_base_world[0, 0])
-        corners = box_corners(c_base, wlh, yaw_base)[:, [0, 2, 6, 4], :2]  # bottom face, in order
+        corners = box_corners(boxes_from_wlh(c_base, wlh, yaw_base))[:, list(BOX_FACES[-1]), :2]  # bottom face, in order
         for i, name in enumerate(names):
-            color = tuple(int(c) for c in CLASS_COLOR_RGB[name][::-1])
+            color = tuple(int(c) for c in SYNTH_CLASSES[name].paint[::-1])
             poly = np.round(to_px(corners[i]) * 4).astype(np.int32)
             cv2.polylines(img, [poly], True, color, 1, cv2.LINE_AA, shift=2)
             tip = c_base[i, :2] + 0.5 * wlh[i, 1] * np.array([np.cos(yaw_base[i]), np.sin(yaw_base[i])])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sparse_perception_ros.classes import CATEGORY_OF_CLASS, CLASS_NAMES
 from sparse_perception_ros.data.lidar import LidarCaster
 from sparse_perception_ros.data.records import (
     CameraRecord,
@@ -28,9 +29,10 @@ from sparse_perception_ros.data.records import (
     make_token,
 )
 from sparse_perception_ros.data.render import CameraRenderer, Road
-from sparse_perception_ros.data.rig import CATEGORY_OF_CLASS, DETECTION_CLASSES, Rig, nuscenes_rig
+from sparse_perception_ros.data.rig import Rig, nuscenes_rig
 from sparse_perception_ros.data.scene import ObjectStates, SceneSpec, make_scene
-from sparse_perception_ros.geometry.camera import box_corners, project_points
+from sparse_perception_ros.geometry.boxes import box_corners, boxes_from_wlh
+from sparse_perception_ros.geometry.camera import project_points
 from sparse_perception_ros.geometry.transforms import invert_transform, quat_from_yaw
 
 __all__ = ["SynthConfig", "generate", "scene_stream", "scene_context", "render_camera_at"]
@@ -134,7 +136,7 @@ def _visibility(cams, renders, pose, objs: ObjectStates) -> np.ndarray:
     n = len(objs)
     visible = np.zeros(n)
     total = np.zeros(n)
-    corners = box_corners(objs.center, objs.wlh, objs.yaw)
+    corners = box_corners(boxes_from_wlh(objs.center, objs.wlh, objs.yaw))
     for cam, (_, ids) in zip(cams, renders, strict=False):
         counts = np.bincount(ids.reshape(-1), minlength=n + 1)[1:]
         visible += counts
@@ -206,7 +208,7 @@ def _window(cfg: SynthConfig, scene: int, n: int) -> list[Record]:
     for i in range(len(objs)):
         if npts[i] == 0:
             continue
-        name = DETECTION_CLASSES[objs.label[i]]
+        name = CLASS_NAMES[objs.label[i]]
         speed = float(np.hypot(*objs.velocity[i, :2]))
         level = "1" if vis[i] <= 0.4 else "2" if vis[i] <= 0.6 else "3" if vis[i] <= 0.8 else "4"
         boxes.append(GTBox(

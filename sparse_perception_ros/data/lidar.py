@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.data.render import Road, road_texture
-from sparse_perception_ros.data.rig import DETECTION_CLASSES, LidarSpec
-from sparse_perception_ros.data.scene import ObjectStates
+from sparse_perception_ros.data.rig import LidarSpec
+from sparse_perception_ros.data.scene import SYNTH_CLASSES, ObjectStates
+from sparse_perception_ros.geometry.boxes import box_corners, boxes_from_wlh
 
-__all__ = ["LidarCaster", "CLASS_REFLECTIVITY"]
+__all__ = ["LidarCaster"]
 
-CLASS_REFLECTIVITY = {
-    "car": 40.0, "truck": 45.0, "construction_vehicle": 55.0, "bus": 45.0, "trailer": 35.0,
-    "barrier": 70.0, "motorcycle": 35.0, "bicycle": 30.0, "pedestrian": 20.0, "traffic_cone": 120.0,
-}
-_REFL = np.array([CLASS_REFLECTIVITY[c] for c in DETECTION_CLASSES])
+_REFL = np.array([SYNTH_CLASSES[c].reflectivity for c in CLASS_NAMES])  # (10,) by label
 
 
 class LidarCaster:
@@ -83,11 +81,9 @@ class LidarCaster:
 
     def _cast_boxes(self, o, t_wl, dirs_w, objs, best_t, best_id, best_refl) -> None:
         a_n, b_n = self._dirs.shape[:2]
-        from sparse_perception_ros.geometry.camera import box_corners
-
         if not len(objs):
             return
-        corners = box_corners(objs.center, objs.wlh, objs.yaw)  # (N, 8, 3) world
+        corners = box_corners(boxes_from_wlh(objs.center, objs.wlh, objs.yaw))  # (N, 8, 3) world
         rel = corners - o
         r_lw = t_wl[:3, :3].T
         rel_l = rel @ r_lw.T  # in lidar axes

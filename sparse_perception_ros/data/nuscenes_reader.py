@@ -23,8 +23,8 @@ from sparse_perception_ros.data.records import (
     SceneStream,
     SensorCalib,
 )
-from sparse_perception_ros.data.rig import CAMERA_CHANNELS, LIDAR_CHANNEL
 from sparse_perception_ros.geometry.transforms import make_transform, quat_to_matrix
+from sparse_perception_ros.sensors import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 __all__ = ["TABLES", "detect_version", "load_nuscenes", "read_scenes"]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sparse_perception_ros.classes import CATEGORY_OF_CLASS
 from sparse_perception_ros.data.atomic import atomic_output
 from sparse_perception_ros.data.records import (
     CameraRecord,
@@ -28,7 +29,6 @@ from sparse_perception_ros.data.records import (
     SceneStream,
     make_token,
 )
-from sparse_perception_ros.data.rig import CATEGORY_OF_CLASS
 from sparse_perception_ros.geometry.transforms import matrix_to_quat
 
 __all__ = ["write_nuscenes", "ATTRIBUTES", "VISIBILITY"]

@@ -12,26 +12,15 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from sparse_perception_ros.data.rig import DETECTION_CLASSES, CameraSpec
-from sparse_perception_ros.data.scene import ObjectStates
-from sparse_perception_ros.geometry.camera import BOX_FACES, box_corners, pixel_rays
+from sparse_perception_ros.classes import CLASS_NAMES
+from sparse_perception_ros.data.rig import CameraSpec
+from sparse_perception_ros.data.scene import SYNTH_CLASSES, ObjectStates
+from sparse_perception_ros.geometry.boxes import BOX_FACES, box_corners, boxes_from_wlh
+from sparse_perception_ros.geometry.camera import pixel_rays
 
-__all__ = ["Road", "CameraRenderer", "CLASS_COLOR_RGB", "road_texture"]
+__all__ = ["Road", "CameraRenderer", "road_texture"]
 
-# Base RGB colour per class (index as DETECTION_CLASSES).
-CLASS_COLOR_RGB: dict[str, tuple[int, int, int]] = {
-    "car": (200, 40, 40),
-    "truck": (40, 90, 200),
-    "construction_vehicle": (235, 190, 20),
-    "bus": (240, 130, 30),
-    "trailer": (150, 150, 170),
-    "barrier": (230, 230, 230),
-    "motorcycle": (160, 40, 160),
-    "bicycle": (40, 170, 60),
-    "pedestrian": (250, 200, 160),
-    "traffic_cone": (255, 110, 0),
-}
-_COLORS = np.array([CLASS_COLOR_RGB[c] for c in DETECTION_CLASSES], dtype=np.float64)
+_PAINT = np.array([SYNTH_CLASSES[c].paint for c in CLASS_NAMES], dtype=np.float64)  # (10, 3) by label
 _LIGHT = np.array([0.4, 0.3, 0.866])  # world direction towards the sun
 _NEAR = 0.05
 _SHIFT = 4  # cv2 fixed-point bits for sub-pixel polygon vertices
@@ -153,7 +142,7 @@ class CameraRenderer:
         cam = self.cam
         t_cw = np.linalg.inv(t_wc)
         cam_pos = t_wc[:3, 3]
-        corners_w = box_corners(objs.center, objs.wlh, objs.yaw)  # (N, 8, 3)
+        corners_w = box_corners(boxes_from_wlh(objs.center, objs.wlh, objs.yaw))  # (N, 8, 3)
         corners_c = corners_w @ t_cw[:3, :3].T + t_cw[:3, 3]
         dist = np.linalg.norm(objs.center - cam_pos, axis=1)
         fx = cam.K[0, 0]
@@ -167,8 +156,8 @@ class CameraRenderer:
                 continue
             if np.all(cc[:, 0] > half_w * np.maximum(z, _NEAR) + 1) or np.all(-cc[:, 0] > half_w * np.maximum(z, _NEAR) + 1):
                 continue
-            base = _COLORS[objs.label[i]]
-            name = DETECTION_CLASSES[objs.label[i]]
+            base = _PAINT[objs.label[i]]
+            name = CLASS_NAMES[objs.label[i]]
             cw = corners_w[i]
             centre_w = objs.center[i]
             for f_idx, face in enumerate(BOX_FACES):

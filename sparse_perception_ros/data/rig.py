@@ -18,44 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparse_perception_ros.geometry.transforms import make_transform
+from sparse_perception_ros.sensors import CAMERA_CHANNELS, LIDAR_CHANNEL, frame_id_of
 
 __all__ = [
-    "CAMERA_CHANNELS",
-    "LIDAR_CHANNEL",
-    "DETECTION_CLASSES",
-    "CATEGORY_OF_CLASS",
     "CameraSpec",
     "LidarSpec",
     "Rig",
-    "frame_id_of",
     "nuscenes_rig",
     "camera_rotation_from_yaw",
 ]
-
-# Camera order used by Sparse4D (facts §0).
-CAMERA_CHANNELS: tuple[str, ...] = (
-    "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
-)
-LIDAR_CHANNEL = "LIDAR_TOP"
-
-# Detection classes in the Sparse4D / nuScenes detection order (facts §2).
-DETECTION_CLASSES: tuple[str, ...] = (
-    "car", "truck", "construction_vehicle", "bus", "trailer",
-    "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
-)
-# One real nuScenes category name per detection class (the devkit maps it back).
-CATEGORY_OF_CLASS: dict[str, str] = {
-    "car": "vehicle.car",
-    "truck": "vehicle.truck",
-    "construction_vehicle": "vehicle.construction",
-    "bus": "vehicle.bus.rigid",
-    "trailer": "vehicle.trailer",
-    "barrier": "movable_object.barrier",
-    "motorcycle": "vehicle.motorcycle",
-    "bicycle": "vehicle.bicycle",
-    "pedestrian": "human.pedestrian.adult",
-    "traffic_cone": "movable_object.trafficcone",
-}
 
 # (yaw of optical axis in base_link [deg], translation in base_link [m], focal scale)
 # Rough placement of the nuScenes rig; the back camera has the wide lens.
@@ -68,11 +39,6 @@ _CAMERA_LAYOUT: dict[str, tuple[float, tuple[float, float, float], float]] = {
     "CAM_BACK_RIGHT": (-110.0, (1.03, -0.48, 1.57), 1.0),
 }
 _FX_AT_1600 = 1266.0
-
-
-def frame_id_of(channel: str) -> str:
-    """nuScenes channel -> ROS frame id / topic prefix: ``CAM_FRONT`` -> ``cam_front``."""
-    return channel.lower()
 
 
 def camera_rotation_from_yaw(yaw_rad: float) -> np.ndarray:

@@ -10,33 +10,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparse_perception_ros.data.rig import DETECTION_CLASSES
+from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.geometry.transforms import make_transform
 
-__all__ = ["SceneSpec", "ObjectStates", "make_scene", "CLASS_SIZE_MEAN", "CLASS_WEIGHT", "parse_class_weights"]
+__all__ = ["SceneSpec", "ObjectStates", "make_scene", "SynthClass", "SYNTH_CLASSES", "CLASS_SIZE_MEAN", "CLASS_WEIGHT",
+           "parse_class_weights"]
 
-# Mean nuScenes sizes (w, l, h) metres and relative frequency / speed range (m/s) per class.
-CLASS_SIZE_MEAN: dict[str, tuple[float, float, float]] = {
-    "car": (1.95, 4.62, 1.73),
-    "truck": (2.51, 6.93, 2.84),
-    "construction_vehicle": (2.85, 6.37, 3.19),
-    "bus": (2.94, 10.5, 3.47),
-    "trailer": (2.90, 10.0, 3.87),
-    "barrier": (2.53, 0.50, 0.98),
-    "motorcycle": (0.77, 2.11, 1.47),
-    "bicycle": (0.60, 1.70, 1.28),
-    "pedestrian": (0.67, 0.73, 1.77),
-    "traffic_cone": (0.41, 0.41, 1.07),
+
+@dataclass(frozen=True)
+class SynthClass:
+    """How the synthetic world makes one class.
+
+    ``size_wlh``: mean nuScenes size (w lateral, l along heading, h) metres; ``weight``: relative
+    frequency; ``speed``: (lowest, highest) m/s; ``paint``: camera albedo RGB 0..255 (a property
+    of the simulated object, not a display colour: see :data:`~sparse_perception_ros.classes.CLASS_COLORS`);
+    ``reflectivity``: LiDAR intensity of its returns.
+    """
+
+    size_wlh: tuple[float, float, float]
+    weight: float
+    speed: tuple[float, float]
+    paint: tuple[int, int, int]
+    reflectivity: float
+
+
+# One row per class, in CLASS_NAMES order.
+SYNTH_CLASSES: dict[str, SynthClass] = {
+    "car": SynthClass((1.95, 4.62, 1.73), 10, (0.0, 12.0), (200, 40, 40), 40.0),
+    "truck": SynthClass((2.51, 6.93, 2.84), 2.5, (0.0, 9.0), (40, 90, 200), 45.0),
+    "construction_vehicle": SynthClass((2.85, 6.37, 3.19), 1, (0.0, 2.0), (235, 190, 20), 55.0),
+    "bus": SynthClass((2.94, 10.5, 3.47), 1, (0.0, 9.0), (240, 130, 30), 45.0),
+    "trailer": SynthClass((2.90, 10.0, 3.87), 1, (0.0, 0.0), (150, 150, 170), 35.0),
+    "barrier": SynthClass((2.53, 0.50, 0.98), 3, (0.0, 0.0), (230, 230, 230), 70.0),
+    "motorcycle": SynthClass((0.77, 2.11, 1.47), 1.5, (3.0, 12.0), (160, 40, 160), 35.0),
+    "bicycle": SynthClass((0.60, 1.70, 1.28), 1.5, (2.0, 6.0), (40, 170, 60), 30.0),
+    "pedestrian": SynthClass((0.67, 0.73, 1.77), 5, (0.5, 1.6), (250, 200, 160), 20.0),
+    "traffic_cone": SynthClass((0.41, 0.41, 1.07), 3, (0.0, 0.0), (255, 110, 0), 120.0),
 }
-CLASS_WEIGHT: dict[str, float] = {
-    "car": 10, "truck": 2.5, "construction_vehicle": 1, "bus": 1, "trailer": 1,
-    "barrier": 3, "motorcycle": 1.5, "bicycle": 1.5, "pedestrian": 5, "traffic_cone": 3,
-}
-_CLASS_SPEED = {
-    "car": (0.0, 12.0), "truck": (0.0, 9.0), "construction_vehicle": (0.0, 2.0), "bus": (0.0, 9.0),
-    "trailer": (0.0, 0.0), "barrier": (0.0, 0.0), "motorcycle": (3.0, 12.0), "bicycle": (2.0, 6.0),
-    "pedestrian": (0.5, 1.6), "traffic_cone": (0.0, 0.0),
-}
+CLASS_SIZE_MEAN: dict[str, tuple[float, float, float]] = {n: c.size_wlh for n, c in SYNTH_CLASSES.items()}
+CLASS_WEIGHT: dict[str, float] = {n: c.weight for n, c in SYNTH_CLASSES.items()}
+
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class ObjectStates:
     wlh: (N, 3) float64 nuScenes size.
     yaw: (N,) float64 heading, world, rad.
     velocity: (N, 3) float64 world, m/s.
-    label: (N,) int64 index into ``DETECTION_CLASSES``.
+    label: (N,) int64 index into ``CLASS_NAMES``.
     """
 
     index: np.ndarray
@@ -133,7 +146,7 @@ class SceneSpec:
 def parse_class_weights(text: str) -> tuple[tuple[str, float], ...]:
     """``"bus=3,truck=4"`` -> the full class mix: :data:`CLASS_WEIGHT` with those classes overridden.
 
-    Returns ``(name, weight)`` pairs in :data:`DETECTION_CLASSES` order (hashable, so a frozen config
+    Returns ``(name, weight)`` pairs in :data:`CLASS_NAMES` order (hashable, so a frozen config
     can hold it). Raises ValueError naming the bad entry: an unknown class, a weight that is not a
     finite number >= 0, or a mix whose weights are all zero.
     """
@@ -142,7 +155,7 @@ def parse_class_weights(text: str) -> tuple[tuple[str, float], ...]:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or name not in weights:
-            raise ValueError(f"class weight {item!r}: expected CLASS=WEIGHT with CLASS one of {list(DETECTION_CLASSES)}")
+            raise ValueError(f"class weight {item!r}: expected CLASS=WEIGHT with CLASS one of {list(CLASS_NAMES)}")
         try:
             w = float(value)
         except ValueError:
@@ -152,7 +165,7 @@ def parse_class_weights(text: str) -> tuple[tuple[str, float], ...]:
         weights[name] = w
     if sum(weights.values()) <= 0:
         raise ValueError("class weights are all zero: no object could be placed")
-    return tuple((n, float(weights[n])) for n in DETECTION_CLASSES)
+    return tuple((n, float(weights[n])) for n in CLASS_NAMES)
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -173,7 +186,7 @@ def make_scene(seed: int, index: int, duration: float, num_objects: int = 40,
     weave_amp = rng.uniform(0.0, 1.5) if speed > 0 else 0.0
     weave_period = rng.uniform(8, 20)
     ego_x_end = speed * duration
-    names = list(DETECTION_CLASSES)
+    names = list(CLASS_NAMES)
     mix = CLASS_WEIGHT if class_weights is None else dict(class_weights)
     w = np.array([mix[n] for n in names], dtype=np.float64)
     labels, sizes, p0s, yaws, speeds, rates = [], [], [], [], [], []
@@ -188,7 +201,7 @@ def make_scene(seed: int, index: int, duration: float, num_objects: int = 40,
         lab = int(rng.choice(len(names), p=w / w.sum()))
         name = names[lab]
         wlh = np.array(CLASS_SIZE_MEAN[name]) * rng.uniform(0.9, 1.1, size=3)
-        lo, hi = _CLASS_SPEED[name]
+        lo, hi = SYNTH_CLASSES[name].speed
         moving = hi > 0 and rng.uniform() < 0.7
         v = rng.uniform(max(lo, 0.5), hi) if moving else 0.0
         x = rng.uniform(-40.0, ego_x_end + 50.0)

@@ -20,13 +20,11 @@ import numpy as np
 
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_to_matrix
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
+from sparse_perception_ros.sensors import CAMERA_CHANNELS, LIDAR_CHANNEL
 
-__all__ = ["CAMERA_CHANNELS", "SampleRef", "open_nuscenes", "find_version", "select_samples", "pose_matrix",
+__all__ = ["SampleRef", "open_nuscenes", "find_version", "select_samples", "pose_matrix",
            "T_global_from_lidar", "load_frame", "lidar_history", "sensor_rate_frames"]
 
-# Sparse4D / node camera order (cameras.names = front, front_right, front_left, back, back_left, back_right).
-CAMERA_CHANNELS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
-LIDAR = "LIDAR_TOP"
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ def select_samples(nusc, scenes: list[str] | None = None, max_samples: int | Non
         tok = scene["first_sample_token"]
         while tok:
             sample = nusc.get("sample", tok)
-            lidar = nusc.get("sample_data", sample["data"][LIDAR])
+            lidar = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
             out.append(SampleRef(tok, scene["name"], int(lidar["timestamp"]) * 1000))
             tok = sample["next"]
     if max_samples is not None:
@@ -102,7 +100,7 @@ def _sensor_pose(nusc, sd: dict) -> np.ndarray:
 def T_global_from_lidar(nusc, sample_token: str) -> np.ndarray:
     """``(4, 4)`` pose of the key LIDAR_TOP frame (the model frame) in the global frame."""
     sample = nusc.get("sample", sample_token)
-    return _sensor_pose(nusc, nusc.get("sample_data", sample["data"][LIDAR]))
+    return _sensor_pose(nusc, nusc.get("sample_data", sample["data"][LIDAR_CHANNEL]))
 
 
 def lidar_history(nusc, lidar_sd: dict, sweeps) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -145,7 +143,7 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
     """
     sample = nusc.get("sample", sample_token)
     camera_sds = [nusc.get("sample_data", sample["data"][ch]) if ch in sample["data"] else None for ch in cameras]
-    return _frame(nusc, nusc.get("sample_data", sample["data"][LIDAR]), camera_sds, with_points, sweeps)
+    return _frame(nusc, nusc.get("sample_data", sample["data"][LIDAR_CHANNEL]), camera_sds, with_points, sweeps)
 
 
 def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, sweeps=None, image_cache: int = 12):
@@ -174,8 +172,8 @@ def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, 
         first, last = (nusc.get("sample", refs[i].token) for i in (0, -1))
         chains = [_chain(nusc, first["data"].get(ch)) for ch in cameras]
         stamps = [np.array([int(sd["timestamp"]) for sd in chain], np.int64) for chain in chains]
-        end = int(nusc.get("sample_data", last["data"][LIDAR])["timestamp"])
-        tok = first["data"][LIDAR]
+        end = int(nusc.get("sample_data", last["data"][LIDAR_CHANNEL])["timestamp"])
+        tok = first["data"][LIDAR_CHANNEL]
         while tok:
             lidar_sd = nusc.get("sample_data", tok)
             t = int(lidar_sd["timestamp"])

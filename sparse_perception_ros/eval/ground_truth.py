@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparse_perception_ros.eval.submission import DETECTION_NAMES
-from sparse_perception_ros.geometry.boxes import encode_boxes
+from sparse_perception_ros.classes import CLASS_NAMES
+from sparse_perception_ros.geometry.boxes import encode_boxes, transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform, yaw_from_quat
 from sparse_perception_ros.model import HeadOutput, TemporalState
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.backends import Stepper
-from sparse_perception_ros.runtime.boxes import transform_boxes
 
 __all__ = ["DEBUG_BACKEND", "GroundTruthEntry", "gt_table", "save_table", "load_table", "GroundTruthPassthrough",
            "gt_sample_boxes"]
@@ -78,7 +77,7 @@ def gt_table(nusc, samples) -> dict[int, GroundTruthEntry]:
     ids: dict[str, int] = {}
     for ref in samples:
         boxes, names, instances = gt_sample_boxes(nusc, ref.token)
-        labels = np.array([DETECTION_NAMES.index(n) for n in names], dtype=np.int64)
+        labels = np.array([CLASS_NAMES.index(n) for n in names], dtype=np.int64)
         track = np.array([ids.setdefault(t, len(ids)) for t in instances], dtype=np.int64)
         table[int(ref.stamp_ns)] = GroundTruthEntry(boxes, labels, track)
     return table

@@ -7,33 +7,30 @@ resets on the time gap between scenes, which gives the same state).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from sparse_perception_ros.classes import CLASS_NAMES
+from sparse_perception_ros.runtime.detections import Detections
 
 __all__ = ["SampleResult", "build_pipeline", "run_offline", "results_to_submissions"]
 
 
-@dataclass
-class SampleResult:
-    """One keyframe's output.
+@dataclass(kw_only=True)
+class SampleResult(Detections):
+    """One keyframe's output: its :class:`~sparse_perception_ros.runtime.detections.Detections` plus
+    the sample and the pose of the boxes.
 
-    boxes ``(N, 10)`` ``[x, y, z, s_heading, s_lateral, s_z, yaw, vx, vy, vz]`` in the frame that
-    ``T_global_from_boxes`` maps to global (offline: the model frame LIDAR_TOP; ROS mode: the
-    node's output frame); scores ``(N,)``; labels ``(N,)`` int64; track_ids ``(N,)`` int64;
-    timings_ms: per-stage latency of this frame; reset: the Pipeline reset rule that fired before
-    it (offline; the explicit reset at a scene start is not counted).
+    ``boxes`` are in the frame that ``T_global_from_boxes`` ``(4, 4)`` maps to global (offline:
+    the model frame LIDAR_TOP; ROS mode: the node's output frame); ``timings_ms`` per-stage
+    latency of this frame; ``reset`` the Pipeline reset rule that fired before it (offline; the
+    explicit reset at a scene start is not counted). ``sample_token`` and ``T_global_from_boxes``
+    are keyword-only.
     """
 
     sample_token: str
-    stamp_ns: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    track_ids: np.ndarray
     T_global_from_boxes: np.ndarray
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    reset: str | None = None
 
 
 def build_pipeline(params, backend: str | None = None, gt_table=None):
@@ -45,7 +42,6 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     from dataclasses import replace
 
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, GroundTruthPassthrough
-    from sparse_perception_ros.model import CLASS_NAMES
     from sparse_perception_ros.runtime.pipeline import Pipeline
 
     threshold = sweeps = None  # the weights' display threshold and sweep count (the auto parameters)
@@ -98,9 +94,9 @@ def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None
             t0 = time.perf_counter()
             continue
         timings = {"load": 1e3 * (t1 - t0), **det.timings_ms}
-        out.append(SampleResult(ref.token, ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids,
-                                np.asarray(frame.T_world_from_model, dtype=np.float64), timings,
-                                det.reset))
+        out.append(SampleResult(ref.stamp_ns, det.boxes, det.scores, det.labels, det.track_ids, det.reset, timings,
+                                sample_token=ref.token,
+                                T_global_from_boxes=np.asarray(frame.T_world_from_model, dtype=np.float64)))
         if progress is not None:
             progress(1)
         t0 = time.perf_counter()
@@ -124,14 +120,13 @@ def results_to_submissions(results: list[SampleResult], sample_tokens, class_nam
                            use_lidar: bool = False) -> tuple[dict, dict]:
     """``(detection_submission, tracking_submission)``: every token present, global frame, <= 500 boxes."""
     from sparse_perception_ros.eval.submission import (
-        DETECTION_NAMES,
         detection_entries,
         make_submission,
         tracking_entries,
         validate_submission,
     )
 
-    names = tuple(class_names or DETECTION_NAMES)
+    names = tuple(class_names or CLASS_NAMES)
     det, trk = {}, {}
     for r in results:
         det[r.sample_token] = detection_entries(r.sample_token, r.boxes, r.scores, r.labels, r.T_global_from_boxes,

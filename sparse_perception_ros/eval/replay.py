@@ -131,7 +131,8 @@ def replay(frames: list[RawFrame], score_threshold: float, max_detections: int, 
                 shown = keep_by_evidence(conflict(boxes, labels), track_evidence(ids, votes), scores)
                 boxes, scores, labels, ids = boxes[shown], scores[shown], labels[shown], ids[shown]
             T = f.T_world_from_model
-        out.append(SampleResult(f.sample_token, f.stamp_ns, boxes, scores, labels, ids, T, {}, f.reset))
+        out.append(SampleResult(f.stamp_ns, boxes, scores, labels, ids, f.reset, {}, sample_token=f.sample_token,
+                                T_global_from_boxes=T))
     return out
 
 

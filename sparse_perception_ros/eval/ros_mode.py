@@ -155,7 +155,7 @@ def match_outputs(sidecar: dict, outputs: dict[int, tuple], tf, wanted: set[str]
                    np.zeros(0, np.int64))
         frame_id, boxes, scores, labels, ids = out
         T = tf.lookup(WORLD_FRAME, frame_id.lstrip("/"), stamp)
-        results.append(SampleResult(tok, stamp, boxes, scores, labels, ids, T))
+        results.append(SampleResult(stamp, boxes, scores, labels, ids, sample_token=tok, T_global_from_boxes=T))
     return results, missing
 
 
@@ -178,7 +178,8 @@ def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None
     ``cameras.compressed`` to the bag's image type; None leaves the params file's value)."""
     from sparse_perception_ros.data import bagio
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND
-    from sparse_perception_ros.launch_manifest import DEFAULT_TOPICS, node_set
+    from sparse_perception_ros.launch_manifest import node_set
+    from sparse_perception_ros.sensors import DEFAULT_TOPICS
 
     specs = node_set("replay", params_file, bag=bag, record_to=record_to, rate=rate)
     inputs = sorted(set(DEFAULT_TOPICS.values())) + [bagio.TF_TOPIC, bagio.TF_STATIC_TOPIC]
@@ -249,8 +250,8 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
     ``progress(done, total)``: called after each bag (``eval --jobs``' per-shard progress)."""
     from tqdm import tqdm
 
+    from sparse_perception_ros.classes import CLASS_NAMES as DETECTION_NAMES
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, save_table
-    from sparse_perception_ros.eval.submission import DETECTION_NAMES
     from sparse_perception_ros.ros.launcher import launch
 
     work.mkdir(parents=True, exist_ok=True)

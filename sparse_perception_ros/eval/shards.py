@@ -75,10 +75,10 @@ def _result_from_row(d: dict, id_offset: int = 0):
     from .offline import SampleResult
 
     box_t, score_t = d["dtypes"]
-    return SampleResult(d["sample_token"], int(d["stamp_ns"]), np.asarray(d["boxes"], box_t).reshape(-1, 10),
+    return SampleResult(int(d["stamp_ns"]), np.asarray(d["boxes"], box_t).reshape(-1, 10),
                         np.asarray(d["scores"], score_t), np.asarray(d["labels"], np.int64),
-                        np.asarray(d["track_ids"], np.int64) + id_offset, np.asarray(d["T"], np.float64),
-                        d["timings_ms"], d["reset"])
+                        np.asarray(d["track_ids"], np.int64) + id_offset, d["reset"], d["timings_ms"],
+                        sample_token=d["sample_token"], T_global_from_boxes=np.asarray(d["T"], np.float64))
 
 
 # ----------------------------------------------------------------------------------------- child

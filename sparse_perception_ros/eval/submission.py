@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparse_perception_ros.classes import CLASS_NAMES, DEFAULT_ATTRIBUTE, TRACKING_NAMES
 from sparse_perception_ros.geometry.transforms import matrix_to_quat
+
+# The nuScenes detection classes are the model's classes, in its order (test_eval_submission checks both names).
+DETECTION_NAMES = CLASS_NAMES
 
 __all__ = [
     "DETECTION_NAMES",
@@ -30,34 +34,26 @@ __all__ = [
     "frame_plausibility_warning",
 ]
 
-DETECTION_NAMES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-                   "pedestrian", "traffic_cone")
-TRACKING_NAMES = ("bicycle", "bus", "car", "motorcycle", "pedestrian", "trailer", "truck")
 _VEHICLES = ("car", "construction_vehicle", "bus", "truck", "trailer")
 _CYCLES = ("bicycle", "motorcycle")
-_DEFAULT_ATTRIBUTE = {
-    "car": "vehicle.parked", "pedestrian": "pedestrian.moving", "trailer": "vehicle.parked",
-    "truck": "vehicle.parked", "bus": "vehicle.moving", "motorcycle": "cycle.without_rider",
-    "construction_vehicle": "vehicle.parked", "bicycle": "cycle.without_rider", "barrier": "", "traffic_cone": "",
-}
 MAX_BOXES_PER_SAMPLE = 500
 
 
 def default_attribute(name: str, speed: float) -> str:
     """The attribute a detector without an attribute head reports, from the class and ground speed (m/s)."""
-    if name not in _DEFAULT_ATTRIBUTE:
-        raise ValueError(f"unknown detection class {name!r}; known: {', '.join(DETECTION_NAMES)}")
+    if name not in DEFAULT_ATTRIBUTE:
+        raise ValueError(f"unknown detection class {name!r}; known: {', '.join(CLASS_NAMES)}")
     if speed > 0.2:
         if name in _VEHICLES:
             return "vehicle.moving"
         if name in _CYCLES:
             return "cycle.with_rider"
-        return _DEFAULT_ATTRIBUTE[name]
+        return DEFAULT_ATTRIBUTE[name]
     if name == "pedestrian":
         return "pedestrian.standing"
     if name == "bus":
         return "vehicle.stopped"
-    return _DEFAULT_ATTRIBUTE[name]
+    return DEFAULT_ATTRIBUTE[name]
 
 
 def boxes_to_global(boxes: np.ndarray, T_global_from_model: np.ndarray) -> dict[str, np.ndarray]:
@@ -88,7 +84,7 @@ def _box_fields(sample_token: str, g: dict[str, np.ndarray], i: int) -> dict:
 
 
 def detection_entries(sample_token: str, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                      T_global_from_model: np.ndarray, class_names=DETECTION_NAMES) -> list[dict]:
+                      T_global_from_model: np.ndarray, class_names=CLASS_NAMES) -> list[dict]:
     """One sample's detection results (highest scores first, at most 500)."""
     g = boxes_to_global(boxes, T_global_from_model)
     order = np.argsort(-np.asarray(scores), kind="stable")[:MAX_BOXES_PER_SAMPLE]
@@ -106,7 +102,7 @@ def detection_entries(sample_token: str, boxes: np.ndarray, scores: np.ndarray, 
 
 
 def tracking_entries(sample_token: str, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                     track_ids: np.ndarray, T_global_from_model: np.ndarray, class_names=DETECTION_NAMES) -> list[dict]:
+                     track_ids: np.ndarray, T_global_from_model: np.ndarray, class_names=CLASS_NAMES) -> list[dict]:
     """One sample's tracking results: tracking classes only, ``tracking_id`` as a string."""
     g = boxes_to_global(boxes, T_global_from_model)
     order = np.argsort(-np.asarray(scores), kind="stable")
@@ -144,7 +140,7 @@ def validate_submission(submission: dict, sample_tokens, kind: str = "detection"
     missing = set(sample_tokens) - set(results)
     if missing:
         raise ValueError(f"{len(missing)} sample tokens have no entry, e.g. {sorted(missing)[0]}")
-    names = DETECTION_NAMES if kind == "detection" else TRACKING_NAMES
+    names = CLASS_NAMES if kind == "detection" else TRACKING_NAMES
     name_key = "detection_name" if kind == "detection" else "tracking_name"
     for tok, boxes in results.items():
         if len(boxes) > MAX_BOXES_PER_SAMPLE:

@@ -11,6 +11,10 @@ Size naming trap (kept from the reference): slot ``W`` (index 3) is the extent *
 heading** (the box's local x, nuScenes calls it *length*); slot ``L`` (index 4) is the lateral
 extent (nuScenes *width*); ``H`` is the height. ``z`` is the box centre, not its bottom. Yaw is
 counter-clockwise from the model frame's +x axis. Sin comes before cos.
+
+nuScenes annotations give sizes as ``wlh`` = (lateral, along heading, height): convert them with
+:func:`boxes_from_wlh`, never by hand. This is the package's only box geometry (corners, faces,
+edges, BEV IoU, frame changes).
 """
 
 from __future__ import annotations
@@ -19,14 +23,30 @@ import numpy as np
 
 __all__ = [
     "X", "Y", "Z", "W", "L", "H", "SIN_YAW", "COS_YAW", "VX", "VY", "VZ", "YAW",
+    "BOX_EDGES", "BOX_FACES",
     "encode_boxes",
     "decode_boxes",
+    "boxes_from_wlh",
     "box_corners",
     "bev_iou",
+    "transform_boxes",
 ]
 
 X, Y, Z, W, L, H, SIN_YAW, COS_YAW, VX, VY, VZ = range(11)
 YAW = 6  # column of yaw in the decoded 10-column box
+
+# Corner indices of :func:`box_corners` (order: see there).
+# The 12 edges: bottom ring, top ring, then the 4 verticals.
+BOX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
+# The 6 faces as corner quads, counter-clockwise seen from outside; the 4 sides first.
+BOX_FACES: tuple[tuple[int, int, int, int], ...] = (
+    (3, 0, 4, 7),  # +heading (front)
+    (2, 6, 5, 1),  # -heading (rear)
+    (1, 5, 4, 0),  # +lateral (left)
+    (2, 3, 7, 6),  # -lateral (right)
+    (6, 7, 4, 5),  # top
+    (2, 1, 0, 3),  # bottom
+)
 
 
 def encode_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -62,11 +82,29 @@ def decode_boxes(state: np.ndarray) -> np.ndarray:
     return np.concatenate([s[..., 0:3], np.exp(s[..., 3:6]), yaw[..., None], s[..., VX:]], axis=-1)
 
 
-def box_corners(boxes: np.ndarray) -> np.ndarray:
-    """Decoded boxes ``(N, >=7)`` -> corners ``(N, 8, 3)`` in the same frame.
+def boxes_from_wlh(center: np.ndarray, wlh: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """nuScenes-style boxes -> decoded boxes ``(N, 7)`` ``[x, y, z, W, L, H, yaw]`` float64.
 
-    Corner order: the 4 bottom corners counter-clockwise starting at (+w/2, +l/2) in the box
-    frame, then the 4 top corners in the same order. ``w`` runs along the heading.
+    Args:
+        center: ``(N, 3)`` box centres, metres.
+        wlh: ``(N, 3)`` nuScenes sizes: w lateral, l along the heading, h vertical.
+        yaw: ``(N,)`` heading about +z, rad.
+    """
+    center = np.asarray(center, dtype=np.float64).reshape(-1, 3)
+    wlh = np.asarray(wlh, dtype=np.float64).reshape(-1, 3)
+    yaw = np.asarray(yaw, dtype=np.float64).reshape(-1, 1)
+    return np.concatenate([center, wlh[:, [1, 0, 2]], yaw], axis=1)
+
+
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """Decoded boxes ``(N, >=7)`` ``[x, y, z, W, L, H, yaw, ...]`` -> corners ``(N, 8, 3)`` float64.
+
+    Sizes: ``W`` along the heading (box x), ``L`` lateral (box y), ``H`` vertical; ``z`` is the
+    centre (nuScenes ``wlh``: convert with :func:`boxes_from_wlh`). Corners in the same frame as
+    the boxes, in this order (box frame signs of (x, y, z)):
+    0 (+,+,-), 1 (-,+,-), 2 (-,-,-), 3 (+,-,-): the bottom, counter-clockwise seen from above,
+    starting front-left; 4..7 the top corners above 0..3. :data:`BOX_EDGES` and
+    :data:`BOX_FACES` index this order.
     """
     b = np.asarray(boxes, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] < 7:
@@ -145,3 +183,25 @@ def bev_iou(boxes_a: np.ndarray, boxes_b: np.ndarray, mask: np.ndarray | None = 
         union = area_a[i] + area_b[j] - inter
         iou[i, j] = min(inter / union, 1.0) if union > 0 else 0.0
     return iou
+
+
+def transform_boxes(boxes: np.ndarray, T_dst_from_src: np.ndarray) -> np.ndarray:
+    """Boxes ``(N, 10)`` ``[x, y, z, s_heading, s_lateral, s_z, yaw, vx, vy, vz]`` from ``src`` to ``dst``.
+
+    Centres are transformed as points, velocities rotated, and yaw advanced by the heading
+    change of the box's local x axis projected on the dst x-y plane (exact for rotations about
+    z; the right choice for frames that differ by a small tilt). Sizes are unchanged.
+    Returns float32 when given float32.
+    """
+    b = np.asarray(boxes)
+    if b.ndim != 2 or b.shape[1] < 7:
+        raise ValueError(f"boxes must be (N, >=7), got {b.shape}")
+    T = np.asarray(T_dst_from_src, dtype=np.float64)
+    R, t = T[:3, :3], T[:3, 3]
+    out = b.astype(np.float64, copy=True)
+    out[:, :3] = b[:, :3] @ R.T + t
+    heading = np.stack([np.cos(b[:, 6]), np.sin(b[:, 6]), np.zeros(len(b))], axis=1) @ R.T
+    out[:, 6] = np.arctan2(heading[:, 1], heading[:, 0])
+    if b.shape[1] >= 10:
+        out[:, 7:10] = b[:, 7:10] @ R.T
+    return out.astype(b.dtype, copy=False)

@@ -8,12 +8,7 @@ import torch
 
 from ..geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
 
-__all__ = ["decode_box", "Detections", "decode_detections", "CLASS_NAMES"]
-
-CLASS_NAMES = (
-    "car", "truck", "construction_vehicle", "bus", "trailer",
-    "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
-)
+__all__ = ["decode_box", "TopK", "decode_detections"]
 
 
 def decode_box(state: torch.Tensor) -> torch.Tensor:
@@ -23,8 +18,11 @@ def decode_box(state: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class Detections:
-    """Decoded top-k of one frame (k = ``num_output``, 300 in the release), model frame.
+class TopK:
+    """Decoded top-k of one frame (k = ``num_output``, 300 in the release), model frame, torch.
+
+    The head's stage; the pipeline thresholds, tracks and publishes it as
+    :class:`~sparse_perception_ros.runtime.detections.Detections` (numpy).
 
     - ``boxes [k, 10]`` float32 ``[x, y, z, W, L, H, yaw, vx, vy, vz]`` (W along heading);
     - ``scores [k]`` = class prob x sigmoid(centerness), sorted descending; boxes, labels and
@@ -34,7 +32,7 @@ class Detections:
       necessarily the class score of ``boxes[i]``** (the reference's tracking filter
       ``cls_scores >= 0.2`` is applied positionally to this array);
     - ``cls_scores_aligned [k]``: the class probability of ``boxes[i]`` itself;
-    - ``labels [k]`` int64 class index into :data:`CLASS_NAMES`;
+    - ``labels [k]`` int64 class index into :data:`~sparse_perception_ros.classes.CLASS_NAMES`;
     - ``instance_ids [k]`` int64 track ids.
     """
 
@@ -52,7 +50,7 @@ def decode_detections(
     quality: torch.Tensor,
     instance_ids: torch.Tensor,
     num_output: int = 300,
-) -> Detections:
+) -> TopK:
     """One frame: ``cls_logits [A, C]``, ``prediction [A, 11]``, ``quality [A, 2]``, ``instance_ids [A]``.
 
     1. ``s, label = sigmoid(cls).max(-1)``;
@@ -64,7 +62,7 @@ def decode_detections(
     centerness = quality[idx, 0].sigmoid()
     scores, order = torch.sort(top_prob * centerness, descending=True)
     final = idx[order]
-    return Detections(
+    return TopK(
         boxes=decode_box(prediction[final]),
         scores=scores,
         cls_scores=top_prob,

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparse_perception_ros.model.decoding import TopK, decode_detections
+
 from ..geometry.boxes import COS_YAW, VX, W
 from .blocks import AnchorEncoder, AsymmetricFFN, AttentionLayer
 from .checkpoint import LoadReport, load_matching, strip_prefix
 from .config import HeadConfig, LidarConfig
-from .decoding import decode_detections
 from .dfa import DeformableFeatureAggregation, FeatureInputs
 from .instance_bank import (
     BankPrior,
@@ -49,17 +50,11 @@ STEP_OUTPUTS = ("boxes", "scores", "cls_scores", "labels", "det_index", "classif
 
 
 @dataclass
-class HeadOutput:
-    """One frame's result (batch size 1), model frame. See :class:`~.decoding.Detections` for
-    the decoded fields; the raw last-decoder outputs are ``classification [A, C]`` logits,
-    ``prediction [A, 11]`` refined anchors and ``quality [A, 2]`` (centerness, yawness) logits."""
+class HeadOutput(TopK):
+    """One frame's result (batch size 1), model frame: the decoded :class:`~.decoding.TopK` plus
+    the raw last-decoder outputs, ``classification [A, C]`` logits, ``prediction [A, 11]``
+    refined anchors and ``quality [A, 2]`` (centerness, yawness) logits."""
 
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    cls_scores: torch.Tensor
-    cls_scores_aligned: torch.Tensor
-    labels: torch.Tensor
-    instance_ids: torch.Tensor
     classification: torch.Tensor
     prediction: torch.Tensor
     quality: torch.Tensor

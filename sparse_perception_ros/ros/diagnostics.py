@@ -162,7 +162,7 @@ class NodeDiagnostics:
                 self.stats.count(key, n)
 
     def detections(self, det) -> None:
-        """A :class:`~sparse_perception_ros.runtime.pipeline.Detections`: its per-frame counters and reset."""
+        """A :class:`~sparse_perception_ros.runtime.detections.Detections`: its per-frame counters and reset."""
         for key, n in det.counters.items():
             if n:
                 self.stats.count(key, n)

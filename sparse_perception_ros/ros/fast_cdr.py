@@ -19,7 +19,7 @@ from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.messages import VELOCITY_HYPOTHESIS
 
 if TYPE_CHECKING:
-    from sparse_perception_ros.runtime.pipeline import Detections
+    from sparse_perception_ros.runtime.detections import Detections
 
 __all__ = ["detection3darray_cdr"]
 

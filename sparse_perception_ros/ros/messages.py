@@ -1,6 +1,6 @@
 """Output message builders: decoded boxes -> vision_msgs/Detection3DArray and RViz MarkerArray.
 
-Both builders take one :class:`~sparse_perception_ros.runtime.pipeline.Detections` (or any object
+Both builders take one :class:`~sparse_perception_ros.runtime.detections.Detections` (or any object
 with its ``stamp_ns``, ``boxes``, ``scores``, ``labels`` and ``track_ids``) whose boxes are already
 in the message frame ``frame_id``; the header stamp is ``det.stamp_ns``.
 
@@ -22,35 +22,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparse_perception_ros.geometry.boxes import box_corners
+from sparse_perception_ros.classes import CLASS_COLORS, UNKNOWN_COLOR
+from sparse_perception_ros.geometry.boxes import BOX_EDGES, box_corners
 from sparse_perception_ros.geometry.transforms import quat_from_yaw
 from sparse_perception_ros.ros.convert import ns_to_stamp
 
 if TYPE_CHECKING:
-    from sparse_perception_ros.runtime.pipeline import Detections
+    from sparse_perception_ros.runtime.detections import Detections
 
-__all__ = ["CLASS_COLORS", "MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers"]
+__all__ = ["MARKER_NAMESPACES", "VELOCITY_HYPOTHESIS", "detections_to_msg", "detections_to_markers"]
 
-# RGB in [0, 1], one per nuScenes detection class; unknown labels get grey.
-CLASS_COLORS: dict[str, tuple[float, float, float]] = {
-    "car": (1.0, 0.62, 0.0),
-    "truck": (1.0, 0.39, 0.28),
-    "construction_vehicle": (0.91, 0.59, 0.48),
-    "bus": (1.0, 0.27, 0.0),
-    "trailer": (1.0, 0.55, 0.0),
-    "barrier": (0.44, 0.5, 0.56),
-    "motorcycle": (1.0, 0.24, 0.59),
-    "bicycle": (0.86, 0.08, 0.24),
-    "pedestrian": (0.0, 0.0, 0.9),
-    "traffic_cone": (0.18, 0.31, 0.31),
-}
-_UNKNOWN_COLOR = (0.6, 0.6, 0.6)
 MARKER_NAMESPACES = ("boxes", "headings", "labels", "velocities")
 VELOCITY_HYPOTHESIS = "velocity"
 
-# The 12 edges of a box as pairs of corner indices (corner order of geometry.boxes.box_corners:
-# bottom 0-3 counter-clockwise from (+heading, +lateral), then the top 4-7 in the same order).
-_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
 
 def _check_boxes(det: Detections) -> np.ndarray:
@@ -137,12 +121,12 @@ def detections_to_markers(det: Detections, class_names, frame_id: str, lifetime_
     for i in range(len(b)):
         label = int(labels[i])
         name = class_names[label] if 0 <= label < len(class_names) else "unknown"
-        r, g, bl = CLASS_COLORS.get(name, _UNKNOWN_COLOR)
+        r, g, bl = CLASS_COLORS.get(name, UNKNOWN_COLOR)
         color = ColorRGBA(r=r, g=g, b=bl, a=1.0)
         box = Marker(header=header, ns="boxes", id=i, type=Marker.LINE_LIST, action=Marker.ADD, lifetime=life,
                      scale=Vector3(x=0.05, y=0.0, z=0.0), color=color)
         box.pose.orientation.w = 1.0
-        box.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in corners[i][_EDGES.reshape(-1)]]
+        box.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in corners[i][BOX_EDGES.reshape(-1)]]
         centre = Point(x=float(b[i, 0]), y=float(b[i, 1]), z=float(b[i, 2]))
         half = 0.5 * float(b[i, 3]) + 0.5
         tip = Point(x=centre.x + half * float(np.cos(b[i, 6])), y=centre.y + half * float(np.sin(b[i, 6])),

@@ -30,6 +30,8 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
+from sparse_perception_ros.classes import CLASS_NAMES
+from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.params import ParameterError, PerceptionParams
 from sparse_perception_ros.ros import convert
 from sparse_perception_ros.ros.diagnostics import NodeDiagnostics
@@ -38,7 +40,6 @@ from sparse_perception_ros.ros.messages import detections_to_markers
 from sparse_perception_ros.ros.params import declare_and_read_params
 from sparse_perception_ros.ros.tf_feed import TfFeed
 from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerConfig, FrameAssembler
-from sparse_perception_ros.runtime.boxes import transform_boxes
 from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, InputRefused, PointsInput
 from sparse_perception_ros.runtime.loading import set_torch_threads
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, ModelFrame
@@ -69,7 +70,6 @@ class PerceptionNode(Node):
     # ------------------------------------------------------------------------- lifecycle
     def configure(self, model=None) -> None:
         """Load the model (or take ``model``: a ``runtime.backends.Stepper``) and build the pipeline."""
-        from sparse_perception_ros.model import CLASS_NAMES
         from sparse_perception_ros.runtime.loading import load_model
 
         p, weights_threshold, weights_sweeps = self.params, None, None  # the weights' own (for the auto parameters)

@@ -33,7 +33,7 @@ from sparse_perception_ros.ros.convert import (
     stamp_to_ns,
 )
 from sparse_perception_ros.ros.messages import detections_to_markers, detections_to_msg
-from sparse_perception_ros.runtime.pipeline import Detections
+from sparse_perception_ros.runtime.detections import Detections
 
 
 def summarize(rgb: np.ndarray | None, K: np.ndarray | None, points: np.ndarray) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch
 from sparse_perception_ros.model import TemporalState, preprocess_images
 from sparse_perception_ros.model.preprocess import preprocess_images_torch, preprocess_projection
 from sparse_perception_ros.runtime.backends import Stepper
+from sparse_perception_ros.runtime.detections import Detections
 from sparse_perception_ros.runtime.features import FeatureCache
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
@@ -33,7 +34,7 @@ from sparse_perception_ros.runtime.tracking import (
     track_frame,
 )
 
-__all__ = ["Frame", "Detections", "PipelineState", "PipelineConfig", "Pipeline", "RESET_REASONS", "SENSOR_MODES",
+__all__ = ["Frame", "PipelineState", "PipelineConfig", "Pipeline", "RESET_REASONS", "SENSOR_MODES",
            "MASKED_PROJECTION", "DEFAULT_SCORE_THRESHOLD", "calibration_key", "thin_points", "resolve_score_threshold"]
 
 # Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
@@ -114,31 +115,6 @@ def calibration_key(K: np.ndarray, T_cam_from_model: np.ndarray) -> str:
     h.update(np.round(np.asarray(K, dtype=np.float64), 6).tobytes())
     h.update(np.round(np.asarray(T_cam_from_model, dtype=np.float64), 6).tobytes())
     return h.hexdigest()
-
-
-@dataclass
-class Detections:
-    """Published result of one frame, model frame, sorted by descending score.
-
-    Attributes:
-        stamp_ns: the frame's reference stamp.
-        boxes: ``(N, 10)`` float32 ``[x, y, z, size_heading, size_lateral, size_z, yaw, vx, vy, vz]``,
-            metres / rad / m/s (box centre; yaw counter-clockwise from the model frame's +x).
-        scores: ``(N,)`` float32; labels ``(N,)`` int64 class index; track_ids ``(N,)`` int64.
-        reset: the reset rule that fired before this frame, or None.
-        timings_ms: per-stage wall time (``preprocess``, ``infer``, ``decode``).
-        counters: per-frame event counts (e.g. ``duplicates_suppressed``, ``points_thinned``) that the
-            node adds to /diagnostics.
-    """
-
-    stamp_ns: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    track_ids: np.ndarray
-    reset: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -24,17 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.records import CameraRecord, KeyframeRecord, LidarRecord, SceneStream
-from ..geometry.transforms import invert_transform, quat_to_matrix
-from ..model.decoding import CLASS_NAMES
+from sparse_perception_ros.classes import CLASS_NAMES
+from sparse_perception_ros.data.records import CameraRecord, KeyframeRecord, LidarRecord, SceneStream
+from sparse_perception_ros.geometry.transforms import invert_transform, quat_to_matrix
+from sparse_perception_ros.sensors import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 __all__ = ["TrainSample", "samples_from_stream", "samples_from_streams", "make_clips", "synthetic_samples",
-           "decode_image", "pil_image", "save_samples", "load_samples", "CAMERA_ORDER", "LIDAR_CHANNEL"]
+           "decode_image", "pil_image", "save_samples", "load_samples"]
 
-CAMERA_ORDER: tuple[str, ...] = (
-    "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
-)
-LIDAR_CHANNEL = "LIDAR_TOP"
 
 
 def pil_image(data: bytes | np.ndarray):
@@ -69,7 +66,7 @@ class TrainSample:
     Attributes:
         scene: scene name; consecutive samples of one scene form clips.
         timestamp: seconds (float64) of the key LiDAR sweep.
-        images: 6 encoded images (bytes) or ``(H, W, 3) uint8`` RGB arrays, :data:`CAMERA_ORDER`.
+        images: 6 encoded images (bytes) or ``(H, W, 3) uint8`` RGB arrays, :data:`CAMERA_CHANNELS`.
         K: ``(6, 3, 3)`` float64 intrinsics of those images (pixels).
         T_cam_from_lidar: ``(6, 4, 4)`` float64.
         T_world_from_lidar: ``(4, 4)`` float64 ego-motion pose of the model frame.
@@ -166,20 +163,20 @@ def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_
                     if multi:
                         slot["history"] = list(recent)
                         recent = _recent(recent, rec, sweeps)
-            elif rec.channel in CAMERA_ORDER:
+            elif rec.channel in CAMERA_CHANNELS:
                 slot["cams"][rec.channel] = rec
         else:
             continue
         token = rec.sample_token
         slot = pending[token]
-        if "kf" not in slot or "lidar" not in slot or len(slot["cams"]) < len(CAMERA_ORDER):
+        if "kf" not in slot or "lidar" not in slot or len(slot["cams"]) < len(CAMERA_CHANNELS):
             continue
         del pending[token]
         lidar: LidarRecord = slot["lidar"]
         t_world_from_lidar = np.asarray(lidar.T_world_from_base, np.float64) @ t_base_from_lidar
         t_lidar_from_world = invert_transform(t_world_from_lidar)
         ks, t_cams, images, sizes = [], [], [], []
-        for ch in CAMERA_ORDER:
+        for ch in CAMERA_CHANNELS:
             cam: CameraRecord = slot["cams"][ch]
             calib = info.calibs[ch]
             t_world_from_cam = np.asarray(cam.T_world_from_base, np.float64) @ calib.T_base_from_sensor
