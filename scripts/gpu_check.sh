@@ -15,4 +15,4 @@ if [[ -z "$PY" ]]; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
-exec "$PY" -m sparse_perception_ros.runtime.gpu_check "$@"
+exec "$PY" -m sparse_perception_ros.cli.gpu_check "$@"
