@@ -1,16 +1,7 @@
 """What ``sparse-perception train`` runs: train a preset on synthetic (or nuScenes-format) data.
 
-The flags are in :mod:`sparse_perception_ros.cli.train`; :func:`run` takes the parsed options.
-
-Examples::
-
-    sparse-perception train --smoke                      # CI check: a few iterations, loss must drop
-    sparse-perception train --out runs/tiny --synth-seed 1 --scenes 8 --keyframes 40 --iters 3000
-    sparse-perception train --out runs/tiny --resume      # continue from runs/tiny/checkpoints/last.pt
-    sparse-perception train --dataroot /data/nuscenes --out runs/nusc --preset tiny
-    torchrun --nproc_per_node 8 -m sparse_perception_ros.cli train --dataroot ... --out ...  # DDP
-
-See ``docs/training.md``.
+The flags (and examples) are in :mod:`sparse_perception_ros.cli.train`; :func:`run` takes the parsed
+options. See ``docs/training.md``.
 """
 
 from __future__ import annotations
