@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparse_perception_ros.cli.launch import add_arguments
 from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
 from sparse_perception_ros.launch_manifest import CAMERAS, DEFAULT_TOPICS, load_topics, node_set, params_files
 from sparse_perception_ros.paths import config_file
-from sparse_perception_ros.cli.launch import add_arguments
 from sparse_perception_ros.ros.launcher import command_line, split_remaps
 from sparse_perception_ros.runtime.boxes import transform_boxes
 
