@@ -33,7 +33,7 @@ setup(
         "console_scripts": [
             "sparse-perception = sparse_perception_ros.cli:main",
             "sensor_check = sparse_perception_ros.ros.sensor_check_node:main",
-            "perception_node = sparse_perception_ros.ros.node_main:main",
+            "perception_node = sparse_perception_ros.cli.perception_node:main",
         ],
     },
 )

@@ -36,12 +36,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from sparse_perception_ros.launch_manifest import node_set  # noqa: E402
-from sparse_perception_ros.processes import start_captured, stop_process  # noqa: E402
-from sparse_perception_ros.ros.launcher import command_line  # noqa: E402
+from sparse_perception_ros.launch_manifest import node_set
+from sparse_perception_ros.paths import config_file
+from sparse_perception_ros.processes import start_captured, stop_process
+from sparse_perception_ros.ros.launcher import command_line
 
 MODEL = ("preprocess", "infer", "decode")
 GLUE = ("assemble", "convert", "publish")
@@ -109,7 +107,7 @@ def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | Non
     """The node with the shipped parameters; for the stage benchmarks every box is published (score
     threshold 0, at most 30); ``realtime_preset``: the shipped output settings and this preset;
     ``overrides``: ``group.name=value`` (YAML value) set last."""
-    doc = yaml.safe_load((REPO / "config" / "perception.param.yaml").read_text())
+    doc = yaml.safe_load(config_file("perception.param.yaml").read_text())
     p = doc["/**"]["ros__parameters"]
     p["cameras"]["compressed"] = True  # the synthetic bags carry JPEG CompressedImage
     if realtime_preset is None:
@@ -188,7 +186,7 @@ def main() -> None:
     parser.add_argument("--keyframes", type=int, default=20, help="keyframes in the generated scene")
     args = parser.parse_args()
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_large_data.xml"))
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_file("fastdds_large_data.xml")))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     workdir = Path.home() / ".cache" / "sparse_perception_ros"
     realtime = args.mode == "realtime"

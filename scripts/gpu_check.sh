@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (sparse_perception_ros/runtime/gpu_check.py; bench/RESULTS.md says how to
+# The prepared GPU check (sparse_perception_ros/runtime/gpu_check.py via cli/gpu_check.py; bench/RESULTS.md says how to
 # run it on a lent GPU machine and what it prints). Needs only Python with torch (>= 2.11) and
 # triton: no install, no ROS, no network. Writes gpu_check.json and gpu_check.md to $OUT (or --out).
 #
@@ -15,4 +15,4 @@ if [[ -z "$PY" ]]; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
-exec "$PY" -m sparse_perception_ros.runtime.gpu_check "$@"
+exec "$PY" -m sparse_perception_ros.cli.gpu_check "$@"

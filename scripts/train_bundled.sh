@@ -13,6 +13,7 @@ OUT=${OUT:-runs}
 WHICH=${1:-all}
 CLASS_MIX=car=8,truck=6,bus=8,barrier=2,motorcycle=3,bicycle=2,traffic_cone=2
 CLI=("$PY" -m sparse_perception_ros.cli train)
+CLI_BUNDLE=("$PY" -m sparse_perception_ros.cli bundle)
 export OMP_NUM_THREADS=1
 common=(--synth-seed 1 --keyframes 40 --image-size 440 248 --clip-len 3 --threads 1)
 data=("${common[@]}" --scenes 16 --data-cache "$OUT/train_s1_16_pts.pt")
@@ -45,7 +46,7 @@ if [ "$WHICH" = tiny_fusion ] || [ "$WHICH" = all ]; then
   done_at "$OUT/tiny_fusion_v2" 2500 || run "$OUT/tiny_fusion_v2" "$OUT/bundled/tiny_fusion_v1.pt" --preset tiny_fusion \
       "${sweeps[@]}" --iters 2500 --lr 1e-3 --warmup 100 --ckpt-every 250 --depth-weight 0
   if done_at "$OUT/tiny_fusion_v2" 2500; then
-    "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_fusion_v2/checkpoints/last.pt" "$OUT/bundled/tiny_fusion.pt" \
+    "${CLI_BUNDLE[@]}" "$OUT/tiny_fusion_v2/checkpoints/last.pt" "$OUT/bundled/tiny_fusion.pt" \
         --preset tiny_fusion --recalibrate-bn "$OUT/train_s1_16_o50_sw5.pt"
   fi
 fi
@@ -57,7 +58,7 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
     done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
         --ckpt-every 500 --stop-at 5446
     if done_at "$OUT/tiny" 5446; then
-      "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny
+      "${CLI_BUNDLE[@]}" "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny
     fi
   fi
   # stage 2: a second schedule from those weights (fresh AdamW and depth branch, peak lr 5e-4, 9500
@@ -72,7 +73,7 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
           "${balanced[@]}" --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed "${SEED:-0}"
     fi
     if done_at "$OUT/tiny_stage2" 9500; then
-      "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_stage2/checkpoints/last.pt" "$OUT/bundled/tiny_stage2.pt" \
+      "${CLI_BUNDLE[@]}" "$OUT/tiny_stage2/checkpoints/last.pt" "$OUT/bundled/tiny_stage2.pt" \
           --preset tiny
     fi
   fi
@@ -89,7 +90,7 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
       done_at "$OUT/tiny_stage$n" "$iters" || run "$OUT/tiny_stage$n" "$prev" --preset tiny "${fresh[@]}"
     fi
     if done_at "$OUT/tiny_stage$n" "$iters"; then
-      "$PY" -m sparse_perception_ros.train.bundle "$OUT/tiny_stage$n/checkpoints/last.pt" "$OUT/bundled/tiny_stage$n.pt" \
+      "${CLI_BUNDLE[@]}" "$OUT/tiny_stage$n/checkpoints/last.pt" "$OUT/bundled/tiny_stage$n.pt" \
           --preset tiny
     fi
     prev="$OUT/bundled/tiny_stage$n.pt"

@@ -138,7 +138,7 @@ def node_set(kind: str, params_file: str, bag: str = "", record_to: str = "", ra
     if kind not in NODE_SETS:
         raise ValueError(f"unknown node set {kind!r}; known: {', '.join(NODE_SETS)}")
     perception = NodeSpec(name="perception", package="sparse_perception_ros", executable="perception_node",
-                          module="sparse_perception_ros.ros.node_main", params_files=params_files(params_file),
+                          module="sparse_perception_ros.cli.perception_node", params_files=params_files(params_file),
                           remaps=default_remaps(topics))
     if kind == "perception":
         return [perception]

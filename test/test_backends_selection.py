@@ -34,7 +34,7 @@ def head():
 
 
 def test_tensorrt_modules_import_without_tensorrt():
-    import sparse_perception_ros.runtime.build_engine  # noqa: F401
+    import sparse_perception_ros.cli.build_engine  # noqa: F401
     import sparse_perception_ros.runtime.tensorrt_backend as trt_backend
     import sparse_perception_ros.runtime.tensorrt_plugin as trt_plugin
 

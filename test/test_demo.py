@@ -31,7 +31,7 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_demo_takes_a_user_params_file_naming_one_parameter(tmp_path):
     """Issue 19 point 9: ``sparse-perception demo --params-file mine.yaml`` with one parameter gets the package
     defaults for the rest (the demo used to index the user's file for every group); the tree validates."""
-    from sparse_perception_ros.demo import node_parameters
+    from sparse_perception_ros.cli.demo import node_parameters
     from sparse_perception_ros.params import flatten, load_params, params_from_flat
 
     mine = tmp_path / "mine.yaml"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from eval_data import make_dataset
 
-from sparse_perception_ros.eval import command, devkit, report
+from sparse_perception_ros.cli import evaluate as command
+from sparse_perception_ros.eval import devkit, report
 from sparse_perception_ros.eval.dataset import (
     load_frame,
     open_nuscenes,
@@ -168,7 +169,7 @@ def test_cli_refuses_bad_input_cleanly(nusc, tmp_path, capsys):
 
 
 def test_replay_specs_keep_the_launch_node_set(tmp_path):
-    from sparse_perception_ros.eval.ros_mode import replay_specs
+    from sparse_perception_ros.cli.eval_ros import replay_specs
     from sparse_perception_ros.launch_manifest import node_set
     from sparse_perception_ros.paths import config_file
 
@@ -184,12 +185,12 @@ def test_replay_specs_keep_the_launch_node_set(tmp_path):
     assert node.parameters["cameras.compressed"] is True
     assert node.parameters["use_sim_time"] is True and not any(k.startswith("sync.") for k in node.parameters)
     player = specs["bag_player"]
-    assert player.module == "sparse_perception_ros.ros.replay_gate"
+    assert player.module == "sparse_perception_ros.cli.replay_gate"
     play_args = player.arguments[player.arguments.index("--") + 1:]
     assert play_args[:3] == base["bag_player"].arguments[1:] and "/lidar_top/points" in play_args
     assert "/diagnostics" in specs["bag_recorder"].arguments
     gt = {s.name: s for s in replay_specs("B", "R", params, "debug_ground_truth", "gt.json")}["perception"]
-    assert gt.module == "sparse_perception_ros.ros.eval_gt_node" and gt.arguments == ("--gt-table", "gt.json")
+    assert gt.module == "sparse_perception_ros.cli.gt_node" and gt.arguments == ("--gt-table", "gt.json")
     assert "model.backend" not in gt.parameters
 
 

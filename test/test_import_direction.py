@@ -1,4 +1,4 @@
-"""Direction of imports: the core rooms never pull in rclpy (or the rclpy adapter ``ros/``).
+"""Direction of imports: the core rooms never pull in rclpy, the rclpy adapter ``ros/`` or the commands ``cli/``.
 
 The package is a ROS-free core (geometry, ops, model, runtime, data, train, eval) plus a thin
 rclpy adapter (``ros/``); the offline tools, training and the tests of the core must work on a
@@ -14,10 +14,10 @@ machine without ROS. Two guards:
   called, so the first guard cannot see them; this one reads the sources (AST) for any
   ``rclpy`` / ``sparse_perception_ros.ros`` import, wherever it is.
 
-ROS-mode exclusions: ``eval/ros_mode.py`` runs the real node set, but it does so through
-``ros.launcher`` (child processes), imported inside ``run_ros``; at import time it is as ROS-free
-as the rest of ``eval``, so the first guard covers it and only the deferred ``ros.launcher``
-import is allowed, in ``DEFERRED_ROS_IMPORTS`` below.
+``cli/`` is the top room: the commands and the processes the launcher starts; it may import every
+room. Nothing below it imports ``cli/`` (the guards block it with ``ros/``), and ``ros/`` does not
+import ``cli/`` either (``test_ros_does_not_import_cli``). The ROS-mode evaluation, which starts
+the node set through ``ros.launcher``, lives in ``cli/eval_ros.py``, so no exception is needed.
 """
 
 from __future__ import annotations
@@ -31,19 +31,16 @@ from pathlib import Path
 PACKAGE = "sparse_perception_ros"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 CORE_ROOMS = ("geometry", "ops", "model", "runtime", "data", "train", "eval")
-EXTRA_CORE_MODULES = (f"{PACKAGE}.params",)
-BLOCKED = ("rclpy", f"{PACKAGE}.ros")
+EXTRA_CORE_MODULES = (f"{PACKAGE}.params", f"{PACKAGE}.paths", f"{PACKAGE}.processes", f"{PACKAGE}.launch_manifest",
+                      f"{PACKAGE}.rviz_config")
+BLOCKED = ("rclpy", f"{PACKAGE}.ros", f"{PACKAGE}.cli")
 
 # Core modules excluded from the import-time guard because they need ROS when imported.
-# None today: eval/ros_mode.py (the ROS-mode evaluation) starts the node set as child processes
-# and imports ros.launcher only when run, so it is imported (and guarded) like every other module.
+# None today: the ROS-mode evaluation that starts the node set is cli/eval_ros.py.
 ROS_ONLY_MODULES: dict[str, str] = {}
 
-# Imports of the adapter inside functions of core modules, allowed with the reason.
-DEFERRED_ROS_IMPORTS = {
-    (f"{PACKAGE}.eval.ros_mode", f"{PACKAGE}.ros.launcher"):
-        "ROS-mode evaluation starts the replay node set (player, node, recorder) through the launcher",
-}
+# Imports of the adapter inside functions of core modules, allowed with the reason. None: cli/ holds them.
+DEFERRED_ROS_IMPORTS: dict[tuple[str, str], str] = {}
 
 _CHILD = r"""
 import importlib, json, pkgutil, sys, traceback
@@ -138,6 +135,7 @@ def test_core_imports_without_rclpy():
         in_room = [m for m in modules if m.startswith(f"{PACKAGE}.{room}.")]
         assert in_room, f"no modules found under {PACKAGE}/{room}"
     assert f"{PACKAGE}.eval.ros_mode" in modules and f"{PACKAGE}.runtime.pipeline" in modules
+    assert f"{PACKAGE}.launch_manifest" in modules
     assert set(ROS_ONLY_MODULES) <= set(modules), "stale ROS_ONLY_MODULES entry"
 
     report = [
@@ -195,6 +193,20 @@ def test_core_sources_have_no_deferred_ros_imports():
                 allowed_seen.add(key)
                 continue
             found.append(f"{path.relative_to(PACKAGE_DIR.parent)}:{lineno}: imports {name}")
-    assert not found, "core module imports ROS (rclpy or the ros/ adapter):\n" + "\n".join(found)
+    assert not found, "core module imports ROS (rclpy or the ros/ adapter) or cli/:\n" + "\n".join(found)
     assert allowed_seen == set(DEFERRED_ROS_IMPORTS), \
         f"stale DEFERRED_ROS_IMPORTS entries: {set(DEFERRED_ROS_IMPORTS) - allowed_seen}"
+
+
+def test_ros_does_not_import_cli():
+    """``ros/`` (the adapter) is below ``cli/``: no import of ``sparse_perception_ros.cli``, wherever it is."""
+    found = []
+    sources = sorted((PACKAGE_DIR / "ros").rglob("*.py"))
+    assert sources
+    for path in sources:
+        module = _module_name(path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for lineno, name in _imported_names(tree, module, path.name == "__init__.py"):
+            if name == f"{PACKAGE}.cli" or name.startswith(f"{PACKAGE}.cli."):
+                found.append(f"{path.relative_to(PACKAGE_DIR.parent)}:{lineno}: imports {name}")
+    assert not found, "ros/ imports cli/:\n" + "\n".join(found)

@@ -8,7 +8,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from vision_msgs.msg import Detection3DArray
 
-from sparse_perception_ros.doctor import interface_type_hash
+from sparse_perception_ros.cli.doctor import interface_type_hash
 from sparse_perception_ros.ros.messages import detections_to_msg
 from sparse_perception_ros.runtime.detections import Detections
 

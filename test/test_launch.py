@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparse_perception_ros.cli.launch import add_arguments
 from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
 from sparse_perception_ros.launch_manifest import load_topics, node_set, params_files
 from sparse_perception_ros.paths import config_file
-from sparse_perception_ros.ros.launcher import add_arguments, command_line, split_remaps
+from sparse_perception_ros.ros.launcher import command_line, split_remaps
 from sparse_perception_ros.sensors import CAMERAS, DEFAULT_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_replay_launch_file_uses_the_replay_node_set():
 def test_builtin_launcher_passes_the_same_params_and_remaps():
     (spec,) = node_set("perception", "/tmp/p.yaml")
     argv = command_line(spec, namespace="car1")
-    assert argv[1:3] == ["-m", "sparse_perception_ros.ros.node_main"]
+    assert argv[1:3] == ["-m", "sparse_perception_ros.cli.perception_node"]
     joined = " ".join(argv)
     assert joined.count("--params-file") == 1 and "--params-file /tmp/p.yaml" in joined  # the node has the defaults
     assert "__node:=perception" in joined and "__ns:=/car1" in joined

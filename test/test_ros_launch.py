@@ -157,7 +157,7 @@ def test_node_alone_takes_a_node_name_keyed_user_file_and_stops_on_sigint(tmp_pa
     mine = tmp_path / "mine.param.yaml"
     mine.write_text("perception:\n  ros__parameters:\n    cameras:\n"
                     "      names: [cam_f, cam_fr, cam_fl, cam_b, cam_bl, cam_br]\n      compressed: true\n")
-    proc = start_captured([sys.executable, "-m", "sparse_perception_ros.ros.node_main", "--ros-args",
+    proc = start_captured([sys.executable, "-m", "sparse_perception_ros.cli.perception_node", "--ros-args",
                            "--params-file", str(mine)])
     try:
         subs = probe.wait_for_subscription("/perception/input/cam_f/image/compressed", proc)
@@ -176,7 +176,7 @@ def test_node_alone_takes_a_node_name_keyed_user_file_and_stops_on_sigint(tmp_pa
 
 def test_help_prints_usage_and_the_parameter_table_and_starts_nothing():
     """Point 8."""
-    out = subprocess.run([sys.executable, "-m", "sparse_perception_ros.ros.node_main", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli.perception_node", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: perception_node") and "--ros-args" in out.stdout

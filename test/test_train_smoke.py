@@ -123,7 +123,8 @@ def test_init_cli_rejects_resume_and_missing_file(tmp_path, capsys):
 def test_class_weights_cli_is_validated_and_recorded_in_the_data_settings(tmp_path, capsys):
     import argparse
 
-    from sparse_perception_ros.train.command import _data_settings, add_arguments
+    from sparse_perception_ros.cli.train import add_arguments
+    from sparse_perception_ros.train.command import _data_settings
 
     assert main(["train", "--out", str(tmp_path), "--class-weights", "bus=oops"]) == 2
     assert "--class-weights" in capsys.readouterr().err

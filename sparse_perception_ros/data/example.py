@@ -1,4 +1,4 @@
-"""``sparse-perception render-example``: one synthetic keyframe as a picture.
+"""One synthetic keyframe as a picture.
 
 Left: the 6 cameras in the usual nuScenes mosaic (FRONT_LEFT, FRONT, FRONT_RIGHT over BACK_LEFT,
 BACK, BACK_RIGHT) with the ground-truth boxes drawn in. Right: a bird's-eye view of the LiDAR sweep
@@ -8,9 +8,6 @@ Everything comes through the record stream, as the writers see it.
 """
 
 from __future__ import annotations
-
-import argparse
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,7 +19,7 @@ from sparse_perception_ros.geometry.boxes import BOX_EDGES, BOX_FACES, box_corne
 from sparse_perception_ros.geometry.camera import project_points
 from sparse_perception_ros.geometry.transforms import invert_transform, yaw_from_quat
 
-__all__ = ["add_arguments", "run", "render_example"]
+__all__ = ["render_example"]
 
 MOSAIC = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"), ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
 
@@ -99,23 +96,3 @@ def render_example(cfg: SynthConfig, scene: int = 0, keyframe: int = 2) -> np.nd
     bev = _draw_bev(lidar, info.calibs[lidar.channel], kf, mosaic.shape[0])
     return np.hstack([mosaic, np.full((mosaic.shape[0], 4, 3), 255, np.uint8), bev])
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="docs/images/example.png", help="PNG to write (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed")
-    p.add_argument("--scene", type=int, default=0, help="scene index")
-    p.add_argument("--keyframe", type=int, default=2, help="keyframe index in the scene")
-    p.add_argument("--width", type=int, default=480, help="camera image width")
-    p.add_argument("--height", type=int, default=270, help="camera image height")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = SynthConfig(seed=args.seed, scenes=args.scene + 1, keyframes=args.keyframe + 1, width=args.width,
-                      height=args.height, sweeps=False)
-    img = render_example(cfg, args.scene, args.keyframe)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), img, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise OSError(f"cannot write {out}")
-    print(f"wrote {out} ({img.shape[1]}x{img.shape[0]})")
-    return 0

@@ -1,4 +1,4 @@
-"""``sparse-perception to-bag``: a nuScenes-format root (via nuscenes-devkit) -> one ROS 2 bag per scene.
+"""A nuScenes-format root (via nuscenes-devkit) -> one ROS 2 bag per scene.
 
 The bags have the generator's layout (``bag_writer``), ground truth included, and the
 sample-token mapping both as the ``/gt/sample_token`` topic and the ``samples.json`` sidecar.
@@ -6,15 +6,12 @@ sample-token mapping both as the ``/gt/sample_token`` topic and the ``samples.js
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from sparse_perception_ros.data.atomic import DataError
-from sparse_perception_ros.data.bag_writer import IMAGE_FORMATS, STORAGES, write_bag
+from sparse_perception_ros.data.bag_writer import write_bag
 from sparse_perception_ros.data.nuscenes_reader import load_nuscenes, read_scenes
 
-__all__ = ["add_arguments", "run", "convert"]
+__all__ = ["convert"]
 
 
 def convert(dataroot: str, out: str, version: str | None = None, scenes: list[str] | None = None,
@@ -33,32 +30,3 @@ def convert(dataroot: str, out: str, version: str | None = None, scenes: list[st
                                    overwrite=overwrite, progress=progress))
     return summaries
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataroot", help="nuScenes-format root (holds v1.0-*/, samples/, sweeps/)")
-    p.add_argument("--out", required=True, help="output folder; one bag per scene at <out>/<scene name>")
-    p.add_argument("--version", help="version folder (v1.0-mini, v1.0-trainval, ...); detected when there is one")
-    p.add_argument("--scenes", nargs="*", default=None, help="scene names to convert (default: all)")
-    p.add_argument("--no-sweeps", action="store_true", help="keyframes only")
-    p.add_argument("--max-keyframes", type=int, default=None, help="stop each scene after this many samples")
-    p.add_argument("--images", choices=IMAGE_FORMATS, default="jpeg",
-                   help="jpeg = CompressedImage with the original JPEG bytes (default), raw = Image rgb8")
-    p.add_argument("--storage", choices=STORAGES, default="mcap", help="bag storage (default: %(default)s)")
-    p.add_argument("--lidar-hz", type=float, default=20.0, help="LiDAR rate for the per-point time field")
-    p.add_argument("--overwrite", action="store_true", help="replace existing bags")
-
-
-def run(args: argparse.Namespace) -> int:
-    from sparse_perception_ros.data.synth import progress_bar
-
-    with progress_bar(0, "to-bag") as bar:
-        try:
-            summaries = convert(args.dataroot, args.out, args.version, args.scenes, not args.no_sweeps,
-                                args.max_keyframes, args.images, args.storage, args.overwrite, args.lidar_hz,
-                                progress=bar.update)
-        except (DataError, FileExistsError) as exc:
-            print(f"to-bag: {exc}", file=sys.stderr)
-            return 1
-    for s in summaries:
-        print(f"bag {s['path']}: {s['messages']} messages, {s['samples']} samples")
-    return 0

@@ -82,7 +82,7 @@ def format_metrics(m: dict) -> str:
 
 
 def ceiling_text(c: dict) -> str:
-    """One line for ``metrics['recall_ceiling']`` (see ``eval.command.recall_ceiling_entry``)."""
+    """One line for ``metrics['recall_ceiling']`` (see ``eval.settings.recall_ceiling_entry``)."""
     cap = "no output cap" if c.get("max_outputs") is None else f"at most {c['max_outputs']} boxes per frame"
     gt = ("" if c.get("gt_per_sample_mean") is None else
           f"; GT boxes per sample: mean {c['gt_per_sample_mean']:.1f}, max {c['gt_per_sample_max']}")

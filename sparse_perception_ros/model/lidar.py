@@ -86,7 +86,7 @@ class PillarEncoder(nn.Module):
     """
 
     # the pooling op of exported graphs: "scatter_nd" (one ScatterND(add)); "scatter_elements" is the
-    # former form (two ScatterElements(add), slow in ONNX Runtime), kept for bench/bench_step.py's
+    # former form (two ScatterElements(add), slow in ONNX Runtime), kept for ``sparse-perception bench``'s
     # before/after comparison. Eager torch always runs scatter_add.
     onnx_pooling: str = "scatter_nd"
 

@@ -1,4 +1,4 @@
-"""``sparse-perception record --out DIR TOPIC...``: subscribe with ``raw=True`` and write a bag.
+"""What ``sparse-perception record --out DIR TOPIC...`` runs: subscribe with ``raw=True`` and write a bag.
 
 - MCAP (default) with every message definition embedded as a ``ros2msg`` schema, so Foxglove,
   ``rosbags`` and ``mcap`` read it back; ``--storage sqlite3`` for rosbag2's older format.
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -20,7 +19,7 @@ import time
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.atomic import DataError, atomic_output
 
-__all__ = ["add_arguments", "run", "BagRecorder"]
+__all__ = ["record", "BagRecorder"]
 
 
 class BagRecorder:
@@ -86,24 +85,8 @@ def _bag_qos(qos):
                 else QosDurability.VOLATILE, never, never, QosLiveliness.AUTOMATIC, never, False)]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("topics", nargs="*", help="topics to record")
-    p.add_argument("--out", required=True, help="bag folder to write (refused if it exists, see --overwrite)")
-    p.add_argument("--all", action="store_true", help="record every topic that appears")
-    p.add_argument("--storage", choices=bagio_storages(), default="mcap", help="bag storage (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--max-messages", type=int, default=None, help="stop after this many messages")
-    p.add_argument("--depth", type=int, default=100, help="subscription queue depth")
-    p.add_argument("--discovery-interval", type=float, default=0.3, help="seconds between ROS graph polls")
-    p.add_argument("--use-sim-time", action="store_true", help="log times from /clock")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-
-
-def bagio_storages() -> tuple[str, ...]:
-    return ("mcap", "sqlite3")
-
-
-def run(args: argparse.Namespace) -> int:
+def record(args) -> int:
+    """Record with the options of ``sparse-perception record`` (the parsed flags); exit status."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -166,13 +149,3 @@ def _record(args, writer, stop, rclpy, ExternalShutdownException, SingleThreaded
     finally:
         if rclpy.ok():
             rclpy.shutdown()
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="bag_recorder")
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

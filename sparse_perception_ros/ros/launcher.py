@@ -1,4 +1,4 @@
-"""``sparse-perception launch perception|replay``: the launch files' node sets, without ``ros2 launch``.
+"""What ``sparse-perception launch perception|replay`` runs: the launch files' node sets, without ``ros2 launch``.
 
 Each node runs in its own process (``python -m <module> ... --ros-args ...``) with the same
 parameter files and remaps as ``launch/*.launch.py`` (both read
@@ -19,7 +19,6 @@ returned.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -28,9 +27,9 @@ import sys
 import threading
 import time
 
-from sparse_perception_ros.launch_manifest import NODE_SETS, NodeSpec, load_topics, node_set
+from sparse_perception_ros.launch_manifest import NodeSpec
 
-__all__ = ["command_line", "launch", "add_arguments", "run", "split_remaps"]
+__all__ = ["command_line", "launch", "split_remaps"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -135,40 +134,3 @@ def _stop_all(procs, sig: int, timeout_s: float, received: list[int]) -> None:
     for spec, proc in running:
         print(f"[launch] {spec.name} stopped with status {proc.returncode}", flush=True)
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("node_set", choices=NODE_SETS, help="which node set to start (as launch/<set>.launch.py)")
-    parser.add_argument("--params-file", default="",
-                        help="your node parameters, loaded after the package's config/perception.param.yaml: "
-                             "name only what you change (ROS 2 params-file format, /** or node-name keyed)")
-    parser.add_argument("--topics-file", default="",
-                        help="YAML remapping the node's inputs to your topics (points, odometry, "
-                             "<camera>/image, <camera>/camera_info; see the README)")
-    parser.add_argument("--namespace", default="", help="ROS namespace for every node")
-    parser.add_argument("--bag", default="", help="replay: the bag to play")
-    parser.add_argument("--record-to", default="", help="replay: record the node's outputs to this MCAP folder")
-    parser.add_argument("--rate", type=float, default=1.0, help="replay: playback rate")
-    parser.add_argument("--duration", type=float, default=None, help="stop everything after this many seconds")
-    parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
-                        help="(last) ROS arguments for the perception node, e.g. --ros-args -r "
-                             "~/input/front/image:=/my/camera -p output.score_threshold:=0.4 --params-file f.yaml")
-
-
-def run(args: argparse.Namespace) -> int:
-    ros_args = list(args.ros_args)
-    if "--" in ros_args:  # ROS's end-of-ROS-arguments marker: nothing of ours may follow it
-        if ros_args[ros_args.index("--") + 1:]:
-            print("sparse-perception launch: put --ros-args last (after the launcher's own options)", file=sys.stderr)
-            return 2
-        ros_args = ros_args[:ros_args.index("--")]
-    try:
-        topics = load_topics(args.topics_file) if args.topics_file else None
-        specs = node_set(args.node_set, args.params_file, bag=args.bag, record_to=args.record_to, rate=args.rate,
-                         topics=topics)
-    except ValueError as exc:
-        print(f"sparse-perception launch: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return launch(specs, namespace=args.namespace, duration_s=args.duration, ros_args=ros_args)
-    except KeyboardInterrupt:  # Ctrl-C: every process has been stopped
-        return 0

@@ -1,12 +1,12 @@
-"""``perception_node``'s entry point: ``--help``, rclpy set-up, the executor, exit status.
+"""The perception node's process: rclpy set-up, the executor, exit status.
 
-``python -m sparse_perception_ros.ros.node_main`` (what the launcher and the launch files start) and
-the ``perception_node`` console script both run :func:`main`.
+``perception_node`` (console script; ``python -m sparse_perception_ros.cli.perception_node``, what the
+launcher starts) parses ``--help`` in :mod:`sparse_perception_ros.cli.perception_node` and runs
+:func:`run_node`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import rclpy
@@ -15,7 +15,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from sparse_perception_ros.params import ParameterError
 from sparse_perception_ros.ros.node import PerceptionNode
 
-__all__ = ["run_node", "parse_command_line", "main"]
+__all__ = ["run_node"]
 
 
 def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
@@ -47,31 +47,3 @@ def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     return 0
-
-
-def parse_command_line(args=None, prog: str = "perception_node") -> argparse.Namespace:
-    """The node's own (non-ROS) arguments: only ``--help``, which prints usage and the parameter table and
-    exits 0 before anything starts. ``args`` is a full argv (program name first); None reads ``sys.argv``."""
-    from rclpy.utilities import remove_ros_args
-
-    from sparse_perception_ros.params import markdown_table
-
-    description = (__doc__ or "").split("\n\n")[0] + (
-        "\n\nParameters come from the package's config/perception.param.yaml, overridden by --params-file "
-        "files (name only what you change) and -p NAME:=VALUE. Inputs are remapped with -r, e.g. "
-        "-r ~/input/front/image:=/my/camera/image_raw.")
-    parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
-        usage=f"{prog} [-h] [--ros-args [-p NAME:=VALUE] [--params-file FILE] [-r FROM:=TO] ...]",
-        epilog="parameters (default = config/perception.param.yaml):\n" + markdown_table())
-    return parser.parse_args(remove_ros_args(list(sys.argv if args is None else args))[1:])
-
-
-def main(args=None) -> int:
-    """Console script ``perception_node``."""
-    parse_command_line(args)
-    return run_node(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

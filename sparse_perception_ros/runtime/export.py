@@ -30,7 +30,6 @@ policy "FP16 backbone / FP32 head", as the reference ran it).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import hashlib
@@ -38,8 +37,6 @@ import io
 import json
 import logging
 import os
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +62,6 @@ __all__ = [
     "host_step_inputs",
     "lidar_step_inputs",
     "LIDAR_INPUTS",
-    "add_arguments",
-    "run",
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
@@ -372,31 +367,3 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
         Path(str(tmp) + ".json").replace(str(path) + ".json")
         tmp.replace(path)
     return path
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", help="ONNX file to write (a <output>.json sidecar is written next to it)")
-    parser.add_argument("--preset", default="tiny", help="model preset: tiny or sparse4dv3_r50 (default: tiny)")
-    parser.add_argument("--checkpoint", default=None, help="released .pth to load (default: random weights)")
-    parser.add_argument("--with-backbone", action="store_true",
-                        help="export images -> detections (full model) instead of features -> detections (head)")
-    parser.add_argument("--backbone-fp16", action="store_true",
-                        help="with --with-backbone: backbone + neck in float16, head in float32 (the TensorRT "
-                             "deployment policy; the graph's types decide, as TensorRT 11 is strongly typed)")
-    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (the dynamo exporter needs >= 18)")
-
-
-def run(args: argparse.Namespace) -> int:
-    # exporter noise that says nothing about our graph: torchvision ops it skips, pytree deprecations
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-    try:
-        meta = export_step(args.output, args.preset, args.with_backbone, args.checkpoint, opset=args.opset,
-                           backbone_fp16=args.backbone_fp16)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.output} ({meta['dfa']['nodes']} {meta['dfa']['domain']}::{meta['dfa']['op_type']} nodes, "
-          f"sha256 {meta['sha256'][:12]}) and {args.output}.json")
-    return 0

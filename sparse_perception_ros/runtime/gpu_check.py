@@ -1,4 +1,4 @@
-"""One prepared GPU check: ``scripts/gpu_check.sh`` runs this on a lent GPU machine (see bench/RESULTS.md).
+"""One prepared GPU check: ``scripts/gpu_check.sh`` runs this (through ``cli/gpu_check.py``) on a lent GPU machine (see bench/RESULTS.md).
 
 It needs only torch (2.11 or newer) and triton: no ROS, no pip, nothing from the network. Parts,
 each under its own time cap inside one overall budget (default 420 s, so the script ends in under
@@ -34,7 +34,6 @@ parity is reported (``parity`` FAIL) without failing the run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -398,25 +397,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out", help="folder for gpu_check.json/.md")
-    ap.add_argument("--cpu-smoke", action="store_true", help="small sizes on the CPU, GPU-only parts skipped")
-    ap.add_argument("--with-compile", action="store_true", help="with --cpu-smoke: include torch.compile (slow)")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="overall time budget in seconds (default 420)")
-    ap.add_argument("--frames", type=int, default=None, help="frames per step variant (default 30; smoke 3)")
-    ap.add_argument("--presets", default=None, help="comma-separated presets (default tiny,sparse4dv3_r50; smoke tiny)")
-    args = ap.parse_args(argv)
-    if args.cpu_smoke:
+def run_checks(out: str | Path, cpu_smoke: bool = False, with_compile: bool = False, budget_s: float = 420.0,
+               frames: int | None = None, presets: str | None = None) -> int:
+    """Run every part as the module docstring says, write ``gpu_check.json`` / ``.md`` into ``out``;
+    the exit status (1 when a part raised, an fp32 variant failed parity or ROS got imported)."""
+    if cpu_smoke:
         block_absent_modules()
-    import torch
+    import torch  # lazy: imported only after the absent modules are blocked
 
-    budget = Budget(args.budget_s)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
-    smoke = args.cpu_smoke or device.type != "cuda"
-    presets = (args.presets or ("tiny" if smoke else "tiny,sparse4dv3_r50")).split(",")
-    frames = args.frames or (3 if smoke else 30)
-    report = {"mode": "cpu-smoke" if smoke else "gpu", "budget_s": args.budget_s}
+    budget = Budget(budget_s)
+    device = torch.device("cuda" if torch.cuda.is_available() and not cpu_smoke else "cpu")
+    smoke = cpu_smoke or device.type != "cuda"
+    presets = (presets or ("tiny" if smoke else "tiny,sparse4dv3_r50")).split(",")
+    frames = frames or (3 if smoke else 30)
+    report = {"mode": "cpu-smoke" if smoke else "gpu", "budget_s": budget_s}
     try:
         report["dfa"] = check_dfa(device, smoke, budget, repeats=5 if smoke else 100)
     except Exception as exc:  # noqa: BLE001 - reported
@@ -428,13 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     report["steps"], refs = [], {}
     fast_variants = tuple(v for v in VARIANTS if not v.startswith("torch.compile"))
     for preset in presets:  # everything but torch.compile first: compilation is the slow, risky part
-        report["steps"] += check_steps(preset, device, smoke, budget, frames, args.with_compile, fast_variants, refs)
+        report["steps"] += check_steps(preset, device, smoke, budget, frames, with_compile, fast_variants, refs)
     for preset in presets:
-        report["steps"] += check_steps(preset, device, smoke, budget, frames, args.with_compile,
+        report["steps"] += check_steps(preset, device, smoke, budget, frames, with_compile,
                                        ("torch.compile fp32",), refs)
     report["environment"] = environment(device)
     report["seconds"] = round(time.perf_counter() - budget.start, 1)
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     md = markdown(report)
@@ -447,6 +441,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,24 +1,22 @@
-"""Turn a training checkpoint into a bundled model file: ``python -m sparse_perception_ros.train.bundle``.
+"""Turn a training checkpoint into a bundled model file: ``sparse-perception bundle``.
 
 Reads ``checkpoints/last.pt`` (or any state dict) with ``weights_only=True``, drops the
 training-only keys (``depth_branch.*``), checks that the result loads *strictly* into the
 preset, and writes it with its sha256 next to it (``<out>.sha256``)::
 
-    python -m sparse_perception_ros.train.bundle runs/tiny/checkpoints/last.pt models/tiny.pt --preset tiny
+    sparse-perception bundle runs/tiny/checkpoints/last.pt models/tiny.pt --preset tiny
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 import torch
 
 from ..model.checkpoint import TRAINING_ONLY_PREFIXES
 
-__all__ = ["bundle", "main"]
+__all__ = ["bundle"]
 
 
 def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str | Path | None = None) -> str:
@@ -52,25 +50,3 @@ def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str 
     digest = hashlib.sha256(dst.read_bytes()).hexdigest()
     Path(str(dst) + ".sha256").write_text(f"{digest}  {dst.name}\n")
     return digest
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", help="training checkpoint (a state dict, e.g. runs/x/checkpoints/last.pt)")
-    ap.add_argument("out", help="bundled file to write, e.g. models/tiny.pt")
-    ap.add_argument("--preset", required=True, help="preset the weights must fit (strict)")
-    ap.add_argument("--recalibrate-bn", default=None, metavar="DATA_CACHE",
-                    help="fused presets: recompute the LiDAR branch's BatchNorm statistics from this training "
-                         "data cache (128 sweeps, seed 0)")
-    args = ap.parse_args(argv)
-    try:
-        digest = bundle(args.checkpoint, args.out, args.preset, args.recalibrate_bn)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"bundle failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} (sha256 {digest[:16]}...)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,19 +1,11 @@
-"""``sparse-perception train``: train a preset on synthetic (or nuScenes-format) data.
+"""What ``sparse-perception train`` runs: train a preset on synthetic (or nuScenes-format) data.
 
-Examples::
-
-    sparse-perception train --smoke                      # CI check: a few iterations, loss must drop
-    sparse-perception train --out runs/tiny --synth-seed 1 --scenes 8 --keyframes 40 --iters 3000
-    sparse-perception train --out runs/tiny --resume      # continue from runs/tiny/checkpoints/last.pt
-    sparse-perception train --dataroot /data/nuscenes --out runs/nusc --preset tiny
-    torchrun --nproc_per_node 8 -m sparse_perception_ros.cli train --dataroot ... --out ...  # DDP
-
-See ``docs/training.md``.
+The flags (and examples) are in :mod:`sparse_perception_ros.cli.train`; :func:`run` takes the parsed
+options. See ``docs/training.md``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -23,88 +15,11 @@ from pathlib import Path
 
 from ..data.scene import parse_class_weights
 
-__all__ = ["add_arguments", "run", "run_smoke", "SmokeError"]
+__all__ = ["run", "run_smoke", "SmokeError"]
 
 
 class SmokeError(RuntimeError):
     """The smoke run did not show a decreasing loss."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--smoke", action="store_true",
-                   help="CI check: a few iterations on a tiny generated set; fails unless the loss decreases")
-    p.add_argument("--out", default=None, help="output folder (checkpoints, config.json, log.csv/json, loss.png)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt and OUT/train_state.pt")
-    p.add_argument("--init", default=None, metavar="CKPT",
-                   help="start from these weights (a checkpoint or a bundled models/*.pt of the same preset) with "
-                        "a fresh optimizer and schedule: fine-tuning, or a second schedule after a first run")
-    p.add_argument("--preset", default="tiny", help="model preset (tiny, tiny_fusion, sparse4dv3_r50)")
-    p.add_argument("--capacity", default=None, metavar="A,T,O",
-                   help="train another head capacity than the preset's: anchors, temporal instances, outputs "
-                        "(e.g. 300,200,100; bench/bench_capacity.py); --init from smaller weights grows them")
-    p.add_argument("--lidar-velocity", action="store_true",
-                   help="fused presets: the BEV box head also regresses (vx, vy) for the LiDAR candidates "
-                        "(LidarConfig.velocity; wants multi-sweep input)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataroot", default=None,
-                   help="nuScenes-format root to train on (read with nuscenes-devkit); default: synthetic data")
-    g.add_argument("--version", default=None, help="nuScenes version folder under DATAROOT (auto-detected)")
-    g.add_argument("--split", default=None,
-                   help="scene split of DATAROOT to train on: a key of <version>/splits.json (synth_train for our "
-                        "synthetic roots) or a devkit split (train, mini_train); default: every scene")
-    g.add_argument("--synth-seed", type=int, default=1, help="seed of the synthetic training scenes")
-    g.add_argument("--scenes", type=int, default=8, help="number of synthetic scenes")
-    g.add_argument("--keyframes", type=int, default=40, help="keyframes per synthetic scene (2 Hz)")
-    g.add_argument("--objects", type=int, default=40, help="objects per synthetic scene")
-    g.add_argument("--class-weights", default="",
-                   help="class mix of the synthetic training scenes, e.g. bus=3,truck=4 (class-balanced data for "
-                        "the rare classes, as sparse-perception synth --class-weights); default: the generator's")
-    g.add_argument("--image-size", type=int, nargs=2, default=(704, 396), metavar=("W", "H"),
-                   help="rendered synthetic camera size (the network input is the preset's)")
-    g.add_argument("--workers", type=int, default=1, help="processes rendering synthetic data")
-    g.add_argument("--data-cache", default=None,
-                   help="file to store the loaded training keyframes in (reused when its data settings match)")
-    g.add_argument("--max-sweeps", type=int, default=1,
-                   help="fused presets: LiDAR sweeps per keyframe, the key included (multi-sweep LiDAR with a dt "
-                        "channel, as the node's lidar.max_sweeps; synthetic data then casts every sweep); write it "
-                        "into the weights' <weights>.json as lidar_sweeps.max_sweeps for lidar.max_sweeps auto")
-    g.add_argument("--sweep-window", type=float, default=0.5, help="with --max-sweeps > 1: window in s (lidar.sweep_window)")
-    g.add_argument("--val-seed", type=int, default=2, help="seed of the held-out synthetic scenes (differs from --synth-seed)")
-    g.add_argument("--val-scenes", type=int, default=0,
-                   help="held-out synthetic scenes for a quick simplified mAP after training (0 = none; the "
-                        "official numbers come from sparse-perception eval)")
-    t = p.add_argument_group("optimisation")
-    t.add_argument("--iters", type=int, default=2000, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=1,
-                   help="clips per step (per process under torchrun: the global batch is nproc x this)")
-    t.add_argument("--clip-len", type=int, default=3, help="consecutive keyframes per clip (instance bank carried)")
-    t.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (backbone x0.5)")
-    t.add_argument("--warmup", type=int, default=100, help="linear warm-up iterations, then cosine decay")
-    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
-    t.add_argument("--ckpt-every", type=int, default=500, help="checkpoint period (iterations)")
-    t.add_argument("--no-augment", action="store_true", help="disable resize/crop and BEV-rotation augmentation")
-    t.add_argument("--depth-weight", type=float, default=0.2,
-                   help="auxiliary dense depth loss weight (the reference's 0.2; LiDAR points projected into "
-                        "the cameras); 0 disables it")
-    t.add_argument("--track-matching", action="store_true",
-                   help="identity-consistent matching: a carried instance keeps the object it was matched to in "
-                        "the previous frame when it was within 2 m of it (default: plain Hungarian matching)")
-    t.add_argument("--no-track-matching", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
-    t.add_argument("--lidar-dropout", type=float, default=None,
-                   help="fused presets: probability that a clip has no LiDAR sweep (default 0.2)")
-    t.add_argument("--camera-dropout", type=float, default=None,
-                   help="fused presets: probability that a clip has every camera masked (default 0.1)")
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    t.add_argument("--stop-at", type=int, default=None,
-                   help="stop with a checkpoint after this iteration (the schedule still spans --iters), "
-                        "e.g. to reproduce a run that --max-minutes ended early")
-    t.add_argument("--freeze-bn", action="store_true",
-                   help="keep the backbone BatchNorm frozen (default: trained, as the reference)")
-    t.add_argument("--no-sync-bn", action="store_true",
-                   help="under torchrun on CUDA: per-GPU BatchNorm statistics instead of SyncBatchNorm")
-    t.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward (CUDA; losses stay float32)")
-    t.add_argument("--max-minutes", type=float, default=None,
-                   help="stop with a checkpoint after this much wall time (continue with --resume)")
 
 
 def _sha256(path: str | Path) -> str:
@@ -117,7 +32,7 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_config(args: argparse.Namespace):
+def model_config(args):
     """The preset, with ``--capacity`` and ``--lidar-velocity`` applied. Raises ValueError naming the option."""
     from dataclasses import replace
 
@@ -137,16 +52,16 @@ def model_config(args: argparse.Namespace):
     return cfg
 
 
-def _fused(args: argparse.Namespace) -> bool:
+def _fused(args) -> bool:
     return model_config(args).lidar is not None
 
 
-def _with_points(args: argparse.Namespace) -> bool:
+def _with_points(args) -> bool:
     """Fused presets and the depth loss need the key sweeps."""
     return _fused(args) or getattr(args, "depth_weight", 0.0) > 0
 
 
-def _sweeps(args: argparse.Namespace):
+def _sweeps(args):
     """``(SweepConfig | None, max_points | None)`` of ``--max-sweeps`` / ``--sweep-window`` (fused presets)."""
     from ..model.config import get_preset
     from ..runtime.sweeps import SweepConfig
@@ -156,7 +71,7 @@ def _sweeps(args: argparse.Namespace):
     return SweepConfig(args.sweep_window, args.max_sweeps), get_preset(args.preset).lidar.max_points
 
 
-def _data_settings(args: argparse.Namespace) -> dict:
+def _data_settings(args) -> dict:
     points = {"with_points": True} if _with_points(args) else {}
     if (sweeps := _sweeps(args)[0]) is not None:
         points.update(max_sweeps=sweeps.max_sweeps, sweep_window=sweeps.window_s)
@@ -186,7 +101,7 @@ def _split_scenes(nusc, split: str) -> list[str]:
     return names
 
 
-def _load_samples(args: argparse.Namespace):
+def _load_samples(args):
     from .dataset import load_samples, samples_from_streams, save_samples, synthetic_samples
 
     settings = _data_settings(args)
@@ -252,7 +167,7 @@ def run_smoke(out_dir: str | Path | None = None, iters: int = 30, log=None) -> d
     return report
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
     from .distributed import from_environment, shutdown
 
     ctx = from_environment()
@@ -262,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown(ctx)
 
 
-def _load_samples_once(args: argparse.Namespace, ctx):
+def _load_samples_once(args, ctx):
     """The training keyframes on every rank, made once: rank 0 loads or generates them into the
     data cache (``--data-cache``, else ``OUT/train_data.pt`` for synthetic data) while the others
     wait on a barrier, then read the cache. A nuScenes root without a cache is read by every rank."""
@@ -273,7 +188,7 @@ def _load_samples_once(args: argparse.Namespace, ctx):
         return _load_samples(args)
     from .dataset import load_samples
 
-    args = argparse.Namespace(**{**vars(args), "data_cache": cache})
+    args = type(args)(**{**vars(args), "data_cache": cache})
     samples = None
     if ctx.is_main:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -282,7 +197,7 @@ def _load_samples_once(args: argparse.Namespace, ctx):
     return samples if samples is not None else load_samples(cache)[0]
 
 
-def _run(args: argparse.Namespace, ctx) -> int:
+def _run(args, ctx) -> int:
     import torch
 
     if args.threads > 0:
@@ -389,3 +304,4 @@ def _run(args: argparse.Namespace, ctx) -> int:
     print(f"train: done in {time.perf_counter() - t1:.0f} s; final loss {last.get('loss', float('nan')):.4f}; "
           f"weights {out / 'checkpoints' / 'last.pt'}")
     return 0
+

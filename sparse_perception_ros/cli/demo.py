@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from sparse_perception_ros.processes import start_captured, stop_process
 from sparse_perception_ros.ros.graph import wait_for_endpoints
 
@@ -49,6 +47,8 @@ def _ensure_bag(workdir: Path, scenes: int, keyframes: int, seed: int, width: in
 
 def summarize_recording(recording: Path) -> dict:
     """Frames, objects, tracks and per-stage latency percentiles from a recorded output bag."""
+    import numpy as np  # lazy: keeps the CLI quick (only the demo's summary needs it)
+
     from sparse_perception_ros.data import bagio
 
     objects, latency = [], {}
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     weights_note = next((line.split("]: ", 1)[-1] for line in node_log.splitlines() if "model " in line), "")
 
     summary = summarize_recording(recording)
-    from sparse_perception_ros.demo_picture import draw_demo_picture, gt_agreement
+    from sparse_perception_ros.cli.demo_picture import draw_demo_picture, gt_agreement
 
     picture = draw_demo_picture(bag, summary["messages"], out / "demo.png")
     report = {k: v for k, v in summary.items() if k != "messages"}

@@ -1,7 +1,8 @@
 """``sparse-perception build-engine``: exported step ONNX -> TensorRT engine + sidecar JSON.
 
-Thin CLI over :func:`~.tensorrt_backend.build_engine`. Without TensorRT or a GPU it exits with
-status 2 and one line saying why (no traceback). Not yet verified on hardware (docs/backends.md).
+Thin CLI over :func:`sparse_perception_ros.runtime.tensorrt_backend.build_engine`. Without TensorRT or a
+GPU it exits with status 2 and one line saying why (no traceback). Not yet verified on hardware
+(docs/backends.md).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .backends import BackendUnavailable
-    from .tensorrt_backend import EngineBuildError, build_engine
+    from sparse_perception_ros.runtime.backends import BackendUnavailable  # lazy: pulls torch; keeps the CLI quick
+    from sparse_perception_ros.runtime.tensorrt_backend import EngineBuildError, build_engine
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     onnx_path = Path(args.onnx)

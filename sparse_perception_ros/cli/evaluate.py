@@ -1,10 +1,11 @@
 """``sparse-perception eval``: score the node (or, with ``--offline``, ``Pipeline.step``) with nuscenes-devkit.
 
 ROS mode (default): play each ``--bag`` through the real perception node started by the built-in
-launcher, record ``/perception/output/objects`` and ``/perception/output/latency``, match outputs
-to keyframes with the bag's ``samples.json``, move boxes to the global frame with the bag's TF,
-and score. ``--offline`` drives ``Pipeline.step`` directly from ``--dataroot``. Both write the
-same submission JSONs and the same report folder (see :mod:`sparse_perception_ros.eval.report`).
+launcher (:mod:`sparse_perception_ros.cli.eval_ros`), record ``/perception/output/objects`` and
+``/perception/output/latency``, match outputs to keyframes with the bag's ``samples.json``, move
+boxes to the global frame with the bag's TF, and score. ``--offline`` drives ``Pipeline.step``
+directly from ``--dataroot``. ``--jobs N`` runs shards in parallel (:mod:`sparse_perception_ros.cli.eval_shards`).
+Both write the same submission JSONs and the same report folder (see :mod:`sparse_perception_ros.eval.report`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
+from sparse_perception_ros.cli import eval_ros, eval_shards
 
 __all__ = ["add_arguments", "run", "evaluate"]
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto", "debug_ground_truth")
-# What eval scores when the node parameters leave output.score_threshold at auto (the display threshold):
-# the devkit ranks boxes by score and integrates over recall, so the full output is scored.
-EVAL_SCORE_THRESHOLD = 0.05
 
 
 def score_threshold_arg(text: str) -> float | str:
@@ -38,20 +34,9 @@ def score_threshold_arg(text: str) -> float | str:
     return value
 
 
-def eval_score_threshold(args: argparse.Namespace, params) -> tuple[float | str, str]:
-    """``(threshold, note)``: ``--score-threshold`` when given; else the params file's number; else
-    (``auto``, the package default) :data:`EVAL_SCORE_THRESHOLD`, so the full output is scored."""
-    if args.score_threshold is not None:
-        return args.score_threshold, f"--score-threshold {args.score_threshold}"
-    value = params.output.score_threshold
-    if value != "auto":
-        return value, f"output.score_threshold {value} of the params file"
-    return EVAL_SCORE_THRESHOLD, (f"{EVAL_SCORE_THRESHOLD} (output.score_threshold is auto, the display threshold; "
-                                  f"eval scores the full output: the devkit ranks by score. --score-threshold auto "
-                                  f"scores what the node displays)")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sparse_perception_ros.eval.settings import BACKENDS  # lazy: the eval room pulls numpy; keeps --help quick
+
     parser.add_argument("--dataroot", required=True, help="nuScenes-format root with the ground truth (the devkit "
                                                           "scores against it; --offline also reads its images)")
     parser.add_argument("--version", default=None, help="table folder under --dataroot (default: the only v1.0-*)")
@@ -104,43 +89,21 @@ def _progress(total: int, desc: str, quiet: bool):
                 leave=False)
 
 
-def node_overrides(args: argparse.Namespace, score_threshold: float | str | None = None) -> dict:
-    """The perception node's parameters that ``--sensors`` and the score threshold eval uses
-    (:func:`eval_score_threshold`; None: ``--score-threshold`` as given) override."""
-    out: dict = {}
-    if args.sensors:
-        out["model.sensors"] = args.sensors
-    threshold = args.score_threshold if score_threshold is None else score_threshold
-    if threshold is not None:
-        out["output.score_threshold"] = threshold if threshold == "auto" else float(threshold)
-    return out
-
-
-def resolve_params(args: argparse.Namespace):
-    """``(params, params_file, threshold, threshold_note)``: the node parameters eval runs with
-    (the params file with ``--preset``, ``--sensors`` and the score threshold applied)."""
-    from sparse_perception_ros.params import load_params
-    from sparse_perception_ros.paths import config_file
-
-    params_file = args.params_file or str(config_file("perception.param.yaml"))
-    params = load_params(params_file)
-    from dataclasses import replace
-
-    if isinstance(args.score_threshold, float) and not 0.0 <= args.score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    threshold, threshold_note = eval_score_threshold(args, params)
-    params = replace(params, model=replace(params.model, preset=args.preset or params.model.preset,
-                                           sensors=args.sensors or params.model.sensors),
-                     output=replace(params.output, score_threshold=threshold))
-    return params, params_file, threshold, threshold_note
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     """The whole run; returns ``metrics.json``'s content. Raises on bad input."""
+    import numpy as np  # lazy: numpy, torch and the devkit are heavy, keep the CLI quick
+
     from sparse_perception_ros.eval import devkit, report
     from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, gt_table
     from sparse_perception_ros.eval.offline import build_pipeline, results_to_submissions, run_offline
+    from sparse_perception_ros.eval.settings import (
+        convert_to_bags,
+        node_overrides,
+        node_warnings,
+        recall_ceiling_entry,
+        resolve_params,
+    )
     from sparse_perception_ros.runtime.loading import random_weights
 
     if getattr(args, "jobs", 1) < 1:
@@ -157,10 +120,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     with report.staged_folder(out, overwrite=args.overwrite) as tmp:
         jobs = getattr(args, "jobs", 1)
         if jobs > 1:
-            from sparse_perception_ros.eval.shards import run_sharded
-
             bags = None if args.offline else list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
-            results, timings, note = run_sharded(args, samples, jobs, tmp / "work", out, bags)
+            results, timings, note = eval_shards.run_sharded(args, samples, jobs, tmp / "work", out, bags)
             mode = "offline (Pipeline.step)" if args.offline else "ros (bag -> node -> recorder)"
             mode += f", {jobs} jobs"
         elif args.offline:
@@ -171,10 +132,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             timings = [r.timings_ms for r in results]
             mode = "offline (Pipeline.step" + (", every LiDAR sweep)" if args.sensor_rate else ", keyframes)")
         else:
-            from sparse_perception_ros.eval.ros_mode import run_ros
-
             bags = list(args.bag) or convert_to_bags(args, samples, tmp / "work" / "bags")
-            results, timings, note = run_ros(bags, samples, params_file, backend if args.backend else None,
+            results, timings, note = eval_ros.run_ros(bags, samples, params_file, backend if args.backend else None,
                                              table, tmp / "work", rate=args.rate, quiet=args.quiet,
                                              preset=args.preset, node_overrides=node_overrides(args, threshold))
             mode = "ros (bag -> node -> recorder)"
@@ -229,53 +188,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     return {"metrics": metrics, "run": run_info, "warning": warning}
 
 
-def recall_ceiling_entry(gt_per_sample, params, backend: str) -> dict:
-    """``metrics.json``'s ``recall_ceiling``: the preset's output count K (``head.num_output``, the most
-    boxes a frame can publish), GT boxes per scored sample (mean, max) and the share of GT boxes
-    reachable at all with K outputs (:func:`~.devkit.recall_ceiling`). K is also capped by
-    ``output.max_detections``; the ground-truth backend has no model output count."""
-    from sparse_perception_ros.eval.devkit import recall_ceiling
-    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND
-    from sparse_perception_ros.model.config import get_preset
-
-    k = params.output.max_detections
-    if backend != DEBUG_BACKEND:
-        k = min(k, get_preset(params.model.preset).head.num_output)
-    n = np.asarray(list(gt_per_sample), dtype=np.int64)
-    return {"max_outputs": int(k), "gt_per_sample_mean": float(n.mean()) if len(n) else None,
-            "gt_per_sample_max": int(n.max()) if len(n) else None, "value": recall_ceiling(n, k)}
-
-
-def convert_to_bags(args: argparse.Namespace, samples, out: Path) -> list[str]:
-    """The selected scenes of ``--dataroot`` as bags (``to-bag``'s converter), for ROS mode without ``--bag``."""
-    from collections import Counter as _Counter
-
-    from sparse_perception_ros.data.to_bag import convert
-
-    per_scene = _Counter(s.scene_name for s in samples)
-    scenes = list(dict.fromkeys(s.scene_name for s in samples))
-    print(f"eval: converting {len(scenes)} scene(s) of {args.dataroot} to bags", file=sys.stderr)
-    summaries = convert(str(args.dataroot), str(out), args.version, scenes, sweeps=not args.no_sweeps,
-                        max_keyframes=max(per_scene.values()))
-    return [s["path"] for s in summaries]
-
-
-def node_warnings(counters_path: Path) -> list[str]:
-    """What the node's own counters say went wrong during the replay (skipped frames, masked cameras,
-    refused inputs, state resets), one line per bag and problem."""
-    import json
-
-    if not counters_path.is_file():
-        return []
-    out = []
-    for scene, c in json.loads(counters_path.read_text()).items():
-        problems = {k: v for k, v in c.items() if (k in ("frames_skipped", "camera_masked", "refused_total")
-                                                   or k.startswith("reset/")) and str(v) not in ("0", "")}
-        if problems:
-            out.append(f"{scene}: " + ", ".join(f"{k} {v}" for k, v in sorted(problems.items())))
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from sparse_perception_ros.params import ParameterError
 
@@ -290,4 +202,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"sparse-perception eval: {exc}", file=sys.stderr)
         return 2
     return 0
-

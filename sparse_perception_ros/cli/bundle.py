@@ -1,0 +1,34 @@
+"""``sparse-perception bundle``: a training checkpoint -> a bundled model file (+ ``<out>.sha256``).
+
+Flags and messages; the work is :func:`sparse_perception_ros.train.bundle.bundle`::
+
+    sparse-perception bundle runs/tiny/checkpoints/last.pt models/tiny.pt --preset tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("checkpoint", help="training checkpoint (a state dict, e.g. runs/x/checkpoints/last.pt)")
+    ap.add_argument("out", help="bundled file to write, e.g. models/tiny.pt")
+    ap.add_argument("--preset", required=True, help="preset the weights must fit (strict)")
+    ap.add_argument("--recalibrate-bn", default=None, metavar="DATA_CACHE",
+                    help="fused presets: recompute the LiDAR branch's BatchNorm statistics from this training "
+                         "data cache (128 sweeps, seed 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparse_perception_ros.train.bundle import bundle  # lazy: torch is heavy, keeps the CLI quick
+
+    try:
+        digest = bundle(args.checkpoint, args.out, args.preset, args.recalibrate_bn)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"bundle failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} (sha256 {digest[:16]}...)")
+    return 0
