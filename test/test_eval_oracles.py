@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset
 
 from sparse_perception_ros.eval import devkit
 from sparse_perception_ros.eval.dataset import T_global_from_lidar, open_nuscenes, select_samples

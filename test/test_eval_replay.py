@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset
 from test_runtime_pipeline import config
 
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples

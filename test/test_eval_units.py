@@ -7,7 +7,7 @@ import argparse
 
 import numpy as np
 import pytest
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset
 
 from sparse_perception_ros.eval import command, devkit, report
 from sparse_perception_ros.eval.dataset import (

@@ -5,7 +5,7 @@ keep it alive and are counted. Model: the CPU preset (tiny) with deterministic r
 
 import numpy as np
 import pytest
-from ros_rig import CAMERAS, Rig, S, run_frames, start_node, stop, write_params
+from helpers.ros_rig import CAMERAS, Rig, S, run_frames, start_node, stop, write_params
 from visualization_msgs.msg import Marker
 
 from sparse_perception_ros.ros.convert import stamp_to_ns

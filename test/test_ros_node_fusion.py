@@ -11,8 +11,8 @@ data in ``test/test_fusion_trained.py`` and recorded in ``models/README.md``.
 
 import numpy as np
 import pytest
-from ros_rig import CAMERAS, Rig, S, start_node, stop, write_params
-from ros_rig import run_frames as _run_frames
+from helpers.ros_rig import CAMERAS, Rig, S, start_node, stop, write_params
+from helpers.ros_rig import run_frames as _run_frames
 
 T0 = 1_700_100_000 * S
 PERIOD = S // 2

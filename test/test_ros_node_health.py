@@ -8,7 +8,7 @@ the start-up race needs a node that has never seen a CameraInfo.
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
-from ros_rig import CAMERAS, Rig, S, run_frames, start_node, stop, tf_msg, write_params
+from helpers.ros_rig import CAMERAS, Rig, S, run_frames, start_node, stop, tf_msg, write_params
 from tf2_msgs.msg import TFMessage
 
 from sparse_perception_ros.geometry.transforms import make_transform

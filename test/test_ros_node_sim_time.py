@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from ros_rig import Rig, S, stop, write_params
+from helpers.ros_rig import Rig, S, stop, write_params
 from rosgraph_msgs.msg import Clock
 
 from sparse_perception_ros.launch_manifest import node_set

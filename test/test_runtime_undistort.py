@@ -185,7 +185,7 @@ def distort(img: np.ndarray, K_: np.ndarray, D: np.ndarray, model: str) -> np.nd
 @pytest.fixture(scope="module")
 def rendered_frame(tmp_path_factory):
     """One keyframe of the synthetic generator's six-camera rig at 440x248 (the bundled model's data)."""
-    from eval_data import make_dataset
+    from helpers.eval_data import make_dataset
 
     from sparse_perception_ros.eval.dataset import load_frame, open_nuscenes, select_samples
 

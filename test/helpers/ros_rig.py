@@ -37,7 +37,7 @@ from sparse_perception_ros.ros.convert import (
     rgb_to_image_msg,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S = 1_000_000_000
 W, H = 160, 90
 T_BASE_LIDAR = make_transform(quat_from_yaw(-np.pi / 2), [0.94, 0.0, 1.84])  # nuScenes-like LIDAR_TOP
