@@ -12,17 +12,12 @@ import torch
 from sparse_perception_ros.model import TemporalState, build_head, build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.backends import StepRunner, TorchBackend, torch_stepper
-from sparse_perception_ros.runtime.export import StepGraph, example_args, synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.export import StepGraph, example_args
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineConfig
 
 CFG = get_preset("tiny")
 RAW = ("classification", "prediction", "quality")
-
-
-@pytest.fixture(scope="module")
-def head():
-    torch.manual_seed(0)
-    return build_head("tiny")
 
 
 def run(stepper, frames, feature_input=True):

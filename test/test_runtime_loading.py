@@ -81,7 +81,7 @@ def test_node_torch_backend_and_onnxruntime_give_the_same_boxes():
     published boxes, within 1e-4; the same track ids."""
     from sparse_perception_ros.model.config import get_preset
     from sparse_perception_ros.model.decoding import decode_box
-    from sparse_perception_ros.runtime.export import synthetic_sequence
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 
     steppers = [load_model(BASE).stepper, load_model(with_(backend="onnxruntime")).stepper]
     frames = synthetic_sequence(get_preset(BASE.preset), 4, with_backbone=True, seed=11)

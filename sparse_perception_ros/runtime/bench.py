@@ -86,10 +86,12 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
     """Per backend ``{"median_ms", "p90_ms", "first_call_s", "max_logit_diff"}`` (the difference of
     the first frame's logits to the first backend's), timed interleaved. ``points``: sweep size of
     fused presets (None: the synthetic sequence's)."""
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+    from sparse_perception_ros.runtime.export import export_step
+
     from ..model import TemporalState, build_head, build_model
     from ..model.config import get_preset
     from .backends import OrtBackend, StepRunner, TorchBackend
-    from .export import export_step, synthetic_sequence
 
     torch.set_num_threads(threads)
     cfg = get_preset(preset)
