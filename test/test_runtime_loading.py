@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_runtime_pipeline import config, make_frame
+from helpers.frames import make_frame
+from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import ParameterError, load_params
@@ -116,7 +117,7 @@ def test_onnxruntime_backend_matches_torch_through_the_pipeline():
     ort_runner = load_model(with_(backend="onnxruntime")).stepper
     results = []
     for model in (torch_model, ort_runner):
-        pipe = Pipeline(model, CLASS_NAMES, config(max_detections=32))
+        pipe = Pipeline(model, CLASS_NAMES, pipeline_config(max_detections=32))
         state, dets = PipelineState.empty(), []
         for k in range(3):
             det, state = pipe.step(make_frame(1_700_000_000_000_000_000 + k * 500_000_000, pose_x=0.3 * k), state)
