@@ -65,3 +65,13 @@ def head():
 
     torch.manual_seed(0)
     return build_head("tiny")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """``text_file(name, text) -> Path``: writes ``text`` to ``name`` in the test's temporary folder."""
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+    return write
