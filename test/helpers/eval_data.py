@@ -1,4 +1,4 @@
-"""Tiny synthetic evaluation data for the eval tests: 2 scenes x 8 keyframes, 160x90 images.
+"""Tiny synthetic evaluation data for the eval tests (2 scenes x 8 keyframes, 160x90 images) and their scoring.
 
 Made with our own generator (``sparse_perception_ros.data``), once per test session and module,
 as a nuScenes-format root plus (on request) one bag per scene.
@@ -7,6 +7,10 @@ as a nuScenes-format root plus (on request) one bag per scene.
 from __future__ import annotations
 
 from pathlib import Path
+
+from sparse_perception_ros.eval import devkit
+from sparse_perception_ros.eval.offline import results_to_submissions
+from sparse_perception_ros.eval.report import write_json
 
 SCENES, KEYFRAMES = 2, 8
 
@@ -29,3 +33,16 @@ def make_dataset(folder: Path, bags: bool = False, sweeps: bool = False, **overr
     root, bag_root = folder / "nuscenes", (folder / "bags" if bags else None)
     synthesize(synth_config(sweeps, **overrides), out=str(root), bag_out=str(bag_root) if bags else None)
     return root, bag_root
+
+
+def score(nusc, samples, results, folder: Path) -> dict:
+    """``results`` (SampleResults of ``samples``) scored by the devkit, detection and tracking, in ``folder``:
+    :func:`devkit.summarize`'s metrics."""
+    tokens = [s.token for s in samples]
+    det_sub, trk_sub = results_to_submissions(results, tokens)
+    write_json(folder / "det.json", det_sub)
+    write_json(folder / "trk.json", trk_sub)
+    det = devkit.run_detection_eval(nusc, str(folder / "det.json"), tokens, str(folder / "det"), render_curves=False)
+    trk = devkit.run_tracking_eval(nusc, str(folder / "trk.json"), tokens, sorted({s.scene_name for s in samples}),
+                                   str(folder / "trk"), render_curves=False)
+    return devkit.summarize(det, trk)
