@@ -39,7 +39,7 @@ from sparse_perception_ros.ops.deformable_aggregation import (
     deformable_aggregation_grid_sample,
     flatten_feature_maps,
 )
-from sparse_perception_ros.runtime.bench import RELEASE_LEVEL_HW, median_s, ring_cameras
+from sparse_perception_ros.runtime.bench import RELEASE_LEVEL_HW, median_s, release_ring_cameras
 
 
 def main() -> None:
@@ -91,7 +91,7 @@ def ort_impls(maps, flat, loc, weights, threads: int) -> dict:
 
 def projected_locations(gen: torch.Generator) -> torch.Tensor:
     """``[1, 900, 13, 6, 2]``: keypoints of random anchors (within 50 m) through 6 ring cameras."""
-    proj = torch.tensor(ring_cameras(), dtype=torch.float32)  # [6, 4, 4]
+    proj = torch.tensor(release_ring_cameras(), dtype=torch.float32)  # [6, 4, 4]
     radius = 3 + 47 * torch.rand(900, 1, generator=gen)
     angle = 2 * math.pi * torch.rand(900, 1, generator=gen)
     centre = torch.cat([radius * angle.cos(), radius * angle.sin(), -1 + 0.5 * torch.randn(900, 1, generator=gen)], 1)

@@ -21,12 +21,12 @@ from sparse_perception_ros.ops.deformable_aggregation import (
     deformable_aggregation_grid_sample,
     flatten_feature_maps,
 )
-from sparse_perception_ros.runtime.bench import RELEASE_LEVEL_HW, median_s, ring_cameras
+from sparse_perception_ros.runtime.bench import RELEASE_LEVEL_HW, median_s, release_ring_cameras
 
 
 def cameras() -> tuple[torch.Tensor, torch.Tensor]:
     """Six outward-looking cameras, nuScenes-like intrinsics after the 0.44 resize + crop."""
-    return torch.tensor(ring_cameras(), dtype=torch.float32)[None], torch.tensor([704.0, 256.0]).expand(1, 6, 2)
+    return torch.tensor(release_ring_cameras(), dtype=torch.float32)[None], torch.tensor([704.0, 256.0]).expand(1, 6, 2)
 
 
 def bench_head(sampling: str, repeats: int) -> None:

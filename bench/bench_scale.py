@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from sparse_perception_ros.data.generator import SynthConfig
+from sparse_perception_ros.data.synth import synthesize
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -89,14 +92,13 @@ def main() -> int:
     a = ap.parse_args()
     report: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count()}
     if not a.skip_scale:
-        sys.path.insert(0, str(REPO / "test"))
-        from eval_data import make_dataset
-
         tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
         try:
             report["train"] = [_train(tmp, "p1t2", 1, 2, a.iters), _train(tmp, "p1t1", 1, 1, a.iters),
                                _train(tmp, "p2t1", 2, 1, a.iters)]
-            root, _ = make_dataset(tmp / "evalset")
+            root = tmp / "evalset" / "nuscenes"  # the eval tests' small set (test/helpers/eval_data.py)
+            synthesize(SynthConfig(seed=3, scenes=2, keyframes=8, width=160, height=90, beams=8, azimuth_steps=180,
+                                   objects=12), out=str(root))
             report["eval"] = [_eval(root, tmp, 1), _eval(root, tmp, 2), _eval(root, tmp, 2, 1)]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

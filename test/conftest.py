@@ -14,6 +14,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,3 +53,25 @@ def pytest_collection_modifyitems(config, items):
         return  # a plain run keeps pytest's order
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: all else keeps its order
+
+
+@pytest.fixture(scope="module")
+def head():
+    """The tiny preset's head, random weights seeded 0 (anchors: the deterministic placeholder prior);
+    one per test module, so a module's tests share it and no module sees another's changes."""
+    import torch  # lazy: torch is heavy, the ROS and config tests never need it
+
+    from sparse_perception_ros.model import build_head  # lazy: imports torch
+
+    torch.manual_seed(0)
+    return build_head("tiny")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """``text_file(name, text) -> Path``: writes ``text`` to ``name`` in the test's temporary folder."""
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+    return write

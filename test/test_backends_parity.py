@@ -16,23 +16,18 @@ import importlib.util
 import pytest
 import torch
 
-from sparse_perception_ros.model import TemporalState, build_head
+from sparse_perception_ros.model import TemporalState
 from sparse_perception_ros.model import dfa as model_dfa
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.ops import dfa_cpu
 from sparse_perception_ros.ops.deformable_aggregation import deformable_aggregation
 from sparse_perception_ros.runtime.backends import OrtBackend, StepRunner, TorchBackend
-from sparse_perception_ros.runtime.export import export_cached, export_step, synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.export import export_cached, export_step
 
 CFG = get_preset("tiny")
 RAW = ("classification", "prediction", "quality")
 TIE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def head():
-    torch.manual_seed(0)
-    return build_head("tiny")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-from sparse_perception_ros.model import build_head
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.backends import (
     BackendUnavailable,
@@ -25,12 +24,6 @@ from sparse_perception_ros.runtime.export import export_cached
 
 CFG = get_preset("tiny")
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module")
-def head():
-    torch.manual_seed(0)
-    return build_head("tiny")
 
 
 def test_tensorrt_modules_import_without_tensorrt():
@@ -87,7 +80,7 @@ def test_auto_prefers_onnxruntime_then_torch(head, tmp_path, tmp_path_factory):
 def test_build_stepper_exports_once_and_plugs_into_the_step_api(tmp_path):
     from sparse_perception_ros.model import TemporalState, build_model
     from sparse_perception_ros.runtime.backends import StepRunner, build_stepper
-    from sparse_perception_ros.runtime.export import synthetic_sequence
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 
     torch.manual_seed(2)
     model = build_model("tiny")

@@ -8,21 +8,17 @@ compared exactly; ``torch.compile`` fuses and reorders float ops, so 1e-4 on raw
 import numpy as np
 import pytest
 import torch
+from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.model import TemporalState, build_head, build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.backends import StepRunner, TorchBackend, torch_stepper
-from sparse_perception_ros.runtime.export import StepGraph, example_args, synthetic_sequence
-from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineConfig
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.export import StepGraph, example_args
+from sparse_perception_ros.runtime.pipeline import Pipeline
 
 CFG = get_preset("tiny")
 RAW = ("classification", "prediction", "quality")
-
-
-@pytest.fixture(scope="module")
-def head():
-    torch.manual_seed(0)
-    return build_head("tiny")
 
 
 def run(stepper, frames, feature_input=True):
@@ -75,9 +71,7 @@ def test_compiled_step_matches_eager(head):
 
 
 def test_pipeline_takes_a_stepper_not_a_raw_module():
-    config = PipelineConfig(score_threshold=0.3, max_detections=10, max_time_gap_s=2.0, sensors="all",
-                            reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0,
-                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
+    config = pipeline_config(score_threshold=0.3, max_detections=10)
     with pytest.raises(TypeError, match="Stepper"):
         Pipeline(build_model("tiny"), ("car",), config)
 

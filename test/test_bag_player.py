@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 
 import pytest
+from helpers.bags import opened_bag
 from test_data_synth import small_dataset
 
 from sparse_perception_ros.data import bagio
@@ -22,24 +23,18 @@ rclpy = pytest.importorskip("rclpy")
 
 def _bag_contents(path) -> dict[str, list[tuple[str, bytes]]]:
     """topic -> [(msgtype, raw bytes)] in log-time order."""
-    reader = bagio.open_reader(path)
     out = defaultdict(list)
-    try:
+    with opened_bag(path) as reader:
         for con, _ts, raw in bagio.iter_messages(reader):
             out[con.topic].append((con.msgtype, bytes(raw)))
-    finally:
-        reader.close()
     return out
 
 
 def _stamps(path, topics) -> dict[str, list[int]]:
-    reader = bagio.open_reader(path)
     out = defaultdict(list)
-    try:
+    with opened_bag(path) as reader:
         for con, ts, _raw in bagio.iter_messages(reader, [c for c in reader.connections if c.topic in topics]):
             out[con.topic].append(ts)
-    finally:
-        reader.close()
     return out
 
 

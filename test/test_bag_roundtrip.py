@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers.bags import opened_bag
 from test_data_synth import small_dataset
 
 from sparse_perception_ros.data import bagio
@@ -32,13 +33,10 @@ def _flatten(obj, prefix: str, out: dict) -> None:
 
 
 def _read(path) -> dict[str, list[tuple[int, object]]]:
-    reader = bagio.open_reader(path)
     out: dict[str, list] = {}
-    try:
+    with opened_bag(path) as reader:
         for con, ts, raw in bagio.iter_messages(reader):
             out.setdefault(con.topic, []).append((ts, con.msgtype, reader.deserialize(raw, con.msgtype)))
-    finally:
-        reader.close()
     return out
 
 

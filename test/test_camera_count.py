@@ -14,7 +14,8 @@ from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset, with_num_cams
 from sparse_perception_ros.params import ParameterError, load_params
 from sparse_perception_ros.runtime.backends import BackendUnavailable, OrtBackend, StepRunner, torch_stepper
-from sparse_perception_ros.runtime.export import export_cached, synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.export import export_cached
 from sparse_perception_ros.runtime.loading import bundled_weights_path, load_model
 
 

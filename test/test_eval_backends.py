@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset
 
 from sparse_perception_ros.cli import main
 

@@ -12,7 +12,7 @@ import json
 import shutil
 
 import pytest
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset
 
 from sparse_perception_ros.cli import main
 from sparse_perception_ros.eval.dataset import SampleRef

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset, score
 
 from sparse_perception_ros.eval import devkit
 from sparse_perception_ros.eval.dataset import T_global_from_lidar, open_nuscenes, select_samples
 from sparse_perception_ros.eval.ground_truth import gt_table
-from sparse_perception_ros.eval.offline import SampleResult, build_pipeline, results_to_submissions, run_offline
-from sparse_perception_ros.eval.report import write_json
+from sparse_perception_ros.eval.offline import SampleResult, build_pipeline, run_offline
 from sparse_perception_ros.params import load_params
 
 
@@ -26,17 +25,6 @@ def data(tmp_path_factory):
     nusc = open_nuscenes(root)
     samples = select_samples(nusc)
     return nusc, samples, gt_table(nusc, samples)
-
-
-def score(nusc, samples, results, folder) -> dict:
-    tokens = [s.token for s in samples]
-    det_sub, trk_sub = results_to_submissions(results, tokens)
-    write_json(folder / "det.json", det_sub)
-    write_json(folder / "trk.json", trk_sub)
-    det = devkit.run_detection_eval(nusc, str(folder / "det.json"), tokens, str(folder / "det"), render_curves=False)
-    trk = devkit.run_tracking_eval(nusc, str(folder / "trk.json"), tokens, sorted({s.scene_name for s in samples}),
-                                   str(folder / "trk"), render_curves=False)
-    return devkit.summarize(det, trk)
 
 
 def gt_results(nusc, samples, table, sigma_m: float = 0.0, seed: int = 0, in_global: bool = True):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from eval_data import make_dataset
-from test_runtime_pipeline import config
+from helpers.eval_data import make_dataset
+from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
 from sparse_perception_ros.eval.offline import run_offline
@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 ])
 def test_replay_equals_the_pipeline(data, kw, tmp_path):
     nusc, samples, model = data
-    pipeline = Pipeline(model, CLASS_NAMES, config(**kw))
+    pipeline = Pipeline(model, CLASS_NAMES, pipeline_config(**kw))
     want = run_offline(nusc, samples, pipeline)
     frames = record_raw(nusc, samples, pipeline)
     assert [f.scene_start for f in frames].count(True) == 2 and all(f.reset is None for f in frames)

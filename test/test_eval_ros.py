@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eval_data import make_dataset
-from test_eval_oracles import score
+from helpers.eval_data import make_dataset, score
 
 from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples, sensor_rate_frames
 from sparse_perception_ros.eval.ground_truth import gt_table

@@ -7,7 +7,7 @@ import argparse
 
 import numpy as np
 import pytest
-from eval_data import make_dataset
+from helpers.eval_data import make_dataset
 
 from sparse_perception_ros.cli import evaluate as command
 from sparse_perception_ros.eval import devkit, report

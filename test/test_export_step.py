@@ -13,9 +13,10 @@ import onnx
 import pytest
 import torch
 
-from sparse_perception_ros.model import TemporalState, build_head, build_model
+from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 from sparse_perception_ros.runtime.export import (
     StepGraph,
     export_cached,
@@ -23,16 +24,9 @@ from sparse_perception_ros.runtime.export import (
     host_step_inputs,
     input_names,
     output_names,
-    synthetic_sequence,
 )
 
 CFG = get_preset("tiny")
-
-
-@pytest.fixture(scope="module")
-def head():
-    torch.manual_seed(0)
-    return build_head("tiny")
 
 
 @pytest.fixture(scope="module")

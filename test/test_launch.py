@@ -83,12 +83,15 @@ def test_topics_file_remaps_each_input(tmp_path):
     assert remaps["~/input/front/camera_info"] == "/sensing/camera/front/camera_info"
     assert remaps["~/input/cam_f/image/compressed"] == "/sensing/camera/cam_f/image_raw"
     assert remaps["~/input/back/image"] == "/cam_back/image"  # the rest keep their defaults
-    f.write_text("front:\n  imag: /x\n")
-    with pytest.raises(ValueError, match="'front/imag' is not an input"):
-        load_topics(f)
-    f.write_text("points: 3\n")
-    with pytest.raises(ValueError, match="'points' must be a topic name"):
-        load_topics(f)
+
+
+@pytest.mark.parametrize("text,match", [
+    pytest.param("front:\n  imag: /x\n", "'front/imag' is not an input", id="unknown_input"),
+    pytest.param("points: 3\n", "'points' must be a topic name", id="not_a_topic_name"),
+])
+def test_topics_file_with_a_bad_entry_is_refused(text_file, text, match):
+    with pytest.raises(ValueError, match=match):
+        load_topics(text_file("topics.yaml", text))
 
 
 def test_launcher_passes_ros_args_through_to_the_node():

@@ -19,12 +19,12 @@ from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.model.instance_bank import bank_get
 from sparse_perception_ros.model.lidar import LidarBranch, PillarEncoder
 from sparse_perception_ros.runtime.backends import OrtBackend, TorchBackend
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 from sparse_perception_ros.runtime.export import (
     POINT_BUCKET,
     export_cached,
     host_step_inputs,
     lidar_step_inputs,
-    synthetic_sequence,
 )
 from sparse_perception_ros.runtime.pipeline import MASKED_PROJECTION
 

@@ -6,6 +6,7 @@ import torch
 
 from sparse_perception_ros.model import TemporalState, build_head
 from sparse_perception_ros.model.instance_bank import bank_get
+from sparse_perception_ros.runtime.example_inputs import ring_cameras
 
 LEVEL_HW = [(8, 22), (4, 11), (2, 6), (1, 3)]  # strides 4..32 of an 88 x 32 input
 IMAGE_WH = (88.0, 32.0)
@@ -14,29 +15,13 @@ T0 = 1_533_151_603.5
 
 def make_cameras(num_cams=6):
     """A ring of cameras looking outwards (lidar frame: x right, y forward, z up); ~90 deg FOV."""
-    w, h = IMAGE_WH
-    k = np.array([[w / 2, 0, w / 2], [0, w / 2, h / 2], [0, 0, 1.0]])
-    mats = []
-    for c in range(num_cams):
-        th = 2 * np.pi * c / num_cams + np.pi / 2
-        r = np.array([[np.sin(th), -np.cos(th), 0], [0, 0, -1], [np.cos(th), np.sin(th), 0]])
-        p = np.eye(4)
-        p[:3, :3] = k @ r
-        p[:3, 3] = k @ np.array([0.0, 0.5, 0.0])
-        mats.append(p)
-    proj = torch.tensor(np.stack(mats), dtype=torch.float32)[None]
-    return proj, torch.tensor(IMAGE_WH).expand(1, num_cams, 2).clone()
+    proj, wh = ring_cameras(IMAGE_WH, num_cams)
+    return torch.from_numpy(proj), torch.from_numpy(wh)
 
 
 def make_features(embed_dims, seed=0, bs=1, num_cams=6):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(bs, num_cams, embed_dims, h, w, generator=gen) for h, w in LEVEL_HW]
-
-
-@pytest.fixture(scope="module")
-def head():
-    torch.manual_seed(0)  # random weights; anchors: the deterministic placeholder prior
-    return build_head("tiny")
 
 
 def run(head, state, t, feats=None, pose=None, seed=0):

@@ -62,14 +62,13 @@ def test_unknown_parameter_is_refused():
         params_from_flat(flat)
 
 
-def test_unreadable_params_file(tmp_path):
-    bad = tmp_path / "p.yaml"
-    bad.write_text("perception:\n  [unclosed")
-    with pytest.raises(ParameterError, match="cannot read"):
-        load_params(bad)
-    bad.write_text("other_node:\n  ros__parameters: {}\n")
-    with pytest.raises(ParameterError, match="no '/\\*\\*'"):
-        load_params(bad)
+@pytest.mark.parametrize("text,match", [
+    pytest.param("perception:\n  [unclosed", "cannot read", id="not_yaml"),
+    pytest.param("other_node:\n  ros__parameters: {}\n", "no '/\\*\\*'", id="other_node_only"),
+])
+def test_unreadable_params_file(text_file, text, match):
+    with pytest.raises(ParameterError, match=match):
+        load_params(text_file("p.yaml", text))
 
 
 def test_readme_parameter_table_is_the_generated_one():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers.classes import CLASS_NAMES
 from visualization_msgs.msg import Marker
 
 from sparse_perception_ros.classes import CLASS_COLORS
@@ -10,9 +11,6 @@ from sparse_perception_ros.geometry.transforms import yaw_from_quat
 from sparse_perception_ros.ros.convert import stamp_to_ns
 from sparse_perception_ros.ros.messages import detections_to_markers, detections_to_msg
 from sparse_perception_ros.runtime.pipeline import Detections
-
-CLASSES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-           "pedestrian", "traffic_cone"]
 
 
 def sample(n=3, seed=0):
@@ -24,12 +22,12 @@ def sample(n=3, seed=0):
 
 def test_detection_fields_follow_the_conventions():
     boxes, scores, labels, ids = sample()
-    msg = detections_to_msg(Detections(1_533_151_603_547_590_123, boxes, scores, labels, ids), CLASSES, "base_link")
+    msg = detections_to_msg(Detections(1_533_151_603_547_590_123, boxes, scores, labels, ids), CLASS_NAMES, "base_link")
     assert stamp_to_ns(msg.header.stamp) == 1_533_151_603_547_590_123 and msg.header.frame_id == "base_link"
     for i, det in enumerate(msg.detections):
         assert det.id == str(ids[i]) and det.header == msg.header
         hyp = det.results[0]
-        assert hyp.hypothesis.class_id == CLASSES[labels[i]] and hyp.hypothesis.score == pytest.approx(scores[i])
+        assert hyp.hypothesis.class_id == CLASS_NAMES[labels[i]] and hyp.hypothesis.score == pytest.approx(scores[i])
         q = det.bbox.center.orientation
         assert yaw_from_quat([q.w, q.x, q.y, q.z]) == pytest.approx(boxes[i, 6])
         assert (det.bbox.size.x, det.bbox.size.y, det.bbox.size.z) == pytest.approx(tuple(boxes[i, 3:6]))
@@ -37,15 +35,15 @@ def test_detection_fields_follow_the_conventions():
 
 
 def test_empty_detections_give_empty_messages():
-    msg = detections_to_msg(Detections(1, np.zeros((0, 10)), [], [], []), CLASSES, "base_link")
+    msg = detections_to_msg(Detections(1, np.zeros((0, 10)), [], [], []), CLASS_NAMES, "base_link")
     assert msg.detections == []
-    markers = detections_to_markers(Detections(1, np.zeros((0, 10)), [], [], []), CLASSES, "base_link")
+    markers = detections_to_markers(Detections(1, np.zeros((0, 10)), [], [], []), CLASS_NAMES, "base_link")
     assert [m.action for m in markers.markers] == [Marker.DELETEALL]
 
 
 def test_unknown_label_and_missing_track_id():
     boxes, scores, _, _ = sample(2)
-    msg = detections_to_msg(Detections(1, boxes, scores, [42, -1], [-1, 5]), CLASSES, "base_link")
+    msg = detections_to_msg(Detections(1, boxes, scores, [42, -1], [-1, 5]), CLASS_NAMES, "base_link")
     assert [d.results[0].hypothesis.class_id for d in msg.detections] == ["unknown", "unknown"]
     assert [d.id for d in msg.detections] == ["", "5"]
 
@@ -53,14 +51,14 @@ def test_unknown_label_and_missing_track_id():
 def test_mismatched_lengths_and_bad_box_shape_raise():
     boxes, scores, labels, ids = sample(3)
     with pytest.raises(ValueError, match="3 rows"):
-        detections_to_msg(Detections(1, boxes, scores[:2], labels, ids), CLASSES, "x")
+        detections_to_msg(Detections(1, boxes, scores[:2], labels, ids), CLASS_NAMES, "x")
     with pytest.raises(ValueError, match="N, >=7"):
-        detections_to_msg(Detections(1, boxes[:, :5], scores, labels, ids), CLASSES, "x")
+        detections_to_msg(Detections(1, boxes[:, :5], scores, labels, ids), CLASS_NAMES, "x")
 
 
 def test_markers_layout():
     boxes, scores, labels, ids = sample(4)
-    markers = detections_to_markers(Detections(1, boxes, scores, labels, ids), CLASSES, "base_link").markers
+    markers = detections_to_markers(Detections(1, boxes, scores, labels, ids), CLASS_NAMES, "base_link").markers
     moving = int((np.hypot(boxes[:, 7], boxes[:, 8]) > 0.2).sum())
     assert markers[0].action == Marker.DELETEALL and len(markers) == 1 + 3 * 4 + moving
     assert len([m for m in markers if m.ns == "velocities"]) == moving
@@ -69,9 +67,9 @@ def test_markers_layout():
         assert [m.id for m in group] == [0, 1, 2, 3] and all(m.type == kind for m in group)
     box = [m for m in markers if m.ns == "boxes"][1]
     assert len(box.points) == 24
-    assert (box.color.r, box.color.g, box.color.b) == pytest.approx(CLASS_COLORS[CLASSES[labels[1]]])
+    assert (box.color.r, box.color.g, box.color.b) == pytest.approx(CLASS_COLORS[CLASS_NAMES[labels[1]]])
     text = [m for m in markers if m.ns == "labels"][2].text
-    assert text == f"{CLASSES[labels[2]]} {ids[2]} {scores[2]:.2f}"
+    assert text == f"{CLASS_NAMES[labels[2]]} {ids[2]} {scores[2]:.2f}"
     arrow = [m for m in markers if m.ns == "headings"][0]
     d = np.array([arrow.points[1].x - arrow.points[0].x, arrow.points[1].y - arrow.points[0].y])
     assert np.arctan2(d[1], d[0]) == pytest.approx(boxes[0, 6])
@@ -88,11 +86,11 @@ def test_box_corners_axis_aligned_and_rotated():
 def test_velocity_rides_in_a_second_hypothesis():
     boxes, scores, labels, ids = sample(2)
     boxes[1, 7:10] = [3.0, -4.0, 0.0]
-    msg = detections_to_msg(Detections(1, boxes, scores, labels, ids), CLASSES, "base_link")
+    msg = detections_to_msg(Detections(1, boxes, scores, labels, ids), CLASS_NAMES, "base_link")
     det = msg.detections[1]
-    assert det.results[0].hypothesis.class_id == CLASSES[labels[1]]  # class first, always
+    assert det.results[0].hypothesis.class_id == CLASS_NAMES[labels[1]]  # class first, always
     vel = det.results[1]
     assert vel.hypothesis.class_id == "velocity" and vel.hypothesis.score == pytest.approx(5.0)
     assert (vel.pose.pose.position.x, vel.pose.pose.position.y) == (3.0, -4.0)
-    seven = detections_to_msg(Detections(1, boxes[:, :7], scores, labels, ids), CLASSES, "base_link")
+    seven = detections_to_msg(Detections(1, boxes[:, :7], scores, labels, ids), CLASS_NAMES, "base_link")
     assert all(len(d.results) == 1 for d in seven.detections)  # no velocity column, no velocity hypothesis

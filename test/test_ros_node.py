@@ -5,7 +5,7 @@ keep it alive and are counted. Model: the CPU preset (tiny) with deterministic r
 
 import numpy as np
 import pytest
-from ros_rig import CAMERAS, Rig, S, run_frames, start_node, stop, write_params
+from helpers.ros_rig import CAMERAS, Rig, S, node_session, run_frames, start_node, stop, write_params
 from visualization_msgs.msg import Marker
 
 from sparse_perception_ros.ros.convert import stamp_to_ns
@@ -20,14 +20,7 @@ def session(tmp_path_factory):
     params = write_params(tmp_path_factory.mktemp("node"), **{"output.score_threshold": 0.0,
                                                               "output.max_detections": 16,
                                                               "sync.lidar_fallback_timeout": 1.0})
-    proc = start_node(params)
-    rig = Rig()
-    rig.wait_for_node()
-    rig.publish_static()
-    yield rig, proc
-    rig.close()
-    log = stop(proc)
-    print(log)
+    yield from node_session(start_node(params), Rig())
 
 
 def test_outputs_over_dds(session):

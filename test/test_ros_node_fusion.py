@@ -11,8 +11,8 @@ data in ``test/test_fusion_trained.py`` and recorded in ``models/README.md``.
 
 import numpy as np
 import pytest
-from ros_rig import CAMERAS, Rig, S, start_node, stop, write_params
-from ros_rig import run_frames as _run_frames
+from helpers.ros_rig import CAMERAS, Rig, S, node_session, start_node, write_params
+from helpers.ros_rig import run_frames as _run_frames
 
 T0 = 1_700_100_000 * S
 PERIOD = S // 2
@@ -25,13 +25,7 @@ def session(tmp_path_factory):
                                                                "output.max_detections": 16,
                                                                "sync.lidar_fallback_timeout": 1.0,
                                                                "lidar.max_sweeps": 3, "lidar.sweep_window": 0.3})
-    proc = start_node(params)
-    rig = Rig()
-    rig.wait_for_node()
-    rig.publish_static()
-    yield rig, proc
-    rig.close()
-    print(stop(proc))
+    yield from node_session(start_node(params), Rig())
 
 
 def run_frames(rig, proc, stamps, **kwargs):

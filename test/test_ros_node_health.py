@@ -8,7 +8,7 @@ the start-up race needs a node that has never seen a CameraInfo.
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
-from ros_rig import CAMERAS, Rig, S, run_frames, start_node, stop, tf_msg, write_params
+from helpers.ros_rig import CAMERAS, Rig, S, node_session, run_frames, start_node, stop, tf_msg, write_params
 from tf2_msgs.msg import TFMessage
 
 from sparse_perception_ros.geometry.transforms import make_transform
@@ -21,13 +21,7 @@ PERIOD = S // 2
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     params = write_params(tmp_path_factory.mktemp("health"), **{"sync.lidar_fallback_timeout": 1.0})
-    proc = start_node(params)
-    rig = Rig()
-    rig.wait_for_node()
-    rig.publish_static()
-    yield rig, proc
-    rig.close()
-    print(stop(proc))
+    yield from node_session(start_node(params), Rig())
 
 
 def pipeline_status(rig) -> DiagnosticStatus:

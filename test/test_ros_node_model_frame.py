@@ -11,7 +11,7 @@ time; neither check depends on the other.
 """
 
 from diagnostic_msgs.msg import DiagnosticStatus
-from ros_rig import Rig, S, run_frames, start_node, stop, write_params
+from helpers.ros_rig import Rig, S, run_frames, start_node, stop, write_params
 
 T0 = 1_700_300_000 * S
 

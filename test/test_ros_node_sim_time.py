@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from ros_rig import Rig, S, stop, write_params
+from helpers.ros_rig import Rig, S, node_session, write_params
 from rosgraph_msgs.msg import Clock
 
 from sparse_perception_ros.launch_manifest import node_set
@@ -49,12 +49,7 @@ def session(tmp_path_factory):
     params = write_params(tmp_path_factory.mktemp("sim"), **{"output.score_threshold": 0.0})
     spec = replace(node_set("perception", str(params))[0], parameters={"use_sim_time": True})
     proc = start_captured([sys.executable, "-m", spec.module, *spec.ros_args()], env=dict(os.environ))
-    rig = SimClockRig()
-    rig.wait_for_node()
-    rig.publish_static()
-    yield rig, proc
-    rig.close()
-    print(stop(proc))
+    yield from node_session(proc, SimClockRig())
 
 
 def test_slowed_replay_on_sim_time_needs_no_scaled_timeouts(session):

@@ -3,7 +3,7 @@ and the ONNX Runtime backend. Its own module so that no other perception node is
 /diagnostics topic.
 """
 
-from ros_rig import Rig, start_node, stop, write_params
+from helpers.ros_rig import Rig, start_node, stop, write_params
 from test_ros_node import PERIOD, T0, run_frames
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from helpers.ros_rig import write_params
 from rclpy.executors import SingleThreadedExecutor
-from ros_rig import write_params
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 

@@ -10,7 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_runtime_pipeline import config, make_frame
+from helpers.frames import make_frame
+from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import ParameterError, load_params
@@ -73,8 +74,8 @@ def test_split_pipeline_publishes_what_the_one_graph_does(preset, backend):
     assert split.with_backbone and not split.backend.with_backbone  # takes images; its graph takes features
     assert split.backend.name == backend and split.camera_backbone.name == "onnxruntime"  # the faster backbone
     fs = frames(6, lidar=preset == "tiny_fusion")
-    ref = run(Pipeline(one, CLASS_NAMES, config(max_detections=32)), fs, arrive=False)
-    pipe = Pipeline(split, CLASS_NAMES, config(max_detections=32))
+    ref = run(Pipeline(one, CLASS_NAMES, pipeline_config(max_detections=32)), fs, arrive=False)
+    pipe = Pipeline(split, CLASS_NAMES, pipeline_config(max_detections=32))
     got = run(pipe, fs, arrive=True)
     # every image computed once on arrival (on the cache's thread); the step found all of them there
     assert pipe.features.misses == 0 and pipe.features.hits == 6 * len(fs)

@@ -8,7 +8,8 @@ Runtime at atol 1e-4 on scores and boxes of one frame with a sweep.
 import numpy as np
 import pytest
 import torch
-from test_runtime_pipeline import config, make_frame
+from helpers.frames import make_frame
+from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.model import CLASS_NAMES, build_model
 from sparse_perception_ros.runtime.backends import torch_stepper
@@ -33,9 +34,9 @@ def run(pipeline, frame):
 
 def test_modes(model):
     stepper = torch_stepper(model)
-    both = Pipeline(stepper, CLASS_NAMES, config(sensors="all"))
-    cam = Pipeline(stepper, CLASS_NAMES, config(sensors="camera_only"))
-    lid = Pipeline(stepper, CLASS_NAMES, config(sensors="lidar_only"))
+    both = Pipeline(stepper, CLASS_NAMES, pipeline_config(sensors="all"))
+    cam = Pipeline(stepper, CLASS_NAMES, pipeline_config(sensors="camera_only"))
+    lid = Pipeline(stepper, CLASS_NAMES, pipeline_config(sensors="lidar_only"))
     f = make_frame()
     f.points = sweep()
     no_points = make_frame()
@@ -51,13 +52,13 @@ def test_modes(model):
 
 def test_camera_model_refuses_lidar_only():
     with pytest.raises(ValueError, match="lidar_only"):
-        Pipeline(torch_stepper(build_model("tiny")), CLASS_NAMES, config(sensors="lidar_only"))
+        Pipeline(torch_stepper(build_model("tiny")), CLASS_NAMES, pipeline_config(sensors="lidar_only"))
     with pytest.raises(ValueError, match="sensors"):
-        config(sensors="radar")
+        pipeline_config(sensors="radar")
 
 
 def test_large_sweeps_are_thinned_and_counted(model):
-    p = Pipeline(torch_stepper(model), CLASS_NAMES, config())
+    p = Pipeline(torch_stepper(model), CLASS_NAMES, pipeline_config())
     cap = model.cfg.lidar.max_points
     pts = sweep(cap + 1234)
     thin = thin_points(pts, cap)
@@ -76,8 +77,8 @@ def test_ort_runner_matches_torch_in_the_pipeline(model, tmp_path):
     runner = build_stepper("onnxruntime", "tiny_fusion", module=model, cache_dir=tmp_path)
     f = make_frame()
     f.points = sweep(3000, seed=1)
-    a = run(Pipeline(torch_stepper(model), CLASS_NAMES, config()), f)
-    b = run(Pipeline(runner, CLASS_NAMES, config()), f)
+    a = run(Pipeline(torch_stepper(model), CLASS_NAMES, pipeline_config()), f)
+    b = run(Pipeline(runner, CLASS_NAMES, pipeline_config()), f)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4, rtol=0)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(a.track_ids, b.track_ids)

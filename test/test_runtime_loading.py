@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_runtime_pipeline import config, make_frame
+from helpers.frames import make_frame
+from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import ParameterError, load_params
@@ -81,7 +82,7 @@ def test_node_torch_backend_and_onnxruntime_give_the_same_boxes():
     published boxes, within 1e-4; the same track ids."""
     from sparse_perception_ros.model.config import get_preset
     from sparse_perception_ros.model.decoding import decode_box
-    from sparse_perception_ros.runtime.export import synthetic_sequence
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 
     steppers = [load_model(BASE).stepper, load_model(with_(backend="onnxruntime")).stepper]
     frames = synthetic_sequence(get_preset(BASE.preset), 4, with_backbone=True, seed=11)
@@ -116,7 +117,7 @@ def test_onnxruntime_backend_matches_torch_through_the_pipeline():
     ort_runner = load_model(with_(backend="onnxruntime")).stepper
     results = []
     for model in (torch_model, ort_runner):
-        pipe = Pipeline(model, CLASS_NAMES, config(max_detections=32))
+        pipe = Pipeline(model, CLASS_NAMES, pipeline_config(max_detections=32))
         state, dets = PipelineState.empty(), []
         for k in range(3):
             det, state = pipe.step(make_frame(1_700_000_000_000_000_000 + k * 500_000_000, pose_x=0.3 * k), state)

@@ -105,21 +105,14 @@ def test_rep103_lidar_frame_gives_the_model_the_same_frame(inputs):
 
 
 def test_rep103_lidar_frame_gives_the_same_detections(inputs):
-    import torch
+    from helpers.pipeline import bundled_tiny_model, pipeline_config  # lazy: imports torch
 
-    from sparse_perception_ros.model import CLASS_NAMES, build_model
+    from sparse_perception_ros.model import CLASS_NAMES
     from sparse_perception_ros.runtime.backends import torch_stepper
-    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineConfig, PipelineState
+    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
-    path = bundled_weights_path("tiny")
-    if path is None:
-        pytest.skip("no bundled models/tiny.pt")
-    model = build_model("tiny")
-    model.load_official_checkpoint(path)
-    torch.set_num_threads(1)
-    config = PipelineConfig(score_threshold=0.05, max_detections=50, max_time_gap_s=2.0, sensors="all",
-                            reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0,
-                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
+    model = bundled_tiny_model()
+    config = pipeline_config(score_threshold=0.05, max_detections=50)
     # the tiny preset has 6 cameras: pad both frames with the same masked cameras
     results = []
     for rep103 in (False, True):

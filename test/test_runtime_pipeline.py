@@ -3,47 +3,20 @@
 import numpy as np
 import pytest
 import torch
+from helpers.frames import T0, make_frame
+from helpers.pipeline import pipeline_config
 
-from sparse_perception_ros.geometry.transforms import make_transform, quat_from_yaw
 from sparse_perception_ros.model import CLASS_NAMES, build_model
 from sparse_perception_ros.runtime.backends import torch_stepper
-from sparse_perception_ros.runtime.pipeline import Frame, Pipeline, PipelineConfig, PipelineState
+from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineConfig, PipelineState
 
 S = 1_000_000_000
-T0 = 1_533_151_603_547_590_000
-
-
-def config(**kw) -> PipelineConfig:
-    """Explicit test settings: every box, the reference's output (tracking extras off); ``kw`` overrides."""
-    base = dict(score_threshold=0.0, max_detections=300, max_time_gap_s=2.0, sensors="all",
-                reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0, velocity_window=0.0,
-                velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
-    return PipelineConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def pipeline():
     torch.manual_seed(0)
-    return Pipeline(torch_stepper(build_model("tiny")), CLASS_NAMES, config(max_detections=20))
-
-
-def make_frame(stamp_ns=T0, seed=0, pose_x=0.0, present=None, size=(160, 90)) -> Frame:
-    """Six cameras around a LIDAR_TOP-like frame (x right, y forward), nuScenes-like intrinsics."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yaws = np.deg2rad([0, -55, 55, 180, 110, -110])
-    K = np.tile(np.array([[0.8 * w, 0, w / 2], [0, 0.8 * w, h / 2], [0, 0, 1.0]]), (6, 1, 1))
-    T = []
-    for yaw in yaws:  # camera optical frame: z forward, x right, y down; "forward" = model +y rotated by yaw
-        fwd = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
-        right = np.array([np.cos(yaw), np.sin(yaw), 0.0])
-        down = np.array([0.0, 0.0, -1.0])
-        R = np.stack([right, down, fwd])  # rows: camera axes in model coordinates
-        T.append(make_transform(R, -R @ np.array([0.0, 0.5, -0.3])))
-    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(6)]
-    return Frame(stamp_ns=stamp_ns, images=images, K=K, T_cam_from_model=np.stack(T),
-                 present=np.ones(6, bool) if present is None else np.asarray(present),
-                 T_world_from_model=make_transform(quat_from_yaw(0.0), [pose_x, 0.0, 0.0]))
+    return Pipeline(torch_stepper(build_model("tiny")), CLASS_NAMES, pipeline_config(max_detections=20))
 
 
 def test_first_frame_and_continuation(pipeline):
@@ -113,14 +86,14 @@ def test_missing_image_is_masked_like_absent(pipeline):
 def test_score_threshold_and_limits():
     torch.manual_seed(0)
     model = torch_stepper(build_model("tiny"))
-    full, _ = Pipeline(model, CLASS_NAMES, config(max_detections=32)).step(make_frame(), PipelineState.empty())
+    full, _ = Pipeline(model, CLASS_NAMES, pipeline_config(max_detections=32)).step(make_frame(), PipelineState.empty())
     thr = float(np.median(full.scores))
-    cut, _ = Pipeline(model, CLASS_NAMES, config(score_threshold=thr, max_detections=5)).step(make_frame(),
+    cut, _ = Pipeline(model, CLASS_NAMES, pipeline_config(score_threshold=thr, max_detections=5)).step(make_frame(),
                                                                                              PipelineState.empty())
     assert len(cut.scores) == min(5, int((full.scores >= thr).sum())) and (cut.scores >= thr).all()
     np.testing.assert_array_equal(cut.boxes, full.boxes[: len(cut.boxes)])
     with pytest.raises(ValueError, match="score_threshold"):
-        config(score_threshold=1.5)
+        pipeline_config(score_threshold=1.5)
 
 
 def test_wrong_camera_count_is_refused(pipeline):
@@ -216,7 +189,7 @@ def test_score_threshold_auto_takes_the_weights_own_and_a_number_overrides_it():
 def test_state_interval_carries_the_state_only_from_frames_that_far_apart(pipeline):
     """temporal.state_interval 0.45 s at 20 Hz: every frame publishes, but the kept state (the bank the
     next frame starts from) is replaced only at frames 0.45 s or more after it; ids stay unique."""
-    held = Pipeline(pipeline.model, CLASS_NAMES, config(max_detections=20, state_interval=0.45))
+    held = Pipeline(pipeline.model, CLASS_NAMES, pipeline_config(max_detections=20, state_interval=0.45))
     state, kept, ids_seen = PipelineState.empty(), [], []
     for k in range(21):  # 1 s at 20 Hz
         det, state = held.step(make_frame(T0 + k * S // 20, pose_x=0.05 * k), state)
@@ -225,7 +198,7 @@ def test_state_interval_carries_the_state_only_from_frames_that_far_apart(pipeli
         ids_seen.append(state.temporal.next_track_id)
     assert sorted(set(kept)) == [0.0, 0.45, 0.9]  # frames 0, 9 and 18 replaced the state
     assert ids_seen == sorted(ids_seen)  # the id counter still advances with every frame
-    every, state = Pipeline(pipeline.model, CLASS_NAMES, config(max_detections=20)), PipelineState.empty()
+    every, state = Pipeline(pipeline.model, CLASS_NAMES, pipeline_config(max_detections=20)), PipelineState.empty()
     for k in range(3):
         _, state = every.step(make_frame(T0 + k * S // 20, pose_x=0.05 * k), state)
     assert round(state.temporal.timestamp - T0 * 1e-9, 3) == 0.1  # 0: every frame's state is carried

@@ -9,6 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers.frames import T0, make_frame
+from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.geometry.boxes import bev_iou
 from sparse_perception_ros.runtime.tracking import (
@@ -135,8 +137,6 @@ def test_gate_velocity_world_frame_and_one_use():
 
 
 def test_pipeline_default_keeps_model_ids_and_resets_forget_tracks():
-    from test_runtime_pipeline import T0, config, make_frame
-
     from sparse_perception_ros.model import CLASS_NAMES, build_model
     from sparse_perception_ros.runtime.backends import torch_stepper
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
@@ -144,8 +144,8 @@ def test_pipeline_default_keeps_model_ids_and_resets_forget_tracks():
     torch.manual_seed(0)
     model = torch_stepper(build_model("tiny"))
     with pytest.raises(ValueError, match="reassociate_distance"):
-        config(reassociate_distance=-1.0)
-    plain = Pipeline(model, CLASS_NAMES, config(max_detections=16))
+        pipeline_config(reassociate_distance=-1.0)
+    plain = Pipeline(model, CLASS_NAMES, pipeline_config(max_detections=16))
     det, st = plain.step(make_frame(), PipelineState.empty())
     assert st.tracks is not None and st.tracks.id_map == {} and det.track_ids.tolist() == st.tracks.ids.tolist()
     det2, st2 = plain.step(make_frame(T0 - S), st)  # time jump: reset, memory not used
@@ -191,16 +191,14 @@ def test_track_class_vote_takes_the_largest_summed_score():
 
 
 def test_pipeline_track_class_vote_on_and_off():
-    from test_runtime_pipeline import T0, config, make_frame
-
     from sparse_perception_ros.model import CLASS_NAMES, build_model
     from sparse_perception_ros.runtime.backends import torch_stepper
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
     torch.manual_seed(0)
     model = torch_stepper(build_model("tiny"))
-    off = Pipeline(model, CLASS_NAMES, config(max_detections=16))
-    on = Pipeline(model, CLASS_NAMES, config(max_detections=16, track_class_vote=True))
+    off = Pipeline(model, CLASS_NAMES, pipeline_config(max_detections=16))
+    on = Pipeline(model, CLASS_NAMES, pipeline_config(max_detections=16, track_class_vote=True))
     s_off, s_on = PipelineState.empty(), PipelineState.empty()
     acc: dict[int, np.ndarray] = {}
     changed = 0
@@ -285,8 +283,6 @@ def test_track_evidence_sums_all_classes_of_the_history():
 
 
 def test_pipeline_duplicate_iou_hides_boxes_only_from_the_output():
-    from test_runtime_pipeline import T0, config, make_frame
-
     from sparse_perception_ros.model import CLASS_NAMES, build_model
     from sparse_perception_ros.runtime.backends import torch_stepper
     from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
@@ -294,9 +290,9 @@ def test_pipeline_duplicate_iou_hides_boxes_only_from_the_output():
     torch.manual_seed(0)
     model = torch_stepper(build_model("tiny"))
     kw = dict(max_detections=32, track_class_vote=True)
-    off = Pipeline(model, CLASS_NAMES, config(**kw))
+    off = Pipeline(model, CLASS_NAMES, pipeline_config(**kw))
     # any overlap: random weights put many same-class boxes on top of each other
-    on = Pipeline(model, CLASS_NAMES, config(duplicate_iou=0.0, **kw))
+    on = Pipeline(model, CLASS_NAMES, pipeline_config(duplicate_iou=0.0, **kw))
     s_off, s_on = PipelineState.empty(), PipelineState.empty()
     hidden = 0
     for k in range(4):
@@ -327,7 +323,7 @@ def test_pipeline_duplicate_iou_hides_boxes_only_from_the_output():
         hidden += len(d_off.track_ids) - len(d_on.track_ids)
     assert hidden >= 1
     with pytest.raises(ValueError, match="duplicate_iou"):
-        config(duplicate_iou=1.5)
+        pipeline_config(duplicate_iou=1.5)
 
 
 def test_tracking_config_validates_and_track_frame_off_is_the_model_output():

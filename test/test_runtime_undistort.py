@@ -185,7 +185,7 @@ def distort(img: np.ndarray, K_: np.ndarray, D: np.ndarray, model: str) -> np.nd
 @pytest.fixture(scope="module")
 def rendered_frame(tmp_path_factory):
     """One keyframe of the synthetic generator's six-camera rig at 440x248 (the bundled model's data)."""
-    from eval_data import make_dataset
+    from helpers.eval_data import make_dataset
 
     from sparse_perception_ros.eval.dataset import load_frame, open_nuscenes, select_samples
 
@@ -203,22 +203,14 @@ def test_a_distorted_camera_gives_the_detections_of_the_undistorted_render(rende
     detection of the pinhole render (score >= 0.25) again: same class, centre within 0.5 m (measured: 0.39 m
     at most, from the double bilinear resampling). Fed as pinhole images (the old behaviour) some are off by
     over a metre."""
-    import torch
+    from helpers.pipeline import bundled_tiny_model, pipeline_config  # lazy: imports torch
 
-    from sparse_perception_ros.model import CLASS_NAMES, build_model
+    from sparse_perception_ros.model import CLASS_NAMES
     from sparse_perception_ros.runtime.backends import torch_stepper
-    from sparse_perception_ros.runtime.loading import bundled_weights_path
-    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineConfig, PipelineState
+    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
-    path = bundled_weights_path("tiny")
-    if path is None:
-        pytest.skip("no bundled models/tiny.pt")
-    net = build_model("tiny")
-    net.load_official_checkpoint(path)
-    torch.set_num_threads(1)
-    config = PipelineConfig(score_threshold=0.1, max_detections=100, max_time_gap_s=2.0, sensors="all",
-                            reassociate_distance=0.0, track_class_vote=False, duplicate_iou=1.0,
-                            velocity_window=0.0, velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
+    net = bundled_tiny_model()
+    config = pipeline_config(score_threshold=0.1, max_detections=100)
     f = rendered_frame
     cams = tuple(f"cam{i}" for i in range(6))
 

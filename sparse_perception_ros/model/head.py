@@ -28,7 +28,7 @@ from .config import HeadConfig, LidarConfig
 from .dfa import DeformableFeatureAggregation, FeatureInputs
 from .instance_bank import (
     BankPrior,
-    StepInputs,
+    PreviousFrame,
     TemporalState,
     bank_advance,
     bank_cache,
@@ -296,7 +296,7 @@ class Sparse4DHead(nn.Module):
         top-k are all inside; ids are host bookkeeping (:func:`~.instance_bank.bank_advance`).
         """
         cfg = self.cfg
-        prev = StepInputs(T_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid)
+        prev = PreviousFrame(T_cur_from_prev, dt, prev_anchors, prev_features, prev_confidence, prev_valid)
         prior = bank_prior(prev, cfg.max_time_interval, cfg.default_time_interval, static=static)
         res = self.forward_frame(feature_maps, projection_mat, image_wh, prior, lidar=lidar, dfa_impl=dfa_impl)
         conf, cached_feature, cached_anchor, order = bank_cache(

@@ -31,7 +31,7 @@ from ..geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
 __all__ = [
     "TemporalState",
     "BankPrior",
-    "StepInputs",
+    "PreviousFrame",
     "anchor_projection",
     "host_step_inputs",
     "bank_prior",
@@ -222,7 +222,7 @@ def bank_advance(
 
 
 # ------------------------------------------------------------------------------ tensor functions
-class StepInputs(NamedTuple):
+class PreviousFrame(NamedTuple):
     """The previous frame as the step's state inputs (:func:`host_step_inputs`, as tensors; the
     field order is the exported graph's, ``head.STEP_INPUTS``)."""
 
@@ -235,7 +235,7 @@ class StepInputs(NamedTuple):
 
 
 def bank_prior(
-    prev: StepInputs, max_time_interval: float, default_time_interval: float, static: bool = True
+    prev: PreviousFrame, max_time_interval: float, default_time_interval: float, static: bool = True
 ) -> BankPrior:
     """The step's state inputs ``prev`` -> the decoder's :class:`BankPrior`.
 
@@ -273,7 +273,7 @@ def bank_get(
     if state.is_empty:
         return BankPrior(None, None, None, torch.tensor([default_time_interval], dtype=torch.float32), None)
     host = host_step_inputs(timestamp, T_world_from_model, state, None)
-    prev = StepInputs(**{k: torch.as_tensor(v, device=state.anchors.device) for k, v in host.items()})
+    prev = PreviousFrame(**{k: torch.as_tensor(v, device=state.anchors.device) for k, v in host.items()})
     return bank_prior(prev, max_time_interval, default_time_interval, static=False)
 
 

@@ -47,8 +47,9 @@ def probe_fastest(runners: dict, preset: str, warmup: int = 1, rounds: int = 3, 
 
     ``skipped``: ``{name: why}`` of backends that could not be built, named in the reason.
     """
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+
     from .bench import sweep
-    from .export import synthetic_sequence
 
     names = list(runners)
     if not names:

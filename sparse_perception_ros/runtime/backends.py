@@ -254,7 +254,7 @@ def _ort_dtype(type_str: str) -> str:
 
 
 def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool = False) -> dict[str, TensorSpec]:
-    from .export import level_shapes
+    from sparse_perception_ros.runtime.example_inputs import level_shapes
 
     h = cfg.head
     n = h.num_cams

@@ -33,7 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["bench_step", "median_ms", "median_s", "wall_times", "sweep", "ring_cameras", "RELEASE_LEVEL_HW"]
+from sparse_perception_ros.runtime.example_inputs import ring_cameras
+
+__all__ = ["bench_step", "median_ms", "median_s", "wall_times", "sweep", "release_ring_cameras", "RELEASE_K",
+           "RELEASE_LEVEL_HW"]
 
 
 # ---------------------------------------------------------- timing and inputs shared with bench/*.py
@@ -70,18 +73,14 @@ def median_ms(fn, n: int, skip: int = 2) -> float:
     return 1e3 * statistics.median(times[skip:] if n > 2 * skip else times)
 
 
-def ring_cameras() -> np.ndarray:
-    """``(6, 4, 4)`` float64 projection matrices (image from ego) of six outward-looking cameras 60 degrees
-    apart, nuScenes-like intrinsics after the 0.44 resize + crop (a 704 x 256 image)."""
-    k = np.array([[557.0, 0, 352.0], [0, 557.0, 76.0], [0, 0, 1]])
-    mats = []
-    for c in range(6):
-        th = 2 * np.pi * c / 6 + np.pi / 2
-        r = np.array([[np.sin(th), -np.cos(th), 0], [0, 0, -1], [np.cos(th), np.sin(th), 0]])
-        p = np.eye(4)
-        p[:3, :3] = k @ r
-        mats.append(p)
-    return np.stack(mats)
+# nuScenes-like intrinsics after the release's 0.44 resize + crop (a 704 x 256 image)
+RELEASE_K = np.array([[557.0, 0, 352.0], [0, 557.0, 76.0], [0, 0, 1]])
+
+
+def release_ring_cameras() -> np.ndarray:
+    """``(6, 4, 4)`` float32 projection matrices (image from ego) of six outward-looking cameras 60
+    degrees apart at the ego's centre, with :data:`RELEASE_K`."""
+    return ring_cameras((704, 256), 6, K=RELEASE_K, offset=0.0)[0][0]
 
 
 def sweep(n: int, seed: int = 0) -> np.ndarray:
@@ -104,10 +103,12 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
     """Per backend ``{"median_ms", "p90_ms", "first_call_s", "max_logit_diff"}`` (the difference of
     the first frame's logits to the first backend's), timed interleaved. ``points``: sweep size of
     fused presets (None: the synthetic sequence's)."""
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+    from sparse_perception_ros.runtime.export import export_step
+
     from ..model import TemporalState, build_head, build_model
     from ..model.config import get_preset
     from .backends import OrtBackend, StepRunner, TorchBackend
-    from .export import export_step, synthetic_sequence
 
     torch.set_num_threads(threads)
     cfg = get_preset(preset)

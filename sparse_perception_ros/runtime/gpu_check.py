@@ -267,8 +267,9 @@ def check_steps(preset: str, device, smoke: bool, budget: Budget, num_frames: in
     import numpy as np
     import torch
 
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+
     from .backends import StepRunner, TorchBackend
-    from .export import synthetic_sequence
 
     rows = []
     num_cams = 2 if smoke else 6

@@ -1,4 +1,4 @@
-"""Tiny synthetic evaluation data for the eval tests: 2 scenes x 8 keyframes, 160x90 images.
+"""Tiny synthetic evaluation data for the eval tests (2 scenes x 8 keyframes, 160x90 images) and their scoring.
 
 Made with our own generator (``sparse_perception_ros.data``), once per test session and module,
 as a nuScenes-format root plus (on request) one bag per scene.
@@ -7,6 +7,8 @@ as a nuScenes-format root plus (on request) one bag per scene.
 from __future__ import annotations
 
 from pathlib import Path
+
+from sparse_perception_ros.eval import devkit
 
 SCENES, KEYFRAMES = 2, 8
 
@@ -29,3 +31,7 @@ def make_dataset(folder: Path, bags: bool = False, sweeps: bool = False, **overr
     root, bag_root = folder / "nuscenes", (folder / "bags" if bags else None)
     synthesize(synth_config(sweeps, **overrides), out=str(root), bag_out=str(bag_root) if bags else None)
     return root, bag_root
+
+
+# ``score(nusc, samples, results, folder) -> metrics``: the package's devkit scoring, as the scripts use it
+score = devkit.score_results

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from sparse_perception_ros.ros.convert import (
 )
 from sparse_perception_ros.sensors import CAMERAS, DEFAULT_TOPICS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S = 1_000_000_000
 W, H = 160, 90
 T_BASE_LIDAR = make_transform(quat_from_yaw(-np.pi / 2), [0.94, 0.0, 1.84])  # nuScenes-like LIDAR_TOP
@@ -200,3 +201,14 @@ def start_node(params_file: Path) -> subprocess.Popen:
 
 def stop(proc: subprocess.Popen) -> str:
     return stop_process(proc, timeout_s=15.0)
+
+
+def node_session(proc: subprocess.Popen, rig: Rig) -> Iterator[tuple[Rig, subprocess.Popen]]:
+    """The body of a module fixture (``yield from node_session(...)``): waits until the node ``proc`` hears
+    the rig, publishes /tf_static and yields ``(rig, proc)``; afterwards closes the rig, stops the node and
+    prints its log (pytest shows it with a failure)."""
+    rig.wait_for_node()
+    rig.publish_static()
+    yield rig, proc
+    rig.close()
+    print(stop(proc))
