@@ -40,7 +40,9 @@ from typing import Any
 
 import torch
 
-from .backends import BackendUnavailable, GraphFileBackend, TensorSpec
+from sparse_perception_ros.ops.dfa_onnx import replace_with_standin
+from sparse_perception_ros.runtime import tensorrt_plugin  # the module, not its names: tests reload it
+from sparse_perception_ros.runtime.backends import BackendUnavailable, GraphFileBackend, TensorSpec
 
 __all__ = ["build_engine", "TensorRTBackend", "EngineMismatch", "EngineBuildError", "import_tensorrt", "sidecar_path"]
 
@@ -161,20 +163,16 @@ def build_engine(
     if target is not None and target not in trt.ComputeCapability.__members__:
         raise ValueError(f"unknown target {target!r}; {trt.__name__} has {list(trt.ComputeCapability.__members__)}")
     if dfa == "plugin":
-        from .tensorrt_plugin import PluginUnavailable, register_dfa_plugin
-
         try:
-            register_dfa_plugin(trt)
-        except PluginUnavailable as exc:
+            tensorrt_plugin.register_dfa_plugin(trt)
+        except tensorrt_plugin.PluginUnavailable as exc:
             raise EngineBuildError(str(exc)) from None
     logger = _Logger.create(trt, verbose)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if dfa == "standin":
-        import onnx
-
-        from ..ops.dfa_onnx import replace_with_standin
+        import onnx  # lazy: optional dependency, only the stand-in build check reads the ONNX here
 
         model, replaced = replace_with_standin(onnx.load(str(onnx_path)))
         parsed = parser.parse(model.SerializeToString())
@@ -254,9 +252,7 @@ class TensorRTBackend(GraphFileBackend):
             problems.append(f"built from another ONNX than {onnx_path}")
         if problems:
             raise EngineMismatch(f"refusing {engine_path}: " + "; ".join(problems) + " - rebuild with build-engine")
-        from .tensorrt_plugin import register_dfa_plugin
-
-        register_dfa_plugin(trt)  # harmless for AOT engines; needed if TensorRT asks for the creator
+        tensorrt_plugin.register_dfa_plugin(trt)  # harmless for AOT engines; needed if TensorRT asks for the creator
         self.meta = meta
         self.device = torch.device("cuda")
         self._trt = trt

@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import threading
 
-from ..ops.dfa_onnx import OP_TYPE, PLUGIN_NAMESPACE
+import torch
+
+from sparse_perception_ros.ops.dfa_onnx import OP_TYPE, PLUGIN_NAMESPACE
+from sparse_perception_ros.ops.dfa_triton import compile_ptx
 
 __all__ = ["PLUGIN_ID", "register_dfa_plugin", "PluginUnavailable", "RTX_BLOCKER"]
 
@@ -71,8 +74,8 @@ def register_dfa_plugin(trt=None) -> None:
     with _lock:
         if _registered:
             return
-        import tensorrt as trt
-        import tensorrt.plugin as trtp
+        import tensorrt as trt  # lazy: optional dependency (TensorRT), needs a GPU
+        import tensorrt.plugin as trtp  # lazy: as above
 
         @trtp.register(PLUGIN_ID)
         def _dfa_desc(
@@ -93,8 +96,6 @@ def register_dfa_plugin(trt=None) -> None:
 
         @trtp.aot_impl(PLUGIN_ID)
         def _dfa_aot(mc_ms_feat, spatial_shape, scale_start_index, sampling_location, weights, outputs, tactic):
-            from ..ops.dfa_triton import compile_ptx
-
             dtype = "fp16" if mc_ms_feat.dtype == trt.float16 else "fp32"
             channels = _const(mc_ms_feat.shape_expr[2])
             num_pts, num_cams = _const(weights.shape_expr[2]), _const(weights.shape_expr[3])
@@ -116,8 +117,6 @@ def register_dfa_plugin(trt=None) -> None:
 
 def _builder_compute_capability() -> tuple[int, int]:
     """The build GPU's compute capability (the engine is built for the GPU it runs on)."""
-    import torch
-
     if not torch.cuda.is_available():
         raise RuntimeError("building a TensorRT engine needs a CUDA GPU")
     return torch.cuda.get_device_capability()
