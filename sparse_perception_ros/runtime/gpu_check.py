@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 # Top-level modules the GPU machines do not have (or that would mean ROS leaked into the core).
 # --cpu-smoke makes them unimportable before anything of the package is imported.
 ABSENT_ON_GPU_MACHINE = ("rclpy", "rosbags", "mcap", "mcap_ros2", "ament_index_python", "rosidl_runtime_py",
@@ -87,10 +89,13 @@ def _percentiles(ms: list[float]) -> dict:
 
 # --------------------------------------------------------------------------------------- DFA
 def check_dfa(device, smoke: bool, budget: Budget, repeats: int) -> dict:
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
-    from ..ops import dfa_cpu
-    from ..ops.deformable_aggregation import deformable_aggregation, flatten_feature_maps
+    from sparse_perception_ros.ops import dfa_cpu  # lazy: as above
+    from sparse_perception_ros.ops.deformable_aggregation import (  # lazy: as above
+        deformable_aggregation,
+        flatten_feature_maps,
+    )
 
     cams, levels, c, a, p, g = (6, LEVEL_HW, 256, 900, 13, 8) if not smoke else (2, [(16, 44), (8, 22)], 32, 50, 13, 4)
     gen = torch.Generator().manual_seed(0)
@@ -110,7 +115,10 @@ def check_dfa(device, smoke: bool, budget: Budget, repeats: int) -> dict:
     if device.type != "cuda":
         out.update(status="skipped", reason="no CUDA device: the Triton kernel runs on CUDA tensors only")
         return out
-    from ..ops.dfa_triton import deformable_aggregation_triton, triton_available
+    from sparse_perception_ros.ops.dfa_triton import (  # lazy: after run_checks blocks the absent modules
+        deformable_aggregation_triton,
+        triton_available,
+    )
 
     if not triton_available():
         out.update(status="skipped", reason="triton does not import")
@@ -141,10 +149,9 @@ def check_preprocess(device, smoke: bool, repeats: int) -> dict:
     """``preprocess_images_torch`` on ``device`` (pinned upload, resize, normalise) for 6 (smoke: 2)
     1600x900 (smoke: 800x450) uint8 images to 704x256: p50/p99 ms and the max difference to the
     same function on the CPU (tolerance 1e-3; the PIL reference is compared in the test suite)."""
-    import numpy as np
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
-    from ..model.preprocess import preprocess_images_torch
+    from sparse_perception_ros.model.preprocess import preprocess_images_torch  # lazy: as above
 
     n, (h, w) = (2, (450, 800)) if smoke else (6, (900, 1600))
     rng = np.random.default_rng(0)
@@ -170,7 +177,7 @@ VARIANTS = ("eager fp32", "cuda graph fp32", "cuda graph fp16 autocast", "eager 
 
 
 def _variant_settings(name: str):
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
     amp = torch.float16 if "fp16" in name else torch.bfloat16 if "bf16" in name else None
     return {"cuda_graph": name.startswith("cuda graph"), "compile": name.startswith("torch.compile"), "amp": amp}
@@ -179,11 +186,11 @@ def _variant_settings(name: str):
 def build_preset_model(preset: str, num_cams: int, device):
     """The full model of ``preset`` for ``num_cams`` cameras on ``device`` with its bundled weights
     when the package has them (else deterministic random weights, seed 0); returns (model, cfg, weights note)."""
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
-    from ..model import build_model
-    from ..model.config import get_preset, with_num_cams
-    from ..paths import model_file
+    from sparse_perception_ros.model import build_model  # lazy: as above
+    from sparse_perception_ros.model.config import get_preset, with_num_cams  # lazy: as above
+    from sparse_perception_ros.paths import model_file  # lazy: as above
 
     cfg = with_num_cams(get_preset(preset), num_cams)
     torch.manual_seed(0)
@@ -202,9 +209,9 @@ def build_preset_model(preset: str, num_cams: int, device):
 def run_sequence(stepper, frames, device, amp, time_cap_s: float) -> tuple[list, list[float], object]:
     """Drive ``frames`` through ``stepper`` with the state carried; per-frame outputs on the CPU,
     per-frame wall ms (device synchronised), final state. Stops early past ``time_cap_s``."""
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
-    from ..model import TemporalState
+    from sparse_perception_ros.model import TemporalState  # lazy: as above
 
     state, outs, ms = TemporalState.empty(), [], []
     t_start = time.perf_counter()
@@ -230,7 +237,7 @@ def state_index(stepper):
 
 
 def parity(ref: list[dict], got: list[dict]) -> dict:
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
     n = min(len(ref), len(got))
     raw = ("classification", "prediction", "quality")
@@ -264,12 +271,10 @@ def check_steps(preset: str, device, smoke: bool, budget: Budget, num_frames: in
                 variants=VARIANTS, refs: dict | None = None) -> list[dict]:
     """Rows of the step table for ``preset``; ``refs`` keeps each preset's eager fp32 outputs
     between calls (a later call with only ``torch.compile`` compares against them)."""
-    import numpy as np
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
-    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
-
-    from .backends import StepRunner, TorchBackend
+    from sparse_perception_ros.runtime.backends import StepRunner, TorchBackend  # lazy: as above
+    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence  # lazy: as above
 
     rows = []
     num_cams = 2 if smoke else 6
@@ -337,7 +342,7 @@ def check_steps(preset: str, device, smoke: bool, budget: Budget, num_frames: in
 
 # ------------------------------------------------------------------------------------ report
 def environment(device) -> dict:
-    import torch
+    import torch  # lazy: after run_checks blocks the absent modules
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "device": str(device), "cpu_count": os.cpu_count()}
@@ -345,7 +350,7 @@ def environment(device) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
     try:
-        import triton
+        import triton  # lazy: optional dependency (GPU only)
 
         env["triton"] = triton.__version__
     except ImportError:
