@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import TemporalState
+from sparse_perception_ros.model import TemporalState
+from sparse_perception_ros.runtime.bench import sweep
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 
 __all__ = ["AutoChoice", "probe_fastest", "PROBE_POINTS"]
 
@@ -47,10 +49,6 @@ def probe_fastest(runners: dict, preset: str, warmup: int = 1, rounds: int = 3, 
 
     ``skipped``: ``{name: why}`` of backends that could not be built, named in the reason.
     """
-    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
-
-    from .bench import sweep
-
     names = list(runners)
     if not names:
         raise ValueError("no backend to choose from")

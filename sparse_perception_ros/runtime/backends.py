@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import HeadOutput, TemporalState
-from ..model.config import ModelConfig, get_preset
-from ..model.head import step_output
-from ..model.instance_bank import bank_advance, host_step_inputs
-from .export import StepGraph, graph_parts, input_names, lidar_step_inputs, output_names
+from sparse_perception_ros.model import HeadOutput, TemporalState, build_head, build_model
+from sparse_perception_ros.model.checkpoint import read_checkpoint
+from sparse_perception_ros.model.config import ModelConfig, get_preset
+from sparse_perception_ros.model.head import step_output
+from sparse_perception_ros.model.instance_bank import bank_advance, host_step_inputs
+from sparse_perception_ros.ops.deformable_aggregation import DFA_IMPLS, resolve_dfa_impl
+from sparse_perception_ros.runtime.cuda_graph import CudaGraphStep
+from sparse_perception_ros.runtime.example_inputs import level_shapes
+from sparse_perception_ros.runtime.export import (
+    StepGraph,
+    export_cached,
+    graph_parts,
+    input_names,
+    lidar_step_inputs,
+    output_names,
+)
 
 __all__ = [
     "Stepper",
@@ -144,8 +156,6 @@ class TorchBackend(Backend):
 
     def __init__(self, module: torch.nn.Module, cfg: ModelConfig, dfa_impl: str = "auto",
                  device: str | torch.device | None = None, compile: bool = False, cuda_graph: bool | None = None):
-        from ..ops.deformable_aggregation import DFA_IMPLS, resolve_dfa_impl
-
         if dfa_impl not in DFA_IMPLS:
             raise ValueError(f"unknown DFA impl {dfa_impl!r}; choose one of {DFA_IMPLS}")
         self.with_backbone = hasattr(module, "extract_features")
@@ -180,13 +190,9 @@ class TorchBackend(Backend):
 
     def _run_graph(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if self._captured is None and self.cuda_graph_error is None:
-            from .cuda_graph import CudaGraphStep
-
             try:
                 self._captured = CudaGraphStep(self._fn, args)
             except Exception as exc:  # noqa: BLE001 - any capture failure: keep serving frames eagerly
-                import warnings
-
                 self.cuda_graph_error = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"torch backend: CUDA graph capture failed, running eagerly: {self.cuda_graph_error}",
                               RuntimeWarning, stacklevel=3)
@@ -221,10 +227,10 @@ class OrtBackend(GraphFileBackend):
 
     def __init__(self, onnx_path: str | Path, providers: Sequence[str] | None = None, num_threads: int | None = None):
         try:
-            import onnx
-            import onnxruntime as ort
+            import onnx  # lazy: optional dependency (ONNX Runtime backend); ImportError becomes BackendUnavailable
+            import onnxruntime as ort  # lazy: as above
 
-            from ..ops.dfa_ort import session_options, to_ort_model
+            from sparse_perception_ros.ops.dfa_ort import session_options, to_ort_model  # lazy: imports onnx
         except ImportError as exc:  # pragma: no cover - part of requirements/ml.txt
             raise BackendUnavailable(f"onnxruntime backend needs onnx, onnxruntime, onnxruntime-extensions: {exc}") from exc
         path = Path(onnx_path)
@@ -254,8 +260,6 @@ def _ort_dtype(type_str: str) -> str:
 
 
 def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool = False) -> dict[str, TensorSpec]:
-    from sparse_perception_ros.runtime.example_inputs import level_shapes
-
     h = cfg.head
     n = h.num_cams
     w_img, h_img = cfg.input_wh
@@ -349,7 +353,7 @@ def create_backend(
     if kind == "tensorrt":
         if engine_path is None:
             raise BackendUnavailable("tensorrt needs an engine file (sparse-perception build-engine)")
-        from .tensorrt_backend import TensorRTBackend
+        from sparse_perception_ros.runtime.tensorrt_backend import TensorRTBackend  # lazy: import cycle, it subclasses
 
         return TensorRTBackend(engine_path)
     if kind == "onnxruntime":
@@ -493,9 +497,6 @@ def build_stepper(
     synthetic steps of each (:func:`~.backend_probe.probe_fastest`, bounded to a few seconds) and
     returns the fastest; its ``auto_choice`` says which and why (the node logs it).
     """
-    from ..model import build_head, build_model
-    from .export import export_cached
-
     cfg = get_preset(preset)
     if module is None:
         module = build_model(cfg) if with_backbone else build_head(cfg)
@@ -503,8 +504,6 @@ def build_stepper(
             if with_backbone:
                 module.load_official_checkpoint(checkpoint)
             else:
-                from ..model.checkpoint import read_checkpoint
-
                 module.load_official_state_dict(read_checkpoint(checkpoint))
     head, pts_branch = graph_parts(module)
     cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh,
@@ -522,8 +521,7 @@ def build_stepper(
 def _fastest_stepper(module: torch.nn.Module, cfg: ModelConfig, *, onnx_path, engine_path, cache_dir, num_threads,
                      dfa_impl: str, compile: bool) -> StepRunner:
     """``build_stepper("auto")``: every usable backend, timed; the fastest with its ``auto_choice``."""
-    from .backend_probe import probe_fastest
-    from .export import export_cached
+    from sparse_perception_ros.runtime.backend_probe import probe_fastest  # lazy: cycle via bench -> backends
 
     runners: dict[str, StepRunner] = {}
     skipped: dict[str, str] = {}

@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparse_perception_ros.runtime.example_inputs import ring_cameras
+from sparse_perception_ros.model import TemporalState, build_head, build_model
+from sparse_perception_ros.model.checkpoint import read_checkpoint
+from sparse_perception_ros.model.config import get_preset
+from sparse_perception_ros.runtime.backends import OrtBackend, StepRunner, TorchBackend
+from sparse_perception_ros.runtime.example_inputs import ring_cameras, synthetic_sequence
+from sparse_perception_ros.runtime.export import export_step
+from sparse_perception_ros.runtime.tensorrt_backend import TensorRTBackend
 
 __all__ = ["bench_step", "median_ms", "median_s", "wall_times", "sweep", "release_ring_cameras", "RELEASE_K",
            "RELEASE_LEVEL_HW"]
@@ -103,13 +109,6 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
     """Per backend ``{"median_ms", "p90_ms", "first_call_s", "max_logit_diff"}`` (the difference of
     the first frame's logits to the first backend's), timed interleaved. ``points``: sweep size of
     fused presets (None: the synthetic sequence's)."""
-    from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
-    from sparse_perception_ros.runtime.export import export_step
-
-    from ..model import TemporalState, build_head, build_model
-    from ..model.config import get_preset
-    from .backends import OrtBackend, StepRunner, TorchBackend
-
     torch.set_num_threads(threads)
     cfg = get_preset(preset)
     torch.manual_seed(0)
@@ -118,8 +117,6 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
         if with_backbone:
             module.load_official_checkpoint(checkpoint)
         else:
-            from ..model.checkpoint import read_checkpoint
-
             module.load_official_state_dict(read_checkpoint(checkpoint))
     seq = synthetic_sequence(cfg, frames, with_backbone=with_backbone)
     if points is not None and cfg.lidar is not None:
@@ -150,8 +147,6 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
                         pillars.onnx_pooling = "scatter_nd"
                 steppers[name] = StepRunner(OrtBackend(path, num_threads=threads), cfg)
             elif name == "tensorrt":
-                from .tensorrt_backend import TensorRTBackend
-
                 if not engine:
                     raise ValueError("the tensorrt backend needs --engine")
                 steppers[name] = StepRunner(TensorRTBackend(engine), cfg)

@@ -43,13 +43,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparse_perception_ros.model import TemporalState, build_head, build_model
+from sparse_perception_ros.model.checkpoint import read_checkpoint
+from sparse_perception_ros.model.config import LidarConfig, ModelConfig, get_preset
+from sparse_perception_ros.model.dfa import FeatureInputs
+from sparse_perception_ros.model.head import STEP_INPUTS, STEP_OUTPUTS, Sparse4DHead
+from sparse_perception_ros.model.instance_bank import host_step_inputs
+from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
-
-from ..model import TemporalState, build_head, build_model
-from ..model.config import LidarConfig, ModelConfig, get_preset
-from ..model.dfa import FeatureInputs
-from ..model.head import STEP_INPUTS, STEP_OUTPUTS, Sparse4DHead
-from ..model.instance_bank import host_step_inputs
 
 __all__ = [
     "StepGraph",
@@ -197,9 +198,7 @@ def export_step(
     (inputs, outputs, preset, DFA domain, sha256) and returns that dict. Raises ``ValueError`` on
     a module that does not match ``with_backbone``.
     """
-    import onnx
-
-    from ..ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    import onnx  # lazy: optional dependency; the node imports this module (via backends) without exporting
 
     cfg = get_preset(preset) if not isinstance(preset, ModelConfig) else preset
     if module is None:
@@ -210,8 +209,6 @@ def export_step(
         else:
             module = build_head(cfg)
             if checkpoint:
-                from ..model.checkpoint import read_checkpoint
-
                 module.load_official_state_dict(read_checkpoint(checkpoint))
     if with_backbone != hasattr(module, "extract_features"):
         raise ValueError("with_backbone=True needs a full model (Sparse4DModel), False a head")

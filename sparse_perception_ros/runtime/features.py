@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sparse_perception_ros.model.preprocess import preprocess_images
+from sparse_perception_ros.runtime.export import weights_digest
 
 __all__ = ["CameraBackbone", "TorchCameraBackbone", "OrtCameraBackbone", "export_backbone_cached", "FeatureCache"]
 
@@ -69,8 +70,6 @@ class _BackboneGraph(nn.Module):
 def export_backbone_cached(model: nn.Module, cache_dir: str | Path | None = None) -> Path:
     """Export ``model``'s backbone + neck for one image ``img [1, 3, H, W]`` -> ``feat_l0..3`` once into
     ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``), keyed by preset and weights hash."""
-    from sparse_perception_ros.runtime.export import weights_digest
-
     root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
     path = root / f"{model.cfg.name}_camera_backbone_{weights_digest(model)}.onnx"
     if path.is_file():
@@ -99,7 +98,7 @@ class OrtCameraBackbone(CameraBackbone):
     name = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, num_threads: int | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: optional dependency (ONNX Runtime backbone only)
 
         opts = ort.SessionOptions()
         if num_threads:
