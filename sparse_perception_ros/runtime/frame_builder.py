@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparse_perception_ros.geometry.transforms import invert_transform
+from sparse_perception_ros.runtime.model_frame import model_frame_name
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
 from sparse_perception_ros.runtime.sweeps import SweepBuffer, SweepConfig, accumulate_sweeps
 from sparse_perception_ros.runtime.undistort import Undistorter
@@ -152,8 +153,6 @@ class FrameBuilder:
     @classmethod
     def from_params(cls, params) -> FrameBuilder:
         """The builder the node parameters describe (a :class:`~sparse_perception_ros.params.PerceptionParams`)."""
-        from sparse_perception_ros.runtime.model_frame import model_frame_name
-
         model = model_frame_name(params.frames.model_frame, params.frames.model_frame_axes)
         return cls(params.cameras.names, model, params.frames.world_frame, params.sync.wait_timeout,
                    params.cameras.undistort)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from sparse_perception_ros.model import CheckpointError, build_model
+from sparse_perception_ros.model.config import get_preset, with_num_cams
 from sparse_perception_ros.params import ModelParams, ParameterError
+from sparse_perception_ros.paths import model_file
+from sparse_perception_ros.runtime import features
+from sparse_perception_ros.runtime.backends import BackendUnavailable, StepRunner, build_stepper
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
+from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
 from sparse_perception_ros.runtime.sidecar import read_fact
 
 __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold",
@@ -17,8 +24,6 @@ __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights"
 
 def bundled_weights_path(preset: str) -> Path | None:
     """``models/<preset>.pt`` when the package ships weights for that preset, else None."""
-    from sparse_perception_ros.paths import model_file
-
     try:
         return model_file(f"{preset}.pt")
     except FileNotFoundError:
@@ -87,10 +92,6 @@ def camera_backbone(model: torch.nn.Module, num_threads: int | None):
     """The :class:`~.features.CameraBackbone` of the image features made on arrival: ONNX Runtime (the
     backbone exported once into the cache) whenever it is installed, whatever runs the step (1.6-1.7x
     torch per image on CPU, ``bench/bench_split.py``), torch otherwise."""
-    import importlib.util
-
-    from sparse_perception_ros.runtime import features
-
     if importlib.util.find_spec("onnxruntime") is not None:
         return features.OrtCameraBackbone(features.export_backbone_cached(model), num_threads)
     return features.TorchCameraBackbone(model)
@@ -128,10 +129,6 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     ``len(cameras.names)``; default: the preset's): the same weights run any count, and exported
     graphs are made (and cached) per count.
     """
-    from sparse_perception_ros.model import CheckpointError, build_model
-    from sparse_perception_ros.model.config import get_preset, with_num_cams
-    from sparse_perception_ros.runtime.backends import BackendUnavailable, StepRunner, build_stepper
-
     if p.device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("model.device", "'cuda' requested but torch.cuda.is_available() is False on this machine")
     if p.backend == "tensorrt" and not p.engine:
@@ -195,8 +192,6 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         max_sweeps = load_max_sweeps(path)
     except ValueError as exc:
         raise ParameterError("model.checkpoint", f"LiDAR sweeps: {exc}") from None
-    from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
-
     detail += (f"; display threshold {threshold:g} (stored with the weights, used by output.score_threshold auto)"
                if threshold is not None else
                f"; no display threshold stored with these weights (output.score_threshold auto uses "

@@ -26,6 +26,7 @@ from sparse_perception_ros.model.preprocess import preprocess_images_torch, prep
 from sparse_perception_ros.runtime.backends import Stepper
 from sparse_perception_ros.runtime.detections import Detections
 from sparse_perception_ros.runtime.features import FeatureCache
+from sparse_perception_ros.runtime.sweeps import SweepConfig
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
     TrackedFrame,
@@ -244,8 +245,6 @@ class Pipeline:
         so a new option reaches both. ``sweeps`` is then the multi-sweep accumulation the frames must carry
         (``lidar.*``; ``lidar.max_sweeps: auto`` takes ``weights_max_sweeps``, :func:`~.sweeps.resolve_max_sweeps`),
         None for a model without a LiDAR branch: the node's FrameBuilder and ``eval --offline`` read it."""
-        from sparse_perception_ros.runtime.sweeps import SweepConfig
-
         pipeline = cls(model, class_names, PipelineConfig.from_params(params, weights_score_threshold))
         if pipeline.lidar is not None:
             pipeline.sweeps = SweepConfig.from_params(params, weights_max_sweeps)
