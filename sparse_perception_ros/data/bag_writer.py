@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.metadata import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.atomic import atomic_output
@@ -56,8 +59,6 @@ class BagWriter:
     def __init__(self, writer, info, images: str = "jpeg"):
         if images not in IMAGE_FORMATS:
             raise ValueError(f"images must be one of {IMAGE_FORMATS}, got {images!r}")
-        from rosbags.rosbag2.metadata import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
-
         self.store = bagio.typestore()
         self.t = self.store.types
         self.w = writer
@@ -298,8 +299,6 @@ class SceneBagSink:
         self.first = self.last = None
 
     def __enter__(self) -> SceneBagSink:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
         self._atomic = atomic_output(self.path, overwrite=self.overwrite)
         self.tmp = Path(self._atomic.__enter__())
@@ -308,7 +307,7 @@ class SceneBagSink:
             self._writer.open()
             self.bw = BagWriter(self._writer, self.info, images=self.images)
         except BaseException:
-            self._atomic.__exit__(*__import__("sys").exc_info())
+            self._atomic.__exit__(*sys.exc_info())
             raise
         return self
 
@@ -326,8 +325,6 @@ class SceneBagSink:
                 side = {"scene_token": self.info.token, "scene_name": self.info.name, "samples": self.bw.samples}
                 (self.tmp / bagio.SAMPLES_SIDECAR).write_text(json.dumps(side, indent=1))
         except BaseException:
-            import sys
-
             self._atomic.__exit__(*sys.exc_info())
             raise
         self._atomic.__exit__(exc_type, exc, tb)

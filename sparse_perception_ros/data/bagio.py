@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 import sys
+import zlib
 from pathlib import Path
+
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from sparse_perception_ros.data.atomic import DataError
 from sparse_perception_ros.sensors import DEFAULT_TOPICS, camera_name
@@ -80,8 +85,6 @@ def _find_msg_file(msgtype: str) -> Path | None:
 @functools.lru_cache(maxsize=1)
 def typestore():
     """The shared ``rosbags`` Typestore (Kilted + vision_msgs)."""
-    from rosbags.typesys import Stores, get_typestore
-
     store = get_typestore(Stores.ROS2_KILTED)
     ensure_type(store, "vision_msgs/msg/Detection3DArray")
     return store
@@ -92,8 +95,6 @@ def ensure_type(store, msgtype: str) -> None:
 
     Raises DataError when no definition can be found.
     """
-    from rosbags.typesys import get_types_from_msg
-
     if msgtype in store.types:
         return
     todo, seen, found = [msgtype], set(), {}
@@ -131,8 +132,6 @@ def open_reader(path: str | os.PathLike):
 
     The caller must ``close()`` it. Every failure is a DataError that names the file.
     """
-    from rosbags.highlevel import AnyReader
-
     p = Path(path)
     if not p.exists():
         raise DataError(f"bag not found: {p}")
@@ -170,10 +169,7 @@ def add_chunk_crcs(mcap_path: str | os.PathLike) -> int:
     ``rosbags`` writes chunk CRCs as 0 ("not computed"), so a flipped byte inside message data would
     go unnoticed. With the CRCs set, readers (``rosbags``, ``mcap``) report such a file as corrupt.
     """
-    import struct
-    import zlib
-
-    from mcap.reader import make_reader
+    from mcap.reader import make_reader  # lazy: mcap is no package.xml dependency; the ROS bag nodes need none
 
     with open(mcap_path, "r+b") as fh:
         summary = make_reader(fh).get_summary()

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from nuscenes.eval.detection.utils import category_to_detection_name
+from nuscenes.nuscenes import NuScenes
 
 from sparse_perception_ros.data.atomic import DataError
 from sparse_perception_ros.data.records import (
@@ -47,8 +49,6 @@ def detect_version(dataroot: str | os.PathLike) -> str:
 
 def load_nuscenes(dataroot: str | os.PathLike, version: str | None = None):
     """``NuScenes`` for a root, after checking that all 13 tables exist (DataError naming a missing one)."""
-    from nuscenes.nuscenes import NuScenes
-
     version = version or detect_version(dataroot)
     folder = Path(dataroot) / version
     for t in TABLES:
@@ -81,8 +81,6 @@ def _scene_info(nusc, scene: dict, lidar_hz: float) -> SceneInfo:
 
 
 def _boxes(nusc, sample: dict) -> list[GTBox]:
-    from nuscenes.eval.detection.utils import category_to_detection_name
-
     out = []
     for tok in sample["anns"]:
         a = nusc.get("sample_annotation", tok)

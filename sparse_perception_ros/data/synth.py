@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tqdm import tqdm
+
 from sparse_perception_ros.data.bag_writer import SceneBagSink, write_bag
 from sparse_perception_ros.data.generator import SynthConfig, generate
 from sparse_perception_ros.data.nuscenes_writer import write_nuscenes
@@ -20,8 +22,6 @@ __all__ = ["synthesize", "progress_bar"]
 
 def progress_bar(total: int, desc: str):
     """A tqdm bar on a terminal (stderr), a no-op object elsewhere."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="msg", disable=not sys.stderr.isatty(), leave=False)
 
 

@@ -13,13 +13,17 @@ evaluation reads its ground truth from).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from nuscenes import NuScenes
 
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_to_matrix
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
+from sparse_perception_ros.runtime.sweeps import accumulate_sweeps, select_sweeps
 from sparse_perception_ros.sensors import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 __all__ = ["SampleRef", "open_nuscenes", "find_version", "select_samples", "pose_matrix",
@@ -49,8 +53,6 @@ def find_version(dataroot: str | Path) -> str:
 
 def open_nuscenes(dataroot: str | Path, version: str | None = None):
     """A devkit ``NuScenes`` over ``dataroot`` (quiet)."""
-    from nuscenes import NuScenes
-
     version = version or find_version(dataroot)
     return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
 
@@ -108,8 +110,6 @@ def lidar_history(nusc, lidar_sd: dict, sweeps) -> list[tuple[np.ndarray, np.nda
     :class:`~sparse_perception_ros.runtime.sweeps.SweepConfig`) selects, as
     :func:`~sparse_perception_ros.runtime.sweeps.accumulate_sweeps` takes them: ``(points (M, 4),
     T_key_from_sweep, dt_s)``, newest first, through the ego poses of the sweeps' own stamps."""
-    from sparse_perception_ros.runtime.sweeps import select_sweeps
-
     if sweeps is None or sweeps.max_sweeps <= 1:
         return []
     key_ns = int(lidar_sd["timestamp"]) * 1000
@@ -151,8 +151,6 @@ def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, 
     node sees a bag at the sensors' rate: ``(frame, sample_token or None)`` in time order, the token
     set on keyframes (those of ``samples``). Each camera contributes its image nearest in time to the
     sweep (the node's sync rule). Decoded images are reused between sweeps (``image_cache`` kept)."""
-    from collections import OrderedDict
-
     decoded: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def read(sd):
@@ -197,8 +195,6 @@ def _chain(nusc, sd_token: str | None) -> list[dict]:
 
 
 def _read_image(nusc, sd: dict) -> np.ndarray:
-    import cv2
-
     bgr = cv2.imread(str(Path(nusc.dataroot) / sd["filename"]), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"cannot read image {Path(nusc.dataroot) / sd['filename']}")
@@ -232,8 +228,6 @@ def _frame(nusc, lidar_sd: dict, camera_sds: list, with_points: bool, sweeps, re
     if with_points:
         points = _read_points(nusc, lidar_sd)
         if sweeps is not None and sweeps.max_sweeps > 1:
-            from sparse_perception_ros.runtime.sweeps import accumulate_sweeps
-
             points = accumulate_sweeps(points, lidar_history(nusc, lidar_sd, sweeps))
     return Frame(stamp_ns=int(lidar_sd["timestamp"]) * 1000, images=images, K=K, T_cam_from_model=T_cm,
                  present=present, T_world_from_model=T_gm, points=points, camera_stamps_ns=stamps,

@@ -14,13 +14,28 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from pathlib import Path
 
 import numpy as np
+from nuscenes.eval.common.config import config_factory
+from nuscenes.eval.common.loaders import (
+    add_center_dist,
+    filter_eval_boxes,
+    load_gt_of_sample_tokens,
+    load_prediction_of_sample_tokens,
+)
+from nuscenes.eval.detection.data_classes import DetectionBox
+from nuscenes.eval.detection.evaluate import DetectionEval
+from nuscenes.eval.tracking.data_classes import TrackingBox
+from nuscenes.eval.tracking.evaluate import TrackingEval
+from nuscenes.eval.tracking.loaders import create_tracks
+from nuscenes.utils.splits import create_splits_scenes
 
 from sparse_perception_ros.eval.offline import results_to_submissions
 from sparse_perception_ros.eval.report import write_json
+from sparse_perception_ros.eval.submission import frame_plausibility_warning
 
 __all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "recall_ceiling", "summarize",
            "score_results", "wrong_frame_warning"]
@@ -28,10 +43,6 @@ __all__ = ["split_covering", "run_detection_eval", "run_tracking_eval", "recall_
 
 def split_covering(nusc, scene_names) -> str:
     """Name of the smallest split (custom or predefined) that contains every scene in ``scene_names``."""
-    import json
-
-    from nuscenes.utils.splits import create_splits_scenes
-
     wanted = set(scene_names)
     candidates: dict[str, list[str]] = {}
     custom = Path(nusc.dataroot) / nusc.version / "splits.json"
@@ -51,13 +62,6 @@ def split_covering(nusc, scene_names) -> str:
 
 
 def _prepare(nusc, cfg, result_path: str, sample_tokens, box_cls, verbose: bool):
-    from nuscenes.eval.common.loaders import (
-        add_center_dist,
-        filter_eval_boxes,
-        load_gt_of_sample_tokens,
-        load_prediction_of_sample_tokens,
-    )
-
     pred, meta = load_prediction_of_sample_tokens(result_path, cfg.max_boxes_per_sample, box_cls,
                                                   sample_tokens=list(sample_tokens), verbose=verbose)
     gt = load_gt_of_sample_tokens(nusc, list(sample_tokens), box_cls, verbose=verbose)
@@ -82,9 +86,6 @@ def _make_dirs(self, output_dir: str) -> None:
 
 
 def _detection_eval_class():
-    from nuscenes.eval.detection.data_classes import DetectionBox
-    from nuscenes.eval.detection.evaluate import DetectionEval
-
     class SubsetDetectionEval(DetectionEval):
         """The devkit's DetectionEval over ``sample_tokens`` instead of a split."""
 
@@ -99,10 +100,6 @@ def _detection_eval_class():
 
 
 def _tracking_eval_class():
-    from nuscenes.eval.tracking.data_classes import TrackingBox
-    from nuscenes.eval.tracking.evaluate import TrackingEval
-    from nuscenes.eval.tracking.loaders import create_tracks
-
     class SubsetTrackingEval(TrackingEval):
         """The devkit's TrackingEval over ``sample_tokens`` (tracks built within ``split``)."""
 
@@ -133,8 +130,6 @@ def _quiet(verbose: bool):
 def run_detection_eval(nusc, result_path: str, sample_tokens, output_dir: str, render_curves: bool = True,
                        verbose: bool = False, config_name: str = "detection_cvpr_2019") -> dict:
     """devkit detection metrics (its ``metrics_summary`` dict); plots under ``output_dir/plots``."""
-    from nuscenes.eval.common.config import config_factory
-
     with _quiet(verbose):
         ev = _detection_eval_class()(nusc, config_factory(config_name), result_path, sample_tokens, output_dir,
                                      verbose=verbose)
@@ -158,8 +153,6 @@ def run_tracking_eval(nusc, result_path: str, sample_tokens, scene_names, output
                       render_curves: bool = True, verbose: bool = False,
                       config_name: str = "tracking_nips_2019") -> dict:
     """devkit tracking metrics (its ``metrics_summary`` dict); plots under ``output_dir/plots``."""
-    from nuscenes.eval.common.config import config_factory
-
     split = split_covering(nusc, scene_names)
     with _quiet(verbose):
         ev = _tracking_eval_class()(nusc, config_factory(config_name), result_path, sample_tokens, split,
@@ -231,8 +224,6 @@ def wrong_frame_warning(metrics: dict, ego_distance_m: float | None, num_predict
     origin, an empty match means boxes were left in the ego / sensor frame. ``num_predictions`` = 0
     (no box above the score threshold) is not a frame problem and gives no warning.
     """
-    from sparse_perception_ros.eval.submission import frame_plausibility_warning
-
     if not metrics.get("classes_present") or num_predictions == 0:
         return None  # nothing to judge: no ground truth, or no prediction at all
     if not metrics.get("mAP_present"):

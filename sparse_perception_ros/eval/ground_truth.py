@@ -53,7 +53,8 @@ def gt_sample_boxes(nusc, sample_token: str) -> tuple[np.ndarray, list[str], lis
     Velocities come from ``nusc.box_velocity`` (the devkit's own GT velocity); annotations of
     categories outside the ten detection classes are skipped.
     """
-    from nuscenes.eval.detection.utils import category_to_detection_name
+    # the ground-truth node (ros/eval_gt_node.py) imports this module at start-up; only this function needs the devkit
+    from nuscenes.eval.detection.utils import category_to_detection_name  # lazy: nuscenes-devkit takes 2 s
 
     sample = nusc.get("sample", sample_token)
     rows, names, instances = [], [], []

@@ -7,12 +7,23 @@ resets on the time gap between scenes, which gives the same state).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from sparse_perception_ros.classes import CLASS_NAMES
+from sparse_perception_ros.eval.dataset import SampleRef, load_frame, sensor_rate_frames
+from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, GroundTruthPassthrough
+from sparse_perception_ros.eval.submission import (
+    detection_entries,
+    make_submission,
+    tracking_entries,
+    validate_submission,
+)
 from sparse_perception_ros.runtime.detections import Detections
+from sparse_perception_ros.runtime.loading import load_model
+from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
 __all__ = ["SampleResult", "build_pipeline", "run_offline", "results_to_submissions"]
 
@@ -39,11 +50,6 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     ``backend`` overrides ``params.model.backend``; ``"debug_ground_truth"`` builds the GT
     passthrough (needs ``gt_table``) instead of loading a model.
     """
-    from dataclasses import replace
-
-    from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, GroundTruthPassthrough
-    from sparse_perception_ros.runtime.pipeline import Pipeline
-
     threshold = sweeps = None  # the weights' display threshold and sweep count (the auto parameters)
     if backend == DEBUG_BACKEND:
         if gt_table is None:
@@ -51,8 +57,6 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
         model = GroundTruthPassthrough(gt_table, num_cams=len(params.cameras.names))
         note = f"DEBUG backend {DEBUG_BACKEND}: ground truth replayed as detections (not a model)"
     else:
-        from sparse_perception_ros.runtime.loading import load_model
-
         mp = params.model if backend is None else replace(params.model, backend=backend)
         loaded = load_model(mp)
         model, note, threshold = loaded.stepper, loaded.note, loaded.score_threshold
@@ -68,11 +72,6 @@ def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None
     ``sensor_rate``: step on every LiDAR sweep between the keyframes, each with its nearest camera
     images (:func:`~.dataset.sensor_rate_frames`: what the node does on a full-rate bag, every
     sweep processed), and keep the keyframes' results; ``progress`` still counts keyframes."""
-    import time
-
-    from sparse_perception_ros.eval.dataset import load_frame, sensor_rate_frames
-    from sparse_perception_ros.runtime.pipeline import PipelineState
-
     if sensor_rate:
         frames = ((ref, frame) for frame, token in sensor_rate_frames(nusc, samples, sweeps=pipeline.sweeps)
                   for ref in [_ref_of(samples, token, frame)])
@@ -108,8 +107,6 @@ def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None
 def _ref_of(samples, token: str | None, frame):
     """The :class:`~.dataset.SampleRef` of a keyframe ``token``, or a token-less one (a sweep between
     keyframes) carrying its scene, found through the nearest earlier keyframe."""
-    from sparse_perception_ros.eval.dataset import SampleRef
-
     if token is not None:
         return next(r for r in samples if r.token == token)
     earlier = [r for r in samples if r.stamp_ns <= frame.stamp_ns] or samples[:1]
@@ -119,13 +116,6 @@ def _ref_of(samples, token: str | None, frame):
 def results_to_submissions(results: list[SampleResult], sample_tokens, class_names=None,
                            use_lidar: bool = False) -> tuple[dict, dict]:
     """``(detection_submission, tracking_submission)``: every token present, global frame, <= 500 boxes."""
-    from sparse_perception_ros.eval.submission import (
-        detection_entries,
-        make_submission,
-        tracking_entries,
-        validate_submission,
-    )
-
     names = tuple(class_names or CLASS_NAMES)
     det, trk = {}, {}
     for r in results:

@@ -12,13 +12,17 @@ give for any score threshold and tracking setting (the fast part): what the tuni
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from sparse_perception_ros.eval.offline import build_pipeline
+from sparse_perception_ros.eval.dataset import load_frame
+from sparse_perception_ros.eval.offline import SampleResult, build_pipeline
+from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState, _ids
+from sparse_perception_ros.runtime.tracking import keep_by_evidence, track_evidence, track_frame
 
 __all__ = ["RawFrame", "record_raw", "recorded_raw", "replay", "save_raw", "load_raw"]
 
@@ -55,9 +59,6 @@ def record_raw(nusc, samples, pipeline, progress=None) -> list[RawFrame]:
     ``max_time_gap_s``, ``sensors`` and ``sweeps`` matter (the host steps, velocity from tracks
     included, are switched off here and left to :func:`replay`).
     """
-    from sparse_perception_ros.eval.dataset import load_frame
-    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState, _ids
-
     raw_config = replace(pipeline.config, score_threshold=0.0, reassociate_distance=0.0, track_class_vote=False,
                          duplicate_iou=1.0, velocity_window=0.0)
     raw = Pipeline(pipeline.model, pipeline.class_names, raw_config)
@@ -107,9 +108,6 @@ def replay(frames: list[RawFrame], score_threshold: float, max_detections: int, 
             :func:`~sparse_perception_ros.runtime.tracking.keep_by_evidence`; output only, as the
             IoU rule). Needs ``tracking.track_class_vote`` on and ``tracking.duplicate_iou`` 1.
     """
-    from sparse_perception_ros.eval.offline import SampleResult
-    from sparse_perception_ros.runtime.tracking import keep_by_evidence, track_evidence, track_frame
-
     if conflict is not None and not (tracking.track_class_vote and tracking.duplicate_iou >= 1.0):
         raise ValueError("conflict needs tracking.track_class_vote on and tracking.duplicate_iou 1 (off)")
 
@@ -139,8 +137,6 @@ def replay(frames: list[RawFrame], score_threshold: float, max_detections: int, 
 def save_raw(frames: list[RawFrame], path) -> None:
     """Write :func:`record_raw`'s output as JSON (a cache for the tuning scripts; no pickle, so a
     cache file can never run code when read back)."""
-    import json
-
     def row(f: RawFrame) -> dict:
         return {"sample_token": f.sample_token, "stamp_ns": int(f.stamp_ns), "boxes": f.boxes.tolist(),
                 "scores": f.scores.tolist(), "labels": f.labels.tolist(), "bank_ids": f.bank_ids.tolist(),
@@ -153,8 +149,6 @@ def save_raw(frames: list[RawFrame], path) -> None:
 
 def load_raw(path) -> list[RawFrame]:
     """Inverse of :func:`save_raw`."""
-    import json
-
     out = []
     for r in json.loads(Path(path).read_text()):
         t = r["T_world_from_model"]

@@ -23,7 +23,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from sparse_perception_ros.eval.dataset import T_global_from_lidar, load_frame
+from sparse_perception_ros.geometry.boxes import box_corners
+from sparse_perception_ros.geometry.camera import project_points
+from sparse_perception_ros.geometry.transforms import invert_transform, quat_to_matrix
 
 __all__ = ["staged_folder", "latency_percentiles", "write_summary", "draw_pictures", "format_metrics"]
 
@@ -124,8 +130,6 @@ def write_summary(path: Path, metrics: dict, run: dict, latency: dict, warning: 
 
 def _to_lidar(entries_or_boxes, T_lidar_from_global: np.ndarray) -> np.ndarray:
     """Global nuScenes boxes (dicts with translation/size/rotation) -> ``(N, 7)`` lidar-frame boxes."""
-    from sparse_perception_ros.geometry.transforms import quat_to_matrix
-
     rows = []
     for e in entries_or_boxes:
         R = T_lidar_from_global[:3, :3] @ quat_to_matrix(np.asarray(e["rotation"], dtype=np.float64))
@@ -137,16 +141,10 @@ def _to_lidar(entries_or_boxes, T_lidar_from_global: np.ndarray) -> np.ndarray:
 
 def draw_pictures(nusc, det_submission: dict, sample_tokens, folder: Path, count: int = 3) -> list[str]:
     """BEV (LIDAR_TOP frame, 60 m) and CAM_FRONT pictures of ``count`` keyframes spread over the run."""
-    import cv2
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is slow to import and only the pictures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sparse_perception_ros.eval.dataset import T_global_from_lidar, load_frame
-    from sparse_perception_ros.geometry.boxes import box_corners
-    from sparse_perception_ros.geometry.camera import project_points
-    from sparse_perception_ros.geometry.transforms import invert_transform
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use("Agg")
 
     folder.mkdir(parents=True, exist_ok=True)
     tokens = list(sample_tokens)

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_perception_ros.data import bagio
 from sparse_perception_ros.eval.offline import SampleResult
+from sparse_perception_ros.geometry.tf_buffer import TransformBuffer
+from sparse_perception_ros.geometry.transforms import make_transform, quat_to_matrix, yaw_from_quat
 
 __all__ = ["WORLD_FRAME", "read_samples_sidecar", "read_tf", "read_outputs", "detection_array_to_boxes",
            "match_outputs", "bag_images_compressed"]
@@ -49,10 +52,6 @@ def _ns(stamp) -> int:
 
 def read_tf(bag: str | Path):
     """A :class:`~sparse_perception_ros.geometry.tf_buffer.TransformBuffer` holding the bag's whole ``/tf`` + ``/tf_static``."""
-    from sparse_perception_ros.data import bagio
-    from sparse_perception_ros.geometry.tf_buffer import TransformBuffer
-    from sparse_perception_ros.geometry.transforms import make_transform, quat_to_matrix
-
     buf = TransformBuffer(cache_time_ns=1 << 62)
     reader = bagio.open_reader(bag)
     try:
@@ -72,8 +71,6 @@ def read_tf(bag: str | Path):
 def detection_array_to_boxes(msg, class_names) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A Detection3DArray (as the node writes it, see ``ros/messages.py``) -> boxes ``(N, 10)``, scores,
     labels, track ids. Unknown class ids are dropped; a missing velocity hypothesis gives zero velocity."""
-    from sparse_perception_ros.geometry.transforms import yaw_from_quat
-
     rows, scores, labels, ids = [], [], [], []
     for d in msg.detections:
         if not d.results or d.results[0].hypothesis.class_id not in class_names:
@@ -95,8 +92,6 @@ def detection_array_to_boxes(msg, class_names) -> tuple[np.ndarray, np.ndarray, 
 def read_outputs(recording: str | Path, class_names) -> tuple[dict[int, tuple], list[dict[str, float]], dict]:
     """From a recording: ``{stamp_ns: (frame_id, boxes, scores, labels, ids)}``, per-frame latency dicts,
     and the node's last ``/diagnostics`` counters (``{name: value}``, latency percentiles left out)."""
-    from sparse_perception_ros.data import bagio
-
     outputs: dict[int, tuple] = {}
     latency: list[dict[str, float]] = []
     counters: dict[str, str] = {}
@@ -141,8 +136,6 @@ def match_outputs(sidecar: dict, outputs: dict[int, tuple], tf, wanted: set[str]
 
 def bag_images_compressed(bag: str | Path) -> bool:
     """True when the bag's camera topics carry CompressedImage (the node must subscribe to that type)."""
-    from sparse_perception_ros.data import bagio
-
     reader = bagio.open_reader(bag)
     try:
         types = {c.msgtype for c in reader.connections if c.topic.startswith("/cam_") and c.topic.endswith("/image")}

@@ -7,10 +7,16 @@ about the result. ``args`` is the parsed ``eval`` options (any object with those
 
 from __future__ import annotations
 
+import json
 import sys
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from sparse_perception_ros.params import load_params
+from sparse_perception_ros.paths import config_file
 
 __all__ = ["BACKENDS", "EVAL_SCORE_THRESHOLD", "eval_score_threshold", "node_overrides", "resolve_params",
            "recall_ceiling_entry", "convert_to_bags", "node_warnings"]
@@ -49,12 +55,8 @@ def node_overrides(args, score_threshold: float | str | None = None) -> dict:
 def resolve_params(args):
     """``(params, params_file, threshold, threshold_note)``: the node parameters eval runs with
     (the params file with ``--preset``, ``--sensors`` and the score threshold applied)."""
-    from sparse_perception_ros.params import load_params
-    from sparse_perception_ros.paths import config_file
-
     params_file = args.params_file or str(config_file("perception.param.yaml"))
     params = load_params(params_file)
-    from dataclasses import replace
 
     if isinstance(args.score_threshold, float) and not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
@@ -70,7 +72,8 @@ def recall_ceiling_entry(gt_per_sample, params, backend: str) -> dict:
     boxes a frame can publish), GT boxes per scored sample (mean, max) and the share of GT boxes
     reachable at all with K outputs (:func:`~.devkit.recall_ceiling`). K is also capped by
     ``output.max_detections``; the ground-truth backend has no model output count."""
-    from sparse_perception_ros.eval.devkit import recall_ceiling
+    # `eval --help` imports this module (cli/evaluate.add_arguments): keep nuscenes-devkit and torch out of it
+    from sparse_perception_ros.eval.devkit import recall_ceiling  # lazy: the devkit and torch are slow
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND
     from sparse_perception_ros.model.config import get_preset
 
@@ -84,11 +87,9 @@ def recall_ceiling_entry(gt_per_sample, params, backend: str) -> dict:
 
 def convert_to_bags(args, samples, out: Path) -> list[str]:
     """The selected scenes of ``--dataroot`` as bags (``to-bag``'s converter), for ROS mode without ``--bag``."""
-    from collections import Counter as _Counter
+    from sparse_perception_ros.data.to_bag import convert  # lazy: nuscenes-devkit is slow, `eval --help` imports us
 
-    from sparse_perception_ros.data.to_bag import convert
-
-    per_scene = _Counter(s.scene_name for s in samples)
+    per_scene = Counter(s.scene_name for s in samples)
     scenes = list(dict.fromkeys(s.scene_name for s in samples))
     print(f"eval: converting {len(scenes)} scene(s) of {args.dataroot} to bags", file=sys.stderr)
     summaries = convert(str(args.dataroot), str(out), args.version, scenes, sweeps=not args.no_sweeps,
@@ -99,8 +100,6 @@ def convert_to_bags(args, samples, out: Path) -> list[str]:
 def node_warnings(counters_path: Path) -> list[str]:
     """What the node's own counters say went wrong during the replay (skipped frames, masked cameras,
     refused inputs, state resets), one line per bag and problem."""
-    import json
-
     if not counters_path.is_file():
         return []
     out = []

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..geometry.image_transform import ResizeCrop, augmentation_matrix, compute_resize_crop
-from ..model.preprocess import _STD_INV, IMAGENET_MEAN
-from ..runtime.pipeline import MASKED_PROJECTION
-from .dataset import TrainSample, pil_image
+from sparse_perception_ros.geometry.image_transform import ResizeCrop, augmentation_matrix, compute_resize_crop
+from sparse_perception_ros.model.preprocess import _STD_INV, IMAGENET_MEAN
+from sparse_perception_ros.runtime.pipeline import MASKED_PROJECTION
+from sparse_perception_ros.train.dataset import TrainSample, pil_image
 
 __all__ = ["AugmentConfig", "ClipAug", "draw_clip_aug", "FrameBatch", "collate_frame"]
 

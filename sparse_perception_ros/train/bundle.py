@@ -14,7 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..model.checkpoint import TRAINING_ONLY_PREFIXES
+from sparse_perception_ros.model import build_model
+from sparse_perception_ros.model.checkpoint import TRAINING_ONLY_PREFIXES
+from sparse_perception_ros.train.dataset import load_samples
+from sparse_perception_ros.train.trainer import recalibrate_lidar_bn
 
 __all__ = ["bundle"]
 
@@ -25,8 +28,6 @@ def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str 
     ``recalibrate_from``: a training data cache (``--data-cache``); the LiDAR branch's BatchNorm
     statistics are then recomputed from 128 of its sweeps (:func:`~.trainer.recalibrate_lidar_bn`).
     """
-    from ..model import build_model
-
     sd = torch.load(src, weights_only=True)
     if not isinstance(sd, dict) or not sd:
         raise ValueError(f"{src}: not a state dict")
@@ -36,9 +37,6 @@ def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str 
     if missing or unexpected:
         raise ValueError(f"{src} does not fit preset {preset!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if recalibrate_from is not None:
-        from .dataset import load_samples
-        from .trainer import recalibrate_lidar_bn
-
         samples, _ = load_samples(recalibrate_from)
         recalibrate_lidar_bn(model, samples)
         kept = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

@@ -6,6 +6,7 @@ options. See ``docs/training.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -13,7 +14,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..data.scene import parse_class_weights
+import numpy as np
+import torch
+
+from sparse_perception_ros.data.scene import parse_class_weights
+from sparse_perception_ros.model.config import get_preset, with_capacity
+from sparse_perception_ros.runtime.sweeps import SweepConfig
+from sparse_perception_ros.train.augment import AugmentConfig
+from sparse_perception_ros.train.dataset import (
+    load_samples,
+    make_clips,
+    samples_from_streams,
+    save_samples,
+    synthetic_samples,
+)
+from sparse_perception_ros.train.distributed import from_environment, shutdown
+from sparse_perception_ros.train.quick_eval import quick_map, run_inference
+from sparse_perception_ros.train.trainer import TrainConfig, TrainingDiverged, evaluate_loss, init_model, train
 
 __all__ = ["run", "run_smoke", "SmokeError"]
 
@@ -23,8 +40,6 @@ class SmokeError(RuntimeError):
 
 
 def _sha256(path: str | Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -34,10 +49,6 @@ def _sha256(path: str | Path) -> str:
 
 def model_config(args):
     """The preset, with ``--capacity`` and ``--lidar-velocity`` applied. Raises ValueError naming the option."""
-    from dataclasses import replace
-
-    from ..model.config import get_preset, with_capacity
-
     cfg = get_preset(args.preset)
     if getattr(args, "capacity", None):
         try:
@@ -63,9 +74,6 @@ def _with_points(args) -> bool:
 
 def _sweeps(args):
     """``(SweepConfig | None, max_points | None)`` of ``--max-sweeps`` / ``--sweep-window`` (fused presets)."""
-    from ..model.config import get_preset
-    from ..runtime.sweeps import SweepConfig
-
     if getattr(args, "max_sweeps", 1) <= 1 or not _fused(args):
         return None, None
     return SweepConfig(args.sweep_window, args.max_sweeps), get_preset(args.preset).lidar.max_points
@@ -89,7 +97,7 @@ def _split_scenes(nusc, split: str) -> list[str]:
         splits = json.loads(custom.read_text())
         if split in splits:
             return list(splits[split])
-    from nuscenes.utils.splits import create_splits_scenes
+    from nuscenes.utils.splits import create_splits_scenes  # lazy: nuscenes-devkit takes 2 s, only --dataroot needs it
 
     known = create_splits_scenes()
     if split not in known:
@@ -102,8 +110,6 @@ def _split_scenes(nusc, split: str) -> list[str]:
 
 
 def _load_samples(args):
-    from .dataset import load_samples, samples_from_streams, save_samples, synthetic_samples
-
     settings = _data_settings(args)
     if args.data_cache and Path(args.data_cache).is_file():
         samples, meta = load_samples(args.data_cache)
@@ -111,7 +117,7 @@ def _load_samples(args):
             return samples
         print(f"train: {args.data_cache} holds other data ({meta}); regenerating", file=sys.stderr)
     if args.dataroot:
-        from ..data.nuscenes_reader import load_nuscenes, read_scenes
+        from sparse_perception_ros.data.nuscenes_reader import load_nuscenes, read_scenes  # lazy: the devkit is slow
 
         nusc = load_nuscenes(args.dataroot, args.version)
         scenes = _split_scenes(nusc, args.split) if args.split else None
@@ -140,11 +146,6 @@ def run_smoke(out_dir: str | Path | None = None, iters: int = 30, log=None) -> d
     that the training loss of the last iterations is below that of the first ones. Raises
     :class:`SmokeError` otherwise. Returns the numbers.
     """
-    import numpy as np
-
-    from .dataset import make_clips, synthetic_samples
-    from .trainer import TrainConfig, evaluate_loss, init_model, train
-
     log = log or (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
     samples = synthetic_samples(seed=0, scenes=1, keyframes=4, width=400, height=225, objects=20, with_points=True)
@@ -168,8 +169,6 @@ def run_smoke(out_dir: str | Path | None = None, iters: int = 30, log=None) -> d
 
 
 def run(args) -> int:
-    from .distributed import from_environment, shutdown
-
     ctx = from_environment()
     try:
         return _run(args, ctx)
@@ -186,7 +185,6 @@ def _load_samples_once(args, ctx):
     cache = args.data_cache or (None if args.dataroot else str(Path(args.out) / "train_data.pt"))
     if cache is None:
         return _load_samples(args)
-    from .dataset import load_samples
 
     args = type(args)(**{**vars(args), "data_cache": cache})
     samples = None
@@ -198,8 +196,6 @@ def _load_samples_once(args, ctx):
 
 
 def _run(args, ctx) -> int:
-    import torch
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.smoke and ctx is not None:
@@ -240,8 +236,6 @@ def _run(args, ctx) -> int:
     if not args.out:
         print("train: --out is required (except with --smoke)", file=sys.stderr)
         return 2
-    from .augment import AugmentConfig
-    from .trainer import TrainConfig, TrainingDiverged, train
 
     try:
         mcfg = model_config(args)
@@ -286,9 +280,6 @@ def _run(args, ctx) -> int:
     if not main:
         return 0
     if args.val_scenes > 0 and finished:
-        from .dataset import synthetic_samples
-        from .quick_eval import quick_map, run_inference
-
         w, h = args.image_size
         sweeps, max_points = _sweeps(args)
         val = synthetic_samples(args.val_seed, args.val_scenes, args.keyframes, w, h, args.objects, args.workers,

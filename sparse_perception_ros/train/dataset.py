@@ -18,15 +18,22 @@ into one :class:`TrainSample` in the **LIDAR_TOP** frame (the model frame of our
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+from PIL import Image
 
 from sparse_perception_ros.classes import CLASS_NAMES
+from sparse_perception_ros.data.generator import SynthConfig, generate
 from sparse_perception_ros.data.records import CameraRecord, KeyframeRecord, LidarRecord, SceneStream
 from sparse_perception_ros.geometry.transforms import invert_transform, quat_to_matrix
+from sparse_perception_ros.runtime.pipeline import thin_points
+from sparse_perception_ros.runtime.sweeps import accumulate_sweeps, select_sweeps
 from sparse_perception_ros.sensors import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 __all__ = ["TrainSample", "samples_from_stream", "samples_from_streams", "make_clips", "synthetic_samples",
@@ -37,10 +44,6 @@ __all__ = ["TrainSample", "samples_from_stream", "samples_from_streams", "make_c
 def pil_image(data: bytes | np.ndarray):
     """Encoded bytes or an ``(H, W, 3) uint8`` RGB array -> an RGB ``PIL.Image`` (decoded by PIL,
     which skips the BGR flip and copies of the OpenCV route; about 2x faster per training frame)."""
-    import io
-
-    from PIL import Image
-
     if isinstance(data, np.ndarray):
         return Image.fromarray(data)
     img = Image.open(io.BytesIO(data))
@@ -51,7 +54,6 @@ def decode_image(data: bytes | np.ndarray) -> np.ndarray:
     """JPEG/PNG bytes (or an already decoded array) -> ``(H, W, 3) uint8`` **RGB**."""
     if isinstance(data, np.ndarray):
         return data
-    import cv2
 
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
@@ -139,9 +141,6 @@ def samples_from_stream(stream: SceneStream, class_names: Sequence[str] = CLASS_
     moved through the ego poses, with ``dt``; ``max_points`` then thins the result as the pipeline does
     (:func:`~sparse_perception_ros.runtime.pipeline.thin_points`), which keeps the stored samples small.
     """
-    from ..runtime.pipeline import thin_points
-    from ..runtime.sweeps import accumulate_sweeps, select_sweeps
-
     multi = sweeps is not None and sweeps.max_sweeps > 1
     recent: list[LidarRecord] = []  # the LIDAR_TOP sweeps of the last window, oldest first
     info = stream.info
@@ -221,8 +220,6 @@ def samples_from_streams(streams: Iterable[SceneStream], class_names: Sequence[s
 
 def save_samples(samples: Sequence[TrainSample], path: str | Path, meta: dict | None = None) -> None:
     """Write samples (images kept encoded) as tensors, loadable with ``torch.load(weights_only=True)``."""
-    import torch
-
     def enc(im: bytes | np.ndarray) -> torch.Tensor:
         if isinstance(im, np.ndarray):
             raise ValueError("save_samples needs encoded images (samples_from_stream(decode=False))")
@@ -241,8 +238,6 @@ def save_samples(samples: Sequence[TrainSample], path: str | Path, meta: dict | 
 
 def load_samples(path: str | Path) -> tuple[list[TrainSample], dict]:
     """Inverse of :func:`save_samples`: (samples, meta)."""
-    import torch
-
     d = torch.load(path, weights_only=True)
     out = [TrainSample(r["scene"], float(r["timestamp"]), [bytes(t.numpy().tobytes()) for t in r["images"]],
                        r["K"].numpy(), r["T_cam_from_lidar"].numpy(), r["T_world_from_lidar"].numpy(),
@@ -285,8 +280,6 @@ def synthetic_samples(seed: int, scenes: int, keyframes: int, width: int, height
     The LiDAR has the generator's default (bag) settings; it decides which boxes count as seen
     (``num_lidar_pts > 0``) and, with ``with_points``, its key sweeps are kept for fused training.
     """
-    from ..data.generator import SynthConfig, generate
-
     cfg = SynthConfig(seed=seed, scenes=scenes, keyframes=keyframes, width=width, height=height,
                       objects=objects, sweeps=False, class_weights=class_weights,
                       lidar_sweeps=sweeps is not None and sweeps.max_sweeps > 1)

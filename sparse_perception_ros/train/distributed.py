@@ -29,8 +29,9 @@ from datetime import timedelta
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from .augment import draw_clip_aug
+from sparse_perception_ros.train.augment import draw_clip_aug
 
 __all__ = ["DistContext", "from_environment", "rank_batch", "shutdown", "convert_sync_batchnorm"]
 
@@ -50,8 +51,6 @@ class DistContext:
         return self.rank == 0
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
         if self.backend == "nccl":
             dist.barrier(device_ids=[self.local_rank])
         else:
@@ -59,8 +58,6 @@ class DistContext:
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         """Sum of ``values`` (one float64 vector) over all ranks; every rank gets the result."""
-        import torch.distributed as dist
-
         t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().tolist()
@@ -72,7 +69,6 @@ def from_environment(timeout_s: float = 1800.0) -> DistContext | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    import torch.distributed as dist
 
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -89,7 +85,6 @@ def from_environment(timeout_s: float = 1800.0) -> DistContext | None:
 def shutdown(ctx: DistContext | None) -> None:
     if ctx is None:
         return
-    import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()

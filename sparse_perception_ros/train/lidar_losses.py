@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.config import LidarConfig
-from ..model.lidar import LidarCandidates
+from sparse_perception_ros.model.config import LidarConfig
+from sparse_perception_ros.model.lidar import LidarCandidates
 
 __all__ = ["LidarLossConfig", "LIDAR_LOSS_NAMES", "bev_targets", "lidar_losses"]
 

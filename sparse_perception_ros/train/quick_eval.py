@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..model.instance_bank import TemporalState
-from .augment import AugmentConfig, collate_frame, draw_clip_aug
-from .dataset import TrainSample
+from sparse_perception_ros.model.instance_bank import TemporalState
+from sparse_perception_ros.train.augment import AugmentConfig, collate_frame, draw_clip_aug
+from sparse_perception_ros.train.dataset import TrainSample
 
 __all__ = ["quick_map", "run_inference"]
 

@@ -16,6 +16,7 @@ per iteration); ``loss.png`` (loss curves).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -28,18 +29,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-from ..model import build_model
-from ..model.backbone import FrozenBatchNorm2d
-from ..model.checkpoint import load_matching, read_checkpoint
-from ..model.config import ModelConfig, get_preset
-from ..model.instance_bank import BankPrior, TemporalState, bank_cache, bank_decay, bank_get
-from .augment import AugmentConfig, collate_frame, draw_clip_aug
-from .dataset import TrainSample, make_clips
-from .depth import DepthBranch, camera_focal, depth_loss, depth_targets
-from .distributed import DistContext, convert_sync_batchnorm, rank_batch
-from .lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
-from .losses import LOSS_NAMES, LossConfig, layer_losses
+from sparse_perception_ros.model import build_model
+from sparse_perception_ros.model.backbone import FrozenBatchNorm2d
+from sparse_perception_ros.model.checkpoint import load_matching, read_checkpoint
+from sparse_perception_ros.model.config import ModelConfig, get_preset
+from sparse_perception_ros.model.instance_bank import BankPrior, TemporalState, bank_cache, bank_decay, bank_get
+from sparse_perception_ros.train.augment import AugmentConfig, collate_frame, draw_clip_aug
+from sparse_perception_ros.train.dataset import TrainSample, make_clips
+from sparse_perception_ros.train.depth import DepthBranch, camera_focal, depth_loss, depth_targets
+from sparse_perception_ros.train.distributed import DistContext, convert_sync_batchnorm, rank_batch
+from sparse_perception_ros.train.lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
+from sparse_perception_ros.train.losses import LOSS_NAMES, LossConfig, layer_losses
 
 __all__ = ["TrainingDiverged", "recalibrate_lidar_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
            "evaluate_loss", "init_model", "model_from_checkpoint", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
@@ -438,8 +441,6 @@ def _clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainCon
     count of that frame over all ranks divided by the world size (so that DDP's gradient average
     equals one process's loss over the global batch), and ``step`` (DDP) syncs gradients only
     in the last frame's backward."""
-    import contextlib
-
     head = model.head
     hc = head.cfg
     input_wh = model.cfg.input_wh
@@ -539,10 +540,10 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _write_plot(history: list[dict], path: Path, names: Sequence[str] = LOSS_NAMES) -> None:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is slow to import and only the loss plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use("Agg")
 
     its = [h["iter"] for h in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -652,15 +653,12 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
     names = loss_names(model)
     step = FrameStep(model, cfg, cfg.clip_len, amp)
     if dist is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
         # find_unused_parameters: the first frame of a clip leaves the temporal branches unused, a
         # dropped sweep the LiDAR branch; those ranks contribute zeros to the average
         step = DistributedDataParallel(step, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                        find_unused_parameters=True)
         log(f"distributed: {dist.world_size} ranks ({dist.backend}), {cfg.batch_size} clip(s) per rank, "
             f"global batch {dist.world_size * cfg.batch_size}")
-    from tqdm import tqdm
 
     show = (sys.stderr.isatty() if progress is None else progress) and main
     bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not show, dynamic_ncols=True)
