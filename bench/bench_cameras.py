@@ -26,11 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparse_perception_ros.eval import devkit
+from sparse_perception_ros.eval.dataset import load_frame, open_nuscenes, select_samples
+from sparse_perception_ros.eval.offline import SampleResult, results_to_submissions
+from sparse_perception_ros.eval.report import write_json
 from sparse_perception_ros.model import CLASS_NAMES, TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset, with_num_cams
+from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.backends import torch_stepper
 from sparse_perception_ros.runtime.export import synthetic_sequence
 from sparse_perception_ros.runtime.loading import bundled_weights_path
+from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+from sparse_perception_ros.sensors import CAMERA_CHANNELS
 
 REMOVED = ("CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 
@@ -59,14 +66,6 @@ def step_times(counts, frames: int) -> dict[int, float]:
 
 
 def accuracy(dataroot: Path) -> dict[str, dict]:
-    from sparse_perception_ros.eval import devkit
-    from sparse_perception_ros.eval.dataset import load_frame, open_nuscenes, select_samples
-    from sparse_perception_ros.eval.offline import SampleResult, results_to_submissions
-    from sparse_perception_ros.eval.report import write_json
-    from sparse_perception_ros.params import load_params
-    from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
-    from sparse_perception_ros.sensors import CAMERA_CHANNELS
-
     params = load_params()
     params = replace(params, output=replace(params.output, score_threshold=0.05))
     nusc = open_nuscenes(dataroot)

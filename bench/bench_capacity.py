@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from sparse_perception_ros.eval import devkit
+from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
+from sparse_perception_ros.eval.devkit import recall_ceiling
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import ModelConfig, get_preset
 from sparse_perception_ros.runtime.backends import torch_stepper
@@ -62,9 +65,6 @@ def median_step_ms(cfg: ModelConfig, with_backbone: bool, frames: int) -> float:
 
 def gt_per_sample(objects: int, seed: int, scenes: int, keyframes: int) -> list[int]:
     """GT boxes per sample after the devkit's filters, on a small synthetic set (images tiny, no sweeps)."""
-    from sparse_perception_ros.eval import devkit
-    from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
         subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "synth", "--seed", str(seed), "--out",
@@ -88,7 +88,6 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2, help="synthetic seed of the GT sets (2: the held-out seed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from sparse_perception_ros.eval.devkit import recall_ceiling
 
     counts = {n: gt_per_sample(n, args.seed, 4, 20) for n in (40, 60, 100)}
     anchors = [int(a) for a in args.anchors.split(",")]

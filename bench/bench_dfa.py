@@ -29,8 +29,13 @@ Usage: ``.venv/bin/python bench/bench_dfa.py [--repeats 5] [--threads 1]``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
+import tempfile
 
+import onnx
+import onnxruntime as ort
 import torch
 
 from sparse_perception_ros.ops import dfa_cpu
@@ -39,6 +44,7 @@ from sparse_perception_ros.ops.deformable_aggregation import (
     deformable_aggregation_grid_sample,
     flatten_feature_maps,
 )
+from sparse_perception_ros.ops.dfa_ort import session_options, to_ort_model
 from sparse_perception_ros.runtime.bench import RELEASE_LEVEL_HW, median_s, release_ring_cameras
 
 
@@ -55,15 +61,6 @@ def main() -> None:
 
 def ort_impls(maps, flat, loc, weights, threads: int) -> dict:
     """ONNX Runtime sessions for the custom-op graph and the decomposed grid_sample graph."""
-    import contextlib
-    import io
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
-    from sparse_perception_ros.ops.dfa_ort import session_options, to_ort_model
-
     class CustomOp(torch.nn.Module):
         def forward(self, feat, loc, w):
             return deformable_aggregation(feat, flat[1], flat[2], loc, w)
@@ -134,7 +131,7 @@ def run(scenario: str, args: argparse.Namespace) -> None:
                 raise SystemExit(f"{name} differs from the reference by {err}")
     results = {name: median_s(fn, args.repeats, warmup=1) for name, fn in impls.items()}
     if torch.cuda.is_available():
-        from sparse_perception_ros.ops.dfa_triton import deformable_aggregation_triton
+        from sparse_perception_ros.ops.dfa_triton import deformable_aggregation_triton  # lazy: triton needs a GPU
 
         cflat = [t.cuda() for t in flat]
         cloc, cw = loc.cuda(), weights.cuda()

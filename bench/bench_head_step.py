@@ -13,6 +13,7 @@ import argparse
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sparse_perception_ros.model import TemporalState, build_head
 from sparse_perception_ros.model.preprocess import preprocess_images
@@ -68,8 +69,6 @@ def synthetic_photo(w: int = 1600, h: int = 900) -> np.ndarray:
 
 
 def bench_resize(path: str) -> None:
-    from PIL import Image
-
     if path == "synthetic":
         img = synthetic_photo()
     else:

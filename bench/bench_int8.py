@@ -19,6 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from sparse_perception_ros.model import TemporalState, build_model
+from sparse_perception_ros.model.instance_bank import host_step_inputs
+from sparse_perception_ros.params import load_params
+from sparse_perception_ros.runtime.backends import OrtBackend
+from sparse_perception_ros.runtime.bench import median_ms, sweep
+from sparse_perception_ros.runtime.export import export_cached, lidar_step_inputs, synthetic_sequence
+from sparse_perception_ros.runtime.loading import bundled_weights_path
 
 
 def main() -> None:
@@ -27,16 +36,6 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=35_000)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from sparse_perception_ros.model import TemporalState, build_model
-    from sparse_perception_ros.model.instance_bank import host_step_inputs
-    from sparse_perception_ros.params import load_params
-    from sparse_perception_ros.runtime.backends import OrtBackend
-    from sparse_perception_ros.runtime.bench import median_ms, sweep
-    from sparse_perception_ros.runtime.export import export_cached, lidar_step_inputs, synthetic_sequence
-    from sparse_perception_ros.runtime.loading import bundled_weights_path
-
     p = dataclasses.replace(load_params().model, preset="tiny_fusion")
     model = build_model(p.preset)
     model.load_official_checkpoint(bundled_weights_path(p.preset))

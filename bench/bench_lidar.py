@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 
 import numpy as np
 import torch
@@ -102,9 +103,7 @@ def main() -> None:
           f"-> branch share {100 * (t_fused - t_cam) / t_fused:.0f} % of the fused step ({t_fused / t_cam:.2f}x)")
 
     if args.ort:
-        import tempfile
-
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: optional; only --ort needs onnxruntime
 
         lid = dataclasses.replace(cfg.lidar, max_points=300_000)
         b300 = LidarBranch(lid, cfg.head.embed_dims, cfg.head.num_classes).eval()

@@ -34,8 +34,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rclpy
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
 
+from sparse_perception_ros.data import bagio
 from sparse_perception_ros.launch_manifest import node_set
 from sparse_perception_ros.paths import config_file
 from sparse_perception_ros.processes import start_captured, stop_process
@@ -59,10 +63,6 @@ class Probe:
     """Collects the node's latency messages and diagnostics counters in this process."""
 
     def __init__(self):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-
         self.rclpy = rclpy
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
@@ -133,8 +133,6 @@ def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | Non
 
 def topic_counts(bag: Path) -> dict[str, int]:
     """Messages per topic in ``bag`` (from its index)."""
-    from sparse_perception_ros.data import bagio
-
     reader = bagio.open_reader(bag)
     try:
         return {c.topic: c.msgcount for c in reader.connections}

@@ -28,6 +28,8 @@ import time
 import warnings
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
 CELLS = 180 * 180 + 1  # tiny_fusion's grid + the dump cell
@@ -88,8 +90,6 @@ def inputs(p: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main() -> None:
-    import onnxruntime as ort
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
@@ -107,8 +107,6 @@ def main() -> None:
             ref = ScatterElements()(feat, cell)
         fns, ops, errs = {}, {}, {}
         with tempfile.TemporaryDirectory() as tmp:
-            import onnx
-
             for name, m in mods.items():
                 path = f"{tmp}/{name}.onnx"
                 torch.onnx.export(m, (feat, cell), input_names=["feat", "cell"], opset_version=20, dynamo=True,

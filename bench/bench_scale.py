@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -65,9 +66,7 @@ def _eval(root: Path, tmp: Path, jobs: int, job_threads: int | None = None) -> d
 
 
 def _r50_step() -> dict:
-    import resource
-
-    import torch
+    import torch  # lazy: only --r50 needs torch and the training room (~1 s); the default run times subprocesses
 
     from sparse_perception_ros.train.dataset import synthetic_samples
     from sparse_perception_ros.train.trainer import TrainConfig, train

@@ -21,17 +21,17 @@ import os
 import numpy as np
 import torch
 
+from sparse_perception_ros.model import TemporalState
+from sparse_perception_ros.model.instance_bank import host_step_inputs
+from sparse_perception_ros.params import load_params
+from sparse_perception_ros.runtime import export
+from sparse_perception_ros.runtime.bench import median_ms, sweep
+from sparse_perception_ros.runtime.features import FeatureCache
+from sparse_perception_ros.runtime.loading import load_model
+
 
 def measure(preset: str, backend: str, frames_n: int, n_points: int) -> str:
     """One table row for ``preset`` on ``backend``."""
-    from sparse_perception_ros.model import TemporalState
-    from sparse_perception_ros.model.instance_bank import host_step_inputs
-    from sparse_perception_ros.params import load_params
-    from sparse_perception_ros.runtime import export
-    from sparse_perception_ros.runtime.bench import median_ms, sweep
-    from sparse_perception_ros.runtime.features import FeatureCache
-    from sparse_perception_ros.runtime.loading import load_model
-
     base = load_params().model
     one = load_model(dataclasses.replace(base, preset=preset, backend=backend, image_features="in_step")).stepper
     split = load_model(dataclasses.replace(base, preset=preset, backend=backend, image_features="on_arrival")).stepper

@@ -18,7 +18,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
+
+from sparse_perception_ros.paths import config_file
 
 __all__ = ["ParameterError", "PerceptionParams", "load_params", "params_from_flat", "flatten", "schema",
            "markdown_table", "default_flat"]
@@ -117,8 +120,6 @@ class PerceptionParams:
 
 
 def schema() -> dict:
-    from sparse_perception_ros.paths import config_file
-
     return json.loads(config_file(SCHEMA_NAME).read_text())
 
 
@@ -148,8 +149,6 @@ def _unflatten(flat: dict[str, Any]) -> dict:
 
 
 def _validate(tree: dict) -> None:
-    import jsonschema
-
     validator = jsonschema.Draft7Validator(schema())
     errors = sorted(validator.iter_errors(tree), key=lambda e: list(e.absolute_path))
     if errors:
@@ -195,8 +194,6 @@ def load_params(path: str | Path | None = None, node_name: str = "perception") -
     node's name (``perception``, ``/perception``, ``/**/perception``); sections apply in file
     order, as ``--params-file`` does. An unknown parameter is an error that names it.
     """
-    from sparse_perception_ros.paths import config_file
-
     package = config_file(PARAMS_NAME)
     flat = default_flat()
     if path is not None and Path(path).resolve() != package.resolve():
@@ -252,8 +249,6 @@ def markdown_table() -> str:
 
 
 def _default_tree() -> dict:
-    from sparse_perception_ros.paths import config_file
-
     return yaml.safe_load(config_file(PARAMS_NAME).read_text())["/**"]["ros__parameters"]
 
 

@@ -18,7 +18,7 @@ def share_dir() -> Path:
     if (_SOURCE_ROOT / "config").is_dir() and (_SOURCE_ROOT / "package.xml").is_file():
         return _SOURCE_ROOT
     try:
-        from ament_index_python.packages import get_package_share_directory
+        from ament_index_python.packages import get_package_share_directory  # lazy: ROS only; a source tree needs none
 
         return Path(get_package_share_directory(PACKAGE))
     except Exception as exc:  # noqa: BLE001 - re-raised with context

@@ -13,11 +13,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from sparse_perception_ros.paths import config_file
 from sparse_perception_ros.processes import start_captured, stop_process
 from sparse_perception_ros.ros.graph import wait_for_endpoints
 
@@ -35,8 +40,6 @@ def _ensure_bag(workdir: Path, scenes: int, keyframes: int, seed: int, width: in
     bags = workdir / f"bags_s{seed}_k{keyframes}_{width}x{height}"
     if not bags.exists():
         print(f"demo: generating a synthetic scene ({keyframes} keyframes) into {bags}", flush=True)
-        import subprocess
-
         subprocess.run(_cli("synth", "--bag-out", str(bags), "--scenes", str(scenes), "--keyframes", str(keyframes),
                             "--seed", str(seed), "--width", str(width), "--height", str(height)), check=True)
     found = sorted(p for p in bags.iterdir() if p.is_dir())
@@ -47,7 +50,7 @@ def _ensure_bag(workdir: Path, scenes: int, keyframes: int, seed: int, width: in
 
 def summarize_recording(recording: Path) -> dict:
     """Frames, objects, tracks and per-stage latency percentiles from a recorded output bag."""
-    import numpy as np  # lazy: keeps the CLI quick (only the demo's summary needs it)
+    import numpy as np  # lazy: numpy and the data room, keeps the CLI quick (only the demo's summary needs them)
 
     from sparse_perception_ros.data import bagio
 
@@ -99,9 +102,7 @@ def node_parameters(params_file: str | None, preset: str) -> dict:
     """The node's full parameter tree for the demo: the package's file, the user's ``params_file`` over it
     (it may name a single parameter), then the demo's changes: JPEG input (the synthetic bags), and
     ``preset`` unless a params file was given."""
-    from dataclasses import asdict
-
-    from sparse_perception_ros.params import load_params
+    from sparse_perception_ros.params import load_params  # lazy: yaml and jsonschema, keeps the CLI quick
 
     def plain(value):
         if isinstance(value, dict):
@@ -116,11 +117,7 @@ def node_parameters(params_file: str | None, preset: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    import yaml
-
-    from sparse_perception_ros.paths import config_file
+    import yaml  # lazy: yaml costs ~13 ms, keeps the CLI quick
 
     t_start = time.monotonic()
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -132,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     node_params = node_parameters(args.params_file, args.preset)
     params = {"/**": {"ros__parameters": node_params}}
-    from sparse_perception_ros.runtime.loading import bundled_weights_path
+    from sparse_perception_ros.runtime.loading import bundled_weights_path  # lazy: torch, keeps the CLI quick
 
     untrained = not node_params["model"]["checkpoint"] and bundled_weights_path(node_params["model"]["preset"]) is None
     if untrained:  # random weights score below any sensible threshold: show their (meaningless) top boxes
@@ -144,8 +141,6 @@ def run(args: argparse.Namespace) -> int:
     params_file.write_text(yaml.safe_dump(params))
     recording = out / "recording"
     if recording.exists():
-        import shutil
-
         shutil.rmtree(recording)
 
     print(f"demo: starting the perception node ({node_params['model']['preset']}) and a recorder; bag {bag}",
@@ -174,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     weights_note = next((line.split("]: ", 1)[-1] for line in node_log.splitlines() if "model " in line), "")
 
     summary = summarize_recording(recording)
-    from sparse_perception_ros.cli.demo_picture import draw_demo_picture, gt_agreement
+    from sparse_perception_ros.cli.demo_picture import draw_demo_picture, gt_agreement  # lazy: matplotlib, cv2
 
     picture = draw_demo_picture(bag, summary["messages"], out / "demo.png")
     report = {k: v for k, v in summary.items() if k != "messages"}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from sparse_perception_ros.classes import CLASS_COLORS
+from sparse_perception_ros.data import bagio
 from sparse_perception_ros.eval.matching import greedy_pairs
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform
@@ -54,8 +56,6 @@ def velocities_from_detection_msg(msg, T_target_from_msg: np.ndarray | None = No
 
 
 def _read_input_bag(bag: Path) -> dict:
-    from sparse_perception_ros.data import bagio
-
     data = {"tf": [], "static": {}, "gt": [], "images": [], "info": None}
     reader = bagio.open_reader(bag)
     try:
@@ -87,11 +87,10 @@ def _transform_of(ts) -> np.ndarray:
 
 def draw_demo_picture(bag: Path, detections: list, out_path: Path) -> Path:
     """Pick the last keyframe with a detection message and draw BEV + front camera into ``out_path``."""
-    import cv2
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is slow to import; only the picture needs it (Agg chosen before pyplot)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above
 
     data = _read_input_bag(Path(bag))
     by_stamp = {_stamp_ns(m.header.stamp): m for m in detections}

@@ -15,6 +15,8 @@ import platform
 import shutil
 from pathlib import Path
 
+from sparse_perception_ros import __version__
+
 __all__ = ["collect", "interface_type_hash", "add_arguments", "run"]
 
 
@@ -37,7 +39,7 @@ def interface_share_dir(package: str) -> Path:
     the imported Python module (``<prefix>/lib/pythonX.Y/site-packages/<package>``).
     """
     try:
-        from ament_index_python.packages import get_package_share_directory
+        from ament_index_python.packages import get_package_share_directory  # lazy: probed; ROS may be absent
 
         return Path(get_package_share_directory(package))
     except Exception:  # noqa: BLE001 - fall back to the module location below
@@ -66,7 +68,7 @@ def _ros() -> dict[str, str]:
     elif rclpy_dist:
         info["ROS distro"] = f"kilted (PyPI wheels, ros-rclpy {rclpy_dist})"
     try:
-        import rclpy  # noqa: F401
+        import rclpy  # noqa: F401  # lazy: probed; ROS may be absent or broken
         from rclpy.utilities import get_rmw_implementation_identifier
 
         info["rclpy"] = "importable"
@@ -91,7 +93,7 @@ def _ros() -> dict[str, str]:
 def _ml() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
-        import torch
+        import torch  # lazy: probed (may be absent or broken); heavy, keeps the CLI quick
 
         info["torch"] = f"{torch.__version__} (threads {torch.get_num_threads()})"
         if torch.cuda.is_available():
@@ -103,13 +105,13 @@ def _ml() -> dict[str, str]:
         info["torch"] = f"not available ({_reason(exc)})"
         info["GPU"] = "unknown (torch not importable)"
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: optional dependency, probed
 
         info["onnxruntime"] = f"{ort.__version__} (providers: {', '.join(ort.get_available_providers())})"
     except Exception as exc:  # noqa: BLE001
         info["onnxruntime"] = f"not available ({_reason(exc)})"
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # lazy: optional dependency (GPU only), probed
 
         info["TensorRT"] = f"yes: {trt.__version__}"
     except Exception as exc:  # noqa: BLE001
@@ -124,8 +126,6 @@ def _ml() -> dict[str, str]:
 
 def collect() -> dict[str, dict[str, str]]:
     """All probes, grouped: ``{"system": {...}, "ros": {...}, "ml": {...}}``."""
-    from sparse_perception_ros import __version__
-
     system = {
         "sparse_perception_ros": __version__,
         "python": f"{platform.python_version()} ({platform.machine()})",

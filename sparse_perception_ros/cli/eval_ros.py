@@ -33,6 +33,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from sparse_perception_ros.classes import CLASS_NAMES as DETECTION_NAMES
 from sparse_perception_ros.launch_manifest import node_set
 from sparse_perception_ros.sensors import DEFAULT_TOPICS
 
@@ -117,7 +118,6 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
     ``progress(done, total)``: called after each bag (``eval --jobs``' per-shard progress)."""
     from tqdm import tqdm  # lazy: tqdm, numpy and the eval room are heavy, keep the CLI quick
 
-    from sparse_perception_ros.classes import CLASS_NAMES as DETECTION_NAMES
     from sparse_perception_ros.eval.ground_truth import DEBUG_BACKEND, save_table
     from sparse_perception_ros.eval.ros_mode import (
         bag_images_compressed,

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sparse_perception_ros.launch_manifest import NODE_SETS, load_topics, node_set
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sparse_perception_ros.launch_manifest import NODE_SETS  # lazy: reads package paths; keeps --help quick
-
     parser.add_argument("node_set", choices=NODE_SETS, help="which node set to start (as launch/<set>.launch.py)")
     parser.add_argument("--params-file", default="",
                         help="your node parameters, loaded after the package's config/perception.param.yaml: "
@@ -33,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparse_perception_ros.launch_manifest import load_topics, node_set  # lazy: keeps the CLI quick
-    from sparse_perception_ros.ros.launcher import launch
+    from sparse_perception_ros.ros.launcher import launch  # lazy: the launcher costs ~40 ms, keeps the CLI quick
 
     ros_args = list(args.ros_args)
     if "--" in ros_args:  # ROS's end-of-ROS-arguments marker: nothing of ours may follow it

@@ -9,12 +9,13 @@ import argparse
 import sys
 import time
 
+from sparse_perception_ros.cli.to_bag import add_bag_format_arguments
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sparse_perception_ros.data.bag_writer import IMAGE_FORMATS, STORAGES  # lazy: the data room is heavy
-    from sparse_perception_ros.data.generator import SynthConfig
+    from sparse_perception_ros.data.generator import SynthConfig  # lazy: the data room is heavy
 
     d = SynthConfig()
     p.add_argument("--out", help="nuScenes-format root to write (atomically; refused if it exists)")
@@ -38,9 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lidar-sweeps", action="store_true",
                    help="with --no-sweeps: keep every LiDAR sweep (keyframe cameras only), for multi-sweep LiDAR")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality 1-100")
-    p.add_argument("--images", choices=IMAGE_FORMATS, default="jpeg",
-                   help="bag images: jpeg = CompressedImage (default), raw = Image rgb8")
-    p.add_argument("--storage", choices=STORAGES, default="mcap", help="bag storage (default: %(default)s)")
+    add_bag_format_arguments(p)
     p.add_argument("--workers", type=int, default=1, help="rendering processes (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 

@@ -5,13 +5,12 @@
 """
 
 from sparse_perception_ros.classes import CLASS_NAMES  # re-exported: the order of the head's class logits
-
-from .build import build_head, build_model
-from .checkpoint import CheckpointError, LoadReport
-from .config import BackboneConfig, HeadConfig, ModelConfig, sparse4dv3_r50, tiny
-from .head import HeadOutput, Sparse4DHead
-from .instance_bank import TemporalState
-from .preprocess import preprocess_images
+from sparse_perception_ros.model.build import build_head, build_model
+from sparse_perception_ros.model.checkpoint import CheckpointError, LoadReport
+from sparse_perception_ros.model.config import BackboneConfig, HeadConfig, ModelConfig, sparse4dv3_r50, tiny
+from sparse_perception_ros.model.head import HeadOutput, Sparse4DHead
+from sparse_perception_ros.model.instance_bank import TemporalState
+from sparse_perception_ros.model.preprocess import preprocess_images
 
 __all__ = [
     "build_head",

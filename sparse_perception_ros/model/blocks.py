@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry.boxes import COS_YAW, SIN_YAW, VX, H, L, W, X, Y, Z
+from sparse_perception_ros.geometry.boxes import COS_YAW, SIN_YAW, VX, H, L, W, X, Y, Z
 
 __all__ = [
     "linear_relu_ln",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .config import HeadConfig, ModelConfig, get_preset
-from .full import Sparse4DModel
-from .head import Sparse4DHead
+from sparse_perception_ros.model.config import HeadConfig, ModelConfig, get_preset
+from sparse_perception_ros.model.full import Sparse4DModel
+from sparse_perception_ros.model.head import Sparse4DHead
 
 __all__ = ["build_head", "build_model"]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
+from sparse_perception_ros.geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
 
 __all__ = ["decode_box", "TopK", "decode_detections"]
 

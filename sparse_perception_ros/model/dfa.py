@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..geometry.boxes import COS_YAW, SIN_YAW, H, L, W, X, Y, Z
-from ..ops.deformable_aggregation import (
+from sparse_perception_ros.geometry.boxes import COS_YAW, SIN_YAW, H, L, W, X, Y, Z
+from sparse_perception_ros.model.blocks import linear_relu_ln
+from sparse_perception_ros.ops.deformable_aggregation import (
     DFA_IMPLS,
     deformable_aggregation,
     deformable_aggregation_grid_sample,
     flatten_feature_maps,
 )
-from .blocks import linear_relu_ln
 
 __all__ = ["KeypointsGenerator", "DeformableFeatureAggregation", "FeatureInputs", "project_points", "CONFIG_FIX_SCALE"]
 

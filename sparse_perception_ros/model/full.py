@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbone import FPN, ResNet
-from .checkpoint import LoadReport, load_matching, read_checkpoint
-from .config import ModelConfig
-from .head import HeadOutput, Sparse4DHead
-from .instance_bank import TemporalState
-from .lidar import LidarBranch, LidarCandidates
+from sparse_perception_ros.model.backbone import FPN, ResNet
+from sparse_perception_ros.model.checkpoint import LoadReport, load_matching, read_checkpoint
+from sparse_perception_ros.model.config import ModelConfig
+from sparse_perception_ros.model.head import HeadOutput, Sparse4DHead
+from sparse_perception_ros.model.instance_bank import TemporalState
+from sparse_perception_ros.model.lidar import LidarBranch, LidarCandidates
 
 __all__ = ["Sparse4DModel", "AfterBackbone"]
 

@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparse_perception_ros.geometry.boxes import COS_YAW, VX, W
+from sparse_perception_ros.model.blocks import AnchorEncoder, AsymmetricFFN, AttentionLayer
+from sparse_perception_ros.model.checkpoint import LoadReport, load_matching, strip_prefix
+from sparse_perception_ros.model.config import HeadConfig, LidarConfig
 from sparse_perception_ros.model.decoding import TopK, decode_detections
-
-from ..geometry.boxes import COS_YAW, VX, W
-from .blocks import AnchorEncoder, AsymmetricFFN, AttentionLayer
-from .checkpoint import LoadReport, load_matching, strip_prefix
-from .config import HeadConfig, LidarConfig
-from .dfa import DeformableFeatureAggregation, FeatureInputs
-from .instance_bank import (
+from sparse_perception_ros.model.dfa import DeformableFeatureAggregation, FeatureInputs
+from sparse_perception_ros.model.instance_bank import (
     BankPrior,
     PreviousFrame,
     TemporalState,
@@ -37,8 +36,8 @@ from .instance_bank import (
     bank_update,
     host_step_inputs,
 )
-from .lidar import BevSampler, LidarCandidates
-from .refine import RefinementModule
+from sparse_perception_ros.model.lidar import BevSampler, LidarCandidates
+from sparse_perception_ros.model.refine import RefinementModule
 
 __all__ = ["Sparse4DHead", "HeadOutput", "FrameResult", "default_anchors", "step_output", "STEP_INPUTS", "STEP_OUTPUTS"]
 

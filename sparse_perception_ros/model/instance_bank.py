@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
+from sparse_perception_ros.geometry.boxes import COS_YAW, SIN_YAW, VX, W, X
 
 __all__ = [
     "TemporalState",

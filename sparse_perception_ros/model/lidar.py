@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LidarConfig
+from sparse_perception_ros.model.config import LidarConfig
 
 __all__ = ["LidarBranch", "LidarCandidates", "BevSampler", "PillarEncoder", "REG_DIMS", "pad_points"]
 

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..geometry.image_transform import ResizeCrop, adjust_projection, compute_resize_crop
+from sparse_perception_ros.geometry.image_transform import ResizeCrop, adjust_projection, compute_resize_crop
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_crop_image", "preprocess_images", "preprocess_images_torch",
            "preprocess_projection"]
@@ -39,11 +40,11 @@ def resize_crop_image(image: np.ndarray, rc: ResizeCrop, method: str = "pil_bicu
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
     if method == "pil_bicubic":
-        from PIL import Image  # imported here: the GPU check runs this package where Pillow may be absent
+        from PIL import Image  # lazy: optional here; the GPU check runs this package without Pillow
 
         resized = np.asarray(Image.fromarray(img).resize(rc.resized_wh, Image.Resampling.BICUBIC))
     elif method in ("cv2_cubic", "cv2_area"):
-        import cv2
+        import cv2  # lazy: optional here; the GPU check runs this package without OpenCV
 
         interp = cv2.INTER_CUBIC if method == "cv2_cubic" else cv2.INTER_AREA
         resized = cv2.resize(img, rc.resized_wh, interpolation=interp)
@@ -138,8 +139,6 @@ def preprocess_images_torch(
     (float64) as :func:`preprocess_images`. Max difference to the PIL path: a few uint8 levels at
     sharp edges, i.e. a few hundredths after normalisation (``test/test_model_preprocess_torch.py``).
     """
-    import torch.nn.functional as F
-
     if channel_order not in ("bgr", "rgb"):
         raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
     device = torch.device(device)

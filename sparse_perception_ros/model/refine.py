@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..geometry.boxes import VX
-from .blocks import Scale, linear_relu_ln
+from sparse_perception_ros.geometry.boxes import VX
+from sparse_perception_ros.model.blocks import Scale, linear_relu_ln
 
 __all__ = ["RefinementModule", "REFINE_STATE"]
 

@@ -45,7 +45,7 @@ KERNEL_NAME = "dfa_kernel"
 def triton_available() -> bool:
     """True when ``triton`` imports (it may still have no GPU driver; see :func:`_launchable`)."""
     try:
-        import triton  # noqa: F401  (lazy: optional dependency, probed here)
+        import triton  # noqa: F401  # lazy: optional dependency, probed here
     except ImportError:
         return False
     return True

@@ -18,6 +18,12 @@ import sys
 import threading
 import time
 
+import rclpy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from rosgraph_msgs.msg import Clock
+from tqdm import tqdm
+
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.atomic import DataError
 
@@ -52,8 +58,6 @@ class _SimClock:
     """Publishes /clock that never runs backwards within a pass (ticks are capped at the next message)."""
 
     def __init__(self, pub, bag0: int, rate: float):
-        from rosgraph_msgs.msg import Clock
-
         self.pub, self.bag0, self.rate, self.cls = pub, bag0, rate, Clock
         self.wall0: float | None = None
         self.last: int | None = None
@@ -100,12 +104,6 @@ def _play_pass(reader, conns, pubs, clock_pub, start_ns: int, rate: float, clock
 
 def play(args) -> int:
     """Play ``args.bag`` with the options of ``sparse-perception play`` (the parsed flags); exit status."""
-    import rclpy
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from rclpy.signals import SignalHandlerOptions
-    from rosgraph_msgs.msg import Clock
-    from tqdm import tqdm
-
     if args.rate <= 0:
         raise ValueError(f"--rate must be > 0, got {args.rate}")
     reader = bagio.open_reader(args.bag)

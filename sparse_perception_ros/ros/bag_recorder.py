@@ -15,9 +15,19 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.metadata import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
 from sparse_perception_ros.data import bagio
 from sparse_perception_ros.data.atomic import DataError, atomic_output
+from sparse_perception_ros.data.bag_writer import _rename_storage_files
+from sparse_perception_ros.ros.bag_player import message_class
 
 __all__ = ["record", "BagRecorder"]
 
@@ -35,8 +45,6 @@ class BagRecorder:
         self.skipped: dict[str, str] = {}
 
     def _qos(self, topic: str):
-        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-
         infos = self.node.get_publishers_info_by_topic(topic)
         transient = topic == bagio.TF_STATIC_TOPIC or any(
             i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
@@ -46,8 +54,6 @@ class BagRecorder:
                           durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE)
 
     def discover(self) -> None:
-        from sparse_perception_ros.ros.bag_player import message_class
-
         for topic, types in self.node.get_topic_names_and_types():
             if topic in self.subs or topic in self.skipped or not (self.record_all or topic in self.topics):
                 continue
@@ -75,9 +81,6 @@ class BagRecorder:
 
 
 def _bag_qos(qos):
-    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
-    from rosbags.rosbag2.metadata import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
-
     never = QosTime(sec=9223372036, nsec=854775807)
     return [Qos(QosHistory.KEEP_LAST, qos.depth,
                 QosReliability.RELIABLE if qos.reliability == ReliabilityPolicy.RELIABLE else QosReliability.BEST_EFFORT,
@@ -87,20 +90,12 @@ def _bag_qos(qos):
 
 def record(args) -> int:
     """Record with the options of ``sparse-perception record`` (the parsed flags); exit status."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     if not args.topics and not args.all:
         print("record: name topics or use --all", file=sys.stderr)
         return 2
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     plugin = StoragePlugin.MCAP if args.storage == "mcap" else StoragePlugin.SQLITE3
-    from pathlib import Path
-
-    from sparse_perception_ros.data.bag_writer import _rename_storage_files
 
     final = Path(args.out)
     try:

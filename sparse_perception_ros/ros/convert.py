@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 __all__ = [
@@ -104,7 +105,7 @@ def stamp_to_ns(stamp) -> int:
 
 def ns_to_stamp(ns: int):
     """Integer nanoseconds -> builtin_interfaces/Time (negative times refused)."""
-    from builtin_interfaces.msg import Time
+    from builtin_interfaces.msg import Time  # lazy: message packages; readers need no ROS
 
     ns = int(ns)
     if ns < 0:
@@ -272,8 +273,6 @@ def compressed_image_to_rgb(msg) -> np.ndarray:
         UnsupportedEncodingError: format is neither jpeg nor png.
         ConversionError: empty, truncated, oversized (:func:`check_compressed_image`) or undecodable data.
     """
-    import cv2
-
     width, height = check_compressed_image(msg)
     fmt, buf = _compressed_format(msg), _as_bytes_view(msg.data)
     try:
@@ -495,14 +494,14 @@ def pointcloud2_to_points(
 
 
 def _header(stamp_ns: int, frame_id: str):
-    from std_msgs.msg import Header
+    from std_msgs.msg import Header  # lazy: message packages; readers need no ROS
 
     return Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
 
 
 def rgb_to_image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8"):
     """``(H, W, 3) uint8`` RGB (or ``(H, W)`` for mono8) -> sensor_msgs/Image."""
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import Image  # lazy: message packages; readers need no ROS
 
     if encoding not in IMAGE_ENCODINGS:
         raise UnsupportedEncodingError("encoding", encoding, f"accepted: {', '.join(IMAGE_ENCODINGS)}")
@@ -522,8 +521,7 @@ def rgb_to_image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: st
 def rgb_to_compressed_image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, fmt: str = "jpeg",
                                 quality: int = 90):
     """``(H, W, 3) uint8`` RGB -> sensor_msgs/CompressedImage (jpeg or png)."""
-    import cv2
-    from sensor_msgs.msg import CompressedImage
+    from sensor_msgs.msg import CompressedImage  # lazy: message packages; readers need no ROS
 
     if fmt not in ("jpeg", "png"):
         raise UnsupportedEncodingError("format", fmt, "accepted: jpeg, png")
@@ -539,7 +537,7 @@ def rgb_to_compressed_image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, f
 
 def calibration_to_camera_info_msg(calib: CameraCalibration, stamp_ns: int, frame_id: str):
     """:class:`CameraCalibration` -> sensor_msgs/CameraInfo (R = identity; P from K if unset)."""
-    from sensor_msgs.msg import CameraInfo
+    from sensor_msgs.msg import CameraInfo  # lazy: message packages; readers need no ROS
 
     P = calib.P if np.any(calib.P) else np.hstack([calib.K, np.zeros((3, 1))])
     return CameraInfo(
@@ -556,7 +554,7 @@ def array_to_pointcloud2_msg(points: np.ndarray, stamp_ns: int, frame_id: str):
     Field offsets, padding and byte order come from the array's dtype, so this is the exact
     inverse of :func:`pointcloud2_to_array`.
     """
-    from sensor_msgs.msg import PointCloud2, PointField
+    from sensor_msgs.msg import PointCloud2, PointField  # lazy: message packages; readers need no ROS
 
     arr = np.ascontiguousarray(points)
     if arr.dtype.names is None:

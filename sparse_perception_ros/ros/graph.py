@@ -13,7 +13,7 @@ def wait_for_endpoints(publishers: tuple[str, ...] = (), subscribers: tuple[str,
 
     Raises TimeoutError naming ``what`` after ``timeout_s``.
     """
-    import rclpy
+    import rclpy  # lazy: the CLI imports this module (demo) and --help stays quick without rclpy (~70 ms)
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

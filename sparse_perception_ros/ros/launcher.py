@@ -28,6 +28,7 @@ import threading
 import time
 
 from sparse_perception_ros.launch_manifest import NodeSpec
+from sparse_perception_ros.paths import config_file
 
 __all__ = ["command_line", "launch", "split_remaps"]
 
@@ -75,8 +76,6 @@ def launch(specs: list[NodeSpec], namespace: str = "", duration_s: float | None 
     """
     env = dict(os.environ)
     if "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
-        from sparse_perception_ros.paths import config_file
-
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_file("fastdds_large_data.xml"))
     received: list[int] = []
     previous = {}

@@ -21,6 +21,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+from std_msgs.msg import ColorRGBA, Header
+from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis, ObjectHypothesisWithPose
+from visualization_msgs.msg import Marker, MarkerArray
 
 from sparse_perception_ros.classes import CLASS_COLORS, UNKNOWN_COLOR
 from sparse_perception_ros.geometry.boxes import BOX_EDGES, box_corners
@@ -63,10 +68,6 @@ def detections_to_msg(det: Detections, class_names, frame_id: str):
     Each detection has one hypothesis: ``class_id`` = class name, ``score`` = score, and its
     ``pose`` equals the box centre pose (covariance left zero: unknown).
     """
-    from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
-    from std_msgs.msg import Header
-    from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis, ObjectHypothesisWithPose
-
     b = _check_boxes(det)
     scores, labels, track_ids = det.scores, det.labels, det.track_ids
     header = Header(stamp=ns_to_stamp(det.stamp_ns), frame_id=frame_id)
@@ -107,11 +108,6 @@ def detections_to_markers(det: Detections, class_names, frame_id: str, lifetime_
     ``"<class> <track id> <score>"`` above the box (ns ``labels``), and, for 10-column boxes
     moving faster than 0.2 m/s, an ARROW showing one second of motion (ns ``velocities``).
     """
-    from builtin_interfaces.msg import Duration
-    from geometry_msgs.msg import Point, Vector3
-    from std_msgs.msg import ColorRGBA, Header
-    from visualization_msgs.msg import Marker, MarkerArray
-
     b = _check_boxes(det)
     scores, labels, track_ids = det.scores, det.labels, det.track_ids
     header = Header(stamp=ns_to_stamp(det.stamp_ns), frame_id=frame_id)

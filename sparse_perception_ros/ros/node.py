@@ -41,7 +41,7 @@ from sparse_perception_ros.ros.params import declare_and_read_params
 from sparse_perception_ros.ros.tf_feed import TfFeed
 from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerConfig, FrameAssembler
 from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, InputRefused, PointsInput
-from sparse_perception_ros.runtime.loading import set_torch_threads
+from sparse_perception_ros.runtime.loading import load_model, set_torch_threads
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, ModelFrame
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 from sparse_perception_ros.runtime.silence import SilenceWatch
@@ -70,8 +70,6 @@ class PerceptionNode(Node):
     # ------------------------------------------------------------------------- lifecycle
     def configure(self, model=None) -> None:
         """Load the model (or take ``model``: a ``runtime.backends.Stepper``) and build the pipeline."""
-        from sparse_perception_ros.runtime.loading import load_model
-
         p, weights_threshold, weights_sweeps = self.params, None, None  # the weights' own (for the auto parameters)
         convention = NUSCENES_LIDAR_TOP  # the frame the weights were trained in
         if model is None:

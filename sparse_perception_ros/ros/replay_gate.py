@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import time
 
+import rclpy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from tf2_msgs.msg import TFMessage
+
+from sparse_perception_ros.data import bagio
+
 __all__ = ["gate"]
 
 
 def _static_messages(bag: str) -> list[bytes]:
-    from sparse_perception_ros.data import bagio
-
     reader = bagio.open_reader(bag)
     try:
         conns = [c for c in reader.connections if c.topic == bagio.TF_STATIC_TOPIC]
@@ -36,10 +40,6 @@ def _static_messages(bag: str) -> list[bytes]:
 def gate(bag: str, inputs: list[str], outputs: list[str], timeout_s: float, settle_s: float = 1.0) -> bool | None:
     """Wait as the module docstring says; True when everything was ready before ``timeout_s``, None when
     SIGINT or SIGTERM stopped the wait (rclpy's handlers shut the context down)."""
-    import rclpy
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from tf2_msgs.msg import TFMessage
-
     statics = _static_messages(bag)
     rclpy.init(args=None)
     try:

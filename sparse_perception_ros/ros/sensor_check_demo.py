@@ -13,9 +13,19 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
 from sparse_perception_ros.processes import start_captured, stop_process
-from sparse_perception_ros.ros.convert import CameraCalibration
+from sparse_perception_ros.ros.convert import (
+    CameraCalibration,
+    array_to_pointcloud2_msg,
+    calibration_to_camera_info_msg,
+    rgb_to_image_msg,
+)
 
 __all__ = ["DemoSensors", "make_demo_sensors", "run_sensor_roundtrip"]
 
@@ -76,18 +86,6 @@ def run_sensor_roundtrip(sensors: DemoSensors, timeout_s: float = 30.0, encoding
     Returns ``(objects, markers, published_stamps_ns, node_log)``. ``objects`` / ``markers`` are
     None if nothing arrived within ``timeout_s`` (discovery included).
     """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-    from vision_msgs.msg import Detection3DArray
-    from visualization_msgs.msg import MarkerArray
-
-    from sparse_perception_ros.ros.convert import (
-        array_to_pointcloud2_msg,
-        calibration_to_camera_info_msg,
-        rgb_to_image_msg,
-    )
-
     proc = _start_node(["-r", f"__node:={node_name}"])
     context = rclpy.Context()
     rclpy.init(context=context)
