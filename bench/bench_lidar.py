@@ -26,7 +26,8 @@ import torch
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.model.lidar import LidarBranch
-from sparse_perception_ros.runtime.bench import median_s, sweep
+from sparse_perception_ros.runtime.bench import median_s
+from sparse_perception_ros.runtime.example_inputs import sweep
 from sparse_perception_ros.runtime.export import synthetic_sequence
 
 

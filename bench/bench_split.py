@@ -25,7 +25,8 @@ from sparse_perception_ros.model import TemporalState
 from sparse_perception_ros.model.instance_bank import host_step_inputs
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime import export
-from sparse_perception_ros.runtime.bench import median_ms, sweep
+from sparse_perception_ros.runtime.bench import median_ms
+from sparse_perception_ros.runtime.example_inputs import sweep
 from sparse_perception_ros.runtime.features import FeatureCache
 from sparse_perception_ros.runtime.loading import load_model
 

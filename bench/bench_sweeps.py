@@ -24,7 +24,8 @@ import torch
 from sparse_perception_ros.geometry.transforms import make_transform
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.model.lidar import LidarBranch
-from sparse_perception_ros.runtime.bench import median_s, sweep
+from sparse_perception_ros.runtime.bench import median_s
+from sparse_perception_ros.runtime.example_inputs import sweep
 from sparse_perception_ros.runtime.frame_builder import FrameBuilder, PointsInput
 from sparse_perception_ros.runtime.pipeline import thin_points
 from sparse_perception_ros.runtime.sweeps import SweepConfig

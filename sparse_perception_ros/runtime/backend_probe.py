@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from sparse_perception_ros.model import TemporalState
-from sparse_perception_ros.runtime.bench import sweep
-from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import sweep, synthetic_sequence
 
 __all__ = ["AutoChoice", "probe_fastest", "PROBE_POINTS"]
 

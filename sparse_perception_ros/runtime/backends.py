@@ -1,4 +1,4 @@
-"""One typed stepper for every backend, and the small graph interface under it.
+"""One typed stepper for every backend, and the backends under it.
 
 A :class:`Stepper` is what the node, ``eval`` and ``bench`` drive, whatever runs the model:
 ``cfg`` (a :class:`~..model.config.ModelConfig`), ``device`` (where inputs go) and
@@ -7,8 +7,8 @@ points=None)`` with the :class:`~..model.HeadOutput` / :class:`~..model.Temporal
 ``Sparse4DHead.step``. :class:`StepRunner` is the stepper of every model backend; the debug
 ground-truth replay (``eval.ground_truth``) is the other one.
 
-A :class:`Backend` runs the step graph of :mod:`.export` (``Sparse4DHead.temporal_step`` after
-the backbone) and nothing else:
+A :class:`~.backend.Backend` (the interface, :mod:`.backend`) runs the step graph of :mod:`.export`
+(``Sparse4DHead.temporal_step`` after the backbone) and nothing else:
 
 - ``input_spec()`` / ``output_spec()``: ``{name: TensorSpec(shape, dtype)}`` in graph order;
 - ``run(inputs: dict) -> dict``: one call of the graph. Inputs may be numpy arrays or torch
@@ -16,9 +16,9 @@ the backbone) and nothing else:
 
 Implementations: :class:`TorchBackend` (the same step function in eager torch or under
 ``torch.compile``, DFA implementation resolved explicitly), :class:`OrtBackend` (ONNX Runtime on
-the exported file, DFA node as a custom op) and ``TensorRTBackend`` (:mod:`.tensorrt_backend`,
-imported lazily). :func:`create_backend` picks one by name, ``"auto"`` = the first usable of
-TensorRT, ONNX Runtime, torch; :func:`build_stepper`'s ``"auto"`` (the node's ``model.backend:
+the exported file, DFA node as a custom op) and ``TensorRTBackend`` (:mod:`.tensorrt_backend`; it
+imports TensorRT only when an engine is built or loaded). :func:`create_backend` picks one by name,
+``"auto"`` = the first usable of TensorRT, ONNX Runtime, torch; :func:`build_stepper`'s ``"auto"`` (the node's ``model.backend:
 auto``) builds every usable one and keeps the fastest measured (:mod:`.backend_probe`).
 
 :class:`StepRunner` wraps any backend with the host bookkeeping of the instance bank
@@ -34,7 +34,6 @@ import abc
 import importlib.util
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,15 @@ from sparse_perception_ros.model.config import ModelConfig, get_preset
 from sparse_perception_ros.model.head import step_output
 from sparse_perception_ros.model.instance_bank import bank_advance, host_step_inputs
 from sparse_perception_ros.ops.deformable_aggregation import DFA_IMPLS, resolve_dfa_impl
+from sparse_perception_ros.runtime.backend import (
+    BACKENDS,
+    Backend,
+    BackendUnavailable,
+    GraphFileBackend,
+    TensorSpec,
+    to_numpy,
+)
+from sparse_perception_ros.runtime.backend_probe import probe_fastest
 from sparse_perception_ros.runtime.cuda_graph import CudaGraphStep
 from sparse_perception_ros.runtime.example_inputs import level_shapes
 from sparse_perception_ros.runtime.export import (
@@ -57,6 +65,7 @@ from sparse_perception_ros.runtime.export import (
     lidar_step_inputs,
     output_names,
 )
+from sparse_perception_ros.runtime.tensorrt_backend import TensorRTBackend
 
 __all__ = [
     "Stepper",
@@ -73,70 +82,6 @@ __all__ = [
     "torch_stepper",
     "BACKENDS",
 ]
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
-
-_NP_DTYPES = {
-    "float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_,
-}
-
-
-class BackendUnavailable(RuntimeError):
-    """The chosen backend cannot run here (package, GPU or file missing); the message says which."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Shape (ints; -1 or a name for a dynamic dim) and numpy dtype name of one graph tensor."""
-
-    shape: tuple
-    dtype: str
-
-
-def _to_numpy(value: Any, dtype: str | None = None) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    if dtype is not None and arr.dtype != _NP_DTYPES[dtype]:
-        arr = arr.astype(_NP_DTYPES[dtype])
-    return np.ascontiguousarray(arr)
-
-
-class Backend(abc.ABC):
-    """``input_spec()``, ``output_spec()``, ``run(dict) -> dict`` for one step graph."""
-
-    name: str = "backend"
-    with_backbone: bool = False
-    device: torch.device = torch.device("cpu")  # where the graph's outputs (and the carried state) live
-
-    @abc.abstractmethod
-    def input_spec(self) -> dict[str, TensorSpec]: ...
-
-    @abc.abstractmethod
-    def output_spec(self) -> dict[str, TensorSpec]: ...
-
-    @abc.abstractmethod
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
-
-    def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
-        missing = [k for k in self.input_spec() if k not in inputs]
-        if missing:
-            raise ValueError(f"{self.name}: missing inputs {missing}")
-
-
-class GraphFileBackend(Backend):
-    """A backend over a loaded graph file (ONNX Runtime session, TensorRT engine): its tensor
-    specs are read once at load into ``_in`` / ``_out`` (name -> :class:`TensorSpec`, graph order)."""
-
-    _in: dict[str, TensorSpec]
-    _out: dict[str, TensorSpec]
-
-    def input_spec(self) -> dict[str, TensorSpec]:
-        return dict(self._in)
-
-    def output_spec(self) -> dict[str, TensorSpec]:
-        return dict(self._out)
-
 
 class TorchBackend(Backend):
     """PyTorch on a :class:`~.export.StepGraph`: the exported step function, run eagerly or compiled.
@@ -249,7 +194,7 @@ class OrtBackend(GraphFileBackend):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         self._check_inputs(inputs)
-        feed = {k: _to_numpy(inputs[k], spec.dtype) for k, spec in self._in.items()}
+        feed = {k: to_numpy(inputs[k], spec.dtype) for k, spec in self._in.items()}
         outs = self.session.run(list(self._out), feed)
         return dict(zip(self._out, outs, strict=True))
 
@@ -353,8 +298,6 @@ def create_backend(
     if kind == "tensorrt":
         if engine_path is None:
             raise BackendUnavailable("tensorrt needs an engine file (sparse-perception build-engine)")
-        from sparse_perception_ros.runtime.tensorrt_backend import TensorRTBackend  # lazy: import cycle, it subclasses
-
         return TensorRTBackend(engine_path)
     if kind == "onnxruntime":
         if onnx_path is None:
@@ -521,7 +464,6 @@ def build_stepper(
 def _fastest_stepper(module: torch.nn.Module, cfg: ModelConfig, *, onnx_path, engine_path, cache_dir, num_threads,
                      dfa_impl: str, compile: bool) -> StepRunner:
     """``build_stepper("auto")``: every usable backend, timed; the fastest with its ``auto_choice``."""
-    from sparse_perception_ros.runtime.backend_probe import probe_fastest  # lazy: cycle via bench -> backends
 
     runners: dict[str, StepRunner] = {}
     skipped: dict[str, str] = {}

@@ -37,11 +37,11 @@ from sparse_perception_ros.model import TemporalState, build_head, build_model
 from sparse_perception_ros.model.checkpoint import read_checkpoint
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.backends import OrtBackend, StepRunner, TorchBackend
-from sparse_perception_ros.runtime.example_inputs import ring_cameras, synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import ring_cameras, sweep, synthetic_sequence
 from sparse_perception_ros.runtime.export import export_step
 from sparse_perception_ros.runtime.tensorrt_backend import TensorRTBackend
 
-__all__ = ["bench_step", "median_ms", "median_s", "wall_times", "sweep", "release_ring_cameras", "RELEASE_K",
+__all__ = ["bench_step", "median_ms", "median_s", "wall_times", "release_ring_cameras", "RELEASE_K",
            "RELEASE_LEVEL_HW"]
 
 
@@ -87,15 +87,6 @@ def release_ring_cameras() -> np.ndarray:
     """``(6, 4, 4)`` float32 projection matrices (image from ego) of six outward-looking cameras 60
     degrees apart at the ego's centre, with :data:`RELEASE_K`."""
     return ring_cameras((704, 256), 6, K=RELEASE_K, offset=0.0)[0][0]
-
-
-def sweep(n: int, seed: int = 0) -> np.ndarray:
-    """``(n, 4)`` float32 x, y, z, intensity: a ground-heavy cloud within 50 m (70 % ground)."""
-    rng = np.random.default_rng(seed)
-    r = 50 * np.sqrt(rng.uniform(0.01, 1, n))
-    a = rng.uniform(-np.pi, np.pi, n)
-    z = np.where(rng.uniform(size=n) < 0.7, -1.8 + rng.normal(0, 0.03, n), rng.uniform(-1.8, 1.0, n))
-    return np.c_[r * np.cos(a), r * np.sin(a), z, rng.uniform(0, 255, n)].astype(np.float32)
 
 
 def _frame_args(frame, with_backbone: bool):

@@ -14,7 +14,7 @@ import torch
 
 from sparse_perception_ros.model.config import ModelConfig
 
-__all__ = ["StepInputs", "level_shapes", "ring_cameras", "synthetic_sequence"]
+__all__ = ["StepInputs", "level_shapes", "ring_cameras", "sweep", "synthetic_sequence"]
 
 
 def level_shapes(input_wh: tuple[int, int], num_levels: int = 4) -> list[tuple[int, int]]:
@@ -92,3 +92,12 @@ def synthetic_sequence(cfg: ModelConfig, num_frames: int = 5, with_backbone: boo
             points = np.c_[xyz, pgen.uniform(0, 255, len(xyz))][: cfg.lidar.max_points].astype(np.float32)
         frames.append(StepInputs(images, proj, wh, t0 + 0.5 * f, pose, points))
     return frames
+
+
+def sweep(n: int, seed: int = 0) -> np.ndarray:
+    """``(n, 4)`` float32 x, y, z, intensity: a ground-heavy cloud within 50 m (70 % ground)."""
+    rng = np.random.default_rng(seed)
+    r = 50 * np.sqrt(rng.uniform(0.01, 1, n))
+    a = rng.uniform(-np.pi, np.pi, n)
+    z = np.where(rng.uniform(size=n) < 0.7, -1.8 + rng.normal(0, 0.03, n), rng.uniform(-1.8, 1.0, n))
+    return np.c_[r * np.cos(a), r * np.sin(a), z, rng.uniform(0, 255, n)].astype(np.float32)

@@ -42,7 +42,7 @@ import torch
 
 from sparse_perception_ros.ops.dfa_onnx import replace_with_standin
 from sparse_perception_ros.runtime import tensorrt_plugin  # the module, not its names: tests reload it
-from sparse_perception_ros.runtime.backends import BackendUnavailable, GraphFileBackend, TensorSpec
+from sparse_perception_ros.runtime.backend import BackendUnavailable, GraphFileBackend, TensorSpec
 
 __all__ = ["build_engine", "TensorRTBackend", "EngineMismatch", "EngineBuildError", "import_tensorrt", "sidecar_path"]
 
