@@ -4,7 +4,7 @@ SparseFusion (Xie et al., ICCV 2023) lets each modality produce *sparse instance
 and fuses the candidate sets with self-attention over instances, without a dense BEV fusion.
 Here the idea sits inside the Sparse4D instance framework:
 
-1. :class:`LidarBranch` pillarises the cloud with a pure-torch scatter (``index_add_`` in eager
+1. :class:`LidarBranch` pillarises the cloud with a pure-torch scatter (``scatter_add`` in eager
    torch; exported as one ONNX ``ScatterND`` with ``reduction="add"``, fast in ONNX Runtime; no
    TensorRT parser takes a reducing ScatterND, see docs/fusion.md), runs a small
    BEV CNN and a CenterPoint-like heatmap + box head, and returns the top-K peaks as anchors in
@@ -79,15 +79,15 @@ class PillarEncoder(nn.Module):
     """Points ``[bs, P, D]`` + ``num_points [bs]`` -> pillar grid ``[bs, C + 1, ny, nx]``.
 
     Per point ``[x, y, z, intensity / 255, dt, x - x_c, y - y_c]`` (``x_c, y_c`` the pillar
-    centre) goes through Linear-ReLU-Linear-ReLU; features are mean-pooled per pillar with an
-    ``index_add_`` (and a second one counts the points; under ONNX export one ``index_put`` with
-    ``accumulate``, i.e. ``ScatterND(add)``, does both), and ``log1p(count)`` is appended. Points
+    centre) goes through Linear-ReLU-Linear-ReLU; features are mean-pooled per pillar with a
+    ``scatter_add`` (and a second one counts the points; under ONNX export one ``index_put``
+    with ``accumulate``, i.e. ``ScatterND(add)``, does both), and ``log1p(count)`` is appended. Points
     past ``num_points`` (padding) or outside ``point_range`` go to a dump cell that is dropped.
     """
 
     # the pooling op of exported graphs: "scatter_nd" (one ScatterND(add)); "scatter_elements" is the
     # former form (two ScatterElements(add), slow in ONNX Runtime), kept for ``sparse-perception bench``'s
-    # before/after comparison. Eager torch always runs index_add_.
+    # before/after comparison. Eager torch always runs scatter_add.
     onnx_pooling: str = "scatter_nd"
 
     def __init__(self, cfg: LidarConfig):
@@ -120,23 +120,18 @@ class PillarEncoder(nn.Module):
         # no masking needed: padding, out-of-range and NaN points all land in the dropped dump cell
         feat = feat.reshape(bs * p, c)
         flat_cell = cell.reshape(bs * p)
-        exporting = torch.onnx.is_in_onnx_export()
-        if exporting and self.onnx_pooling == "scatter_nd":
+        if torch.onnx.is_in_onnx_export() and self.onnx_pooling == "scatter_nd":
             # one ScatterND(reduction="add") over rows [P, C + 1] (features and a count column):
             # ONNX Runtime's CPU kernel adds whole rows and is ~20x faster than its per-element
-            # ScatterElements(add) (bench/RESULTS.md, "Pillar pooling in ONNX Runtime").
+            # ScatterElements(add) (bench/RESULTS.md, "Pillar pooling in ONNX Runtime"); torch's
+            # scatter_add stays the eager path (faster than index_put at 300k points). Same
+            # sums, added in the same point order.
             rows = torch.cat([feat, feat.new_ones(bs * p, 1)], dim=1)
             pooled = feat.new_zeros(bs * cells, c + 1).index_put((flat_cell,), rows, accumulate=True)
             sums, count = pooled[:, :c], pooled[:, c]
-        elif exporting:  # the former exported form, two ScatterElements(add) (bench comparisons only)
+        else:
             sums = feat.new_zeros(bs * cells, c).scatter_add(0, flat_cell[:, None].expand(-1, c), feat)
             count = feat.new_zeros(bs * cells).scatter_add(0, flat_cell, feat.new_ones(()).expand(bs * p))
-        else:
-            # eager torch: index_add_ adds whole rows by a 1-D index, 4x faster on the CPU than
-            # scatter_add with the index expanded to [P, C] (bench/RESULTS.md, "Pillar pooling in
-            # eager torch"). Every form adds the same values in the same point order.
-            sums = feat.new_zeros(bs * cells, c).index_add_(0, flat_cell, feat)
-            count = feat.new_zeros(bs * cells).index_add_(0, flat_cell, feat.new_ones(()).expand(bs * p))
         sums = sums.reshape(bs, cells, c)[:, : nx * ny]
         count = count.reshape(bs, cells, 1)[:, : nx * ny]
         pillars = torch.cat([sums / count.clamp(min=1.0), torch.log1p(count)], dim=-1)
