@@ -166,8 +166,11 @@ def glue_fraction(frames) -> np.ndarray:
     return np.asarray(out)
 
 
-def play(bag: Path, rate: float, loop: bool = False) -> subprocess.Popen:
-    args = [sys.executable, "-m", "sparse_perception_ros.cli", "play", str(bag), "--rate", str(rate), "--wait", "0"]
+def play(bag: Path, rate: float, loop: bool = False, wait_s: float = 0.0) -> subprocess.Popen:
+    """The bag player; ``wait_s`` > 0: it starts once every topic has a subscriber (at most that long),
+    so no message is lost to DDS discovery (``realtime`` counts every trigger of the bag)."""
+    args = [sys.executable, "-m", "sparse_perception_ros.cli", "play", str(bag), "--rate", str(rate),
+            "--wait", str(wait_s)]
     return start_captured(args + (["--loop"] if loop else []))
 
 
@@ -210,9 +213,9 @@ def main() -> None:
                 print(f"  glue fraction of (glue + model): median {np.median(g) * 100:.1f} %, "
                       f"p90 {np.percentile(g, 90) * 100:.1f} %")
             elif realtime:
-                probe.spin(3.0)  # the node's warm-up and DDS discovery settle before the bag starts
+                probe.spin(3.0)  # the node's warm-up settles before the bag starts
                 before, n0 = dict(probe.counts), len(probe.frames)
-                player = play(bag, 1.0)
+                player = play(bag, 1.0, wait_s=10.0)  # starts once the node has discovered the player
                 while player.poll() is None:
                     probe.spin(0.5)
                 probe.spin(3.0)
