@@ -7,6 +7,8 @@ each exported alone (static P, opset 20) and run in ONNX Runtime's CPU EP, and e
 - ``scatter_elements``: two ``scatter_add`` -> two ``ScatterElements(add)`` (the former export);
 - ``scatter_nd``: one ``index_put(accumulate=True)`` over ``[features | 1]`` rows -> one
   ``ScatterND(add)`` (the current export);
+- ``index_add``: two ``index_add_`` (whole rows by a 1-D index; the eager torch path of
+  ``PillarEncoder`` since issue 21's third measurement; exported only for comparison);
 - ``sorted_segments``: sort by cell (``TopK``), float64 ``CumSum`` of the sorted rows, the
   inclusive sum at each segment's last point minus the exclusive one at its first, placed with
   two non-reducing ``ScatterND`` (non-segment-ends go to a spare row). float64 because a float32
@@ -48,6 +50,13 @@ class ScatterNd(torch.nn.Module):
         rows = torch.cat([feat, feat.new_ones(feat.shape[0], 1)], 1)
         s = feat.new_zeros(CELLS, C + 1).index_put((cell,), rows, accumulate=True)
         return s[:, :C], s[:, C]
+
+
+class IndexAdd(torch.nn.Module):
+    def forward(self, feat, cell):
+        s = feat.new_zeros(CELLS, C).index_add_(0, cell, feat)
+        n = feat.new_zeros(CELLS).index_add_(0, cell, feat.new_ones(()).expand(feat.shape[0]))
+        return s, n
 
 
 class SortedSegments(torch.nn.Module):
@@ -97,7 +106,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    mods = {"scatter_elements": ScatterElements(), "scatter_nd": ScatterNd(), "sorted_segments": SortedSegments()}
+    mods = {"scatter_elements": ScatterElements(), "scatter_nd": ScatterNd(), "index_add": IndexAdd(),
+            "sorted_segments": SortedSegments()}
     print(f"pillar pooling sums, {CELLS - 1} pillars x {C} channels; {args.threads} thread(s), median of "
           f"{args.repeats}, interleaved; load average {os.getloadavg()[0]:.2f} at start")
     print("| points | formulation | ONNX ops | ORT ms | torch eager ms | rel. error |\n| ---: | --- | --- | ---: | ---: | ---: |")
