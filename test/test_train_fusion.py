@@ -154,3 +154,23 @@ def test_init_grows_smaller_weights_into_a_larger_capacity(tmp_path):
     for k, v in small.state_dict().items():
         if not k.startswith(("head.instance_bank.", "pts_branch.regression.")):
             assert torch.equal(big.state_dict()[k], v), k
+
+
+def test_init_drops_the_last_decoder_into_a_model_with_fewer(tmp_path):
+    """``train --init`` from 3-decoder fused weights into ``tiny_fusion_fast`` (2 decoders, 0.9 m
+    pillars): the first two decoders and everything else keep their weights, the third decoder's
+    layers are dropped, and the rest loads strictly."""
+    from sparse_perception_ros.model import build_model
+    from sparse_perception_ros.train.trainer import model_from_checkpoint
+
+    torch.manual_seed(1)
+    full = build_model(get_preset("tiny_fusion"))
+    path = tmp_path / "full.pt"
+    torch.save(full.state_dict(), path)
+    fast = model_from_checkpoint(path, TrainConfig(preset="tiny_fusion_fast", depth_weight=0.0),
+                                 get_preset("tiny_fusion_fast"))
+    assert len(fast.head.layers) < len(full.head.layers)
+    own = fast.state_dict()
+    for k, v in own.items():
+        assert torch.equal(v, full.state_dict()[k]), k
+    assert any(k.startswith("head.layers.") for k in full.state_dict() if k not in own)  # something was dropped

@@ -197,12 +197,30 @@ GROWABLE = {"head.instance_bank.anchor": "model", "head.instance_bank.instance_f
             "pts_branch.regression.weight": "zeros", "pts_branch.regression.bias": "zeros"}
 
 
+def _head_list_index(key: str) -> tuple[str, int] | None:
+    """``head.<list>.<i>.…`` -> ``(list, i)``: an entry of one of the head's per-layer module lists."""
+    parts = key.split(".")
+    return (parts[1], int(parts[2])) if len(parts) > 3 and parts[0] == "head" and parts[2].isdigit() else None
+
+
 def grow_state_dict(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     """``sd`` with each :data:`GROWABLE` tensor that has fewer rows than the model's (``own``) padded
     to the model's size: its rows first, then the fresh model's anchors (``model``: the default
-    anchors, uniform over +-40 m) or zeros (``zeros``: new regression channels start at 0 m/s).
-    Returns the dict and one note per grown tensor. Anything else must match as before."""
+    anchors, uniform over +-40 m) or zeros (``zeros``: new regression channels start at 0 m/s); and
+    without the decoder layers past the model's last one (``head.layers.<i>``, a model with fewer
+    decoders). Returns the dict and one note per change. Anything else must match as before."""
     out, notes = dict(sd), []
+    # a model with fewer decoders (e.g. tiny_fusion_fast from tiny_fusion): in each per-layer list of
+    # the head (``head.layers.<i>``, ``head.lidar_fusion.<i>``) the entries past the model's own are
+    # the file's last decoder(s), dropped; the first ones keep their weights
+    file_index = {k: i for k in out if (i := _head_list_index(k)) is not None}
+    for name in sorted({i[0] for i in file_index.values()}):
+        mine = {i[1] for k in own if (i := _head_list_index(k)) is not None and i[0] == name}
+        extra = sorted({i[1] for i in file_index.values() if i[0] == name} - mine)
+        if mine and extra and extra[0] > max(mine):
+            out = {k: v for k, v in out.items() if file_index.get(k, ("", -1)) not in {(name, e) for e in extra}}
+            notes.append(f"head.{name}.{extra[0]}-{extra[-1]} dropped (the file's last decoder(s); the model has "
+                         f"{max(mine) + 1})")
     for key, fill in GROWABLE.items():
         if key not in sd or key not in own:
             continue
