@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from dataclasses import replace
 
 import torch
@@ -22,6 +20,7 @@ import torch
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import ModelConfig, get_preset
 from sparse_perception_ros.runtime.backends import StepRunner, TorchBackend
+from sparse_perception_ros.runtime.bench import interleaved_medians_ms
 from sparse_perception_ros.runtime.example_inputs import sweep, synthetic_sequence
 
 
@@ -64,17 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = {name: stepper(cfg, args.points) for name, cfg in variants().items()}
-    for run in runs.values():
-        for _ in range(3):
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
     load = os.getloadavg()[0]
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
-    med = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    med = interleaved_medians_ms(runs, args.repeats, warmup=3)
     base = next(iter(med.values()))
     print(f"fused step after the backbone, {args.points} points, 1 thread, median of {args.repeats} interleaved; "
           f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after on {os.cpu_count()} cores")

@@ -24,15 +24,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import tempfile
-import time
 import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
+from sparse_perception_ros.runtime.bench import interleaved_medians_ms
 
 CELLS = 180 * 180 + 1  # tiny_fusion's grid + the dump cell
 C = 32
@@ -73,18 +73,6 @@ class SortedSegments(torch.nn.Module):
         z = sf.new_zeros(CELLS + 1, C + 1)
         s = (z.index_put((last,), cs) - z.index_put((first,), cs - sf))[:CELLS].float()
         return s[:, :C], s[:, C]
-
-
-def timed_interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def inputs(p: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +120,7 @@ def main() -> None:
                 fns[f"ort {name}"] = lambda sess=sess, feed=feed: sess.run(None, feed)
                 fns[f"torch {name}"] = lambda m=m, feat=feat, cell=cell: m(feat, cell)
             with torch.no_grad():
-                t = timed_interleaved(fns, args.repeats)
+                t = interleaved_medians_ms(fns, args.repeats)
         for name in mods:
             print(f"| {p} | {name} | {ops[name]} | {t['ort ' + name]:.1f} | {t['torch ' + name]:.1f} | "
                   f"{errs[name]:.1e} |", flush=True)

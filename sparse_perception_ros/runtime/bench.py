@@ -41,7 +41,7 @@ from sparse_perception_ros.runtime.example_inputs import ring_cameras, sweep, sy
 from sparse_perception_ros.runtime.export import export_step
 from sparse_perception_ros.runtime.tensorrt_backend import TensorRTBackend
 
-__all__ = ["bench_step", "median_ms", "median_s", "wall_times", "release_ring_cameras", "RELEASE_K",
+__all__ = ["bench_step", "median_ms", "median_s", "interleaved_medians_ms", "wall_times", "release_ring_cameras", "RELEASE_K",
            "RELEASE_LEVEL_HW"]
 
 
@@ -71,6 +71,19 @@ def median_s(fn, repeats: int, warmup: int = 0, sync=None) -> float:
     if sync is not None:
         sync()
     return statistics.median(wall_times(fn, repeats, sync))
+
+
+def interleaved_medians_ms(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """``{name: median ms}`` of each ``fns[name]()``, timed interleaved (A, B, C, A, B, C, ...) so a
+    change of machine load falls on every candidate alike; ``warmup`` untimed rounds first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name] += wall_times(fn, 1)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def median_ms(fn, n: int, skip: int = 2) -> float:
