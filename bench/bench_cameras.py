@@ -34,7 +34,7 @@ from sparse_perception_ros.model import CLASS_NAMES, TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset, with_num_cams
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.backends import torch_stepper
-from sparse_perception_ros.runtime.export import synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 from sparse_perception_ros.runtime.loading import bundled_weights_path
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 from sparse_perception_ros.sensors import CAMERA_CHANNELS

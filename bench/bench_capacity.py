@@ -34,7 +34,7 @@ from sparse_perception_ros.eval.devkit import recall_ceiling
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import ModelConfig, get_preset
 from sparse_perception_ros.runtime.backends import torch_stepper
-from sparse_perception_ros.runtime.export import synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 
 
 def sized(preset: str, anchors: int) -> ModelConfig:

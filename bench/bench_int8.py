@@ -26,8 +26,8 @@ from sparse_perception_ros.model.instance_bank import host_step_inputs
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.backends import OrtBackend
 from sparse_perception_ros.runtime.bench import median_ms
-from sparse_perception_ros.runtime.example_inputs import sweep
-from sparse_perception_ros.runtime.export import export_cached, lidar_step_inputs, synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import sweep, synthetic_sequence
+from sparse_perception_ros.runtime.export import export_cached, lidar_step_inputs
 from sparse_perception_ros.runtime.loading import bundled_weights_path
 
 

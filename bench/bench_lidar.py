@@ -27,8 +27,7 @@ from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.model.lidar import LidarBranch
 from sparse_perception_ros.runtime.bench import median_s
-from sparse_perception_ros.runtime.example_inputs import sweep
-from sparse_perception_ros.runtime.export import synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import sweep, synthetic_sequence
 
 
 def cloud(n: int, seed: int = 0) -> np.ndarray:

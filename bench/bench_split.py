@@ -26,7 +26,7 @@ from sparse_perception_ros.model.instance_bank import host_step_inputs
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime import export
 from sparse_perception_ros.runtime.bench import median_ms
-from sparse_perception_ros.runtime.example_inputs import sweep
+from sparse_perception_ros.runtime.example_inputs import sweep, synthetic_sequence
 from sparse_perception_ros.runtime.features import FeatureCache
 from sparse_perception_ros.runtime.loading import load_model
 
@@ -37,7 +37,7 @@ def measure(preset: str, backend: str, frames_n: int, n_points: int) -> str:
     one = load_model(dataclasses.replace(base, preset=preset, backend=backend, image_features="in_step")).stepper
     split = load_model(dataclasses.replace(base, preset=preset, backend=backend, image_features="on_arrival")).stepper
     cfg = one.cfg
-    frames = export.synthetic_sequence(cfg, frames_n, with_backbone=True, seed=5)
+    frames = synthetic_sequence(cfg, frames_n, with_backbone=True, seed=5)
     points = sweep(min(n_points, cfg.lidar.max_points), seed=1) if cfg.lidar is not None else None
     maps = [m[None] for m in split.camera_backbone.run(torch.from_numpy(frames[0].images[0][0]))]
     state = {"one": TemporalState.empty(), "split": TemporalState.empty()}

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from helpers.classes import CLASS_NAMES
 from rclpy.serialization import deserialize_message, serialize_message
 from vision_msgs.msg import Detection3DArray
 
+from sparse_perception_ros.classes import CLASS_NAMES
 from sparse_perception_ros.ros.fast_cdr import detection3darray_cdr
 from sparse_perception_ros.ros.messages import detections_to_msg
 from sparse_perception_ros.runtime.detections import Detections

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from helpers.classes import CLASS_NAMES
 from visualization_msgs.msg import Marker
 
-from sparse_perception_ros.classes import CLASS_COLORS
+from sparse_perception_ros.classes import CLASS_COLORS, CLASS_NAMES
 from sparse_perception_ros.geometry.boxes import box_corners
 from sparse_perception_ros.geometry.transforms import yaw_from_quat
 from sparse_perception_ros.ros.convert import stamp_to_ns

@@ -58,7 +58,6 @@ __all__ = [
     "output_names",
     "export_step",
     "export_cached",
-    "synthetic_sequence",
     "host_step_inputs",
     "lidar_step_inputs",
     "LIDAR_INPUTS",

@@ -1,6 +1,6 @@
 """Test helper: a six-camera + LiDAR rig published over real DDS, and a collector of node outputs.
 
-The rig follows the default topic scheme of ``launch_manifest.DEFAULT_TOPICS`` and publishes
+The rig follows the default topic scheme of ``sensors.DEFAULT_TOPICS`` and publishes
 ``/tf_static`` (base_link -> lidar_top and camera optical frames), ``/tf`` (odom -> base_link),
 images, CameraInfo and a small cloud. Every knob a fault test needs is an argument.
 """
