@@ -129,6 +129,52 @@ def test_dropped_sweeps_leave_the_branch_bn_alone_and_recalibration_averages(sam
     torch.testing.assert_close(bn.running_mean, again, rtol=0, atol=1e-6)  # deterministic, not cumulative
 
 
+def test_masked_cameras_leave_the_backbone_bn_alone(samples):
+    """A camera-dropout clip feeds blank images; they must not move the backbone's running
+    statistics (they pulled a mid-schedule checkpoint's to a constant image)."""
+    from sparse_perception_ros.train.augment import ClipAug
+    from sparse_perception_ros.train.trainer import clip_loss, init_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(preset="tiny_fusion", clip_len=2, depth_weight=0.0)
+    model = init_model(samples, cfg).train()
+    bn = model.img_backbone.bn1
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    cams = tuple((1.0, 0.5, 1.0) for _ in range(6))
+    clip_loss(model, [[samples[0]], [samples[1]]], [ClipAug(cams, 0.0, drop_cameras=True)], cfg, backward=False)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert bn.training  # back in training mode after the masked frames
+    clip_loss(model, [[samples[0]], [samples[1]]], [ClipAug(cams, 0.0)], cfg, backward=False)
+    assert not torch.equal(bn.running_mean, before[0])
+
+
+@pytest.mark.parametrize("trainable", [False, True], ids=["frozen-bn", "trainable-bn"])
+def test_image_bn_recalibration_is_the_average_of_batch_statistics(samples, trainable):
+    from sparse_perception_ros.model import build_model
+    from sparse_perception_ros.train.trainer import recalibrate_image_bn, trainable_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model("tiny_fusion").eval()
+    if trainable:
+        trainable_batchnorm(model.img_backbone)
+    bn1 = model.img_backbone.bn1
+    bn1.running_var.fill_(1e-4)  # statistics of a constant image
+    conv = model.img_backbone.conv1.weight.clone()
+    assert recalibrate_image_bn(model, samples, num=3, seed=0) == 3
+    # bn1 follows conv1 on the image: its mean is the average of the per-keyframe batch means
+    picks = np.random.default_rng(0).choice(len(samples), 3, replace=False)
+    plain = draw_clip_aug(np.random.default_rng(0), AugmentConfig(enabled=False))
+    with torch.no_grad():
+        means = [model.img_backbone.conv1(collate_frame([samples[i]], [plain], model.cfg.input_wh).img.flatten(0, 1))
+                 .mean(dim=(0, 2, 3)) for i in picks]
+    torch.testing.assert_close(bn1.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+    assert float(bn1.running_var.min()) > 1e-3
+    assert torch.equal(model.img_backbone.conv1.weight, conv)  # weights untouched
+    deep = model.img_backbone.layer4[-1].bn2.running_var.clone()
+    recalibrate_image_bn(model, samples, num=3, seed=0)
+    torch.testing.assert_close(model.img_backbone.layer4[-1].bn2.running_var, deep, rtol=0, atol=1e-6)
+
+
 def test_init_grows_smaller_weights_into_a_larger_capacity(tmp_path):
     """``train --init`` from the bundled 96-anchor fused weights into 120 anchors with velocity
     regression: every old tensor is kept, the anchor table keeps its 96 rows first, the new velocity

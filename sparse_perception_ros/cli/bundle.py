@@ -18,8 +18,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("out", help="bundled file to write, e.g. models/tiny.pt")
     ap.add_argument("--preset", required=True, help="preset the weights must fit (strict)")
     ap.add_argument("--recalibrate-bn", default=None, metavar="DATA_CACHE",
-                    help="fused presets: recompute the LiDAR branch's BatchNorm statistics from this training "
-                         "data cache (128 sweeps, seed 0)")
+                    help="recompute the BatchNorm statistics from this training data cache: the image "
+                         "backbone's from 64 keyframes, a fused preset's LiDAR branch's from 128 sweeps (seed 0)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import torch
 from sparse_perception_ros.model import build_model
 from sparse_perception_ros.model.checkpoint import TRAINING_ONLY_PREFIXES
 from sparse_perception_ros.train.dataset import load_samples
-from sparse_perception_ros.train.trainer import recalibrate_lidar_bn
+from sparse_perception_ros.train.trainer import recalibrate_image_bn, recalibrate_lidar_bn
 
 __all__ = ["bundle"]
 
@@ -25,8 +25,9 @@ __all__ = ["bundle"]
 def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str | Path | None = None) -> str:
     """Write the inference weights of ``src`` to ``dst``; returns the file's sha256.
 
-    ``recalibrate_from``: a training data cache (``--data-cache``); the LiDAR branch's BatchNorm
-    statistics are then recomputed from 128 of its sweeps (:func:`~.trainer.recalibrate_lidar_bn`).
+    ``recalibrate_from``: a training data cache (``--data-cache``); the BatchNorm statistics are then
+    recomputed from it: the image backbone's from 64 keyframes (:func:`~.trainer.recalibrate_image_bn`)
+    and, for a fused preset, the LiDAR branch's from 128 sweeps (:func:`~.trainer.recalibrate_lidar_bn`).
     """
     sd = torch.load(src, weights_only=True)
     if not isinstance(sd, dict) or not sd:
@@ -38,7 +39,9 @@ def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str 
         raise ValueError(f"{src} does not fit preset {preset!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if recalibrate_from is not None:
         samples, _ = load_samples(recalibrate_from)
-        recalibrate_lidar_bn(model, samples)
+        recalibrate_image_bn(model, samples)
+        if getattr(model, "pts_branch", None) is not None:
+            recalibrate_lidar_bn(model, samples)
         kept = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
