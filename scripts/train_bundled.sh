@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Retrain the bundled models from scratch with the exact commands of models/README.md, on the
-# synthetic training scenes (seed 1; tiny's stages 3, 4 and 5: seeds 4, 5 and 6), and write them to
+# synthetic training scenes (seed 1; tiny's stages 3, 4, 5 and 6: seeds 4, 5, 6 and 7), and write them to
 # ${OUT:-runs}/bundled/*.pt (not over models/; compare, then copy). CPU only: about 1 h for
-# tiny_fusion v2 (from v1, which comes from git history) and about 5.5 h for tiny (five stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
+# tiny_fusion v2 (from v1, which comes from git history) and about 7 h for tiny (six stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
 # when the script is run again (--max-minutes / --resume), so it can be done in pieces.
 # Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min;
 # SEED=S: stage-2 seed, default 0 = the bundled model; OUT=DIR: where runs go)
@@ -15,6 +15,7 @@ CLASS_MIX=car=8,truck=6,bus=8,barrier=2,motorcycle=3,bicycle=2,traffic_cone=2
 CLI=("$PY" -m sparse_perception_ros.cli train)
 CLI_BUNDLE=("$PY" -m sparse_perception_ros.cli bundle)
 export OMP_NUM_THREADS=1
+old_cap=(--capacity 96,64,32)  # tiny's stages 1-5 ran at the head capacity of that time
 common=(--synth-seed 1 --keyframes 40 --image-size 440 248 --clip-len 3 --threads 1)
 data=("${common[@]}" --scenes 16 --data-cache "$OUT/train_s1_16_pts.pt")
 piece=()
@@ -55,10 +56,10 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
   # branch dropped): this is the previous bundled tiny.pt (sha256 3d179e1d...)
   # (skipped when that file or stage 2's is already there, e.g. from: git show b93d58f:models/tiny.pt)
   if [ ! -f "$OUT/bundled/tiny_stage1.pt" ] && [ ! -f "$OUT/bundled/tiny_stage2.pt" ]; then
-    done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
+    done_at "$OUT/tiny" 5446 || run "$OUT/tiny" - --preset tiny "${old_cap[@]}" "${data[@]}" --iters 7500 --lr 2e-3 --warmup 200 \
         --ckpt-every 500 --stop-at 5446
     if done_at "$OUT/tiny" 5446; then
-      "${CLI_BUNDLE[@]}" "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny
+      "${CLI_BUNDLE[@]}" "$OUT/tiny/checkpoints/last.pt" "$OUT/bundled/tiny_stage1.pt" --preset tiny "${old_cap[@]}"
     fi
   fi
   # stage 2: a second schedule from those weights (fresh AdamW and depth branch, peak lr 5e-4, 9500
@@ -69,12 +70,12 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
   balanced=("${common[@]}" --scenes 20 --class-weights "$CLASS_MIX" --data-cache "$OUT/train_s1_20_cb.pt")
   if [ ! -f "$OUT/bundled/tiny_stage2.pt" ]; then
     if [ -f "$OUT/bundled/tiny_stage1.pt" ]; then
-      done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny \
+      done_at "$OUT/tiny_stage2" 9500 || run "$OUT/tiny_stage2" "$OUT/bundled/tiny_stage1.pt" --preset tiny "${old_cap[@]}" \
           "${balanced[@]}" --iters 9500 --lr 5e-4 --warmup 100 --ckpt-every 1000 --seed "${SEED:-0}"
     fi
     if done_at "$OUT/tiny_stage2" 9500; then
       "${CLI_BUNDLE[@]}" "$OUT/tiny_stage2/checkpoints/last.pt" "$OUT/bundled/tiny_stage2.pt" \
-          --preset tiny
+          --preset tiny "${old_cap[@]}"
     fi
   fi
   # stages 3, 4 and 5: fresh scenes (more distinct scenes than the 800 keyframes of seed 1): 5000,
@@ -87,14 +88,26 @@ if [ "$WHICH" = tiny ] || [ "$WHICH" = all ]; then
            --data-cache "$OUT/train_s${seed}_${scenes}_cb.pt" --clip-len 3 --threads 2 --iters "$iters" --lr 3e-4
            --warmup 100 --ckpt-every 1000 --seed 0)
     if [ -f "$prev" ]; then
-      done_at "$OUT/tiny_stage$n" "$iters" || run "$OUT/tiny_stage$n" "$prev" --preset tiny "${fresh[@]}"
+      done_at "$OUT/tiny_stage$n" "$iters" || run "$OUT/tiny_stage$n" "$prev" --preset tiny "${old_cap[@]}" "${fresh[@]}"
     fi
     if done_at "$OUT/tiny_stage$n" "$iters"; then
       "${CLI_BUNDLE[@]}" "$OUT/tiny_stage$n/checkpoints/last.pt" "$OUT/bundled/tiny_stage$n.pt" \
-          --preset tiny
+          --preset tiny "${old_cap[@]}"
     fi
     prev="$OUT/bundled/tiny_stage$n.pt"
   done
-  if [ -f "$prev" ]; then cp "$prev" "$OUT/bundled/tiny.pt"; fi
+  # stage 6: the dense-traffic capacity (issue 20; the tiny preset's 192 / 128 / 64: stage 5's 96
+  # anchors first, 96 fresh ones), 5000 iterations at peak lr 3e-4 on 40 class-balanced scenes of
+  # seed 7 with 50 objects each, 1 thread; bundled with the backbone's BN statistics recomputed
+  dense=(--synth-seed 7 --scenes 40 --keyframes 40 --objects 50 --image-size 440 248 --class-weights "$CLASS_MIX"
+         --data-cache "$OUT/train_s7_40_o50_cb.pt" --clip-len 3 --threads 1 --iters 5000 --lr 3e-4 --warmup 100
+         --ckpt-every 250 --seed 0)
+  if [ -f "$prev" ]; then
+    done_at "$OUT/tiny_v2" 5000 || run "$OUT/tiny_v2" "$prev" --preset tiny "${dense[@]}"
+  fi
+  if done_at "$OUT/tiny_v2" 5000; then
+    "${CLI_BUNDLE[@]}" "$OUT/tiny_v2/checkpoints/last.pt" "$OUT/bundled/tiny.pt" --preset tiny \
+        --recalibrate-bn "$OUT/train_s7_40_o50_cb.pt"
+  fi
 fi
 ls -l "$OUT/bundled"

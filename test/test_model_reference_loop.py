@@ -146,4 +146,5 @@ def test_functional_state_matches_the_stateful_reference_loop():
             top = prob.topk(head.cfg.num_output).indices
             final = top[torch.sort(prob[top] * qt[0, top, 0].sigmoid(), descending=True).indices]
             assert torch.equal(out.instance_ids, ids[0, final])
-    assert bank.prev_id == 96 + 32 * 3 + 96 + 32  # gap at step 4 renumbers all 96 instances
+    n_anchor, n_new = head.cfg.num_anchor, head.cfg.num_anchor - head.cfg.num_temp_instances
+    assert bank.prev_id == n_anchor + n_new * 3 + n_anchor + n_new  # gap at step 4 renumbers all instances

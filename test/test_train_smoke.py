@@ -207,3 +207,21 @@ def test_init_from_bundled_weights_starts_a_neutral_depth_branch(tmp_path):
     second = train(samples, replace(cfg, iters=1), tmp_path / "second", progress=False, log=lambda m: None,
                    init=tmp_path / "bundled.pt")
     assert np.isfinite(second.history[0]["loss"]) and second.history[0]["skipped"] == 0
+
+
+def test_bundle_takes_the_capacity_the_run_was_trained_with(tmp_path, capsys):
+    """A run trained with ``train --capacity`` (e.g. the tiny stages at 96/64/32) is refused by the
+    plain preset with a message naming --capacity, and bundled exactly with the same --capacity."""
+    from sparse_perception_ros.model.config import with_capacity
+
+    torch.manual_seed(0)
+    small = build_model(with_capacity(build_model("tiny").cfg, 96, 64, 32))
+    src, dst = tmp_path / "last.pt", tmp_path / "tiny.pt"
+    torch.save(small.state_dict(), src)
+    assert main(["bundle", str(src), str(dst), "--preset", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "head capacity 192,128,64" in err and "--capacity" in err and not dst.exists()
+    assert main(["bundle", str(src), str(dst), "--preset", "tiny", "--capacity", "96,64,32"]) == 0
+    out = torch.load(dst, weights_only=True)
+    assert out.keys() == small.state_dict().keys()
+    assert all(torch.equal(out[k], v) for k, v in small.state_dict().items())

@@ -17,6 +17,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("checkpoint", help="training checkpoint (a state dict, e.g. runs/x/checkpoints/last.pt)")
     ap.add_argument("out", help="bundled file to write, e.g. models/tiny.pt")
     ap.add_argument("--preset", required=True, help="preset the weights must fit (strict)")
+    ap.add_argument("--capacity", default=None, metavar="A,T,O",
+                    help="the preset with another head capacity (anchors, temporal instances, outputs), as the "
+                         "run was trained with train --capacity (e.g. 96,64,32: the tiny stages before 2026-12-06)")
     ap.add_argument("--recalibrate-bn", default=None, metavar="DATA_CACHE",
                     help="recompute the BatchNorm statistics from this training data cache: the image "
                          "backbone's from 64 keyframes, a fused preset's LiDAR branch's from 128 sweeps (seed 0)")
@@ -24,9 +27,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparse_perception_ros.train.bundle import bundle  # lazy: torch is heavy, keeps the CLI quick
+    from sparse_perception_ros.train.command import model_config  # lazy: as above
 
     try:
-        digest = bundle(args.checkpoint, args.out, args.preset, args.recalibrate_bn)
+        digest = bundle(args.checkpoint, args.out, model_config(args), args.recalibrate_bn)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"bundle failed: {exc}", file=sys.stderr)
         return 1

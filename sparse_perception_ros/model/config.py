@@ -176,32 +176,33 @@ sparse4dv3_r50 = ModelConfig(
     head=HeadConfig(),
 )
 
+# The CPU camera model. Head capacity sized for dense traffic (issue 20): 192 anchors (128 carried to
+# the next frame, 64 new per frame) and 64 outputs (bench/bench_capacity.py: no recall cap at 60 objects
+# per scene); the bundled camera weights before 2026-12-06 had 96 / 64 / 32.
 tiny = ModelConfig(
     name="tiny",
     backbone=BackboneConfig(depth=18, base_channels=16, fpn_channels=64),
     head=HeadConfig(
         embed_dims=64,
         num_groups=8,
-        num_anchor=96,
-        num_temp_instances=64,
+        num_anchor=192,
+        num_temp_instances=128,
         num_decoder=3,
         num_heads=4,
         ffn_dims=128,
         anchor_encoder_dims=(32, 8, 8, 16),
-        num_output=32,
+        num_output=64,
     ),
     input_wh=(352, 128),
 )
 
-# The tiny model plus the LiDAR branch, sized for dense traffic (issue 20): 192 anchors (128 carried
-# to the next frame, 64 new per frame), 64 outputs (bench/bench_capacity.py: no recall cap at 60
-# objects per scene). K = 32 LiDAR candidates take 32 of the 64 new-instance slots when a sweep is
-# present (they compete with the rest in the bank update); the BEV head regresses their velocity
-# from several sweeps (LidarConfig.velocity). Clouds are thinned to 60k points on the CPU.
+# The tiny model plus the LiDAR branch (the same head capacity). K = 32 LiDAR candidates take 32 of
+# the 64 new-instance slots when a sweep is present (they compete with the rest in the bank update);
+# the BEV head regresses their velocity from several sweeps (LidarConfig.velocity). Clouds are thinned to 60k points on the CPU.
 tiny_fusion = ModelConfig(
     name="tiny_fusion",
     backbone=tiny.backbone,
-    head=replace(tiny.head, num_anchor=192, num_temp_instances=128, num_output=64),
+    head=tiny.head,
     input_wh=tiny.input_wh,
     lidar=LidarConfig(max_points=60_000, velocity=True),
 )

@@ -16,14 +16,17 @@ import torch
 
 from sparse_perception_ros.model import build_model
 from sparse_perception_ros.model.checkpoint import TRAINING_ONLY_PREFIXES
+from sparse_perception_ros.model.config import ModelConfig
 from sparse_perception_ros.train.dataset import load_samples
 from sparse_perception_ros.train.trainer import recalibrate_image_bn, recalibrate_lidar_bn
 
 __all__ = ["bundle"]
 
 
-def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str | Path | None = None) -> str:
-    """Write the inference weights of ``src`` to ``dst``; returns the file's sha256.
+def bundle(src: str | Path, dst: str | Path, preset: str | ModelConfig, recalibrate_from: str | Path | None = None
+           ) -> str:
+    """Write the inference weights of ``src`` to ``dst``; returns the file's sha256. ``preset``: a
+    preset name or a :class:`ModelConfig` (e.g. a preset with another head capacity).
 
     ``recalibrate_from``: a training data cache (``--data-cache``); the BatchNorm statistics are then
     recomputed from it: the image backbone's from 64 keyframes (:func:`~.trainer.recalibrate_image_bn`)
@@ -34,9 +37,15 @@ def bundle(src: str | Path, dst: str | Path, preset: str, recalibrate_from: str 
         raise ValueError(f"{src}: not a state dict")
     kept = {k: v.detach().clone().contiguous() for k, v in sd.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
     model = build_model(preset)
-    missing, unexpected = model.load_state_dict(kept, strict=False)
+    h = model.cfg.head
+    fits = f"preset {model.cfg.name!r} (head capacity {h.num_anchor},{h.num_temp_instances},{h.num_output})"
+    try:
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+    except RuntimeError as exc:  # a shape differs: most often a run trained with train --capacity
+        raise ValueError(f"{src} does not fit {fits}: {exc}; a run trained with train --capacity A,T,O is "
+                         "bundled with the same --capacity") from None
     if missing or unexpected:
-        raise ValueError(f"{src} does not fit preset {preset!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{src} does not fit {fits}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if recalibrate_from is not None:
         samples, _ = load_samples(recalibrate_from)
         recalibrate_image_bn(model, samples)
