@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     params = load_params()
     t = params.temporal
     tracking = TrackingConfig(t.reassociate_distance, t.track_class_vote, t.duplicate_iou, len(CLASS_NAMES),
-                              t.velocity_window, t.velocity_noise)
+                              t.velocity_window, t.velocity_noise, t.reassociate_window, t.reassociate_speed)
     lo, hi, step = args.grid
     thresholds = np.round(np.arange(lo, hi + step / 2, step), 4)
     curves = {}

@@ -72,6 +72,8 @@ def main(argv=None) -> int:
                         help="rules to compare (off, distance:D, iou:T, inscribed:K)")
     parser.add_argument("--score-threshold", type=float, default=0.05, help="as scripts/eval_bundled.sh")
     parser.add_argument("--reassociate-distance", type=float, default=4.0, help="temporal.reassociate_distance")
+    parser.add_argument("--reassociate-speed", type=float, default=0.0, help="temporal.reassociate_speed (m/s; "
+                        "0: the fixed gate these tables were measured with)")
     parser.add_argument("--cache", default="", help="folder for the raw outputs (reused when present)")
     parser.add_argument("--json", default="", help="also write the table as JSON here")
     args = parser.parse_args(argv)
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
         frames = raw_outputs(nusc, samples, preset, Path(args.cache) if args.cache else None)
         for rule in args.rules:
             iou, conflict = conflict_rule(rule)
-            tracking = TrackingConfig(args.reassociate_distance, True, iou, len(CLASS_NAMES))
+            tracking = TrackingConfig(args.reassociate_distance, True, iou, len(CLASS_NAMES),
+                                      reassociate_speed=args.reassociate_speed)
             results = replay(frames, args.score_threshold, 300, tracking, conflict)
             m = score(nusc, samples, results)
             shown = sum(len(r.scores) for r in results)

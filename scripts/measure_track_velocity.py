@@ -46,7 +46,8 @@ def main(argv=None) -> int:
         for setting in args.settings:
             w, _, s = setting.partition(":")
             tracking = TrackingConfig(t.reassociate_distance, t.track_class_vote, t.duplicate_iou, len(CLASS_NAMES),
-                                      velocity_window=float(w), velocity_noise=float(s or 0.5))
+                                      velocity_window=float(w), velocity_noise=float(s or 0.5),
+                                      reassociate_window=t.reassociate_window, reassociate_speed=t.reassociate_speed)
             m = score(nusc, samples, replay(frames, args.score_threshold, 300, tracking))
             table[f"{preset} {setting}"] = m
             print(f"{preset:12s} {setting:9s} mAVE(present) {m['mAVE_present']:.4f}  NDS {m['NDS']:.4f}  "

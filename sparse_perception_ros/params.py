@@ -91,6 +91,7 @@ class LidarParams:
 class TemporalParams:
     max_time_gap: float
     reassociate_distance: float
+    reassociate_speed: float
     reassociate_window: float
     state_interval: float
     track_class_vote: bool

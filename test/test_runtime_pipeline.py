@@ -138,8 +138,9 @@ def test_config_comes_from_the_parameters_and_has_no_defaults_of_its_own():
     c = PipelineConfig.from_params(p)
     assert (c.score_threshold, c.max_detections, c.max_time_gap_s, c.sensors) == (
         p.output.score_threshold, p.output.max_detections, p.temporal.max_time_gap, p.model.sensors)
-    assert (c.reassociate_distance, c.track_class_vote, c.duplicate_iou) == (
-        p.temporal.reassociate_distance, p.temporal.track_class_vote, p.temporal.duplicate_iou)
+    assert (c.reassociate_distance, c.reassociate_speed, c.track_class_vote, c.duplicate_iou) == (
+        p.temporal.reassociate_distance, p.temporal.reassociate_speed, p.temporal.track_class_vote,
+        p.temporal.duplicate_iou)
     # only resize_method (not a node parameter) has a default: nothing can drift from the YAML
     defaults = {f.name for f in dataclasses.fields(PipelineConfig) if f.default is not dataclasses.MISSING}
     assert defaults == {"resize_method"}

@@ -136,6 +136,23 @@ def test_gate_velocity_world_frame_and_one_use():
     assert ids.tolist() == [7]  # off
 
 
+@pytest.mark.parametrize("gap_ns,speed,expect", [
+    (S // 2, 0.0, 7),  # 2 Hz, fixed 4 m gate: 5 m away is a new object
+    (S // 2, 4.0, 42),  # 2 Hz, 4 + 4 x 0.5 = 6 m: the same object
+    (S // 20, 4.0, 7),  # 20 Hz: 4.2 m, still a new object
+])
+def test_gate_grows_with_the_time_since_the_track_was_seen(gap_ns, speed, expect):
+    """``temporal.reassociate_speed``: the gate is ``distance + speed * gap``, per candidate."""
+    pose = np.eye(4)
+    mem = TrackMemory(0, np.array([[10.0, 0.0]]), np.array([[0.0, 0.0]]), np.array([1]), np.array([42]))
+    ids, _ = reassociate(np.array([7]), boxes((15.0, 0, 0, 0)), np.array([1]), pose, gap_ns, carried=set(),
+                         alive={7}, memory=mem, max_distance=4.0, speed=speed)
+    assert ids.tolist() == [expect]
+    ids, _ = reassociate(np.array([7]), boxes((10.5, 0, 0, 0)), np.array([1]), pose, gap_ns, carried=set(),
+                         alive={7}, memory=mem, max_distance=0.0, speed=speed)
+    assert ids.tolist() == [7]  # a distance of 0 still turns re-association off
+
+
 def test_pipeline_default_keeps_model_ids_and_resets_forget_tracks():
     from sparse_perception_ros.model import CLASS_NAMES, build_model
     from sparse_perception_ros.runtime.backends import torch_stepper

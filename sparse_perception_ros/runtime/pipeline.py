@@ -150,6 +150,8 @@ class PipelineConfig:
         reassociate_distance: metres, ``>= 0``; a *new* instance within this distance of the previous
             frame's track of the same class (constant-velocity prediction) takes its id
             (:mod:`~.tracking`); 0 keeps the model's ids exactly (``temporal.reassociate_distance``).
+        reassociate_speed: m/s, ``>= 0``; the gate grows by this much per second of the track's time
+            gap (``temporal.reassociate_speed``).
         track_class_vote: give each published track one class, the largest summed score over its
             history (:func:`~.tracking.vote_track_classes`); False publishes the model's per-frame
             class, the reference (``temporal.track_class_vote``).
@@ -179,6 +181,7 @@ class PipelineConfig:
     max_time_gap_s: float
     sensors: str
     reassociate_distance: float
+    reassociate_speed: float
     track_class_vote: bool
     duplicate_iou: float
     velocity_window: float
@@ -211,6 +214,7 @@ class PipelineConfig:
         return cls(score_threshold=resolve_score_threshold(params.output.score_threshold, weights_score_threshold),
                    max_detections=params.output.max_detections, max_time_gap_s=t.max_time_gap,
                    sensors=params.model.sensors, reassociate_distance=t.reassociate_distance,
+                   reassociate_speed=t.reassociate_speed,
                    track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
                    velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method,
                    reassociate_window=t.reassociate_window, state_interval=t.state_interval)
@@ -218,7 +222,8 @@ class PipelineConfig:
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
         return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes,
-                              self.velocity_window, self.velocity_noise, self.reassociate_window)
+                              self.velocity_window, self.velocity_noise, self.reassociate_window,
+                              self.reassociate_speed)
 
 
 class Pipeline:
