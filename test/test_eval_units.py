@@ -201,3 +201,12 @@ def test_recall_ceiling_is_the_share_of_gt_reachable_with_k_outputs():
     assert recall_ceiling([10, 50, 40], 32) == pytest.approx((10 + 32 + 32) / 100)
     assert recall_ceiling([10, 50, 40], 100) == 1.0
     assert recall_ceiling([0, 0], 32) is None and recall_ceiling([5], None) is None
+
+
+def test_a_ros_run_that_lost_keyframes_warns_with_the_remedy():
+    from sparse_perception_ros.cli.eval_ros import missing_output_warning
+
+    assert missing_output_warning(0, 80) is None
+    assert missing_output_warning(8, 80) is None  # 10 %: a few at a bag's ends are normal
+    warning = missing_output_warning(72, 80)
+    assert "72 of 80" in warning and "--rate" in warning and "--no-sweeps" in warning

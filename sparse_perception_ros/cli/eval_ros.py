@@ -37,11 +37,21 @@ from sparse_perception_ros.classes import CLASS_NAMES as DETECTION_NAMES
 from sparse_perception_ros.launch_manifest import node_set
 from sparse_perception_ros.sensors import DEFAULT_TOPICS
 
-__all__ = ["replay_specs", "run_ros"]
+__all__ = ["missing_output_warning", "replay_specs", "run_ros"]
 
 
 # a ROS-mode run with more keyframes than this share scored empty warns (they were skipped, not missed)
 MISSING_WARN_SHARE = 0.1
+
+
+def missing_output_warning(missing: int, total: int) -> str | None:
+    """The warning for a ROS-mode run where ``missing`` of ``total`` keyframes got no node output, or
+    None when at most :data:`MISSING_WARN_SHARE` of them did."""
+    if missing <= MISSING_WARN_SHARE * total:
+        return None
+    return (f"eval: warning: {missing} of {total} keyframes have no node output. The node keeps only the newest "
+            "frame when it falls behind, so a bag with every LiDAR sweep (20 Hz triggers) replayed faster than the "
+            "step loses keyframes; replay slower (e.g. --rate 0.2) or convert keyframes only (--no-sweeps)")
 
 
 def replay_specs(bag: str, record_to: str, params_file: str, backend: str | None, gt_table_path: str | None,
@@ -201,11 +211,8 @@ def run_ros(bags, samples, params_file: str, backend: str | None, gt_table, work
         missing += miss
         if progress is not None:
             progress(i + 1, len(chosen))
-    if missing > MISSING_WARN_SHARE * len(wanted):
-        print(f"eval: warning: {missing} of {len(wanted)} keyframes have no node output. The node keeps only the "
-              "newest frame when it falls behind, so a bag with every LiDAR sweep (20 Hz triggers) replayed faster "
-              "than the step loses keyframes; replay slower (e.g. --rate 0.2) or convert keyframes only "
-              "(--no-sweeps)", file=sys.stderr)
+    if (warning := missing_output_warning(missing, len(wanted))) is not None:
+        print(warning, file=sys.stderr)
     model_lines = [ln.split("]: ", 1)[1] for ln in log.read_text(errors="replace").splitlines()
                    if "[perception]: model " in ln]
     note = (f"{model_lines[-1] + '; ' if model_lines else ''}node backend {backend or 'from params file'}; "
