@@ -248,7 +248,9 @@ def test_bucket_padding_gives_the_same_step_as_the_full_budget(fused_onnx):
     to max_points give the same outputs within 1e-4 (padding lands in the dropped dump cell; only the
     float summation order of other-sized kernels differs, measured 6e-6)."""
     f = synthetic_sequence(CFG, 1, with_backbone=True, seed=3)[0]
-    ort = OrtBackend(fused_onnx)
+    # one intra-op thread, as the node runs it (model.num_threads 1): with ONNX Runtime's default pool
+    # this comparison failed once under load (29 of 1920 values off by up to 0.01; not reproduced alone)
+    ort = OrtBackend(fused_onnx, num_threads=1)
     base = {"img": f.images[0], "projection_mat": f.projection_mat, "image_wh": f.image_wh,
             **host_step_inputs(f.timestamp, f.T_world_from_model, TemporalState.empty(), CFG)}
     bucket, full = lidar_step_inputs(f.points, LID, dynamic=True), lidar_step_inputs(f.points, LID)
