@@ -51,6 +51,7 @@ class ModelParams:
     num_threads: int
     sensors: str
     image_features: str  # auto | on_arrival | in_step (runtime.features)
+    lidar_features: str  # auto | ahead | in_step (runtime.lidar_features)
 
 
 @dataclass(frozen=True)

@@ -203,8 +203,8 @@ def test_init_grows_smaller_weights_into_a_larger_capacity(tmp_path):
 
 
 def test_init_drops_the_last_decoder_into_a_model_with_fewer(tmp_path):
-    """``train --init`` from 3-decoder fused weights into ``tiny_fusion_fast`` (2 decoders, 0.9 m
-    pillars): the first two decoders and everything else keep their weights, the third decoder's
+    """``train --init`` from 3-decoder fused weights into ``tiny_fusion_fast`` (2 decoders): the
+    first two decoders and everything else keep their weights, the third decoder's
     layers are dropped, and the rest loads strictly."""
     from sparse_perception_ros.model import build_model
     from sparse_perception_ros.train.trainer import model_from_checkpoint

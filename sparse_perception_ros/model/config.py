@@ -207,15 +207,14 @@ tiny_fusion = ModelConfig(
     lidar=LidarConfig(max_points=60_000, velocity=True),
 )
 
-# A cheaper fused step for 20 Hz on two CPU cores (issue 21; not bundled, no weights yet): one decoder
-# fewer and 0.9 m pillars (a 120 x 120 grid) cut the step after the image backbone from ~54 to ~34 ms
-# (bench/bench_fused_variants.py). Fine-tuned from tiny_fusion's weights (train --init drops the
-# third decoder's layers); it may replace tiny_fusion only if it meets issue 21's accuracy rule.
+# A cheaper fused step for 20 Hz on two CPU cores (issue 21): one decoder fewer than tiny_fusion, the
+# same 0.6 m pillar grid (a 0.9 m grid was tried first and cost the small classes 0.07-0.12 AP,
+# models/README.md). Fine-tuned from tiny_fusion's weights (train --init drops the third decoder's
+# layers); it may replace tiny_fusion only if it meets issue 21's accuracy rule.
 tiny_fusion_fast = replace(
     tiny_fusion,
     name="tiny_fusion_fast",
     head=replace(tiny_fusion.head, num_decoder=2),
-    lidar=replace(tiny_fusion.lidar, pillar_size=0.9),
 )
 
 PRESETS: dict[str, ModelConfig] = {"sparse4dv3_r50": sparse4dv3_r50, "tiny": tiny, "tiny_fusion": tiny_fusion,

@@ -16,7 +16,7 @@ from sparse_perception_ros.model.head import HeadOutput, Sparse4DHead
 from sparse_perception_ros.model.instance_bank import TemporalState
 from sparse_perception_ros.model.lidar import LidarBranch, LidarCandidates
 
-__all__ = ["Sparse4DModel", "AfterBackbone"]
+__all__ = ["Sparse4DModel", "AfterBackbone", "AfterLidar"]
 
 
 class Sparse4DModel(nn.Module):
@@ -63,6 +63,11 @@ class Sparse4DModel(nn.Module):
     def after_backbone(self) -> AfterBackbone:
         """The rest of the model (head + LiDAR branch, parameters shared) for a step fed with features."""
         return AfterBackbone(self)
+
+    def after_lidar(self) -> AfterLidar:
+        """The head alone (parameters shared) for a step fed with image features and with the LiDAR
+        branch's candidates, both computed apart (:mod:`sparse_perception_ros.runtime.lidar_features`)."""
+        return AfterLidar(self)
 
     def lidar_candidates(self, points: torch.Tensor | np.ndarray | None, device=None) -> LidarCandidates | None:
         """``points (N, >=3)`` (model frame; x, y, z[, intensity[, dt]]) of one sweep -> candidates
@@ -114,4 +119,19 @@ class AfterBackbone(nn.Module):
         self.cfg = model.cfg
         self.head = model.head
         self.pts_branch = model.pts_branch
+        self.eval()
+
+
+class AfterLidar(nn.Module):
+    """``head`` of a :class:`Sparse4DModel`, shared (not copied), for a step whose image features and
+    LiDAR candidates are computed apart: its step graph takes ``feat_l{i}`` and, for fused presets,
+    the LiDAR branch's outputs (``runtime.export.LIDAR_CANDIDATE_INPUTS``) instead of the sweep.
+    ``cfg`` is the full model's :class:`ModelConfig`; ``pts_branch`` is None by design."""
+
+    pts_branch = None
+
+    def __init__(self, model: Sparse4DModel):
+        super().__init__()
+        self.cfg = model.cfg
+        self.head = model.head
         self.eval()

@@ -7,8 +7,11 @@ Outputs: ``~/output/objects`` (Detection3DArray), ``~/output/markers``, ``~/outp
 ``configure()`` loads the model for this rig, ``activate()`` subscribes (entry point: ``ros/node_main.py``).
 Callbacks run cheap checks on every message (no decoding; with ``cameras.decode_on_arrival`` an image is also
 decoded there) and buffer it in the :class:`FrameAssembler` (every sweep also in the builder's multi-sweep buffer).
-A worker takes the newest frame (older ones skipped, counted), has the ROS-free :class:`FrameBuilder` build it
-through this node's TF (model frame: ``runtime/model_frame.py``), runs ``Pipeline.step`` and publishes. A refused input is logged once and counted; silent cameras are logged and counted per camera.
+Two threads then share the work of a frame, so that consecutive frames overlap on two cores: the preparing
+thread takes the newest frame (older ones skipped, counted), has the ROS-free :class:`FrameBuilder` build it
+through this node's TF (model frame: ``runtime/model_frame.py``) and runs ``Pipeline.prepare`` (preprocessing
+and, with ``model.lidar_features`` ahead, the LiDAR branch); the worker takes the newest prepared frame (older
+ones skipped, counted), runs ``Pipeline.step`` (the head and the temporal state) and publishes. A refused input is logged once and counted; silent cameras are logged and counted per camera.
 Times (sync and TF waits, latency) are on the node's ROS clock, so ``use_sim_time`` replays need no rescaling.
 """
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -43,7 +46,7 @@ from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerCon
 from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, InputRefused, PointsInput
 from sparse_perception_ros.runtime.loading import load_model, set_torch_threads
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, ModelFrame
-from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState, Prepared
 from sparse_perception_ros.runtime.silence import SilenceWatch
 
 __all__ = ["PerceptionNode", "CAMERA_SILENT_AFTER_S"]
@@ -65,7 +68,8 @@ class PerceptionNode(Node):
         self._clock_seen = (0, 0)  # (node clock, monotonic) when the node's clock last moved
         self._lock = threading.Condition()  # guards the assembler and the mailbox; notified when a frame arrives
         self._mailbox: AssembledFrame | None = None
-        self._running, self._worker = False, None
+        self._ready: _Ready | None = None  # a built and prepared frame for the worker (guarded by _lock too)
+        self._running, self._threads = False, []
 
     # ------------------------------------------------------------------------- lifecycle
     def configure(self, model=None) -> None:
@@ -118,15 +122,18 @@ class PerceptionNode(Node):
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers tick in wall time; what they read is the ROS clock
         self.create_timer(0.025, self._poll, callback_group=inputs, clock=steady)
         self.create_timer(1.0, self._publish_diagnostics, clock=steady)
-        self._running, self._worker = True, threading.Thread(target=self._work_loop, name="perception_worker", daemon=True)
-        self._worker.start()
+        self._running = True
+        self._threads = [threading.Thread(target=self._prepare_loop, name="perception_prepare", daemon=True),
+                         threading.Thread(target=self._work_loop, name="perception_worker", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def shutdown(self) -> None:
         with self._lock:
             self._running = False
             self._lock.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
         if self.pipeline is not None:
             self.pipeline.close()
 
@@ -211,34 +218,62 @@ class PerceptionNode(Node):
             self.diag.refuse(f"camera_info/{cam}", exc)
             self._builder.set_calibration(cam, None)
 
-    # ------------------------------------------------------------------------- worker
+    # ------------------------------------------------------------------------- preparing thread and worker
+    def _take(self, slot: str):
+        """Wait for and take the frame in ``slot`` (``_mailbox`` or ``_ready``); None once shut down."""
+        with self._lock:
+            while self._running and getattr(self, slot) is None:
+                self._lock.wait(timeout=0.5)
+            if not self._running:
+                return None
+            item = getattr(self, slot)
+            setattr(self, slot, None)
+            return item
+
+    def _prepare_loop(self) -> None:
+        set_torch_threads(self.params.model.num_threads)  # per thread in torch: the LiDAR branch runs here
+        while (af := self._take("_mailbox")) is not None:
+            try:
+                ready = self._prepare(af)
+            except Exception as exc:  # noqa: BLE001 - the node must survive any single frame
+                self.diag.frame_error(af.stamp_ns, exc)
+                continue
+            if ready is not None:
+                with self._lock:
+                    if self._ready is not None:  # the worker is still on an older frame: the newest wins
+                        self.diag.stats.count("frames_skipped")
+                    self._ready = ready
+                    self._lock.notify_all()
+
     def _work_loop(self) -> None:
         set_torch_threads(self.params.model.num_threads)  # per thread in torch: also where inference runs
-        while True:
-            with self._lock:
-                while self._running and self._mailbox is None:
-                    self._lock.wait(timeout=0.5)
-                if not self._running:
-                    return
-                frame, self._mailbox = self._mailbox, None
+        while (ready := self._take("_ready")) is not None:
             try:
-                self._process(frame)
+                self._process(ready)
             except Exception as exc:  # noqa: BLE001 - the node must survive any single frame
-                self.diag.frame_error(frame.stamp_ns, exc)
+                self.diag.frame_error(ready.af.stamp_ns, exc)
 
-    def _process(self, af: AssembledFrame) -> None:
-        p, names = self.params, self.pipeline.class_names
+    def _prepare(self, af: AssembledFrame) -> _Ready | None:
+        """Build the frame and run what needs no temporal state (:meth:`Pipeline.prepare`)."""
+        p = self.params
         self.diag.model_frame(self._frame.check_once(self._lookup, p.frames.base_frame, af.stamp_ns) or [])
         if not (p.output.force_processing or self._pub_objects.get_subscription_count() > 0
                 or self._pub_markers.get_subscription_count() > 0):
             self.diag.stats.count("frames_no_subscribers")
-            return
-        assemble_ms = (self._now_ns() - af.arrival_ns) * 1e-6  # trigger arrival -> worker start
+            return None
+        assemble_ms = (self._now_ns() - af.arrival_ns) * 1e-6  # trigger arrival -> preparing thread start
         t0 = time.perf_counter()
         built = self._builder.build(af.stamp_ns, af.images, af.points, self._lookup)
         self.diag.built(built)
         t1 = time.perf_counter()
-        det, self._state = self.pipeline.step(built.frame, self._state)
+        prepared = self.pipeline.prepare(built.frame)
+        return _Ready(af, built.frame, prepared, {"assemble": assemble_ms, "convert": 1e3 * (t1 - t0)},
+                      time.perf_counter())
+
+    def _process(self, ready: _Ready) -> None:
+        p, names, af = self.params, self.pipeline.class_names, ready.af
+        handoff_ms = 1e3 * (time.perf_counter() - ready.prepared_at)  # prepared -> worker start
+        det, self._state = self.pipeline.step(ready.frame, self._state, ready.prepared)
         self.diag.detections(det)
         t2 = time.perf_counter()
         out_frame = p.frames.output_frame
@@ -251,7 +286,7 @@ class PerceptionNode(Node):
             self._pub_markers.publish(detections_to_markers(det, names, out_frame))
         t3 = time.perf_counter()
         self.diag.stats.count("frames_published")
-        stages = {"assemble": assemble_ms, "convert": 1e3 * (t1 - t0), **det.timings_ms, "publish": 1e3 * (t3 - t2),
+        stages = {**ready.stages_ms, **det.timings_ms, "handoff": handoff_ms, "publish": 1e3 * (t3 - t2),
                   "end_to_end": self.diag.end_to_end_ms(self._now_ns(), af.stamp_ns, af.arrival_ns)}
         self._pub_latency.publish(self.diag.latency(af.stamp_ns, stages))
 
@@ -259,3 +294,14 @@ class PerceptionNode(Node):
         with self._lock:
             sync = {f"sync/{k}": v for k, v in self._assembler.stats.items()}
         self._pub_diag.publish(self.diag.status(self.get_clock().now().nanoseconds, sync))
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A frame the preparing thread built and prepared, waiting for the worker."""
+
+    af: AssembledFrame
+    frame: object  # runtime.pipeline.Frame
+    prepared: Prepared
+    stages_ms: dict
+    prepared_at: float  # time.perf_counter()

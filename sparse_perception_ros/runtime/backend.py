@@ -66,6 +66,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
 
+    @property
+    def lidar_apart(self) -> bool:
+        """True for a fused graph that takes the LiDAR branch's outputs instead of the sweep (the
+        branch runs apart: ``runtime.lidar_features``)."""
+        return "lidar_bev" in self.input_spec()
+
     def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
         missing = [k for k in self.input_spec() if k not in inputs]
         if missing:

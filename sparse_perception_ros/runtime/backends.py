@@ -62,6 +62,8 @@ from sparse_perception_ros.runtime.export import (
     export_cached,
     graph_parts,
     input_names,
+    lidar_apart,
+    lidar_candidate_spec,
     lidar_step_inputs,
     output_names,
 )
@@ -121,7 +123,10 @@ class TorchBackend(Backend):
         self.graph = StepGraph(head, module if self.with_backbone else None, static=self.compiled or self.cuda_graph,
                                dfa_impl=self.dfa_impl, pts_branch=pts_branch).to(self.device).eval()
         self._fn = torch.compile(self.graph, dynamic=False) if self.compiled else self.graph
-        self._inputs = input_names(cfg, self.with_backbone)
+        self._apart = lidar_apart(module)
+        if self._apart and cfg.lidar is None:
+            raise ValueError("a fused head without its LiDAR branch needs cfg.lidar (the candidates' shapes)")
+        self._inputs = input_names(cfg, self.with_backbone, self._apart)
 
     @property
     def mode(self) -> str:
@@ -146,7 +151,8 @@ class TorchBackend(Backend):
         return self._fn(*args)
 
     def input_spec(self) -> dict[str, TensorSpec]:  # eager: any point count; compiled / CUDA graph: static
-        return _spec_from_cfg(self.cfg, self.with_backbone, dynamic_points=not (self.compiled or self.cuda_graph))
+        return _spec_from_cfg(self.cfg, self.with_backbone, dynamic_points=not (self.compiled or self.cuda_graph),
+                              lidar_apart=self._apart)
 
     def output_spec(self) -> dict[str, TensorSpec]:
         return _output_spec_from_cfg(self.cfg)
@@ -204,7 +210,8 @@ def _ort_dtype(type_str: str) -> str:
             "tensor(int32)": "int32", "tensor(bool)": "bool"}.get(type_str, type_str)
 
 
-def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool = False) -> dict[str, TensorSpec]:
+def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool = False,
+                   lidar_apart: bool = False) -> dict[str, TensorSpec]:
     h = cfg.head
     n = h.num_cams
     w_img, h_img = cfg.input_wh
@@ -224,7 +231,9 @@ def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool =
         "prev_confidence": TensorSpec((1, h.num_temp_instances), "float32"),
         "prev_valid": TensorSpec((1,), "bool"),
     })
-    if cfg.lidar is not None:  # set only for a graph with its LiDAR branch
+    if cfg.lidar is not None and lidar_apart:  # the branch's outputs, computed apart
+        spec.update({name: TensorSpec(shape, "float32") for name, shape in lidar_candidate_spec(cfg).items()})
+    elif cfg.lidar is not None:  # set only for a graph with its LiDAR branch
         rows = "num_points_padded" if dynamic_points else cfg.lidar.max_points  # a name: a dynamic dim
         spec["points"] = TensorSpec((1, rows, cfg.lidar.point_dims), "float32")
         spec["num_points"] = TensorSpec((1,), "int64")
@@ -322,6 +331,7 @@ class Stepper(abc.ABC):
     device: torch.device
     with_backbone: bool = True
     camera_backbone = None  # a runtime.features.CameraBackbone when the image backbone runs apart (step_features)
+    lidar_branch = None  # a runtime.lidar_features.LidarBranchRunner when the LiDAR branch runs apart (step_features)
     auto_choice: Any = None  # a backend_probe.AutoChoice when build_stepper("auto") picked this one
 
     @abc.abstractmethod
@@ -339,11 +349,18 @@ class StepRunner(Stepper):
     of per-level feature maps. The returned state holds the backend's own output tensors
     (numpy-backed CPU tensors for ONNX Runtime, CUDA tensors for TensorRT), which the next call
     feeds back as inputs without a copy.
+
+    ``lidar_branch`` (a :class:`~.lidar_features.LidarBranchRunner`) goes with a graph that takes the
+    LiDAR branch's outputs (``Sparse4DModel.after_lidar()``): :meth:`step` then runs the branch on
+    ``points`` first, and :meth:`step_features` takes its outputs precomputed (``lidar=``).
     """
 
-    def __init__(self, backend: Backend, cfg: ModelConfig, camera_backbone=None):
+    def __init__(self, backend: Backend, cfg: ModelConfig, camera_backbone=None, lidar_branch=None):
         if camera_backbone is not None and backend.with_backbone:
             raise ValueError("a camera_backbone goes with a graph after the backbone (feat_l{i} in)")
+        if (lidar_branch is not None) != backend.lidar_apart:
+            raise ValueError("a lidar_branch goes with a graph that takes the LiDAR branch's outputs "
+                             "(after_lidar()), and such a graph needs one")
         spec = backend.input_spec()
         image = spec.get("img") or spec.get("feat_l0")
         if image is not None and isinstance(image.shape[1], int) and image.shape[1] != cfg.head.num_cams:
@@ -354,6 +371,7 @@ class StepRunner(Stepper):
         self.name = backend.name
         self.device = backend.device
         self.camera_backbone = camera_backbone
+        self.lidar_branch = lidar_branch
         self.with_backbone = backend.with_backbone or camera_backbone is not None
 
     def step(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
@@ -367,9 +385,12 @@ class StepRunner(Stepper):
         return self.step_features(images, projection_mat, image_wh, timestamp, T_world_from_model, state, points)
 
     def step_features(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
-                      state: TemporalState, points: np.ndarray | None = None) -> tuple[HeadOutput, TemporalState]:
+                      state: TemporalState, points: np.ndarray | None = None,
+                      lidar: Mapping[str, Any] | None = None) -> tuple[HeadOutput, TemporalState]:
         """:meth:`step` with what the graph itself takes: ``img`` for a full graph, else the
-        ``feat_l{i} [1, N, E, H_i, W_i]`` list (the pipeline's :class:`~.features.FeatureCache`)."""
+        ``feat_l{i} [1, N, E, H_i, W_i]`` list (the pipeline's :class:`~.features.FeatureCache`).
+        ``lidar``: with a ``lidar_branch``, its outputs for this frame's sweep when already computed
+        (:meth:`lidar_candidates`; ``points`` is then ignored), else the branch runs on ``points`` here."""
         h = self.cfg.head
         if isinstance(images, (torch.Tensor, np.ndarray)):
             images = [images]
@@ -386,13 +407,20 @@ class StepRunner(Stepper):
         inputs["image_wh"] = image_wh
         host = host_step_inputs(timestamp, t_world, state, self.cfg)
         inputs.update(host)
-        if (spec := self.backend.input_spec().get("points")) is not None:  # padded to a bucket where the graph allows
+        if self.lidar_branch is not None:
+            inputs.update(lidar if lidar is not None else self.lidar_branch.run(points))
+        elif (spec := self.backend.input_spec().get("points")) is not None:  # padded to a bucket where the graph allows
             dynamic = not isinstance(spec.shape[1], int) or spec.shape[1] < 0
             inputs.update(lidar_step_inputs(None if points is None else np.asarray(points), self.cfg.lidar, dynamic))
         out = self.backend.run(inputs)
         out = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))) for k, v in out.items()}
         ids, new_state = bank_advance(state, host, out, float(timestamp), t_world, self.cfg)
         return step_output(out, ids), new_state
+
+    def lidar_candidates(self, points: np.ndarray | None) -> dict[str, torch.Tensor] | None:
+        """The LiDAR branch's outputs for one sweep (``points (N, >=3)`` model frame or None), for
+        :meth:`step_features`'s ``lidar``; None when the branch runs inside the graph (or there is none)."""
+        return None if self.lidar_branch is None else self.lidar_branch.run(points)
 
 
 def _module_config(module: torch.nn.Module, preset: str | ModelConfig | None) -> ModelConfig:
@@ -428,6 +456,7 @@ def build_stepper(
     num_threads: int | None = None,
     dfa_impl: str = "auto",
     compile: bool = False,
+    lidar_branch=None,
 ) -> StepRunner:
     """One call for the node, the evaluator and the benchmark: a :class:`StepRunner` for ``backend``.
 
@@ -439,6 +468,8 @@ def build_stepper(
     (TensorRT with ``engine_path`` on a GPU, ONNX Runtime, torch), times a few interleaved
     synthetic steps of each (:func:`~.backend_probe.probe_fastest`, bounded to a few seconds) and
     returns the fastest; its ``auto_choice`` says which and why (the node logs it).
+    ``lidar_branch``: the :class:`~.lidar_features.LidarBranchRunner` that goes with a fused head
+    without its branch (``module=model.after_lidar()``), needed there and refused elsewhere.
     """
     cfg = get_preset(preset)
     if module is None:
@@ -449,20 +480,23 @@ def build_stepper(
             else:
                 module.load_official_state_dict(read_checkpoint(checkpoint))
     head, pts_branch = graph_parts(module)
+    apart = lidar_apart(module)
+    if apart and lidar_branch is None:
+        raise ValueError("a fused head without its LiDAR branch (after_lidar()) needs lidar_branch")
     cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh,
-                      module.cfg.lidar if pts_branch is not None else None)
+                      cfg.lidar if pts_branch is not None or apart else None)
     if backend == "auto":
         return _fastest_stepper(module, cfg, onnx_path=onnx_path, engine_path=engine_path, cache_dir=cache_dir,
-                                num_threads=num_threads, dfa_impl=dfa_impl, compile=compile)
+                                num_threads=num_threads, dfa_impl=dfa_impl, compile=compile, lidar_branch=lidar_branch)
     if backend == "onnxruntime" and onnx_path is None:
         onnx_path = export_cached(module, cfg, cache_dir)
     chosen = create_backend(backend, module=module, cfg=cfg, onnx_path=onnx_path, engine_path=engine_path,
                             dfa_impl=dfa_impl, num_threads=num_threads, compile=compile)
-    return StepRunner(chosen, cfg)
+    return StepRunner(chosen, cfg, lidar_branch=lidar_branch)
 
 
 def _fastest_stepper(module: torch.nn.Module, cfg: ModelConfig, *, onnx_path, engine_path, cache_dir, num_threads,
-                     dfa_impl: str, compile: bool) -> StepRunner:
+                     dfa_impl: str, compile: bool, lidar_branch=None) -> StepRunner:
     """``build_stepper("auto")``: every usable backend, timed; the fastest with its ``auto_choice``."""
 
     runners: dict[str, StepRunner] = {}
@@ -473,7 +507,8 @@ def _fastest_stepper(module: torch.nn.Module, cfg: ModelConfig, *, onnx_path, en
                 onnx_path = export_cached(module, cfg, cache_dir)
             runners[cand] = StepRunner(create_backend(cand, module=module, cfg=cfg, onnx_path=onnx_path,
                                                       engine_path=engine_path, dfa_impl=dfa_impl,
-                                                      num_threads=num_threads, compile=compile), cfg)
+                                                      num_threads=num_threads, compile=compile), cfg,
+                                       lidar_branch=lidar_branch)
         except BackendUnavailable as exc:
             skipped[cand] = str(exc)
     if not runners:

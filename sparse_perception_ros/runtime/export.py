@@ -49,6 +49,7 @@ from sparse_perception_ros.model.config import LidarConfig, ModelConfig, get_pre
 from sparse_perception_ros.model.dfa import FeatureInputs
 from sparse_perception_ros.model.head import STEP_INPUTS, STEP_OUTPUTS, Sparse4DHead
 from sparse_perception_ros.model.instance_bank import host_step_inputs
+from sparse_perception_ros.model.lidar import LidarCandidates
 from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
 
@@ -61,6 +62,8 @@ __all__ = [
     "host_step_inputs",
     "lidar_step_inputs",
     "LIDAR_INPUTS",
+    "LIDAR_CANDIDATE_INPUTS",
+    "lidar_apart",
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
@@ -78,12 +81,25 @@ STATE_OUTPUTS = ("next_anchors", "next_features", "next_confidence")
 
 
 LIDAR_INPUTS = ("points", "num_points")
+# A fused graph whose LiDAR branch runs apart (runtime.lidar_features) takes the branch's outputs that
+# the head reads instead of the sweep: lidar_bev [1, E, H_bev, W_bev], lidar_anchor [1, K, 11],
+# lidar_feature [1, K, E] and lidar_valid [1] float32 (0: no sweep).
+LIDAR_CANDIDATE_INPUTS = ("lidar_bev", "lidar_anchor", "lidar_feature", "lidar_valid")
 
 
-def input_names(cfg: ModelConfig, with_backbone: bool) -> list[str]:
+def input_names(cfg: ModelConfig, with_backbone: bool, lidar_apart: bool = False) -> list[str]:
+    """The graph's inputs in order. ``cfg.lidar`` is set only for a graph with LiDAR inputs: the sweep
+    (:data:`LIDAR_INPUTS`), or with ``lidar_apart`` the branch's outputs (:data:`LIDAR_CANDIDATE_INPUTS`)."""
     images = ["img"] if with_backbone else [f"feat_l{i}" for i in range(cfg.head.num_levels)]
-    lidar = list(LIDAR_INPUTS) if cfg.lidar is not None else []  # cfg.lidar: set only when the graph has its branch
+    lidar = [] if cfg.lidar is None else list(LIDAR_CANDIDATE_INPUTS if lidar_apart else LIDAR_INPUTS)
     return [*images, "projection_mat", "image_wh", "T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid", *lidar]
+
+
+def lidar_apart(module: nn.Module) -> bool:
+    """True for a fused head whose LiDAR branch runs apart (``Sparse4DModel.after_lidar()``): its graph
+    takes :data:`LIDAR_CANDIDATE_INPUTS`."""
+    head, pts_branch = graph_parts(module)
+    return head.lidar_fusion is not None and pts_branch is None
 
 
 def output_names() -> list[str]:
@@ -108,7 +124,9 @@ class StepGraph(nn.Module):
     - ``prev_anchors [1, N_temp, 11]``, ``prev_features [1, N_temp, E]``, ``prev_confidence [1, N_temp]``;
     - ``prev_valid [1]`` bool (False: first frame; the prev tensors are then ignored);
     - fused presets (``cfg.lidar``) only: ``points [1, P, point_dims]`` float32 (model frame,
-      zero-padded; ``P`` is dynamic in exported graphs, up to ``max_points``: :func:`lidar_step_inputs`) and ``num_points [1]`` int64 (0 = no sweep: the camera-only path).
+      zero-padded; ``P`` is dynamic in exported graphs, up to ``max_points``: :func:`lidar_step_inputs`) and ``num_points [1]`` int64 (0 = no sweep: the camera-only path);
+      or, for a fused head without its branch (``pts_branch`` None: the branch runs apart,
+      :mod:`~.lidar_features`), the branch's outputs :data:`LIDAR_CANDIDATE_INPUTS`.
 
     Outputs: a tuple in :func:`output_names` order (see :meth:`Sparse4DHead.temporal_step`).
 
@@ -126,8 +144,7 @@ class StepGraph(nn.Module):
         self.pts_branch = pts_branch if pts_branch is not None else getattr(backbone, "pts_branch", None)
         self.static = static
         self.dfa_impl = dfa_impl
-        if head.lidar_fusion is not None and self.pts_branch is None:
-            raise ValueError("a fused head needs its LiDAR branch: export the full model or its after_backbone()")
+        self.lidar_apart = head.lidar_fusion is not None and self.pts_branch is None  # candidates in, not points
         self.eval()
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -139,6 +156,10 @@ class StepGraph(nn.Module):
             points, num_points = args[-2:]
             args = args[:-2]
             lidar = self.pts_branch(points, num_points.reshape(1))
+        elif self.lidar_apart:  # the head reads bev, anchor, feature and valid only
+            bev, anchor, feature, valid = args[-4:]
+            args = args[:-4]
+            lidar = LidarCandidates(bev, None, None, anchor, feature, None, valid.reshape(1))
         projection_mat, image_wh, *state = args[n_img:]
         if self.backbone is not None:
             dtype = next(self.backbone.img_backbone.parameters()).dtype
@@ -169,12 +190,23 @@ def lidar_step_inputs(points: np.ndarray | None, lidar: LidarConfig, dynamic: bo
     return {"points": out, "num_points": np.array([n], np.int64)}
 
 
-def example_args(cfg: ModelConfig, with_backbone: bool) -> tuple[torch.Tensor, ...]:
+def lidar_candidate_spec(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of :data:`LIDAR_CANDIDATE_INPUTS` for ``cfg`` (a fused preset)."""
+    w, h = cfg.lidar.bev_size
+    e, k = cfg.head.embed_dims, cfg.lidar.num_candidates
+    return {"lidar_bev": (1, e, h, w), "lidar_anchor": (1, k, 11), "lidar_feature": (1, k, e), "lidar_valid": (1,)}
+
+
+def example_args(cfg: ModelConfig, with_backbone: bool, lidar_apart: bool = False) -> tuple[torch.Tensor, ...]:
     frame = synthetic_sequence(cfg, 1, with_backbone)[0]
     host = host_step_inputs(frame.timestamp, frame.T_world_from_model, TemporalState.empty(), cfg)
     host["prev_valid"] = np.ones(1, bool)  # trace with a valid state: shapes are identical either way
     vals = [*frame.images, frame.projection_mat, frame.image_wh, *(host[k] for k in STATE_HOST_INPUTS)]
-    if cfg.lidar is not None:
+    if cfg.lidar is not None and lidar_apart:  # shapes and a valid sweep are all the trace needs
+        rng = np.random.default_rng(0)
+        vals += [rng.standard_normal(shape).astype(np.float32) if name != "lidar_valid" else np.ones(shape, np.float32)
+                 for name, shape in lidar_candidate_spec(cfg).items()]
+    elif cfg.lidar is not None:
         vals += list(lidar_step_inputs(frame.points, cfg.lidar).values())
     return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in vals)
 
@@ -218,9 +250,11 @@ def export_step(
         module.img_backbone.half()
         module.img_neck.half()
     head, pts_branch = graph_parts(module)
-    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh, cfg.lidar if pts_branch is not None else None)
+    apart = lidar_apart(module)
+    cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh,
+                      cfg.lidar if pts_branch is not None or apart else None)
     graph = StepGraph(head, module if with_backbone else None, pts_branch=pts_branch)
-    args = example_args(cfg, with_backbone)
+    args = example_args(cfg, with_backbone, apart)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")  # one warning per LayerNorm/Split
@@ -228,9 +262,9 @@ def export_step(
     folding_log.setLevel(logging.ERROR)
     try:
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
-            names = input_names(cfg, with_backbone)
+            names = input_names(cfg, with_backbone, apart)
             dynamic = tuple({1: torch.export.Dim("num_points_padded", min=2, max=cfg.lidar.max_points)}
-                            if n == "points" else None for n in names) if cfg.lidar is not None else None
+                            if n == "points" else None for n in names) if cfg.lidar is not None and not apart else None
             program = torch.onnx.export(
                 graph, args, input_names=names, output_names=output_names(), opset_version=opset, dynamo=True,
                 external_data=False, optimize=True, verbose=False, dynamic_shapes=None if dynamic is None else (dynamic,),
@@ -257,7 +291,7 @@ def export_step(
         "lidar": None if cfg.lidar is None else {
             "max_points": cfg.lidar.max_points, "point_dims": cfg.lidar.point_dims,
             "point_range": list(cfg.lidar.point_range), "pillar_size": cfg.lidar.pillar_size,
-            "num_candidates": cfg.lidar.num_candidates,
+            "num_candidates": cfg.lidar.num_candidates, "branch_in_graph": not apart,
             "scatter_nodes": sum(n.op_type in ("ScatterElements", "ScatterND") for n in model.graph.node),
         },
         "opset": opset,
@@ -288,7 +322,7 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
     root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
     with_backbone = hasattr(module, "extract_features")
     variant = (("full_fp16" if backbone_fp16 else "full") if with_backbone
-               else "after_backbone" if hasattr(module, "head") else "head")
+               else "after_lidar" if lidar_apart(module) else "after_backbone" if hasattr(module, "head") else "head")
     path = root / f"{cfg.name}_{variant}_{cfg.head.num_cams}cam_g{GRAPH_FORMAT}_{weights_digest(module)}.onnx"
     if not path.is_file() or not Path(str(path) + ".json").is_file():
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(module)}.tmp.onnx")  # per process: parallel exports

@@ -14,6 +14,7 @@ from sparse_perception_ros.params import ModelParams, ParameterError
 from sparse_perception_ros.paths import model_file
 from sparse_perception_ros.runtime import features
 from sparse_perception_ros.runtime.backends import BackendUnavailable, StepRunner, build_stepper
+from sparse_perception_ros.runtime.lidar_features import LidarBranchRunner
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
 from sparse_perception_ros.runtime.sidecar import read_fact
@@ -85,6 +86,26 @@ def image_features_on_arrival(p: ModelParams) -> bool:
                "torch.compile compiles the whole step" if p.compile else None)
     if blocker and p.image_features == "on_arrival":
         raise ParameterError("model.image_features", f"'on_arrival' cannot run here: {blocker}; use auto or in_step")
+    return blocker is None
+
+
+def lidar_features_ahead(p: ModelParams) -> bool:
+    """``model.lidar_features``: True when a fused model's LiDAR branch runs apart, ahead of the head's
+    step (:mod:`.lidar_features`), False when it runs inside the step. ``auto`` = ahead wherever the
+    image features run on arrival (:func:`image_features_on_arrival`: the same blockers hold the whole
+    step in one graph). An explicit ``ahead`` that cannot run raises, naming the parameter. Camera-only
+    presets ignore it (False)."""
+    if p.lidar_features not in ("auto", "ahead", "in_step"):
+        raise ParameterError("model.lidar_features", f"must be auto, ahead or in_step, got {p.lidar_features!r}")
+    if p.lidar_features == "in_step" or get_preset(p.preset).lidar is None:
+        return False
+    blocker = ("device cuda runs the whole step on the GPU" if p.device == "cuda" else
+               "a TensorRT engine holds the whole step" if p.backend == "tensorrt" else
+               "torch.compile compiles the whole step" if p.compile else
+               "the image backbone runs in the step (model.image_features in_step)"
+               if p.image_features == "in_step" else None)
+    if blocker and p.lidar_features == "ahead":
+        raise ParameterError("model.lidar_features", f"'ahead' cannot run here: {blocker}; use auto or in_step")
     return blocker is None
 
 
@@ -162,13 +183,16 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         note = f"model {p.preset}: loaded {path} ({report.summary()})"
     model = model.to(p.device).eval()
     on_arrival = image_features_on_arrival(p)
+    ahead = lidar_features_ahead(p)
+    branch = LidarBranchRunner(model) if ahead else None
+    module = model.after_lidar() if ahead else model.after_backbone() if on_arrival else model
     try:
-        stepper = build_stepper(p.backend, cfg, module=model.after_backbone() if on_arrival else model,
-                                engine_path=p.engine or None, num_threads=p.num_threads or None, dfa_impl=p.dfa_impl,
-                                compile=p.compile)
+        stepper = build_stepper(p.backend, cfg, module=module, engine_path=p.engine or None,
+                                num_threads=p.num_threads or None, dfa_impl=p.dfa_impl, compile=p.compile,
+                                lidar_branch=branch)
         if on_arrival:  # the same backend, with what makes its features
             choice = stepper.auto_choice
-            stepper = StepRunner(stepper.backend, stepper.cfg, camera_backbone(model, p.num_threads or None))
+            stepper = StepRunner(stepper.backend, stepper.cfg, camera_backbone(model, p.num_threads or None), branch)
             stepper.auto_choice = choice
     except BackendUnavailable as exc:
         raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
@@ -180,6 +204,9 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         detail += f" (DFA {backend.dfa_impl}, {backend.mode}, {backend.device})"
     detail += (f"; image backbone on arrival ({stepper.camera_backbone.name}, once per image)" if on_arrival
                else "; image backbone in each step")
+    if cfg.lidar is not None:
+        detail += ("; LiDAR branch ahead of the step (torch, on the preparing thread)" if ahead
+                   else "; LiDAR branch in each step")
     try:
         convention = load_convention(path)
     except ValueError as exc:

@@ -35,7 +35,7 @@ from sparse_perception_ros.runtime.tracking import (
     track_frame,
 )
 
-__all__ = ["Frame", "PipelineState", "PipelineConfig", "Pipeline", "RESET_REASONS", "SENSOR_MODES",
+__all__ = ["Frame", "PipelineState", "PipelineConfig", "Pipeline", "Prepared", "RESET_REASONS", "SENSOR_MODES",
            "MASKED_PROJECTION", "DEFAULT_SCORE_THRESHOLD", "calibration_key", "thin_points", "resolve_score_threshold"]
 
 # Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
@@ -116,6 +116,24 @@ def calibration_key(K: np.ndarray, T_cam_from_model: np.ndarray) -> str:
     h.update(np.round(np.asarray(K, dtype=np.float64), 6).tobytes())
     h.update(np.round(np.asarray(T_cam_from_model, dtype=np.float64), 6).tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :meth:`Pipeline.prepare` made of one frame without the temporal state: the network's
+    inputs (``img`` or the ``feat_l{i}`` list, ``projection_mat``, ``image_wh``), the sweep the model
+    gets (``points``, thinned; None: no sweep or not used) and, with the LiDAR branch run apart, its
+    outputs (``lidar``, else None); ``timings_ms`` (``preprocess``, ``lidar``) and ``counters``.
+    ``stamp_ns`` ties it to its frame (:meth:`Pipeline.step` checks it)."""
+
+    stamp_ns: int
+    img: object
+    projection_mat: torch.Tensor
+    image_wh: torch.Tensor
+    points: np.ndarray | None
+    lidar: dict | None
+    timings_ms: dict
+    counters: dict
 
 
 @dataclass(frozen=True)
@@ -372,23 +390,48 @@ class Pipeline:
             return points, False
         return thin_points(points, self.lidar.max_points), True
 
-    def step(self, frame: Frame, state: PipelineState) -> tuple[Detections, PipelineState]:
-        """Run one frame. Returns the detections (model frame) and the next state."""
+    def prepare(self, frame: Frame) -> Prepared:
+        """Everything of a step that needs no temporal state: preprocessing (image features from the
+        cache), the sweep's thinning and, with the LiDAR branch run apart (a stepper with a
+        ``lidar_branch``), the branch itself. The node runs it on its preparing thread for frame
+        *k + 1* while its worker steps frame *k*; :meth:`step` calls it when not given one."""
+        self._check(frame)
+        t0 = time.perf_counter()
+        misses = self.features.misses if self.features is not None else 0
+        img, proj, wh = self.preprocess(frame)
+        points, thinned = self._points(frame)
+        t1 = time.perf_counter()
+        lidar = None
+        if self.model.lidar_branch is not None and self.lidar is not None:
+            lidar = self.model.lidar_candidates(points)
+        timings = {"preprocess": 1e3 * (t1 - t0)}
+        if lidar is not None:
+            timings["lidar"] = 1e3 * (time.perf_counter() - t1)
+        counters = {"points_thinned": int(thinned)}
+        if self.features is not None:  # cameras whose features were not ready on arrival (computed here)
+            counters["image_features_in_step"] = self.features.misses - misses
+        return Prepared(int(frame.stamp_ns), img, proj, wh, points, lidar, timings, counters)
+
+    def step(self, frame: Frame, state: PipelineState,
+             prepared: Prepared | None = None) -> tuple[Detections, PipelineState]:
+        """Run one frame. Returns the detections (model frame) and the next state. ``prepared``:
+        :meth:`prepare`'s result for this frame, made ahead (else made here)."""
         self._check(frame)
         reason = self.reset_reason(frame, state)
         if reason:  # the one reset point: nothing of the old state but the id counter reaches this frame
             state = PipelineState.empty(state.temporal.next_track_id)
             if reason == "calibration_changed" and self.features is not None:
                 self.features.clear()  # features of images undistorted with the old calibration
-        t0 = time.perf_counter()
-        misses = self.features.misses if self.features is not None else 0
-        img, proj, wh = self.preprocess(frame)
-        points, thinned = self._points(frame)
+        if prepared is None:
+            prepared = self.prepare(frame)
+        elif prepared.stamp_ns != int(frame.stamp_ns):
+            raise ValueError(f"prepared for the frame at {prepared.stamp_ns} ns, given the one at {frame.stamp_ns} ns")
         t1 = time.perf_counter()
         pose = frame.T_world_from_model
-        run = self.model.step_features if self.features is not None else self.model.step
-        out, temporal = run(img, proj, wh, frame.stamp_ns * 1e-9, pose if pose is not None else np.eye(4),
-                                        state.temporal, points=points)
+        run = self.model.step_features if self.features is not None or prepared.lidar is not None else self.model.step
+        extra = {"lidar": prepared.lidar} if prepared.lidar is not None else {}
+        out, temporal = run(prepared.img, prepared.projection_mat, prepared.image_wh, frame.stamp_ns * 1e-9,
+                            pose if pose is not None else np.eye(4), state.temporal, points=prepared.points, **extra)
         t2 = time.perf_counter()
         held = state.temporal.anchors is not None and \
             frame.stamp_ns * 1e-9 - state.temporal.timestamp < self.config.state_interval - 1e-3
@@ -411,11 +454,9 @@ class Pipeline:
             det.boxes, det.scores, det.labels, det.track_ids = (tracked.boxes, tracked.scores, tracked.labels,
                                                                 tracked.track_ids)
         t3 = time.perf_counter()
-        det.timings_ms = {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
+        det.timings_ms = {**prepared.timings_ms, "infer": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)}
         det.counters = {"duplicates_suppressed": tracked.suppressed if tracked is not None else 0,
-                        "points_thinned": int(thinned)}
-        if self.features is not None:  # cameras whose features were not ready on arrival (computed in this step)
-            det.counters["image_features_in_step"] = self.features.misses - misses
+                        **prepared.counters}
         return det, self._next_state(frame, temporal, tracked)
 
     @staticmethod

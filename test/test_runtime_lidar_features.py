@@ -1,0 +1,145 @@
+"""Issue 21: the fused model's LiDAR branch apart from the head's step (runtime/lidar_features.py).
+
+Running the branch ahead (``model.lidar_features: ahead``) must not change what the node publishes:
+the branch's outputs equal the in-graph branch's, and a pipeline fed with them (prepared ahead, or
+made in the step) publishes the same boxes, scores and ids as the one graph, on torch and on ONNX
+Runtime (whose head graph then has no scatter at all).
+"""
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers.frames import make_frame
+from helpers.pipeline import pipeline_config
+
+from sparse_perception_ros.model import CLASS_NAMES, build_model
+from sparse_perception_ros.model.config import get_preset
+from sparse_perception_ros.params import ParameterError, load_params
+from sparse_perception_ros.runtime.backends import StepRunner, TorchBackend
+from sparse_perception_ros.runtime.export import LIDAR_CANDIDATE_INPUTS, export_cached
+from sparse_perception_ros.runtime.lidar_features import LidarBranchRunner
+from sparse_perception_ros.runtime.loading import load_model
+from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
+
+BASE = load_params().model
+T0, S = 1_700_000_000_000_000_000, 1_000_000_000
+
+
+def with_(**kw):
+    return dataclasses.replace(BASE, preset="tiny_fusion", **kw)
+
+
+def frames(n: int):
+    """A 20 Hz drive with a ~6000-point sweep per frame (one frame without a sweep: the camera-only path)."""
+    out = []
+    for k in range(n):
+        f = make_frame(T0 + k * S // 20, seed=k // 2, pose_x=0.1 * k)
+        rng = np.random.default_rng(k)
+        m = 6000 + 500 * k
+        f.points = None if k == 3 else np.c_[rng.uniform(-30, 30, (m, 2)), rng.uniform(-2, 1, m),
+                                             rng.uniform(0, 100, m)].astype(np.float32)
+        out.append(f)
+    return out
+
+
+def run(pipe: Pipeline, fs, ahead: bool):
+    state, dets = PipelineState.empty(), []
+    for f in fs:
+        prepared = pipe.prepare(f) if ahead else None  # what the node's preparing thread does
+        det, state = pipe.step(f, state, prepared)
+        dets.append(det)
+    return dets
+
+
+def assert_same_output(ref, got):
+    for k, (r, g) in enumerate(zip(ref, got, strict=True)):
+        assert len(r.scores) == len(g.scores) > 0, f"frame {k}"
+        np.testing.assert_allclose(g.scores, r.scores, atol=1e-4, rtol=0, err_msg=f"frame {k}")
+        gaps = np.abs(np.diff(r.scores))
+        clear = np.ones(len(r.scores), bool)  # ranks not within 1e-4 of a neighbour (near ties may swap)
+        clear[:-1] &= gaps > 1e-4
+        clear[1:] &= gaps > 1e-4
+        np.testing.assert_array_equal(g.track_ids[clear], r.track_ids[clear], err_msg=f"frame {k}")
+        np.testing.assert_allclose(g.boxes[clear], r.boxes[clear], atol=1e-3, rtol=0, err_msg=f"frame {k}")
+
+
+def test_branch_outputs_match_the_model_branch():
+    """The runner pads the sweep as the graph does; its outputs are the model's own branch's."""
+    stepper = load_model(with_(lidar_features="ahead")).stepper
+    runner = stepper.lidar_branch
+    model_branch = runner.branch
+    rng = np.random.default_rng(0)
+    pts = np.c_[rng.uniform(-40, 40, (9000, 2)), rng.uniform(-2, 1, 9000), rng.uniform(0, 100, 9000)].astype(np.float32)
+    got = runner.run(pts)
+    assert list(got) == list(LIDAR_CANDIDATE_INPUTS)
+    with torch.no_grad():
+        ref = model_branch(torch.from_numpy(np.c_[pts, np.zeros((len(pts), 1), np.float32)])[None],
+                           torch.tensor([len(pts)]))
+    torch.testing.assert_close(got["lidar_bev"], ref.bev, atol=1e-5, rtol=0)  # zero padding changes nothing
+    torch.testing.assert_close(got["lidar_anchor"], ref.anchor, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["lidar_feature"], ref.feature, atol=1e-5, rtol=0)
+    assert got["lidar_valid"].tolist() == [1.0] and runner.run(None)["lidar_valid"].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_pipeline_with_the_branch_ahead_publishes_what_the_one_graph_does(backend):
+    one = load_model(with_(backend=backend, lidar_features="in_step")).stepper
+    split = load_model(with_(backend=backend, lidar_features="ahead")).stepper
+    assert split.lidar_branch is not None and one.lidar_branch is None
+    assert split.backend.lidar_apart and not one.backend.lidar_apart
+    assert "points" not in split.backend.input_spec() and "lidar_bev" in split.backend.input_spec()
+    fs = frames(6)
+    ref = run(Pipeline(one, CLASS_NAMES, pipeline_config(max_detections=32)), fs, ahead=False)
+    pipe = Pipeline(split, CLASS_NAMES, pipeline_config(max_detections=32))
+    got = run(pipe, fs, ahead=True)
+    assert all("lidar" in g.timings_ms for g in got) and not any("lidar" in r.timings_ms for r in ref)
+    assert_same_output(ref, got)
+    # made in the step when not prepared ahead (eval --offline): the same again
+    assert_same_output(ref, run(Pipeline(split, CLASS_NAMES, pipeline_config(max_detections=32)), fs, ahead=False))
+
+
+def test_head_graph_without_the_branch_has_no_scatter(tmp_path):
+    """The point of the split for ONNX Runtime: its slow ScatterND(add) leaves the exported step."""
+    model = build_model(get_preset("tiny_fusion"))
+    cfg = model.cfg
+    with_branch = onnx.load(str(export_cached(model.after_backbone(), cfg, tmp_path))).graph
+    path = export_cached(model.after_lidar(), cfg, tmp_path)
+    graph = onnx.load(str(path)).graph
+    assert "after_lidar" in path.name
+    assert [i.name for i in graph.input][-4:] == list(LIDAR_CANDIDATE_INPUTS)
+    scatter = ("ScatterND", "ScatterElements")
+    assert any(n.op_type in scatter for n in with_branch.node)
+    assert not any(n.op_type in scatter for n in graph.node)
+
+
+def test_prepared_must_belong_to_its_frame():
+    stepper = load_model(with_(lidar_features="ahead")).stepper
+    pipe = Pipeline(stepper, CLASS_NAMES, pipeline_config())
+    a, b = frames(2)
+    with pytest.raises(ValueError, match="prepared for the frame"):
+        pipe.step(b, PipelineState.empty(), pipe.prepare(a))
+
+
+def test_runner_needs_a_graph_without_the_branch_and_vice_versa():
+    stepper = load_model(with_(lidar_features="in_step")).stepper
+    with pytest.raises(ValueError, match="lidar_branch"):
+        StepRunner(stepper.backend, stepper.cfg, stepper.camera_backbone, LidarBranchRunner(stepper.backend.graph))
+    ahead = load_model(with_(lidar_features="ahead")).stepper
+    with pytest.raises(ValueError, match="lidar_branch"):
+        StepRunner(ahead.backend, ahead.cfg, ahead.camera_backbone)
+    assert isinstance(ahead.backend, TorchBackend)
+
+
+def test_lidar_features_parameter():
+    assert load_model(with_()).stepper.lidar_branch is not None  # auto on CPU: ahead
+    assert load_model(with_(compile=True)).stepper.lidar_branch is None  # auto: the whole step compiled
+    assert load_model(dataclasses.replace(BASE, preset="tiny", lidar_features="ahead")).stepper.lidar_branch is None
+    for bad, name in [(dict(lidar_features="ahead", compile=True), "model.lidar_features"),
+                      (dict(lidar_features="ahead", image_features="in_step"), "model.lidar_features"),
+                      (dict(lidar_features="sometimes"), "model.lidar_features")]:
+        with pytest.raises(ParameterError) as err:
+            load_model(with_(**bad))
+        assert err.value.name == name
