@@ -26,6 +26,7 @@ and publish (messages out). Glue fraction = glue / (glue + model), per frame, me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -131,6 +132,15 @@ def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | Non
     return start_captured(command_line(spec))
 
 
+def bag_seconds(bag: Path) -> float:
+    """The bag's duration (first to last message), seconds."""
+    reader = bagio.open_reader(bag)
+    try:
+        return reader.duration * 1e-9
+    finally:
+        reader.close()
+
+
 def topic_counts(bag: Path) -> dict[str, int]:
     """Messages per topic in ``bag`` (from its index)."""
     reader = bagio.open_reader(bag)
@@ -145,6 +155,34 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far per OS thread name of process ``pid`` (the node names its
+    own threads: sp_prepare, sp_worker, sp_image_feat; DDS and the executor keep theirs)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            comm = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[comm] = out.get(comm, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_table(before: dict[str, float], after: dict[str, float], seconds: float, player_s: float) -> str:
+    """Cores used per thread name over the ``seconds`` the bag lasts (``player_s``: the player's CPU
+    seconds); CPU spent while waiting for the player to start counts too (little: the node idles)."""
+    used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    rows = [f"  CPU per second of the {seconds:.1f} s bag, in cores (1.0 = one core busy): node "
+            f"{sum(used.values()) / seconds:.2f}, player {player_s / seconds:.2f}"]
+    for name, v in sorted(used.items(), key=lambda kv: -kv[1]):
+        if v / seconds >= 0.01:
+            rows.append(f"    {name:<16} {v / seconds:.2f}")
+    return "\n".join(rows)
 
 
 def stage_table(frames) -> str:
@@ -215,9 +253,14 @@ def main() -> None:
             elif realtime:
                 probe.spin(3.0)  # the node's warm-up settles before the bag starts
                 before, n0 = dict(probe.counts), len(probe.frames)
+                cpu_before = thread_cpu_s(node.pid)
                 player = play(bag, 1.0, wait_s=10.0)  # starts once the node has discovered the player
+                player_cpu = 0.0
                 while player.poll() is None:
+                    with contextlib.suppress(OSError):
+                        player_cpu = sum(thread_cpu_s(player.pid).values())
                     probe.spin(0.5)
+                cpu_after = thread_cpu_s(node.pid)
                 probe.spin(3.0)
                 frames = probe.frames[n0:]
                 c = probe.counts
@@ -236,6 +279,7 @@ def main() -> None:
                     print(f"  trigger arrival -> publish: p50 {np.percentile(e2e, 50):.1f} ms, "
                           f"p99 {np.percentile(e2e, 99):.1f} ms, max {e2e.max():.1f} ms over {len(e2e)} frames")
                 print(stage_table(frames))
+                print(cpu_table(cpu_before, cpu_after, bag_seconds(bag), player_cpu))
             elif args.mode == "soak":
                 player = play(bag, 1.0, loop=True)
                 t0, samples = time.monotonic(), []

@@ -51,6 +51,7 @@ class ModelParams:
     num_threads: int
     sensors: str
     image_features: str  # auto | on_arrival | in_step (runtime.features)
+    image_precision: str  # auto | fp32 | int8 (runtime.features.quantize_backbone)
     lidar_features: str  # auto | ahead | in_step (runtime.lidar_features)
 
 

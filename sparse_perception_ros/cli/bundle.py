@@ -23,6 +23,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--recalibrate-bn", default=None, metavar="DATA_CACHE",
                     help="recompute the BatchNorm statistics from this training data cache: the image "
                          "backbone's from 64 keyframes, a fused preset's LiDAR branch's from 128 sweeps (seed 0)")
+    ap.add_argument("--int8-backbone", action="store_true",
+                    help="also write the image backbone as static int8 ONNX next to the weights "
+                         "(<out>.int8_backbone.onnx, calibrated on 24 keyframes of the --recalibrate-bn cache; "
+                         "model.image_precision auto runs it), and its entry in <out>.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
     from sparse_perception_ros.train.command import model_config  # lazy: as above
 
     try:
-        digest = bundle(args.checkpoint, args.out, model_config(args), args.recalibrate_bn)
+        digest = bundle(args.checkpoint, args.out, model_config(args), args.recalibrate_bn, args.int8_backbone)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"bundle failed: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (sha256 {digest[:16]}...)")
+    print(f"wrote {args.out} (sha256 {digest[:16]}...)" + (f" and {args.out}.int8_backbone.onnx"
+                                                            if args.int8_backbone else ""))
     return 0

@@ -170,10 +170,15 @@ class LidarBranch(nn.Module):
 
     def forward(self, points: torch.Tensor, num_points: torch.Tensor) -> LidarCandidates:
         """``points [bs, P, >=3]`` float32 model frame (zero-padded past ``num_points [bs]`` int)."""
+        points = pad_points(points.float(), self.cfg.point_dims)
+        return self.from_pillars(self.pillars(points, num_points), num_points)
+
+    def from_pillars(self, pillars: torch.Tensor, num_points: torch.Tensor) -> LidarCandidates:
+        """The branch after its pillar encoder: ``pillars [bs, C + 1, ny, nx]`` (:class:`PillarEncoder`)
+        -> candidates; ``num_points [bs]`` only sets ``valid``."""
         cfg = self.cfg
-        points = pad_points(points.float(), cfg.point_dims)
-        bs = points.shape[0]
-        bev = self.bev_net(self.pillars(points, num_points))
+        bs = pillars.shape[0]
+        bev = self.bev_net(pillars)
         heat_logits = self.heatmap(bev)
         reg = self.regression(bev)
         wb = bev.shape[-1]

@@ -46,6 +46,7 @@ from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerCon
 from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, InputRefused, PointsInput
 from sparse_perception_ros.runtime.loading import load_model, set_torch_threads
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, ModelFrame
+from sparse_perception_ros.runtime.os_thread import name_os_thread
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState, Prepared
 from sparse_perception_ros.runtime.silence import SilenceWatch
 
@@ -231,6 +232,7 @@ class PerceptionNode(Node):
             return item
 
     def _prepare_loop(self) -> None:
+        name_os_thread("sp_prepare")
         set_torch_threads(self.params.model.num_threads)  # per thread in torch: the LiDAR branch runs here
         while (af := self._take("_mailbox")) is not None:
             try:
@@ -246,6 +248,7 @@ class PerceptionNode(Node):
                     self._lock.notify_all()
 
     def _work_loop(self) -> None:
+        name_os_thread("sp_worker")
         set_torch_threads(self.params.model.num_threads)  # per thread in torch: also where inference runs
         while (ready := self._take("_ready")) is not None:
             try:

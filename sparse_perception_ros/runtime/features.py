@@ -12,7 +12,9 @@ image independent, so per-camera features equal the batched backbone's within fl
 (``test/test_runtime_features.py`` states the tolerance): accuracy does not change.
 
 Backbones: :class:`TorchCameraBackbone` (``Sparse4DModel.camera_features``) and
-:class:`OrtCameraBackbone` (the backbone + neck exported once to ONNX, :func:`export_backbone_cached`).
+:class:`OrtCameraBackbone` (the backbone + neck exported once to ONNX, :func:`export_backbone_cached`,
+or its int8 form: :func:`quantize_backbone`, made by ``sparse-perception bundle --int8-backbone`` and
+stored next to the weights, ``model.image_precision``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ from torch import nn
 
 from sparse_perception_ros.model.preprocess import preprocess_images
 from sparse_perception_ros.runtime.export import weights_digest
+from sparse_perception_ros.runtime.os_thread import name_os_thread
 
-__all__ = ["CameraBackbone", "TorchCameraBackbone", "OrtCameraBackbone", "export_backbone_cached", "FeatureCache"]
+__all__ = ["CameraBackbone", "TorchCameraBackbone", "OrtCameraBackbone", "export_backbone_cached", "FeatureCache",
+           "quantize_backbone", "INT8_BACKBONE_SUFFIX"]
+
+# The int8 backbone of ``models/x.pt`` is ``models/x.pt.int8_backbone.onnx`` (``bundle --int8-backbone``).
+INT8_BACKBONE_SUFFIX = ".int8_backbone.onnx"
 
 
 class CameraBackbone(abc.ABC):
@@ -90,6 +97,53 @@ def export_backbone_cached(model: nn.Module, cache_dir: str | Path | None = None
     program.save(str(tmp), external_data=False)
     tmp.replace(path)
     return path
+
+
+def quantize_backbone(fp32_path: str | Path, out: str | Path, images: list[np.ndarray], input_wh: tuple[int, int],
+                      resize_method: str = "pil_bicubic") -> dict:
+    """Static int8 of the exported backbone + neck (:func:`export_backbone_cached`'s file) with ONNX
+    Runtime: QDQ format, int8 weights per output channel, uint8 activations with MinMax ranges
+    calibrated on ``images`` (``(H, W, 3) uint8`` RGB camera images, preprocessed as the node does).
+    Writes ``out``; returns what was done (for the weights' sidecar). Runs 1.9-2x the fp32 graph per
+    image on an AVX-512 VNNI CPU (bench/RESULTS.md); its accuracy cost is measured per set of weights."""
+    from onnxruntime.quantization import (  # lazy: optional dependency, used only when making the file
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not images:
+        raise ValueError("quantize_backbone needs calibration images")
+    tensors = []
+    for image in images:
+        img, _, _ = preprocess_images([image], np.eye(4)[None], input_wh=input_wh, channel_order="rgb",
+                                      method=resize_method)
+        tensors.append(np.ascontiguousarray(img[0].numpy()))
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(tensors)
+
+        def get_next(self):
+            x = next(self._it, None)
+            return None if x is None else {"img": x}
+
+    out = Path(out)
+    pre = out.with_name(f".{out.name}.{os.getpid()}.pre.onnx")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        tmp.replace(out)
+    finally:
+        pre.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return {"format": "QDQ, int8 weights per channel, uint8 activations (MinMax)", "calibration_images": len(images)}
 
 
 class OrtCameraBackbone(CameraBackbone):
@@ -175,6 +229,7 @@ class FeatureCache:
             self._cv.notify_all()
 
     def _loop(self) -> None:
+        name_os_thread("sp_image_feat")
         if self.num_threads > 0:
             torch.set_num_threads(self.num_threads)  # per thread in torch
         while True:

@@ -14,6 +14,7 @@ from sparse_perception_ros.params import ModelParams, ParameterError
 from sparse_perception_ros.paths import model_file
 from sparse_perception_ros.runtime import features
 from sparse_perception_ros.runtime.backends import BackendUnavailable, StepRunner, build_stepper
+from sparse_perception_ros.runtime.export import weights_digest
 from sparse_perception_ros.runtime.lidar_features import LidarBranchRunner
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
@@ -109,10 +110,45 @@ def lidar_features_ahead(p: ModelParams) -> bool:
     return blocker is None
 
 
-def camera_backbone(model: torch.nn.Module, num_threads: int | None):
+def _int8_entry(entry) -> dict:
+    if not isinstance(entry.get("file"), str) or not isinstance(entry.get("weights_digest"), str):
+        raise ValueError("int8_backbone needs 'file' and 'weights_digest' strings")
+    return entry
+
+
+def int8_backbone_file(p: ModelParams, checkpoint: Path | None, model: torch.nn.Module,
+                       on_arrival: bool) -> tuple[Path | None, str]:
+    """``model.image_precision``: the int8 backbone file to run (None: fp32) and why. The file is the
+    ``int8_backbone`` entry of ``<checkpoint>.json`` (``bundle --int8-backbone``), used only when it
+    exists and was made from these very weights (``weights_digest``). ``auto`` falls back to fp32 with
+    the reason; an explicit ``int8`` that cannot run raises, naming the parameter."""
+    if p.image_precision not in ("auto", "fp32", "int8"):
+        raise ParameterError("model.image_precision", f"must be auto, fp32 or int8, got {p.image_precision!r}")
+    if p.image_precision == "fp32":
+        return None, "fp32 (model.image_precision)"
+    try:
+        entry = read_fact(checkpoint, "int8_backbone", _int8_entry)
+    except ValueError as exc:
+        raise ParameterError("model.checkpoint", f"int8 backbone: {exc}") from None
+    file = None if entry is None else Path(checkpoint).with_name(entry["file"])
+    reason = ("the image backbone runs in the step (model.image_features)" if not on_arrival else
+              "ONNX Runtime is not installed" if importlib.util.find_spec("onnxruntime") is None else
+              "the weights carry no int8 backbone (bundle --int8-backbone)" if entry is None else
+              f"{file} is missing" if not file.is_file() else
+              f"{file} was made from other weights" if entry["weights_digest"] != weights_digest(model) else None)
+    if reason is None:
+        return file, f"int8 ({file.name})"
+    if p.image_precision == "int8":
+        raise ParameterError("model.image_precision", f"'int8' cannot run here: {reason}")
+    return None, f"fp32 ({reason})"
+
+
+def camera_backbone(model: torch.nn.Module, num_threads: int | None, int8_file: Path | None = None):
     """The :class:`~.features.CameraBackbone` of the image features made on arrival: ONNX Runtime (the
-    backbone exported once into the cache) whenever it is installed, whatever runs the step (1.6-1.7x
-    torch per image on CPU, ``bench/bench_split.py``), torch otherwise."""
+    backbone exported once into the cache, or ``int8_file``) whenever it is installed, whatever runs the
+    step (1.6-1.7x torch per image on CPU, ``bench/bench_split.py``), torch otherwise."""
+    if int8_file is not None:
+        return features.OrtCameraBackbone(int8_file, num_threads)
     if importlib.util.find_spec("onnxruntime") is not None:
         return features.OrtCameraBackbone(features.export_backbone_cached(model), num_threads)
     return features.TorchCameraBackbone(model)
@@ -183,6 +219,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         note = f"model {p.preset}: loaded {path} ({report.summary()})"
     model = model.to(p.device).eval()
     on_arrival = image_features_on_arrival(p)
+    int8_file, precision = int8_backbone_file(p, path, model, on_arrival)
     ahead = lidar_features_ahead(p)
     branch = LidarBranchRunner(model) if ahead else None
     module = model.after_lidar() if ahead else model.after_backbone() if on_arrival else model
@@ -192,7 +229,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
                                 lidar_branch=branch)
         if on_arrival:  # the same backend, with what makes its features
             choice = stepper.auto_choice
-            stepper = StepRunner(stepper.backend, stepper.cfg, camera_backbone(model, p.num_threads or None), branch)
+            stepper = StepRunner(stepper.backend, stepper.cfg, camera_backbone(model, p.num_threads or None, int8_file),
+                                 branch)
             stepper.auto_choice = choice
     except BackendUnavailable as exc:
         raise ParameterError("model.backend", f"{p.backend!r} cannot run here: {exc}") from None
@@ -202,8 +240,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         detail += f" ({stepper.auto_choice})"
     if backend.name == "torch":
         detail += f" (DFA {backend.dfa_impl}, {backend.mode}, {backend.device})"
-    detail += (f"; image backbone on arrival ({stepper.camera_backbone.name}, once per image)" if on_arrival
-               else "; image backbone in each step")
+    detail += (f"; image backbone on arrival ({stepper.camera_backbone.name}, {precision}, once per image)"
+               if on_arrival else "; image backbone in each step")
     if cfg.lidar is not None:
         detail += ("; LiDAR branch ahead of the step (torch, on the preparing thread)" if ahead
                    else "; LiDAR branch in each step")
