@@ -15,7 +15,7 @@ from sparse_perception_ros.paths import model_file
 from sparse_perception_ros.runtime import features
 from sparse_perception_ros.runtime.backends import BackendUnavailable, StepRunner, build_stepper
 from sparse_perception_ros.runtime.export import weights_digest
-from sparse_perception_ros.runtime.lidar_features import LidarBranchRunner
+from sparse_perception_ros.runtime.lidar_features import LidarBranchRunner, OrtLidarBranchRunner
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
 from sparse_perception_ros.runtime.sidecar import read_fact
@@ -143,6 +143,15 @@ def int8_backbone_file(p: ModelParams, checkpoint: Path | None, model: torch.nn.
     return None, f"fp32 ({reason})"
 
 
+def lidar_branch_runner(model: torch.nn.Module, num_threads: int | None):
+    """The runner of a fused model's LiDAR branch run ahead (:mod:`.lidar_features`): the pillar encoder
+    in torch and the rest in ONNX Runtime whenever it is installed (it runs without Python's GIL
+    beside the node's other threads), all in torch otherwise."""
+    if importlib.util.find_spec("onnxruntime") is not None:
+        return OrtLidarBranchRunner(model, num_threads)
+    return LidarBranchRunner(model)
+
+
 def camera_backbone(model: torch.nn.Module, num_threads: int | None, int8_file: Path | None = None):
     """The :class:`~.features.CameraBackbone` of the image features made on arrival: ONNX Runtime (the
     backbone exported once into the cache, or ``int8_file``) whenever it is installed, whatever runs the
@@ -221,7 +230,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     on_arrival = image_features_on_arrival(p)
     int8_file, precision = int8_backbone_file(p, path, model, on_arrival)
     ahead = lidar_features_ahead(p)
-    branch = LidarBranchRunner(model) if ahead else None
+    branch = lidar_branch_runner(model, p.num_threads or None) if ahead else None
     module = model.after_lidar() if ahead else model.after_backbone() if on_arrival else model
     try:
         stepper = build_stepper(p.backend, cfg, module=module, engine_path=p.engine or None,
@@ -243,7 +252,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     detail += (f"; image backbone on arrival ({stepper.camera_backbone.name}, {precision}, once per image)"
                if on_arrival else "; image backbone in each step")
     if cfg.lidar is not None:
-        detail += ("; LiDAR branch ahead of the step (torch, on the preparing thread)" if ahead
+        detail += (f"; LiDAR branch ahead of the step ({branch.name}, on the preparing thread)" if ahead
                    else "; LiDAR branch in each step")
     try:
         convention = load_convention(path)
