@@ -56,7 +56,7 @@ def run(pipe: Pipeline, fs, arrive: bool):
 
 
 def test_per_camera_features_match_the_batched_backbone():
-    full = load_model(with_(image_features="in_step")).stepper.backend.graph.backbone
+    full = load_model(with_(backend="torch", image_features="in_step")).stepper.backend.graph.backbone
     img = torch.randn(1, 6, 3, *reversed(full.cfg.input_wh))
     batched = full.extract_features(img)
     single = [torch.cat(maps) for maps in zip(*(full.camera_features(img[0, c:c + 1]) for c in range(6)),

@@ -36,7 +36,7 @@ def bundled(tmp_path_factory):
     src = root / "last.pt"
     torch.save(build_model(get_preset("tiny")).state_dict(), src)
     weights = root / "tiny.pt"
-    bundle(src, weights, "tiny", cache, int8_backbone=True)
+    bundle(src, weights, "tiny", int8_from=cache)
     return weights, samples
 
 

@@ -130,10 +130,10 @@ def test_prepared_must_belong_to_its_frame():
 
 
 def test_runner_needs_a_graph_without_the_branch_and_vice_versa():
-    stepper = load_model(with_(lidar_features="in_step")).stepper
+    stepper = load_model(with_(backend="torch", lidar_features="in_step")).stepper
     with pytest.raises(ValueError, match="lidar_branch"):
         StepRunner(stepper.backend, stepper.cfg, stepper.camera_backbone, LidarBranchRunner(stepper.backend.graph))
-    ahead = load_model(with_(lidar_features="ahead")).stepper
+    ahead = load_model(with_(backend="torch", lidar_features="ahead")).stepper
     with pytest.raises(ValueError, match="lidar_branch"):
         StepRunner(ahead.backend, ahead.cfg, ahead.camera_backbone)
     assert isinstance(ahead.backend, TorchBackend)

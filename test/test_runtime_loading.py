@@ -35,8 +35,9 @@ def test_random_weights_are_announced_and_deterministic(monkeypatch):
     from sparse_perception_ros.runtime import loading
 
     monkeypatch.setattr(loading, "bundled_weights_path", lambda preset: None)  # as for a preset without weights
-    a, b = load_model(BASE), load_model(BASE)
+    a, b = load_model(with_(backend="torch")), load_model(with_(backend="torch"))
     assert a.random_weights and "RANDOM" in a.note and "backend TorchBackend" in a.note
+    assert "backend OrtBackend" in load_model(BASE).note  # the shipped default
     sa, sb = a.stepper.backend.graph.state_dict(), b.stepper.backend.graph.state_dict()
     for (ka, va), (kb, vb) in zip(sa.items(), sb.items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
@@ -49,7 +50,7 @@ def test_bundled_weights_load_strictly_and_are_announced(preset):
     path = bundled_weights_path(preset)
     if path is None:
         pytest.skip(f"no models/{preset}.pt bundled")
-    loaded = load_model(with_(preset=preset, image_features="in_step"))  # one graph: the whole model in it
+    loaded = load_model(with_(preset=preset, backend="torch", image_features="in_step"))  # the whole model in one graph
     note = loaded.note
     assert f"loaded {path}" in note and "RANDOM" not in note and "missing" not in note and not loaded.random_weights
     sd = torch.load(path, weights_only=True)
@@ -65,14 +66,14 @@ def test_bundled_weights_load_strictly_and_are_announced(preset):
 def test_every_backend_gives_the_same_typed_stepper():
     from sparse_perception_ros.runtime.backends import OrtBackend, StepRunner, TorchBackend
 
-    torch_loaded, ort_loaded = load_model(BASE), load_model(with_(backend="onnxruntime"))
+    torch_loaded, ort_loaded = load_model(with_(backend="torch")), load_model(BASE)  # the shipped default: ORT
     assert type(torch_loaded.stepper) is type(ort_loaded.stepper) is StepRunner
     assert isinstance(torch_loaded.stepper.backend, TorchBackend) and isinstance(ort_loaded.stepper.backend, OrtBackend)
     # the DFA implementation is resolved explicitly: the C kernel on CPU (auto), or what was asked
     assert torch_loaded.stepper.backend.dfa_impl == "fast"
-    assert load_model(with_(dfa_impl="reference")).stepper.backend.dfa_impl == "reference"
+    assert load_model(with_(backend="torch", dfa_impl="reference")).stepper.backend.dfa_impl == "reference"
     with pytest.raises(ParameterError) as err:
-        load_model(with_(dfa_impl="triton"))
+        load_model(with_(backend="torch", dfa_impl="triton"))
     assert err.value.name == "model.dfa_impl"
 
 

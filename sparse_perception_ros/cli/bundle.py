@@ -23,9 +23,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--recalibrate-bn", default=None, metavar="DATA_CACHE",
                     help="recompute the BatchNorm statistics from this training data cache: the image "
                          "backbone's from 64 keyframes, a fused preset's LiDAR branch's from 128 sweeps (seed 0)")
-    ap.add_argument("--int8-backbone", action="store_true",
+    ap.add_argument("--int8-backbone", default=None, metavar="DATA_CACHE",
                     help="also write the image backbone as static int8 ONNX next to the weights "
-                         "(<out>.int8_backbone.onnx, calibrated on 24 keyframes of the --recalibrate-bn cache; "
+                         "(<out>.int8_backbone.onnx, calibrated on 24 keyframes of this training data cache; "
                          "model.image_precision auto runs it), and its entry in <out>.json")
 
 

@@ -29,7 +29,7 @@ __all__ = ["bundle", "write_int8_backbone"]
 
 
 def bundle(src: str | Path, dst: str | Path, preset: str | ModelConfig, recalibrate_from: str | Path | None = None,
-           int8_backbone: bool = False) -> str:
+           int8_from: str | Path | None = None) -> str:
     """Write the inference weights of ``src`` to ``dst``; returns the file's sha256. ``preset``: a
     preset name or a :class:`ModelConfig` (e.g. a preset with another head capacity).
 
@@ -37,12 +37,10 @@ def bundle(src: str | Path, dst: str | Path, preset: str | ModelConfig, recalibr
     recomputed from it: the image backbone's from 64 keyframes (:func:`~.trainer.recalibrate_image_bn`)
     and, for a fused preset, the LiDAR branch's from 128 sweeps (:func:`~.trainer.recalibrate_lidar_bn`).
 
-    ``int8_backbone`` (needs ``recalibrate_from``: its keyframes calibrate it): also write the image
-    backbone's static int8 ONNX file next to the weights (``<dst>.int8_backbone.onnx``,
-    :func:`write_int8_backbone`), which ``model.image_precision: auto`` then runs.
+    ``int8_from``: a training data cache whose keyframes calibrate the image backbone's static int8
+    ONNX file, written next to the weights (``<dst>.int8_backbone.onnx``, :func:`write_int8_backbone`),
+    which ``model.image_precision: auto`` then runs.
     """
-    if int8_backbone and recalibrate_from is None:
-        raise ValueError("int8_backbone calibrates on training keyframes: give recalibrate_from (--recalibrate-bn)")
     sd = torch.load(src, weights_only=True)
     if not isinstance(sd, dict) or not sd:
         raise ValueError(f"{src}: not a state dict")
@@ -57,7 +55,6 @@ def bundle(src: str | Path, dst: str | Path, preset: str | ModelConfig, recalibr
                          "bundled with the same --capacity") from None
     if missing or unexpected:
         raise ValueError(f"{src} does not fit {fits}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    samples = None
     if recalibrate_from is not None:
         samples, _ = load_samples(recalibrate_from)
         recalibrate_image_bn(model, samples)
@@ -71,9 +68,9 @@ def bundle(src: str | Path, dst: str | Path, preset: str | ModelConfig, recalibr
     tmp.replace(dst)
     digest = hashlib.sha256(dst.read_bytes()).hexdigest()
     Path(str(dst) + ".sha256").write_text(f"{digest}  {dst.name}\n")
-    if int8_backbone:
+    if int8_from is not None:
         model.load_state_dict(kept)
-        write_int8_backbone(model.eval(), dst, samples, data=str(recalibrate_from))
+        write_int8_backbone(model.eval(), dst, load_samples(int8_from)[0], data=str(int8_from))
     return digest
 
 
