@@ -20,7 +20,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", files("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", files("config/*.yaml") + files("config/*.xml") + files("config/*.json") + files("config/*.rviz")),
-        (f"share/{PACKAGE}/models", files("models/*.pt") + files("models/*.sha256") + files("models/*.json") + files("models/*.md")),
+        (f"share/{PACKAGE}/models", files("models/*.pt") + files("models/*.sha256") + files("models/*.json") + files("models/*.md")
+         + files("models/*.onnx")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

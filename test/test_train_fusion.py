@@ -203,18 +203,20 @@ def test_init_grows_smaller_weights_into_a_larger_capacity(tmp_path):
 
 
 def test_init_drops_the_last_decoder_into_a_model_with_fewer(tmp_path):
-    """``train --init`` from 3-decoder fused weights into ``tiny_fusion_fast`` (2 decoders): the
-    first two decoders and everything else keep their weights, the third decoder's
-    layers are dropped, and the rest loads strictly."""
+    """``train --init`` from 3-decoder fused weights (the bundled ``tiny_fusion`` before 2026-12-06)
+    into ``tiny_fusion`` (2 decoders): the first two decoders and everything else keep their weights,
+    the third decoder's layers are dropped, and the rest loads strictly."""
+    from dataclasses import replace
+
     from sparse_perception_ros.model import build_model
     from sparse_perception_ros.train.trainer import model_from_checkpoint
 
     torch.manual_seed(1)
-    full = build_model(get_preset("tiny_fusion"))
+    two = get_preset("tiny_fusion")
+    full = build_model(replace(two, head=replace(two.head, num_decoder=3)))
     path = tmp_path / "full.pt"
     torch.save(full.state_dict(), path)
-    fast = model_from_checkpoint(path, TrainConfig(preset="tiny_fusion_fast", depth_weight=0.0),
-                                 get_preset("tiny_fusion_fast"))
+    fast = model_from_checkpoint(path, TrainConfig(preset="tiny_fusion", depth_weight=0.0), two)
     assert len(fast.head.layers) < len(full.head.layers)
     own = fast.state_dict()
     for k, v in own.items():

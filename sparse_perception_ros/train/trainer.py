@@ -212,7 +212,7 @@ def grow_state_dict(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -
     without the decoder layers past the model's last one (``head.layers.<i>``, a model with fewer
     decoders). Returns the dict and one note per change. Anything else must match as before."""
     out, notes = dict(sd), []
-    # a model with fewer decoders (e.g. tiny_fusion_fast from tiny_fusion): in each per-layer list of
+    # a model with fewer decoders (e.g. tiny_fusion's 2 from its former 3): in each per-layer list of
     # the head (``head.layers.<i>``, ``head.lidar_fusion.<i>``) the entries past the model's own are
     # the file's last decoder(s), dropped; the first ones keep their weights
     file_index = {k: i for k in out if (i := _head_list_index(k)) is not None}
