@@ -49,7 +49,10 @@ def test_preset_adds_branch_and_fusion_keys_only(model):
     keys = model.state_dict().keys()
     assert any(k.startswith("pts_branch.") for k in keys)
     assert sum(k.startswith("head.lidar_fusion.") for k in keys) == 2 * CFG.head.num_decoder  # weight + bias each
-    camera = set(build_model("tiny").state_dict())
+    from dataclasses import replace
+
+    tiny = get_preset("tiny")  # the camera preset with tiny_fusion's decoder count (2, tiny has 3)
+    camera = set(build_model(replace(tiny, head=replace(tiny.head, num_decoder=CFG.head.num_decoder))).state_dict())
     assert camera == {k for k in keys if not k.startswith(("pts_branch.", "head.lidar_fusion."))}
 
 
@@ -277,8 +280,19 @@ def test_fused_step_graph_onnxruntime_matches_torch(model, fused_onnx, case):
                   **lidar_step_inputs(points, LID)}
         ref = torch_backend.run(inputs)
         out = ort.run(inputs)
+        # the kept instances are ordered by confidence (top-k): rows whose confidence is within 1e-5 of
+        # a neighbour's may swap between backends (random weights make such near-ties, 1e-7 apart)
+        conf = ref["next_confidence"].numpy()[0]
+        gaps = np.abs(np.diff(conf))
+        clear = np.ones(len(conf), bool)
+        clear[:-1] &= gaps > 1e-5
+        clear[1:] &= gaps > 1e-5
+        assert clear.mean() > 0.75  # most rows are compared
         for name in RAW:
-            np.testing.assert_allclose(out[name], ref[name].numpy(), atol=1e-4, rtol=0, err_msg=f"frame {i} {name}")
+            got, want = out[name], ref[name].numpy()
+            if name in ("next_anchors", "next_features"):
+                got, want = got[:, clear], want[:, clear]
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"frame {i} {name}")
             assert np.isfinite(out[name]).all()
         # the next frame starts from the same (torch) state in both
         state = TemporalState(anchors=ref["next_anchors"], features=ref["next_features"],

@@ -69,7 +69,9 @@ def test_per_camera_features_match_the_batched_backbone():
                                             ("tiny", "torch")])
 def test_split_pipeline_publishes_what_the_one_graph_does(preset, backend):
     one = load_model(with_(preset=preset, backend=backend, image_features="in_step")).stepper
-    split = load_model(with_(preset=preset, backend=backend, image_features="on_arrival")).stepper
+    # fp32: the bundled fused weights carry an int8 backbone, which model.image_precision auto would run
+    split = load_model(with_(preset=preset, backend=backend, image_features="on_arrival",
+                             image_precision="fp32")).stepper
     assert split.camera_backbone is not None and one.camera_backbone is None
     assert split.with_backbone and not split.backend.with_backbone  # takes images; its graph takes features
     assert split.backend.name == backend and split.camera_backbone.name == "onnxruntime"  # the faster backbone
