@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  motion:  {gt['moving_matched']} detections of objects moving > 1 m/s: "
               f"{100 * gt['velocity_direction']:.0f} % with a velocity within 45 degrees of the truth, "
               f"mean error {gt['velocity_error']:.2f} m/s")
-    for stage in ("assemble", "convert", "preprocess", "infer", "decode", "publish"):
+    for stage in ("assemble", "convert", "preprocess", "lidar", "handoff", "infer", "decode", "publish"):
         q = report["latency_ms"].get(stage)
         if q:
             print(f"  latency {stage:<10} p50 {q['p50']:7.1f} ms   p90 {q['p90']:7.1f} ms   p99 {q['p99']:7.1f} ms")
