@@ -35,7 +35,7 @@ from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.loading import bundled_weights_path
-from sparse_perception_ros.runtime.tracking import TrackingConfig
+from sparse_perception_ros.runtime.pipeline import PipelineConfig
 
 
 def match_counts(gt_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> int:
@@ -98,9 +98,7 @@ def main(argv=None) -> int:
     samples = select_samples(nusc)
     table = gt_table(nusc, samples)
     params = load_params()
-    t = params.temporal
-    tracking = TrackingConfig(t.reassociate_distance, t.track_class_vote, t.duplicate_iou, len(CLASS_NAMES),
-                              t.velocity_window, t.velocity_noise, t.reassociate_window, t.reassociate_speed)
+    tracking = PipelineConfig.from_params(params).tracking(len(CLASS_NAMES))  # the node's own, field for field
     lo, hi, step = args.grid
     thresholds = np.round(np.arange(lo, hi + step / 2, step), 4)
     curves = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 # run as `python scripts/measure_track_velocity.py`: Python puts scripts/ first on sys.path
@@ -24,7 +25,7 @@ from sparse_perception_ros.eval.replay import replay
 from sparse_perception_ros.eval.report import write_json
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
-from sparse_perception_ros.runtime.tracking import TrackingConfig
+from sparse_perception_ros.runtime.pipeline import PipelineConfig
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default="", help="folder for the raw outputs (reused when present)")
     parser.add_argument("--json", default="", help="also write the table as JSON here")
     args = parser.parse_args(argv)
-    t = load_params().temporal
+    node_tracking = PipelineConfig.from_params(load_params()).tracking(len(CLASS_NAMES))  # the node's own
     nusc = open_nuscenes(args.dataroot)
     samples = select_samples(nusc)
     table = {}
@@ -45,9 +46,7 @@ def main(argv=None) -> int:
         frames = raw_outputs(nusc, samples, preset, Path(args.cache) if args.cache else None)
         for setting in args.settings:
             w, _, s = setting.partition(":")
-            tracking = TrackingConfig(t.reassociate_distance, t.track_class_vote, t.duplicate_iou, len(CLASS_NAMES),
-                                      velocity_window=float(w), velocity_noise=float(s or 0.5),
-                                      reassociate_window=t.reassociate_window, reassociate_speed=t.reassociate_speed)
+            tracking = replace(node_tracking, velocity_window=float(w), velocity_noise=float(s or 0.5))
             m = score(nusc, samples, replay(frames, args.score_threshold, 300, tracking))
             table[f"{preset} {setting}"] = m
             print(f"{preset:12s} {setting:9s} mAVE(present) {m['mAVE_present']:.4f}  NDS {m['NDS']:.4f}  "
