@@ -151,7 +151,7 @@ class PerceptionNode(Node):
                 if self._mailbox is not None:
                     self.diag.stats.count("frames_skipped")
                 self._mailbox = f
-                self._lock.notify()
+                self._lock.notify_all()  # two threads wait on this lock: the preparing one must wake
 
     def _poll(self) -> None:
         """Every 25 ms: a waiting frame goes out once its deadline passed on the node's clock, or at once when
