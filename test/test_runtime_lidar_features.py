@@ -149,3 +149,28 @@ def test_lidar_features_parameter():
         with pytest.raises(ParameterError) as err:
             load_model(with_(**bad))
         assert err.value.name == name
+
+
+def test_onnxruntime_scatter_runs_on_one_thread_and_repeats_exactly(tmp_path):
+    """ONNX Runtime's ScatterND(add) (the pillar pooling) loses updates on several intra-op threads
+    (measured: outputs off by metres between identical runs): the branch runner and a fused step graph
+    with the sweep in it run it on one thread, so the same sweep gives the same outputs bit for bit."""
+    from sparse_perception_ros.runtime.backends import OrtBackend, has_reducing_scatter
+    from sparse_perception_ros.runtime.lidar_features import OrtLidarBranchRunner
+
+    model = build_model(get_preset("tiny_fusion"))
+    rng = np.random.default_rng(0)
+    n = 30000  # dense: many points per pillar, where lost updates show
+    pts = np.c_[rng.normal(0, 8, (n, 2)), rng.uniform(-2, 1, n), rng.uniform(0, 100, n)].astype(np.float32)
+    runner = OrtLidarBranchRunner(model, num_threads=4, cache_dir=tmp_path)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    first = runner.run(pts)
+    for _ in range(3):
+        for name, value in runner.run(pts).items():
+            assert torch.equal(value, first[name]), name
+    path = export_cached(model.after_backbone(), model.cfg, tmp_path)
+    assert has_reducing_scatter(onnx.load(str(path)))
+    with pytest.warns(RuntimeWarning, match="1 intra-op thread"):
+        backend = OrtBackend(path, num_threads=2)
+    assert backend.session.get_session_options().intra_op_num_threads == 1
+    assert not has_reducing_scatter(onnx.load(str(export_cached(model.after_lidar(), model.cfg, tmp_path))))

@@ -192,6 +192,13 @@ class OrtBackend(GraphFileBackend):
             providers = ["CPUExecutionProvider"]
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, "CUDAExecutionProvider")
+        if has_reducing_scatter(model) and num_threads != 1:
+            # ONNX Runtime's ScatterND(reduction="add") (the pillar pooling) loses updates when its
+            # intra-op pool has several threads: outputs differ run to run by metres (bench/RESULTS.md)
+            warnings.warn(f"onnxruntime: {path.name} pools pillars with ScatterND(add), which ONNX Runtime runs "
+                          f"wrongly on several threads; this session uses 1 intra-op thread (asked: "
+                          f"{num_threads or 'default'})", RuntimeWarning, stacklevel=2)
+            num_threads = 1
         self.session = ort.InferenceSession(model.SerializeToString(), session_options(num_threads),
                                             providers=list(providers))
         self.with_backbone = any(i.name == "img" for i in self.session.get_inputs())
@@ -203,6 +210,14 @@ class OrtBackend(GraphFileBackend):
         feed = {k: to_numpy(inputs[k], spec.dtype) for k, spec in self._in.items()}
         outs = self.session.run(list(self._out), feed)
         return dict(zip(self._out, outs, strict=True))
+
+
+def has_reducing_scatter(model) -> bool:
+    """True when the ONNX ``model`` (a ``ModelProto``) has a Scatter node with a reduction (the pillar
+    pooling's ``ScatterND(add)``), which ONNX Runtime must run on one intra-op thread."""
+    return any(n.op_type in ("ScatterND", "ScatterElements")
+               and any(a.name == "reduction" and a.s not in (b"", b"none") for a in n.attribute)
+               for n in model.graph.node)
 
 
 def _ort_dtype(type_str: str) -> str:

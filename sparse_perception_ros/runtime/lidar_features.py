@@ -109,9 +109,11 @@ def export_branch_cached(branch: nn.Module, cache_dir: str | Path | None = None)
 
 
 class OrtLidarBranchRunner(LidarBranchRunner):
-    """:class:`LidarBranchRunner` in ONNX Runtime (``num_threads`` intra-op; the whole branch exported
-    once, :func:`export_branch_cached`); the same outputs within float rounding. It runs without
-    holding Python's GIL, so the node's other threads keep running Python meanwhile."""
+    """:class:`LidarBranchRunner` in ONNX Runtime (the whole branch exported once,
+    :func:`export_branch_cached`); the same outputs within float rounding. It runs without holding
+    Python's GIL, so the node's other threads keep running Python meanwhile. Always one intra-op
+    thread: ONNX Runtime's ``ScatterND(add)`` (the pillar pooling) loses updates on several
+    (bench/RESULTS.md), so ``num_threads`` (the interface's) is not used."""
 
     name = "onnxruntime"
 
@@ -120,9 +122,8 @@ class OrtLidarBranchRunner(LidarBranchRunner):
         import onnxruntime as ort  # lazy: optional dependency
 
         opts = ort.SessionOptions()
-        if num_threads:
-            opts.intra_op_num_threads = int(num_threads)
-            opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1  # whatever num_threads says: see the class docstring
+        opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(export_branch_cached(self.branch, cache_dir)), opts,
                                             providers=["CPUExecutionProvider"])
 
