@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers.pipeline import clear_ranks
 
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset
@@ -282,11 +283,7 @@ def test_fused_step_graph_onnxruntime_matches_torch(model, fused_onnx, case):
         out = ort.run(inputs)
         # the kept instances are ordered by confidence (top-k): rows whose confidence is within 1e-5 of
         # a neighbour's may swap between backends (random weights make such near-ties, 1e-7 apart)
-        conf = ref["next_confidence"].numpy()[0]
-        gaps = np.abs(np.diff(conf))
-        clear = np.ones(len(conf), bool)
-        clear[:-1] &= gaps > 1e-5
-        clear[1:] &= gaps > 1e-5
+        clear = clear_ranks(ref["next_confidence"].numpy()[0], 1e-5)
         assert clear.mean() > 0.75  # most rows are compared
         for name in RAW:
             got, want = out[name], ref[name].numpy()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.frames import make_frame
-from helpers.pipeline import pipeline_config
+from helpers.pipeline import clear_ranks, pipeline_config
 
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import ParameterError, load_params
@@ -85,10 +85,7 @@ def test_split_pipeline_publishes_what_the_one_graph_does(preset, backend):
         assert len(r.scores) == len(g.scores) > 0, f"frame {k}"
         assert g.counters["image_features_in_step"] == 0 and "image_features_in_step" not in r.counters
         np.testing.assert_allclose(g.scores, r.scores, atol=1e-3, rtol=0, err_msg=f"frame {k}")
-        gaps = np.abs(np.diff(r.scores))
-        clear = np.ones(len(r.scores), bool)  # ranks not within 1e-4 of a neighbour (near ties may swap)
-        clear[:-1] &= gaps > 1e-4
-        clear[1:] &= gaps > 1e-4
+        clear = clear_ranks(r.scores, 1e-4)  # ranks not within 1e-4 of a neighbour (near ties may swap)
         np.testing.assert_array_equal(g.track_ids[clear], r.track_ids[clear], err_msg=f"frame {k}")
         np.testing.assert_allclose(g.boxes[clear], r.boxes[clear], atol=2e-3, rtol=0, err_msg=f"frame {k}")
 

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 from helpers.frames import make_frame
-from helpers.pipeline import pipeline_config
+from helpers.pipeline import clear_ranks, pipeline_config
 
 from sparse_perception_ros.model import CLASS_NAMES, build_model
 from sparse_perception_ros.model.config import get_preset
@@ -59,10 +59,7 @@ def assert_same_output(ref, got):
     for k, (r, g) in enumerate(zip(ref, got, strict=True)):
         assert len(r.scores) == len(g.scores) > 0, f"frame {k}"
         np.testing.assert_allclose(g.scores, r.scores, atol=1e-4, rtol=0, err_msg=f"frame {k}")
-        gaps = np.abs(np.diff(r.scores))
-        clear = np.ones(len(r.scores), bool)  # ranks not within 1e-4 of a neighbour (near ties may swap)
-        clear[:-1] &= gaps > 1e-4
-        clear[1:] &= gaps > 1e-4
+        clear = clear_ranks(r.scores, 1e-4)  # ranks not within 1e-4 of a neighbour (near ties may swap)
         np.testing.assert_array_equal(g.track_ids[clear], r.track_ids[clear], err_msg=f"frame {k}")
         np.testing.assert_allclose(g.boxes[clear], r.boxes[clear], atol=1e-3, rtol=0, err_msg=f"frame {k}")
 

@@ -37,6 +37,7 @@ import io
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,8 @@ __all__ = [
     "LIDAR_INPUTS",
     "LIDAR_CANDIDATE_INPUTS",
     "lidar_apart",
+    "onnx_cache_dir",
+    "export_onnx_cached",
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
@@ -311,6 +314,35 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def onnx_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, or the default ``~/.cache/sparse_perception_ros/onnx`` of every exported graph."""
+    return Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
+
+
+def export_onnx_cached(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                       output_names: list[str], dynamic_shapes: tuple | None = None, opset: int = 20) -> Path:
+    """``module(*args)`` exported once to ``path`` (self-contained ONNX, the dynamo exporter, its
+    progress and constant-folding chatter silenced); an existing file is returned as it is. Written
+    under a per-process/thread temporary name and renamed, so parallel workers never read half a file."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
+    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = folding_log.level
+    folding_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(module.eval(), args, input_names=input_names, output_names=output_names,
+                                        opset_version=opset, dynamo=True, external_data=False, optimize=True,
+                                        verbose=False, dynamic_shapes=dynamic_shapes)
+    finally:
+        folding_log.setLevel(level)
+    program.save(str(tmp), external_data=False)
+    tmp.replace(path)
+    return path
+
+
 def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | None = None,
                   backbone_fp16: bool = False) -> Path:
     """Export ``module`` (head or full model) once into ``cache_dir`` and return the file.
@@ -319,7 +351,7 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
     :data:`GRAPH_FORMAT` and :func:`weights_digest`, so changed weights, another rig or a changed
     graph give a new file. Default directory: ``~/.cache/sparse_perception_ros/onnx``.
     """
-    root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
+    root = onnx_cache_dir(cache_dir)
     with_backbone = hasattr(module, "extract_features")
     variant = (("full_fp16" if backbone_fp16 else "full") if with_backbone
                else "after_lidar" if lidar_apart(module) else "after_backbone" if hasattr(module, "head") else "head")

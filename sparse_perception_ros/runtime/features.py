@@ -20,9 +20,6 @@ stored next to the weights, ``model.image_precision``).
 from __future__ import annotations
 
 import abc
-import contextlib
-import io
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -33,7 +30,7 @@ import torch
 from torch import nn
 
 from sparse_perception_ros.model.preprocess import preprocess_images
-from sparse_perception_ros.runtime.export import weights_digest
+from sparse_perception_ros.runtime.export import export_onnx_cached, onnx_cache_dir, weights_digest
 from sparse_perception_ros.runtime.os_thread import name_os_thread
 
 __all__ = ["CameraBackbone", "TorchCameraBackbone", "OrtCameraBackbone", "export_backbone_cached", "FeatureCache",
@@ -77,26 +74,10 @@ class _BackboneGraph(nn.Module):
 def export_backbone_cached(model: nn.Module, cache_dir: str | Path | None = None) -> Path:
     """Export ``model``'s backbone + neck for one image ``img [1, 3, H, W]`` -> ``feat_l0..3`` once into
     ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``), keyed by preset and weights hash."""
-    root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
-    path = root / f"{model.cfg.name}_camera_backbone_{weights_digest(model)}.onnx"
-    if path.is_file():
-        return path
-    root.mkdir(parents=True, exist_ok=True)
     w, h = model.cfg.input_wh
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")  # parallel test workers
-    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
-    level = folding_log.level
-    folding_log.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(_BackboneGraph(model).eval(), (torch.zeros(1, 3, h, w),), input_names=["img"],
-                                        output_names=[f"feat_l{i}" for i in range(4)], opset_version=20, dynamo=True,
-                                        external_data=False, optimize=True, verbose=False)
-    finally:
-        folding_log.setLevel(level)
-    program.save(str(tmp), external_data=False)
-    tmp.replace(path)
-    return path
+    path = onnx_cache_dir(cache_dir) / f"{model.cfg.name}_camera_backbone_{weights_digest(model)}.onnx"
+    return export_onnx_cached(_BackboneGraph(model), (torch.zeros(1, 3, h, w),), path, ["img"],
+                              [f"feat_l{i}" for i in range(4)])
 
 
 def quantize_backbone(fp32_path: str | Path, out: str | Path, images: list[np.ndarray], input_wh: tuple[int, int],

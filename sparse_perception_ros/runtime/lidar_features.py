@@ -19,11 +19,6 @@ With the branch apart, the head's graph has no scatter at all.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +30,9 @@ from sparse_perception_ros.runtime.export import (
     LIDAR_CANDIDATE_INPUTS,
     LIDAR_INPUTS,
     POINT_BUCKET,
+    export_onnx_cached,
     lidar_step_inputs,
+    onnx_cache_dir,
     weights_digest,
 )
 
@@ -83,29 +80,12 @@ def export_branch_cached(branch: nn.Module, cache_dir: str | Path | None = None)
     int64 -> :data:`~.export.LIDAR_CANDIDATE_INPUTS` in order; the pillar pooling as one
     ``ScatterND(add)``) once into ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``),
     keyed by the branch's weights hash and the graph format."""
-    root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
-    path = root / f"lidar_branch_g{GRAPH_FORMAT}_{weights_digest(branch)}.onnx"
-    if path.is_file():
-        return path
-    root.mkdir(parents=True, exist_ok=True)
+    path = onnx_cache_dir(cache_dir) / f"lidar_branch_g{GRAPH_FORMAT}_{weights_digest(branch)}.onnx"
     example = lidar_step_inputs(np.zeros((POINT_BUCKET, 3), np.float32), branch.cfg, dynamic=True)
     args = (torch.from_numpy(example["points"]), torch.from_numpy(example["num_points"]))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
-    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
-    level = folding_log.level
-    folding_log.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(
-                _Branch(branch).eval(), args, input_names=list(LIDAR_INPUTS),
-                output_names=list(LIDAR_CANDIDATE_INPUTS), opset_version=20, dynamo=True, external_data=False,
-                optimize=True, verbose=False,
-                dynamic_shapes=({1: torch.export.Dim("num_points_padded", min=2, max=branch.cfg.max_points)}, None))
-    finally:
-        folding_log.setLevel(level)
-    program.save(str(tmp), external_data=False)
-    tmp.replace(path)
-    return path
+    points = torch.export.Dim("num_points_padded", min=2, max=branch.cfg.max_points)
+    return export_onnx_cached(_Branch(branch), args, path, list(LIDAR_INPUTS), list(LIDAR_CANDIDATE_INPUTS),
+                              dynamic_shapes=({1: points}, None))
 
 
 class OrtLidarBranchRunner(LidarBranchRunner):

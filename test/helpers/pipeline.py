@@ -1,5 +1,6 @@
 """Pipeline settings and the bundled model the pipeline tests share."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,16 @@ def pipeline_config(**kw) -> PipelineConfig:
                 reassociate_distance=0.0, reassociate_speed=0.0, track_class_vote=False, duplicate_iou=1.0, velocity_window=0.0,
                 velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0)
     return PipelineConfig(**{**base, **kw})
+
+
+def clear_ranks(ranked: np.ndarray, gap: float) -> np.ndarray:
+    """Mask of the entries of a ranked (sorted) score or confidence vector whose neighbours both lie
+    more than ``gap`` away: the ranks two backends must agree on (near-ties may swap)."""
+    gaps = np.abs(np.diff(ranked))
+    clear = np.ones(len(ranked), bool)
+    clear[:-1] &= gaps > gap
+    clear[1:] &= gaps > gap
+    return clear
 
 
 def bundled_tiny_model() -> Sparse4DModel:
