@@ -21,7 +21,8 @@ from sparse_perception_ros.ops.deformable_aggregation import (
     flatten_feature_maps,
 )
 
-__all__ = ["KeypointsGenerator", "DeformableFeatureAggregation", "FeatureInputs", "project_points", "CONFIG_FIX_SCALE"]
+__all__ = ["KeypointsGenerator", "DeformableFeatureAggregation", "FeatureInputs", "project_points", "project_points_kernel_layout",
+           "CONFIG_FIX_SCALE"]
 
 # The config's fixed-point grid. Released checkpoints hold *random* values instead (re-drawn by
 # xavier init, never trained): always load ``fix_scale`` from the state dict.
@@ -89,15 +90,32 @@ class KeypointsGenerator(nn.Module):
         return rotated + anchor[..., None, [X, Y, Z]]
 
 
+def project_points_kernel_layout(key_points: torch.Tensor, projection_mat: torch.Tensor,
+                                 image_wh: torch.Tensor) -> torch.Tensor:
+    """Keypoints ``[bs, A, P, 3]`` -> normalised image coords ``[bs, A, P, cams, 2]`` (the DFA kernel's
+    layout; x = u/W, y = v/H).
+
+    The three rows of each ``projection_mat [bs, cams, 4, 4]`` that give (u*d, v*d, d), applied to
+    all cameras at once as ``x * r0 + y * r1 + z * r2 + r3`` on ``[bs, A * P, cams * 3]``: exported,
+    a few broadcast multiply-adds instead of ``cams * A * P`` broadcast 4x4 MatMuls (2.2 ms per
+    decoder in ONNX Runtime at 192 anchors), and elementwise, so every backend rounds alike. Depth is clamped to at least 1e-5, so points behind a camera land far outside.
+    """
+    bs, num_anchor, num_pts, _ = key_points.shape
+    cams = projection_mat.shape[1]
+    rows = projection_mat[:, :, :3].permute(0, 3, 1, 2).reshape(bs, 4, 1, cams * 3)  # [bs, xyz1, 1, (cam, uvd)]
+    x, y, z = key_points.reshape(bs, num_anchor * num_pts, 3, 1).unbind(-2)  # each [bs, A * P, 1]
+    pts = x * rows[:, 0] + y * rows[:, 1] + z * rows[:, 2] + rows[:, 3]  # [bs, A * P, cams * 3]
+    pts = pts.reshape(bs, num_anchor, num_pts, cams, 3)
+    uv = pts[..., :2] / torch.clamp(pts[..., 2:3], min=1e-5)
+    return uv / image_wh[:, None, None]
+
+
 def project_points(key_points: torch.Tensor, projection_mat: torch.Tensor, image_wh: torch.Tensor) -> torch.Tensor:
     """Keypoints ``[bs, A, P, 3]`` -> normalised image coords ``[bs, cams, A, P, 2]`` (x = u/W, y = v/H).
 
     Depth is clamped to at least 1e-5, so points behind a camera land far outside the image.
     """
-    pts = torch.cat([key_points, torch.ones_like(key_points[..., :1])], dim=-1)
-    pts_2d = torch.matmul(projection_mat[:, :, None, None], pts[:, None, ..., None]).squeeze(-1)
-    uv = pts_2d[..., :2] / torch.clamp(pts_2d[..., 2:3], min=1e-5)
-    return uv / image_wh[:, :, None, None]
+    return project_points_kernel_layout(key_points, projection_mat, image_wh).permute(0, 3, 1, 2, 4)
 
 
 class DeformableFeatureAggregation(nn.Module):
@@ -175,9 +193,8 @@ class DeformableFeatureAggregation(nn.Module):
         bs, num_anchor = instance_feature.shape[:2]
         key_points = self.kps_generator(anchor, instance_feature)
         weights = self.attention_weights(instance_feature, anchor_embed, projection_mat)
-        points_2d = project_points(key_points, projection_mat, image_wh)
         # kernel layouts: points [bs, A, P, cams, 2], weights [bs, A, P, cams, levels, G]
-        points_2d = points_2d.permute(0, 2, 3, 1, 4)
+        points_2d = project_points_kernel_layout(key_points, projection_mat, image_wh)
         weights = weights.permute(0, 1, 4, 2, 3, 5)
         if self.sampling == "kernel":
             aggregated = deformable_aggregation(*features.flat, points_2d, weights, impl=impl or self.dfa_impl)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -67,6 +68,7 @@ __all__ = [
     "lidar_apart",
     "onnx_cache_dir",
     "export_onnx_cached",
+    "graph_digest",
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
@@ -314,6 +316,30 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# The sources that define what an exported graph computes. Their digest is part of every cached
+# graph's name, so an edited or upgraded package never runs a graph exported by an older one
+# (GRAPH_FORMAT alone relied on someone remembering to bump it).
+_GRAPH_SOURCES = ("model", "ops", "runtime/export.py", "runtime/features.py", "runtime/lidar_features.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Short sha256 of the package sources in :data:`_GRAPH_SOURCES` (file names and bytes)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for entry in _GRAPH_SOURCES:
+        base = root / entry
+        for f in sorted(base.rglob("*.py")) if base.is_dir() else [base]:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def graph_digest(module: nn.Module) -> str:
+    """:func:`weights_digest` of ``module`` joined with :func:`code_digest`: the cache key of its graph."""
+    return f"{weights_digest(module)}_{code_digest()}"
+
+
 def onnx_cache_dir(cache_dir: str | Path | None = None) -> Path:
     """``cache_dir``, or the default ``~/.cache/sparse_perception_ros/onnx`` of every exported graph."""
     return Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
@@ -348,14 +374,14 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
     """Export ``module`` (head or full model) once into ``cache_dir`` and return the file.
 
     The name holds the preset, the variant, the camera count (a graph's shapes are static), the
-    :data:`GRAPH_FORMAT` and :func:`weights_digest`, so changed weights, another rig or a changed
-    graph give a new file. Default directory: ``~/.cache/sparse_perception_ros/onnx``.
+    :data:`GRAPH_FORMAT` and :func:`graph_digest` (weights and graph-defining sources), so changed
+    weights, another rig or changed model code give a new file. Default directory: ``~/.cache/sparse_perception_ros/onnx``.
     """
     root = onnx_cache_dir(cache_dir)
     with_backbone = hasattr(module, "extract_features")
     variant = (("full_fp16" if backbone_fp16 else "full") if with_backbone
                else "after_lidar" if lidar_apart(module) else "after_backbone" if hasattr(module, "head") else "head")
-    path = root / f"{cfg.name}_{variant}_{cfg.head.num_cams}cam_g{GRAPH_FORMAT}_{weights_digest(module)}.onnx"
+    path = root / f"{cfg.name}_{variant}_{cfg.head.num_cams}cam_g{GRAPH_FORMAT}_{graph_digest(module)}.onnx"
     if not path.is_file() or not Path(str(path) + ".json").is_file():
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(module)}.tmp.onnx")  # per process: parallel exports
         export_step(tmp, cfg, with_backbone=with_backbone, module=module, backbone_fp16=backbone_fp16)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from sparse_perception_ros.model.preprocess import preprocess_images
-from sparse_perception_ros.runtime.export import export_onnx_cached, onnx_cache_dir, weights_digest
+from sparse_perception_ros.runtime.export import export_onnx_cached, graph_digest, onnx_cache_dir
 from sparse_perception_ros.runtime.os_thread import name_os_thread
 
 __all__ = ["CameraBackbone", "TorchCameraBackbone", "OrtCameraBackbone", "export_backbone_cached", "FeatureCache",
@@ -75,7 +75,7 @@ def export_backbone_cached(model: nn.Module, cache_dir: str | Path | None = None
     """Export ``model``'s backbone + neck for one image ``img [1, 3, H, W]`` -> ``feat_l0..3`` once into
     ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``), keyed by preset and weights hash."""
     w, h = model.cfg.input_wh
-    path = onnx_cache_dir(cache_dir) / f"{model.cfg.name}_camera_backbone_{weights_digest(model)}.onnx"
+    path = onnx_cache_dir(cache_dir) / f"{model.cfg.name}_camera_backbone_{graph_digest(model)}.onnx"
     return export_onnx_cached(_BackboneGraph(model), (torch.zeros(1, 3, h, w),), path, ["img"],
                               [f"feat_l{i}" for i in range(4)])
 

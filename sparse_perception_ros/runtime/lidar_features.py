@@ -31,9 +31,9 @@ from sparse_perception_ros.runtime.export import (
     LIDAR_INPUTS,
     POINT_BUCKET,
     export_onnx_cached,
+    graph_digest,
     lidar_step_inputs,
     onnx_cache_dir,
-    weights_digest,
 )
 
 __all__ = ["LidarBranchRunner", "OrtLidarBranchRunner", "export_branch_cached"]
@@ -80,7 +80,7 @@ def export_branch_cached(branch: nn.Module, cache_dir: str | Path | None = None)
     int64 -> :data:`~.export.LIDAR_CANDIDATE_INPUTS` in order; the pillar pooling as one
     ``ScatterND(add)``) once into ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``),
     keyed by the branch's weights hash and the graph format."""
-    path = onnx_cache_dir(cache_dir) / f"lidar_branch_g{GRAPH_FORMAT}_{weights_digest(branch)}.onnx"
+    path = onnx_cache_dir(cache_dir) / f"lidar_branch_g{GRAPH_FORMAT}_{graph_digest(branch)}.onnx"
     example = lidar_step_inputs(np.zeros((POINT_BUCKET, 3), np.float32), branch.cfg, dynamic=True)
     args = (torch.from_numpy(example["points"]), torch.from_numpy(example["num_points"]))
     points = torch.export.Dim("num_points_padded", min=2, max=branch.cfg.max_points)
