@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -216,6 +217,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("latency", "soak", "overload", "realtime"))
     parser.add_argument("--preset", default="tiny_fusion", help="realtime: model preset (tiny_fusion or tiny)")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="realtime: write every frame's stage times (ms) to this JSON file")
     parser.add_argument("--backend", default=None, help="realtime: model.backend instead of the shipped one")
     parser.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
                         help="realtime: override one node parameter (repeatable), e.g. model.image_features=in_step")
@@ -279,6 +282,8 @@ def main() -> None:
                     print(f"  trigger arrival -> publish: p50 {np.percentile(e2e, 50):.1f} ms, "
                           f"p99 {np.percentile(e2e, 99):.1f} ms, max {e2e.max():.1f} ms over {len(e2e)} frames")
                 print(stage_table(frames))
+                if args.dump:
+                    args.dump.write_text(json.dumps([f for _, f in frames]))
                 print(cpu_table(cpu_before, cpu_after, bag_seconds(bag), player_cpu))
             elif args.mode == "soak":
                 player = play(bag, 1.0, loop=True)
