@@ -53,6 +53,7 @@ class ModelParams:
     image_features: str  # auto | on_arrival | in_step (runtime.features)
     image_precision: str  # auto | fp32 | int8 (runtime.features.quantize_backbone)
     lidar_features: str  # auto | ahead | in_step (runtime.lidar_features)
+    lidar_precision: str  # auto | fp32 | bf16 (runtime.lidar_features.Bf16LidarBranchRunner)
 
 
 @dataclass(frozen=True)

@@ -176,11 +176,20 @@ class LidarBranch(nn.Module):
     def from_pillars(self, pillars: torch.Tensor, num_points: torch.Tensor) -> LidarCandidates:
         """The branch after its pillar encoder: ``pillars [bs, C + 1, ny, nx]`` (:class:`PillarEncoder`)
         -> candidates; ``num_points [bs]`` only sets ``valid``."""
-        cfg = self.cfg
-        bs = pillars.shape[0]
+        return self.candidates(*self.bev_maps(pillars), num_points)
+
+    def bev_maps(self, pillars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The convolutions: ``pillars [bs, C + 1, ny, nx]`` -> ``(bev [bs, E, H, W], heat_logits
+        [bs, classes, H, W], reg [bs, reg_dims, H, W])`` (``H, W`` = the grid over ``bev_stride``)."""
         bev = self.bev_net(pillars)
-        heat_logits = self.heatmap(bev)
-        reg = self.regression(bev)
+        return bev, self.heatmap(bev), self.regression(bev)
+
+    def candidates(self, bev: torch.Tensor, heat_logits: torch.Tensor, reg: torch.Tensor,
+                   num_points: torch.Tensor) -> LidarCandidates:
+        """:meth:`bev_maps`' outputs -> the top-K candidates (peaks of the class heatmap, their boxes
+        and features); ``num_points [bs]`` only sets ``valid``."""
+        cfg = self.cfg
+        bs = bev.shape[0]
         wb = bev.shape[-1]
         heat = heat_logits.sigmoid()
         peak = heat.amax(dim=1)  # [bs, H, W]

@@ -10,10 +10,13 @@ sweep goes through the same padding as the in-graph branch (:func:`~.export.lida
 a dynamic point count), so the numbers are the in-graph branch's within float rounding
 (``test/test_runtime_lidar_features.py`` states the tolerance): accuracy does not change.
 
-Runners: :class:`LidarBranchRunner` (eager torch) and :class:`OrtLidarBranchRunner` (the branch
+Runners: :class:`LidarBranchRunner` (eager torch), :class:`OrtLidarBranchRunner` (the branch
 exported once to ONNX Runtime, :func:`export_branch_cached`; its pillar pooling is one
-``ScatterND(add)``, as fast as torch's at a 35k-point sweep). ONNX Runtime runs the whole branch
-without holding Python's GIL, which matters beside the node's other threads.
+``ScatterND(add)``, as fast as torch's at a 35k-point sweep) and :class:`Bf16LidarBranchRunner`
+(``model.lidar_precision: bf16``: the pillar encoder in ONNX Runtime, the BEV network's convolutions
+in bfloat16 on CPUs that compute it natively, the top-K in float32). ONNX Runtime runs without
+holding Python's GIL, which matters beside the node's other threads; so do torch's convolutions,
+and the bf16 runner calls only a few of them.
 With the branch apart, the head's graph has no scatter at all.
 """
 
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparse_perception_ros.model.lidar import pad_points
 from sparse_perception_ros.runtime.export import (
     GRAPH_FORMAT,
     LIDAR_CANDIDATE_INPUTS,
@@ -36,7 +40,8 @@ from sparse_perception_ros.runtime.export import (
     onnx_cache_dir,
 )
 
-__all__ = ["LidarBranchRunner", "OrtLidarBranchRunner", "export_branch_cached"]
+__all__ = ["LidarBranchRunner", "OrtLidarBranchRunner", "Bf16LidarBranchRunner", "Bf16BevNet", "export_branch_cached",
+           "export_pillars_cached", "native_bf16"]
 
 
 class LidarBranchRunner:
@@ -110,3 +115,100 @@ class OrtLidarBranchRunner(LidarBranchRunner):
     def run(self, points: np.ndarray | None) -> dict[str, torch.Tensor]:
         outs = self.session.run(None, lidar_step_inputs(points, self.cfg, dynamic=True))
         return {k: torch.from_numpy(v) for k, v in zip(LIDAR_CANDIDATE_INPUTS, outs, strict=True)}
+
+
+class _Pillars(nn.Module):
+    def __init__(self, branch: nn.Module):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, points: torch.Tensor, num_points: torch.Tensor) -> torch.Tensor:
+        pillars = self.branch.pillars(pad_points(points.float(), self.branch.cfg.point_dims), num_points)
+        return pillars.permute(0, 2, 3, 1)  # channels last: the encoder's own row layout (the two transposes cancel)
+
+
+def export_pillars_cached(branch: nn.Module, cache_dir: str | Path | None = None) -> Path:
+    """Export the branch's pillar encoder alone (``points [1, P, point_dims]``, dynamic ``P``,
+    ``num_points [1]`` -> ``pillars [1, ny, nx, C + 1]``, channels last) once into ``cache_dir``, as
+    :func:`export_branch_cached` does the whole branch."""
+    path = onnx_cache_dir(cache_dir) / f"lidar_pillars_g{GRAPH_FORMAT}_{graph_digest(branch)}.onnx"
+    example = lidar_step_inputs(np.zeros((POINT_BUCKET, 3), np.float32), branch.cfg, dynamic=True)
+    args = (torch.from_numpy(example["points"]), torch.from_numpy(example["num_points"]))
+    points = torch.export.Dim("num_points_padded", min=2, max=branch.cfg.max_points)
+    return export_onnx_cached(_Pillars(branch), args, path, list(LIDAR_INPUTS), ["pillars"],
+                              dynamic_shapes=({1: points}, None))
+
+
+def native_bf16() -> bool:
+    """True when this CPU computes bfloat16 dot products in hardware (AVX-512 BF16 or AMX), so torch's
+    (oneDNN's) bf16 convolutions run about twice as fast as float32 instead of being emulated."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+class Bf16BevNet(nn.Module):
+    """A branch's convolutions (:meth:`~..model.lidar.LidarBranch.bev_maps`) in bfloat16, channels-last:
+    each BEV layer's BatchNorm folded into its convolution (in float32, then rounded once); the
+    heatmap and box convolutions as one. ``pillars [1, C + 1, ny, nx]`` float32 (channels-last strides
+    save a copy) -> ``(bev, heat_logits, reg)`` float32, contiguous. The BEV features move by about 0.5 % (relative RMS) against float32 and the
+    top-K peaks only where two score alike (``test/test_runtime_lidar_features.py``, bench/RESULTS.md)."""
+
+    def __init__(self, branch: nn.Module):
+        super().__init__()
+        layers, mods = [], list(branch.bev_net)
+        for i in range(0, len(mods), 3):  # (Conv2d without bias, BatchNorm2d, ReLU) per layer
+            conv, bn, relu = mods[i:i + 3]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)):
+                raise ValueError("the BEV network is not a sequence of (Conv2d, BatchNorm2d, ReLU) layers")
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              bias=True)
+            with torch.no_grad():
+                fused.weight.copy_(conv.weight * scale[:, None, None, None])
+                fused.bias.copy_(bn.bias - bn.running_mean * scale)
+            layers += [fused, nn.ReLU()]
+        self.bev_net = nn.Sequential(*layers)
+        heat, reg = branch.heatmap, branch.regression  # one convolution for both (they read the same map)
+        self.num_classes = heat.out_channels
+        self.heads = nn.Conv2d(heat.in_channels, heat.out_channels + reg.out_channels, heat.kernel_size,
+                               heat.stride, heat.padding, bias=True)
+        with torch.no_grad():
+            self.heads.weight.copy_(torch.cat([heat.weight, reg.weight]))
+            self.heads.bias.copy_(torch.cat([heat.bias, reg.bias]))
+        self.to(torch.bfloat16).to(memory_format=torch.channels_last).eval()
+
+    @torch.no_grad()
+    def forward(self, pillars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bev = self.bev_net(pillars.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+        heads = self.heads(bev).float()
+        k = self.num_classes
+        return bev.float().contiguous(), heads[:, :k].contiguous(), heads[:, k:].contiguous()
+
+
+class Bf16LidarBranchRunner(LidarBranchRunner):
+    """:class:`LidarBranchRunner` with the pillar encoder in ONNX Runtime (:func:`export_pillars_cached`,
+    one intra-op thread: its ``ScatterND(add)``, see :class:`OrtLidarBranchRunner`), the convolutions
+    in bfloat16 (:class:`Bf16BevNet`) and the top-K, boxes and candidate features in float32
+    (``LidarBranch.candidates``). 35k points on one core: about 12 ms against 19 ms for
+    :class:`OrtLidarBranchRunner` (bench/RESULTS.md). Worth it only where :func:`native_bf16`."""
+
+    name = "onnxruntime pillars + torch bf16 convolutions"
+
+    def __init__(self, model: nn.Module, cache_dir: str | Path | None = None):
+        super().__init__(model)
+        import onnxruntime as ort  # lazy: optional dependency
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(export_pillars_cached(self.branch, cache_dir)), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.convs = Bf16BevNet(self.branch)
+
+    @torch.no_grad()
+    def run(self, points: np.ndarray | None) -> dict[str, torch.Tensor]:
+        inputs = lidar_step_inputs(points, self.cfg, dynamic=True)
+        (pillars,) = self.session.run(None, inputs)  # [1, ny, nx, C + 1]
+        maps = self.convs(torch.from_numpy(pillars).permute(0, 3, 1, 2))  # a channels-last view, no copy
+        c = self.branch.candidates(*maps, torch.from_numpy(inputs["num_points"]))
+        return dict(zip(LIDAR_CANDIDATE_INPUTS, (c.bev, c.anchor, c.feature, c.valid.reshape(1)), strict=True))

@@ -15,7 +15,12 @@ from sparse_perception_ros.paths import model_file
 from sparse_perception_ros.runtime import features
 from sparse_perception_ros.runtime.backends import BackendUnavailable, StepRunner, build_stepper
 from sparse_perception_ros.runtime.export import weights_digest
-from sparse_perception_ros.runtime.lidar_features import LidarBranchRunner, OrtLidarBranchRunner
+from sparse_perception_ros.runtime.lidar_features import (
+    Bf16LidarBranchRunner,
+    LidarBranchRunner,
+    OrtLidarBranchRunner,
+    native_bf16,
+)
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
 from sparse_perception_ros.runtime.sidecar import read_fact
@@ -143,13 +148,27 @@ def int8_backbone_file(p: ModelParams, checkpoint: Path | None, model: torch.nn.
     return None, f"fp32 ({reason})"
 
 
-def lidar_branch_runner(model: torch.nn.Module, num_threads: int | None):
-    """The runner of a fused model's LiDAR branch run ahead (:mod:`.lidar_features`): the pillar encoder
-    in torch and the rest in ONNX Runtime whenever it is installed (it runs without Python's GIL
-    beside the node's other threads), all in torch otherwise."""
-    if importlib.util.find_spec("onnxruntime") is not None:
-        return OrtLidarBranchRunner(model, num_threads)
-    return LidarBranchRunner(model)
+def lidar_branch_runner(model: torch.nn.Module, p: ModelParams):
+    """``(runner, precision note)`` for a fused model's LiDAR branch run ahead (:mod:`.lidar_features`).
+
+    ``model.lidar_precision``: ``bf16`` = :class:`~.lidar_features.Bf16LidarBranchRunner` (the pillar
+    encoder in ONNX Runtime, the convolutions in bfloat16); ``fp32`` = the whole branch in ONNX
+    Runtime (:class:`~.lidar_features.OrtLidarBranchRunner`; it runs without Python's GIL beside the
+    node's other threads), or in torch without ONNX Runtime. ``auto`` = bf16 where ONNX Runtime is
+    installed and the CPU computes bf16 natively, fp32 otherwise (with the reason); an explicit
+    ``bf16`` that cannot run raises, naming the parameter."""
+    if p.lidar_precision not in ("auto", "fp32", "bf16"):
+        raise ParameterError("model.lidar_precision", f"must be auto, fp32 or bf16, got {p.lidar_precision!r}")
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    reason = ("fp32 (model.lidar_precision)" if p.lidar_precision == "fp32" else
+              "ONNX Runtime is not installed" if not has_ort else
+              "this CPU has no native bf16 (AVX-512 BF16 or AMX)" if not native_bf16() else None)
+    if reason is None:
+        return Bf16LidarBranchRunner(model), "bf16 convolutions"
+    if p.lidar_precision == "bf16":
+        raise ParameterError("model.lidar_precision", f"'bf16' cannot run here: {reason}")
+    note = reason if reason.startswith("fp32") else f"fp32 ({reason})"
+    return (OrtLidarBranchRunner(model, p.num_threads or None) if has_ort else LidarBranchRunner(model)), note
 
 
 def camera_backbone(model: torch.nn.Module, num_threads: int | None, int8_file: Path | None = None):
@@ -230,7 +249,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     on_arrival = image_features_on_arrival(p)
     int8_file, precision = int8_backbone_file(p, path, model, on_arrival)
     ahead = lidar_features_ahead(p)
-    branch = lidar_branch_runner(model, p.num_threads or None) if ahead else None
+    branch, lidar_precision = lidar_branch_runner(model, p) if ahead else (None, None)
     module = model.after_lidar() if ahead else model.after_backbone() if on_arrival else model
     try:
         stepper = build_stepper(p.backend, cfg, module=module, engine_path=p.engine or None,
@@ -252,7 +271,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
     detail += (f"; image backbone on arrival ({stepper.camera_backbone.name}, {precision}, once per image)"
                if on_arrival else "; image backbone in each step")
     if cfg.lidar is not None:
-        detail += (f"; LiDAR branch ahead of the step ({branch.name}, on the preparing thread)" if ahead
+        detail += (f"; LiDAR branch ahead of the step ({branch.name}, {lidar_precision}, on the preparing thread)" if ahead
                    else "; LiDAR branch in each step")
     try:
         convention = load_convention(path)
