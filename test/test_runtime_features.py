@@ -24,6 +24,7 @@ T0, S = 1_700_000_000_000_000_000, 1_000_000_000
 
 
 def with_(**kw):
+    kw.setdefault("lidar_precision", "fp32")  # same numbers as the one graph; bf16 is tested in test_runtime_lidar_features
     return dataclasses.replace(BASE, **kw)
 
 
