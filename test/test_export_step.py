@@ -162,3 +162,37 @@ def test_fp16_backbone_policy_keeps_the_head_in_fp32(tmp_path):
     assert out["classification"].dtype == np.float32 and out["next_features"].dtype == np.float32
     np.testing.assert_allclose(out["classification"], ref.classification.numpy(), atol=5e-2, rtol=0)
     np.testing.assert_allclose(out["prediction"][:, :3], ref.prediction[:, :3].numpy(), atol=5e-2, rtol=0)
+
+
+def test_cache_key_holds_the_code_and_unused_graphs_are_pruned(tmp_path, monkeypatch):
+    """Cached graphs are keyed by weights and graph-defining code; a use refreshes a file's mtime,
+    and writing a new graph deletes those unused for CACHE_MAX_AGE_DAYS (and stale temporaries)."""
+    import os
+    import time
+
+    from sparse_perception_ros.runtime import export
+
+    head = build_model(get_preset("tiny")).head
+    key = export.graph_digest(head)
+    assert key.startswith(export.weights_digest(head)) and key.endswith(export.code_digest())
+    export.code_digest.cache_clear()
+    monkeypatch.setattr(export, "_GRAPH_SOURCES", ("model",))  # other sources: another key
+    assert export.graph_digest(head) != key
+    export.code_digest.cache_clear()
+    monkeypatch.undo()
+
+    day = 86400.0
+    now = time.time()
+    files = {"old.onnx": 20, "old.onnx.json": 20, "fresh.onnx": 1, ".x.onnx.1.2.tmp.onnx": 2,
+             ".y.onnx.1.2.tmp.onnx": 0.01}
+    for name, age in files.items():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (now - age * day, now - age * day))
+    gone = export.prune_onnx_cache(tmp_path)
+    assert sorted(p.name for p in gone) == [".x.onnx.1.2.tmp.onnx", "old.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.onnx.1.2.tmp.onnx", "fresh.onnx"]
+    # a cache hit marks the file used: it will not be pruned while it is in use
+    os.utime(tmp_path / "fresh.onnx", (now - 30 * day, now - 30 * day))
+    export.export_onnx_cached(head, (), tmp_path / "fresh.onnx", [], [])
+    assert now - (tmp_path / "fresh.onnx").stat().st_mtime < 60
+    assert export.prune_onnx_cache(tmp_path) == []

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ __all__ = [
     "onnx_cache_dir",
     "export_onnx_cached",
     "graph_digest",
+    "prune_onnx_cache",
 ]
 
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
@@ -345,13 +347,42 @@ def onnx_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
 
 
+CACHE_MAX_AGE_DAYS = 14  # a cached graph nobody used for this long goes when the next one is written
+
+
+def _used(path: Path) -> Path:
+    """Mark a cached graph as used now (its mtime: what :func:`prune_onnx_cache` reads)."""
+    with contextlib.suppress(OSError):  # a read-only cache still serves
+        os.utime(path)
+    return path
+
+
+def prune_onnx_cache(root: Path, max_age_days: float = CACHE_MAX_AGE_DAYS) -> list[Path]:
+    """Delete the graphs (and their ``.json``) in the cache directory ``root`` that no process used
+    for ``max_age_days`` (every use refreshes a file's mtime), and temporary files of interrupted
+    exports older than a day. The cache is keyed by weights and code (:func:`graph_digest`), so each
+    upgrade or new set of weights adds files; this keeps it from growing without end. Returns what
+    was deleted; a file that vanishes or cannot be deleted meanwhile is left alone."""
+    now = time.time()
+    gone = []
+    for f in root.glob("*.onnx") if root.is_dir() else ():
+        with contextlib.suppress(OSError):
+            temporary = f.name.startswith(".") and f.name.endswith(".tmp.onnx")
+            age_days = (now - f.stat().st_mtime) / 86400.0
+            if age_days > (1.0 if temporary else max_age_days):
+                f.unlink()
+                Path(str(f) + ".json").unlink(missing_ok=True)
+                gone.append(f)
+    return gone
+
+
 def export_onnx_cached(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
                        output_names: list[str], dynamic_shapes: tuple | None = None, opset: int = 20) -> Path:
     """``module(*args)`` exported once to ``path`` (self-contained ONNX, the dynamo exporter, its
     progress and constant-folding chatter silenced); an existing file is returned as it is. Written
     under a per-process/thread temporary name and renamed, so parallel workers never read half a file."""
     if path.is_file():
-        return path
+        return _used(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
     folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
@@ -366,6 +397,7 @@ def export_onnx_cached(module: nn.Module, args: tuple[torch.Tensor, ...], path: 
         folding_log.setLevel(level)
     program.save(str(tmp), external_data=False)
     tmp.replace(path)
+    prune_onnx_cache(path.parent)
     return path
 
 
@@ -387,4 +419,6 @@ def export_cached(module: nn.Module, cfg: ModelConfig, cache_dir: str | Path | N
         export_step(tmp, cfg, with_backbone=with_backbone, module=module, backbone_fp16=backbone_fp16)
         Path(str(tmp) + ".json").replace(str(path) + ".json")
         tmp.replace(path)
-    return path
+        prune_onnx_cache(root)
+        return path
+    return _used(path)
