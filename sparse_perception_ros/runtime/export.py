@@ -264,21 +264,10 @@ def export_step(
     args = example_args(cfg, with_backbone, apart)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")  # one warning per LayerNorm/Split
-    level = folding_log.level
-    folding_log.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
-            names = input_names(cfg, with_backbone, apart)
-            dynamic = tuple({1: torch.export.Dim("num_points_padded", min=2, max=cfg.lidar.max_points)}
-                            if n == "points" else None for n in names) if cfg.lidar is not None and not apart else None
-            program = torch.onnx.export(
-                graph, args, input_names=names, output_names=output_names(), opset_version=opset, dynamo=True,
-                external_data=False, optimize=True, verbose=False, dynamic_shapes=None if dynamic is None else (dynamic,),
-            )
-    finally:
-        folding_log.setLevel(level)
-    program.save(str(path), external_data=False)
+    names = input_names(cfg, with_backbone, apart)
+    dynamic = tuple({1: torch.export.Dim("num_points_padded", min=2, max=cfg.lidar.max_points)}
+                    if n == "points" else None for n in names) if cfg.lidar is not None and not apart else None
+    _quiet_export(graph, args, path, names, output_names(), None if dynamic is None else (dynamic,), opset)
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     dfa = [n for n in model.graph.node if n.op_type == OP_TYPE]
@@ -347,6 +336,23 @@ def onnx_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir else Path.home() / ".cache" / "sparse_perception_ros" / "onnx"
 
 
+def _quiet_export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                  dynamic_shapes: tuple | None, opset: int) -> None:
+    """``torch.onnx.export`` (dynamo, optimised, self-contained) of ``module(*args)`` saved to ``path``,
+    without the exporter's progress lines on stdout or a constant-folding warning per LayerNorm/Split."""
+    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = folding_log.level
+    folding_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                        opset_version=opset, dynamo=True, external_data=False, optimize=True,
+                                        verbose=False, dynamic_shapes=dynamic_shapes)
+    finally:
+        folding_log.setLevel(level)
+    program.save(str(path), external_data=False)
+
+
 CACHE_MAX_AGE_DAYS = 14  # a cached graph nobody used for this long goes when the next one is written
 
 
@@ -385,17 +391,7 @@ def export_onnx_cached(module: nn.Module, args: tuple[torch.Tensor, ...], path: 
         return _used(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
-    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
-    level = folding_log.level
-    folding_log.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(module.eval(), args, input_names=input_names, output_names=output_names,
-                                        opset_version=opset, dynamo=True, external_data=False, optimize=True,
-                                        verbose=False, dynamic_shapes=dynamic_shapes)
-    finally:
-        folding_log.setLevel(level)
-    program.save(str(tmp), external_data=False)
+    _quiet_export(module.eval(), args, tmp, input_names, output_names, dynamic_shapes, opset)
     tmp.replace(path)
     prune_onnx_cache(path.parent)
     return path
