@@ -101,6 +101,7 @@ class TemporalParams:
     duplicate_iou: float
     velocity_window: float
     velocity_noise: float
+    heading_from_motion: float
 
 
 @dataclass(frozen=True)

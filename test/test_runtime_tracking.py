@@ -419,3 +419,32 @@ def test_track_frame_publishes_the_measured_velocity_of_a_moving_object_in_the_m
             parked.append(np.linalg.norm(v_world[1, :2]))
         assert len(out.tracks.history[1]) <= 1.5 * 12 + 1  # the window bounds the memory
     assert max(errors) < 0.5 and max(parked) < 0.3, (errors, parked)
+
+
+def test_heading_from_motion_turns_only_fast_boxes_that_face_backwards():
+    from sparse_perception_ros.runtime.tracking import heading_from_motion
+
+    b = np.zeros((6, 10), np.float32)
+    # yaw, vx, vy: backwards at 5 m/s; backwards but slow; forwards; 110 deg off (sideways-ish: kept);
+    # wrapped; backwards in y
+    b[:, 6:9] = [[np.pi, 5.0, 0.0], [np.pi, 0.3, 0.0], [0.1, 5.0, 0.0], [np.radians(110), 5.0, 0.0],
+                 [-3.0, 2.0, 0.0], [np.pi / 2, 0.0, -1.5]]
+    out = heading_from_motion(b, 1.0)
+    np.testing.assert_allclose(out[:, 6], [0.0, np.pi, 0.1, np.radians(110), np.pi - 3.0, -np.pi / 2], atol=1e-6)
+    turned = out[[0, 4, 5], 6].astype(np.float64)
+    assert np.all((turned >= -np.pi - 1e-6) & (turned < np.pi))  # wrapped
+    assert np.array_equal(out[:, [0, 1, 2, 3, 4, 5, 7, 8, 9]], b[:, [0, 1, 2, 3, 4, 5, 7, 8, 9]])  # only yaw
+    assert b[0, 6] == np.float32(np.pi)  # a copy
+    assert heading_from_motion(np.zeros((0, 10), np.float32), 1.0).shape == (0, 10)
+
+
+def test_heading_from_motion_in_track_frame_is_off_at_zero_and_validated():
+    from sparse_perception_ros.runtime.tracking import TrackingConfig, track_frame
+
+    cfg = TrackingConfig(4.0, False, 1.0, num_classes=3, heading_from_motion=1.0)
+    b = boxes((10.0, 0.0, -4.0, 0.0)).astype(np.float32)  # yaw 0, driving towards -x: faces backwards
+    args = (b, np.float32([0.9]), np.array([0]), np.array([1]), np.eye(4), T0, set(), {1}, None, None)
+    assert abs(abs(track_frame(*args, cfg).boxes[0, 6]) - np.pi) < 1e-6
+    assert track_frame(*args, replace(cfg, heading_from_motion=0.0)).boxes[0, 6] == 0.0
+    with pytest.raises(ValueError, match="heading_from_motion"):
+        replace(cfg, heading_from_motion=-1.0)

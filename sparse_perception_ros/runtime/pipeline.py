@@ -181,6 +181,9 @@ class PipelineConfig:
         velocity_window, velocity_noise: s ``>= 0`` and m/s ``> 0``; velocity from tracks
             (:func:`~.tracking.with_track_velocity`; ``temporal.velocity_window`` /
             ``temporal.velocity_noise``); a window of 0 publishes the model's velocity (the reference).
+        heading_from_motion: m/s ``>= 0``; a published box at least this fast whose heading points
+            against its velocity is turned by 180° (:func:`~.tracking.heading_from_motion`;
+            ``temporal.heading_from_motion``); 0 publishes the model's heading (the reference).
         reassociate_window: s ``>= 0``; lost tracks stay re-association candidates this long
             (``temporal.reassociate_window``, :class:`~.tracking.LostTracks`).
         state_interval: s ``>= 0``; the model's temporal state is carried on only from frames at
@@ -206,6 +209,7 @@ class PipelineConfig:
     velocity_noise: float
     reassociate_window: float
     state_interval: float
+    heading_from_motion: float
     resize_method: str = "pil_bicubic"
 
     def __post_init__(self):
@@ -235,13 +239,14 @@ class PipelineConfig:
                    reassociate_speed=t.reassociate_speed,
                    track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
                    velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method,
-                   reassociate_window=t.reassociate_window, state_interval=t.state_interval)
+                   reassociate_window=t.reassociate_window, state_interval=t.state_interval,
+                   heading_from_motion=t.heading_from_motion)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
         return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes,
                               self.velocity_window, self.velocity_noise, self.reassociate_window,
-                              self.reassociate_speed)
+                              self.reassociate_speed, self.heading_from_motion)
 
 
 class Pipeline:

@@ -47,7 +47,7 @@ from sparse_perception_ros.geometry.boxes import bev_iou
 
 __all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
            "reassociate", "footprint_reach", "track_evidence", "keep_by_evidence", "suppress_duplicates",
-           "extend_history", "track_velocity", "blend_velocity"]
+           "extend_history", "track_velocity", "blend_velocity", "heading_from_motion"]
 
 
 def footprint_reach(boxes: np.ndarray) -> np.ndarray:
@@ -370,6 +370,8 @@ class TrackingConfig:
             noise and shrinks towards the model's (:func:`blend_velocity`).
         reassociate_speed: m/s, ``>= 0``; :func:`reassociate`'s gate grows by this much per second
             of a candidate's time gap (0: a fixed gate).
+        heading_from_motion: m/s, ``>= 0``; :func:`heading_from_motion` on the published boxes with
+            this minimum speed (0: the model's heading, the reference).
     """
 
     reassociate_distance: float
@@ -380,6 +382,7 @@ class TrackingConfig:
     velocity_noise: float = 0.5
     reassociate_window: float = 0.0
     reassociate_speed: float = 0.0
+    heading_from_motion: float = 0.0
 
     def __post_init__(self):
         if not self.reassociate_speed >= 0:
@@ -396,6 +399,8 @@ class TrackingConfig:
             raise ValueError(f"velocity_window must be >= 0, got {self.velocity_window}")
         if not self.velocity_noise > 0:
             raise ValueError(f"velocity_noise must be > 0, got {self.velocity_noise}")
+        if not self.heading_from_motion >= 0:
+            raise ValueError(f"heading_from_motion must be >= 0, got {self.heading_from_motion}")
 
 
 def blend_velocity(model_vel: np.ndarray, track_vel: np.ndarray, noise: float) -> np.ndarray:
@@ -453,6 +458,8 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
         measured = track_velocity(tracks.history, tracks.ids, 0.5 * config.velocity_window)
         tracks = replace(tracks, vel=blend_velocity(tracks.vel, measured, config.velocity_noise))
         boxes = with_track_velocity(boxes, tracks.vel, T_world_from_model)  # the rows of tracks are the boxes'
+    if config.heading_from_motion > 0:
+        boxes = heading_from_motion(boxes, config.heading_from_motion)
     votes = None
     if config.track_class_vote or config.duplicate_iou < 1.0:
         voted, votes = vote_track_classes(track_ids, labels, scores, class_votes, keep, config.num_classes)
@@ -465,6 +472,23 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
             suppressed = int((~shown).sum())
             boxes, scores, labels, track_ids = boxes[shown], scores[shown], labels[shown], track_ids[shown]
     return TrackedFrame(boxes, scores, labels, track_ids, tracks, votes, suppressed)
+
+
+def heading_from_motion(boxes: np.ndarray, min_speed: float) -> np.ndarray:
+    """``boxes (N, 10)`` (a copy; ``yaw`` at column 6, ``vx, vy`` at 7, 8, one frame) with the yaw of
+    every box moving at least ``min_speed`` m/s whose heading points against its velocity (more than
+    120° apart, so a box moving sideways is left alone) turned by 180° and wrapped to ``[-pi, pi)``. An outline seen by a LiDAR, or a small object
+    in an image, leaves front and back ambiguous; the direction of motion does not (vehicles and
+    people move forwards). Slower boxes keep their heading: their velocity is mostly noise."""
+    b = np.array(boxes, copy=True)
+    if not len(b):
+        return b
+    yaw = b[:, 6].astype(np.float64)
+    vx, vy = b[:, 7].astype(np.float64), b[:, 8].astype(np.float64)
+    speed = np.hypot(vx, vy)
+    against = (speed >= min_speed) & (np.cos(yaw) * vx + np.sin(yaw) * vy < -0.5 * speed)  # cos(angle) < -1/2
+    b[against, 6] = (yaw[against] + 2 * np.pi) % (2 * np.pi) - np.pi  # yaw + pi, wrapped
+    return b
 
 
 def with_track_velocity(boxes: np.ndarray, world_vel: np.ndarray, T_world_from_model: np.ndarray) -> np.ndarray:
