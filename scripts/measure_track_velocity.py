@@ -4,7 +4,8 @@ Each model runs once over ``--dataroot`` (offline, keyframes, as ``eval --offlin
 cached as JSON); the output is then replayed through the node's host steps (score threshold 0.05,
 the node's re-association, class vote and duplicate suppression) with ``temporal.velocity_window``
 W and ``temporal.velocity_noise`` S for each ``W:S`` setting (``0`` = the model's velocity), or
-``W:S:H`` with ``temporal.heading_from_motion`` H (m/s; otherwise the node's), and scored by
+``W:S:H[:M]`` with ``temporal.heading_from_motion`` H (m/s) and ``temporal.velocity_min_span`` M
+(s; otherwise the node's), and scored by
 nuscenes-devkit (mAOE too). Tune on the validation seed 3 only; quote the held-out seed 2.
 
     .venv/bin/python scripts/measure_track_velocity.py --dataroot data/val_s3/root --cache runs/raw_val_s3 \\
@@ -34,8 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dataroot", required=True, help="nuScenes-format root (validation seed 3 for choosing)")
     parser.add_argument("--presets", nargs="+", default=["tiny", "tiny_fusion"], help="bundled models to measure")
     parser.add_argument("--settings", nargs="+", default=["0", "1.0:0.5", "1.5:0.5", "2.0:0.5", "1.5:0.25", "1.5:1.0"],
-                        help="W:S pairs (velocity_window s : velocity_noise m/s), or W:S:H with heading_from_motion "
-                             "H m/s; 0 = the model's velocity")
+                        help="W:S pairs (velocity_window s : velocity_noise m/s), or W:S:H[:M] with heading_from_motion "
+                             "H m/s and velocity_min_span M s; 0 = the model's velocity")
     parser.add_argument("--score-threshold", type=float, default=0.05, help="as scripts/eval_bundled.sh")
     parser.add_argument("--cache", default="", help="folder for the raw outputs (reused when present)")
     parser.add_argument("--json", default="", help="also write the table as JSON here")
@@ -47,12 +48,13 @@ def main(argv=None) -> int:
     for preset in args.presets:
         frames = raw_outputs(nusc, samples, preset, Path(args.cache) if args.cache else None)
         for setting in args.settings:
-            w, s, h = (setting.split(":") + ["", ""])[:3]
+            w, s, h, m = (setting.split(":") + ["", "", ""])[:4]
             tracking = replace(node_tracking, velocity_window=float(w), velocity_noise=float(s or 0.5),
-                               heading_from_motion=float(h) if h else node_tracking.heading_from_motion)
+                               heading_from_motion=float(h) if h else node_tracking.heading_from_motion,
+                               velocity_min_span=float(m) if m else node_tracking.velocity_min_span)
             m = score(nusc, samples, replay(frames, args.score_threshold, 300, tracking))
             table[f"{preset} {setting}"] = m
-            print(f"{preset:12s} {setting:9s} mAVE(present) {m['mAVE_present']:.4f}  NDS {m['NDS']:.4f}  "
+            print(f"{preset:12s} {setting:11s} mAVE(present) {m['mAVE_present']:.4f}  NDS {m['NDS']:.4f}  "
                   f"mAP(present) {m['mAP_present']:.4f}  AMOTA {m['AMOTA']:.4f}  IDS {m['IDS']:.0f}  "
                   f"mAOE(present) {m['mAOE_present']:.4f}", flush=True)
     if args.json:

@@ -101,6 +101,7 @@ class TemporalParams:
     duplicate_iou: float
     velocity_window: float
     velocity_noise: float
+    velocity_min_span: float
     heading_from_motion: float
 
 

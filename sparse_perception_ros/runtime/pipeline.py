@@ -178,9 +178,10 @@ class PipelineConfig:
             larger summed score over its history (:func:`~.tracking.suppress_duplicates`; counted in
             ``Detections.counters["duplicates_suppressed"]``); 1 publishes every box, the reference
             (``temporal.duplicate_iou``).
-        velocity_window, velocity_noise: s ``>= 0`` and m/s ``> 0``; velocity from tracks
-            (:func:`~.tracking.with_track_velocity`; ``temporal.velocity_window`` /
-            ``temporal.velocity_noise``); a window of 0 publishes the model's velocity (the reference).
+        velocity_window, velocity_noise, velocity_min_span: s ``>= 0``, m/s ``> 0`` and s ``>= 0``;
+            velocity from tracks (:func:`~.tracking.with_track_velocity`; ``temporal.velocity_window``
+            / ``temporal.velocity_noise`` / ``temporal.velocity_min_span``); a window of 0 publishes
+            the model's velocity (the reference).
         heading_from_motion: m/s ``>= 0``; a published box at least this fast whose heading points
             against its velocity is turned by 180° (:func:`~.tracking.heading_from_motion`;
             ``temporal.heading_from_motion``); 0 publishes the model's heading (the reference).
@@ -210,6 +211,7 @@ class PipelineConfig:
     reassociate_window: float
     state_interval: float
     heading_from_motion: float
+    velocity_min_span: float
     resize_method: str = "pil_bicubic"
 
     def __post_init__(self):
@@ -240,13 +242,13 @@ class PipelineConfig:
                    track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
                    velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method,
                    reassociate_window=t.reassociate_window, state_interval=t.state_interval,
-                   heading_from_motion=t.heading_from_motion)
+                   heading_from_motion=t.heading_from_motion, velocity_min_span=t.velocity_min_span)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
         return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes,
                               self.velocity_window, self.velocity_noise, self.reassociate_window,
-                              self.reassociate_speed, self.heading_from_motion)
+                              self.reassociate_speed, self.heading_from_motion, self.velocity_min_span)
 
 
 class Pipeline:

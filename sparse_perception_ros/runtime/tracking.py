@@ -361,8 +361,8 @@ class TrackingConfig:
             overlap (BEV IoU) at most this much (1 publishes every box).
         num_classes: C, the number of class indices.
         velocity_window: s, ``>= 0``; publish each track's velocity measured from its own positions
-            over this window (:func:`track_velocity`, :func:`blend_velocity`) where it spans at
-            least half of it; 0 publishes the model's velocity as it is (the reference).
+            over this window (:func:`track_velocity`, :func:`blend_velocity`) where they span at
+            least ``velocity_min_span``; 0 publishes the model's velocity as it is (the reference).
         reassociate_window: s, ``>= 0``; tracks missing from the latest frame stay candidates of
             :func:`reassociate` this long (:class:`LostTracks`); 0 = the previous frame's only.
         velocity_noise: m/s, ``> 0``; the track velocity's expected error for a static object (the
@@ -372,6 +372,8 @@ class TrackingConfig:
             of a candidate's time gap (0: a fixed gate).
         heading_from_motion: m/s, ``>= 0``; :func:`heading_from_motion` on the published boxes with
             this minimum speed (0: the model's heading, the reference).
+        velocity_min_span: s, ``>= 0``; a track's velocity is measured (:func:`track_velocity`) once
+            its positions in the window span this long.
     """
 
     reassociate_distance: float
@@ -383,6 +385,7 @@ class TrackingConfig:
     reassociate_window: float = 0.0
     reassociate_speed: float = 0.0
     heading_from_motion: float = 0.0
+    velocity_min_span: float = 0.5
 
     def __post_init__(self):
         if not self.reassociate_speed >= 0:
@@ -399,6 +402,8 @@ class TrackingConfig:
             raise ValueError(f"velocity_window must be >= 0, got {self.velocity_window}")
         if not self.velocity_noise > 0:
             raise ValueError(f"velocity_noise must be > 0, got {self.velocity_noise}")
+        if not self.velocity_min_span >= 0:
+            raise ValueError(f"velocity_min_span must be >= 0, got {self.velocity_min_span}")
         if not self.heading_from_motion >= 0:
             raise ValueError(f"heading_from_motion must be >= 0, got {self.heading_from_motion}")
 
@@ -455,7 +460,7 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
     keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
     tracks = extend_history(tracks, previous, config.velocity_window, keep)
     if config.velocity_window > 0 and len(tracks.ids):  # published, and the next frame's prediction uses it
-        measured = track_velocity(tracks.history, tracks.ids, 0.5 * config.velocity_window)
+        measured = track_velocity(tracks.history, tracks.ids, config.velocity_min_span)
         tracks = replace(tracks, vel=blend_velocity(tracks.vel, measured, config.velocity_noise))
         boxes = with_track_velocity(boxes, tracks.vel, T_world_from_model)  # the rows of tracks are the boxes'
     if config.heading_from_motion > 0:
