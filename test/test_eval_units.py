@@ -210,3 +210,27 @@ def test_a_ros_run_that_lost_keyframes_warns_with_the_remedy():
     assert missing_output_warning(8, 80) is None  # 10 %: a few at a bag's ends are normal
     warning = missing_output_warning(72, 80)
     assert "72 of 80" in warning and "--rate" in warning and "--no-sweeps" in warning
+
+
+def test_ros_eval_takes_a_dds_domain_of_its_own(monkeypatch, tmp_path):
+    """Without ROS_DOMAIN_ID the ROS-mode eval picks a private domain before anything joins DDS (two
+    evals on one domain fed each other's bags); a user's ROS_DOMAIN_ID is kept; --offline leaves it."""
+    import os
+
+    def stop(args):  # the first step after the domain is chosen
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("sparse_perception_ros.eval.settings.resolve_params", stop)
+    args = argparse.Namespace(jobs=1, offline=False)
+    monkeypatch.delenv("ROS_DOMAIN_ID", raising=False)
+    with pytest.raises(RuntimeError, match="stop here"):
+        command.evaluate(args)
+    assert 1 <= int(os.environ["ROS_DOMAIN_ID"]) <= 100
+    monkeypatch.setenv("ROS_DOMAIN_ID", "42")
+    with pytest.raises(RuntimeError, match="stop here"):
+        command.evaluate(args)
+    assert os.environ["ROS_DOMAIN_ID"] == "42"
+    monkeypatch.delenv("ROS_DOMAIN_ID")
+    with pytest.raises(RuntimeError, match="stop here"):
+        command.evaluate(argparse.Namespace(jobs=1, offline=True))
+    assert "ROS_DOMAIN_ID" not in os.environ

@@ -11,6 +11,7 @@ Both write the same submission JSONs and the same report folder (see :mod:`spars
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -108,6 +109,12 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     if getattr(args, "jobs", 1) < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if not args.offline and "ROS_DOMAIN_ID" not in os.environ:
+        # its own node and player: a DDS domain of its own, so a second eval, a demo or a vehicle on the
+        # default domain 0 never feeds this node (measured: two evals side by side on one domain
+        # crossed their bags, AMOTA 0.63 -> 0.16). An explicit ROS_DOMAIN_ID is kept (to watch in RViz).
+        os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+        print(f"eval: DDS domain {os.environ['ROS_DOMAIN_ID']} (set ROS_DOMAIN_ID to choose)", file=sys.stderr)
     params, params_file, threshold, threshold_note = resolve_params(args)
     print(f"eval: score threshold {threshold_note}", file=sys.stderr)
     backend = args.backend or params.model.backend
