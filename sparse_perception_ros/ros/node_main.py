@@ -11,11 +11,14 @@ import sys
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
 from sparse_perception_ros.params import ParameterError
 from sparse_perception_ros.ros.node import PerceptionNode
 
 __all__ = ["run_node"]
+
+RCLError = _rclpy.RCLError  # rcl's error type (its pybind module is private)
 
 
 def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
@@ -41,6 +44,11 @@ def run_node(args=None, make_model=None, prog: str = "perception_node") -> int:
             executor.add_node(node)
             try:
                 executor.spin()
+            except RCLError:
+                if rclpy.ok():
+                    raise
+                # SIGINT / SIGTERM shut the context down while the executor was building its wait set
+                # (rclpy raises "the given context is not valid" then): a normal stop, not an error
             finally:
                 node.shutdown()
                 node.destroy_node()
