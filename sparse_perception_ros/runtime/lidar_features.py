@@ -85,12 +85,29 @@ def export_branch_cached(branch: nn.Module, cache_dir: str | Path | None = None)
     int64 -> :data:`~.export.LIDAR_CANDIDATE_INPUTS` in order; the pillar pooling as one
     ``ScatterND(add)``) once into ``cache_dir`` (default ``~/.cache/sparse_perception_ros/onnx``),
     keyed by the branch's weights hash and the graph format."""
-    path = onnx_cache_dir(cache_dir) / f"lidar_branch_g{GRAPH_FORMAT}_{graph_digest(branch)}.onnx"
+    return _export_points_graph(_Branch(branch), branch, "lidar_branch", list(LIDAR_CANDIDATE_INPUTS), cache_dir)
+
+
+def _export_points_graph(graph: nn.Module, branch: nn.Module, name: str, outputs: list[str],
+                         cache_dir: str | Path | None) -> Path:
+    """``graph(points, num_points)`` (:data:`~.export.LIDAR_INPUTS`, a dynamic point count) exported
+    once into the cache as ``<name>_g<format>_<graph digest of branch>.onnx``."""
+    path = onnx_cache_dir(cache_dir) / f"{name}_g{GRAPH_FORMAT}_{graph_digest(branch)}.onnx"
     example = lidar_step_inputs(np.zeros((POINT_BUCKET, 3), np.float32), branch.cfg, dynamic=True)
     args = (torch.from_numpy(example["points"]), torch.from_numpy(example["num_points"]))
     points = torch.export.Dim("num_points_padded", min=2, max=branch.cfg.max_points)
-    return export_onnx_cached(_Branch(branch), args, path, list(LIDAR_INPUTS), list(LIDAR_CANDIDATE_INPUTS),
-                              dynamic_shapes=({1: points}, None))
+    return export_onnx_cached(graph, args, path, list(LIDAR_INPUTS), outputs, dynamic_shapes=({1: points}, None))
+
+
+def _one_thread_session(path: Path):
+    """An ONNX Runtime CPU session on one intra-op thread: the pillar pooling's ``ScatterND(add)``
+    loses updates on several (bench/RESULTS.md)."""
+    import onnxruntime as ort  # lazy: optional dependency
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 class OrtLidarBranchRunner(LidarBranchRunner):
@@ -104,13 +121,7 @@ class OrtLidarBranchRunner(LidarBranchRunner):
 
     def __init__(self, model: nn.Module, num_threads: int | None = None, cache_dir: str | Path | None = None):
         super().__init__(model)
-        import onnxruntime as ort  # lazy: optional dependency
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # whatever num_threads says: see the class docstring
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(export_branch_cached(self.branch, cache_dir)), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = _one_thread_session(export_branch_cached(self.branch, cache_dir))  # whatever num_threads says
 
     def run(self, points: np.ndarray | None) -> dict[str, torch.Tensor]:
         outs = self.session.run(None, lidar_step_inputs(points, self.cfg, dynamic=True))
@@ -131,12 +142,7 @@ def export_pillars_cached(branch: nn.Module, cache_dir: str | Path | None = None
     """Export the branch's pillar encoder alone (``points [1, P, point_dims]``, dynamic ``P``,
     ``num_points [1]`` -> ``pillars [1, ny, nx, C + 1]``, channels last) once into ``cache_dir``, as
     :func:`export_branch_cached` does the whole branch."""
-    path = onnx_cache_dir(cache_dir) / f"lidar_pillars_g{GRAPH_FORMAT}_{graph_digest(branch)}.onnx"
-    example = lidar_step_inputs(np.zeros((POINT_BUCKET, 3), np.float32), branch.cfg, dynamic=True)
-    args = (torch.from_numpy(example["points"]), torch.from_numpy(example["num_points"]))
-    points = torch.export.Dim("num_points_padded", min=2, max=branch.cfg.max_points)
-    return export_onnx_cached(_Pillars(branch), args, path, list(LIDAR_INPUTS), ["pillars"],
-                              dynamic_shapes=({1: points}, None))
+    return _export_points_graph(_Pillars(branch), branch, "lidar_pillars", ["pillars"], cache_dir)
 
 
 def native_bf16() -> bool:
@@ -197,13 +203,7 @@ class Bf16LidarBranchRunner(LidarBranchRunner):
 
     def __init__(self, model: nn.Module, cache_dir: str | Path | None = None):
         super().__init__(model)
-        import onnxruntime as ort  # lazy: optional dependency
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(export_pillars_cached(self.branch, cache_dir)), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = _one_thread_session(export_pillars_cached(self.branch, cache_dir))
         self.convs = Bf16BevNet(self.branch)
 
     @torch.no_grad()

@@ -482,9 +482,10 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
 def heading_from_motion(boxes: np.ndarray, min_speed: float) -> np.ndarray:
     """``boxes (N, 10)`` (a copy; ``yaw`` at column 6, ``vx, vy`` at 7, 8, one frame) with the yaw of
     every box moving at least ``min_speed`` m/s whose heading points against its velocity (more than
-    120° apart, so a box moving sideways is left alone) turned by 180° and wrapped to ``[-pi, pi)``. An outline seen by a LiDAR, or a small object
-    in an image, leaves front and back ambiguous; the direction of motion does not (vehicles and
-    people move forwards). Slower boxes keep their heading: their velocity is mostly noise."""
+    120° apart, so a box moving sideways is left alone) turned by 180° and wrapped to ``[-pi, pi)``.
+    An outline seen by a LiDAR, or a small object in an image, leaves front and back ambiguous; the
+    direction of motion does not (vehicles and people move forwards). Slower boxes keep their
+    heading: their velocity is mostly noise."""
     b = np.array(boxes, copy=True)
     if not len(b):
         return b
