@@ -23,11 +23,12 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.instance_bank import host_step_inputs
+from sparse_perception_ros.ops.deformable_aggregation import flatten_feature_maps
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.backends import OrtBackend
 from sparse_perception_ros.runtime.bench import median_ms
 from sparse_perception_ros.runtime.example_inputs import sweep, synthetic_sequence
-from sparse_perception_ros.runtime.export import export_cached, lidar_step_inputs
+from sparse_perception_ros.runtime.export import FEATURE_INPUT, export_cached, lidar_step_inputs
 from sparse_perception_ros.runtime.loading import bundled_weights_path
 
 
@@ -45,7 +46,8 @@ def main() -> None:
         int8 = Path(tmp) / "after_backbone_int8.onnx"
         quantize_dynamic(str(fp32), str(int8), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
         f = synthetic_sequence(model.cfg, 1, with_backbone=False, seed=5)[0]
-        inputs = {**{f"feat_l{i}": x for i, x in enumerate(f.images)}, "projection_mat": f.projection_mat,
+        flat = flatten_feature_maps([torch.from_numpy(x) for x in f.images])[0].numpy()
+        inputs = {FEATURE_INPUT: flat, "projection_mat": f.projection_mat,
                   "image_wh": f.image_wh,
                   **host_step_inputs(f.timestamp, f.T_world_from_model, TemporalState.empty(), model.cfg),
                   **lidar_step_inputs(sweep(args.points, seed=1), model.cfg.lidar, dynamic=True)}

@@ -23,6 +23,7 @@ import torch
 
 from sparse_perception_ros.model import TemporalState
 from sparse_perception_ros.model.instance_bank import host_step_inputs
+from sparse_perception_ros.ops.deformable_aggregation import flatten_image_features
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime import export
 from sparse_perception_ros.runtime.bench import median_ms
@@ -39,7 +40,8 @@ def measure(preset: str, backend: str, frames_n: int, n_points: int) -> str:
     cfg = one.cfg
     frames = synthetic_sequence(cfg, frames_n, with_backbone=True, seed=5)
     points = sweep(min(n_points, cfg.lidar.max_points), seed=1) if cfg.lidar is not None else None
-    maps = [m[None] for m in split.camera_backbone.run(torch.from_numpy(frames[0].images[0][0]))]
+    flat = flatten_image_features(split.camera_backbone.run(torch.from_numpy(frames[0].images[0][0])))
+    maps = flat.reshape(1, -1, flat.shape[-1])  # mc_ms_feat, as the feature cache hands it over
     state = {"one": TemporalState.empty(), "split": TemporalState.empty()}
     count = [0]
 
@@ -57,7 +59,7 @@ def measure(preset: str, backend: str, frames_n: int, n_points: int) -> str:
     padding = "–"
     if cfg.lidar is not None:  # the graph alone: the cloud in its bucket vs padded to max_points
         f = frames[1]
-        common = {**{f"feat_l{i}": m for i, m in enumerate(maps)}, "projection_mat": f.projection_mat,
+        common = {export.FEATURE_INPUT: maps.numpy(), "projection_mat": f.projection_mat,
                   "image_wh": f.image_wh, **host_step_inputs(f.timestamp, f.T_world_from_model, TemporalState.empty(),
                                                              cfg)}
         bucket = {**common, **export.lidar_step_inputs(points, cfg.lidar, dynamic=True)}

@@ -5,8 +5,11 @@ Stated tolerances (facts §13: compare per frame with the bank state injected, t
 - torch eager (reference DFA) vs the fast CPU DFA: **atol 1e-5 on every DFA call** of the 5 frames
   (the op's real inputs, recorded); on the step's raw outputs atol 1e-4: random tiny-head weights
   amplify the op's ~1e-7 reordering noise to ~3e-5 over 3 decoders. Decoded ids identical.
-- torch vs ONNX Runtime (the exported file, DFA as custom op): atol 1e-4 on raw outputs
-  (classification, prediction, quality, next state); decoded boxes, labels and ids identical
+- torch vs ONNX Runtime (the exported file, DFA as custom op): atol 1e-4 + rtol 1e-5 on raw outputs
+  (classification, prediction, quality, next state; the relative part is for ``prediction``'s box
+  centres in metres, up to ~55: on an AVX2-only AMD EPYC, ONNX Runtime's and torch's GEMMs round
+  apart by 1.15e-4 there, about 2e-6 relative, where an AVX-512 Intel host stayed under 1e-4);
+  decoded boxes (atol 1e-3 + rtol 1e-5: random-weight box sizes reach ~800 m), labels and ids identical
   except where neighbouring scores are within 1e-4 (near-ties may swap).
 - TensorRT vs torch: FP32 atol 1e-3; FP16 judged on decoded boxes. Skipped without TensorRT + GPU.
 """
@@ -20,10 +23,10 @@ from sparse_perception_ros.model import TemporalState
 from sparse_perception_ros.model import dfa as model_dfa
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.ops import dfa_cpu
-from sparse_perception_ros.ops.deformable_aggregation import deformable_aggregation
+from sparse_perception_ros.ops.deformable_aggregation import deformable_aggregation, flatten_feature_maps
 from sparse_perception_ros.runtime.backends import OrtBackend, StepRunner, TorchBackend
 from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
-from sparse_perception_ros.runtime.export import export_cached, export_step
+from sparse_perception_ros.runtime.export import FEATURE_INPUT, export_cached, export_step
 
 CFG = get_preset("tiny")
 RAW = ("classification", "prediction", "quality")
@@ -59,7 +62,7 @@ def assert_decoded_match(out, ref, atol):
     for i in differ:
         assert abs(float(out.scores[i]) - float(ref.scores[i])) < TIE, f"rank {i}: ids differ and no near-tie"
     same = a_ids == r_ids
-    torch.testing.assert_close(out.boxes.cpu()[same], ref.boxes[same], atol=atol, rtol=0)
+    torch.testing.assert_close(out.boxes.cpu()[same], ref.boxes[same], atol=atol, rtol=1e-5)  # sizes reach ~800 m
     assert torch.equal(out.labels.cpu()[same], ref.labels[same])
     torch.testing.assert_close(out.scores.cpu(), ref.scores, atol=atol, rtol=0)
 
@@ -101,8 +104,8 @@ def test_onnxruntime_matches_torch_teacher_forced(head, onnx_path):
         feats, proj, wh = frame_tensors(frame)
         out, state = runner.step(feats, proj, wh, frame.timestamp, frame.T_world_from_model, before)
         for name in RAW:
-            torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-4, rtol=0, msg=name)
-        torch.testing.assert_close(state.anchors, after.anchors, atol=1e-4, rtol=0)
+            torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-4, rtol=1e-5, msg=name)
+        torch.testing.assert_close(state.anchors, after.anchors, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(state.features, after.features, atol=1e-4, rtol=0)
         torch.testing.assert_close(state.confidence, after.confidence, atol=1e-4, rtol=0)
         assert_decoded_match(out, ref, atol=1e-3)
@@ -151,7 +154,7 @@ def test_backend_specs_describe_the_outputs(head, onnx_path):
     runner.step(feats, proj, wh, frame.timestamp, frame.T_world_from_model, TemporalState.empty())
     from sparse_perception_ros.runtime.export import host_step_inputs
 
-    inputs = {f"feat_l{i}": f for i, f in enumerate(frame.images)}
+    inputs = {FEATURE_INPUT: flatten_feature_maps([torch.from_numpy(f) for f in frame.images])[0].numpy()}
     inputs.update(projection_mat=frame.projection_mat, image_wh=frame.image_wh,
                   **host_step_inputs(frame.timestamp, frame.T_world_from_model, TemporalState.empty(), CFG))
     outs = ort_backend.run(inputs)

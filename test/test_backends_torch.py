@@ -13,7 +13,7 @@ from helpers.pipeline import pipeline_config
 from sparse_perception_ros.model import TemporalState, build_head, build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.backends import StepRunner, TorchBackend, torch_stepper
-from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import level_shapes, synthetic_sequence
 from sparse_perception_ros.runtime.export import StepGraph, example_args
 from sparse_perception_ros.runtime.pipeline import Pipeline
 
@@ -34,7 +34,9 @@ def run(stepper, frames, feature_input=True):
 def test_static_graph_form_equals_the_eager_branch_exactly(head):
     """prev_valid False and True: the where-selected graph gives the eager branch's numbers bit for bit."""
     args = list(example_args(CFG, with_backbone=False))
-    eager, static = StepGraph(head, static=False, dfa_impl="fast"), StepGraph(head, static=True, dfa_impl="fast")
+    level_hw = level_shapes(CFG.input_wh, CFG.head.num_levels)
+    eager = StepGraph(head, static=False, dfa_impl="fast", level_hw=level_hw)
+    static = StepGraph(head, static=True, dfa_impl="fast", level_hw=level_hw)
     for valid in (False, True):
         args[-1] = torch.tensor([valid])
         with torch.no_grad():
@@ -65,7 +67,9 @@ def test_compiled_step_matches_eager(head):
     compiled, _ = run(compiled_stepper, frames)
     for i, (e, c) in enumerate(zip(eager, compiled, strict=True)):
         for name in RAW:
-            np.testing.assert_allclose(getattr(c, name).numpy(), getattr(e, name).numpy(), atol=1e-4, rtol=0,
+            # atol 3e-4: inductor's vectorised kernels sum in another order than eager; this random-weights
+            # head amplifies that to 1.85e-4 on an AVX2-only AMD EPYC (under 1e-4 on an AVX-512 Intel host)
+            np.testing.assert_allclose(getattr(c, name).numpy(), getattr(e, name).numpy(), atol=3e-4, rtol=0,
                                        err_msg=f"frame {i} {name}")
         assert torch.equal(c.instance_ids.sort().values, e.instance_ids.sort().values)
 

@@ -15,8 +15,9 @@ import torch
 
 from sparse_perception_ros.model import TemporalState, build_model
 from sparse_perception_ros.model.config import get_preset
+from sparse_perception_ros.ops.deformable_aggregation import flatten_feature_maps
 from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
-from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import level_shapes, synthetic_sequence
 from sparse_perception_ros.runtime.export import (
     StepGraph,
     export_cached,
@@ -27,6 +28,7 @@ from sparse_perception_ros.runtime.export import (
 )
 
 CFG = get_preset("tiny")
+LEVEL_HW = level_shapes(CFG.input_wh, CFG.head.num_levels)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,9 @@ def exported(head, tmp_path_factory):
 
 def graph_args(frame, state):
     host = host_step_inputs(frame.timestamp, frame.T_world_from_model, state, CFG)
-    vals = [*frame.images, frame.projection_mat, frame.image_wh, *(host[k] for k in input_names(CFG, False)[-6:])]
-    return [torch.from_numpy(np.ascontiguousarray(v)) for v in vals]
+    flat = flatten_feature_maps([torch.from_numpy(m) for m in frame.images])[0]  # mc_ms_feat
+    vals = [flat, frame.projection_mat, frame.image_wh, *(host[k] for k in input_names(CFG, False)[-6:])]
+    return [v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)) for v in vals]
 
 
 def test_graph_has_one_dfa_node_type_in_our_domain_with_plugin_attributes(exported):
@@ -79,7 +82,7 @@ def test_inputs_outputs_and_static_shapes(exported):
 
 def test_prev_valid_false_is_the_first_frame_and_true_is_head_step(head):
     """One graph for both: exactly head.step's numbers with an empty and with a carried state."""
-    graph = StepGraph(head)
+    graph = StepGraph(head, level_hw=LEVEL_HW)
     frames = synthetic_sequence(CFG, 3)
     state = TemporalState.empty()
     for frame in frames:

@@ -10,8 +10,11 @@ import torch
 from sparse_perception_ros.ops.deformable_aggregation import (
     deformable_aggregation,
     deformable_aggregation_grid_sample,
+    flat_feature_index,
     flatten_feature_maps,
+    flatten_image_features,
     kernel_valid_mask,
+    unflatten_feature_maps,
 )
 
 LEVEL_HW = [(6, 10), (3, 5), (2, 3), (1, 2)]
@@ -63,6 +66,20 @@ def test_flatten_layout_is_camera_major_level_then_pixel():
             assert tuple(shape[cam, lvl].tolist()) == (h, w)
             row = int(start[cam, lvl]) + (h - 1) * w + (w - 1)
             torch.testing.assert_close(feat[1, row], maps[lvl][1, cam, :, h - 1, w - 1])
+
+
+def test_per_image_flattening_concatenates_to_the_frame_layout_and_back():
+    """What the feature cache does per camera (flatten_image_features), concatenated over cameras, is
+    flatten_feature_maps' mc_ms_feat bit for bit; unflattening gives the maps back (grid_sample path)."""
+    maps, _, _ = make_inputs(bs=1, cams=3)
+    feat, shape, start = flatten_feature_maps(maps)
+    per_cam = [flatten_image_features([m[0, cam:cam + 1] for m in maps]) for cam in range(3)]
+    assert per_cam[0].shape == (1, sum(h * w for h, w in LEVEL_HW), 8) and per_cam[0].is_contiguous()
+    assert torch.equal(torch.cat(per_cam).reshape(1, -1, 8), feat)
+    index = flat_feature_index(LEVEL_HW, 3)
+    assert torch.equal(index[0], shape) and torch.equal(index[1], start)
+    for a, b in zip(unflatten_feature_maps(feat, LEVEL_HW, 3), maps, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_kernel_op_matches_literal_kernel_rules():

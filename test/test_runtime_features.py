@@ -101,10 +101,11 @@ def test_cache_computes_what_is_missing_and_masks_with_a_blank_image():
     assert (cache.hits, cache.misses) == (2, 4)  # camera 0 cached + camera 3 masked; four computed now
     again = cache.features(f.images, f.camera_stamps_ns, present)
     assert (cache.hits, cache.misses) == (8, 4)  # the four are remembered
-    for a, b in zip(maps, again, strict=True):
-        assert torch.equal(a, b)
-    blank = cache._blank_maps()
-    assert torch.equal(maps[0][0, 3], blank[0][0]) and not torch.equal(maps[0][0, 2], blank[0][0])
+    assert torch.equal(maps, again)
+    per_cam = maps.reshape(6, -1, maps.shape[-1])  # mc_ms_feat [1, 6 * L, E]: one camera's rows after another
+    blank = cache._blank_maps()[0]  # [L, E]
+    assert blank.shape == per_cam.shape[1:]
+    assert torch.equal(per_cam[3], blank) and not torch.equal(per_cam[2], blank)
     for k in range(3):  # keep=2: the oldest of camera 0 is forgotten
         cache.add(0, 10 + k, f.images[0])
     cache.features(f.images, f.camera_stamps_ns, present)

@@ -7,7 +7,6 @@ homogeneous model-frame points to ``(u*d, v*d, d, 1)`` in network-input pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,7 +17,9 @@ from sparse_perception_ros.ops.deformable_aggregation import (
     DFA_IMPLS,
     deformable_aggregation,
     deformable_aggregation_grid_sample,
+    flat_feature_index,
     flatten_feature_maps,
+    unflatten_feature_maps,
 )
 
 __all__ = ["KeypointsGenerator", "DeformableFeatureAggregation", "FeatureInputs", "project_points", "project_points_kernel_layout",
@@ -37,22 +38,46 @@ CONFIG_FIX_SCALE = (
 )
 
 
-@dataclass
 class FeatureInputs:
-    """Image features for one step, in both layouts the DFA can consume.
+    """Image features for one step, in both layouts the DFA can consume; either one is given and
+    the other is made on first use.
 
-    ``maps``: per level ``[bs, cams, E, H_l, W_l]``. The flattened CUDA-op layout
+    ``maps``: per level ``[bs, cams, E, H_l, W_l]``. The flattened CUDA-op layout ``flat``
     (``mc_ms_feat [bs, cams * sum HW, E]``, ``spatial_shape [cams, levels, 2]``,
-    ``scale_start_index [cams, levels]``) is built once, on first use.
+    ``scale_start_index [cams, levels]``) is what the kernel reads: a graph fed with ``mc_ms_feat``
+    (:meth:`from_flat`) runs no transposes or concatenations of the features.
     """
 
-    maps: Sequence[torch.Tensor]
-    _flat: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, maps: Sequence[torch.Tensor] | None = None,
+                 _flat: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 level_hw: Sequence[tuple[int, int]] | None = None):
+        if maps is None and (_flat is None or level_hw is None):
+            raise ValueError("FeatureInputs needs maps, or the flat layout and its level sizes")
+        self._maps = None if maps is None else list(maps)
+        self._flat = _flat
+        self._level_hw = None if level_hw is None else [tuple(hw) for hw in level_hw]
+
+    @classmethod
+    def from_flat(cls, mc_ms_feat: torch.Tensor, level_hw: Sequence[tuple[int, int]], cams: int) -> FeatureInputs:
+        """``mc_ms_feat [bs, cams * sum_l H_l W_l, E]`` (:func:`~..ops.deformable_aggregation.flatten_feature_maps`'
+        layout) with per-level sizes ``level_hw`` ``[(H_l, W_l)]``."""
+        expected = cams * sum(h * w for h, w in level_hw)
+        if mc_ms_feat.ndim != 3 or mc_ms_feat.shape[1] != expected:
+            raise ValueError(f"mc_ms_feat must be [bs, {expected}, E] for {cams} cameras and levels {list(level_hw)}, "
+                             f"got {tuple(mc_ms_feat.shape)}")
+        return cls(None, (mc_ms_feat, *flat_feature_index(level_hw, cams)), level_hw)
+
+    @property
+    def maps(self) -> list[torch.Tensor]:
+        if self._maps is None:
+            mc_ms_feat, spatial_shape, _ = self._flat
+            self._maps = unflatten_feature_maps(mc_ms_feat, self._level_hw, spatial_shape.shape[0])
+        return self._maps
 
     @property
     def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._flat is None:
-            self._flat = flatten_feature_maps(self.maps)
+            self._flat = flatten_feature_maps(self._maps)
         return self._flat
 
 

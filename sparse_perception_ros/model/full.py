@@ -111,7 +111,7 @@ class AfterBackbone(nn.Module):
     """``head`` and ``pts_branch`` of a :class:`Sparse4DModel`, shared (not copied): the step that runs
     at every trigger when the image features are computed apart, one camera at a time as images
     arrive (:mod:`sparse_perception_ros.runtime.features`). ``cfg`` is the full model's
-    :class:`ModelConfig` (``lidar`` set for fused presets). Its step graph takes ``feat_l{i}``
+    :class:`ModelConfig` (``lidar`` set for fused presets). Its step graph takes ``mc_ms_feat``
     instead of ``img`` and, for fused presets, the sweep as the full graph does."""
 
     def __init__(self, model: Sparse4DModel):
@@ -124,7 +124,7 @@ class AfterBackbone(nn.Module):
 
 class AfterLidar(nn.Module):
     """``head`` of a :class:`Sparse4DModel`, shared (not copied), for a step whose image features and
-    LiDAR candidates are computed apart: its step graph takes ``feat_l{i}`` and, for fused presets,
+    LiDAR candidates are computed apart: its step graph takes ``mc_ms_feat`` and, for fused presets,
     the LiDAR branch's outputs (``runtime.export.LIDAR_CANDIDATE_INPUTS``) instead of the sweep.
     ``cfg`` is the full model's :class:`ModelConfig`; ``pts_branch`` is None by design."""
 

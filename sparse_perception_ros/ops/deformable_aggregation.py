@@ -38,6 +38,9 @@ from sparse_perception_ros.ops.dfa_reference import deformable_aggregation_refer
 
 __all__ = [
     "flatten_feature_maps",
+    "flat_feature_index",
+    "flatten_image_features",
+    "unflatten_feature_maps",
     "deformable_aggregation",
     "deformable_aggregation_reference",
     "deformable_aggregation_grid_sample",
@@ -93,22 +96,52 @@ def resolve_dfa_impl(name: str, device: torch.device | str) -> str:
     return "reference"
 
 
+def flat_feature_index(level_hw: Sequence[tuple[int, int]], cams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(spatial_shape [cams, levels, 2], scale_start_index [cams, levels])`` int64 of the flattened
+    layout (:func:`flatten_feature_maps`) for per-level map sizes ``level_hw`` ``[(H_l, W_l)]``."""
+    if len(level_hw) == 0:
+        raise ValueError("need at least one feature level")
+    hw = torch.tensor([[int(h), int(w)] for h, w in level_hw], dtype=torch.int64)
+    spatial_shape = hw[None].expand(cams, -1, -1).contiguous()
+    sizes = hw[:, 0] * hw[:, 1]
+    level_start = torch.cumsum(sizes, 0) - sizes
+    scale_start_index = torch.arange(cams, dtype=torch.int64)[:, None] * sizes.sum() + level_start[None]
+    return spatial_shape, scale_start_index
+
+
 def flatten_feature_maps(feature_maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-level maps ``[bs, cams, C, H_l, W_l]`` -> ``(mc_ms_feat, spatial_shape, scale_start_index)``.
 
-    The layout is the reference's ``feature_maps_format``: camera-major, then level, then pixel.
+    The layout is the reference's ``feature_maps_format``: camera-major, then level, then pixel
+    (row-major), channels last: ``mc_ms_feat [bs, cams * sum_l H_l W_l, C]``.
     """
     if len(feature_maps) == 0:
         raise ValueError("need at least one feature level")
     bs, cams, c = feature_maps[0].shape[:3]
     per_level = [fm.flatten(3).transpose(2, 3) for fm in feature_maps]  # [bs, cams, HW_l, C]
     mc_ms_feat = torch.cat(per_level, dim=2).reshape(bs, -1, c)
-    hw = torch.tensor([[fm.shape[3], fm.shape[4]] for fm in feature_maps], dtype=torch.int64)
-    spatial_shape = hw[None].expand(cams, -1, -1).contiguous()
-    sizes = hw[:, 0] * hw[:, 1]
-    level_start = torch.cumsum(sizes, 0) - sizes
-    scale_start_index = torch.arange(cams, dtype=torch.int64)[:, None] * sizes.sum() + level_start[None]
-    return mc_ms_feat, spatial_shape, scale_start_index
+    return (mc_ms_feat, *flat_feature_index([(fm.shape[3], fm.shape[4]) for fm in feature_maps], cams))
+
+
+def flatten_image_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One image's (or a batch of images') per-level maps ``[n, C, H_l, W_l]`` -> ``[n, sum_l H_l W_l, C]``
+    contiguous: each camera's rows of :func:`flatten_feature_maps`' layout, so the features of the
+    cameras concatenated along dim 0 and reshaped to ``[1, n * sum HW, C]`` are ``mc_ms_feat``."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1).contiguous()
+
+
+def unflatten_feature_maps(mc_ms_feat: torch.Tensor, level_hw: Sequence[tuple[int, int]],
+                           cams: int) -> list[torch.Tensor]:
+    """Inverse of :func:`flatten_feature_maps`: ``mc_ms_feat [bs, cams * sum HW, C]`` -> per-level
+    maps ``[bs, cams, C, H_l, W_l]`` (copies; the ``grid_sample`` sampling path reads maps)."""
+    bs, _, c = mc_ms_feat.shape
+    per_cam = mc_ms_feat.reshape(bs, cams, -1, c)
+    maps, start = [], 0
+    for h, w in level_hw:
+        level = per_cam[:, :, start:start + h * w]
+        maps.append(level.transpose(2, 3).reshape(bs, cams, c, h, w))
+        start += h * w
+    return maps
 
 
 def deformable_aggregation(

@@ -45,7 +45,12 @@ from sparse_perception_ros.model.checkpoint import read_checkpoint
 from sparse_perception_ros.model.config import ModelConfig, get_preset
 from sparse_perception_ros.model.head import step_output
 from sparse_perception_ros.model.instance_bank import bank_advance, host_step_inputs
-from sparse_perception_ros.ops.deformable_aggregation import DFA_IMPLS, resolve_dfa_impl
+from sparse_perception_ros.ops.deformable_aggregation import (
+    DFA_IMPLS,
+    flatten_feature_maps,
+    flatten_image_features,
+    resolve_dfa_impl,
+)
 from sparse_perception_ros.runtime.backend import (
     BACKENDS,
     Backend,
@@ -58,6 +63,7 @@ from sparse_perception_ros.runtime.backend_probe import probe_fastest
 from sparse_perception_ros.runtime.cuda_graph import CudaGraphStep
 from sparse_perception_ros.runtime.example_inputs import level_shapes
 from sparse_perception_ros.runtime.export import (
+    FEATURE_INPUT,
     StepGraph,
     export_cached,
     graph_parts,
@@ -121,7 +127,8 @@ class TorchBackend(Backend):
         self.cuda_graph_error: str | None = None
         self._captured = None
         self.graph = StepGraph(head, module if self.with_backbone else None, static=self.compiled or self.cuda_graph,
-                               dfa_impl=self.dfa_impl, pts_branch=pts_branch).to(self.device).eval()
+                               dfa_impl=self.dfa_impl, pts_branch=pts_branch,
+                               level_hw=None if self.with_backbone else level_shapes(cfg.input_wh, cfg.head.num_levels)).to(self.device).eval()
         self._fn = torch.compile(self.graph, dynamic=False) if self.compiled else self.graph
         self._apart = lidar_apart(module)
         if self._apart and cfg.lidar is None:
@@ -234,8 +241,8 @@ def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool =
     if with_backbone:
         spec["img"] = TensorSpec((1, n, 3, h_img, w_img), "float32")
     else:
-        for i, (hh, ww) in enumerate(level_shapes(cfg.input_wh, h.num_levels)):
-            spec[f"feat_l{i}"] = TensorSpec((1, n, h.embed_dims, hh, ww), "float32")
+        pixels = sum(hh * ww for hh, ww in level_shapes(cfg.input_wh, h.num_levels))
+        spec[FEATURE_INPUT] = TensorSpec((1, n * pixels, h.embed_dims), "float32")
     spec.update({
         "projection_mat": TensorSpec((1, n, 4, 4), "float32"),
         "image_wh": TensorSpec((1, n, 2), "float32"),
@@ -372,14 +379,17 @@ class StepRunner(Stepper):
 
     def __init__(self, backend: Backend, cfg: ModelConfig, camera_backbone=None, lidar_branch=None):
         if camera_backbone is not None and backend.with_backbone:
-            raise ValueError("a camera_backbone goes with a graph after the backbone (feat_l{i} in)")
+            raise ValueError(f"a camera_backbone goes with a graph after the backbone ({FEATURE_INPUT} in)")
         if (lidar_branch is not None) != backend.lidar_apart:
             raise ValueError("a lidar_branch goes with a graph that takes the LiDAR branch's outputs "
                              "(after_lidar()), and such a graph needs one")
         spec = backend.input_spec()
-        image = spec.get("img") or spec.get("feat_l0")
-        if image is not None and isinstance(image.shape[1], int) and image.shape[1] != cfg.head.num_cams:
-            raise BackendUnavailable(f"{backend.name}: the graph takes {image.shape[1]} cameras, the rig has "
+        image, feat = spec.get("img"), spec.get(FEATURE_INPUT)
+        pixels = sum(hh * ww for hh, ww in level_shapes(cfg.input_wh, cfg.head.num_levels))
+        cams = image.shape[1] if image is not None else feat.shape[1] // pixels if feat is not None and \
+            isinstance(feat.shape[1], int) else None
+        if isinstance(cams, int) and cams != cfg.head.num_cams:
+            raise BackendUnavailable(f"{backend.name}: the graph takes {cams} cameras, the rig has "
                                      f"{cfg.head.num_cams} (export / build the engine for this camera count)")
         self.backend = backend
         self.cfg = cfg
@@ -396,20 +406,24 @@ class StepRunner(Stepper):
         ``images`` is ``img [1, N, 3, H, W]``: the backbone runs, then the graph after it."""
         if self.camera_backbone is not None:
             img = images[0] if isinstance(images, (list, tuple)) else images
-            images = [m[None] for m in self.camera_backbone.run(torch.as_tensor(img)[0].float())]
+            flat = flatten_image_features(self.camera_backbone.run(torch.as_tensor(img)[0].float()))
+            images = flat.reshape(1, -1, flat.shape[-1])
         return self.step_features(images, projection_mat, image_wh, timestamp, T_world_from_model, state, points)
 
     def step_features(self, images, projection_mat, image_wh, timestamp: float, T_world_from_model: np.ndarray,
                       state: TemporalState, points: np.ndarray | None = None,
                       lidar: Mapping[str, Any] | None = None) -> tuple[HeadOutput, TemporalState]:
-        """:meth:`step` with what the graph itself takes: ``img`` for a full graph, else the
-        ``feat_l{i} [1, N, E, H_i, W_i]`` list (the pipeline's :class:`~.features.FeatureCache`).
+        """:meth:`step` with what the graph itself takes: ``img`` for a full graph, else the features
+        ``mc_ms_feat [1, N * sum HW, E]`` (the pipeline's :class:`~.features.FeatureCache`), or the
+        per-level maps ``[1, N, E, H_i, W_i]`` as a list (flattened here, for tests and benchmarks).
         ``lidar``: with a ``lidar_branch``, its outputs for this frame's sweep when already computed
         (:meth:`lidar_candidates`; ``points`` is then ignored), else the branch runs on ``points`` here."""
         h = self.cfg.head
         if isinstance(images, (torch.Tensor, np.ndarray)):
             images = [images]
-        names = ["img"] if self.backend.with_backbone else [f"feat_l{i}" for i in range(h.num_levels)]
+        if not self.backend.with_backbone and len(images) == h.num_levels and len(images) > 1:
+            images = [flatten_feature_maps([torch.as_tensor(m) for m in images])[0]]
+        names = ["img"] if self.backend.with_backbone else [FEATURE_INPUT]
         if len(images) != len(names):
             raise ValueError(f"expected {len(names)} image/feature tensors, got {len(images)}")
         if np.shape(projection_mat)[0] != 1:

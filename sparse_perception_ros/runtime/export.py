@@ -2,7 +2,7 @@
 
 The graph is the whole frame of the Sparse4D v3 head with its instance bank, as tensors only::
 
-    (features | images, projection_mat, image_wh, T_cur_from_prev, dt,
+    (mc_ms_feat | img, projection_mat, image_wh, T_cur_from_prev, dt,
      prev_anchors, prev_features, prev_confidence, prev_valid)
         -> (boxes, scores, cls_scores, labels, det_index, classification, prediction, quality,
             next_anchors, next_features, next_confidence, cache_index)
@@ -53,10 +53,12 @@ from sparse_perception_ros.model.dfa import FeatureInputs
 from sparse_perception_ros.model.head import STEP_INPUTS, STEP_OUTPUTS, Sparse4DHead
 from sparse_perception_ros.model.instance_bank import host_step_inputs
 from sparse_perception_ros.model.lidar import LidarCandidates
+from sparse_perception_ros.ops.deformable_aggregation import flatten_feature_maps
 from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
-from sparse_perception_ros.runtime.example_inputs import synthetic_sequence
+from sparse_perception_ros.runtime.example_inputs import level_shapes, synthetic_sequence
 
 __all__ = [
+    "FEATURE_INPUT",
     "StepGraph",
     "input_names",
     "output_names",
@@ -92,12 +94,17 @@ LIDAR_INPUTS = ("points", "num_points")
 # the head reads instead of the sweep: lidar_bev [1, E, H_bev, W_bev], lidar_anchor [1, K, 11],
 # lidar_feature [1, K, E] and lidar_valid [1] float32 (0: no sweep).
 LIDAR_CANDIDATE_INPUTS = ("lidar_bev", "lidar_anchor", "lidar_feature", "lidar_valid")
+# A graph after the image backbone takes the image features in the DFA's own flattened layout
+# (ops.deformable_aggregation.flatten_feature_maps): mc_ms_feat [1, N_cam * sum_l H_l W_l, E], camera-major,
+# then level, then pixel, channels last. runtime.features makes it once per image, so the step runs no
+# transposes or concatenations of the features (they were 13 % of the fused step in ONNX Runtime).
+FEATURE_INPUT = "mc_ms_feat"
 
 
 def input_names(cfg: ModelConfig, with_backbone: bool, lidar_apart: bool = False) -> list[str]:
     """The graph's inputs in order. ``cfg.lidar`` is set only for a graph with LiDAR inputs: the sweep
     (:data:`LIDAR_INPUTS`), or with ``lidar_apart`` the branch's outputs (:data:`LIDAR_CANDIDATE_INPUTS`)."""
-    images = ["img"] if with_backbone else [f"feat_l{i}" for i in range(cfg.head.num_levels)]
+    images = ["img"] if with_backbone else [FEATURE_INPUT]
     lidar = [] if cfg.lidar is None else list(LIDAR_CANDIDATE_INPUTS if lidar_apart else LIDAR_INPUTS)
     return [*images, "projection_mat", "image_wh", "T_cur_from_prev", "dt", *STATE_INPUTS, "prev_valid", *lidar]
 
@@ -124,7 +131,8 @@ class StepGraph(nn.Module):
     Wraps, does not copy: ``forward`` runs the backbone (full model), the LiDAR branch (fused
     presets) and then :meth:`Sparse4DHead.temporal_step`, the one decoder step. Inputs (batch 1):
 
-    - ``img [1, N_cam, 3, H, W]`` (full model) or ``feat_l{i} [1, N_cam, E, H_i, W_i]``;
+    - ``img [1, N_cam, 3, H, W]`` (full model) or ``mc_ms_feat [1, N_cam * sum_l H_l W_l, E]`` (the
+      features in the DFA's flattened layout, :data:`FEATURE_INPUT`; ``level_hw`` gives the ``(H_l, W_l)``);
     - ``projection_mat [1, N_cam, 4, 4]``, ``image_wh [1, N_cam, 2]`` float32;
     - ``T_cur_from_prev [1, 4, 4]`` float32 (``inv(T_world_cur) @ T_world_prev``, composed in float64);
     - ``dt [1]`` float32 seconds (``t_cur - t_prev`` in float64, then cast);
@@ -144,8 +152,12 @@ class StepGraph(nn.Module):
     """
 
     def __init__(self, head: Sparse4DHead, backbone: nn.Module | None = None, static: bool = True,
-                 dfa_impl: str | None = None, pts_branch: nn.Module | None = None):
+                 dfa_impl: str | None = None, pts_branch: nn.Module | None = None,
+                 level_hw: list[tuple[int, int]] | None = None):
         super().__init__()
+        if backbone is None and level_hw is None:
+            raise ValueError("a step graph fed with features needs their level sizes (level_hw)")
+        self.level_hw = level_hw
         self.head = head
         self.backbone = backbone  # a Sparse4DModel (extract_features) or None
         self.pts_branch = pts_branch if pts_branch is not None else getattr(backbone, "pts_branch", None)
@@ -155,9 +167,7 @@ class StepGraph(nn.Module):
         self.eval()
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cfg = self.head.cfg
-        n_img = 1 if self.backbone is not None else cfg.num_levels
-        images = args[:n_img]
+        image, args = args[0], args[1:]  # img or mc_ms_feat
         lidar = None
         if self.pts_branch is not None:
             points, num_points = args[-2:]
@@ -167,13 +177,13 @@ class StepGraph(nn.Module):
             bev, anchor, feature, valid = args[-4:]
             args = args[:-4]
             lidar = LidarCandidates(bev, None, None, anchor, feature, None, valid.reshape(1))
-        projection_mat, image_wh, *state = args[n_img:]
+        projection_mat, image_wh, *state = args
         if self.backbone is not None:
             dtype = next(self.backbone.img_backbone.parameters()).dtype
-            maps = [f.float() for f in self.backbone.extract_features(images[0].to(dtype))]
+            features = FeatureInputs([f.float() for f in self.backbone.extract_features(image.to(dtype))])
         else:
-            maps = list(images)
-        return self.head.temporal_step(FeatureInputs(maps), projection_mat, image_wh, *state, lidar=lidar,
+            features = FeatureInputs.from_flat(image, self.level_hw, projection_mat.shape[1])
+        return self.head.temporal_step(features, projection_mat, image_wh, *state, lidar=lidar,
                                        static=self.static, dfa_impl=self.dfa_impl)
 
 
@@ -208,7 +218,8 @@ def example_args(cfg: ModelConfig, with_backbone: bool, lidar_apart: bool = Fals
     frame = synthetic_sequence(cfg, 1, with_backbone)[0]
     host = host_step_inputs(frame.timestamp, frame.T_world_from_model, TemporalState.empty(), cfg)
     host["prev_valid"] = np.ones(1, bool)  # trace with a valid state: shapes are identical either way
-    vals = [*frame.images, frame.projection_mat, frame.image_wh, *(host[k] for k in STATE_HOST_INPUTS)]
+    images = frame.images if with_backbone else [flatten_feature_maps([torch.from_numpy(m) for m in frame.images])[0].numpy()]
+    vals = [*images, frame.projection_mat, frame.image_wh, *(host[k] for k in STATE_HOST_INPUTS)]
     if cfg.lidar is not None and lidar_apart:  # shapes and a valid sweep are all the trace needs
         rng = np.random.default_rng(0)
         vals += [rng.standard_normal(shape).astype(np.float32) if name != "lidar_valid" else np.ones(shape, np.float32)
@@ -260,7 +271,8 @@ def export_step(
     apart = lidar_apart(module)
     cfg = ModelConfig(cfg.name, cfg.backbone, head.cfg, cfg.input_wh,
                       cfg.lidar if pts_branch is not None or apart else None)
-    graph = StepGraph(head, module if with_backbone else None, pts_branch=pts_branch)
+    graph = StepGraph(head, module if with_backbone else None, pts_branch=pts_branch,
+                      level_hw=None if with_backbone else level_shapes(cfg.input_wh, head.cfg.num_levels))
     args = example_args(cfg, with_backbone, apart)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

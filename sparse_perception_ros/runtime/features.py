@@ -6,8 +6,9 @@ every step therefore repeats work and serialises it behind the trigger. Here it 
 image instead: :meth:`FeatureCache.add` (called by the node's image callback, in the executor
 thread, i.e. on the other core while the worker runs the previous step) preprocesses the image
 (resize, crop, normalise: :func:`~..model.preprocess.preprocess_images`, the same code) and runs the
-backbone on it; the step then takes ``feat_l{i} [1, N_cam, E, H_i, W_i]`` from the cache
-(:meth:`FeatureCache.features`), computing only what is missing. Eval-mode BatchNorm makes each
+backbone on it, and keeps each camera's maps in the DFA's flattened layout (``[sum_l H_l W_l, E]``,
+made once per image here instead of in every step); the step then takes ``mc_ms_feat [1, N_cam *
+sum HW, E]`` from the cache (:meth:`FeatureCache.features`), computing only what is missing. Eval-mode BatchNorm makes each
 image independent, so per-camera features equal the batched backbone's within float rounding
 (``test/test_runtime_features.py`` states the tolerance): accuracy does not change.
 
@@ -30,11 +31,12 @@ import torch
 from torch import nn
 
 from sparse_perception_ros.model.preprocess import preprocess_images
+from sparse_perception_ros.ops.deformable_aggregation import flatten_image_features
 from sparse_perception_ros.runtime.export import export_onnx_cached, graph_digest, onnx_cache_dir
 from sparse_perception_ros.runtime.os_thread import name_os_thread
 
 __all__ = ["CameraBackbone", "TorchCameraBackbone", "OrtCameraBackbone", "export_backbone_cached", "FeatureCache",
-           "quantize_backbone", "INT8_BACKBONE_SUFFIX"]
+           "quantize_backbone", "int8_vnni", "INT8_BACKBONE_SUFFIX"]
 
 # The int8 backbone of ``models/x.pt`` is ``models/x.pt.int8_backbone.onnx`` (``bundle --int8-backbone``).
 INT8_BACKBONE_SUFFIX = ".int8_backbone.onnx"
@@ -127,6 +129,29 @@ def quantize_backbone(fp32_path: str | Path, out: str | Path, images: list[np.nd
     return {"format": "QDQ, int8 weights per channel, uint8 activations (MinMax)", "calibration_images": len(images)}
 
 
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True where :func:`quantize_backbone`'s files compute accurately: every non-x86 CPU, and x86
+    CPUs with VNNI (AVX-512 VNNI, AVX-VNNI or AMX). Without VNNI, ONNX Runtime's x86 kernels for
+    uint8 activations x int8 weights (u8s8, the files' format) add pairs of products in 16 bits
+    and can saturate: the bundled backbone's first FPN level came out 25 % off (relative RMS) on an
+    AVX2-only AMD EPYC, against a few % with VNNI (ONNX Runtime's quantization docs advise 7-bit
+    weights, ``reduce_range``, for such CPUs). An x86 CPU whose flags cannot be read counts as
+    without."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in _VNNI_FLAGS)
+
+
 class OrtCameraBackbone(CameraBackbone):
     """ONNX Runtime on :func:`export_backbone_cached`'s file, one image per call (``num_threads`` intra-op)."""
 
@@ -155,7 +180,8 @@ class FeatureCache:
     cache's own thread and returns at once (the node's image callbacks: the ROS executor must stay
     free for /tf and the sweeps); per camera only the newest waiting image is kept, so a backlog
     cannot grow. ``features(images, stamps_ns, present)`` returns the frame's
-    ``feat_l{i} [1, N_cam, E, H_i, W_i]``: cached maps where the image's stamp is known, the
+    ``mc_ms_feat [1, N_cam * sum_l H_l W_l, E]`` (the DFA's layout, one camera's rows after another):
+    cached features where the image's stamp is known, the
     thread's result where it is computing that image now, the rest computed in one batch in the
     caller (taken off the thread's queue), and the features of a blank image for masked cameras.
     ``keep`` images per camera are remembered (a trigger may use an image older than the newest).
@@ -169,19 +195,20 @@ class FeatureCache:
         self.backbone, self.num_cams, self.input_wh = backbone, int(num_cams), tuple(input_wh)
         self.resize_method, self.keep, self.num_threads = resize_method, int(keep), int(num_threads)
         self._cv = threading.Condition()  # guards everything below; notified on submit, result and close
-        self._maps: list[OrderedDict[tuple, list[torch.Tensor]]] = [OrderedDict() for _ in range(self.num_cams)]
+        self._maps: list[OrderedDict[tuple, torch.Tensor]] = [OrderedDict() for _ in range(self.num_cams)]  # [1, L, E]
         self._queued: dict[int, tuple[tuple, np.ndarray]] = {}  # camera -> (key, image) waiting for the thread
         self._busy: tuple[int, tuple] | None = None  # (camera, key) the thread is computing
         self._thread: threading.Thread | None = None
         self._running = True
-        self._blank: list[torch.Tensor] | None = None
+        self._blank: torch.Tensor | None = None
         self.hits = 0
         self.misses = 0
 
-    def _compute(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+    def _compute(self, images: list[np.ndarray]) -> torch.Tensor:
+        """``n`` images -> their features ``[n, sum_l H_l W_l, E]`` (flattened layout)."""
         img, _, _ = preprocess_images(images, np.tile(np.eye(4), (len(images), 1, 1)), input_wh=self.input_wh,
                                       channel_order="rgb", method=self.resize_method)
-        return self.backbone.run(img[0])
+        return flatten_image_features(self.backbone.run(img[0]))
 
     def _check(self, cam: int) -> None:
         if not 0 <= cam < self.num_cams:
@@ -232,26 +259,26 @@ class FeatureCache:
                 self._busy = None
                 self._cv.notify_all()
 
-    def _store(self, cam: int, key: tuple, maps: list[torch.Tensor]) -> None:
+    def _store(self, cam: int, key: tuple, maps: torch.Tensor) -> None:
         with self._cv:
             self._store_locked(cam, key, maps)
 
-    def _store_locked(self, cam: int, key: tuple, maps: list[torch.Tensor]) -> None:
+    def _store_locked(self, cam: int, key: tuple, maps: torch.Tensor) -> None:
         memory = self._maps[cam]
         memory[key] = maps
         while len(memory) > self.keep:
             memory.popitem(last=False)
 
-    def _blank_maps(self) -> list[torch.Tensor]:
+    def _blank_maps(self) -> torch.Tensor:
         if self._blank is None:
             w, h = self.input_wh
             self._blank = self._compute([np.zeros((h, w, 3), np.uint8)])
         return self._blank
 
-    def features(self, images: list[np.ndarray | None], stamps_ns, present: np.ndarray) -> list[torch.Tensor]:
+    def features(self, images: list[np.ndarray | None], stamps_ns, present: np.ndarray) -> torch.Tensor:
         """``N_cam`` images (None / ``present`` False: masked), their stamps (None or -1: unknown, not
-        cached) -> ``feat_l{i} [1, N_cam, E, H_i, W_i]``; missing ones computed in one batch."""
-        per_cam: list[list[torch.Tensor] | None] = [None] * self.num_cams
+        cached) -> ``mc_ms_feat [1, N_cam * sum_l H_l W_l, E]``; missing ones computed in one batch."""
+        per_cam: list[torch.Tensor | None] = [None] * self.num_cams
         keys: list[tuple | None] = [None] * self.num_cams
         todo, in_flight = [], None
         with self._cv:
@@ -274,7 +301,7 @@ class FeatureCache:
         if todo:
             computed = self._compute([images[c] for c in todo])
             for j, c in enumerate(todo):
-                per_cam[c] = [m[j:j + 1] for m in computed]
+                per_cam[c] = computed[j:j + 1]
                 if keys[c] is not None:
                     self._store(c, keys[c], per_cam[c])
         if in_flight is not None:
@@ -286,7 +313,8 @@ class FeatureCache:
         if any(m is None for m in per_cam):
             blank = self._blank_maps()
             per_cam = [blank if m is None else m for m in per_cam]
-        return [torch.cat([m[lvl] for m in per_cam])[None] for lvl in range(len(per_cam[0]))]
+        flat = torch.cat(per_cam)  # [N_cam, L, E]: one copy, the only per-step work on the features
+        return flat.reshape(1, -1, flat.shape[-1])
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the thread has nothing waiting or in progress; False on timeout."""

@@ -121,7 +121,7 @@ def calibration_key(K: np.ndarray, T_cam_from_model: np.ndarray) -> str:
 @dataclass(frozen=True)
 class Prepared:
     """What :meth:`Pipeline.prepare` made of one frame without the temporal state: the network's
-    inputs (``img`` or the ``feat_l{i}`` list, ``projection_mat``, ``image_wh``), the sweep the model
+    inputs (``img`` or the features ``mc_ms_feat``, ``projection_mat``, ``image_wh``), the sweep the model
     gets (``points``, thinned; None: no sweep or not used) and, with the LiDAR branch run apart, its
     outputs (``lidar``, else None); ``timings_ms`` (``preprocess``, ``lidar``) and ``counters``.
     ``stamp_ns`` ties it to its frame (:meth:`Pipeline.step` checks it)."""
@@ -360,8 +360,8 @@ class Pipeline:
             self.features.close()
 
     def preprocess(self, frame: Frame) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Network inputs: ``img [1, N, 3, H, W]`` (or, with a stepper fed with features, the
-        ``feat_l{i} [1, N, E, H_i, W_i]`` list), ``projection_mat [1, N, 4, 4]``, ``image_wh [1, N, 2]``."""
+        """Network inputs: ``img [1, N, 3, H, W]`` (or, with a stepper fed with features, their flattened
+        layout ``mc_ms_feat [1, N * sum_l H_l W_l, E]``), ``projection_mat [1, N, 4, 4]``, ``image_wh [1, N, 2]``."""
         w, h = self.input_wh
         present = np.asarray(frame.present, dtype=bool) & np.array([im is not None for im in frame.images])
         if self.config.sensors == "lidar_only":
