@@ -52,8 +52,6 @@ def test_bundle_writes_the_int8_file_and_its_entry(bundled):
     assert any(n.op_type == "DequantizeLinear" for n in graph.node)
 
 
-@pytest.mark.skipif(not int8_vnni(), reason="this x86 CPU has no VNNI: ONNX Runtime's u8s8 int8 kernels can "
-                                           "saturate here, so model.image_precision auto runs fp32 (tested below)")
 def test_int8_features_stay_close_to_the_float_graph(bundled):
     weights, samples = bundled
     model = build_model(get_preset("tiny"))
@@ -66,7 +64,10 @@ def test_int8_features_stay_close_to_the_float_graph(bundled):
     img, _, _ = preprocess_images([image], np.eye(4)[None], input_wh=model.cfg.input_wh, channel_order="rgb")
     for level, (a, b) in enumerate(zip(fp32.run(img[0]), int8.run(img[0]), strict=True)):
         rel = float(((a - b) ** 2).mean().sqrt() / (a ** 2).mean().sqrt())
-        assert 0 < rel < 0.15, f"level {level}: relative RMS error {rel:.3f}"  # int8: close, never identical
+        # int8: close, never identical. Without VNNI ONNX Runtime's u8s8 kernels saturate: 0.247 measured at
+        # level 0 on an AVX2-only EPYC (the bundled model's held-out accuracy there: models/README.md)
+        bound = 0.15 if int8_vnni() else 0.35
+        assert 0 < rel < bound, f"level {level}: relative RMS error {rel:.3f}"
 
 
 def test_vnni_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
@@ -86,10 +87,8 @@ def test_vnni_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
 def test_image_precision_parameter(bundled, tmp_path, monkeypatch):
     weights, _ = bundled
     with_ = lambda **kw: dataclasses.replace(BASE, preset="tiny", checkpoint=str(weights), **kw)  # noqa: E731
-    monkeypatch.setattr(features, "int8_vnni", lambda: False)  # an AVX2-only x86: auto keeps fp32, int8 runs
-    assert "fp32 (this CPU has no VNNI" in load_model(with_()).note
-    forced = load_model(with_(image_precision="int8")).note
-    assert "int8 (tiny.pt.int8_backbone.onnx); this CPU has no VNNI" in forced
+    monkeypatch.setattr(features, "int8_vnni", lambda: False)  # an AVX2-only x86: int8 runs and the note says so
+    assert "int8 (tiny.pt.int8_backbone.onnx); no VNNI on this CPU" in load_model(with_()).note
     monkeypatch.setattr(features, "int8_vnni", lambda: True)
     auto = load_model(with_())
     assert "int8 (tiny.pt.int8_backbone.onnx)" in auto.note and "VNNI" not in auto.note
