@@ -82,6 +82,7 @@ class SyncParams:
     buffer_size: int
     max_reorder: float
     lidar_fallback_timeout: float
+    prefer_ready_images: bool
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,27 @@ def test_complete_frame_uses_closest_images_and_keeps_their_stamps():
     assert f.images[2] == f"CAM_FRONT_LEFT@{t - 50 * MS}"
 
 
+def test_a_camera_whose_closest_image_waits_behind_others_gives_its_closest_ready_image():
+    """Under load (the feature thread behind): camera 1's newest image waits, its older one is ready;
+    the frame takes the older one with its own stamp. Cameras whose closest image is ready, unknown or
+    without a ready alternative keep the closest; without the hook nothing changes."""
+    t = 1_000 * MS
+    states = {(1, t): "behind", (1, t - 83 * MS): "ready", (2, t): "behind", (3, t): "ready"}
+
+    def run(hook):
+        a = FrameAssembler(config(), image_state=hook)
+        feed_cameras(a, t - 83 * MS, [0, 0, 200, 0, 0, 0], now_ns=t)  # camera 2: its other image is not ready
+        feed_cameras(a, t, [0] * 6, now_ns=t)
+        (f,) = a.add_points(t + 5 * MS, "sweep", now_ns=t + 5 * MS)
+        return a, f
+
+    a, f = run(lambda cam, stamp: states.get((cam, stamp), "unknown"))
+    assert f.camera_stamps_ns.tolist() == [t, t - 83 * MS, t, t, t, t]
+    assert f.images[1] == f"CAM_FRONT_RIGHT@{t - 83 * MS}" and a.stats["older_ready_images"] == 1
+    a, f = run(None)
+    assert f.camera_stamps_ns.tolist() == [t] * 6 and a.stats["older_ready_images"] == 0
+
+
 def test_mask_mode_emits_at_once_with_missing_cameras_masked():
     a = assembler(incomplete="mask")
     t = 10_000 * MS

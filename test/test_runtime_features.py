@@ -116,6 +116,31 @@ def test_cache_computes_what_is_missing_and_masks_with_a_blank_image():
     assert cache.misses == 10
 
 
+def test_image_state_tells_ready_from_waiting_behind_others():
+    """What the frame assembler asks under load (sync.prefer_ready_images): an image being computed or
+    cached is ready; one queued behind two or more others is behind; the next in line is not."""
+    import threading
+
+    loaded = load_model(with_(image_features="on_arrival"))
+    cache = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh)
+    gate, started = threading.Event(), threading.Event()
+    run = cache.backbone.run
+    cache.backbone.run = lambda img: (started.set(), gate.wait(30), run(img))[2]
+    image = frames(1, lidar=False)[0].images[0]
+    cache.submit(0, 100, image)
+    assert started.wait(30)  # the thread is computing camera 0's image now
+    cache.submit(1, 200, image)
+    cache.submit(2, 300, image)
+    assert cache.image_state(0, 100) == "ready"
+    assert cache.image_state(1, 200) == "unknown"  # next in line (one ahead of it)
+    assert cache.image_state(2, 300) == "behind"  # the busy image and camera 1's are ahead
+    assert cache.image_state(3, 100) == "unknown" and cache.image_state(2, 299) == "unknown"
+    gate.set()
+    assert cache.wait(timeout=60)
+    assert all(cache.image_state(c, t) == "ready" for c, t in ((0, 100), (1, 200), (2, 300)))
+    cache.close()
+
+
 def test_submitted_images_are_computed_on_the_thread_and_never_twice():
     loaded = load_model(with_(image_features="on_arrival"))
     cache = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh)

@@ -94,7 +94,9 @@ class PerceptionNode(Node):
         self._builder.set_sweeps(self.pipeline.sweeps)  # multi-sweep LiDAR (lidar.*; None: single sweeps)
         seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
         self.get_logger().info(f"warm-up of the model took {seconds:.1f} s")
-        self._assembler = FrameAssembler(AssemblerConfig.from_params(p))
+        features = self.pipeline.features if p.sync.prefer_ready_images else None
+        self._assembler = FrameAssembler(AssemblerConfig.from_params(p),
+                                         image_state=None if features is None else features.image_state)
 
     def activate(self) -> None:
         p, sensor, sub = self.params, qos_profile_sensor_data, self.create_subscription

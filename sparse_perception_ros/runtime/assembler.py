@@ -29,11 +29,19 @@ arrived for that long the first camera opens frames (without points) until sweep
 camera-only operation continues (``stats["fallback_frames"]``). Such a frame waits up to
 ``wait_timeout_ns`` first: a sweep within ``max_camera_time_diff_ns`` of it takes the frame over
 (the LiDAR was only late; ``stats["fallback_cancelled"]``). Payloads are opaque.
+
+Under load: with an ``image_state`` hook (the node passes its image-feature cache's
+:meth:`~.features.FeatureCache.image_state`), a camera whose closest image is still waiting behind
+others for its features contributes instead the closest image within ``max_camera_time_diff_ns``
+whose features are ready (``stats["older_ready_images"]``), so the frame does not compute image
+features in its own path while the feature thread is behind; the frame carries that image's own
+stamp, so its geometry stays exact. Where the thread keeps up, the closest image is always taken.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,9 +156,11 @@ class _Pending:
 @dataclass
 class FrameAssembler:
     config: AssemblerConfig
+    # (camera index, image stamp) -> "ready" | "behind" | anything else; see the module doc (under load)
+    image_state: Callable[[int, int], str] | None = None
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("frames", "incomplete_frames", "timed_out", "superseded", "time_jumps", "out_of_order", "evicted",
-         "missing_camera", "fallback_frames", "fallback_cancelled"), 0))
+         "missing_camera", "fallback_frames", "fallback_cancelled", "older_ready_images"), 0))
 
     def __post_init__(self):
         self._buffers: dict[str, deque] = {
@@ -252,6 +262,18 @@ class FrameAssembler:
                 best, best_dt = (t, payload), dt
         return best
 
+    def _pick(self, index: int, camera: str, stamp_ns: int) -> tuple[int, Any] | None:
+        """The image camera ``camera`` (at ``index``) contributes to the frame at ``stamp_ns``."""
+        hit = self._closest(camera, stamp_ns)
+        if hit is None or self.image_state is None or self.image_state(index, hit[0]) != "behind":
+            return hit
+        ready = [(t, x) for t, x in self._buffers[camera] if t != hit[0]
+                 and abs(t - stamp_ns) <= self.config.max_camera_time_diff_ns and self.image_state(index, t) == "ready"]
+        if not ready:
+            return hit
+        self.stats["older_ready_images"] += 1
+        return min(ready, key=lambda s: abs(s[0] - stamp_ns))
+
     def _complete(self, stamp_ns: int) -> bool:
         return all(self._closest(c, stamp_ns) is not None for c in self.config.cameras)
 
@@ -260,7 +282,7 @@ class FrameAssembler:
         images: list[Any] = [None] * len(cams)
         stamps = np.full(len(cams), -1, dtype=np.int64)
         for i, cam in enumerate(cams):
-            hit = (p.stamp_ns, p.payload) if cam == p.source else self._closest(cam, p.stamp_ns)
+            hit = (p.stamp_ns, p.payload) if cam == p.source else self._pick(i, cam, p.stamp_ns)
             if hit is not None:
                 stamps[i], images[i] = hit
         if p.source == LIDAR:

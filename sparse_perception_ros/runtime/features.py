@@ -317,6 +317,22 @@ class FeatureCache:
         flat = torch.cat(per_cam)  # [N_cam, L, E]: one copy, the only per-step work on the features
         return flat.reshape(1, -1, flat.shape[-1])
 
+    def image_state(self, cam: int, stamp_ns: int) -> str:
+        """Where camera ``cam``'s image stamped ``stamp_ns`` stands: ``"ready"`` (its features are cached
+        or being computed now), ``"behind"`` (waiting on the thread behind at least two other images:
+        the thread is not keeping up) or ``"unknown"`` (not submitted, or next in line)."""
+        stamp = int(stamp_ns)
+        with self._cv:
+            if any(key[0] == stamp for key in self._maps[cam]) or (
+                    self._busy is not None and self._busy[0] == cam and self._busy[1][0] == stamp):
+                return "ready"
+            queued = self._queued.get(cam)
+            if queued is None or queued[0][0] != stamp:
+                return "unknown"
+            ahead = (self._busy is not None) + sum(1 for c, (key, _) in self._queued.items()
+                                                   if c != cam and key[0] <= stamp)
+            return "behind" if ahead >= 2 else "unknown"
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the thread has nothing waiting or in progress; False on timeout."""
         with self._cv:
