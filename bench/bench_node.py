@@ -279,8 +279,10 @@ def main() -> None:
                 print(f"realtime: {args.preset} ({args.backend or 'shipped backend'}{''.join(', ' + a for a in args.param)}), bag {bag.name} (440x248, 20 Hz LiDAR, 12 Hz cameras) at 1.0x, "
                       f"shipped parameters; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
                       f"on {os.cpu_count()} cores")
+                older = c.get("sync/older_ready_images", 0) - before.get("sync/older_ready_images", 0)
                 print(f"  triggers in the bag ({trigger}): {triggers}; frames published {published} "
-                      f"({100.0 * published / max(triggers, 1):.1f} %), skipped {skipped}")
+                      f"({100.0 * published / max(triggers, 1):.1f} %), skipped {skipped}; cameras that gave an "
+                      f"older image with ready features (sync.prefer_ready_images) {older}")
                 if len(e2e):
                     print(f"  trigger arrival -> publish: p50 {np.percentile(e2e, 50):.1f} ms, "
                           f"p99 {np.percentile(e2e, 99):.1f} ms, max {e2e.max():.1f} ms over {len(e2e)} frames")

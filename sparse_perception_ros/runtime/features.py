@@ -8,8 +8,9 @@ thread, i.e. on the other core while the worker runs the previous step) preproce
 (resize, crop, normalise: :func:`~..model.preprocess.preprocess_images`, the same code) and runs the
 backbone on it, and keeps each camera's maps in the DFA's flattened layout (``[sum_l H_l W_l, E]``,
 made once per image here instead of in every step); the step then takes ``mc_ms_feat [1, N_cam *
-sum HW, E]`` from the cache (:meth:`FeatureCache.features`), computing only what is missing. Eval-mode BatchNorm makes each
-image independent, so per-camera features equal the batched backbone's within float rounding
+sum HW, E]`` from the cache (:meth:`FeatureCache.features`), computing only what is missing.
+Eval-mode BatchNorm makes each image independent, so per-camera features equal the batched
+backbone's within float rounding
 (``test/test_runtime_features.py`` states the tolerance): accuracy does not change.
 
 Backbones: :class:`TorchCameraBackbone` (``Sparse4DModel.camera_features``) and
@@ -182,9 +183,9 @@ class FeatureCache:
     free for /tf and the sweeps); per camera only the newest waiting image is kept, so a backlog
     cannot grow. ``features(images, stamps_ns, present)`` returns the frame's
     ``mc_ms_feat [1, N_cam * sum_l H_l W_l, E]`` (the DFA's layout, one camera's rows after another):
-    cached features where the image's stamp is known, the
-    thread's result where it is computing that image now, the rest computed in one batch in the
-    caller (taken off the thread's queue), and the features of a blank image for masked cameras.
+    cached features where the image's stamp is known, the thread's result where it is computing that
+    image now, the rest computed in one batch in the caller (taken off the thread's queue), and the
+    features of a blank image for masked cameras.
     ``keep`` images per camera are remembered (a trigger may use an image older than the newest).
     ``hits`` / ``misses`` count the cameras served from the cache (or the thread) / computed in the step.
     """
