@@ -58,6 +58,21 @@ def test_six_camera_weights_run_other_rigs_on_torch_and_onnxruntime(cams, tmp_pa
     assert not state.is_empty
 
 
+def test_a_graph_of_the_old_per_level_feature_interface_is_refused_with_the_fix(tmp_path):
+    """Graph format 3 and before took feat_l0..3 after the backbone; such a file is named, not run."""
+    import onnx
+
+    path = export_cached(build_model("tiny").after_backbone(), get_preset("tiny"), tmp_path)
+    model = onnx.load(str(path))
+    model.graph.input[0].name = "feat_l0"  # the first input was mc_ms_feat: now an old-style name
+    for node in model.graph.node:
+        node.input[:] = ["feat_l0" if name == "mc_ms_feat" else name for name in node.input]
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    with pytest.raises(BackendUnavailable, match="takes feat_l0..3.*re-export"):
+        StepRunner(OrtBackend(old), get_preset("tiny"))
+
+
 def test_a_graph_for_another_camera_count_is_refused(tmp_path):
     six = build_model("tiny")
     onnx = export_cached(six, get_preset("tiny"), tmp_path)

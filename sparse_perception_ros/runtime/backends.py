@@ -384,6 +384,10 @@ class StepRunner(Stepper):
             raise ValueError("a lidar_branch goes with a graph that takes the LiDAR branch's outputs "
                              "(after_lidar()), and such a graph needs one")
         spec = backend.input_spec()
+        if "feat_l0" in spec:
+            raise BackendUnavailable(f"{backend.name}: the graph takes feat_l0..3, the per-level maps of graph format 3 "
+                                     f"and before; re-export it (sparse-perception export): graphs after the "
+                                     f"backbone now take {FEATURE_INPUT}, the features in the DFA's flat layout")
         image, feat = spec.get("img"), spec.get(FEATURE_INPUT)
         pixels = sum(hh * ww for hh, ww in level_shapes(cfg.input_wh, cfg.head.num_levels))
         cams = image.shape[1] if image is not None else feat.shape[1] // pixels if feat is not None and \

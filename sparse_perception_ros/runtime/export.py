@@ -78,8 +78,9 @@ __all__ = [
 STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
 # Bumped whenever the exported graph of the same weights changes, so export_cached never serves a
 # stale file: 2 = the pillar pooling as one ScatterND(add) instead of two ScatterElements(add);
-# 3 = the point count of ``points`` is dynamic (clouds padded to a POINT_BUCKET multiple, not max_points).
-GRAPH_FORMAT = 3
+# 3 = the point count of ``points`` is dynamic (clouds padded to a POINT_BUCKET multiple, not max_points);
+# 4 = a graph after the image backbone takes ``mc_ms_feat`` (FEATURE_INPUT) instead of ``feat_l0..3``.
+GRAPH_FORMAT = 4
 
 # Clouds go into graphs with a dynamic point count padded to a multiple of this (at most
 # ``max_points``): a few shapes only (ONNX Runtime caches per shape), and a 35k-point sweep does not
