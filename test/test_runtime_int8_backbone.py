@@ -19,7 +19,7 @@ from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.params import ParameterError, load_params
 from sparse_perception_ros.runtime import features
 from sparse_perception_ros.runtime.features import OrtCameraBackbone, export_backbone_cached, int8_vnni
-from sparse_perception_ros.runtime.loading import load_model
+from sparse_perception_ros.runtime.loading import int8_backbone_file, load_model
 from sparse_perception_ros.train.bundle import bundle
 from sparse_perception_ros.train.dataset import decode_image, save_samples, synthetic_samples
 
@@ -87,8 +87,11 @@ def test_vnni_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
 def test_image_precision_parameter(bundled, tmp_path, monkeypatch):
     weights, _ = bundled
     with_ = lambda **kw: dataclasses.replace(BASE, preset="tiny", checkpoint=str(weights), **kw)  # noqa: E731
+    model = build_model(get_preset("tiny"))
+    model.load_official_checkpoint(weights)
     monkeypatch.setattr(features, "int8_vnni", lambda: False)  # an AVX2-only x86: int8 runs and the note says so
-    assert "int8 (tiny.pt.int8_backbone.onnx); no VNNI on this CPU" in load_model(with_()).note
+    file, note = int8_backbone_file(with_(), weights, model, on_arrival=True)
+    assert file is not None and note.startswith("int8 (tiny.pt.int8_backbone.onnx); no VNNI on this CPU")
     monkeypatch.setattr(features, "int8_vnni", lambda: True)
     auto = load_model(with_())
     assert "int8 (tiny.pt.int8_backbone.onnx)" in auto.note and "VNNI" not in auto.note
