@@ -254,11 +254,15 @@ class FrameAssembler:
         self._evict(keep_post_jump=not triggered)
         return out
 
-    def _closest(self, source: str, stamp_ns: int) -> tuple[int, Any] | None:
+    def _closest(self, source: str, stamp_ns: int,
+                 accept: Callable[[int], bool] | None = None) -> tuple[int, Any] | None:
+        """The buffered sample of ``source`` closest to ``stamp_ns`` within the match window (among
+        those whose stamp ``accept`` takes, if given)."""
         best, best_dt = None, None
         for t, payload in self._buffers[source]:
             dt = abs(t - stamp_ns)
-            if dt <= self.config.max_camera_time_diff_ns and (best_dt is None or dt < best_dt):
+            if dt <= self.config.max_camera_time_diff_ns and (best_dt is None or dt < best_dt) and (
+                    accept is None or accept(t)):
                 best, best_dt = (t, payload), dt
         return best
 
@@ -267,12 +271,11 @@ class FrameAssembler:
         hit = self._closest(camera, stamp_ns)
         if hit is None or self.image_state is None or self.image_state(index, hit[0]) != "behind":
             return hit
-        ready = [(t, x) for t, x in self._buffers[camera] if t != hit[0]
-                 and abs(t - stamp_ns) <= self.config.max_camera_time_diff_ns and self.image_state(index, t) == "ready"]
-        if not ready:
+        ready = self._closest(camera, stamp_ns, lambda t: t != hit[0] and self.image_state(index, t) == "ready")
+        if ready is None:
             return hit
         self.stats["older_ready_images"] += 1
-        return min(ready, key=lambda s: abs(s[0] - stamp_ns))
+        return ready
 
     def _complete(self, stamp_ns: int) -> bool:
         return all(self._closest(c, stamp_ns) is not None for c in self.config.cameras)

@@ -61,7 +61,7 @@ from sparse_perception_ros.runtime.backend import (
 )
 from sparse_perception_ros.runtime.backend_probe import probe_fastest
 from sparse_perception_ros.runtime.cuda_graph import CudaGraphStep
-from sparse_perception_ros.runtime.example_inputs import level_shapes
+from sparse_perception_ros.runtime.example_inputs import feature_rows, level_shapes
 from sparse_perception_ros.runtime.export import (
     FEATURE_INPUT,
     StepGraph,
@@ -241,8 +241,7 @@ def _spec_from_cfg(cfg: ModelConfig, with_backbone: bool, dynamic_points: bool =
     if with_backbone:
         spec["img"] = TensorSpec((1, n, 3, h_img, w_img), "float32")
     else:
-        pixels = sum(hh * ww for hh, ww in level_shapes(cfg.input_wh, h.num_levels))
-        spec[FEATURE_INPUT] = TensorSpec((1, n * pixels, h.embed_dims), "float32")
+        spec[FEATURE_INPUT] = TensorSpec((1, n * feature_rows(cfg.input_wh, h.num_levels), h.embed_dims), "float32")
     spec.update({
         "projection_mat": TensorSpec((1, n, 4, 4), "float32"),
         "image_wh": TensorSpec((1, n, 2), "float32"),
@@ -389,8 +388,8 @@ class StepRunner(Stepper):
                                      f"and before; re-export it (sparse-perception export): graphs after the "
                                      f"backbone now take {FEATURE_INPUT}, the features in the DFA's flat layout")
         image, feat = spec.get("img"), spec.get(FEATURE_INPUT)
-        pixels = sum(hh * ww for hh, ww in level_shapes(cfg.input_wh, cfg.head.num_levels))
-        cams = image.shape[1] if image is not None else feat.shape[1] // pixels if feat is not None and \
+        rows = feature_rows(cfg.input_wh, cfg.head.num_levels)
+        cams = image.shape[1] if image is not None else feat.shape[1] // rows if feat is not None and \
             isinstance(feat.shape[1], int) else None
         if isinstance(cams, int) and cams != cfg.head.num_cams:
             raise BackendUnavailable(f"{backend.name}: the graph takes {cams} cameras, the rig has "

@@ -14,7 +14,7 @@ import torch
 
 from sparse_perception_ros.model.config import ModelConfig
 
-__all__ = ["StepInputs", "level_shapes", "ring_cameras", "sweep", "synthetic_sequence"]
+__all__ = ["StepInputs", "feature_rows", "level_shapes", "ring_cameras", "sweep", "synthetic_sequence"]
 
 
 def level_shapes(input_wh: tuple[int, int], num_levels: int = 4) -> list[tuple[int, int]]:
@@ -58,6 +58,11 @@ def ring_cameras(input_wh: tuple[float, float], num_cams: int, K: np.ndarray | N
     proj = np.stack(mats).astype(np.float32)[None]
     wh = np.tile(np.array([w, h], np.float32), (1, num_cams, 1))
     return proj, wh
+
+
+def feature_rows(input_wh: tuple[int, int], num_levels: int = 4) -> int:
+    """Rows one camera adds to ``mc_ms_feat`` (the DFA's flat layout): ``sum_l H_l W_l`` of :func:`level_shapes`."""
+    return sum(h * w for h, w in level_shapes(input_wh, num_levels))
 
 
 def synthetic_sequence(cfg: ModelConfig, num_frames: int = 5, with_backbone: bool = False, seed: int = 0,
