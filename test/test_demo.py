@@ -7,7 +7,7 @@ import sys
 
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "demo", "--keyframes", "4",
+    res = subprocess.run([sys.executable, "-m", "sparse_perception_ros.cli", "demo", "--keyframes", "6",
                           "--workdir", str(tmp_path / "work"), "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
