@@ -126,10 +126,11 @@ def start_node(tmp: Path, realtime_preset: str | None = None, backend: str | Non
             p["sync"]["trigger"] = p["cameras"]["names"][0]  # a camera-only model runs at the front camera's rate
     p["output"]["force_processing"] = True  # the probe only listens to latency and diagnostics
     for item in overrides:
-        (group, name), value = item.split("=", 1)[0].split("."), item.split("=", 1)[1]
-        if name not in p[group]:
-            raise SystemExit(f"--param {item}: no parameter {group}.{name}")
-        p[group][name] = yaml.safe_load(value)
+        *groups, name = item.split("=", 1)[0].split(".")
+        value, where = item.split("=", 1)[1], p[groups[0]] if groups else p  # group.name or a top-level name
+        if len(groups) > 1 or not isinstance(where, dict) or name not in where:
+            raise SystemExit(f"--param {item}: no parameter {item.split('=', 1)[0]}")
+        where[name] = yaml.safe_load(value)
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(doc))
     (spec,) = node_set("perception", str(params))
@@ -223,7 +224,7 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, default=None,
                         help="realtime: write every frame's stage times (ms) to this JSON file")
     parser.add_argument("--backend", default=None, help="realtime: model.backend instead of the shipped one")
-    parser.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
+    parser.add_argument("--param", action="append", default=[], metavar="[GROUP.]NAME=VALUE",
                         help="realtime: override one node parameter (repeatable), e.g. model.image_features=in_step")
     parser.add_argument("--rate", type=float, default=0.5, help="latency: playback rate (sustainable)")
     parser.add_argument("--frames", type=int, default=2000, help="soak: frames to push through the node")

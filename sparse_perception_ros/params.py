@@ -124,6 +124,7 @@ class PerceptionParams:
     temporal: TemporalParams
     output: OutputParams
     qos_depth: int
+    executor: str  # auto | events | single_threaded (ros.node_main)
 
 
 def schema() -> dict:

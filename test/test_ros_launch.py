@@ -169,6 +169,7 @@ def test_node_alone_takes_a_node_name_keyed_user_file_and_stops_on_sigint(tmp_pa
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, captured_output(proc)[-3000:]
         assert "Traceback" not in captured_output(proc)
+        assert "executor: events" in captured_output(proc)  # executor: auto on Kilted's rclpy
         assert _gone(pids)
     finally:
         stop_process(proc)
