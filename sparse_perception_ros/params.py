@@ -24,7 +24,7 @@ import yaml
 from sparse_perception_ros.paths import config_file
 
 __all__ = ["ParameterError", "PerceptionParams", "load_params", "params_from_flat", "flatten", "schema",
-           "markdown_table", "default_flat"]
+           "markdown_table", "default_flat", "user_parameters"]
 
 SCHEMA_NAME = "perception.schema.json"
 PARAMS_NAME = "perception.param.yaml"
@@ -205,12 +205,14 @@ def load_params(path: str | Path | None = None, node_name: str = "perception") -
     package = config_file(PARAMS_NAME)
     flat = default_flat()
     if path is not None and Path(path).resolve() != package.resolve():
-        flat.update(flatten(_user_parameters(Path(path), node_name)))
+        flat.update(flatten(user_parameters(Path(path), node_name)))
     return params_from_flat(flat)
 
 
-def _user_parameters(path: Path, node_name: str) -> dict:
-    """The merged ``ros__parameters`` of the sections of ``path`` that apply to ``node_name``."""
+def user_parameters(path: str | Path, node_name: str = "perception") -> dict:
+    """The merged ``ros__parameters`` of the sections of ``path`` that apply to ``node_name``, as
+    dotted names: only what the file names (no defaults, not validated)."""
+    path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

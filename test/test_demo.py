@@ -30,14 +30,24 @@ def test_demo_runs_end_to_end(tmp_path):
 
 def test_demo_takes_a_user_params_file_naming_one_parameter(tmp_path):
     """Issue 19 point 9: ``sparse-perception demo --params-file mine.yaml`` with one parameter gets the package
-    defaults for the rest (the demo used to index the user's file for every group); the tree validates."""
+    defaults for the rest (the demo used to index the user's file for every group); the tree validates.
+    A params file that names no preset used to switch the demo to the package file's camera model, and
+    ``--preset`` beside a params file was ignored."""
     from sparse_perception_ros.cli.demo import node_parameters
     from sparse_perception_ros.params import flatten, load_params, params_from_flat
 
     mine = tmp_path / "mine.yaml"
     mine.write_text("/**:\n  ros__parameters:\n    output:\n      score_threshold: 0.45\n")
-    tree = node_parameters(str(mine), "tiny")
+    tree = node_parameters(str(mine), None)
     p = params_from_flat(flatten(tree))
     assert p.output.score_threshold == 0.45 and p.cameras.compressed is True
-    assert p.model.preset == load_params().model.preset and p.sync == load_params().sync
-    assert params_from_flat(flatten(node_parameters(None, "tiny_fusion"))).model.preset == "tiny_fusion"
+    assert p.sync == load_params().sync
+    # the preset: --preset, else the file's model.preset, else the demo's own (not the package file's)
+    assert p.model.preset == "tiny_fusion" != load_params().model.preset
+    assert params_from_flat(flatten(node_parameters(str(mine), "tiny"))).model.preset == "tiny"
+    assert params_from_flat(flatten(node_parameters(None, None))).model.preset == "tiny_fusion"
+    assert params_from_flat(flatten(node_parameters(None, "tiny"))).model.preset == "tiny"
+    named = tmp_path / "named.yaml"
+    named.write_text("perception:\n  ros__parameters:\n    model:\n      preset: tiny\n")
+    assert params_from_flat(flatten(node_parameters(str(named), None))).model.preset == "tiny"
+    assert params_from_flat(flatten(node_parameters(str(named), "tiny_fusion"))).model.preset == "tiny_fusion"

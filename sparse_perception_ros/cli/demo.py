@@ -83,14 +83,18 @@ def summarize_recording(recording: Path) -> dict:
     }
 
 
+DEMO_PRESET = "tiny_fusion"  # the demo's model unless --preset or the params file names one
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=str(Path.home() / ".cache" / "sparse_perception_ros" / "demo"),
                         help="where the synthetic bag is generated and reused")
     parser.add_argument("--out", default="demo_output", help="folder for the recording, summary and picture")
     parser.add_argument("--keyframes", type=int, default=12, help="keyframes (2 Hz) in the synthetic scene")
     parser.add_argument("--seed", type=int, default=7, help="scene seed (the bundled models were trained on seed 1)")
-    parser.add_argument("--preset", default="tiny_fusion",
-                        help="model preset: tiny_fusion (cameras + LiDAR, default) or tiny (cameras only)")
+    parser.add_argument("--preset", default=None,
+                        help=f"model preset: {DEMO_PRESET} (cameras + LiDAR, default) or tiny (cameras only); "
+                             "overrides a --params-file's model.preset")
     parser.add_argument("--image-size", type=int, nargs=2, default=(440, 248), metavar=("W", "H"),
                         help="rendered camera size (the bundled models were trained on 440x248)")
     parser.add_argument("--rate", type=float, default=1.0, help="playback rate")
@@ -98,11 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the node to come up")
 
 
-def node_parameters(params_file: str | None, preset: str) -> dict:
+def node_parameters(params_file: str | None, preset: str | None) -> dict:
     """The node's full parameter tree for the demo: the package's file, the user's ``params_file`` over it
-    (it may name a single parameter), then the demo's changes: JPEG input (the synthetic bags), and
-    ``preset`` unless a params file was given."""
-    from sparse_perception_ros.params import load_params  # lazy: yaml and jsonschema, keeps the CLI quick
+    (it may name a single parameter), then the demo's changes: JPEG input (the synthetic bags) and the
+    model preset: ``preset`` (``--preset``) if given, else the params file's ``model.preset`` if it
+    names one, else :data:`DEMO_PRESET`."""
+    from sparse_perception_ros.params import load_params, user_parameters  # lazy: keeps the CLI quick
 
     def plain(value):
         if isinstance(value, dict):
@@ -111,8 +116,10 @@ def node_parameters(params_file: str | None, preset: str) -> dict:
 
     tree = plain(asdict(load_params(params_file or None)))
     tree["cameras"]["compressed"] = True  # the synthetic bags carry JPEG
-    if not params_file:
+    if preset is not None:
         tree["model"]["preset"] = preset
+    elif not params_file or "model.preset" not in user_parameters(params_file):
+        tree["model"]["preset"] = DEMO_PRESET
     return tree
 
 
