@@ -73,6 +73,13 @@ def test_noise_degrades_metrics_monotonically(data, tmp_path):
         runs.append(score(nusc, samples, gt_results(nusc, samples, table, s), folder))
     maps = [r["mAP_present"] for r in runs]
     ates = [r["mATE_present"] for r in runs]
+    for r in runs:  # our NDS formula is the devkit's (its headline numbers in, its NDS out) ...
+        assert devkit.nds(r["mAP"], [r[k] for k in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")]) == pytest.approx(
+            r["NDS"], abs=1e-9)
+        # ... and over the classes present it can only score higher: absent classes count AP 0 and errors 1.0
+        assert r["NDS_present"] > r["NDS"]
+    assert all(a > b for a, b in zip([r["NDS_present"] for r in runs], [r["NDS_present"] for r in runs[1:]],
+                                     strict=False))
     nds = [r["NDS"] for r in runs]
     amota = [r["AMOTA"] for r in runs]
     assert maps[0] == pytest.approx(1.0) and amota[0] == pytest.approx(1.0)

@@ -178,8 +178,22 @@ def _num(x):
     return None if f != f else f
 
 
+def nds(mean_ap: float | None, tp_errors: list[float | None]) -> float | None:
+    """The devkit's nuScenes detection score from its parts: ``(5 mAP + sum(max(0, 1 - err))) / 10``
+    over the five TP errors (detection_cvpr_2019: mAP weight 5). None if a part is undefined."""
+    if mean_ap is None or any(e is None for e in tp_errors):
+        return None
+    return (5.0 * mean_ap + sum(max(0.0, 1.0 - e) for e in tp_errors)) / (5.0 + len(tp_errors))
+
+
 def summarize(detection: dict, tracking: dict | None) -> dict:
-    """The headline numbers: NDS, mAP, mATE..mAAE, per-class AP (classes with GT only), AMOTA, AMOTP, IDS."""
+    """The headline numbers: NDS, mAP, mATE..mAAE, per-class AP (classes with GT only), AMOTA, AMOTP, IDS.
+
+    ``*_present``: the same over the classes with ground truth in the scenes (``classes_present``).
+    The devkit's own mean counts a class without ground truth as AP 0 and each of its TP errors as
+    1.0 (a synthetic set without trailers pays for them); ``NDS_present`` is the devkit's formula on
+    ``mAP_present`` and the ``*_present`` TP errors (cones and barriers have no velocity or attribute
+    error in the devkit, and stay out of those means as they do in its own)."""
     tp = detection["tp_errors"]
     out = {
         "NDS": _num(detection["nd_score"]), "mAP": _num(detection["mean_ap"]),
@@ -196,6 +210,7 @@ def summarize(detection: dict, tracking: dict | None) -> dict:
         vals = [_num(detection["label_tp_errors"][c][key]) for c in present]
         vals = [v for v in vals if v is not None]
         out[f"{name}_present"] = sum(vals) / len(vals) if vals else None
+    out["NDS_present"] = nds(out["mAP_present"], [out[f"{n}_present"] for n in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")])
     if tracking is not None:
         out.update({"AMOTA": _num(tracking["amota"]), "AMOTP": _num(tracking["amotp"]), "IDS": _num(tracking["ids"]),
                     "per_class_AMOTA": {k: _num(v) for k, v in tracking["label_metrics"]["amota"].items()}})

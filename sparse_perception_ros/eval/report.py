@@ -74,8 +74,9 @@ def _fmt(x, digits: int = 4) -> str:
 
 def format_metrics(m: dict) -> str:
     """The console block: NDS, mAP, TP errors, per-class AP, AMOTA, AMOTP, IDS."""
-    lines = [f"NDS   {_fmt(m['NDS'])}", f"mAP   {_fmt(m['mAP'])}   (over the {len(m['classes_present'])} classes with "
-             f"ground truth: {_fmt(m['mAP_present'])})"]
+    n = len(m["classes_present"])
+    lines = [f"NDS   {_fmt(m['NDS'])}   (over the {n} classes with ground truth: {_fmt(m.get('NDS_present'))})",
+             f"mAP   {_fmt(m['mAP'])}   (over the {n} classes with ground truth: {_fmt(m['mAP_present'])})"]
     lines += [f"{k}  {_fmt(m[k])}" for k in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")]
     lines.append("per-class AP: " + ", ".join(f"{c} {_fmt(v, 3)}" for c, v in m["per_class_AP"].items()
                                               if c in m["classes_present"]))
@@ -104,9 +105,10 @@ def write_summary(path: Path, metrics: dict, run: dict, latency: dict, warning: 
         lines += [f"> **WARNING**: {warning}", ""]
     lines += ["| run | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in run.items() if k != "data_note"] + [""]
     lines += ["## Detection (nuscenes-devkit DetectionEval, detection_cvpr_2019)", "",
-              "| NDS | mAP | mAP (classes present) | mATE | mASE | mAOE | mAVE | mAAE |", "| --- " * 8 + "|",
-              "| " + " | ".join(_fmt(metrics[k]) for k in ("NDS", "mAP", "mAP_present", "mATE", "mASE", "mAOE",
-                                                          "mAVE", "mAAE")) + " |", "",
+              "| NDS | NDS (classes present) | mAP | mAP (classes present) | mATE | mASE | mAOE | mAVE | mAAE |",
+              "| --- " * 9 + "|",
+              "| " + " | ".join(_fmt(metrics.get(k)) for k in ("NDS", "NDS_present", "mAP", "mAP_present", "mATE",
+                                                              "mASE", "mAOE", "mAVE", "mAAE")) + " |", "",
               "| class | GT boxes | AP |", "| --- | --- | --- |"]
     counts = metrics.get("gt_counts", {})
     for c, ap in metrics["per_class_AP"].items():
