@@ -57,6 +57,30 @@ def test_preset_adds_branch_and_fusion_keys_only(model):
     assert camera == {k for k in keys if not k.startswith(("pts_branch.", "head.lidar_fusion."))}
 
 
+def test_bev_channels_sets_the_trunk_width():
+    """``LidarConfig.bev_channels`` was once a field nothing read. None keeps the trunk at the head's E
+    (the bundled weights' layout, so their keys load); a narrower trunk ends in a 1x1 convolution up
+    to E, costs fewer multiply-adds, and the branch still hands E channels to the head."""
+    from dataclasses import replace
+
+    E = CFG.head.embed_dims
+    wide = LidarBranch(LID, E, 10)
+    assert LID.bev_channels is None and [m.out_channels for m in wide.bev_net if isinstance(m, torch.nn.Conv2d)] == [
+        LID.pillar_channels, E, E]
+    narrow = LidarBranch(replace(LID, bev_channels=E // 2), E, 10).eval()
+    convs = [m for m in narrow.bev_net if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [LID.pillar_channels, E // 2, E // 2, E] and convs[-1].kernel_size == (1, 1)
+    assert sum(p.numel() for p in narrow.bev_net.parameters()) < sum(p.numel() for p in wide.bev_net.parameters())
+    rng = np.random.default_rng(0)
+    pts = torch.from_numpy(np.c_[rng.uniform(-40, 40, (2000, 2)), rng.uniform(-2, 1, 2000), rng.uniform(0, 99, 2000),
+                                 np.zeros(2000)].astype(np.float32))[None]
+    with torch.no_grad():
+        bev, heat, reg = narrow.bev_maps(narrow.pillars(pts, torch.tensor([2000])))
+    assert bev.shape[1] == E and heat.shape[1] == 10 and torch.isfinite(bev).all()
+    with pytest.raises(ValueError, match="bev_channels"):
+        replace(LID, bev_channels=0)
+
+
 def test_pillar_scatter_matches_a_loop():
     torch.manual_seed(0)
     enc = PillarEncoder(LID).eval()

@@ -101,13 +101,18 @@ class LidarConfig:
     style, m/s in the model frame), and the candidates' anchors start with it instead of zero. It
     needs a motion cue in the input: several sweeps with their time lag ``dt`` (multi-sweep LiDAR).
     False keeps the 8-channel regression of the bundled ``tiny_fusion`` weights.
+
+    ``bev_channels``: width of the BEV CNN's two 3x3 convolutions after the pillar stage; None = the
+    head's E (the bundled ``tiny_fusion``: 64). A narrower trunk is followed by a 1x1 convolution up
+    to E (the heads and the head's BEV sampling read E channels). Until 2026-12-07 this field was
+    not read at all (the trunk was always E wide).
     """
 
     point_range: tuple[float, float, float, float, float, float] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
     pillar_size: float = 0.6
     point_dims: int = 5
     pillar_channels: int = 32
-    bev_channels: int = 64
+    bev_channels: int | None = None
     bev_stride: int = 2
     num_candidates: int = 32
     max_points: int = 300_000
@@ -126,6 +131,8 @@ class LidarConfig:
         nx, ny = self.grid_size
         if nx % self.bev_stride or ny % self.bev_stride:
             raise ValueError(f"grid {nx}x{ny} is not divisible by bev_stride {self.bev_stride}")
+        if self.bev_channels is not None and self.bev_channels < 1:
+            raise ValueError(f"bev_channels must be >= 1 or None (the head's E), got {self.bev_channels}")
         if self.num_candidates < 1 or self.max_points < 1:
             raise ValueError("num_candidates and max_points must be >= 1")
 

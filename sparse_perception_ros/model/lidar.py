@@ -160,7 +160,10 @@ class LidarBranch(nn.Module):
         layers = _conv_bn(c + 1, c, stride=1 if cfg.bev_stride == 1 else 2)
         if cfg.bev_stride == 4:
             layers += _conv_bn(c, c, stride=2)
-        layers += _conv_bn(c, embed_dims) + _conv_bn(embed_dims, embed_dims)
+        b = embed_dims if cfg.bev_channels is None else cfg.bev_channels
+        layers += _conv_bn(c, b) + _conv_bn(b, b)
+        if b != embed_dims:  # a narrower trunk: 1x1 up to E for the heads and the head's BEV sampling
+            layers += [nn.Conv2d(b, embed_dims, 1, bias=False), nn.BatchNorm2d(embed_dims), nn.ReLU(inplace=True)]
         self.bev_net = nn.Sequential(*layers)
         self.heatmap = nn.Conv2d(embed_dims, num_classes, 3, padding=1)
         self.regression = nn.Conv2d(embed_dims, cfg.reg_dims, 3, padding=1)
