@@ -86,3 +86,6 @@ def test_multi_sweep_points_reach_the_model(session):
     assert points == 200 * sweeps  # every cloud has 200 points
     assert after.get("lidar/sweeps_cleared/gap", 0) >= 1
     assert not any(k.startswith("lidar/sweeps_dropped") for k in after), after
+    from sparse_perception_ros.processes import captured_output
+
+    assert "LiDAR input: 3 sweep(s) per frame (lidar.max_sweeps: 3)" in captured_output(proc)  # the log says what runs

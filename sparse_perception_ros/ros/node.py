@@ -92,6 +92,9 @@ class PerceptionNode(Node):
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
         self._builder.set_sweeps(self.pipeline.sweeps)  # multi-sweep LiDAR (lidar.*; None: single sweeps)
+        if self.pipeline.lidar is not None:  # what runs, whether the weights' count or the parameter's
+            n = 1 if self.pipeline.sweeps is None else self.pipeline.sweeps.max_sweeps
+            self.get_logger().info(f"LiDAR input: {n} sweep(s) per frame (lidar.max_sweeps: {p.lidar.max_sweeps})")
         seconds = self.pipeline.warm_up()  # one-off costs (lazy imports, kernels) before the first real frame
         self.get_logger().info(f"warm-up of the model took {seconds:.1f} s")
         features = self.pipeline.features if p.sync.prefer_ready_images else None

@@ -294,7 +294,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
                f"; no display threshold stored with these weights (output.score_threshold auto uses "
                f"{DEFAULT_SCORE_THRESHOLD:g})")
     if cfg.lidar is not None:
-        detail += (f"; {max_sweeps} LiDAR sweep(s) per input, stored with the weights (lidar.max_sweeps auto)"
+        detail += (f"; {max_sweeps} LiDAR sweep(s) per input stored with the weights (used by lidar.max_sweeps auto)"
                    if max_sweeps is not None else
                    "; no sweep count stored with these weights (single sweeps; lidar.max_sweeps auto uses 1)")
     return LoadedModel(stepper, note + detail, path is None, convention, threshold, max_sweeps)
