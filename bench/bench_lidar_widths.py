@@ -2,7 +2,7 @@
 
 The whole branch of ``tiny_fusion`` (pillar MLP + pooling, BEV CNN, heatmap/box heads, top-K) as
 the node runs it (ONNX Runtime, one intra-op thread, ``OrtLidarBranchRunner``), at one synthetic
-sweep of ``--points`` points (40 clustered objects plus ground clutter, dt = 0), each variant's
+sweep of ``--points`` points (``example_inputs.sweep``, dt = 0), each variant's
 graph exported from random weights (timings do not depend on values), timed interleaved in one
 run; ratios against the shipped widths. A narrower variant needs training before it can ship.
 
@@ -20,6 +20,7 @@ import numpy as np
 from sparse_perception_ros.model import build_model
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.runtime.bench import interleaved_medians_ms
+from sparse_perception_ros.runtime.example_inputs import sweep
 from sparse_perception_ros.runtime.lidar_features import OrtLidarBranchRunner
 
 VARIANTS = {  # name -> LidarConfig changes; the first is the shipped preset
@@ -31,13 +32,9 @@ VARIANTS = {  # name -> LidarConfig changes; the first is the shipped preset
 
 
 def sweep_points(n: int, dims: int, seed: int = 0) -> np.ndarray:
-    """``(n, dims)`` float32: 40 blobs (objects) and uniform clutter within 50 m, dt = 0."""
-    rng = np.random.default_rng(seed)
-    centres = rng.uniform(-40, 40, (40, 2))
-    blobs = np.repeat(centres, n // 80, axis=0) + rng.normal(0, 0.8, (40 * (n // 80), 2))
-    xy = np.r_[blobs, rng.uniform(-50, 50, (n - len(blobs), 2))]
-    pts = np.c_[xy, rng.uniform(-2, 1, n), rng.uniform(0, 100, n), np.zeros((n, 1))].astype(np.float32)
-    return pts[:, :dims]
+    """``(n, dims)`` float32: :func:`~sparse_perception_ros.runtime.example_inputs.sweep` (a ground-heavy
+    cloud within 50 m) with a zero time-lag column."""
+    return np.c_[sweep(n, seed), np.zeros(n, np.float32)][:, :dims]
 
 
 def main() -> None:
