@@ -20,6 +20,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--capacity", default=None, metavar="A,T,O",
                     help="the preset with another head capacity (anchors, temporal instances, outputs), as the "
                          "run was trained with train --capacity (e.g. 96,64,32: the tiny stages before 2026-12-06)")
+    ap.add_argument("--lidar-channels", default=None, metavar="P,B",
+                    help="fused presets: another LiDAR trunk width than the preset's: pillar channels and BEV "
+                         "trunk channels (LidarConfig.pillar_channels / bev_channels, e.g. 16,32; "
+                         "scripts/narrow_lidar.py makes starting weights from wider ones)")
     ap.add_argument("--recalibrate-bn", default=None, metavar="DATA_CACHE",
                     help="recompute the BatchNorm statistics from this training data cache: the image "
                          "backbone's from 64 keyframes, a fused preset's LiDAR branch's from 128 sweeps (seed 0)")

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity", default=None, metavar="A,T,O",
                    help="train another head capacity than the preset's: anchors, temporal instances, outputs "
                         "(e.g. 300,200,100; bench/bench_capacity.py); --init from smaller weights grows them")
+    p.add_argument("--lidar-channels", default=None, metavar="P,B",
+                   help="fused presets: another LiDAR trunk width than the preset's: pillar channels and BEV "
+                        "trunk channels (LidarConfig.pillar_channels / bev_channels, e.g. 16,32; "
+                        "scripts/narrow_lidar.py makes starting weights from wider ones)")
     p.add_argument("--lidar-velocity", action="store_true",
                    help="fused presets: the BEV box head also regresses (vx, vy) for the LiDAR candidates "
                         "(LidarConfig.velocity; wants multi-sweep input)")

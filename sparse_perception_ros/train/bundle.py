@@ -51,8 +51,8 @@ def bundle(src: str | Path, dst: str | Path, preset: str | ModelConfig, recalibr
     try:
         missing, unexpected = model.load_state_dict(kept, strict=False)
     except RuntimeError as exc:  # a shape differs: most often a run trained with train --capacity
-        raise ValueError(f"{src} does not fit {fits}: {exc}; a run trained with train --capacity A,T,O is "
-                         "bundled with the same --capacity") from None
+        raise ValueError(f"{src} does not fit {fits}: {exc}; a run trained with train --capacity A,T,O or "
+                         "--lidar-channels P,B is bundled with the same option") from None
     if missing or unexpected:
         raise ValueError(f"{src} does not fit {fits}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if recalibrate_from is not None:

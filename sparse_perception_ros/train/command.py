@@ -48,7 +48,8 @@ def _sha256(path: str | Path) -> str:
 
 
 def model_config(args):
-    """The preset, with ``--capacity`` and ``--lidar-velocity`` applied. Raises ValueError naming the option."""
+    """The preset, with ``--capacity``, ``--lidar-channels`` and ``--lidar-velocity`` applied. Raises
+    ValueError naming the option."""
     cfg = get_preset(args.preset)
     if getattr(args, "capacity", None):
         try:
@@ -56,6 +57,14 @@ def model_config(args):
             cfg = with_capacity(cfg, a, t, o)
         except ValueError as exc:
             raise ValueError(f"--capacity must be A,T,O with 0 < T < A and O <= A (e.g. 300,200,100): {exc}") from None
+    if getattr(args, "lidar_channels", None):
+        if cfg.lidar is None:
+            raise ValueError(f"--lidar-channels needs a fused preset; {args.preset} has no LiDAR branch")
+        try:
+            pillar, bev = (int(v) for v in str(args.lidar_channels).split(","))
+            cfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=pillar, bev_channels=bev))
+        except ValueError as exc:
+            raise ValueError(f"--lidar-channels must be P,B (pillar and BEV trunk widths, e.g. 16,32): {exc}") from None
     if getattr(args, "lidar_velocity", False):
         if cfg.lidar is None:
             raise ValueError(f"--lidar-velocity needs a fused preset; {args.preset} has no LiDAR branch")

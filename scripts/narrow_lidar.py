@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Starting weights for a narrower LiDAR trunk, made from a wider trained fused model.
+
+A fused preset's LiDAR branch costs most of its time in the per-point pillar MLP and the BEV trunk
+(bench/bench_lidar_widths.py). Training a narrower trunk from scratch would throw away what the
+wide one learned, so this script prunes it instead (structured channel pruning), then fine-tuning
+(``train --init OUT --lidar-channels P,B``) recovers the accuracy:
+
+1. run the wide branch on ``--sweeps`` sweeps of a training data cache and record, for every
+   hidden channel of the pillar MLP and the BEV trunk, its mean activation after the ReLU;
+2. keep in each layer the ``P`` (pillar MLP) or ``B`` (BEV trunk) channels with the largest
+   importance = mean activation x L2 norm of the weights that read the channel in the next layer
+   (the pillar count channel ``log1p(count)`` is always kept), and slice every weight, bias and
+   BatchNorm entry to them;
+3. recompute the pruned layers' BatchNorm statistics on the same sweeps (their inputs lost the
+   dropped channels);
+4. fit the new 1x1 convolution from the ``B`` trunk channels up to the head's E by least squares
+   against the wide trunk's output on those sweeps (its BatchNorm is set to the identity plus the
+   fitted intercept), so the heat map, box and candidate layers, which are copied unchanged, see
+   close to the features they were trained on.
+
+Everything outside ``pts_branch.pillars`` and ``pts_branch.bev_net`` is copied as it is.
+
+Example (issue 21; the fine-tune's commands are in scripts/train_bundled.sh)::
+
+    python scripts/narrow_lidar.py models/tiny_fusion.pt runs/bundled/tiny_fusion_p16b32_init.pt \
+        --preset tiny_fusion --pillar 16 --bev 32 --data-cache runs/train_s1_16_o50_sw5.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sparse_perception_ros.model.build import build_model  # noqa: E402
+from sparse_perception_ros.model.checkpoint import load_matching, read_checkpoint  # noqa: E402
+from sparse_perception_ros.model.config import get_preset  # noqa: E402
+from sparse_perception_ros.model.lidar import pad_points  # noqa: E402
+from sparse_perception_ros.train.dataset import load_samples  # noqa: E402
+from sparse_perception_ros.train.trainer import recalibrate_lidar_bn  # noqa: E402
+
+
+def _sweeps(samples, num: int, seed: int) -> list[torch.Tensor]:
+    with_points = [s for s in samples if s.points is not None and len(s.points)]
+    if not with_points:
+        raise SystemExit("the data cache has no LiDAR points (a fused training cache is needed)")
+    picks = np.random.default_rng(seed).choice(len(with_points), min(num, len(with_points)), replace=False)
+    return [torch.from_numpy(np.asarray(with_points[i].points, np.float32))[None] for i in picks]
+
+
+@torch.no_grad()
+def _activations(branch, sweeps, point_dims: int) -> dict[str, torch.Tensor]:
+    """Mean post-ReLU activation per channel: pillar MLP hidden and output (over points that fall in a
+    cell), and each BEV trunk stage (over the grid)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name, per_point):
+        def f(_m, _i, out):
+            x = out.reshape(-1, out.shape[-1]) if per_point else out.transpose(0, 1).reshape(out.shape[1], -1).T
+            sums[name] = sums.get(name, 0) + x.abs().sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return f
+
+    mlp, bev = branch.pillars.mlp, branch.bev_net
+    handles = [mlp[1].register_forward_hook(hook("mlp1", True)), mlp[3].register_forward_hook(hook("mlp3", True))]
+    handles += [bev[i].register_forward_hook(hook(f"bev{i}", False)) for i in (2, 5, 8)]
+    for pts in sweeps:
+        branch(pts, torch.tensor([pts.shape[1]]))
+    for h in handles:
+        h.remove()
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def _keep(act: torch.Tensor, reader_weight: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices (sorted) of the ``n`` channels with the largest activation x outgoing weight norm;
+    ``reader_weight`` has the channel on dim 1 (Linear [out, in] or Conv [out, in, k, k])."""
+    out_norm = reader_weight.transpose(0, 1).reshape(reader_weight.shape[1], -1).norm(dim=1)
+    return torch.topk(act * out_norm, n).indices.sort().values
+
+
+def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweeps: int = 64,
+           seed: int = 0) -> tuple[dict, dict]:
+    """``(state dict of the preset with LidarConfig(pillar_channels=pillar, bev_channels=bev), report)``."""
+    cfg = get_preset(preset)
+    if cfg.lidar is None:
+        raise SystemExit(f"{preset} has no LiDAR branch")
+    if cfg.lidar.bev_stride != 2 or cfg.lidar.bev_channels is not None:
+        raise SystemExit("this script prunes the stride-2 trunk of E channels (the tiny_fusion layout)")
+    wide = build_model(cfg).eval()
+    load_matching(wide, wide_sd)
+    ncfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=pillar, bev_channels=bev))
+    thin = build_model(ncfg).eval()
+    sweeps = _sweeps(samples, num_sweeps, seed)
+    wb = wide.pts_branch
+    act = _activations(wb, sweeps, cfg.lidar.point_dims)
+    W = {k[len("pts_branch."):]: v for k, v in wide.state_dict().items() if k.startswith("pts_branch.")}
+    c, e = cfg.lidar.pillar_channels, wb.embed_dims
+    if pillar > c or bev > e:
+        raise SystemExit(f"--pillar {pillar} / --bev {bev} must not exceed the wide model's {c} / {e}")
+    h1 = _keep(act["mlp1"], W["pillars.mlp.2.weight"], pillar)
+    h2 = _keep(act["mlp3"], W["bev_net.0.weight"][:, :c], pillar)
+    h2c = torch.cat([h2, torch.tensor([c])])  # plus the log1p(count) channel
+    b0 = _keep(act["bev2"], W["bev_net.3.weight"], pillar)
+    b1 = _keep(act["bev5"], W["bev_net.6.weight"], bev)
+    b2 = _keep(act["bev8"], W["heatmap.weight"], bev)  # the old trunk's output channels the heads read
+
+    def bn(prefix, idx):
+        return {f"{prefix}.{k}": W[f"{prefix}.{k}"][idx] for k in ("weight", "bias", "running_mean", "running_var")} | {
+            f"{prefix}.num_batches_tracked": W[f"{prefix}.num_batches_tracked"]}
+
+    new = {
+        "pillars.mlp.0.weight": W["pillars.mlp.0.weight"][h1], "pillars.mlp.0.bias": W["pillars.mlp.0.bias"][h1],
+        "pillars.mlp.2.weight": W["pillars.mlp.2.weight"][h2][:, h1], "pillars.mlp.2.bias": W["pillars.mlp.2.bias"][h2],
+        "bev_net.0.weight": W["bev_net.0.weight"][b0][:, h2c], **bn("bev_net.1", b0),
+        "bev_net.3.weight": W["bev_net.3.weight"][b1][:, b0], **bn("bev_net.4", b1),
+        "bev_net.6.weight": W["bev_net.6.weight"][b2][:, b1], **bn("bev_net.7", b2),
+    }
+    sd = {k: v for k, v in wide.state_dict().items()
+          if not k.startswith(("pts_branch.pillars.", "pts_branch.bev_net."))}
+    sd |= {f"pts_branch.{k}": v.clone() for k, v in new.items()}
+    # the 1x1 up to E and its BN: the identity on the kept channels for now (fitted below)
+    up = torch.zeros(e, bev, 1, 1)
+    up[b2, torch.arange(bev)] = 1.0
+    sd["pts_branch.bev_net.9.weight"] = up
+    own = thin.state_dict()
+    for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        key = f"pts_branch.bev_net.10.{k}"
+        sd[key] = own[key].clone()
+    sd["pts_branch.bev_net.10.running_mean"].zero_()
+    sd["pts_branch.bev_net.10.running_var"].fill_(1.0 - thin.pts_branch.bev_net[10].eps)
+    sd["pts_branch.bev_net.10.weight"].fill_(1.0)
+    sd["pts_branch.bev_net.10.bias"].zero_()
+    load_matching(thin, sd)
+    # 3. the pruned BN statistics, then 4. the 1x1 by least squares against the wide trunk's output
+    saved10 = {k: v.clone() for k, v in thin.pts_branch.bev_net[10].state_dict().items()}
+    recalibrate_lidar_bn(thin, samples, num=num_sweeps, seed=seed)  # the same seeded choice as _sweeps
+    thin.pts_branch.bev_net[10].load_state_dict(saved10)
+    thin.eval()
+    xs, ys = [], []
+    with torch.no_grad():
+        for pts in sweeps:
+            p = pad_points(pts, cfg.lidar.point_dims)
+            n = torch.tensor([pts.shape[1]])
+            xs.append(thin.pts_branch.bev_net[:9](thin.pts_branch.pillars(p, n)).flatten(2)[0].T)
+            ys.append(wb.bev_net(wb.pillars(p, n)).flatten(2)[0].T)
+    x, y = torch.cat(xs).double(), torch.cat(ys).double()
+    xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    sol = torch.linalg.lstsq(xa, y, driver="gelsd").solution  # [bev + 1, e]
+    thin.pts_branch.bev_net[9].weight.data.copy_(sol[:bev].T.float()[:, :, None, None])
+    thin.pts_branch.bev_net[10].bias.data.copy_(sol[bev].float())
+    with torch.no_grad():
+        fit = torch.relu(xa @ sol)
+        rel = float((fit - y).norm() / y.norm())
+        before = float((torch.relu(x @ up[:, :, 0, 0].double().T) - y).norm() / y.norm())
+    report = {"sweeps": len(sweeps), "kept": {"mlp_hidden": h1.tolist(), "mlp_out": h2.tolist(),
+              "bev0": b0.tolist(), "bev1": b1.tolist(), "bev2": b2.tolist()},
+              "relative_error_of_trunk_output": {"identity_1x1": before, "least_squares_1x1": rel}}
+    return thin.state_dict(), report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("wide", help="trained weights of the preset as it is (e.g. models/tiny_fusion.pt)")
+    ap.add_argument("out", help="starting weights to write for train --init ... --lidar-channels P,B")
+    ap.add_argument("--preset", default="tiny_fusion")
+    ap.add_argument("--pillar", type=int, required=True, help="pillar MLP channels of the narrow trunk")
+    ap.add_argument("--bev", type=int, required=True, help="BEV trunk channels of the narrow trunk")
+    ap.add_argument("--data-cache", required=True, help="fused training data cache (train --data-cache)")
+    ap.add_argument("--sweeps", type=int, default=64, help="sweeps for the statistics and the fit (seeded choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    samples, _meta = load_samples(args.data_cache)
+    sd, report = narrow(read_checkpoint(args.wide), args.preset, args.pillar, args.bev, samples, args.sweeps, args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, args.out)
+    err = report["relative_error_of_trunk_output"]
+    print(f"narrow_lidar: {args.out}: pillar {args.pillar}, BEV {args.bev} channels from {args.wide} "
+          f"({report['sweeps']} sweeps); trunk output relative error {err['identity_1x1']:.3f} with the identity 1x1, "
+          f"{err['least_squares_1x1']:.3f} fitted")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Narrower LiDAR trunks (issue 21): ``train/bundle --lidar-channels`` and ``scripts/narrow_lidar.py``,
+which prunes a trained wide trunk into starting weights for the narrow one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_perception_ros.cli import main
+from sparse_perception_ros.model.build import build_model
+from sparse_perception_ros.model.checkpoint import CheckpointError, load_matching
+from sparse_perception_ros.model.config import get_preset
+from sparse_perception_ros.runtime.example_inputs import sweep
+from sparse_perception_ros.train.command import model_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("narrow_lidar", REPO / "scripts" / "narrow_lidar.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lidar_channels_option_sets_both_widths_and_names_itself_when_wrong():
+    cfg = model_config(argparse.Namespace(preset="tiny_fusion", capacity=None, lidar_channels="16,32"))
+    assert (cfg.lidar.pillar_channels, cfg.lidar.bev_channels) == (16, 32)
+    assert cfg.head == get_preset("tiny_fusion").head  # nothing else changes
+    for bad in ("16", "16,x", "16,0"):
+        with pytest.raises(ValueError, match="--lidar-channels"):
+            model_config(argparse.Namespace(preset="tiny_fusion", capacity=None, lidar_channels=bad))
+    with pytest.raises(ValueError, match="--lidar-channels needs a fused preset"):
+        model_config(argparse.Namespace(preset="tiny", capacity=None, lidar_channels="16,32"))
+
+
+def test_narrowed_weights_load_into_the_narrow_trunk_and_the_fit_beats_the_identity(tmp_path, capsys):
+    """Pruning a (randomly initialised, BN statistics from data) wide trunk: the result loads strictly
+    into the ``--lidar-channels 16,32`` model, every weight outside the trunk is the wide model's, the
+    kept channels are distinct and in range, and the least-squares 1x1 reproduces the wide trunk's
+    output better than copying the kept channels through. Then ``bundle --lidar-channels`` takes it."""
+    nl = _script()
+    torch.manual_seed(0)
+    wide = build_model("tiny_fusion")
+    samples = [SimpleNamespace(points=np.c_[sweep(3000, seed=s), np.zeros(3000, np.float32)]) for s in range(6)]
+    nl.recalibrate_lidar_bn(wide, samples, num=6)  # realistic BN statistics for the random trunk
+    sd, report = nl.narrow(wide.state_dict(), "tiny_fusion", 16, 32, samples, num_sweeps=6)
+    cfg = get_preset("tiny_fusion")
+    narrow = build_model(replace(cfg, lidar=replace(cfg.lidar, pillar_channels=16, bev_channels=32)))
+    load_matching(narrow, sd)  # strict: no missing, unexpected or mismatched key
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_matching(build_model("tiny_fusion"), sd)
+    wsd = wide.state_dict()
+    outside = [k for k in wsd if not k.startswith(("pts_branch.pillars.", "pts_branch.bev_net."))]
+    assert outside and all(torch.equal(sd[k], wsd[k]) for k in outside)
+    kept = report["kept"]
+    for name, n, top in (("mlp_hidden", 16, 32), ("mlp_out", 16, 32), ("bev0", 16, 32), ("bev1", 32, 64),
+                         ("bev2", 32, 64)):
+        assert len(set(kept[name])) == n and 0 <= min(kept[name]) and max(kept[name]) < top, name
+    err = report["relative_error_of_trunk_output"]
+    assert err["least_squares_1x1"] < err["identity_1x1"]
+    assert err["least_squares_1x1"] < 1.0
+
+    src, dst = tmp_path / "narrow.pt", tmp_path / "bundled.pt"
+    torch.save(sd, src)
+    assert main(["bundle", str(src), str(dst), "--preset", "tiny_fusion"]) == 1
+    assert "--lidar-channels" in capsys.readouterr().err
+    assert main(["bundle", str(src), str(dst), "--preset", "tiny_fusion", "--lidar-channels", "16,32"]) == 0
+    out = torch.load(dst, weights_only=True)
+    assert out.keys() == sd.keys() and all(torch.equal(out[k], v) for k, v in sd.items())
