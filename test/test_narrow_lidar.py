@@ -68,6 +68,15 @@ def test_narrowed_weights_load_into_the_narrow_trunk_and_the_fit_beats_the_ident
     assert err["least_squares_1x1"] < err["identity_1x1"]
     assert err["least_squares_1x1"] < 1.0
 
+    # distillation trains the narrow pillar MLP and trunk only: the heads stay the wide model's
+    sd2, report2 = nl.narrow(wide.state_dict(), "tiny_fusion", 16, 32, samples, num_sweeps=6, distill_steps=10)
+    load_matching(narrow, sd2)
+    heads = [k for k in wsd if k.startswith("pts_branch.") and not k.startswith(("pts_branch.pillars.",
+                                                                                    "pts_branch.bev_net."))]
+    assert heads and all(torch.equal(sd2[k], wsd[k]) for k in heads)
+    assert not torch.equal(sd2["pts_branch.bev_net.3.weight"], sd["pts_branch.bev_net.3.weight"])
+    assert np.isfinite(report2["relative_error_of_trunk_output"]["distilled"])
+
     src, dst = tmp_path / "narrow.pt", tmp_path / "bundled.pt"
     torch.save(sd, src)
     assert main(["bundle", str(src), str(dst), "--preset", "tiny_fusion"]) == 1
