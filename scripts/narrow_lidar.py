@@ -91,13 +91,17 @@ def _keep(act: torch.Tensor, reader_weight: torch.Tensor, n: int) -> torch.Tenso
 
 
 def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweeps: int = 64,
-           seed: int = 0, distill_steps: int = 0) -> tuple[dict, dict]:
-    """``(state dict of the preset with LidarConfig(pillar_channels=pillar, bev_channels=bev), report)``."""
+           seed: int = 0, distill_steps: int = 0, wide_pillar: int = 32) -> tuple[dict, dict]:
+    """``(state dict of the preset with LidarConfig(pillar_channels=pillar, bev_channels=bev), report)``
+    from ``wide_sd``, weights of the preset with ``wide_pillar`` pillar channels and a BEV trunk of the
+    head's E channels."""
     cfg = get_preset(preset)
     if cfg.lidar is None:
         raise SystemExit(f"{preset} has no LiDAR branch")
-    if cfg.lidar.bev_stride != 2 or cfg.lidar.bev_channels is not None:
-        raise SystemExit("this script prunes the stride-2 trunk of E channels (the tiny_fusion layout)")
+    if cfg.lidar.bev_stride != 2:
+        raise SystemExit("this script prunes a stride-2 trunk (the tiny_fusion layout)")
+    # the wide model: the preset with a trunk of E channels and wide_pillar pillar channels (v3's layout)
+    cfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=wide_pillar, bev_channels=None))
     wide = build_model(cfg).eval()
     load_matching(wide, wide_sd)
     ncfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=pillar, bev_channels=bev))
@@ -240,9 +244,11 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="tiny_fusion")
     ap.add_argument("--pillar", type=int, required=True, help="pillar MLP channels of the narrow trunk")
     ap.add_argument("--bev", type=int, required=True, help="BEV trunk channels of the narrow trunk")
+    ap.add_argument("--wide-pillar", type=int, default=32,
+                    help="pillar channels of the wide weights (their BEV trunk has the head's E channels)")
     ap.add_argument("--data-cache", required=True, help="fused training data cache (train --data-cache)")
     ap.add_argument("--sweeps", type=int, default=64, help="sweeps for the statistics and the fit (seeded choice)")
-    ap.add_argument("--distill-steps", type=int, default=2000,
+    ap.add_argument("--distill-steps", type=int, default=4000,
                     help="then train the narrow trunk to reproduce the wide one's BEV features and heat map on this "
                          "many training sweeps (step 5 above; 0 = pruning and the fit only)")
     ap.add_argument("--seed", type=int, default=0)
@@ -250,7 +256,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     samples, _meta = load_samples(args.data_cache)
     sd, report = narrow(read_checkpoint(args.wide), args.preset, args.pillar, args.bev, samples, args.sweeps, args.seed,
-                        args.distill_steps)
+                        args.distill_steps, args.wide_pillar)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(sd, args.out)
     err = report["relative_error_of_trunk_output"]

@@ -48,15 +48,16 @@ def test_narrowed_weights_load_into_the_narrow_trunk_and_the_fit_beats_the_ident
     output better than copying the kept channels through. Then ``bundle --lidar-channels`` takes it."""
     nl = _script()
     torch.manual_seed(0)
-    wide = build_model("tiny_fusion")
+    cfg = get_preset("tiny_fusion")
+    wide_cfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=32, bev_channels=None))  # v3's layout
+    wide = build_model(wide_cfg)
     samples = [SimpleNamespace(points=np.c_[sweep(3000, seed=s), np.zeros(3000, np.float32)]) for s in range(6)]
     nl.recalibrate_lidar_bn(wide, samples, num=6)  # realistic BN statistics for the random trunk
     sd, report = nl.narrow(wide.state_dict(), "tiny_fusion", 16, 32, samples, num_sweeps=6)
-    cfg = get_preset("tiny_fusion")
     narrow = build_model(replace(cfg, lidar=replace(cfg.lidar, pillar_channels=16, bev_channels=32)))
     load_matching(narrow, sd)  # strict: no missing, unexpected or mismatched key
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        load_matching(build_model("tiny_fusion"), sd)
+        load_matching(build_model(wide_cfg), sd)
     wsd = wide.state_dict()
     outside = [k for k in wsd if not k.startswith(("pts_branch.pillars.", "pts_branch.bev_net."))]
     assert outside and all(torch.equal(sd[k], wsd[k]) for k in outside)
@@ -79,7 +80,7 @@ def test_narrowed_weights_load_into_the_narrow_trunk_and_the_fit_beats_the_ident
 
     src, dst = tmp_path / "narrow.pt", tmp_path / "bundled.pt"
     torch.save(sd, src)
-    assert main(["bundle", str(src), str(dst), "--preset", "tiny_fusion"]) == 1
+    assert main(["bundle", str(src), str(dst), "--preset", "tiny_fusion", "--lidar-channels", "32,64"]) == 1
     assert "--lidar-channels" in capsys.readouterr().err
     assert main(["bundle", str(src), str(dst), "--preset", "tiny_fusion", "--lidar-channels", "16,32"]) == 0
     out = torch.load(dst, weights_only=True)
