@@ -27,6 +27,7 @@ VARIANTS = {  # name -> LidarConfig changes; the first is the shipped preset
     "shipped: pillar 32, BEV trunk = E (64)": {},
     "BEV trunk 32 (+ 1x1 to E)": dict(bev_channels=32),
     "BEV trunk 16 (+ 1x1 to E)": dict(bev_channels=16),
+    "pillar 16, BEV trunk = E": dict(pillar_channels=16),
     "pillar 16, BEV trunk 32": dict(pillar_channels=16, bev_channels=32),
 }
 
