@@ -48,19 +48,11 @@ from sparse_perception_ros.model.checkpoint import load_matching, read_checkpoin
 from sparse_perception_ros.model.config import get_preset  # noqa: E402
 from sparse_perception_ros.model.lidar import pad_points  # noqa: E402
 from sparse_perception_ros.train.dataset import load_samples  # noqa: E402
-from sparse_perception_ros.train.trainer import recalibrate_lidar_bn  # noqa: E402
-
-
-def _sweeps(samples, num: int, seed: int) -> list[torch.Tensor]:
-    with_points = [s for s in samples if s.points is not None and len(s.points)]
-    if not with_points:
-        raise SystemExit("the data cache has no LiDAR points (a fused training cache is needed)")
-    picks = np.random.default_rng(seed).choice(len(with_points), min(num, len(with_points)), replace=False)
-    return [torch.from_numpy(np.asarray(with_points[i].points, np.float32))[None] for i in picks]
+from sparse_perception_ros.train.trainer import lidar_samples, recalibrate_lidar_bn  # noqa: E402
 
 
 @torch.no_grad()
-def _activations(branch, sweeps, point_dims: int) -> dict[str, torch.Tensor]:
+def _activations(branch, sweeps) -> dict[str, torch.Tensor]:
     """Mean post-ReLU activation per channel: pillar MLP hidden and output (over points that fall in a
     cell), and each BEV trunk stage (over the grid)."""
     sums: dict[str, torch.Tensor] = {}
@@ -106,9 +98,10 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
     load_matching(wide, wide_sd)
     ncfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=pillar, bev_channels=bev))
     thin = build_model(ncfg).eval()
-    sweeps = _sweeps(samples, num_sweeps, seed)
+    # the sweeps of the statistics and the fit: the seeded choice recalibrate_lidar_bn makes too
+    sweeps = [torch.from_numpy(np.asarray(s.points, np.float32))[None] for s in lidar_samples(samples, num_sweeps, seed)]
     wb = wide.pts_branch
-    act = _activations(wb, sweeps, cfg.lidar.point_dims)
+    act = _activations(wb, sweeps)
     W = {k[len("pts_branch."):]: v for k, v in wide.state_dict().items() if k.startswith("pts_branch.")}
     c, e = cfg.lidar.pillar_channels, wb.embed_dims
     if pillar > c or bev > e:
@@ -134,23 +127,15 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
     sd = {k: v for k, v in wide.state_dict().items()
           if not k.startswith(("pts_branch.pillars.", "pts_branch.bev_net."))}
     sd |= {f"pts_branch.{k}": v.clone() for k, v in new.items()}
-    # the 1x1 up to E and its BN: the identity on the kept channels for now (fitted below)
-    up = torch.zeros(e, bev, 1, 1)
+    # the 1x1 up to E and its BN keep their fresh values until the fit below sets every one of them;
+    # the identity on the kept channels is the fit's baseline in the report
+    up = torch.zeros(e, bev)
     up[b2, torch.arange(bev)] = 1.0
-    sd["pts_branch.bev_net.9.weight"] = up
     own = thin.state_dict()
-    for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-        key = f"pts_branch.bev_net.10.{k}"
-        sd[key] = own[key].clone()
-    sd["pts_branch.bev_net.10.running_mean"].zero_()
-    sd["pts_branch.bev_net.10.running_var"].fill_(1.0 - thin.pts_branch.bev_net[10].eps)
-    sd["pts_branch.bev_net.10.weight"].fill_(1.0)
-    sd["pts_branch.bev_net.10.bias"].zero_()
+    sd |= {k: v for k, v in own.items() if k.startswith(("pts_branch.bev_net.9.", "pts_branch.bev_net.10."))}
     load_matching(thin, sd)
     # 3. the pruned BN statistics, then 4. the 1x1 by least squares against the wide trunk's output
-    saved10 = {k: v.clone() for k, v in thin.pts_branch.bev_net[10].state_dict().items()}
-    recalibrate_lidar_bn(thin, samples, num=num_sweeps, seed=seed)  # the same seeded choice as _sweeps
-    thin.pts_branch.bev_net[10].load_state_dict(saved10)
+    recalibrate_lidar_bn(thin, samples, num=num_sweeps, seed=seed)
     thin.eval()
     xs, ys = [], []
     with torch.no_grad():
@@ -177,7 +162,7 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
     with torch.no_grad():
         fit = torch.relu(xa @ sol)
         rel = float((fit - y).norm() / y.norm())
-        before = float((torch.relu(x @ up[:, :, 0, 0].double().T) - y).norm() / y.norm())
+        before = float((torch.relu(x @ up.double().T) - y).norm() / y.norm())
     distilled = None
     if distill_steps:
         distilled = distill(thin.pts_branch, wb, samples, distill_steps, seed, cfg.lidar.point_dims)
@@ -201,7 +186,7 @@ def distill(thin, wide, samples, steps: int, seed: int, point_dims: int, lr: flo
     from sparse_perception_ros.runtime.pipeline import thin_points
 
     rng = np.random.default_rng(seed + 1)
-    with_points = [s for s in samples if s.points is not None and len(s.points)]
+    with_points = lidar_samples(samples)
     params = list(thin.pillars.parameters()) + list(thin.bev_net.parameters())
     frozen = [p for n, p in thin.named_parameters() if not n.startswith(("pillars.", "bev_net."))]
     for p in frozen:
@@ -255,8 +240,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     samples, _meta = load_samples(args.data_cache)
-    sd, report = narrow(read_checkpoint(args.wide), args.preset, args.pillar, args.bev, samples, args.sweeps, args.seed,
-                        args.distill_steps, args.wide_pillar)
+    try:
+        sd, report = narrow(read_checkpoint(args.wide), args.preset, args.pillar, args.bev, samples, args.sweeps, args.seed,
+                            args.distill_steps, args.wide_pillar)
+    except ValueError as exc:  # e.g. a camera-only data cache: no sweeps
+        print(f"narrow_lidar: {args.data_cache}: {exc}", file=sys.stderr)
+        return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(sd, args.out)
     err = report["relative_error_of_trunk_output"]

@@ -46,7 +46,7 @@ from sparse_perception_ros.train.distributed import DistContext, convert_sync_ba
 from sparse_perception_ros.train.lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from sparse_perception_ros.train.losses import LOSS_NAMES, LossConfig, layer_losses
 
-__all__ = ["TrainingDiverged", "recalibrate_lidar_bn", "recalibrate_image_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
+__all__ = ["TrainingDiverged", "lidar_samples", "recalibrate_lidar_bn", "recalibrate_image_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
            "evaluate_loss", "init_model", "model_from_checkpoint", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
 
 
@@ -265,6 +265,18 @@ def model_from_checkpoint(path: str | Path, cfg: TrainConfig, model_cfg: ModelCo
     return model
 
 
+def lidar_samples(samples: Sequence[TrainSample], num: int | None = None, seed: int = 0) -> list[TrainSample]:
+    """The samples that carry a sweep; with ``num``, a seeded choice of ``min(num, len)`` of them (no
+    repeats, in the choice's order). Raises ValueError when none has points."""
+    with_points = [s for s in samples if s.points is not None and len(s.points)]
+    if not with_points:
+        raise ValueError("no samples with points (a fused training cache is needed)")
+    if num is None:
+        return with_points
+    picks = np.random.default_rng(seed).choice(len(with_points), min(num, len(with_points)), replace=False)
+    return [with_points[i] for i in picks]
+
+
 @torch.no_grad()
 def recalibrate_lidar_bn(model, samples: Sequence[TrainSample], num: int = 128, seed: int = 0) -> int:
     """Recompute the BatchNorm running statistics of the LiDAR branch as the plain average over
@@ -273,10 +285,7 @@ def recalibrate_lidar_bn(model, samples: Sequence[TrainSample], num: int = 128, 
     branch = getattr(model, "pts_branch", None)
     if branch is None:
         raise ValueError("the model has no LiDAR branch")
-    with_points = [s for s in samples if s.points is not None and len(s.points)]
-    if not with_points:
-        raise ValueError("no samples with points to recalibrate from")
-    picks = np.random.default_rng(seed).choice(len(with_points), min(num, len(with_points)), replace=False)
+    picks = lidar_samples(samples, num, seed)
     bns = [m for m in branch.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     was_training = branch.training
     saved = [m.momentum for m in bns]
@@ -284,8 +293,8 @@ def recalibrate_lidar_bn(model, samples: Sequence[TrainSample], num: int = 128, 
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     branch.train()
-    for i in picks:
-        pts = torch.from_numpy(np.asarray(with_points[i].points, np.float32))[None]
+    for sample in picks:
+        pts = torch.from_numpy(np.asarray(sample.points, np.float32))[None]
         branch(pts, torch.tensor([pts.shape[1]]))
     for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
