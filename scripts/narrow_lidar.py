@@ -127,42 +127,46 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
     sd = {k: v for k, v in wide.state_dict().items()
           if not k.startswith(("pts_branch.pillars.", "pts_branch.bev_net."))}
     sd |= {f"pts_branch.{k}": v.clone() for k, v in new.items()}
-    # the 1x1 up to E and its BN keep their fresh values until the fit below sets every one of them;
-    # the identity on the kept channels is the fit's baseline in the report
-    up = torch.zeros(e, bev)
-    up[b2, torch.arange(bev)] = 1.0
+    full = bev == e  # the trunk keeps the head's E channels: no 1x1 up to E to fit
     own = thin.state_dict()
-    sd |= {k: v for k, v in own.items() if k.startswith(("pts_branch.bev_net.9.", "pts_branch.bev_net.10."))}
+    if not full:  # the 1x1 up to E and its BN keep their fresh values until the fit below sets them all
+        sd |= {k: v for k, v in own.items() if k.startswith(("pts_branch.bev_net.9.", "pts_branch.bev_net.10."))}
     load_matching(thin, sd)
     # 3. the pruned BN statistics, then 4. the 1x1 by least squares against the wide trunk's output
     recalibrate_lidar_bn(thin, samples, num=num_sweeps, seed=seed)
     thin.eval()
     xs, ys = [], []
+    trunk = thin.pts_branch.bev_net if full else thin.pts_branch.bev_net[:9]
     with torch.no_grad():
         for pts in sweeps:
             p = pad_points(pts, cfg.lidar.point_dims)
             n = torch.tensor([pts.shape[1]])
-            xs.append(thin.pts_branch.bev_net[:9](thin.pts_branch.pillars(p, n)).flatten(2)[0].T)
+            xs.append(trunk(thin.pts_branch.pillars(p, n)).flatten(2)[0].T)
             ys.append(wb.bev_net(wb.pillars(p, n)).flatten(2)[0].T)
     x, y = torch.cat(xs).double(), torch.cat(ys).double()
-    xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    sol = torch.linalg.lstsq(xa, y, driver="gelsd").solution  # [bev + 1, e]
-    # BN(z) = z + b in eval mode *and* in train mode (where it normalises by the batch's statistics,
-    # which the fit's data stand for): running mean/var = those of z = W x, gamma = its std, beta =
-    # its mean + the intercept. A BN left at the identity would rescale z to unit variance as soon
-    # as training (or a BN recalibration) recomputes its statistics.
-    z = x @ sol[:bev]
-    mean, var = z.mean(0), z.var(0, unbiased=False)
-    bn10 = thin.pts_branch.bev_net[10]
-    thin.pts_branch.bev_net[9].weight.data.copy_(sol[:bev].T.float()[:, :, None, None])
-    bn10.running_mean.copy_(mean.float())
-    bn10.running_var.copy_(var.float())
-    bn10.weight.data.copy_(torch.sqrt(var + bn10.eps).float())
-    bn10.bias.data.copy_((mean + sol[bev]).float())
-    with torch.no_grad():
-        fit = torch.relu(xa @ sol)
-        rel = float((fit - y).norm() / y.norm())
-        before = float((torch.relu(x @ up.double().T) - y).norm() / y.norm())
+    errors = {}
+    if full:
+        errors["pruned"] = float((x - y).norm() / y.norm())
+    else:
+        # the identity on the kept channels is the fit's baseline in the report
+        up = torch.zeros(e, bev, dtype=x.dtype)
+        up[b2, torch.arange(bev)] = 1.0
+        errors["identity_1x1"] = float((torch.relu(x @ up.T) - y).norm() / y.norm())
+        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        sol = torch.linalg.lstsq(xa, y, driver="gelsd").solution  # [bev + 1, e]
+        # BN(z) = z + b in eval mode *and* in train mode (where it normalises by the batch's statistics,
+        # which the fit's data stand for): running mean/var = those of z = W x, gamma = its std, beta =
+        # its mean + the intercept. A BN left at the identity would rescale z to unit variance as soon
+        # as training (or a BN recalibration) recomputes its statistics.
+        z = x @ sol[:bev]
+        mean, var = z.mean(0), z.var(0, unbiased=False)
+        bn10 = thin.pts_branch.bev_net[10]
+        thin.pts_branch.bev_net[9].weight.data.copy_(sol[:bev].T.float()[:, :, None, None])
+        bn10.running_mean.copy_(mean.float())
+        bn10.running_var.copy_(var.float())
+        bn10.weight.data.copy_(torch.sqrt(var + bn10.eps).float())
+        bn10.bias.data.copy_((mean + sol[bev]).float())
+        errors["least_squares_1x1"] = float((torch.relu(xa @ sol) - y).norm() / y.norm())
     distilled = None
     if distill_steps:
         distilled = distill(thin.pts_branch, wb, samples, distill_steps, seed, cfg.lidar.point_dims)
@@ -170,9 +174,9 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
         thin.eval()
     report = {"sweeps": len(sweeps), "kept": {"mlp_hidden": h1.tolist(), "mlp_out": h2.tolist(),
               "bev0": b0.tolist(), "bev1": b1.tolist(), "bev2": b2.tolist()},
-              "relative_error_of_trunk_output": {"identity_1x1": before, "least_squares_1x1": rel}}
+              "relative_error_of_trunk_output": errors}
     if distilled is not None:
-        report["relative_error_of_trunk_output"]["distilled"] = distilled
+        errors["distilled"] = distilled
     return thin.state_dict(), report
 
 
@@ -250,8 +254,8 @@ def main(argv=None) -> int:
     torch.save(sd, args.out)
     err = report["relative_error_of_trunk_output"]
     print(f"narrow_lidar: {args.out}: pillar {args.pillar}, BEV {args.bev} channels from {args.wide} "
-          f"({report['sweeps']} sweeps); trunk output relative error {err['identity_1x1']:.3f} with the identity 1x1, "
-          f"{err['least_squares_1x1']:.3f} fitted" + (f", {err['distilled']:.3f} distilled" if "distilled" in err else ""))
+          f"({report['sweeps']} sweeps); trunk output relative error "
+          + ", ".join(f"{v:.3f} {k.replace('_', ' ')}" for k, v in err.items()))
     return 0
 
 

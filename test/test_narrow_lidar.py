@@ -85,3 +85,26 @@ def test_narrowed_weights_load_into_the_narrow_trunk_and_the_fit_beats_the_ident
     assert main(["bundle", str(src), str(dst), "--preset", "tiny_fusion", "--lidar-channels", "16,32"]) == 0
     out = torch.load(dst, weights_only=True)
     assert out.keys() == sd.keys() and all(torch.equal(out[k], v) for k, v in sd.items())
+
+
+def test_narrowing_the_pillar_mlp_alone_keeps_the_trunk_width_and_its_channel_order():
+    """``--bev`` equal to the head's E (pillar MLP 16, trunk kept at 64): no 1x1 up to E exists to fit,
+    the weights load strictly into ``--lidar-channels 16,64``, the trunk's last two layers keep every
+    channel in their order (the heads read them), and the report gives the pruned trunk's error."""
+    nl = _script()
+    torch.manual_seed(1)
+    cfg = get_preset("tiny_fusion")
+    wide_cfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=32, bev_channels=None))
+    wide = build_model(wide_cfg)
+    samples = [SimpleNamespace(points=np.c_[sweep(3000, seed=s), np.zeros(3000, np.float32)]) for s in range(4)]
+    nl.recalibrate_lidar_bn(wide, samples, num=4)
+    sd, report = nl.narrow(wide.state_dict(), "tiny_fusion", 16, 64, samples, num_sweeps=4)
+    narrow = build_model(replace(cfg, lidar=replace(cfg.lidar, pillar_channels=16, bev_channels=64)))
+    load_matching(narrow, sd)
+    assert not any(k.startswith(("pts_branch.bev_net.9.", "pts_branch.bev_net.10.")) for k in sd)
+    assert report["kept"]["bev1"] == list(range(64)) and report["kept"]["bev2"] == list(range(64))
+    wsd = wide.state_dict()
+    assert torch.equal(sd["pts_branch.bev_net.6.weight"], wsd["pts_branch.bev_net.6.weight"])
+    assert sd["pts_branch.bev_net.3.weight"].shape == (64, 16, 3, 3)
+    err = report["relative_error_of_trunk_output"]
+    assert set(err) == {"pruned"} and 0.0 < err["pruned"] < 1.5
