@@ -48,6 +48,7 @@ from sparse_perception_ros.model.checkpoint import load_matching, read_checkpoin
 from sparse_perception_ros.model.config import get_preset  # noqa: E402
 from sparse_perception_ros.model.lidar import pad_points  # noqa: E402
 from sparse_perception_ros.train.dataset import load_samples  # noqa: E402
+from sparse_perception_ros.train.lidar_losses import lidar_distillation  # noqa: E402
 from sparse_perception_ros.train.trainer import lidar_samples, recalibrate_lidar_bn  # noqa: E402
 
 
@@ -183,7 +184,7 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
 def distill(thin, wide, samples, steps: int, seed: int, point_dims: int, lr: float = 1e-3) -> float:
     """Train the narrow branch's pillar MLP and BEV trunk (the heads stay the wide model's, frozen) to
     reproduce the wide trunk's BEV features, heat-map logits (weighted up where the wide heat map
-    fires) and box regression (weighted by it) on training sweeps: ``steps`` Adam
+    fires) and box regression (weighted by it) on training sweeps (:func:`lidar_distillation`): ``steps`` Adam
     steps, one sweep each (seeded order; clouds thinned to the preset's ``max_points`` as the node
     does), BatchNorm in train mode as in the fine-tune that follows (its running statistics are
     recomputed afterwards). Returns the relative error of the trunk's output over the last 50 steps."""
@@ -207,12 +208,8 @@ def distill(thin, wide, samples, steps: int, seed: int, point_dims: int, lr: flo
         n = torch.tensor([p.shape[1]])
         with torch.no_grad():
             bw, hw, rw = wide.bev_maps(wide.pillars(p, n))
-            peak = torch.sigmoid(hw)  # where the heat map fires, its logits and the boxes matter most
-            w_heat = 1.0 + 20.0 * peak
-            w_reg = peak.amax(dim=1, keepdim=True)
         bn, hn, rn = thin.bev_maps(thin.pillars(p, n))
-        loss = ((bn - bw).pow(2).mean() / bw.pow(2).mean() + (w_heat * (hn - hw).pow(2)).mean()
-                + (w_reg * (rn - rw).pow(2)).sum() / w_reg.sum().clamp(min=1.0) / rw.shape[1])
+        loss = lidar_distillation((bn, hn, rn), (bw, hw, rw))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -15,6 +15,9 @@ Loss: the CenterNet Gaussian focal loss (alpha 2, beta 4) on ``sigmoid(heatmap)`
 divided by the number of GT centres, and L1 on the regression at the centre cells divided by the
 same number, weighted ``hm_weight`` and ``reg_weight``. Frames whose sweep was dropped
 (``num_points = 0``) contribute nothing.
+
+Distillation (:func:`lidar_distillation`; ``train --teacher``, ``scripts/narrow_lidar.py``): a
+narrower branch learns to reproduce a wider trained one's BEV maps on the same sweep.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from sparse_perception_ros.model.config import LidarConfig
 from sparse_perception_ros.model.lidar import LidarCandidates
 
-__all__ = ["LidarLossConfig", "LIDAR_LOSS_NAMES", "bev_targets", "lidar_losses"]
+__all__ = ["LidarLossConfig", "LIDAR_LOSS_NAMES", "bev_targets", "lidar_losses", "lidar_distillation"]
 
 LIDAR_LOSS_NAMES = ("bev_hm", "bev_reg")
 
@@ -92,3 +95,23 @@ def lidar_losses(lidar: LidarCandidates, boxes: Sequence[torch.Tensor], labels: 
         n_total += len(cells)
     n = max(n_total, 1)
     return {"bev_hm": loss_cfg.hm_weight * hm_total / n, "bev_reg": loss_cfg.reg_weight * reg_total / n}
+
+
+def lidar_distillation(student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                       teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Scalar loss pulling a branch's BEV maps toward a teacher branch's on the same sweeps.
+
+    Both are :meth:`LidarBranch.bev_maps` outputs ``(bev [bs, E, H, W], heat_logits [bs, n_cls, H, W],
+    reg [bs, R, H, W])`` on the same grid (the teacher's detached). The sum of: the squared error of
+    the BEV features relative to the teacher's mean square; the squared error of the heat-map logits,
+    weighted ``1 + 20 p`` where the teacher's heat map fires (``p`` its probability), so its peaks
+    and the ground around them count most; and the squared error of the box regression weighted by
+    the teacher's peak probability over classes (averaged over that weight and the R entries).
+    """
+    bs, hs, rs = student
+    bt, ht, rt = teacher
+    peak = torch.sigmoid(ht)
+    w_heat = 1.0 + 20.0 * peak
+    w_reg = peak.amax(dim=1, keepdim=True)
+    return ((bs - bt).pow(2).mean() / bt.pow(2).mean().clamp(min=1e-12) + (w_heat * (hs - ht).pow(2)).mean()
+            + (w_reg * (rs - rt).pow(2)).sum() / w_reg.sum().clamp(min=1.0) / rt.shape[1])
