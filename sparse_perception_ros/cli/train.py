@@ -34,12 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fused presets: another LiDAR trunk width than the preset's: pillar channels and BEV "
                         "trunk channels (LidarConfig.pillar_channels / bev_channels, e.g. 16,32; "
                         "scripts/narrow_lidar.py makes starting weights from wider ones)")
-    p.add_argument("--teacher", default=None, metavar="CKPT",
-                   help="fused presets: also distil the LiDAR branch's BEV features, heat map and boxes toward "
-                        "this trained model's (e.g. the wide weights a narrowed trunk was pruned from; loss bev_kd)")
-    p.add_argument("--teacher-lidar-channels", default=None, metavar="P,B",
-                   help="the teacher's LiDAR trunk widths when they differ from the trained model's (e.g. 32,64)")
-    p.add_argument("--teacher-weight", type=float, default=1.0, help="weight of the distillation loss bev_kd")
     p.add_argument("--lidar-velocity", action="store_true",
                    help="fused presets: the BEV box head also regresses (vx, vy) for the LiDAR candidates "
                         "(LidarConfig.velocity; wants multi-sweep input)")

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from sparse_perception_ros.data.scene import parse_class_weights
-from sparse_perception_ros.model.checkpoint import CheckpointError
 from sparse_perception_ros.model.config import get_preset, with_capacity
 from sparse_perception_ros.runtime.sweeps import SweepConfig
 from sparse_perception_ros.train.augment import AugmentConfig
@@ -31,14 +30,7 @@ from sparse_perception_ros.train.dataset import (
 )
 from sparse_perception_ros.train.distributed import from_environment, shutdown
 from sparse_perception_ros.train.quick_eval import quick_map, run_inference
-from sparse_perception_ros.train.trainer import (
-    TrainConfig,
-    TrainingDiverged,
-    evaluate_loss,
-    init_model,
-    lidar_teacher,
-    train,
-)
+from sparse_perception_ros.train.trainer import TrainConfig, TrainingDiverged, evaluate_loss, init_model, train
 
 __all__ = ["run", "run_smoke", "SmokeError"]
 
@@ -78,30 +70,6 @@ def model_config(args):
             raise ValueError(f"--lidar-velocity needs a fused preset; {args.preset} has no LiDAR branch")
         cfg = replace(cfg, lidar=replace(cfg.lidar, velocity=True))
     return cfg
-
-
-def _teacher_args(args, fused: bool) -> dict:
-    """TrainConfig's teacher fields from ``--teacher``, ``--teacher-lidar-channels``, ``--teacher-weight``;
-    ValueError naming the option."""
-    if getattr(args, "teacher", None) is None:
-        if getattr(args, "teacher_lidar_channels", None):
-            raise ValueError("--teacher-lidar-channels needs --teacher")
-        return {}
-    if not fused:
-        raise ValueError(f"--teacher needs a fused preset; {args.preset} has no LiDAR branch")
-    if not Path(args.teacher).is_file():
-        raise ValueError(f"--teacher {args.teacher}: no such file")
-    if not args.teacher_weight > 0:
-        raise ValueError(f"--teacher-weight must be > 0, got {args.teacher_weight}")
-    channels = None
-    if args.teacher_lidar_channels:
-        try:
-            channels = tuple(int(v) for v in str(args.teacher_lidar_channels).split(","))
-            if len(channels) != 2 or min(channels) < 1:
-                raise ValueError("two positive integers")
-        except ValueError as exc:
-            raise ValueError(f"--teacher-lidar-channels must be P,B (e.g. 32,64): {exc}") from None
-    return {"teacher": str(args.teacher), "teacher_lidar_channels": channels, "teacher_weight": args.teacher_weight}
 
 
 def _fused(args) -> bool:
@@ -284,11 +252,6 @@ def _run(args, ctx) -> int:
         print(f"train: {exc}", file=sys.stderr)
         return 2
     fused = mcfg.lidar is not None
-    try:
-        teacher = _teacher_args(args, fused)
-    except ValueError as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 2
     drops = {"lidar_dropout": 0.2 if args.lidar_dropout is None else args.lidar_dropout,
              "camera_dropout": 0.1 if args.camera_dropout is None else args.camera_dropout} if fused else {}
     if not fused and (args.lidar_dropout or args.camera_dropout):
@@ -299,13 +262,7 @@ def _run(args, ctx) -> int:
                       lr=args.lr, warmup_iters=args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
                       augment=AugmentConfig(enabled=not args.no_augment, **drops), depth_weight=args.depth_weight,
                       track_matching=args.track_matching and not args.no_track_matching,
-                      train_bn=not args.freeze_bn, **teacher)
-    if cfg.teacher is not None:
-        try:  # the teacher's weights must fit the model with its trunk widths before any data is made
-            lidar_teacher(cfg, mcfg)
-        except (CheckpointError, ValueError) as exc:
-            print(f"train: --teacher {cfg.teacher}: {exc}", file=sys.stderr)
-            return 2
+                      train_bn=not args.freeze_bn)
     main = ctx is None or ctx.is_main
     t0 = time.perf_counter()
     samples = _load_samples_once(args, ctx)

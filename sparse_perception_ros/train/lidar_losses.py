@@ -16,8 +16,8 @@ divided by the number of GT centres, and L1 on the regression at the centre cell
 same number, weighted ``hm_weight`` and ``reg_weight``. Frames whose sweep was dropped
 (``num_points = 0``) contribute nothing.
 
-Distillation (:func:`lidar_distillation`; ``train --teacher``, ``scripts/narrow_lidar.py``): a
-narrower branch learns to reproduce a wider trained one's BEV maps on the same sweep.
+Distillation (:func:`lidar_distillation`, used by ``scripts/narrow_lidar.py``): a narrower branch
+learns to reproduce a wider trained one's BEV maps on the same sweep.
 """
 
 from __future__ import annotations

@@ -38,18 +38,16 @@ from sparse_perception_ros.model.backbone import FrozenBatchNorm2d
 from sparse_perception_ros.model.checkpoint import load_matching, read_checkpoint
 from sparse_perception_ros.model.config import ModelConfig, get_preset
 from sparse_perception_ros.model.instance_bank import BankPrior, TemporalState, bank_cache, bank_decay, bank_get
-from sparse_perception_ros.model.lidar import pad_points
 from sparse_perception_ros.runtime.pipeline import MASKED_PROJECTION
 from sparse_perception_ros.train.augment import AugmentConfig, collate_frame, draw_clip_aug
 from sparse_perception_ros.train.dataset import TrainSample, make_clips
 from sparse_perception_ros.train.depth import DepthBranch, camera_focal, depth_loss, depth_targets
 from sparse_perception_ros.train.distributed import DistContext, convert_sync_batchnorm, rank_batch
-from sparse_perception_ros.train.lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_distillation, lidar_losses
+from sparse_perception_ros.train.lidar_losses import LIDAR_LOSS_NAMES, LidarLossConfig, lidar_losses
 from sparse_perception_ros.train.losses import LOSS_NAMES, LossConfig, layer_losses
 
 __all__ = ["TrainingDiverged", "lidar_samples", "recalibrate_lidar_bn", "recalibrate_image_bn", "TrainConfig", "TrainResult", "train", "clip_loss", "kmeans_anchors", "calibrate_frozen_bn",
-           "evaluate_loss", "init_model", "model_from_checkpoint", "trainable_batchnorm", "loss_names", "attach_depth_branch",
-           "lidar_teacher"]
+           "evaluate_loss", "init_model", "model_from_checkpoint", "trainable_batchnorm", "loss_names", "attach_depth_branch"]
 
 
 @dataclass(frozen=True)
@@ -77,12 +75,6 @@ class TrainConfig:
     track_matching: bool = False  # carried instances keep their previous frame's object (MOTR-style; docs/training.md)
     track_match_distance: float = 2.0  # ... only when they were within this many metres of it (BEV)
     max_skipped_in_row: int = 50  # non-finite steps in a row before the run is declared diverged
-    # fused: also pull the LiDAR branch's BEV maps toward those of a trained teacher (lidar_distillation),
-    # e.g. a narrowed trunk toward the wide model it was pruned from; the teacher's trunk widths
-    # (pillar, BEV) when they differ from the trained model's preset
-    teacher: str | None = None
-    teacher_lidar_channels: tuple[int, int] | None = None
-    teacher_weight: float = 1.0
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -97,36 +89,13 @@ class TrainConfig:
         ld["class_cost_reg_weights"] = {int(k): tuple(v) for k, v in ld["class_cost_reg_weights"].items()}
         loss = LossConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ld.items()})
         lidar_loss = LidarLossConfig(**d.pop("lidar_loss", {}))
-        if d.get("teacher_lidar_channels") is not None:
-            d["teacher_lidar_channels"] = tuple(d["teacher_lidar_channels"])
         return cls(augment=aug, loss=loss, lidar_loss=lidar_loss, **d)
 
 
-def loss_names(model, teacher: bool = False) -> tuple[str, ...]:
-    """Logged loss components: the head's, the LiDAR branch's (fused models), its distillation toward
-    a teacher (``teacher``), the depth loss."""
+def loss_names(model) -> tuple[str, ...]:
+    """Logged loss components: the head's, the LiDAR branch's (fused models), the depth loss."""
     names = LOSS_NAMES + (LIDAR_LOSS_NAMES if getattr(model, "pts_branch", None) is not None else ())
-    names += ("bev_kd",) if teacher else ()
     return names + (("depth",) if getattr(model, "depth_branch", None) is not None else ())
-
-
-def lidar_teacher(cfg: TrainConfig, model_cfg: ModelConfig) -> torch.nn.Module | None:
-    """The LiDAR branch of ``cfg.teacher`` (weights of ``model_cfg`` with the trunk widths
-    ``cfg.teacher_lidar_channels``, loaded strictly), in eval mode and frozen; None without a teacher."""
-    if cfg.teacher is None:
-        return None
-    if model_cfg.lidar is None:
-        raise ValueError(f"a LiDAR teacher needs a fused preset; {model_cfg.name} has no LiDAR branch")
-    tcfg = model_cfg
-    if cfg.teacher_lidar_channels is not None:
-        pillar, bev = cfg.teacher_lidar_channels
-        tcfg = replace(model_cfg, lidar=replace(model_cfg.lidar, pillar_channels=pillar, bev_channels=bev))
-    teacher = build_model(tcfg)
-    load_matching(teacher, read_checkpoint(cfg.teacher))
-    branch = teacher.pts_branch.eval()
-    for p in branch.parameters():
-        p.requires_grad_(False)
-    return branch
 
 
 def attach_depth_branch(model, cfg: TrainConfig) -> None:
@@ -450,15 +419,13 @@ class FrameStep(torch.nn.Module):
     matches) are left in ``self.out`` for the caller. One module with one ``forward`` is what
     ``DistributedDataParallel`` needs to all-reduce the gradients."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, num_frames: int, amp: bool = False,
-                 teacher: torch.nn.Module | None = None):
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, num_frames: int, amp: bool = False):
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.num_frames = num_frames
         self.amp = amp
         self.out: tuple = ()
-        self._teacher = (teacher,)  # not a submodule: neither trained, saved nor synchronised by DDP
 
     def forward(self, fb, prior: BankPrior, forced, avg_factor: float | None = None) -> torch.Tensor:
         model, cfg, n_frames = self.model, self.cfg, self.num_frames
@@ -485,13 +452,6 @@ class FrameStep(torch.nn.Module):
             if self.amp:
                 lidar = _float_tree(lidar)
             lparts = lidar_losses(lidar, fb.boxes, fb.labels, fb.num_points, model.cfg.lidar, cfg.lidar_loss)
-            if (teacher := self._teacher[0]) is not None:
-                have = fb.num_points > 0  # frames whose sweep was dropped teach nothing
-                with torch.no_grad():
-                    t_maps = teacher.bev_maps(teacher.pillars(pad_points(fb.points[have].float(), teacher.cfg.point_dims),
-                                                              fb.num_points[have]))
-                s_maps = (lidar.bev[have], lidar.heatmap[have], lidar.regression[have])
-                lparts["bev_kd"] = cfg.teacher_weight * lidar_distillation(s_maps, t_maps)
             for k, v in lparts.items():
                 logged.append((k, float(v.detach()) / n_frames))
             frame_loss = sum(lparts.values())
@@ -571,7 +531,7 @@ def _clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainCon
     device = dist.device if dist is not None else None
     states = [TemporalState.empty() for _ in clip[0]]
     prev_inst: list[torch.Tensor] = [torch.full((hc.num_temp_instances,), -1, dtype=torch.int64) for _ in clip[0]]
-    totals = dict.fromkeys(loss_names(model, getattr(step, "module", step)._teacher[0] is not None), 0.0)
+    totals = dict.fromkeys(loss_names(model), 0.0)
     num_gt = 0
     for t, frame in enumerate(clip):
         fb = collate_frame(frame, augs, input_wh, cfg.max_range)
@@ -773,12 +733,8 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
         (out / "config.json").write_text(json.dumps({**cfg.to_json(), "model": asdict(mcfg), "meta": meta or {}},
                                                     indent=2))
     model.train()
-    teacher = lidar_teacher(cfg, mcfg)
-    if teacher is not None:
-        teacher = teacher.to(next(model.parameters()).device)
-        log(f"LiDAR branch distilled toward {cfg.teacher} (weight {cfg.teacher_weight})")
-    names = loss_names(model, teacher is not None)
-    step = FrameStep(model, cfg, cfg.clip_len, amp, teacher)
+    names = loss_names(model)
+    step = FrameStep(model, cfg, cfg.clip_len, amp)
     if dist is not None:
         # find_unused_parameters: the first frame of a clip leaves the temporal branches unused, a
         # dropped sweep the LiDAR branch; those ranks contribute zeros to the average
@@ -826,8 +782,7 @@ def train(samples: Sequence[TrainSample], cfg: TrainConfig, out_dir: str | Path 
             opt.zero_grad(set_to_none=True)
             buffers = [(b, b.clone()) for b in model.buffers()]  # BN statistics, restored after a bad step
             # a single process calls clip_loss exactly as before DDP existed (it builds its own FrameStep)
-            # unless the step carries a teacher
-            extra = {"step": step, "dist": dist, "amp": amp} if dist is not None or amp or teacher is not None else {}
+            extra = {"step": step, "dist": dist, "amp": amp} if dist is not None or amp else {}
             parts, num_gt = clip_loss(model, frames, augs, cfg, **extra)
             # a non-finite loss or gradient (a degenerate sample, a singular backward) would turn every
             # weight into NaN through the optimizer: skip that step, count it, and go on
