@@ -129,9 +129,9 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
           if not k.startswith(("pts_branch.pillars.", "pts_branch.bev_net."))}
     sd |= {f"pts_branch.{k}": v.clone() for k, v in new.items()}
     full = bev == e  # the trunk keeps the head's E channels: no 1x1 up to E to fit
-    own = thin.state_dict()
     if not full:  # the 1x1 up to E and its BN keep their fresh values until the fit below sets them all
-        sd |= {k: v for k, v in own.items() if k.startswith(("pts_branch.bev_net.9.", "pts_branch.bev_net.10."))}
+        sd |= {k: v for k, v in thin.state_dict().items()
+               if k.startswith(("pts_branch.bev_net.9.", "pts_branch.bev_net.10."))}
     load_matching(thin, sd)
     # 3. the pruned BN statistics, then 4. the 1x1 by least squares against the wide trunk's output
     recalibrate_lidar_bn(thin, samples, num=num_sweeps, seed=seed)
@@ -168,16 +168,13 @@ def narrow(wide_sd: dict, preset: str, pillar: int, bev: int, samples, num_sweep
         bn10.weight.data.copy_(torch.sqrt(var + bn10.eps).float())
         bn10.bias.data.copy_((mean + sol[bev]).float())
         errors["least_squares_1x1"] = float((torch.relu(xa @ sol) - y).norm() / y.norm())
-    distilled = None
     if distill_steps:
-        distilled = distill(thin.pts_branch, wb, samples, distill_steps, seed, cfg.lidar.point_dims)
+        errors["distilled"] = distill(thin.pts_branch, wb, samples, distill_steps, seed, cfg.lidar.point_dims)
         recalibrate_lidar_bn(thin, samples, num=num_sweeps, seed=seed)
         thin.eval()
     report = {"sweeps": len(sweeps), "kept": {"mlp_hidden": h1.tolist(), "mlp_out": h2.tolist(),
               "bev0": b0.tolist(), "bev1": b1.tolist(), "bev2": b2.tolist()},
               "relative_error_of_trunk_output": errors}
-    if distilled is not None:
-        errors["distilled"] = distilled
     return thin.state_dict(), report
 
 

@@ -233,4 +233,3 @@ def test_lidar_distillation_is_zero_on_the_teacher_and_grows_with_the_difference
     near = tuple(m + 0.1 * torch.randn(m.shape, generator=g) for m in maps)
     far = tuple(m + 1.0 * torch.randn(m.shape, generator=g) for m in maps)
     assert 0.0 < float(lidar_distillation(near, maps)) < float(lidar_distillation(far, maps))
-
