@@ -71,6 +71,7 @@ class CameraParams:
     compressed: bool
     decode_on_arrival: bool
     undistort: bool
+    max_rate: float | str  # images/s per camera (0 = all), or "auto": the weights' own (runtime.camera_rate)
 
 
 @dataclass(frozen=True)

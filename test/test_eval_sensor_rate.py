@@ -59,3 +59,31 @@ def test_ground_truth_at_the_sensor_rate_scores_perfectly(data, tmp_path):
     m = score(nusc, samples, results, tmp_path)
     assert m["mAP_present"] == pytest.approx(1.0, abs=1e-9) and m["AMOTA"] == pytest.approx(1.0, abs=1e-9)
     assert m["IDS"] == 0
+
+
+def test_frames_take_the_nearest_image_the_camera_throttle_keeps(data):
+    """cameras.max_rate in offline evaluation: the images the node's callback would drop never reach a frame."""
+    from sparse_perception_ros.runtime.camera_rate import throttle_stamps
+
+    nusc, samples = data
+    every = list(sensor_rate_frames(nusc, samples))
+    frames = list(sensor_rate_frames(nusc, samples, camera_rate=6.0))
+    assert [f.stamp_ns for f, _ in frames] == [f.stamp_ns for f, _ in every]  # every sweep still steps
+    used_all = {int(t) for f, _ in every for t in f.camera_stamps_ns}
+    used = {int(t) for f, _ in frames for t in f.camera_stamps_ns}
+    assert used < used_all  # fewer distinct images
+    for c, ch in enumerate(("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
+                            "CAM_BACK_RIGHT")):
+        for scene in {s.scene_name for s in samples}:
+            first = nusc.get("sample", next(s.token for s in samples if s.scene_name == scene))
+            chain, tok = [], first["data"][ch]
+            while tok:
+                sd = nusc.get("sample_data", tok)
+                chain.append(int(sd["timestamp"]) * 1000)
+                tok = sd["next"]
+            kept = np.array(chain)[throttle_stamps(chain, 6.0)]
+            assert np.diff(kept).min() >= 0.15e9 and len(kept) < len(chain)
+            for f, _ in frames:
+                if chain[0] <= f.stamp_ns <= chain[-1]:
+                    nearest = kept[np.argmin(np.abs(kept - f.stamp_ns))]
+                    assert abs(f.camera_stamps_ns[c] - f.stamp_ns) == abs(nearest - f.stamp_ns), ch

@@ -5,7 +5,9 @@ to camera-triggered frames, the fused model runs its camera path), every camera 
 carry only the sweep; the model runs LiDAR-only with all cameras masked), then both again. Each
 phase checks that outputs keep arriving, are finite, and that the node stays alive; the counters
 show which path ran. Last, multi-sweep LiDAR (``lidar.max_sweeps: 3``, ``lidar.sweep_window: 0.3``, so
-the dropout phases' sweeps 0.5 s apart stay single): sweeps 0.1 s apart reach the model accumulated. Score changes of a trained model under dropout are measured on held-out
+the dropout phases' sweeps 0.5 s apart stay single): sweeps 0.1 s apart reach the model accumulated.
+Then ``cameras.max_rate: 6``: of images 0.1 s apart every second one is dropped before decoding, and
+every sweep still makes a frame with each camera's kept image. Score changes of a trained model under dropout are measured on held-out
 data in ``test/test_fusion_trained.py`` and recorded in ``models/README.md``.
 """
 
@@ -24,7 +26,8 @@ def session(tmp_path_factory):
                                                                "output.score_threshold": 0.0,
                                                                "output.max_detections": 16,
                                                                "sync.lidar_fallback_timeout": 1.0,
-                                                               "lidar.max_sweeps": 3, "lidar.sweep_window": 0.3})
+                                                               "lidar.max_sweeps": 3, "lidar.sweep_window": 0.3,
+                                                               "cameras.max_rate": 6.0})
     yield from node_session(start_node(params), Rig())
 
 
@@ -89,3 +92,22 @@ def test_multi_sweep_points_reach_the_model(session):
     from sparse_perception_ros.processes import captured_output
 
     assert "LiDAR input: 3 sweep(s) per frame (lidar.max_sweeps: 3)" in captured_output(proc)  # the log says what runs
+
+
+def test_a_camera_rate_limit_drops_images_not_frames(session):
+    """cameras.max_rate 6 (the session's): images 0.1 s apart; those 0.1 s after a kept one are dropped
+    in the callback and counted, and every sweep still gets a frame with no camera masked (the kept
+    image 0.1 s older lies within sync.max_camera_time_diff)."""
+    from sparse_perception_ros.processes import captured_output
+
+    rig, proc = session
+    before = rig.counts()
+    base = T0 + 50 * S
+    out = run_frames(rig, proc, [base + k * (S // 10) for k in range(6)])
+    assert len(out) >= 5 and finite(out)
+    rig.spin(1.0)
+    after = rig.counts()
+    dropped = after.get("images_rate_limited", 0) - before.get("images_rate_limited", 0)
+    assert dropped == 3 * len(CAMERAS), after  # 0.1, 0.3 and 0.5 s of each camera
+    assert after.get("camera_masked", 0) == before.get("camera_masked", 0)
+    assert "at most 6 images/s per camera reach the model (cameras.max_rate: 6.0)" in captured_output(proc)

@@ -22,6 +22,7 @@ import numpy as np
 from nuscenes import NuScenes
 
 from sparse_perception_ros.geometry.transforms import invert_transform, make_transform, quat_to_matrix
+from sparse_perception_ros.runtime.camera_rate import throttle_stamps
 from sparse_perception_ros.runtime.pipeline import Frame, calibration_key
 from sparse_perception_ros.runtime.sweeps import accumulate_sweeps, select_sweeps
 from sparse_perception_ros.sensors import CAMERA_CHANNELS, LIDAR_CHANNEL
@@ -146,11 +147,14 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
     return _frame(nusc, nusc.get("sample_data", sample["data"][LIDAR_CHANNEL]), camera_sds, with_points, sweeps)
 
 
-def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, sweeps=None, image_cache: int = 12):
+def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, sweeps=None, image_cache: int = 12,
+                       camera_rate: float = 0.0):
     """Every LiDAR sweep of ``samples``' scenes, from the first to the last selected keyframe, as the
     node sees a bag at the sensors' rate: ``(frame, sample_token or None)`` in time order, the token
     set on keyframes (those of ``samples``). Each camera contributes its image nearest in time to the
-    sweep (the node's sync rule). Decoded images are reused between sweeps (``image_cache`` kept)."""
+    sweep (the node's sync rule) among those the node's throttle keeps at ``camera_rate`` images a
+    second (``cameras.max_rate``, :func:`~..runtime.camera_rate.throttle_stamps`; 0 = every image).
+    Decoded images are reused between sweeps (``image_cache`` kept)."""
     decoded: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def read(sd):
@@ -169,6 +173,10 @@ def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, 
     for refs in scenes:
         first, last = (nusc.get("sample", refs[i].token) for i in (0, -1))
         chains = [_chain(nusc, first["data"].get(ch)) for ch in cameras]
+        if camera_rate > 0:  # the images the node's callback would drop never reach a frame
+            chains = [[sd for sd, kept in zip(chain, throttle_stamps([1000 * int(sd["timestamp"]) for sd in chain],
+                                                                     camera_rate), strict=True) if kept]
+                      for chain in chains]
         stamps = [np.array([int(sd["timestamp"]) for sd in chain], np.int64) for chain in chains]
         end = int(nusc.get("sample_data", last["data"][LIDAR_CHANNEL])["timestamp"])
         tok = first["data"][LIDAR_CHANNEL]

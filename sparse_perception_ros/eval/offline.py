@@ -50,7 +50,7 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     ``backend`` overrides ``params.model.backend``; ``"debug_ground_truth"`` builds the GT
     passthrough (needs ``gt_table``) instead of loading a model.
     """
-    threshold = sweeps = None  # the weights' display threshold and sweep count (the auto parameters)
+    threshold = sweeps = camera_rate = None  # the weights' display threshold, sweep count, camera rate (auto parameters)
     if backend == DEBUG_BACKEND:
         if gt_table is None:
             raise ValueError(f"backend {DEBUG_BACKEND!r} needs the ground-truth table")
@@ -60,9 +60,9 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
         mp = params.model if backend is None else replace(params.model, backend=backend)
         loaded = load_model(mp)
         model, note, threshold = loaded.stepper, loaded.note, loaded.score_threshold
-        sweeps = loaded.max_sweeps
+        sweeps, camera_rate = loaded.max_sweeps, loaded.camera_rate
     return Pipeline.from_params(model, CLASS_NAMES, params, weights_score_threshold=threshold,
-                                weights_max_sweeps=sweeps), note
+                                weights_max_sweeps=sweeps, weights_camera_rate=camera_rate), note
 
 
 def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None = None,
@@ -71,9 +71,11 @@ def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None
     ``final_state``: if given, receives the last ``PipelineState`` (its next free track id).
     ``sensor_rate``: step on every LiDAR sweep between the keyframes, each with its nearest camera
     images (:func:`~.dataset.sensor_rate_frames`: what the node does on a full-rate bag, every
-    sweep processed), and keep the keyframes' results; ``progress`` still counts keyframes."""
+    sweep processed; the images throttled to ``pipeline.camera_rate`` as the node's callbacks do), and keep
+    the keyframes' results; ``progress`` still counts keyframes."""
     if sensor_rate:
-        frames = ((ref, frame) for frame, token in sensor_rate_frames(nusc, samples, sweeps=pipeline.sweeps)
+        frames = ((ref, frame) for frame, token in sensor_rate_frames(nusc, samples, sweeps=pipeline.sweeps,
+                                                                      camera_rate=pipeline.camera_rate)
                   for ref in [_ref_of(samples, token, frame)])
     else:  # lidar.*: as the node accumulates
         frames = ((ref, None) for ref in samples)

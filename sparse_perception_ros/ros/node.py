@@ -43,6 +43,7 @@ from sparse_perception_ros.ros.messages import detections_to_markers
 from sparse_perception_ros.ros.params import declare_and_read_params
 from sparse_perception_ros.ros.tf_feed import TfFeed
 from sparse_perception_ros.runtime.assembler import AssembledFrame, AssemblerConfig, FrameAssembler
+from sparse_perception_ros.runtime.camera_rate import CameraThrottle
 from sparse_perception_ros.runtime.frame_builder import CameraInput, FrameBuilder, InputRefused, PointsInput
 from sparse_perception_ros.runtime.loading import load_model, set_torch_threads
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, ModelFrame
@@ -64,6 +65,7 @@ class PerceptionNode(Node):
         self.pipeline: Pipeline | None = None
         self._state = PipelineState.empty()
         self._builder = FrameBuilder.from_params(self.params)
+        self._throttle = CameraThrottle(0.0)  # cameras.max_rate, set with the pipeline (configure)
         self._tf = TfFeed(self.diag.refuse, self.diag.bad_transform, clock=self._now_ns)
         self._silence = SilenceWatch(self.params.cameras.names, int(CAMERA_SILENT_AFTER_S * 1e9))
         self._clock_seen = (0, 0)  # (node clock, monotonic) when the node's clock last moved
@@ -76,21 +78,27 @@ class PerceptionNode(Node):
     def configure(self, model=None) -> None:
         """Load the model (or take ``model``: a ``runtime.backends.Stepper``) and build the pipeline."""
         p, weights_threshold, weights_sweeps = self.params, None, None  # the weights' own (for the auto parameters)
+        weights_camera_rate = None
         convention = NUSCENES_LIDAR_TOP  # the frame the weights were trained in
         if model is None:
             loaded = load_model(p.model, num_cams=len(p.cameras.names))  # the same weights run any camera count
             self.get_logger().info(loaded.note)
             model, weights_threshold, convention = loaded.stepper, loaded.score_threshold, loaded.frame_convention
-            weights_sweeps = loaded.max_sweeps
+            weights_sweeps, weights_camera_rate = loaded.max_sweeps, loaded.camera_rate
         self._frame = ModelFrame(p.frames.model_frame, p.frames.model_frame_axes, convention)
         self._lookup = self._frame.wrap(self._tf.lookup)  # the model frame's lookups carry the axes turn
         if int(model.cfg.head.num_cams) != len(p.cameras.names):  # a model handed in (debug replay) is fixed
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, the model {model.cfg.head.num_cams}")
         set_torch_threads(self.params.model.num_threads)  # per thread in torch; the pipeline's threads take it
         try:
-            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold, weights_sweeps)
+            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold, weights_sweeps,
+                                                 weights_camera_rate)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
+        self._throttle = CameraThrottle(self.pipeline.camera_rate)  # cameras.max_rate (the trigger camera: never)
+        if self.pipeline.camera_rate > 0:
+            self.get_logger().info(f"cameras: at most {self.pipeline.camera_rate:g} images/s per camera reach the model "
+                                   f"(cameras.max_rate: {p.cameras.max_rate})")
         self._builder.set_sweeps(self.pipeline.sweeps)  # multi-sweep LiDAR (lidar.*; None: single sweeps)
         if self.pipeline.lidar is not None:  # what runs, whether the weights' count or the parameter's
             n = 1 if self.pipeline.sweeps is None else self.pipeline.sweeps.max_sweeps
@@ -177,6 +185,9 @@ class PerceptionNode(Node):
 
     def _on_image(self, cam: str, msg) -> None:
         self._arrived(cam)
+        if cam != self.params.sync.trigger and not self._throttle.keep(cam, convert.stamp_to_ns(msg.header.stamp)):
+            self.diag.stats.count("images_rate_limited")  # cameras.max_rate: dropped before any decoding
+            return
         compressed = isinstance(msg, CompressedImage)
         image = partial(convert.compressed_image_to_rgb if compressed else convert.image_to_rgb, msg)
         try:  # cheap checks on every image, also those of frames the worker will skip

@@ -26,7 +26,7 @@ from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
 from sparse_perception_ros.runtime.sidecar import read_fact
 
 __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold",
-           "load_max_sweeps"]
+           "load_max_sweeps", "load_camera_rate"]
 
 
 def bundled_weights_path(preset: str) -> Path | None:
@@ -76,6 +76,20 @@ def load_max_sweeps(checkpoint: str | Path | None) -> int | None:
     (used by ``lidar.max_sweeps: auto``, :func:`~.sweeps.resolve_max_sweeps`), or None when there is no
     such file or entry (single-sweep weights). Raises ``ValueError`` naming the file when malformed."""
     return read_fact(checkpoint, "lidar_sweeps", _max_sweeps)
+
+
+def _camera_rate(entry) -> float:
+    value = entry["max_hz"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"camera_rate.max_hz must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def load_camera_rate(checkpoint: str | Path | None) -> float | None:
+    """The images a second per camera these weights run with: ``camera_rate.max_hz`` of
+    ``<checkpoint>.json`` (used by ``cameras.max_rate: auto``, :mod:`.camera_rate`), or None when there is
+    no such file or entry (every image). Raises ``ValueError`` naming the file when malformed."""
+    return read_fact(checkpoint, "camera_rate", _camera_rate)
 
 
 def image_features_on_arrival(p: ModelParams) -> bool:
@@ -192,8 +206,9 @@ class LoadedModel:
     weights are random (a preset with no bundled weights and no ``model.checkpoint``), the frame
     the weights were trained in (``<weights>.json``, see :mod:`.model_frame`) and their display
     threshold (:func:`load_score_threshold`; None: the weights have none, and
-    ``output.score_threshold: auto`` uses :data:`~.pipeline.DEFAULT_SCORE_THRESHOLD`) and the sweep count
-    they were trained with (:func:`load_max_sweeps`; None: single sweeps, what ``lidar.max_sweeps: auto`` then uses)."""
+    ``output.score_threshold: auto`` uses :data:`~.pipeline.DEFAULT_SCORE_THRESHOLD`), the sweep count
+    they were trained with (:func:`load_max_sweeps`; None: single sweeps, what ``lidar.max_sweeps: auto`` then uses)
+    and their camera rate (:func:`load_camera_rate`; None: every image, what ``cameras.max_rate: auto`` then uses)."""
 
     stepper: object  # a runtime.backends.Stepper
     note: str
@@ -201,6 +216,7 @@ class LoadedModel:
     frame_convention: FrameConvention = NUSCENES_LIDAR_TOP
     score_threshold: float | None = None
     max_sweeps: int | None = None
+    camera_rate: float | None = None
 
 
 def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> LoadedModel:
@@ -289,6 +305,10 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         max_sweeps = load_max_sweeps(path)
     except ValueError as exc:
         raise ParameterError("model.checkpoint", f"LiDAR sweeps: {exc}") from None
+    try:
+        camera_rate = load_camera_rate(path)
+    except ValueError as exc:
+        raise ParameterError("model.checkpoint", f"camera rate: {exc}") from None
     detail += (f"; display threshold {threshold:g} (stored with the weights, used by output.score_threshold auto)"
                if threshold is not None else
                f"; no display threshold stored with these weights (output.score_threshold auto uses "
@@ -297,4 +317,6 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         detail += (f"; {max_sweeps} LiDAR sweep(s) per input stored with the weights (used by lidar.max_sweeps auto)"
                    if max_sweeps is not None else
                    "; no sweep count stored with these weights (single sweeps; lidar.max_sweeps auto uses 1)")
-    return LoadedModel(stepper, note + detail, path is None, convention, threshold, max_sweeps)
+    if camera_rate is not None:
+        detail += f"; at most {camera_rate:g} images/s per camera stored with the weights (used by cameras.max_rate auto)"
+    return LoadedModel(stepper, note + detail, path is None, convention, threshold, max_sweeps, camera_rate)

@@ -24,6 +24,7 @@ import torch
 from sparse_perception_ros.model import TemporalState, preprocess_images
 from sparse_perception_ros.model.preprocess import preprocess_images_torch, preprocess_projection
 from sparse_perception_ros.runtime.backends import Stepper
+from sparse_perception_ros.runtime.camera_rate import resolve_camera_rate
 from sparse_perception_ros.runtime.detections import Detections
 from sparse_perception_ros.runtime.features import FeatureCache
 from sparse_perception_ros.runtime.sweeps import SweepConfig
@@ -264,18 +265,23 @@ class Pipeline:
     """
 
     sweeps = None  # a runtime.sweeps.SweepConfig for the frames' producers (from_params), None = single sweeps
+    camera_rate = 0.0  # images a second per camera the frames' producers keep (from_params; 0 = every image)
 
     @classmethod
     def from_params(cls, model, class_names, params, weights_score_threshold: float | None = None,
-                    weights_max_sweeps: int | None = None) -> Pipeline:
+                    weights_max_sweeps: int | None = None, weights_camera_rate: float | None = None) -> Pipeline:
         """The pipeline the node parameters describe (``params``: a
         :class:`~sparse_perception_ros.params.PerceptionParams`; ``weights_score_threshold``: the
         loaded weights' display threshold, :attr:`~.loading.LoadedModel.score_threshold`, used by
         ``output.score_threshold: auto``); the node and ``eval --offline`` both build theirs here,
         so a new option reaches both. ``sweeps`` is then the multi-sweep accumulation the frames must carry
         (``lidar.*``; ``lidar.max_sweeps: auto`` takes ``weights_max_sweeps``, :func:`~.sweeps.resolve_max_sweeps`),
-        None for a model without a LiDAR branch: the node's FrameBuilder and ``eval --offline`` read it."""
+        None for a model without a LiDAR branch: the node's FrameBuilder and ``eval --offline`` read it.
+        ``camera_rate`` is the images a second per camera that reach the frames (``cameras.max_rate``; ``auto``
+        takes ``weights_camera_rate``, :func:`~.camera_rate.resolve_camera_rate`): the node's image callback and
+        ``eval --offline --sensor-rate`` throttle by it (:mod:`.camera_rate`)."""
         pipeline = cls(model, class_names, PipelineConfig.from_params(params, weights_score_threshold))
+        pipeline.camera_rate = resolve_camera_rate(params.cameras.max_rate, weights_camera_rate)
         if pipeline.lidar is not None:
             pipeline.sweeps = SweepConfig.from_params(params, weights_max_sweeps)
         return pipeline
