@@ -162,6 +162,39 @@ def test_submitted_images_are_computed_on_the_thread_and_never_twice():
     assert cache.wait(timeout=1) and not cache._queued
 
 
+def test_a_burst_is_shared_between_the_step_and_the_thread():
+    """The stream start: six images and their frame at once. The step computes the images still waiting
+    in the thread's line while the thread goes on with its own, so both cores work and none twice."""
+    import threading
+    import time
+
+    loaded = load_model(with_(image_features="on_arrival"))
+    cache = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh)
+    who = []
+    run = cache.backbone.run
+
+    def slow(img):  # 40 ms an image, so both threads are seen to work whatever the host's speed
+        time.sleep(0.04)
+        who.append(threading.current_thread().name)
+        return run(img)
+
+    cache.backbone.run = slow
+    f = frames(1, lidar=False)[0]
+    for c, im in enumerate(f.images):
+        cache.submit(c, int(f.camera_stamps_ns[c]), im)
+    t0 = time.perf_counter()
+    maps = cache.features(f.images, f.camera_stamps_ns, np.ones(6, bool))
+    elapsed = time.perf_counter() - t0
+    assert len(who) == 6  # each image once
+    here, thread = who.count(threading.current_thread().name), who.count("image_features")
+    assert here >= 2 and thread >= 2, who
+    assert elapsed < 5 * 0.04  # not one after another on one thread (6 x 40 ms)
+    cache.backbone.run = run
+    alone = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh)
+    assert torch.allclose(maps, alone.features(f.images, f.camera_stamps_ns, np.ones(6, bool)), atol=1e-5)
+    cache.close()
+
+
 def test_image_features_parameter():
     assert load_model(BASE).stepper.camera_backbone is not None  # auto on CPU: on arrival
     assert load_model(with_(compile=True)).stepper.camera_backbone is None  # auto: the whole step compiled

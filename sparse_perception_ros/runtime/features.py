@@ -233,10 +233,13 @@ class FeatureCache:
             if not self._running or key in self._maps[cam] or self._busy == (cam, key):
                 return
             self._queued[cam] = (key, image)  # a newer image replaces one still waiting
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="image_features", daemon=True)
-                self._thread.start()
+            self._start_locked()
             self._cv.notify_all()
+
+    def _start_locked(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="image_features", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         name_os_thread("sp_image_feat")
@@ -279,39 +282,57 @@ class FeatureCache:
 
     def features(self, images: list[np.ndarray | None], stamps_ns, present: np.ndarray) -> torch.Tensor:
         """``N_cam`` images (None / ``present`` False: masked), their stamps (None or -1: unknown, not
-        cached) -> ``mc_ms_feat [1, N_cam * sum_l H_l W_l, E]``; missing ones computed in one batch."""
+        cached) -> ``mc_ms_feat [1, N_cam * sum_l H_l W_l, E]``.
+
+        What is missing is computed here, one image at a time, sharing the work with the cache's thread:
+        images never submitted join the thread's line (a camera with an image already waiting keeps
+        that one), and this caller takes the frame's images that wait in the line while the thread goes
+        on with the one it is computing and the next, so a burst (the stream start: six images and the
+        first sweep at once) uses both cores instead of one."""
         per_cam: list[torch.Tensor | None] = [None] * self.num_cams
         keys: list[tuple | None] = [None] * self.num_cams
-        todo, in_flight = [], None
-        with self._cv:
-            for c in range(self.num_cams):
-                if not present[c] or images[c] is None:
-                    continue
-                stamp = -1 if stamps_ns is None else int(stamps_ns[c])
-                keys[c] = (stamp, images[c].shape) if stamp >= 0 else None
-                maps = self._maps[c].get(keys[c]) if keys[c] is not None else None
-                if maps is not None:
-                    per_cam[c] = maps
-                elif keys[c] is not None and self._busy == (c, keys[c]):
-                    in_flight = c  # the thread is on it: take its result below
-                else:
-                    todo.append(c)
-                    if keys[c] is not None and c in self._queued and self._queued[c][0] == keys[c]:
-                        del self._queued[c]  # computed here, in the batch
-        self.hits += self.num_cams - len(todo)
-        self.misses += len(todo)
-        if todo:
-            computed = self._compute([images[c] for c in todo])
-            for j, c in enumerate(todo):
-                per_cam[c] = computed[j:j + 1]
-                if keys[c] is not None:
-                    self._store(c, keys[c], per_cam[c])
-        if in_flight is not None:
+        needed = []
+        for c in range(self.num_cams):
+            if not present[c] or images[c] is None:
+                continue
+            stamp = -1 if stamps_ns is None else int(stamps_ns[c])
+            keys[c] = (stamp, images[c].shape) if stamp >= 0 else None
+            needed.append(c)
+        with self._cv:  # images never submitted (e.g. they came before their camera's calibration): the thread helps
+            missing = sum(1 for c in needed if keys[c] is None or (keys[c] not in self._maps[c]
+                                                                  and self._busy != (c, keys[c])))
+            for c in needed:
+                key = keys[c]
+                if (key is not None and self._running and key not in self._maps[c] and self._busy != (c, key)
+                        and c not in self._queued):
+                    self._queued[c] = (key, images[c])
+            if self._queued and self._running:
+                self._start_locked()
+                self._cv.notify_all()
+        while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._busy != (in_flight, keys[in_flight]))
-                per_cam[in_flight] = self._maps[in_flight].get(keys[in_flight])
-            if per_cam[in_flight] is None:  # the thread failed on it
-                per_cam[in_flight] = self._compute([images[in_flight]])
+                for c in needed:
+                    if per_cam[c] is None and keys[c] is not None:
+                        per_cam[c] = self._maps[c].get(keys[c])
+                waiting = [c for c in needed if per_cam[c] is None]
+                if not waiting:
+                    break
+                mine = next((c for c in waiting if keys[c] is None or self._busy != (c, keys[c])), None)
+                if mine is None:  # every missing one is on the thread now: wait for it
+                    busy = self._busy
+                    self._cv.wait_for(lambda b=busy: self._busy != b or not self._running, timeout=5.0)
+                    if self._busy == busy and self._running:  # the thread is stuck: compute it here
+                        mine = waiting[0]
+                    else:
+                        continue
+                if keys[mine] is not None and mine in self._queued and self._queued[mine][0] == keys[mine]:
+                    del self._queued[mine]  # taken from the thread's line
+            maps = self._compute([images[mine]])
+            per_cam[mine] = maps
+            if keys[mine] is not None:
+                self._store(mine, keys[mine], maps)
+        self.hits += self.num_cams - missing  # ready or in flight when asked (masked cameras count as hits)
+        self.misses += missing  # neither: computed now, here or by the thread
         if any(m is None for m in per_cam):
             blank = self._blank_maps()
             per_cam = [blank if m is None else m for m in per_cam]

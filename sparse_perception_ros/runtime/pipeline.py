@@ -404,22 +404,23 @@ class Pipeline:
         return thin_points(points, self.lidar.max_points), True
 
     def prepare(self, frame: Frame) -> Prepared:
-        """Everything of a step that needs no temporal state: preprocessing (image features from the
-        cache), the sweep's thinning and, with the LiDAR branch run apart (a stepper with a
-        ``lidar_branch``), the branch itself. The node runs it on its preparing thread for frame
+        """Everything of a step that needs no temporal state: the sweep's thinning, with the LiDAR branch
+        run apart (a stepper with a ``lidar_branch``) the branch itself, then preprocessing (image
+        features from the cache; the branch goes first, so that images still in the feature thread's
+        line are done there meanwhile instead of here). The node runs it on its preparing thread for frame
         *k + 1* while its worker steps frame *k*; :meth:`step` calls it when not given one."""
         self._check(frame)
         t0 = time.perf_counter()
-        misses = self.features.misses if self.features is not None else 0
-        img, proj, wh = self.preprocess(frame)
         points, thinned = self._points(frame)
-        t1 = time.perf_counter()
-        lidar = None
+        lidar = None  # the LiDAR branch first: meanwhile the image-feature thread works through its line
         if self.model.lidar_branch is not None and self.lidar is not None:
             lidar = self.model.lidar_candidates(points)
-        timings = {"preprocess": 1e3 * (t1 - t0)}
+        t1 = time.perf_counter()
+        misses = self.features.misses if self.features is not None else 0
+        img, proj, wh = self.preprocess(frame)
+        timings = {"preprocess": 1e3 * (time.perf_counter() - t1)}
         if lidar is not None:
-            timings["lidar"] = 1e3 * (time.perf_counter() - t1)
+            timings["lidar"] = 1e3 * (t1 - t0)
         counters = {"points_thinned": int(thinned)}
         if self.features is not None:  # cameras whose features were not ready on arrival (computed here)
             counters["image_features_in_step"] = self.features.misses - misses
