@@ -87,3 +87,23 @@ def test_frames_take_the_nearest_image_the_camera_throttle_keeps(data):
                 if chain[0] <= f.stamp_ns <= chain[-1]:
                     nearest = kept[np.argmin(np.abs(kept - f.stamp_ns))]
                     assert abs(f.camera_stamps_ns[c] - f.stamp_ns) == abs(nearest - f.stamp_ns), ch
+
+
+def test_with_the_sync_window_frames_take_the_newest_image_already_there(data):
+    """As the node on a bag played in time order: a frame takes the newest image at or before its sweep
+    when one lies within sync.max_camera_time_diff, not a nearer one that comes after the sweep."""
+    nusc, samples = data
+    window = 150_000_000
+    nearest = list(sensor_rate_frames(nusc, samples))
+    causal = list(sensor_rate_frames(nusc, samples, max_camera_time_diff_ns=window))
+    starts = np.array(sorted({min(s.stamp_ns for s in samples if s.scene_name == n) for n in
+                              {s.scene_name for s in samples}}))
+    later = 0
+    for (f, _), (g, _) in zip(causal, nearest, strict=True):
+        age = f.stamp_ns - f.camera_stamps_ns
+        if not (0 <= f.stamp_ns - starts[starts <= f.stamp_ns].max() <= window):  # a scene's first sweeps
+            assert ((age >= 0) & (age <= window)).all()  # may have no earlier image; all others do
+        later += int((g.camera_stamps_ns > g.stamp_ns).sum())
+        same = g.camera_stamps_ns <= g.stamp_ns
+        assert (f.camera_stamps_ns[same] == g.camera_stamps_ns[same]).all()  # where the nearest was before: the same
+    assert later > 0  # the nearest rule did take later images, which this rule does not

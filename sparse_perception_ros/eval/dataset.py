@@ -148,13 +148,17 @@ def load_frame(nusc, sample_token: str, cameras=CAMERA_CHANNELS, with_points: bo
 
 
 def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, sweeps=None, image_cache: int = 12,
-                       camera_rate: float = 0.0):
+                       camera_rate: float = 0.0, max_camera_time_diff_ns: int | None = None):
     """Every LiDAR sweep of ``samples``' scenes, from the first to the last selected keyframe, as the
     node sees a bag at the sensors' rate: ``(frame, sample_token or None)`` in time order, the token
     set on keyframes (those of ``samples``). Each camera contributes its image nearest in time to the
-    sweep (the node's sync rule) among those the node's throttle keeps at ``camera_rate`` images a
-    second (``cameras.max_rate``, :func:`~..runtime.camera_rate.throttle_stamps`; 0 = every image).
-    Decoded images are reused between sweeps (``image_cache`` kept)."""
+    sweep among those the node's throttle keeps at ``camera_rate`` images a second (``cameras.max_rate``,
+    :func:`~..runtime.camera_rate.throttle_stamps`; 0 = every image). With ``max_camera_time_diff_ns``
+    (``sync.max_camera_time_diff``) it is the node's rule on a bag played in time order: the newest
+    image at or before the sweep when one lies within that window (a live frame cannot wait for a
+    later image when it has one), else the nearest; without it, the nearest image, which may come
+    after the sweep and so hides how old the node's images are. Decoded images are reused between
+    sweeps (``image_cache`` kept)."""
     decoded: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def read(sd):
@@ -185,11 +189,21 @@ def sensor_rate_frames(nusc, samples: list[SampleRef], cameras=CAMERA_CHANNELS, 
             t = int(lidar_sd["timestamp"])
             if t > end:
                 break
-            camera_sds = [chain[int(np.argmin(np.abs(st - t)))] if len(chain) else None
+            camera_sds = [chain[_pick_image(st, t, max_camera_time_diff_ns)] if len(chain) else None
                           for chain, st in zip(chains, stamps, strict=True)]
             key = lidar_sd["sample_token"] if lidar_sd["is_key_frame"] else None
             yield _frame(nusc, lidar_sd, camera_sds, True, sweeps, read), key if key in selected else None
             tok = lidar_sd["next"]
+
+
+def _pick_image(stamps_us: np.ndarray, t_us: int, window_ns: int | None) -> int:
+    """Index of the image (``stamps_us`` ascending, microseconds) a frame at ``t_us`` takes: the newest at or
+    before it within ``window_ns``, else (or with no window) the nearest."""
+    if window_ns is not None:
+        before = int(np.searchsorted(stamps_us, t_us, side="right")) - 1
+        if before >= 0 and (t_us - int(stamps_us[before])) * 1000 <= window_ns:
+            return before
+    return int(np.argmin(np.abs(stamps_us - t_us)))
 
 
 def _chain(nusc, sd_token: str | None) -> list[dict]:

@@ -71,11 +71,13 @@ def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None
     ``final_state``: if given, receives the last ``PipelineState`` (its next free track id).
     ``sensor_rate``: step on every LiDAR sweep between the keyframes, each with its nearest camera
     images (:func:`~.dataset.sensor_rate_frames`: what the node does on a full-rate bag, every
-    sweep processed; the images throttled to ``pipeline.camera_rate`` as the node's callbacks do), and keep
-    the keyframes' results; ``progress`` still counts keyframes."""
+    sweep processed; the images throttled to ``pipeline.camera_rate`` as the node's callbacks do, each the
+    newest at or before its sweep within ``pipeline.camera_window_ns`` as on a live bag), and keep the
+    keyframes' results; ``progress`` still counts keyframes."""
     if sensor_rate:
         frames = ((ref, frame) for frame, token in sensor_rate_frames(nusc, samples, sweeps=pipeline.sweeps,
-                                                                      camera_rate=pipeline.camera_rate)
+                                                                      camera_rate=pipeline.camera_rate,
+                                                                      max_camera_time_diff_ns=pipeline.camera_window_ns)
                   for ref in [_ref_of(samples, token, frame)])
     else:  # lidar.*: as the node accumulates
         frames = ((ref, None) for ref in samples)

@@ -266,6 +266,7 @@ class Pipeline:
 
     sweeps = None  # a runtime.sweeps.SweepConfig for the frames' producers (from_params), None = single sweeps
     camera_rate = 0.0  # images a second per camera the frames' producers keep (from_params; 0 = every image)
+    camera_window_ns: int | None = None  # sync.max_camera_time_diff (from_params): offline frames pick images as the node
 
     @classmethod
     def from_params(cls, model, class_names, params, weights_score_threshold: float | None = None,
@@ -282,6 +283,7 @@ class Pipeline:
         ``eval --offline --sensor-rate`` throttle by it (:mod:`.camera_rate`)."""
         pipeline = cls(model, class_names, PipelineConfig.from_params(params, weights_score_threshold))
         pipeline.camera_rate = resolve_camera_rate(params.cameras.max_rate, weights_camera_rate)
+        pipeline.camera_window_ns = int(round(params.sync.max_camera_time_diff * 1e9))
         if pipeline.lidar is not None:
             pipeline.sweeps = SweepConfig.from_params(params, weights_max_sweeps)
         return pipeline
