@@ -321,7 +321,7 @@ class FeatureCache:
                 if mine is None:  # every missing one is on the thread now: wait for it
                     busy = self._busy
                     self._cv.wait_for(lambda b=busy: self._busy != b or not self._running, timeout=5.0)
-                    if self._busy == busy and self._running:  # the thread is stuck: compute it here
+                    if self._busy == busy:  # the thread is stuck or closing: compute it here
                         mine = waiting[0]
                     else:
                         continue
