@@ -192,7 +192,8 @@ def _sweep(seed: int, n: int) -> np.ndarray:
 def test_bf16_branch_stays_within_tolerance_of_float32():
     """bf16 convolutions (BatchNorm folded, heatmap and box heads as one) against the float32 branch
     on the same bundled weights: BEV features within 2 % relative RMS (measured 0.5 %), at least 30
-    of the 32 candidates at the same place (within 0.1 m; only peaks that score alike may swap) with
+    of float32's 32 best-scoring candidates found among bf16's at the same place (within 0.1 m; only
+    peaks that score alike may swap; the rest of the K are mostly clutter of near-equal score) with
     their features within 5 %. Runs on any CPU (without native bf16, torch emulates it, slowly)."""
     stepper = load_model(with_(lidar_features="ahead")).stepper
     model = SimpleNamespace(pts_branch=stepper.lidar_branch.branch)
@@ -204,11 +205,11 @@ def test_bf16_branch_stays_within_tolerance_of_float32():
         assert all(b[k].dtype == torch.float32 and b[k].shape == a[k].shape for k in a)
         rel = float((b["lidar_bev"] - a["lidar_bev"]).pow(2).mean().sqrt() / a["lidar_bev"].pow(2).mean().sqrt())
         assert 0 < rel < 0.02, f"seed {seed}: BEV features {rel:.2%} from float32"
-        dist = torch.cdist(a["lidar_anchor"][0, :, :3], b["lidar_anchor"][0, :, :3])
+        dist = torch.cdist(a["lidar_anchor"][0, :32, :3], b["lidar_anchor"][0, :, :3])  # top-K rows: best first
         nearest, match = dist.min(1)
         same = nearest < 0.1
         assert int(same.sum()) >= 30, f"seed {seed}: only {int(same.sum())} of 32 candidates kept their place"
-        fa, fb = a["lidar_feature"][0, same], b["lidar_feature"][0, match[same]]
+        fa, fb = a["lidar_feature"][0, :32][same], b["lidar_feature"][0, match[same]]
         assert float((fa - fb).pow(2).mean().sqrt() / fa.pow(2).mean().sqrt()) < 0.05
     assert bf16.run(None)["lidar_valid"].tolist() == [0.0]
 
