@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Retrain the bundled models from scratch with the exact commands of models/README.md, on the
 # synthetic training scenes (seed 1; tiny's stages 3, 4, 5 and 6: seeds 4, 5, 6 and 7), and write them to
-# ${OUT:-runs}/bundled/*.pt (not over models/; compare, then copy). CPU only: about 2.5 h for
-# tiny_fusion v3 (three stages from v2, which comes from git history) and about 7 h for tiny (six stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
+# ${OUT:-runs}/bundled/*.pt (not over models/; compare, then copy). CPU only: about 3.2 h for
+# tiny_fusion v4 (v3's three stages from v2, which comes from git history, then one more) and about 7 h for tiny (six stages) on the 2-core machine. Runs stop cleanly and continue where they stopped
 # when the script is run again (--max-minutes / --resume), so it can be done in pieces.
 # Usage: bash scripts/train_bundled.sh [tiny|tiny_fusion|all]   (MINUTES=M: stop each piece after M min;
-# SEED=S: stage-2 seed, default 0 = the bundled model; OUT=DIR: where runs go)
+# SEED=S: the seed of tiny's stage 2 and tiny_fusion v4's stage, default 0 = the bundled models; OUT=DIR: where runs go)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -49,8 +49,10 @@ if [ "$WHICH" = tiny_fusion ] || [ "$WHICH" = all ]; then
   if [ ! -f "$OUT/bundled/tiny_fusion_v2.pt" ]; then
     git show 54fbd0f:models/tiny_fusion.pt > "$OUT/bundled/tiny_fusion_v2.pt"
   fi
-  # v3 (bundled, issue 21): two decoders (train --init drops the third decoder's layers), three stages on
-  # the same data: 2500 iterations at peak lr 1e-3, 2500 at 5e-4, then 2000 at 3e-4 on 4-frame clips
+  # v3 (issue 21): two decoders (train --init drops the third decoder's layers), three stages on
+  # the same data: 2500 iterations at peak lr 1e-3, 2500 at 5e-4, then 2000 at 3e-4 on 4-frame clips,
+  # all at the 32 LiDAR candidates of their day (the preset has 96 since 2026-12-07)
+  sweeps+=(--lidar-candidates 32)
   done_at "$OUT/tiny_fusion_2dec" 2500 || run "$OUT/tiny_fusion_2dec" "$OUT/bundled/tiny_fusion_v2.pt" \
       --preset tiny_fusion "${sweeps[@]}" --iters 2500 --lr 1e-3 --warmup 100 --ckpt-every 250 --depth-weight 0
   if done_at "$OUT/tiny_fusion_2dec" 2500; then
@@ -63,8 +65,21 @@ if [ "$WHICH" = tiny_fusion ] || [ "$WHICH" = all ]; then
         "$OUT/tiny_fusion_2dec_s2/checkpoints/last.pt" --preset tiny_fusion "${sweeps[@]}" --clip-len 4 --iters 2000 --lr 3e-4 \
         --warmup 100 --ckpt-every 250 --depth-weight 0
   fi
-  if done_at "$OUT/tiny_fusion_2dec_s3" 2000; then  # its iteration-1500 checkpoint, chosen on validation
-    "${CLI_BUNDLE[@]}" "$OUT/tiny_fusion_2dec_s3/checkpoints/iter_001500.pt" "$OUT/bundled/tiny_fusion.pt" \
+  if done_at "$OUT/tiny_fusion_2dec_s3" 2000 && [ ! -f "$OUT/bundled/tiny_fusion_v3.pt" ]; then  # iteration 1500, chosen on validation
+    "${CLI_BUNDLE[@]}" "$OUT/tiny_fusion_2dec_s3/checkpoints/iter_001500.pt" "$OUT/bundled/tiny_fusion_v3.pt" \
+        --preset tiny_fusion --recalibrate-bn "$OUT/train_s1_16_o50_sw5.pt" --int8-backbone "$OUT/train_s1_16_o50_sw5.pt"
+  fi
+  # v4 (bundled since 2026-12-07, issue 20): v3 fine-tuned at the preset's 96 LiDAR candidates, 1500
+  # iterations at peak lr 2e-4 on 4-frame clips; SEED (default 0, the bundled one; 1 gave the spread in
+  # models/README.md). 38 min on 1 thread each, two seeds side by side on the 2 cores.
+  sweeps=("${sweeps[@]:0:${#sweeps[@]}-2}")  # the preset's 96 candidates again
+  if [ -f "$OUT/bundled/tiny_fusion_v3.pt" ]; then
+    done_at "$OUT/tiny_fusion_v4" 1500 || run "$OUT/tiny_fusion_v4" "$OUT/bundled/tiny_fusion_v3.pt" \
+        --preset tiny_fusion "${sweeps[@]}" --clip-len 4 --iters 1500 --lr 2e-4 --warmup 100 --ckpt-every 250 \
+        --depth-weight 0 --seed "${SEED:-0}"
+  fi
+  if done_at "$OUT/tiny_fusion_v4" 1500; then
+    "${CLI_BUNDLE[@]}" "$OUT/tiny_fusion_v4/checkpoints/last.pt" "$OUT/bundled/tiny_fusion.pt" \
         --preset tiny_fusion --recalibrate-bn "$OUT/train_s1_16_o50_sw5.pt" --int8-backbone "$OUT/train_s1_16_o50_sw5.pt"
   fi
 fi

@@ -9,6 +9,7 @@ clearly less: the candidate count, not the branch, was the dense-traffic ceiling
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import numpy as np
@@ -19,6 +20,7 @@ from sparse_perception_ros.eval.dataset import load_frame
 from sparse_perception_ros.model.config import get_preset
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.loading import load_model
+from sparse_perception_ros.train.command import model_config
 
 RADIUS_M, RANGE_M, MIN_POINTS = 2.0, 50.0, 5
 
@@ -50,3 +52,17 @@ def test_candidates_cover_a_dense_scene(dense):
         best_32 = min(best_32, float((dist[:, :32].min(1) < RADIUS_M).mean()))
     assert worst_k >= 0.9, f"{k} candidates cover only {worst_k:.0%} of a dense keyframe's objects"
     assert best_32 < worst_k - 0.1, f"32 candidates cover {best_32:.0%}, {k} cover {worst_k:.0%}"
+
+
+def test_lidar_candidates_option_sets_k_and_names_itself_when_wrong():
+    """``train --lidar-candidates K``: how scripts/train_bundled.sh retrains v3's stages at the K = 32 of
+    their day while the preset has 96."""
+    cfg = model_config(argparse.Namespace(preset="tiny_fusion", capacity=None, lidar_candidates="32"))
+    assert cfg.lidar.num_candidates == 32
+    assert cfg.head == get_preset("tiny_fusion").head and cfg.lidar.pillar_channels == 32  # nothing else changes
+    assert model_config(argparse.Namespace(preset="tiny_fusion", capacity=None)).lidar.num_candidates == 96
+    for bad in ("x", "0", "193"):
+        with pytest.raises(ValueError, match="--lidar-candidates"):
+            model_config(argparse.Namespace(preset="tiny_fusion", capacity=None, lidar_candidates=bad))
+    with pytest.raises(ValueError, match="--lidar-candidates needs a fused preset"):
+        model_config(argparse.Namespace(preset="tiny", capacity=None, lidar_candidates="32"))

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fused presets: another LiDAR trunk width than the preset's: pillar channels and BEV "
                         "trunk channels (LidarConfig.pillar_channels / bev_channels, e.g. 16,32; "
                         "scripts/narrow_lidar.py makes starting weights from wider ones)")
+    p.add_argument("--lidar-candidates", default=None, metavar="K",
+                   help="fused presets: another LiDAR candidate count than the preset's (LidarConfig.num_candidates; "
+                        "tiny_fusion v3 was trained at 32, the preset has 96 since 2026-12-07)")
     p.add_argument("--lidar-velocity", action="store_true",
                    help="fused presets: the BEV box head also regresses (vx, vy) for the LiDAR candidates "
                         "(LidarConfig.velocity; wants multi-sweep input)")

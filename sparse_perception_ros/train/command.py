@@ -48,8 +48,8 @@ def _sha256(path: str | Path) -> str:
 
 
 def model_config(args):
-    """The preset, with ``--capacity``, ``--lidar-channels`` and ``--lidar-velocity`` applied. Raises
-    ValueError naming the option."""
+    """The preset, with ``--capacity``, ``--lidar-channels``, ``--lidar-candidates`` and
+    ``--lidar-velocity`` applied. Raises ValueError naming the option."""
     cfg = get_preset(args.preset)
     if getattr(args, "capacity", None):
         try:
@@ -65,6 +65,16 @@ def model_config(args):
             cfg = replace(cfg, lidar=replace(cfg.lidar, pillar_channels=pillar, bev_channels=bev))
         except ValueError as exc:
             raise ValueError(f"--lidar-channels must be P,B (pillar and BEV trunk widths, e.g. 16,32): {exc}") from None
+    if getattr(args, "lidar_candidates", None):
+        if cfg.lidar is None:
+            raise ValueError(f"--lidar-candidates needs a fused preset; {args.preset} has no LiDAR branch")
+        try:
+            k = int(args.lidar_candidates)
+        except ValueError:
+            raise ValueError(f"--lidar-candidates must be an integer, got {args.lidar_candidates!r}") from None
+        if not 1 <= k <= cfg.head.num_anchor:
+            raise ValueError(f"--lidar-candidates must be in [1, {cfg.head.num_anchor}] (the head's anchors), got {k}")
+        cfg = replace(cfg, lidar=replace(cfg.lidar, num_candidates=k))
     if getattr(args, "lidar_velocity", False):
         if cfg.lidar is None:
             raise ValueError(f"--lidar-velocity needs a fused preset; {args.preset} has no LiDAR branch")
