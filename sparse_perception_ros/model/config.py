@@ -206,10 +206,11 @@ tiny = ModelConfig(
 # The tiny model plus the LiDAR branch (the same head capacity, one decoder fewer). K = 96 LiDAR
 # candidates take the last 96 of the 192 first-decoder anchors when a sweep is present (they compete
 # with the rest in the bank update, which keeps 64 of the 192 beside the 128 temporal instances); the
-# BEV head regresses their velocity from several sweeps (LidarConfig.velocity). The bundled weights were
-# trained with K = 32; K = 96 at inference lifts validation mAP / AMOTA from 0.838 / 0.750 to 0.857 /
-# 0.797 (40 objects per scene) and from 0.717 / 0.648 to 0.837 / 0.792 (60), at no measurable cost
-# (models/README.md, bench/RESULTS.md twelfth measurement).
+# BEV head regresses their velocity from several sweeps (LidarConfig.velocity). v3's weights were
+# trained with K = 32; K = 96 at inference alone lifts their validation mAP / AMOTA from 0.838 / 0.750
+# to 0.857 / 0.797 (40 objects per scene) and from 0.717 / 0.648 to 0.837 / 0.792 (60), at no
+# measurable cost, and the bundled v4 is v3 fine-tuned at 96 (models/README.md, bench/RESULTS.md
+# twelfth measurement; train --lidar-candidates retrains at another K).
 # Clouds are thinned to 60k points on the CPU. Two decoders since 2026-12-06 (issue 21: a 20 Hz LiDAR
 # on two CPU cores; the weights before had 3 and were fine-tuned into these, models/README.md): the
 # LiDAR candidates start near their objects, and the third decoder's refinement did not pay for its
