@@ -36,7 +36,7 @@ def main() -> None:
     p = load_params()
     p = dataclasses.replace(p, model=dataclasses.replace(p.model, preset="tiny_fusion"))
     loaded = load_model(p.model)
-    pipe = Pipeline.from_params(loaded.stepper, CLASS_NAMES, p, loaded.score_threshold, loaded.max_sweeps)
+    pipe = Pipeline.from_params(loaded.stepper, CLASS_NAMES, p, loaded.facts)
     pipe.warm_up()
     cache, w, h = pipe.features, *pipe.input_wh
     rng = np.random.default_rng(0)

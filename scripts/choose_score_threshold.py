@@ -34,7 +34,7 @@ from sparse_perception_ros.eval.replay import recorded_raw, replay
 from sparse_perception_ros.geometry.boxes import transform_boxes
 from sparse_perception_ros.geometry.transforms import invert_transform
 from sparse_perception_ros.params import load_params
-from sparse_perception_ros.runtime.loading import bundled_weights_path
+from sparse_perception_ros.runtime.loading import bundled_weights_path, load_weight_facts
 from sparse_perception_ros.runtime.pipeline import PipelineConfig
 
 
@@ -98,13 +98,14 @@ def main(argv=None) -> int:
     samples = select_samples(nusc)
     table = gt_table(nusc, samples)
     params = load_params()
-    tracking = PipelineConfig.from_params(params).tracking(len(CLASS_NAMES))  # the node's own, field for field
     lo, hi, step = args.grid
     thresholds = np.round(np.arange(lo, hi + step / 2, step), 4)
     curves = {}
     for preset in args.presets:
         cache = Path(args.cache) / f"{preset}.json" if args.cache else None
         frames = recorded_raw(nusc, samples, replace(params, model=replace(params.model, preset=preset)), cache)
+        facts = load_weight_facts(bundled_weights_path(preset))  # the node's own tracking, field for field
+        tracking = PipelineConfig.from_params(params, facts).tracking(len(CLASS_NAMES))
         rows = curve(frames, table, thresholds, tracking, params.output.max_detections, args.radius, args.max_range)
         curves[preset] = rows
         best = max(rows, key=lambda r: (round(r["f1"], 6), -r["threshold"]))

@@ -27,6 +27,7 @@ from sparse_perception_ros.eval.replay import replay
 from sparse_perception_ros.eval.report import write_json
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
+from sparse_perception_ros.runtime.loading import bundled_weights_path, load_weight_facts
 from sparse_perception_ros.runtime.pipeline import PipelineConfig
 
 
@@ -41,12 +42,13 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default="", help="folder for the raw outputs (reused when present)")
     parser.add_argument("--json", default="", help="also write the table as JSON here")
     args = parser.parse_args(argv)
-    node_tracking = PipelineConfig.from_params(load_params()).tracking(len(CLASS_NAMES))  # the node's own
     nusc = open_nuscenes(args.dataroot)
     samples = select_samples(nusc)
     table = {}
     for preset in args.presets:
         frames = raw_outputs(nusc, samples, preset, Path(args.cache) if args.cache else None)
+        facts = load_weight_facts(bundled_weights_path(preset))  # the node's own tracking for these weights
+        node_tracking = PipelineConfig.from_params(load_params(), facts).tracking(len(CLASS_NAMES))
         for setting in args.settings:
             w, s, h, m = (setting.split(":") + ["", "", ""])[:4]
             tracking = replace(node_tracking, velocity_window=float(w), velocity_noise=float(s or 0.5),

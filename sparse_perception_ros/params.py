@@ -103,7 +103,7 @@ class TemporalParams:
     duplicate_iou: float
     velocity_window: float
     velocity_noise: float
-    velocity_min_span: float
+    velocity_min_span: float | str  # s >= 0, or "auto": the weights' own (runtime.tracking.resolve_velocity_min_span)
     heading_from_motion: float
 
 

@@ -152,8 +152,8 @@ def test_bundled_weights_carry_their_display_threshold(preset):
     assert "frame" in doc and 0.0 < doc["score_threshold"]["value"] < 1.0
     assert "seed 3" in doc["score_threshold"]["data"] and "choose_score_threshold" in doc["score_threshold"]["made_by"]
     loaded = load_model(with_(preset=preset))
-    assert loaded.score_threshold == load_score_threshold(path) == doc["score_threshold"]["value"]
-    assert f"display threshold {loaded.score_threshold:g}" in loaded.note
+    assert loaded.facts.score_threshold == load_score_threshold(path) == doc["score_threshold"]["value"]
+    assert f"display threshold {loaded.facts.score_threshold:g}" in loaded.note
 
 
 def test_weights_without_a_threshold_and_malformed_sidecars(tmp_path):
@@ -166,7 +166,8 @@ def test_weights_without_a_threshold_and_malformed_sidecars(tmp_path):
     weights = tmp_path / "mine.pt"
     shutil.copy(bundled_weights_path("tiny"), weights)
     loaded = load_model(with_(checkpoint=str(weights)))  # no sidecar: auto falls back to 0.3, said in the note
-    assert loaded.score_threshold is None and "output.score_threshold auto uses 0.3" in loaded.note
+    assert loaded.facts.score_threshold is None and "output.score_threshold auto uses 0.3" in loaded.note
+    assert loaded.facts.velocity_min_span is None and "temporal.velocity_min_span auto uses 0.5 s" in loaded.note
     sidecar = tmp_path / "mine.pt.json"
     sidecar.write_text(json.dumps({"frame": json.loads(
         bundled_weights_path("tiny").with_suffix(".pt.json").read_text())["frame"]}))

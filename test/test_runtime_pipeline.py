@@ -172,15 +172,16 @@ def test_score_threshold_auto_takes_the_weights_own_and_a_number_overrides_it():
 
     from sparse_perception_ros.params import load_params
     from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD, resolve_score_threshold
+    from sparse_perception_ros.runtime.sidecar import WeightFacts
 
     p = load_params()
     assert p.output.score_threshold == "auto"  # the shipped default
-    assert PipelineConfig.from_params(p, weights_score_threshold=0.42).score_threshold == 0.42
+    assert PipelineConfig.from_params(p, WeightFacts(score_threshold=0.42)).score_threshold == 0.42
     assert PipelineConfig.from_params(p).score_threshold == DEFAULT_SCORE_THRESHOLD == 0.3  # weights without one
     fixed = dataclasses.replace(p, output=dataclasses.replace(p.output, score_threshold=0.1))
-    assert PipelineConfig.from_params(fixed, weights_score_threshold=0.42).score_threshold == 0.1
+    assert PipelineConfig.from_params(fixed, WeightFacts(score_threshold=0.42)).score_threshold == 0.1
     torch.manual_seed(0)
-    pipe = Pipeline.from_params(torch_stepper(build_model("tiny")), CLASS_NAMES, p, weights_score_threshold=0.05)
+    pipe = Pipeline.from_params(torch_stepper(build_model("tiny")), CLASS_NAMES, p, WeightFacts(score_threshold=0.05))
     assert pipe.config.score_threshold == 0.05
     assert resolve_score_threshold(0, None) == 0.0 and isinstance(resolve_score_threshold(1, 0.5), float)
     with pytest.raises(ValueError, match="auto"):
@@ -203,3 +204,23 @@ def test_state_interval_carries_the_state_only_from_frames_that_far_apart(pipeli
     for k in range(3):
         _, state = every.step(make_frame(T0 + k * S // 20, pose_x=0.05 * k), state)
     assert round(state.temporal.timestamp - T0 * 1e-9, 3) == 0.1  # 0: every frame's state is carried
+
+
+def test_velocity_min_span_auto_takes_the_weights_own_and_a_number_overrides_it():
+    import dataclasses
+
+    from sparse_perception_ros.params import load_params
+    from sparse_perception_ros.runtime.sidecar import WeightFacts
+    from sparse_perception_ros.runtime.tracking import DEFAULT_VELOCITY_MIN_SPAN, resolve_velocity_min_span
+
+    p = load_params()
+    assert p.temporal.velocity_min_span == "auto"  # the shipped default
+    assert PipelineConfig.from_params(p, WeightFacts(velocity_min_span=0.1)).velocity_min_span == 0.1
+    assert PipelineConfig.from_params(p).velocity_min_span == DEFAULT_VELOCITY_MIN_SPAN == 0.5  # weights without one
+    fixed = dataclasses.replace(p, temporal=dataclasses.replace(p.temporal, velocity_min_span=0.25))
+    config = PipelineConfig.from_params(fixed, WeightFacts(velocity_min_span=0.1))
+    assert config.velocity_min_span == 0.25 and config.tracking(3).velocity_min_span == 0.25  # reaches the tracker
+    assert resolve_velocity_min_span(0, 0.1) == 0.0 and isinstance(resolve_velocity_min_span(1, None), float)
+    for bad in ("fast", -0.1, True):
+        with pytest.raises(ValueError, match="velocity_min_span"):
+            resolve_velocity_min_span(bad, None)

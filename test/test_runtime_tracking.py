@@ -448,3 +448,45 @@ def test_heading_from_motion_in_track_frame_is_off_at_zero_and_validated():
     assert track_frame(*args, replace(cfg, heading_from_motion=0.0)).boxes[0, 6] == 0.0
     with pytest.raises(ValueError, match="heading_from_motion"):
         replace(cfg, heading_from_motion=-1.0)
+
+
+def test_the_weights_velocity_span_is_read_from_their_json_and_validated(tmp_path):
+    import json
+
+    from sparse_perception_ros.params import ParameterError
+    from sparse_perception_ros.runtime.loading import load_velocity_min_span, load_weight_facts
+
+    w = tmp_path / "w.pt"
+    assert load_velocity_min_span(w) is None and load_weight_facts(w).velocity_min_span is None  # no json
+    (tmp_path / "w.pt.json").write_text(json.dumps({"velocity_min_span": {"value": 0.1}}))
+    assert load_velocity_min_span(w) == 0.1 and load_weight_facts(w).velocity_min_span == 0.1
+    for bad in ({"value": -1}, {"value": "short"}, 0.1):
+        (tmp_path / "w.pt.json").write_text(json.dumps({"velocity_min_span": bad}))
+        with pytest.raises(ValueError, match="w.pt.json"):
+            load_velocity_min_span(w)
+        with pytest.raises(ParameterError, match="velocity span") as err:
+            load_weight_facts(w)
+        assert err.value.name == "model.checkpoint"
+
+
+def test_the_velocity_span_parameter_is_validated_by_name():
+    from sparse_perception_ros.params import ParameterError, default_flat, load_params, params_from_flat
+
+    assert load_params().temporal.velocity_min_span == "auto"
+    assert params_from_flat({**default_flat(), "temporal.velocity_min_span": 0.25}).temporal.velocity_min_span == 0.25
+    for bad in (-1.0, "fast"):
+        with pytest.raises(ParameterError, match="temporal.velocity_min_span"):
+            params_from_flat({**default_flat(), "temporal.velocity_min_span": bad})
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_fusion"])
+def test_the_bundled_weights_store_the_span_chosen_at_the_sensors_rate(preset):
+    from sparse_perception_ros.runtime.loading import bundled_weights_path, load_velocity_min_span
+
+    path = bundled_weights_path(preset)
+    if path is None:
+        pytest.skip(f"no models/{preset}.pt bundled")
+    span = load_velocity_min_span(path)
+    assert span is not None and 0.0 < span <= 0.5
+    if preset == "tiny_fusion":  # LiDAR positions jitter little: three 20 Hz positions measure motion
+        assert span < 0.5

@@ -50,7 +50,7 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     ``backend`` overrides ``params.model.backend``; ``"debug_ground_truth"`` builds the GT
     passthrough (needs ``gt_table``) instead of loading a model.
     """
-    threshold = sweeps = camera_rate = None  # the weights' display threshold, sweep count, camera rate (auto parameters)
+    facts = None  # the weights' own facts (the auto parameters)
     if backend == DEBUG_BACKEND:
         if gt_table is None:
             raise ValueError(f"backend {DEBUG_BACKEND!r} needs the ground-truth table")
@@ -59,10 +59,8 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     else:
         mp = params.model if backend is None else replace(params.model, backend=backend)
         loaded = load_model(mp)
-        model, note, threshold = loaded.stepper, loaded.note, loaded.score_threshold
-        sweeps, camera_rate = loaded.max_sweeps, loaded.camera_rate
-    return Pipeline.from_params(model, CLASS_NAMES, params, weights_score_threshold=threshold,
-                                weights_max_sweeps=sweeps, weights_camera_rate=camera_rate), note
+        model, note, facts = loaded.stepper, loaded.note, loaded.facts
+    return Pipeline.from_params(model, CLASS_NAMES, params, facts), note
 
 
 def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None = None,

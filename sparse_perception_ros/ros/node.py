@@ -77,22 +77,19 @@ class PerceptionNode(Node):
     # ------------------------------------------------------------------------- lifecycle
     def configure(self, model=None) -> None:
         """Load the model (or take ``model``: a ``runtime.backends.Stepper``) and build the pipeline."""
-        p, weights_threshold, weights_sweeps = self.params, None, None  # the weights' own (for the auto parameters)
-        weights_camera_rate = None
+        p, facts = self.params, None  # the weights' own facts (for the auto parameters)
         convention = NUSCENES_LIDAR_TOP  # the frame the weights were trained in
         if model is None:
             loaded = load_model(p.model, num_cams=len(p.cameras.names))  # the same weights run any camera count
             self.get_logger().info(loaded.note)
-            model, weights_threshold, convention = loaded.stepper, loaded.score_threshold, loaded.frame_convention
-            weights_sweeps, weights_camera_rate = loaded.max_sweeps, loaded.camera_rate
+            model, facts, convention = loaded.stepper, loaded.facts, loaded.frame_convention
         self._frame = ModelFrame(p.frames.model_frame, p.frames.model_frame_axes, convention)
         self._lookup = self._frame.wrap(self._tf.lookup)  # the model frame's lookups carry the axes turn
         if int(model.cfg.head.num_cams) != len(p.cameras.names):  # a model handed in (debug replay) is fixed
             raise ParameterError("cameras.names", f"{len(p.cameras.names)} cameras, the model {model.cfg.head.num_cams}")
         set_torch_threads(self.params.model.num_threads)  # per thread in torch; the pipeline's threads take it
         try:
-            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, weights_threshold, weights_sweeps,
-                                                 weights_camera_rate)
+            self.pipeline = Pipeline.from_params(model, CLASS_NAMES, p, facts)
         except ValueError as exc:
             raise ParameterError("model.sensors", str(exc)) from None
         self._throttle = CameraThrottle(self.pipeline.camera_rate)  # cameras.max_rate (the trigger camera: never)

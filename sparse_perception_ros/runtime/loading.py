@@ -23,10 +23,11 @@ from sparse_perception_ros.runtime.lidar_features import (
 )
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
 from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
-from sparse_perception_ros.runtime.sidecar import read_fact
+from sparse_perception_ros.runtime.sidecar import WeightFacts, read_fact
+from sparse_perception_ros.runtime.tracking import DEFAULT_VELOCITY_MIN_SPAN
 
 __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold",
-           "load_max_sweeps", "load_camera_rate"]
+           "load_max_sweeps", "load_camera_rate", "load_velocity_min_span", "load_weight_facts"]
 
 
 def bundled_weights_path(preset: str) -> Path | None:
@@ -90,6 +91,38 @@ def load_camera_rate(checkpoint: str | Path | None) -> float | None:
     ``<checkpoint>.json`` (used by ``cameras.max_rate: auto``, :mod:`.camera_rate`), or None when there is
     no such file or entry (every image). Raises ``ValueError`` naming the file when malformed."""
     return read_fact(checkpoint, "camera_rate", _camera_rate)
+
+
+def _velocity_min_span(entry) -> float:
+    value = entry["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 10.0:
+        raise ValueError(f"velocity_min_span.value must be a number in [0, 10] (s), got {value!r}")
+    return float(value)
+
+
+def load_velocity_min_span(checkpoint: str | Path | None) -> float | None:
+    """The span (s) of positions from which a track's velocity is measured with these weights:
+    ``velocity_min_span.value`` of ``<checkpoint>.json`` (used by ``temporal.velocity_min_span: auto``,
+    :func:`~.tracking.resolve_velocity_min_span`; chosen on validation at the sensors' rate: a model
+    whose positions jitter less can measure from fewer of them), or None when there is no such file
+    or entry. Raises ``ValueError`` naming the file when malformed."""
+    return read_fact(checkpoint, "velocity_min_span", _velocity_min_span)
+
+
+def load_weight_facts(checkpoint: str | Path | None) -> WeightFacts:
+    """Every fact of ``<checkpoint>.json`` that an ``auto`` parameter takes (:class:`WeightFacts`; all
+    None without a checkpoint or file). A malformed entry raises :class:`ParameterError` for
+    ``model.checkpoint``, naming the entry and the file."""
+    facts = {}
+    for field, label, load in (("score_threshold", "display threshold", load_score_threshold),
+                               ("max_sweeps", "LiDAR sweeps", load_max_sweeps),
+                               ("camera_rate", "camera rate", load_camera_rate),
+                               ("velocity_min_span", "velocity span", load_velocity_min_span)):
+        try:
+            facts[field] = load(checkpoint)
+        except ValueError as exc:
+            raise ParameterError("model.checkpoint", f"{label}: {exc}") from None
+    return WeightFacts(**facts)
 
 
 def image_features_on_arrival(p: ModelParams) -> bool:
@@ -205,18 +238,14 @@ class LoadedModel:
     """What :func:`load_model` gives: the stepper, a one-line note for the log, whether the
     weights are random (a preset with no bundled weights and no ``model.checkpoint``), the frame
     the weights were trained in (``<weights>.json``, see :mod:`.model_frame`) and their display
-    threshold (:func:`load_score_threshold`; None: the weights have none, and
-    ``output.score_threshold: auto`` uses :data:`~.pipeline.DEFAULT_SCORE_THRESHOLD`), the sweep count
-    they were trained with (:func:`load_max_sweeps`; None: single sweeps, what ``lidar.max_sweeps: auto`` then uses)
-    and their camera rate (:func:`load_camera_rate`; None: every image, what ``cameras.max_rate: auto`` then uses)."""
+    and the facts that the ``auto`` parameters take (:class:`~.sidecar.WeightFacts`, :func:`load_weight_facts`:
+    display threshold, sweep count, camera rate, velocity span; each None where the weights have none)."""
 
     stepper: object  # a runtime.backends.Stepper
     note: str
     random_weights: bool
     frame_convention: FrameConvention = NUSCENES_LIDAR_TOP
-    score_threshold: float | None = None
-    max_sweeps: int | None = None
-    camera_rate: float | None = None
+    facts: WeightFacts = WeightFacts()
 
 
 def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> LoadedModel:
@@ -297,18 +326,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         convention = load_convention(path)
     except ValueError as exc:
         raise ParameterError("model.checkpoint", f"frame convention: {exc}") from None
-    try:
-        threshold = load_score_threshold(path)
-    except ValueError as exc:
-        raise ParameterError("model.checkpoint", f"display threshold: {exc}") from None
-    try:
-        max_sweeps = load_max_sweeps(path)
-    except ValueError as exc:
-        raise ParameterError("model.checkpoint", f"LiDAR sweeps: {exc}") from None
-    try:
-        camera_rate = load_camera_rate(path)
-    except ValueError as exc:
-        raise ParameterError("model.checkpoint", f"camera rate: {exc}") from None
+    facts = load_weight_facts(path)
+    threshold, max_sweeps, camera_rate = facts.score_threshold, facts.max_sweeps, facts.camera_rate
     detail += (f"; display threshold {threshold:g} (stored with the weights, used by output.score_threshold auto)"
                if threshold is not None else
                f"; no display threshold stored with these weights (output.score_threshold auto uses "
@@ -319,4 +338,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
                    "; no sweep count stored with these weights (single sweeps; lidar.max_sweeps auto uses 1)")
     if camera_rate is not None:
         detail += f"; at most {camera_rate:g} images/s per camera stored with the weights (used by cameras.max_rate auto)"
-    return LoadedModel(stepper, note + detail, path is None, convention, threshold, max_sweeps, camera_rate)
+    detail += (f"; track velocities from {facts.velocity_min_span:g} s of positions stored with the weights (used by "
+               f"temporal.velocity_min_span auto)" if facts.velocity_min_span is not None else
+               f"; no velocity span stored with these weights (temporal.velocity_min_span auto uses "
+               f"{DEFAULT_VELOCITY_MIN_SPAN:g} s)")
+    return LoadedModel(stepper, note + detail, path is None, convention, facts)

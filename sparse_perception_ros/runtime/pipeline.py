@@ -27,12 +27,14 @@ from sparse_perception_ros.runtime.backends import Stepper
 from sparse_perception_ros.runtime.camera_rate import resolve_camera_rate
 from sparse_perception_ros.runtime.detections import Detections
 from sparse_perception_ros.runtime.features import FeatureCache
+from sparse_perception_ros.runtime.sidecar import WeightFacts
 from sparse_perception_ros.runtime.sweeps import SweepConfig
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
     TrackedFrame,
     TrackingConfig,
     TrackMemory,
+    resolve_velocity_min_span,
     track_frame,
 )
 
@@ -229,21 +231,23 @@ class PipelineConfig:
         self.tracking(num_classes=1)  # checks the tracking fields now, with their names in the message
 
     @classmethod
-    def from_params(cls, params, weights_score_threshold: float | None = None,
+    def from_params(cls, params, weights: WeightFacts | None = None,
                     resize_method: str = "pil_bicubic") -> PipelineConfig:
         """The settings the node parameters describe (``params``: a
-        :class:`~sparse_perception_ros.params.PerceptionParams`); ``output.score_threshold: auto``
-        takes ``weights_score_threshold`` (the loaded weights' own, or None:
-        :data:`DEFAULT_SCORE_THRESHOLD`), see :func:`resolve_score_threshold`."""
-        t = params.temporal
-        return cls(score_threshold=resolve_score_threshold(params.output.score_threshold, weights_score_threshold),
+        :class:`~sparse_perception_ros.params.PerceptionParams`); the ``auto`` parameters take the loaded
+        weights' facts (``weights``, :attr:`~.loading.LoadedModel.facts`; None: weights without any):
+        ``output.score_threshold`` (:func:`resolve_score_threshold`) and ``temporal.velocity_min_span``
+        (:func:`~.tracking.resolve_velocity_min_span`)."""
+        t, w = params.temporal, weights or WeightFacts()
+        return cls(score_threshold=resolve_score_threshold(params.output.score_threshold, w.score_threshold),
                    max_detections=params.output.max_detections, max_time_gap_s=t.max_time_gap,
                    sensors=params.model.sensors, reassociate_distance=t.reassociate_distance,
                    reassociate_speed=t.reassociate_speed,
                    track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
                    velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method,
                    reassociate_window=t.reassociate_window, state_interval=t.state_interval,
-                   heading_from_motion=t.heading_from_motion, velocity_min_span=t.velocity_min_span)
+                   heading_from_motion=t.heading_from_motion,
+                   velocity_min_span=resolve_velocity_min_span(t.velocity_min_span, w.velocity_min_span))
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
@@ -269,23 +273,23 @@ class Pipeline:
     camera_window_ns: int | None = None  # sync.max_camera_time_diff (from_params): offline frames pick images as the node
 
     @classmethod
-    def from_params(cls, model, class_names, params, weights_score_threshold: float | None = None,
-                    weights_max_sweeps: int | None = None, weights_camera_rate: float | None = None) -> Pipeline:
+    def from_params(cls, model, class_names, params, weights: WeightFacts | None = None) -> Pipeline:
         """The pipeline the node parameters describe (``params``: a
-        :class:`~sparse_perception_ros.params.PerceptionParams`; ``weights_score_threshold``: the
-        loaded weights' display threshold, :attr:`~.loading.LoadedModel.score_threshold`, used by
-        ``output.score_threshold: auto``); the node and ``eval --offline`` both build theirs here,
-        so a new option reaches both. ``sweeps`` is then the multi-sweep accumulation the frames must carry
-        (``lidar.*``; ``lidar.max_sweeps: auto`` takes ``weights_max_sweeps``, :func:`~.sweeps.resolve_max_sweeps`),
+        :class:`~sparse_perception_ros.params.PerceptionParams`; ``weights``: the loaded weights' facts,
+        :attr:`~.loading.LoadedModel.facts`, which the ``auto`` parameters take; None: weights without
+        any); the node and ``eval --offline`` both build theirs here, so a new option reaches both.
+        ``sweeps`` is then the multi-sweep accumulation the frames must carry (``lidar.*``;
+        ``lidar.max_sweeps: auto`` takes the weights' sweep count, :func:`~.sweeps.resolve_max_sweeps`),
         None for a model without a LiDAR branch: the node's FrameBuilder and ``eval --offline`` read it.
         ``camera_rate`` is the images a second per camera that reach the frames (``cameras.max_rate``; ``auto``
-        takes ``weights_camera_rate``, :func:`~.camera_rate.resolve_camera_rate`): the node's image callback and
+        takes the weights' rate, :func:`~.camera_rate.resolve_camera_rate`): the node's image callback and
         ``eval --offline --sensor-rate`` throttle by it (:mod:`.camera_rate`)."""
-        pipeline = cls(model, class_names, PipelineConfig.from_params(params, weights_score_threshold))
-        pipeline.camera_rate = resolve_camera_rate(params.cameras.max_rate, weights_camera_rate)
+        w = weights or WeightFacts()
+        pipeline = cls(model, class_names, PipelineConfig.from_params(params, w))
+        pipeline.camera_rate = resolve_camera_rate(params.cameras.max_rate, w.camera_rate)
         pipeline.camera_window_ns = int(round(params.sync.max_camera_time_diff * 1e9))
         if pipeline.lidar is not None:
-            pipeline.sweeps = SweepConfig.from_params(params, weights_max_sweeps)
+            pipeline.sweeps = SweepConfig.from_params(params, w.max_sweeps)
         return pipeline
 
     def __init__(self, model: Stepper, class_names, config: PipelineConfig):

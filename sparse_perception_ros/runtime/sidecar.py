@@ -1,19 +1,42 @@
 """The facts stored with a set of weights: ``<weights>.json`` next to the ``.pt`` (models/README.md).
 
-One reader for every entry (``frame``, ``score_threshold``, ``lidar_sweeps``), so a missing file, a
-missing entry and a malformed one are handled the same way everywhere.
+One reader for every entry (``frame``, ``score_threshold``, ``lidar_sweeps``, ``camera_rate``,
+``velocity_min_span``), so a missing file, a missing entry and a malformed one are handled the same way
+everywhere; :class:`WeightFacts` carries the ones that ``auto`` parameters take.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["read_fact"]
+__all__ = ["read_fact", "WeightFacts"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WeightFacts:
+    """The facts of one set of weights that the node's ``auto`` parameters take (read by
+    :func:`~.loading.load_model`); each is None where ``<weights>.json`` has no such entry, and the
+    parameter's ``auto`` then falls back to its documented default.
+
+    Attributes:
+        score_threshold: display threshold in ``[0, 1]`` (``output.score_threshold``).
+        max_sweeps: LiDAR sweeps per input, ``>= 1`` (``lidar.max_sweeps``).
+        camera_rate: images a second per camera, ``>= 0`` (``cameras.max_rate``).
+        velocity_min_span: s, ``>= 0``; a track's velocity is measured from its positions once they
+            span this long (``temporal.velocity_min_span``): it depends on how much the weights'
+            positions jitter from frame to frame.
+    """
+
+    score_threshold: float | None = None
+    max_sweeps: int | None = None
+    camera_rate: float | None = None
+    velocity_min_span: float | None = None
 
 
 def read_fact(checkpoint: str | Path | None, key: str, parse: Callable[[object], T]) -> T | None:

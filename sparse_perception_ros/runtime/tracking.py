@@ -47,7 +47,24 @@ from sparse_perception_ros.geometry.boxes import bev_iou
 
 __all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
            "reassociate", "footprint_reach", "track_evidence", "keep_by_evidence", "suppress_duplicates",
-           "extend_history", "track_velocity", "blend_velocity", "heading_from_motion"]
+           "extend_history", "track_velocity", "blend_velocity", "heading_from_motion", "DEFAULT_VELOCITY_MIN_SPAN",
+           "resolve_velocity_min_span"]
+
+# ``temporal.velocity_min_span: auto`` with weights that store no span of their own (s).
+DEFAULT_VELOCITY_MIN_SPAN = 0.5
+
+
+def resolve_velocity_min_span(value: float | str, weights_span: float | None) -> float:
+    """The span (s) from which track velocities are measured: ``value`` (``temporal.velocity_min_span``)
+    when it is a number; for ``"auto"`` the weights' own (``velocity_min_span`` of ``<weights>.json``,
+    :attr:`~.sidecar.WeightFacts.velocity_min_span`), else :data:`DEFAULT_VELOCITY_MIN_SPAN`. How short a
+    span still measures motion rather than jitter depends on the detector: the bundled fused model's
+    LiDAR positions allow 0.1 s at 20 Hz, the camera model's need 0.5 s (models/README.md)."""
+    if value == "auto":
+        return DEFAULT_VELOCITY_MIN_SPAN if weights_span is None else float(weights_span)
+    if isinstance(value, (str, bool)) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"velocity_min_span must be a number >= 0 or 'auto', got {value!r}")
+    return float(value)
 
 
 def footprint_reach(boxes: np.ndarray) -> np.ndarray:
