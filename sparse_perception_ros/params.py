@@ -104,6 +104,7 @@ class TemporalParams:
     velocity_window: float
     velocity_noise: float
     velocity_min_span: float | str  # s >= 0, or "auto": the weights' own (runtime.tracking.resolve_velocity_min_span)
+    predict_min_span: float  # s >= 0 (runtime.tracking.TrackingConfig)
     heading_from_motion: float
 
 

@@ -389,8 +389,12 @@ class TrackingConfig:
             of a candidate's time gap (0: a fixed gate).
         heading_from_motion: m/s, ``>= 0``; :func:`heading_from_motion` on the published boxes with
             this minimum speed (0: the model's heading, the reference).
-        velocity_min_span: s, ``>= 0``; a track's velocity is measured (:func:`track_velocity`) once
-            its positions in the window span this long.
+        velocity_min_span: s, ``>= 0``; a track's published velocity is measured (:func:`track_velocity`)
+            once its positions in the window span this long.
+        predict_min_span: s, ``>= 0``; the velocity that :func:`reassociate` predicts a track forward
+            with (the next frame's) is measured once its positions span this long, the model's before.
+            Apart from ``velocity_min_span``: a short span answers fast for the published velocity, but
+            its noise, extrapolated, moves the prediction off the object and costs ids.
     """
 
     reassociate_distance: float
@@ -403,6 +407,7 @@ class TrackingConfig:
     reassociate_speed: float = 0.0
     heading_from_motion: float = 0.0
     velocity_min_span: float = 0.5
+    predict_min_span: float = 0.5
 
     def __post_init__(self):
         if not self.reassociate_speed >= 0:
@@ -421,6 +426,8 @@ class TrackingConfig:
             raise ValueError(f"velocity_noise must be > 0, got {self.velocity_noise}")
         if not self.velocity_min_span >= 0:
             raise ValueError(f"velocity_min_span must be >= 0, got {self.velocity_min_span}")
+        if not self.predict_min_span >= 0:
+            raise ValueError(f"predict_min_span must be >= 0, got {self.predict_min_span}")
         if not self.heading_from_motion >= 0:
             raise ValueError(f"heading_from_motion must be >= 0, got {self.heading_from_motion}")
 
@@ -476,10 +483,15 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
                                     config.reassociate_distance, config.reassociate_window, config.reassociate_speed)
     keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
     tracks = extend_history(tracks, previous, config.velocity_window, keep)
-    if config.velocity_window > 0 and len(tracks.ids):  # published, and the next frame's prediction uses it
-        measured = track_velocity(tracks.history, tracks.ids, config.velocity_min_span)
-        tracks = replace(tracks, vel=blend_velocity(tracks.vel, measured, config.velocity_noise))
-        boxes = with_track_velocity(boxes, tracks.vel, T_world_from_model)  # the rows of tracks are the boxes'
+    if config.velocity_window > 0 and len(tracks.ids):  # published; the next frame's prediction uses its own span
+        def measured(span: float) -> np.ndarray:
+            return blend_velocity(tracks.vel, track_velocity(tracks.history, tracks.ids, span), config.velocity_noise)
+
+        published = measured(config.velocity_min_span)
+        predicted = published if config.predict_min_span == config.velocity_min_span else \
+            measured(config.predict_min_span)
+        tracks = replace(tracks, vel=predicted)
+        boxes = with_track_velocity(boxes, published, T_world_from_model)  # the rows of tracks are the boxes'
     if config.heading_from_motion > 0:
         boxes = heading_from_motion(boxes, config.heading_from_motion)
     votes = None
