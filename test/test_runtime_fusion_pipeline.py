@@ -82,19 +82,3 @@ def test_ort_runner_matches_torch_in_the_pipeline(model, tmp_path):
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4, rtol=0)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(a.track_ids, b.track_ids)
-
-
-def test_the_warm_up_sweep_has_a_real_sweeps_size_inside_the_range():
-    from sparse_perception_ros.model.config import LidarConfig, get_preset
-    from sparse_perception_ros.runtime.pipeline import WARM_UP_POINTS, warm_up_points
-
-    lidar = get_preset("tiny_fusion").lidar
-    pts = warm_up_points(lidar)
-    assert pts.shape == (min(WARM_UP_POINTS, lidar.max_points), 4) and pts.dtype == np.float32
-    x0, y0, z0, x1, y1, z1 = lidar.point_range
-    assert (pts[:, 0] > x0).all() and (pts[:, 0] < x1).all() and (pts[:, 1] > y0).all() and (pts[:, 1] < y1).all()
-    assert (pts[:, 2] >= z0).all() and (pts[:, 2] <= z1).all()
-    r = np.hypot(pts[:, 0], pts[:, 1])
-    assert r.min() >= 2.0 and r.max() > 0.8 * x1  # near and far pillars alike
-    np.testing.assert_array_equal(pts, warm_up_points(lidar))  # seeded: every start-up the same
-    assert len(warm_up_points(LidarConfig(max_points=1000))) == 1000  # never above the preset's budget

@@ -39,8 +39,7 @@ from sparse_perception_ros.runtime.tracking import (
 )
 
 __all__ = ["Frame", "PipelineState", "PipelineConfig", "Pipeline", "Prepared", "RESET_REASONS", "SENSOR_MODES",
-           "MASKED_PROJECTION", "DEFAULT_SCORE_THRESHOLD", "calibration_key", "thin_points", "resolve_score_threshold",
-           "WARM_UP_POINTS", "warm_up_points"]
+           "MASKED_PROJECTION", "DEFAULT_SCORE_THRESHOLD", "calibration_key", "thin_points", "resolve_score_threshold"]
 
 # Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
 # camera masked). A camera-only model uses the cameras whatever the mode ("lidar_only" refused).
@@ -52,24 +51,6 @@ RESET_REASONS = ("time_jump_backward", "time_gap", "missing_ego_pose", "calibrat
 # sampling rule (locations outside (0, 1) are dropped) and with zero-padded grid_sample alike,
 # a masked camera then contributes nothing.
 MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], [0, 0, 0, 1.0]])
-
-# Points of the warm-up sweep (Pipeline.warm_up): a 32-beam sweep's size, at most the preset's max_points.
-WARM_UP_POINTS = 35_000
-
-
-def warm_up_points(lidar) -> np.ndarray:
-    """``(min(WARM_UP_POINTS, lidar.max_points), 4)`` float32 ``[x, y, z, intensity]``: a fixed
-    (seeded) sweep spread over ``lidar.point_range`` (a ``LidarConfig``), 2 m to 90 % of the range
-    out from the sensor, every pillar ring occupied as in a real sweep. Not a scene: it only sizes
-    the buffers."""
-    n = min(WARM_UP_POINTS, int(lidar.max_points))
-    x0, y0, z0, x1, y1, z1 = lidar.point_range
-    rng = np.random.default_rng(0)
-    r = rng.uniform(2.0, 0.9 * min(-x0, -y0, x1, y1), n)
-    a = rng.uniform(-np.pi, np.pi, n)
-    z = rng.uniform(z0, z1, n)
-    return np.c_[r * np.cos(a), r * np.sin(a), z, rng.uniform(0.0, 100.0, n)].astype(np.float32)
-
 
 # ``output.score_threshold: auto`` with weights that carry no display threshold of their own.
 DEFAULT_SCORE_THRESHOLD = 0.3
@@ -342,9 +323,9 @@ class Pipeline:
 
         The first forward pays one-off costs (lazy imports such as ``torch.onnx`` behind the DFA's
         export check, kernel compilation, allocator growth) that would otherwise stall the first
-        real frame for seconds. The sweep has a real sweep's size (:data:`WARM_UP_POINTS`, spread
-        over the LiDAR range), so the LiDAR branch's buffers have grown to it before the first real
-        one. Call it once at start-up; it leaves no state behind.
+        real frame for seconds. Call it once at start-up; it leaves no state behind. (A warm-up sweep
+        of a real sweep's size, 35 000 points, did not make the stream's first frames faster:
+        bench/RESULTS.md, thirteenth measurement.)
         """
         t0 = time.perf_counter()
         w, h = self.input_wh
@@ -352,7 +333,7 @@ class Pipeline:
         frame = Frame(stamp_ns=0, images=[np.zeros((h, w, 3), np.uint8)] * self.num_cams, K=K,
                       T_cam_from_model=np.tile(np.eye(4), (self.num_cams, 1, 1)),
                       present=np.ones(self.num_cams, bool), T_world_from_model=np.eye(4),
-                      points=None if self.lidar is None else warm_up_points(self.lidar))
+                      points=None if self.lidar is None else np.tile(np.float32([[5.0, 0.0, -1.0, 10.0]]), (16, 1)))
         _, state = self.step(frame, PipelineState.empty())
         frame.stamp_ns = 500_000_000
         self.step(frame, state)
