@@ -237,8 +237,8 @@ def camera_backbone(model: torch.nn.Module, num_threads: int | None, int8_file: 
 class LoadedModel:
     """What :func:`load_model` gives: the stepper, a one-line note for the log, whether the
     weights are random (a preset with no bundled weights and no ``model.checkpoint``), the frame
-    the weights were trained in (``<weights>.json``, see :mod:`.model_frame`) and their display
-    and the facts that the ``auto`` parameters take (:class:`~.sidecar.WeightFacts`, :func:`load_weight_facts`:
+    the weights were trained in (``<weights>.json``, see :mod:`.model_frame`) and the facts that the
+    ``auto`` parameters take (:class:`~.sidecar.WeightFacts`, :func:`load_weight_facts`:
     display threshold, sweep count, camera rate, velocity span; each None where the weights have none)."""
 
     stepper: object  # a runtime.backends.Stepper

@@ -59,7 +59,7 @@ DEFAULT_SCORE_THRESHOLD = 0.3
 def resolve_score_threshold(value: float | str, weights_score_threshold: float | None) -> float:
     """The score threshold to apply: ``value`` (``output.score_threshold``) when it is a number;
     for ``"auto"`` the weights' own display threshold (``score_threshold`` of ``<weights>.json``,
-    :attr:`~.loading.LoadedModel.score_threshold`), else :data:`DEFAULT_SCORE_THRESHOLD`."""
+    :attr:`~.sidecar.WeightFacts.score_threshold`), else :data:`DEFAULT_SCORE_THRESHOLD`."""
     if value == "auto":
         return DEFAULT_SCORE_THRESHOLD if weights_score_threshold is None else float(weights_score_threshold)
     if isinstance(value, str):

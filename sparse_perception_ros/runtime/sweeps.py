@@ -43,7 +43,7 @@ CLEAR_REASONS = ("gap", "time_jump_backward", "frame_changed", "reset")
 
 def resolve_max_sweeps(value: int | str, weights_max_sweeps: int | None) -> int:
     """``lidar.max_sweeps``: a number is used as it is; ``"auto"`` takes the weights' own
-    (``lidar_sweeps.max_sweeps`` of ``<weights>.json``, :attr:`~.loading.LoadedModel.max_sweeps`), else 1
+    (``lidar_sweeps.max_sweeps`` of ``<weights>.json``, :attr:`~.sidecar.WeightFacts.max_sweeps`), else 1
     (weights trained on single sweeps, like every model without that entry)."""
     if value == "auto":
         return 1 if weights_max_sweeps is None else int(weights_max_sweeps)
