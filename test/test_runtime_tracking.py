@@ -490,3 +490,32 @@ def test_the_bundled_weights_store_the_span_chosen_at_the_sensors_rate(preset):
     assert span is not None and 0.0 < span <= 0.5
     if preset == "tiny_fusion":  # LiDAR positions jitter little: three 20 Hz positions measure motion
         assert span < 0.5
+
+
+def test_the_published_velocity_and_the_predicted_one_have_their_own_spans():
+    """A car at 6 m/s along x, seen at 20 Hz by a model that reports no velocity. With a 0.1 s
+    published span and a 0.5 s prediction span, the published velocity is measured from the third
+    frame on, while the velocity the next frame's re-association extrapolates (``tracks.vel``) stays
+    the model's until the track spans 0.5 s; with one span for both they move together."""
+    from sparse_perception_ros.runtime.tracking import TrackingConfig, track_frame
+
+    split = TrackingConfig(4.0, True, 0.0, num_classes=3, velocity_window=2.0, velocity_noise=1.0,
+                           velocity_min_span=0.1, predict_min_span=0.5)
+    shared = replace(split, predict_min_span=0.1)
+    memories = {"split": None, "shared": None}
+    for k in range(12):  # 0 .. 0.55 s
+        t = k / 20.0
+        b = boxes((10.0 + 6.0 * t, 3.0, 0.0, 0.0)).astype(np.float32)
+        for name, cfg in (("split", split), ("shared", shared)):
+            out = track_frame(b, np.float32([0.9]), np.array([0]), np.array([1]), np.eye(4), int(t * S),
+                              {1} if k else set(), {1}, memories[name], None, cfg)
+            memories[name] = out.tracks
+            published, predicted = out.boxes[0, 7], out.tracks.vel[0, 0]
+            if t < 0.1 - 1e-9:
+                assert published == 0.0 and predicted == 0.0  # too young for either span
+            elif name == "shared":
+                assert published == pytest.approx(predicted) and published > 5.0
+            elif t < 0.5 - 1e-9:
+                assert published > 5.0 and predicted == 0.0  # measured for the output, not yet for the gate
+            else:
+                assert published > 5.0 and predicted > 5.0
