@@ -105,7 +105,9 @@ def test_build_stepper_exports_once_and_plugs_into_the_step_api(tmp_path):
 
 def test_auto_keeps_the_fastest_measured_backend(head, tmp_path_factory):
     """build_stepper("auto") builds every usable backend, times interleaved synthetic steps and keeps
-    the lowest median; a backend made 40 ms slower per step loses, and the reason names the times."""
+    the lowest median; a backend made 100 ms slower per step loses, and the reason names the times. (The
+    margin asserted is half the added time: on a loaded 2-core host a 40 ms handicap once measured only
+    29.9 ms apart in the medians.)"""
     import time
 
     from sparse_perception_ros.runtime.backend_probe import probe_fastest
@@ -113,13 +115,13 @@ def test_auto_keeps_the_fastest_measured_backend(head, tmp_path_factory):
 
     class Slow(StepRunner):
         def step(self, *args, **kwargs):
-            time.sleep(0.04)
+            time.sleep(0.1)
             return super().step(*args, **kwargs)
 
     fast = StepRunner(TorchBackend(head, CFG), CFG)
     choice = probe_fastest({"slow": Slow(TorchBackend(head, CFG), CFG), "torch": fast}, "tiny", budget_s=0.0,
                            skipped={"tensorrt": "no GPU"})
-    assert choice.backend == "torch" and choice.step_ms["slow"] > choice.step_ms["torch"] + 30
+    assert choice.backend == "torch" and choice.step_ms["slow"] > choice.step_ms["torch"] + 50
     assert "auto picked torch" in str(choice) and "slow " in str(choice) and "tensorrt (no GPU)" in str(choice)
     only = probe_fastest({"torch": fast}, "tiny")
     assert only.backend == "torch" and "only usable backend" in only.reason and not only.step_ms
