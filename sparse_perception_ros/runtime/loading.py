@@ -50,11 +50,20 @@ def random_weights(p: ModelParams) -> bool:
     return not p.checkpoint and bundled_weights_path(p.preset) is None
 
 
-def _score_threshold(entry) -> float:
-    value = entry["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"score_threshold.value must be a number in [0, 1], got {value!r}")
-    return float(value)
+def _number(section: str, field: str, lo: float, hi: float | None = None, unit: str = ""):
+    """A parser of the sidecar entry ``<section>.<field>``: a number in ``[lo, hi]`` (``>= lo`` without
+    ``hi``) as float; anything else (bool, text, NaN, out of range) raises ``ValueError`` naming it."""
+    def parse(entry) -> float:
+        value = entry[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                lo <= value and (hi is None or value <= hi)):
+            bound = f"in [{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+            raise ValueError(f"{section}.{field} must be a number {bound}{unit}, got {value!r}")
+        return float(value)
+    return parse
+
+
+_score_threshold = _number("score_threshold", "value", 0.0, 1.0)
 
 
 def load_score_threshold(checkpoint: str | Path | None) -> float | None:
@@ -79,11 +88,7 @@ def load_max_sweeps(checkpoint: str | Path | None) -> int | None:
     return read_fact(checkpoint, "lidar_sweeps", _max_sweeps)
 
 
-def _camera_rate(entry) -> float:
-    value = entry["max_hz"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"camera_rate.max_hz must be a number >= 0, got {value!r}")
-    return float(value)
+_camera_rate = _number("camera_rate", "max_hz", 0.0)
 
 
 def load_camera_rate(checkpoint: str | Path | None) -> float | None:
@@ -93,11 +98,7 @@ def load_camera_rate(checkpoint: str | Path | None) -> float | None:
     return read_fact(checkpoint, "camera_rate", _camera_rate)
 
 
-def _velocity_min_span(entry) -> float:
-    value = entry["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 10.0:
-        raise ValueError(f"velocity_min_span.value must be a number in [0, 10] (s), got {value!r}")
-    return float(value)
+_velocity_min_span = _number("velocity_min_span", "value", 0.0, 10.0, " (s)")
 
 
 def load_velocity_min_span(checkpoint: str | Path | None) -> float | None:
