@@ -170,13 +170,16 @@ def test_a_burst_is_shared_between_the_step_and_the_thread():
 
     loaded = load_model(with_(image_features="on_arrival"))
     cache = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh)
-    who = []
+    who, spent = [], []
     run = cache.backbone.run
 
-    def slow(img):  # 40 ms an image, so both threads are seen to work whatever the host's speed
+    def slow(img):  # 40 ms more an image, so both threads are seen to work whatever the host's speed
+        t = time.perf_counter()
         time.sleep(0.04)
         who.append(threading.current_thread().name)
-        return run(img)
+        out = run(img)
+        spent.append(time.perf_counter() - t)
+        return out
 
     cache.backbone.run = slow
     f = frames(1, lidar=False)[0]
@@ -188,7 +191,10 @@ def test_a_burst_is_shared_between_the_step_and_the_thread():
     assert len(who) == 6  # each image once
     here, thread = who.count(threading.current_thread().name), who.count("image_features")
     assert here >= 2 and thread >= 2, who
-    assert elapsed < 5 * 0.04  # not one after another on one thread (6 x 40 ms)
+    # not one after another on one thread: that takes the sum of the six images' times (each >= 40 ms);
+    # two threads sharing them take about half. Relative to the times measured here, so a loaded host
+    # (slower backbone runs) cannot fail it; the bound leaves a fifth of the sum for the overlap's slack
+    assert elapsed < 0.8 * sum(spent), (elapsed, spent)
     cache.backbone.run = run
     alone = FeatureCache(loaded.stepper.camera_backbone, 6, loaded.stepper.cfg.input_wh)
     assert torch.allclose(maps, alone.features(f.images, f.camera_stamps_ns, np.ones(6, bool)), atol=1e-5)

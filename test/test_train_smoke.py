@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -21,13 +20,9 @@ from sparse_perception_ros.train.trainer import TrainConfig, train
 
 
 def test_train_smoke_cli_loss_decreases(tmp_path, capsys):
-    t0 = time.perf_counter()
     assert main(["train", "--smoke", "--out", str(tmp_path)]) == 0
-    elapsed = time.perf_counter() - t0
     assert "loss decreased" in capsys.readouterr().out
-    # typically 20-35 s on the 2-core machine (idle / shared); the bound catches regressions with
-    # room for other jobs' load
-    assert elapsed < 90, f"smoke took {elapsed:.1f} s"
+    # no time bound here (speed is measured in bench/, not in timed tests): 20-35 s on the 2-core machine
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["preset"] == "tiny" and cfg["model"]["name"] == "tiny"
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
