@@ -186,6 +186,10 @@ class PipelineConfig:
             ``temporal.velocity_window`` / ``temporal.velocity_noise`` / ``temporal.velocity_min_span``
             for the published velocity / ``temporal.predict_min_span`` for the re-association's
             prediction); a window of 0 publishes the model's velocity (the reference).
+        same_object_width: ``>= 0``; re-association candidates predicted closer to a box's nearest one than
+            this times the narrower footprint width are one object tracked twice, and the box continues
+            the one with the most summed score (``temporal.same_object_width``, :func:`~.tracking.reassociate`);
+            0 continues the nearest.
         heading_from_motion: m/s ``>= 0``; a published box at least this fast whose heading points
             against its velocity is turned by 180° (:func:`~.tracking.heading_from_motion`;
             ``temporal.heading_from_motion``); 0 publishes the model's heading (the reference).
@@ -217,6 +221,7 @@ class PipelineConfig:
     heading_from_motion: float
     velocity_min_span: float
     predict_min_span: float
+    same_object_width: float
     resize_method: str = "pil_bicubic"
 
     def __post_init__(self):
@@ -250,14 +255,14 @@ class PipelineConfig:
                    reassociate_window=t.reassociate_window, state_interval=t.state_interval,
                    heading_from_motion=t.heading_from_motion,
                    velocity_min_span=resolve_velocity_min_span(t.velocity_min_span, w.velocity_min_span),
-                   predict_min_span=t.predict_min_span)
+                   predict_min_span=t.predict_min_span, same_object_width=t.same_object_width)
 
     def tracking(self, num_classes: int) -> TrackingConfig:
         """The :class:`~.tracking.TrackingConfig` of these settings for ``num_classes`` classes."""
         return TrackingConfig(self.reassociate_distance, self.track_class_vote, self.duplicate_iou, num_classes,
                               self.velocity_window, self.velocity_noise, self.reassociate_window,
                               self.reassociate_speed, self.heading_from_motion, self.velocity_min_span,
-                              self.predict_min_span)
+                              self.predict_min_span, self.same_object_width)
 
 
 class Pipeline:

@@ -46,7 +46,7 @@ import numpy as np
 from sparse_perception_ros.geometry.boxes import bev_iou
 
 __all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
-           "reassociate", "footprint_reach", "track_evidence", "keep_by_evidence", "suppress_duplicates",
+           "reassociate", "footprint_reach", "footprint_width", "track_evidence", "keep_by_evidence", "suppress_duplicates",
            "extend_history", "track_velocity", "blend_velocity", "heading_from_motion", "DEFAULT_VELOCITY_MIN_SPAN",
            "resolve_velocity_min_span"]
 
@@ -73,11 +73,19 @@ def footprint_reach(boxes: np.ndarray) -> np.ndarray:
     return 0.5 * np.hypot(b[:, 3], b[:, 4]) if len(b) else np.zeros(0)
 
 
+def footprint_width(boxes: np.ndarray) -> np.ndarray:
+    """``(N,)`` the narrower BEV side ``min(w, l)`` of ``boxes (N, >=5)`` (columns 3, 4), m: how close the
+    centres of two solid objects of this size can come side by side."""
+    b = np.asarray(boxes, np.float64)
+    return np.minimum(b[:, 3], b[:, 4]) if len(b) else np.zeros(0)
+
+
 @dataclass(frozen=True)
 class TrackMemory:
     """Published tracks of one frame. ``xy``, ``vel`` ``(M, 2)`` world frame (m, m/s);
     ``labels``, ``ids`` ``(M,)`` int64; ``id_map``: bank id -> published id; ``reach`` ``(M,)``
-    :func:`footprint_reach` (m), None: no size gate; ``history``: published id -> ``(K, 3)`` float64
+    :func:`footprint_reach` (m), None: no size gate; ``width`` ``(M,)`` :func:`footprint_width` (m), None:
+    unknown (no same-object rule); ``history``: published id -> ``(K, 3)`` float64
     ``[t (s), x, y]`` world positions of that track over the last ``velocity_window`` seconds, oldest
     first, this frame included (:func:`track_velocity`; empty when the window is 0)."""
 
@@ -90,13 +98,14 @@ class TrackMemory:
     reach: np.ndarray | None = None
     history: dict[int, np.ndarray] = field(default_factory=dict)
     lost: LostTracks | None = None  # tracks not published in this frame, remembered for re-association
+    width: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class LostTracks:
     """Tracks published within the last ``reassociate_window`` seconds but not in the latest frame:
     ``stamps_ns`` (M,) int64 (when each was last published), ``xy``, ``vel`` (M, 2) world frame,
-    ``labels``, ``ids`` (M,) int64, ``reach`` (M,) m. At 10-20 Hz an object missing from one frame
+    ``labels``, ``ids`` (M,) int64, ``reach``, ``width`` (M,) m (``width`` 0: unknown). At 10-20 Hz an object missing from one frame
     (a score dip) would otherwise come back with a new id; at 2 Hz one frame is already 0.5 s."""
 
     stamps_ns: np.ndarray
@@ -105,21 +114,23 @@ class LostTracks:
     labels: np.ndarray
     ids: np.ndarray
     reach: np.ndarray
+    width: np.ndarray
 
     @staticmethod
     def of(memory: TrackMemory, keep: np.ndarray) -> LostTracks:
         reach = memory.reach if memory.reach is not None else np.zeros(len(memory.ids))
+        width = memory.width if memory.width is not None else np.zeros(len(memory.ids))
         return LostTracks(np.full(int(keep.sum()), memory.stamp_ns, np.int64), memory.xy[keep], memory.vel[keep],
-                          memory.labels[keep], memory.ids[keep], reach[keep])
+                          memory.labels[keep], memory.ids[keep], reach[keep], width[keep])
 
     def select(self, keep: np.ndarray) -> LostTracks:
         return LostTracks(self.stamps_ns[keep], self.xy[keep], self.vel[keep], self.labels[keep], self.ids[keep],
-                          self.reach[keep])
+                          self.reach[keep], self.width[keep])
 
     def join(self, other: LostTracks) -> LostTracks:
         return LostTracks(*(np.concatenate([a, b]) for a, b in zip(
-            (self.stamps_ns, self.xy, self.vel, self.labels, self.ids, self.reach),
-            (other.stamps_ns, other.xy, other.vel, other.labels, other.ids, other.reach), strict=True)))
+            (self.stamps_ns, self.xy, self.vel, self.labels, self.ids, self.reach, self.width),
+            (other.stamps_ns, other.xy, other.vel, other.labels, other.ids, other.reach, other.width), strict=True)))
 
 
 def extend_history(memory: TrackMemory, previous: TrackMemory | None, window_s: float, keep: set[int]) -> TrackMemory:
@@ -160,7 +171,8 @@ def track_velocity(history: dict[int, np.ndarray], track_ids: np.ndarray, min_sp
 
 def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_world_from_model: np.ndarray,
                 stamp_ns: int, carried: set[int], alive: set[int], memory: TrackMemory | None,
-                max_distance: float, window_s: float = 0.0, speed: float = 0.0) -> tuple[np.ndarray, TrackMemory]:
+                max_distance: float, window_s: float = 0.0, speed: float = 0.0, same_object: float = 0.0,
+                evidence: dict[int, float] | None = None) -> tuple[np.ndarray, TrackMemory]:
     """Published ids for one frame's boxes and the memory for the next frame.
 
     Args:
@@ -182,6 +194,13 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
             dt``: its constant-velocity prediction drifts with the gap (velocities are uncertain),
             so 2 Hz keyframes need a wider gate than a 20 Hz trigger, where a wide one joins
             neighbours (validation seed 3: a fixed 6 m gate helped at 2 Hz and hurt at 20 Hz).
+        same_object: ``>= 0``; candidates whose predictions lie closer to a box's nearest candidate than
+            this times the narrower of their two footprints' widths (:func:`footprint_width`) cannot be
+            two solid objects side by side: they are one object tracked twice (a carried instance and a
+            new one published in the same frame). The box then continues the one with the most
+            ``evidence``, not merely the nearest, so the established id survives. 0: the nearest.
+        evidence: published id -> the track's summed score over its history (:func:`track_evidence`);
+            ids not in it count 0; None: the nearest (as ``same_object`` 0).
     """
     bank_ids = np.asarray(bank_ids, np.int64)
     id_map = dict(memory.id_map) if memory is not None else {}
@@ -218,7 +237,7 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
         gate = max_distance + speed * np.maximum(dt, 0.0)  # per candidate
         d[d > gate[None]] = np.inf
         used_rows, used_cols = set(), set()
-        for flat in np.argsort(d, axis=None):
+        for flat in _match_order(d, predicted, cand, same_object, evidence):
             r, c = np.unravel_index(flat, d.shape)
             if not np.isfinite(d[r, c]):
                 break
@@ -246,7 +265,25 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
         keep &= np.isin(np.arange(len(cand.ids)), first)
         lost = cand.select(keep)
     return published, TrackMemory(int(stamp_ns), xy, vel, np.asarray(labels, np.int64).copy(), published.copy(), id_map,
-                                  footprint_reach(boxes), lost=lost)
+                                  footprint_reach(boxes), lost=lost, width=footprint_width(boxes))
+
+
+def _match_order(d: np.ndarray, predicted: np.ndarray, cand: LostTracks, same_object: float,
+                 evidence: dict[int, float] | None) -> np.ndarray:
+    """Flat indices into ``d (N, M)`` (box x candidate distance, inf: not allowed) in the order the greedy
+    assignment of :func:`reassociate` takes them: by distance; with ``same_object > 0`` and ``evidence``,
+    each box's candidates that are one object with its nearest (predictions closer than ``same_object``
+    times the narrower width) all rank at the nearest's distance, the most evidence first."""
+    if not (same_object > 0 and evidence is not None and d.size):
+        return np.argsort(d, axis=None, kind="stable")
+    rows = np.arange(d.shape[0])
+    near = np.argmin(d, axis=1)  # (N,) each box's nearest candidate (any column where a row is all inf)
+    apart = np.linalg.norm(predicted[near][:, None] - predicted[None], axis=-1)  # (N, M)
+    one = apart < same_object * np.minimum(cand.width[near][:, None], cand.width[None])
+    primary = np.where(one & np.isfinite(d), d[rows, near][:, None], d)
+    ev = np.array([evidence.get(int(i), 0.0) for i in cand.ids], np.float64)
+    secondary = np.broadcast_to(-ev[None], d.shape)
+    return np.lexsort((secondary.ravel(), primary.ravel()))
 
 
 @dataclass(frozen=True)
@@ -391,6 +428,8 @@ class TrackingConfig:
             this minimum speed (0: the model's heading, the reference).
         velocity_min_span: s, ``>= 0``; a track's published velocity is measured (:func:`track_velocity`)
             once its positions in the window span this long.
+        same_object_width: ``>= 0``; :func:`reassociate`'s ``same_object`` (0: a new instance's box
+            continues the nearest candidate track).
         predict_min_span: s, ``>= 0``; the velocity that :func:`reassociate` predicts a track forward
             with (the next frame's) is measured once its positions span this long, the model's before.
             Apart from ``velocity_min_span``: a short span answers fast for the published velocity, but
@@ -408,6 +447,7 @@ class TrackingConfig:
     heading_from_motion: float = 0.0
     velocity_min_span: float = 0.5
     predict_min_span: float = 0.5
+    same_object_width: float = 0.0
 
     def __post_init__(self):
         if not self.reassociate_speed >= 0:
@@ -430,6 +470,8 @@ class TrackingConfig:
             raise ValueError(f"predict_min_span must be >= 0, got {self.predict_min_span}")
         if not self.heading_from_motion >= 0:
             raise ValueError(f"heading_from_motion must be >= 0, got {self.heading_from_motion}")
+        if not self.same_object_width >= 0:
+            raise ValueError(f"same_object_width must be >= 0, got {self.same_object_width}")
 
 
 def blend_velocity(model_vel: np.ndarray, track_vel: np.ndarray, noise: float) -> np.ndarray:
@@ -479,8 +521,10 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
         config: :class:`TrackingConfig`.
     """
     previous = tracks
+    evidence = None if class_votes is None else {t: float(v.sum()) for t, v in class_votes.class_score.items()}
     track_ids, tracks = reassociate(bank_ids, boxes, labels, T_world_from_model, stamp_ns, carried, alive, tracks,
-                                    config.reassociate_distance, config.reassociate_window, config.reassociate_speed)
+                                    config.reassociate_distance, config.reassociate_window, config.reassociate_speed,
+                                    config.same_object_width, evidence)
     keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
     tracks = extend_history(tracks, previous, config.velocity_window, keep)
     if config.velocity_window > 0 and len(tracks.ids):  # published; the next frame's prediction uses its own span
@@ -495,7 +539,7 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
     if config.heading_from_motion > 0:
         boxes = heading_from_motion(boxes, config.heading_from_motion)
     votes = None
-    if config.track_class_vote or config.duplicate_iou < 1.0:
+    if config.track_class_vote or config.duplicate_iou < 1.0 or config.same_object_width > 0:
         voted, votes = vote_track_classes(track_ids, labels, scores, class_votes, keep, config.num_classes)
         if config.track_class_vote:
             labels = voted
