@@ -14,6 +14,7 @@ from helpers.pipeline import pipeline_config
 
 from sparse_perception_ros.geometry.boxes import bev_iou
 from sparse_perception_ros.runtime.tracking import (
+    TrackClassVotes,
     TrackMemory,
     reassociate,
     suppress_duplicates,
@@ -521,6 +522,9 @@ def test_the_published_velocity_and_the_predicted_one_have_their_own_spans():
                 assert published > 5.0 and predicted > 5.0
 
 
+VOTES = TrackClassVotes({3: np.array([0.0, 12.0]), 7: np.array([0.4, 0.0])})  # summed scores 12 and 0.4
+
+
 def test_one_object_tracked_twice_continues_the_established_track():
     """``temporal.same_object_width``: two candidate tracks 0.2 m apart (cars 1.9 m wide) cannot be two
     cars side by side. A new instance's box nearer the young track still continues the one with more
@@ -531,16 +535,16 @@ def test_one_object_tracked_twice_continues_the_established_track():
     args = dict(carried=set(), alive={20}, memory=mem, max_distance=4.0)
     box = boxes((10.19, 0, 0, 0))
     ids, new = reassociate(np.array([20]), box, np.array([1]), pose, S // 20, **args, same_object=1.0,
-                           evidence={3: 12.0, 7: 0.4})
+                           votes=VOTES)
     assert ids.tolist() == [3] and new.width.tolist() == [1.9]
     ids, _ = reassociate(np.array([20]), box, np.array([1]), pose, S // 20, **args, same_object=0.0,
-                         evidence={3: 12.0, 7: 0.4})
+                         votes=VOTES)
     assert ids.tolist() == [7]
     ids, _ = reassociate(np.array([20]), box, np.array([1]), pose, S // 20, **args, same_object=1.0)
     assert ids.tolist() == [7]
     # 0.1 x the width (0.19 m) no longer joins tracks 0.2 m apart
     ids, _ = reassociate(np.array([20]), box, np.array([1]), pose, S // 20, **args, same_object=0.1,
-                         evidence={3: 12.0, 7: 0.4})
+                         votes=VOTES)
     assert ids.tolist() == [7]
 
 
@@ -551,7 +555,7 @@ def test_neighbours_side_by_side_keep_their_own_tracks():
     mem = TrackMemory(0, np.array([[5.0, 0.0], [5.8, 0.0]]), np.zeros((2, 2)), np.array([8, 8]), np.array([3, 7]),
                       width=np.array([0.6, 0.6]))
     ped = boxes((5.83, 0, 0, 0), (5.05, 0, 0, 0), size=(0.6, 0.7))
-    args = dict(carried=set(), alive={20, 21}, memory=mem, max_distance=4.0, evidence={3: 12.0, 7: 0.4})
+    args = dict(carried=set(), alive={20, 21}, memory=mem, max_distance=4.0, votes=VOTES)
     ids, _ = reassociate(np.array([20, 21]), ped, np.array([8, 8]), pose, S // 20, **args, same_object=1.0)
     assert ids.tolist() == [7, 3]
     # a bound wider than the people themselves (2 x 0.6 m > 0.8 m) would swap them: the first box, nearer

@@ -159,20 +159,39 @@ def track_velocity(history: dict[int, np.ndarray], track_ids: np.ndarray, min_sp
     """``(N, 2)`` world velocity (m/s) of each track from its position history: the least-squares
     slope of ``x(t)``, ``y(t)``; NaN where the history spans less than ``min_span_s`` seconds
     (fewer than two positions, or a track too young to tell motion from the detector's jitter)."""
-    out = np.full((len(track_ids), 2), np.nan)
+    slope, span = track_slopes(history, track_ids)
+    return span_gated(slope, span, min_span_s)
+
+
+def track_slopes(history: dict[int, np.ndarray], track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(slope (N, 2) m/s, span (N,) s)``: the least-squares slope of each track's ``x(t)``, ``y(t)``
+    over its whole history and the time its positions span (NaN / 0 with fewer than two positions).
+    One fit serves every minimum span (:func:`span_gated`)."""
+    n = len(track_ids)
+    slope, span = np.full((n, 2), np.nan), np.zeros(n)
     for i, tid in enumerate(np.asarray(track_ids).tolist()):
         rows = history.get(tid)
-        if rows is None or len(rows) < 2 or rows[-1, 0] - rows[0, 0] < min_span_s:
+        if rows is None or len(rows) < 2:
             continue
         t = rows[:, 0] - rows[:, 0].mean()
-        out[i] = (t @ (rows[:, 1:] - rows[:, 1:].mean(axis=0))) / (t @ t)
+        tt = float(t @ t)
+        if tt > 0:
+            slope[i] = (t @ rows[:, 1:]) / tt  # sum t = 0, so the positions' mean drops out
+            span[i] = rows[-1, 0] - rows[0, 0]
+    return slope, span
+
+
+def span_gated(slope: np.ndarray, span: np.ndarray, min_span_s: float) -> np.ndarray:
+    """:func:`track_slopes`' slopes where the span is at least ``min_span_s``, NaN elsewhere."""
+    out = np.array(slope, copy=True)
+    out[~(span >= min_span_s)] = np.nan
     return out
 
 
 def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_world_from_model: np.ndarray,
                 stamp_ns: int, carried: set[int], alive: set[int], memory: TrackMemory | None,
                 max_distance: float, window_s: float = 0.0, speed: float = 0.0, same_object: float = 0.0,
-                evidence: dict[int, float] | None = None) -> tuple[np.ndarray, TrackMemory]:
+                votes: TrackClassVotes | None = None) -> tuple[np.ndarray, TrackMemory]:
     """Published ids for one frame's boxes and the memory for the next frame.
 
     Args:
@@ -198,9 +217,10 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
             this times the narrower of their two footprints' widths (:func:`footprint_width`) cannot be
             two solid objects side by side: they are one object tracked twice (a carried instance and a
             new one published in the same frame). The box then continues the one with the most
-            ``evidence``, not merely the nearest, so the established id survives. 0: the nearest.
-        evidence: published id -> the track's summed score over its history (:func:`track_evidence`);
-            ids not in it count 0; None: the nearest (as ``same_object`` 0).
+            evidence (:func:`track_evidence` of ``votes``), not merely the nearest, so the established
+            id survives. 0: the nearest.
+        votes: the previous frame's :class:`TrackClassVotes` (the tracks' summed scores; ids without
+            votes count 0); None: the nearest (as ``same_object`` 0).
     """
     bank_ids = np.asarray(bank_ids, np.int64)
     id_map = dict(memory.id_map) if memory is not None else {}
@@ -237,7 +257,7 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
         gate = max_distance + speed * np.maximum(dt, 0.0)  # per candidate
         d[d > gate[None]] = np.inf
         used_rows, used_cols = set(), set()
-        for flat in _match_order(d, predicted, cand, same_object, evidence):
+        for flat in _match_order(d, predicted, cand, same_object, votes):
             r, c = np.unravel_index(flat, d.shape)
             if not np.isfinite(d[r, c]):
                 break
@@ -269,20 +289,19 @@ def reassociate(bank_ids: np.ndarray, boxes: np.ndarray, labels: np.ndarray, T_w
 
 
 def _match_order(d: np.ndarray, predicted: np.ndarray, cand: LostTracks, same_object: float,
-                 evidence: dict[int, float] | None) -> np.ndarray:
+                 votes: TrackClassVotes | None) -> np.ndarray:
     """Flat indices into ``d (N, M)`` (box x candidate distance, inf: not allowed) in the order the greedy
-    assignment of :func:`reassociate` takes them: by distance; with ``same_object > 0`` and ``evidence``,
+    assignment of :func:`reassociate` takes them: by distance; with ``same_object > 0`` and ``votes``,
     each box's candidates that are one object with its nearest (predictions closer than ``same_object``
     times the narrower width) all rank at the nearest's distance, the most evidence first."""
-    if not (same_object > 0 and evidence is not None and d.size):
+    if not (same_object > 0 and votes is not None and d.size):
         return np.argsort(d, axis=None, kind="stable")
     rows = np.arange(d.shape[0])
     near = np.argmin(d, axis=1)  # (N,) each box's nearest candidate (any column where a row is all inf)
     apart = np.linalg.norm(predicted[near][:, None] - predicted[None], axis=-1)  # (N, M)
     one = apart < same_object * np.minimum(cand.width[near][:, None], cand.width[None])
     primary = np.where(one & np.isfinite(d), d[rows, near][:, None], d)
-    ev = np.array([evidence.get(int(i), 0.0) for i in cand.ids], np.float64)
-    secondary = np.broadcast_to(-ev[None], d.shape)
+    secondary = np.broadcast_to(-track_evidence(cand.ids, votes)[None], d.shape)
     return np.lexsort((secondary.ravel(), primary.ravel()))
 
 
@@ -396,8 +415,7 @@ def suppress_duplicates(boxes: np.ndarray, labels: np.ndarray, evidence: np.ndar
                          f"{n}, {len(labels)}, {len(evidence)}, {len(scores)}")
     if max_iou >= 1.0 or n < 2:
         return np.ones(n, bool)
-    same = labels[:, None] == labels[None]
-    np.fill_diagonal(same, False)
+    same = np.triu(labels[:, None] == labels[None], k=1)  # each pair once (IoU is symmetric)
     conflict = bev_iou(boxes, boxes, mask=same) > max_iou
     return keep_by_evidence(conflict | conflict.T, evidence, scores)
 
@@ -521,15 +539,16 @@ def track_frame(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, bank_
         config: :class:`TrackingConfig`.
     """
     previous = tracks
-    evidence = None if class_votes is None else {t: float(v.sum()) for t, v in class_votes.class_score.items()}
     track_ids, tracks = reassociate(bank_ids, boxes, labels, T_world_from_model, stamp_ns, carried, alive, tracks,
                                     config.reassociate_distance, config.reassociate_window, config.reassociate_speed,
-                                    config.same_object_width, evidence)
+                                    config.same_object_width, class_votes)
     keep = set(track_ids.tolist()) | {tracks.id_map.get(b, b) for b in alive}
     tracks = extend_history(tracks, previous, config.velocity_window, keep)
     if config.velocity_window > 0 and len(tracks.ids):  # published; the next frame's prediction uses its own span
-        def measured(span: float) -> np.ndarray:
-            return blend_velocity(tracks.vel, track_velocity(tracks.history, tracks.ids, span), config.velocity_noise)
+        slope, span = track_slopes(tracks.history, tracks.ids)  # one fit per track for both spans
+
+        def measured(min_span: float) -> np.ndarray:
+            return blend_velocity(tracks.vel, span_gated(slope, span, min_span), config.velocity_noise)
 
         published = measured(config.velocity_min_span)
         predicted = published if config.predict_min_span == config.velocity_min_span else \
