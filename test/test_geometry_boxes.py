@@ -7,6 +7,7 @@ from sparse_perception_ros.geometry.boxes import (
     BOX_EDGES,
     BOX_FACES,
     bev_iou,
+    bev_overlap,
     box_corners,
     boxes_from_wlh,
     decode_boxes,
@@ -131,6 +132,31 @@ def test_bev_iou_matches_shapely_and_known_values():
     assert bev_iou(sq, np.zeros((0, 10))).shape == (2, 0)
     with pytest.raises(ValueError, match="mask"):
         bev_iou(sq, sq, mask=np.ones((1, 2), bool))
+
+
+def test_bev_overlap_is_a_positive_iou():
+    """The separating-axis test agrees with the exact intersection on crowded random footprints,
+    including thin ones; touching, apart and degenerate footprints do not overlap."""
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        b = make_boxes(40)
+        b[:, :2] = rng.uniform(-4, 4, (40, 2))
+        b[:, 3:5] = rng.uniform(0.05, 5.0, (40, 2))
+        b[:, 6] = rng.uniform(-np.pi, np.pi, 40)
+        ov = bev_overlap(b, b[:25])
+        assert ov.shape == (40, 25) and 50 < ov.sum() < 40 * 25
+        np.testing.assert_array_equal(ov, bev_iou(b, b[:25]) > 1e-12)
+    sq = np.array([[0, 0, 0, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, np.pi / 4, 0, 0, 0.0]])
+    assert bev_overlap(sq, sq).all()
+    touching, apart, flat = sq[:1].copy(), sq[:1].copy(), sq[:1].copy()
+    touching[0, 0], apart[0, 0], flat[0, 4] = 1.0, 1.5, 0.0
+    assert not bev_overlap(sq[:1], touching)[0, 0] and not bev_overlap(sq[:1], apart)[0, 0]
+    assert not bev_overlap(flat, sq).any() and not bev_overlap(sq, flat).any()
+    # the diamond (45 degrees) reaches 0.707 m from its centre along x: it overlaps a square at 1.2 m
+    near = sq[1:].copy()
+    near[0, 0] = 1.2
+    assert bev_overlap(sq[:1], near)[0, 0] and bev_iou(sq[:1], near)[0, 0] > 0
+    assert bev_overlap(sq, np.zeros((0, 10))).shape == (2, 0)
 
 
 def test_boxes_from_wlh_gives_the_corners_of_the_old_nuscenes_formula():

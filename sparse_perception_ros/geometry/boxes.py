@@ -29,6 +29,7 @@ __all__ = [
     "boxes_from_wlh",
     "box_corners",
     "bev_iou",
+    "bev_overlap",
     "transform_boxes",
 ]
 
@@ -183,6 +184,35 @@ def bev_iou(boxes_a: np.ndarray, boxes_b: np.ndarray, mask: np.ndarray | None = 
         union = area_a[i] + area_b[j] - inter
         iou[i, j] = min(inter / union, 1.0) if union > 0 else 0.0
     return iou
+
+
+def bev_overlap(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """``(N, M)`` bool: whether the bird's-eye-view footprints overlap with a positive area, i.e.
+    ``bev_iou(a, b) > 0``, decided for all pairs at once by the separating-axis test (two convex
+    rectangles are apart exactly when their projections on one of the four edge directions are
+    apart). Touching edges and degenerate (zero-area) footprints do not overlap. Footprints as in
+    :func:`bev_iou`: ``w`` along the heading, ``l`` across, turned by ``yaw`` about ``(x, y)``.
+
+    Args:
+        boxes_a: ``(N, >=7)`` decoded boxes ``[x, y, z, w, l, h, yaw, ...]``, metres / rad, any frame.
+        boxes_b: ``(M, >=7)`` in the same frame.
+    """
+    a, b = np.asarray(boxes_a, np.float64), np.asarray(boxes_b, np.float64)
+    if a.ndim != 2 or a.shape[1] < 7 or b.ndim != 2 or b.shape[1] < 7:
+        raise ValueError(f"boxes must be (N, >=7), got {a.shape} and {b.shape}")
+    ha, la = 0.5 * a[:, 3, None], 0.5 * a[:, 4, None]  # (N, 1) half sizes: along, across the heading
+    hb, lb = 0.5 * b[None, :, 3], 0.5 * b[None, :, 4]  # (1, M)
+    ua = np.c_[np.cos(a[:, YAW]), np.sin(a[:, YAW])]  # (N, 2) heading axes; across: (-sin, cos)
+    ub = np.c_[np.cos(b[:, YAW]), np.sin(b[:, YAW])]
+    va, vb = np.c_[-ua[:, 1], ua[:, 0]], np.c_[-ub[:, 1], ub[:, 0]]
+    uu, uv, vu, vv = (np.abs(p @ q.T) for p, q in ((ua, ub), (ua, vb), (va, ub), (va, vb)))  # |a_i . b_j|
+    d = b[None, :, :2] - a[:, None, :2]  # (N, M, 2) centre offsets
+    apart = np.abs(np.einsum("nmk,nk->nm", d, ua)) >= ha + hb * uu + lb * uv
+    apart |= np.abs(np.einsum("nmk,nk->nm", d, va)) >= la + hb * vu + lb * vv
+    apart |= np.abs(np.einsum("nmk,mk->nm", d, ub)) >= hb + ha * uu + la * vu
+    apart |= np.abs(np.einsum("nmk,mk->nm", d, vb)) >= lb + ha * uv + la * vv
+    solid = (a[:, 3] > 0) & (a[:, 4] > 0)
+    return ~apart & solid[:, None] & ((b[:, 3] > 0) & (b[:, 4] > 0))[None]
 
 
 def transform_boxes(boxes: np.ndarray, T_dst_from_src: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from sparse_perception_ros.geometry.boxes import bev_iou
+from sparse_perception_ros.geometry.boxes import bev_iou, bev_overlap
 
 __all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
            "reassociate", "footprint_reach", "footprint_width", "track_evidence", "keep_by_evidence", "suppress_duplicates",
@@ -416,7 +416,10 @@ def suppress_duplicates(boxes: np.ndarray, labels: np.ndarray, evidence: np.ndar
     if max_iou >= 1.0 or n < 2:
         return np.ones(n, bool)
     same = np.triu(labels[:, None] == labels[None], k=1)  # each pair once (IoU is symmetric)
-    conflict = bev_iou(boxes, boxes, mask=same) > max_iou
+    if max_iou == 0.0:  # any overlap (the default): all pairs at once, no polygon clipping
+        conflict = same & bev_overlap(boxes, boxes)
+    else:
+        conflict = bev_iou(boxes, boxes, mask=same) > max_iou
     return keep_by_evidence(conflict | conflict.T, evidence, scores)
 
 
