@@ -166,18 +166,30 @@ def track_velocity(history: dict[int, np.ndarray], track_ids: np.ndarray, min_sp
 def track_slopes(history: dict[int, np.ndarray], track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(slope (N, 2) m/s, span (N,) s)``: the least-squares slope of each track's ``x(t)``, ``y(t)``
     over its whole history and the time its positions span (NaN / 0 with fewer than two positions).
-    One fit serves every minimum span (:func:`span_gated`)."""
+    One fit serves every minimum span (:func:`span_gated`). All tracks at once: per-track sums
+    (``np.bincount``) of the positions, with times taken relative to the newest so that the sums of
+    squares keep their precision."""
     n = len(track_ids)
     slope, span = np.full((n, 2), np.nan), np.zeros(n)
-    for i, tid in enumerate(np.asarray(track_ids).tolist()):
-        rows = history.get(tid)
-        if rows is None or len(rows) < 2:
-            continue
-        t = rows[:, 0] - rows[:, 0].mean()
-        tt = float(t @ t)
-        if tt > 0:
-            slope[i] = (t @ rows[:, 1:]) / tt  # sum t = 0, so the positions' mean drops out
-            span[i] = rows[-1, 0] - rows[0, 0]
+    rows = [history.get(t) for t in np.asarray(track_ids).tolist()]
+    counts = np.array([0 if r is None else len(r) for r in rows])
+    if not counts.any():
+        return slope, span
+    allr = np.concatenate([r for r in rows if r is not None])
+    g = np.repeat(np.arange(n), counts)  # (K,) the track of each position
+    t = allr[:, 0] - allr[:, 0].max()
+    k = np.maximum(counts, 1)
+    st, stt = np.bincount(g, t, n), np.bincount(g, t * t, n)
+    var = stt - st * st / k  # sum of (t - mean t)^2 per track
+    ok = (counts >= 2) & (var > 1e-12)
+    for c in (0, 1):
+        sx, stx = np.bincount(g, allr[:, 1 + c], n), np.bincount(g, t * allr[:, 1 + c], n)
+        slope[ok, c] = (stx - st * sx / k)[ok] / var[ok]
+    tmax = np.full(n, -np.inf)
+    tmin = np.full(n, np.inf)
+    np.maximum.at(tmax, g, t)
+    np.minimum.at(tmin, g, t)
+    span[ok] = (tmax - tmin)[ok]
     return slope, span
 
 
