@@ -98,7 +98,7 @@ class TemporalParams:
     reassociate_distance: float
     reassociate_speed: float
     reassociate_window: float
-    state_interval: float
+    state_interval: float | str  # s >= 0, or "auto": the weights' own (runtime.pipeline.resolve_state_interval)
     track_class_vote: bool
     duplicate_iou: float
     velocity_window: float

@@ -168,6 +168,7 @@ def test_weights_without_a_threshold_and_malformed_sidecars(tmp_path):
     loaded = load_model(with_(checkpoint=str(weights)))  # no sidecar: auto falls back to 0.3, said in the note
     assert loaded.facts.score_threshold is None and "output.score_threshold auto uses 0.3" in loaded.note
     assert loaded.facts.velocity_min_span is None and "temporal.velocity_min_span auto uses 0.5 s" in loaded.note
+    assert loaded.facts.state_interval is None and "temporal.state_interval auto uses 0.45 s" in loaded.note
     sidecar = tmp_path / "mine.pt.json"
     sidecar.write_text(json.dumps({"frame": json.loads(
         bundled_weights_path("tiny").with_suffix(".pt.json").read_text())["frame"]}))

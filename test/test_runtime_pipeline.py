@@ -206,6 +206,43 @@ def test_state_interval_carries_the_state_only_from_frames_that_far_apart(pipeli
     assert round(state.temporal.timestamp - T0 * 1e-9, 3) == 0.1  # 0: every frame's state is carried
 
 
+def test_state_interval_auto_takes_the_weights_own_and_a_number_overrides_it(tmp_path):
+    import dataclasses
+    import json
+
+    from sparse_perception_ros.params import ParameterError, default_flat, load_params, params_from_flat
+    from sparse_perception_ros.runtime.loading import bundled_weights_path, load_state_interval, load_weight_facts
+    from sparse_perception_ros.runtime.pipeline import DEFAULT_STATE_INTERVAL, resolve_state_interval
+    from sparse_perception_ros.runtime.sidecar import WeightFacts
+
+    p = load_params()
+    assert p.temporal.state_interval == "auto"  # the shipped default
+    assert PipelineConfig.from_params(p, WeightFacts(state_interval=0.5)).state_interval == 0.5
+    assert PipelineConfig.from_params(p).state_interval == DEFAULT_STATE_INTERVAL == 0.45  # weights without one
+    fixed = dataclasses.replace(p, temporal=dataclasses.replace(p.temporal, state_interval=0.0))
+    assert PipelineConfig.from_params(fixed, WeightFacts(state_interval=0.5)).state_interval == 0.0
+    for bad in ("slow", -0.1, True):
+        with pytest.raises(ValueError, match="state_interval"):
+            resolve_state_interval(bad, None)
+    for bad in (-1.0, "slow"):
+        with pytest.raises(ParameterError, match="temporal.state_interval"):
+            params_from_flat({**default_flat(), "temporal.state_interval": bad})
+    # the weights' json: read, validated, named
+    w = tmp_path / "w.pt"
+    assert load_state_interval(w) is None and load_weight_facts(w).state_interval is None
+    (tmp_path / "w.pt.json").write_text(json.dumps({"state_interval": {"value": 0.5}}))
+    assert load_state_interval(w) == 0.5 and load_weight_facts(w).state_interval == 0.5
+    (tmp_path / "w.pt.json").write_text(json.dumps({"state_interval": {"value": -2}}))
+    with pytest.raises(ParameterError, match="state interval") as err:
+        load_weight_facts(w)
+    assert err.value.name == "model.checkpoint"
+    # the bundled weights: the camera model carries at the trained 0.5 s exactly, the fused one from 0.45 s
+    for preset, interval in (("tiny", 0.5), ("tiny_fusion", 0.45)):
+        path = bundled_weights_path(preset)
+        if path is not None:
+            assert load_state_interval(path) == interval, preset
+
+
 def test_velocity_min_span_auto_takes_the_weights_own_and_a_number_overrides_it():
     import dataclasses
 

@@ -22,12 +22,13 @@ from sparse_perception_ros.runtime.lidar_features import (
     native_bf16,
 )
 from sparse_perception_ros.runtime.model_frame import NUSCENES_LIDAR_TOP, FrameConvention, load_convention
-from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD
+from sparse_perception_ros.runtime.pipeline import DEFAULT_SCORE_THRESHOLD, DEFAULT_STATE_INTERVAL
 from sparse_perception_ros.runtime.sidecar import WeightFacts, read_fact
 from sparse_perception_ros.runtime.tracking import DEFAULT_VELOCITY_MIN_SPAN
 
 __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold",
-           "load_max_sweeps", "load_camera_rate", "load_velocity_min_span", "load_weight_facts"]
+           "load_max_sweeps", "load_camera_rate", "load_velocity_min_span", "load_state_interval",
+           "load_weight_facts"]
 
 
 def bundled_weights_path(preset: str) -> Path | None:
@@ -110,6 +111,17 @@ def load_velocity_min_span(checkpoint: str | Path | None) -> float | None:
     return read_fact(checkpoint, "velocity_min_span", _velocity_min_span)
 
 
+_state_interval = _number("state_interval", "value", 0.0, 10.0, " (s)")
+
+
+def load_state_interval(checkpoint: str | Path | None) -> float | None:
+    """The interval (s) from which these weights' model state is carried at a fast trigger:
+    ``state_interval.value`` of ``<checkpoint>.json`` (used by ``temporal.state_interval: auto``,
+    :func:`~.pipeline.resolve_state_interval`; chosen on validation at the sensors' rate), or None when
+    there is no such file or entry. Raises ``ValueError`` naming the file when malformed."""
+    return read_fact(checkpoint, "state_interval", _state_interval)
+
+
 def load_weight_facts(checkpoint: str | Path | None) -> WeightFacts:
     """Every fact of ``<checkpoint>.json`` that an ``auto`` parameter takes (:class:`WeightFacts`; all
     None without a checkpoint or file). A malformed entry raises :class:`ParameterError` for
@@ -118,7 +130,8 @@ def load_weight_facts(checkpoint: str | Path | None) -> WeightFacts:
     for field, label, load in (("score_threshold", "display threshold", load_score_threshold),
                                ("max_sweeps", "LiDAR sweeps", load_max_sweeps),
                                ("camera_rate", "camera rate", load_camera_rate),
-                               ("velocity_min_span", "velocity span", load_velocity_min_span)):
+                               ("velocity_min_span", "velocity span", load_velocity_min_span),
+                               ("state_interval", "state interval", load_state_interval)):
         try:
             facts[field] = load(checkpoint)
         except ValueError as exc:
@@ -343,4 +356,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
                f"temporal.velocity_min_span auto)" if facts.velocity_min_span is not None else
                f"; no velocity span stored with these weights (temporal.velocity_min_span auto uses "
                f"{DEFAULT_VELOCITY_MIN_SPAN:g} s)")
+    detail += (f"; model state carried from frames {facts.state_interval:g} s apart stored with the weights (used "
+               f"by temporal.state_interval auto)" if facts.state_interval is not None else
+               f"; no state interval stored with these weights (temporal.state_interval auto uses "
+               f"{DEFAULT_STATE_INTERVAL:g} s)")
     return LoadedModel(stepper, note + detail, path is None, convention, facts)

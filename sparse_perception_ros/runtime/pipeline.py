@@ -39,7 +39,8 @@ from sparse_perception_ros.runtime.tracking import (
 )
 
 __all__ = ["Frame", "PipelineState", "PipelineConfig", "Pipeline", "Prepared", "RESET_REASONS", "SENSOR_MODES",
-           "MASKED_PROJECTION", "DEFAULT_SCORE_THRESHOLD", "calibration_key", "thin_points", "resolve_score_threshold"]
+           "MASKED_PROJECTION", "DEFAULT_SCORE_THRESHOLD", "DEFAULT_STATE_INTERVAL", "calibration_key", "thin_points",
+           "resolve_score_threshold", "resolve_state_interval"]
 
 # Which modalities a fused model uses: both, cameras only (sweeps ignored) or LiDAR only (every
 # camera masked). A camera-only model uses the cameras whatever the mode ("lidar_only" refused).
@@ -54,6 +55,8 @@ MASKED_PROJECTION = np.array([[0, 0, 0, -1e4], [0, 0, 0, -1e4], [0, 0, 0, 1.0], 
 
 # ``output.score_threshold: auto`` with weights that carry no display threshold of their own.
 DEFAULT_SCORE_THRESHOLD = 0.3
+# ``temporal.state_interval: auto`` with weights that store no interval of their own (s).
+DEFAULT_STATE_INTERVAL = 0.45
 
 
 def resolve_score_threshold(value: float | str, weights_score_threshold: float | None) -> float:
@@ -64,6 +67,20 @@ def resolve_score_threshold(value: float | str, weights_score_threshold: float |
         return DEFAULT_SCORE_THRESHOLD if weights_score_threshold is None else float(weights_score_threshold)
     if isinstance(value, str):
         raise ValueError(f"score_threshold must be a number in [0, 1] or 'auto', got {value!r}")
+    return float(value)
+
+
+def resolve_state_interval(value: float | str, weights_interval: float | None) -> float:
+    """The interval (s) from which the model state is carried on: ``value`` (``temporal.state_interval``)
+    when it is a number; for ``"auto"`` the weights' own (``state_interval`` of ``<weights>.json``,
+    :attr:`~.sidecar.WeightFacts.state_interval`), else :data:`DEFAULT_STATE_INTERVAL`. Weights trained on
+    2 Hz keyframes differ in how they fare between keyframes at a 12-20 Hz trigger: the bundled camera
+    model needs its state carried exactly at the trained 0.5 s, the fused one tracks best from 0.45 s
+    (models/README.md)."""
+    if value == "auto":
+        return DEFAULT_STATE_INTERVAL if weights_interval is None else float(weights_interval)
+    if isinstance(value, (str, bool)) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"state_interval must be a number >= 0 or 'auto', got {value!r}")
     return float(value)
 
 
@@ -243,8 +260,9 @@ class PipelineConfig:
         """The settings the node parameters describe (``params``: a
         :class:`~sparse_perception_ros.params.PerceptionParams`); the ``auto`` parameters take the loaded
         weights' facts (``weights``, :attr:`~.loading.LoadedModel.facts`; None: weights without any):
-        ``output.score_threshold`` (:func:`resolve_score_threshold`) and ``temporal.velocity_min_span``
-        (:func:`~.tracking.resolve_velocity_min_span`)."""
+        ``output.score_threshold`` (:func:`resolve_score_threshold`), ``temporal.velocity_min_span``
+        (:func:`~.tracking.resolve_velocity_min_span`) and ``temporal.state_interval``
+        (:func:`resolve_state_interval`)."""
         t, w = params.temporal, weights or WeightFacts()
         return cls(score_threshold=resolve_score_threshold(params.output.score_threshold, w.score_threshold),
                    max_detections=params.output.max_detections, max_time_gap_s=t.max_time_gap,
@@ -252,7 +270,8 @@ class PipelineConfig:
                    reassociate_speed=t.reassociate_speed,
                    track_class_vote=t.track_class_vote, duplicate_iou=t.duplicate_iou,
                    velocity_window=t.velocity_window, velocity_noise=t.velocity_noise, resize_method=resize_method,
-                   reassociate_window=t.reassociate_window, state_interval=t.state_interval,
+                   reassociate_window=t.reassociate_window,
+                   state_interval=resolve_state_interval(t.state_interval, w.state_interval),
                    heading_from_motion=t.heading_from_motion,
                    velocity_min_span=resolve_velocity_min_span(t.velocity_min_span, w.velocity_min_span),
                    predict_min_span=t.predict_min_span, same_object_width=t.same_object_width)

@@ -1,7 +1,7 @@
 """The facts stored with a set of weights: ``<weights>.json`` next to the ``.pt`` (models/README.md).
 
 One reader for every entry (``frame``, ``score_threshold``, ``lidar_sweeps``, ``camera_rate``,
-``velocity_min_span``), so a missing file, a missing entry and a malformed one are handled the same way
+``velocity_min_span``, ``state_interval``), so a missing file, a missing entry and a malformed one are handled the same way
 everywhere; :class:`WeightFacts` carries the ones that ``auto`` parameters take.
 """
 
@@ -31,12 +31,15 @@ class WeightFacts:
         velocity_min_span: s, ``>= 0``; a track's velocity is measured from its positions once they
             span this long (``temporal.velocity_min_span``): it depends on how much the weights'
             positions jitter from frame to frame.
+        state_interval: s, ``>= 0``; the model state is carried on only from frames this far apart
+            (``temporal.state_interval``): how a model trained on 2 Hz keyframes fares between them.
     """
 
     score_threshold: float | None = None
     max_sweeps: int | None = None
     camera_rate: float | None = None
     velocity_min_span: float | None = None
+    state_interval: float | None = None
 
 
 def read_fact(checkpoint: str | Path | None, key: str, parse: Callable[[object], T]) -> T | None:
