@@ -47,7 +47,7 @@ from sparse_perception_ros.geometry.boxes import bev_iou, bev_overlap
 
 __all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
            "reassociate", "footprint_reach", "footprint_width", "track_evidence", "keep_by_evidence", "suppress_duplicates",
-           "extend_history", "track_velocity", "blend_velocity", "heading_from_motion", "DEFAULT_VELOCITY_MIN_SPAN",
+           "extend_history", "track_velocity", "track_slopes", "span_gated", "blend_velocity", "heading_from_motion", "DEFAULT_VELOCITY_MIN_SPAN",
            "resolve_velocity_min_span"]
 
 # ``temporal.velocity_min_span: auto`` with weights that store no span of their own (s).
