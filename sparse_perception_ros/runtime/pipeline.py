@@ -75,8 +75,8 @@ def resolve_state_interval(value: float | str, weights_interval: float | None) -
     when it is a number; for ``"auto"`` the weights' own (``state_interval`` of ``<weights>.json``,
     :attr:`~.sidecar.WeightFacts.state_interval`), else :data:`DEFAULT_STATE_INTERVAL`. Weights trained on
     2 Hz keyframes differ in how they fare between keyframes at a 12-20 Hz trigger: the bundled camera
-    model needs its state carried exactly at the trained 0.5 s, the fused one tracks best from 0.45 s
-    (models/README.md)."""
+    model needs its state carried every 0.5 s as trained (stored as 0.475 s: the same frames, and a
+    stamp jittered by up to 25 ms still carries), the fused one tracks best from 0.45 s (models/README.md)."""
     if value == "auto":
         return DEFAULT_STATE_INTERVAL if weights_interval is None else float(weights_interval)
     if isinstance(value, (str, bool)) or not isinstance(value, (int, float)) or not value >= 0:
