@@ -90,6 +90,14 @@ def keyframe_sequences(nusc, rec: list[dict], min_score: float) -> dict:
     return seq
 
 
+def _one_object(frame: dict, a: int, b: int) -> bool:
+    """Whether tracks ``a`` and ``b``, both in ``frame``, lie closer than the narrower footprint width."""
+    ids = list(frame["track_ids"])
+    ia, ib = ids.index(a), ids.index(b)
+    return float(np.linalg.norm(frame["track_xy"][ia] - frame["track_xy"][ib])) < min(frame["width"][ia],
+                                                                                       frame["width"][ib])
+
+
 def classify(rec: list[dict], k0: int, k1: int, a: int, b: int) -> str:
     """The class of the change ``a -> b`` between keyframe frames ``k0`` and ``k1`` (module doc)."""
     first = next((k for k in range(k0 + 1, k1 + 1) if b in rec[k]["track_ids"]), None)
@@ -99,18 +107,11 @@ def classify(rec: list[dict], k0: int, k1: int, a: int, b: int) -> str:
     if a not in prev["track_ids"]:
         return "A lost first"
     if b in prev["track_ids"]:
-        ia, ib = list(prev["track_ids"]).index(a), list(prev["track_ids"]).index(b)
-        d = float(np.linalg.norm(prev["track_xy"][ia] - prev["track_xy"][ib]))
-        if d < min(prev["width"][ia], prev["width"][ib]):
-            return "one object, two tracks"
-        return "other"
+        return "one object, two tracks" if _one_object(prev, a, b) else "other"
     # B appeared in this frame: a new instance took B's id (a track lost earlier) next to A
     cur = rec[first]
-    if a in cur["track_ids"]:
-        ia, ib = list(cur["track_ids"]).index(a), list(cur["track_ids"]).index(b)
-        d = float(np.linalg.norm(cur["track_xy"][ia] - cur["track_xy"][ib]))
-        if d < min(cur["width"][ia], cur["width"][ib]):
-            return "one object, two tracks"
+    if a in cur["track_ids"] and _one_object(cur, a, b):
+        return "one object, two tracks"
     return "other"
 
 
