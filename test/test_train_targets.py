@@ -311,3 +311,53 @@ def test_forced_pairs_keep_their_objects_and_the_rest_is_hungarian():
     assert pairs[0] == 2 and 5 not in pairs  # the forced pair wins, the closer duplicate is a negative
     assert pairs[3] == 0 and pairs[4] == 1  # the rest goes to the nearest rows
     assert _forced_pairs(torch.tensor([7]), torch.tensor([7]), temporal_valid=False) is None
+
+
+def test_velocity_weights_favour_moving_objects_and_carried_rows():
+    """``moving_velocity_gain`` and ``new_velocity_weight`` scale only the vx, vy terms: by
+    1 + g min(|v|, 4 m/s), and by the new-row weight for rows at or past ``carried``."""
+    boxes = torch.tensor([[1, 2, -1, 4.5, 1.9, 1.6, 0.7, 8.0, 0.0, 0.0],  # 8 m/s: clamped to 4
+                          [-5, 8, -1, 0.7, 0.6, 1.8, -2.0, 0.5, 0.5, 0.0]])
+    labels = torch.tensor([0, 8])
+    cls, pred, slots = _perfect(boxes, labels)  # box 0 -> row 7, box 1 -> row 2
+    off = pred.clone()
+    off[slots, 8] += 1.0  # vx off by 1 m/s for both
+    both = (cls[None], off[None], None, [boxes], [labels])
+    ref, _ = layer_losses(*both, LossConfig())
+    np.testing.assert_allclose(float(ref["box"]), 0.25 * 2 * 1.0 / 2, rtol=1e-5)  # weight 1 each, / 2 GT
+    cfg = LossConfig(moving_velocity_gain=2.0, new_velocity_weight=0.25)
+    w_fast, w_slow = 1 + 2 * 4.0, 1 + 2 * float(np.hypot(0.5, 0.5))
+    carried, _ = layer_losses(*both, cfg, carried=[5])  # rows 0-4 carried: box 1's row 2, not box 0's row 7
+    np.testing.assert_allclose(float(carried["box"]), 0.25 * (0.25 * w_fast + w_slow) / 2, rtol=1e-5)
+    none, _ = layer_losses(*both, cfg)  # no carried rows: both new
+    np.testing.assert_allclose(float(none["box"]), 0.25 * 0.25 * (w_fast + w_slow) / 2, rtol=1e-5)
+    shifted = pred.clone()
+    shifted[slots, 0] += 1.0  # position terms keep the reference's weights
+    pos, _ = layer_losses(cls[None], shifted[None], None, [boxes], [labels], cfg, carried=[5])
+    np.testing.assert_allclose(float(pos["box"]), 0.25 * 2 * 2.0 / 2, rtol=1e-5)
+
+
+def test_carried_rows_follow_the_bank_prior():
+    from sparse_perception_ros.model.instance_bank import BankPrior
+    from sparse_perception_ros.train.trainer import carried_rows
+
+    ti = torch.full((2,), 0.5)
+    assert carried_rows(BankPrior(None, None, None, ti, None), 4, 2) == [0, 0]  # a clip's first frame
+    prior = BankPrior(torch.zeros(2, 4, 11), torch.zeros(2, 4, 8), torch.tensor([True, False]), ti, torch.zeros(2, 4))
+    assert carried_rows(prior, 4, 2) == [4, 0]  # the second entry's previous frame is too old
+    prior.valid = torch.tensor([False, True])
+    assert carried_rows(prior, 4, 2) == [0, 0]
+
+
+def test_train_velocity_options_name_themselves_when_wrong():
+    import argparse
+
+    from sparse_perception_ros.train.command import loss_config
+
+    assert loss_config(argparse.Namespace()) == LossConfig()  # the reference's loss by default
+    cfg = loss_config(argparse.Namespace(moving_velocity_gain=2.0, new_velocity_weight=0.25))
+    assert (cfg.moving_velocity_gain, cfg.new_velocity_weight) == (2.0, 0.25)
+    for flag, bad in (("--moving-velocity-gain", {"moving_velocity_gain": -1.0}),
+                      ("--new-velocity-weight", {"new_velocity_weight": float("nan")})):
+        with pytest.raises(ValueError, match=flag):
+            loss_config(argparse.Namespace(**bad))

@@ -85,6 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="identity-consistent matching: a carried instance keeps the object it was matched to in "
                         "the previous frame when it was within 2 m of it (default: plain Hungarian matching)")
     t.add_argument("--no-track-matching", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
+    t.add_argument("--moving-velocity-gain", type=float, default=0.0, metavar="G",
+                   help="velocity loss weight x (1 + G min(|v|, 4 m/s)): moving objects outweigh the static "
+                        "majority (0 = the reference's loss)")
+    t.add_argument("--new-velocity-weight", type=float, default=1.0, metavar="W",
+                   help="velocity loss weight of rows that are not carried instances (no motion cue; "
+                        "1 = the reference's loss)")
     t.add_argument("--lidar-dropout", type=float, default=None,
                    help="fused presets: probability that a clip has no LiDAR sweep (default 0.2)")
     t.add_argument("--camera-dropout", type=float, default=None,

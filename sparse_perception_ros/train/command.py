@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from sparse_perception_ros.train.dataset import (
     synthetic_samples,
 )
 from sparse_perception_ros.train.distributed import from_environment, shutdown
+from sparse_perception_ros.train.losses import LossConfig
 from sparse_perception_ros.train.quick_eval import quick_map, run_inference
 from sparse_perception_ros.train.trainer import TrainConfig, TrainingDiverged, evaluate_loss, init_model, train
 
@@ -80,6 +82,19 @@ def model_config(args):
             raise ValueError(f"--lidar-velocity needs a fused preset; {args.preset} has no LiDAR branch")
         cfg = replace(cfg, lidar=replace(cfg.lidar, velocity=True))
     return cfg
+
+
+def loss_config(args) -> LossConfig:
+    """The head losses' settings from ``train``'s options (the reference's loss unless told otherwise);
+    ValueError names the option."""
+    values = {}
+    for flag, name in (("--moving-velocity-gain", "moving_velocity_gain"),
+                       ("--new-velocity-weight", "new_velocity_weight")):
+        value = float(getattr(args, name, getattr(LossConfig, name)))
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
+        values[name] = value
+    return LossConfig(**values)
 
 
 def _fused(args) -> bool:
@@ -257,7 +272,7 @@ def _run(args, ctx) -> int:
         return 2
 
     try:
-        mcfg = model_config(args)
+        mcfg, loss = model_config(args), loss_config(args)
     except ValueError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
@@ -272,7 +287,7 @@ def _run(args, ctx) -> int:
                       lr=args.lr, warmup_iters=args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
                       augment=AugmentConfig(enabled=not args.no_augment, **drops), depth_weight=args.depth_weight,
                       track_matching=args.track_matching and not args.no_track_matching,
-                      train_bn=not args.freeze_bn)
+                      train_bn=not args.freeze_bn, loss=loss)
     main = ctx is None or ctx.is_main
     t0 = time.perf_counter()
     samples = _load_samples_once(args, ctx)

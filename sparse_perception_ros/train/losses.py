@@ -48,6 +48,13 @@ class LossConfig:
     cls_threshold_to_reg: float = 0.05
     quality_weight: float = 1.0
     reverse_yaw_classes: tuple[int, ...] = (BARRIER,)
+    # velocity targets (vx, vy; encoded columns 8, 9): the reference weighs every matched box alike,
+    # and with most objects standing still the L1 loss pulls an uninformed output to 0 (models/README.md,
+    # *Known limits*). ``moving_velocity_gain`` g scales a box's velocity weight by 1 + g min(|v|, 4 m/s);
+    # ``new_velocity_weight`` scales it for rows that are not carried instances (no motion cue: the
+    # first-frame layer, new anchors, and a clip's first frame). 0 and 1 are the reference's loss.
+    moving_velocity_gain: float = 0.0
+    new_velocity_weight: float = 1.0
 
 
 def encode_targets(boxes: torch.Tensor) -> torch.Tensor:
@@ -132,8 +139,8 @@ def match_with_forced(logits: torch.Tensor, pred: torch.Tensor, labels: torch.Te
 def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | None,
                  gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor],
                  cfg: LossConfig, forced: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
-                 matches_out: list | None = None, avg_factor: float | None = None
-                 ) -> tuple[dict[str, torch.Tensor], int]:
+                 matches_out: list | None = None, avg_factor: float | None = None,
+                 carried: Sequence[int] | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """Losses of one decoder layer for a batch.
 
     Args:
@@ -144,6 +151,8 @@ def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | 
         matches_out: if given, receives the ``(pred_idx, gt_idx)`` of every entry.
         avg_factor: the normaliser of the losses instead of ``max(num_gt, 1)`` (data-parallel
             training: the GT count of the global batch divided by the world size).
+        carried: per entry, how many leading rows are carried instances (with a previous frame);
+            the velocity weight of the other rows is ``cfg.new_velocity_weight``. None: every row is new.
     Returns:
         ``({"cls", "box", "cns", "yns"}: scalar tensors, already weighted and normalised), num_gt``.
     """
@@ -168,7 +177,14 @@ def layer_losses(cls: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor | 
         pi, gi = pi[keep], gi[keep]
         matched_pred.append(pred[b, pi, :10])
         matched_target.append(target[gi])
-        matched_weight.append((~target[gi].isnan()).to(pred.dtype))
+        w = (~target[gi].isnan()).to(pred.dtype)
+        if cfg.moving_velocity_gain != 0.0 or cfg.new_velocity_weight != 1.0:
+            w = w.clone()
+            speed = torch.linalg.vector_norm(target[gi, 8:10].nan_to_num(0.0), dim=-1).clamp(max=4.0)
+            new_rows = pi >= (0 if carried is None else int(carried[b]))
+            w[:, 8:10] *= ((1.0 + cfg.moving_velocity_gain * speed)
+                           * torch.where(new_rows.to(w.device), cfg.new_velocity_weight, 1.0).to(w.dtype))[:, None]
+        matched_weight.append(w)
         matched_labels.append(labels[gi])
         if quality is not None:
             matched_q.append(quality[b, pi])

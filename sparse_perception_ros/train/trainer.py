@@ -412,6 +412,15 @@ def clip_loss(model, clip: Sequence[Sequence[TrainSample]], augs, cfg: TrainConf
         return _clip_loss(model, clip, augs, cfg, backward, step, dist, amp)
 
 
+def carried_rows(prior: BankPrior, num_temp: int, bs: int) -> list[int]:
+    """Per batch entry, how many leading rows of a temporal decoder layer are carried instances:
+    ``num_temp`` where the entry has a previous frame the bank update applies to, else 0."""
+    if prior.temp_anchor is None or prior.mask is None:
+        return [0] * bs
+    ok = prior.mask if prior.valid is None else prior.mask & prior.valid
+    return [num_temp if bool(ok[b]) else 0 for b in range(bs)]
+
+
 class FrameStep(torch.nn.Module):
     """One frame of a clip as one ``forward``: features, LiDAR branch, depth branch, head and the
     losses of every decoder layer -> the frame's summed loss (a scalar tensor). The side outputs
@@ -471,6 +480,7 @@ class FrameStep(torch.nn.Module):
                                            lidar=lidar)
         last_matches: list = []
         hc = model.head.cfg
+        carried = carried_rows(prior, hc.num_temp_instances, len(fb.labels))
         n = 0
         for li, (anchor, cls, quality) in enumerate(res.layers):
             if self.amp:
@@ -479,7 +489,8 @@ class FrameStep(torch.nn.Module):
             is_last = li == len(res.layers) - 1
             parts, n = layer_losses(cls, anchor, quality, fb.boxes, fb.labels, cfg.loss,
                                     forced=forced if temporal_layer else None,
-                                    matches_out=last_matches if is_last else None, avg_factor=avg_factor)
+                                    matches_out=last_matches if is_last else None, avg_factor=avg_factor,
+                                    carried=carried if temporal_layer else None)
             for k, v in parts.items():
                 logged.append((k, float(v.detach()) / n_frames))
             layer_sum = sum(parts.values())
