@@ -106,6 +106,7 @@ class TemporalParams:
     velocity_min_span: float | str  # s >= 0, or "auto": the weights' own (runtime.tracking.resolve_velocity_min_span)
     predict_min_span: float  # s >= 0 (runtime.tracking.TrackingConfig)
     same_object_width: float  # >= 0 (runtime.tracking.reassociate)
+    carry_track_velocity: bool | str  # or "auto": the weights' own (runtime.pipeline.resolve_carry_track_velocity)
     heading_from_motion: float
 
 

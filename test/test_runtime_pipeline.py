@@ -262,3 +262,107 @@ def test_velocity_min_span_auto_takes_the_weights_own_and_a_number_overrides_it(
     for bad in ("fast", -0.1, True):
         with pytest.raises(ValueError, match="velocity_min_span"):
             resolve_velocity_min_span(bad, None)
+
+
+def _state_with_tracks():
+    """A temporal state of 4 carried rows (bank ids 5, 7, 9, -1) whose frame is turned 90° in the world,
+    and the tracks: bank 5 published as id 50 moving +x (world), id 7 lost moving +y, id 9 with a
+    velocity not yet measured (NaN)."""
+    from sparse_perception_ros.model.instance_bank import TemporalState
+    from sparse_perception_ros.runtime.tracking import LostTracks, TrackMemory
+
+    pose = np.eye(4)
+    pose[:2, :2] = [[0.0, -1.0], [1.0, 0.0]]  # model x = world y, model y = world -x
+    anchors = torch.zeros(1, 4, 11)
+    anchors[0, :, 8:11] = torch.tensor([0.1, 0.2, 0.3])  # the model's own velocity
+    temporal = TemporalState(anchors=anchors, features=torch.zeros(1, 4, 8), confidence=torch.ones(1, 4),
+                             track_ids=torch.tensor([[5, 7, 9, -1]]), timestamp=1.0, T_world_from_model=pose,
+                             next_track_id=10)
+    lost = LostTracks(np.array([0]), np.zeros((1, 2)), np.array([[0.0, 2.0]]), np.array([0]), np.array([7]),
+                      np.ones(1), np.ones(1))
+    tracks = TrackMemory(0, np.zeros((2, 2)), np.array([[3.0, 0.0], [np.nan, np.nan]]), np.zeros(2, np.int64),
+                         np.array([50, 9]), id_map={5: 50}, lost=lost)
+    return temporal, tracks
+
+
+def test_carried_anchors_take_their_tracks_velocity_in_their_own_frame():
+    from sparse_perception_ros.runtime.pipeline import with_track_velocities
+
+    temporal, tracks = _state_with_tracks()
+    before = temporal.anchors.clone()
+    out = with_track_velocities(temporal, tracks)
+    torch.testing.assert_close(out.anchors[0, 0, 8:10], torch.tensor([0.0, -3.0]))  # world +x 3 m/s: model -y
+    torch.testing.assert_close(out.anchors[0, 1, 8:10], torch.tensor([2.0, 0.0]))  # lost, world +y 2 m/s: model +x
+    torch.testing.assert_close(out.anchors[0, 2:], before[0, 2:])  # NaN velocity, no bank id: the model's
+    assert (out.anchors[0, :, 10] == 0.3).all() and (out.anchors[0, :, :8] == 0).all()  # only vx, vy change
+    torch.testing.assert_close(temporal.anchors, before)  # the input state is left alone
+    assert out.track_ids is temporal.track_ids and out.features is temporal.features
+
+
+def test_carry_track_velocity_reaches_the_model_only_when_on(pipeline):
+    """Pipeline.step hands the model the state with the tracks' velocities (option on) or as it was."""
+    from dataclasses import replace
+
+    from sparse_perception_ros.runtime.tracking import TrackMemory
+
+    _, state = pipeline.step(make_frame(), PipelineState.empty())
+    bank = state.temporal.track_ids[0].tolist()
+    rows = [r for r, b in enumerate(bank) if b >= 0][:2]
+    v_world = np.array([[3.0, 0.0], [0.0, -1.0]])
+    state = replace(state, tracks=TrackMemory(T0, np.zeros((2, 2)), v_world, np.zeros(2, np.int64),
+                                              np.array([bank[r] for r in rows])))
+    seen, real = [], pipeline.model.step
+
+    def step(*args, **kw):  # the real step, recording the state it is given
+        seen.append(args[5].anchors.clone())
+        return real(*args, **kw)
+
+    for on in (False, True):
+        piped = Pipeline(pipeline.model, CLASS_NAMES, pipeline_config(max_detections=20, carry_track_velocity=on))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pipeline.model, "step", step)
+            piped.step(make_frame(T0 + S // 2, pose_x=1.0), state)
+    anchors = state.temporal.anchors
+    assert torch.equal(seen[0], anchors)
+    R = np.asarray(state.temporal.T_world_from_model)[:2, :2]
+    torch.testing.assert_close(seen[1][0, rows, 8:10], torch.as_tensor(v_world @ R, dtype=torch.float32))
+    others = [r for r in range(anchors.shape[1]) if r not in rows]
+    assert torch.equal(seen[1][0, others], anchors[0, others])
+
+
+def test_carry_track_velocity_auto_takes_the_weights_own(tmp_path):
+    import dataclasses
+    import json
+
+    from sparse_perception_ros.params import ParameterError, default_flat, load_params, params_from_flat
+    from sparse_perception_ros.runtime.loading import (
+        bundled_weights_path,
+        load_carry_track_velocity,
+        load_weight_facts,
+    )
+    from sparse_perception_ros.runtime.pipeline import resolve_carry_track_velocity
+    from sparse_perception_ros.runtime.sidecar import WeightFacts
+
+    p = load_params()
+    assert p.temporal.carry_track_velocity == "auto"  # the shipped default
+    assert PipelineConfig.from_params(p, WeightFacts(carry_track_velocity=True)).carry_track_velocity is True
+    assert PipelineConfig.from_params(p).carry_track_velocity is False  # weights without one: the reference
+    off = dataclasses.replace(p, temporal=dataclasses.replace(p.temporal, carry_track_velocity=False))
+    assert PipelineConfig.from_params(off, WeightFacts(carry_track_velocity=True)).carry_track_velocity is False
+    for bad in ("yes", 1):
+        with pytest.raises(ValueError, match="carry_track_velocity"):
+            resolve_carry_track_velocity(bad, None)
+        with pytest.raises(ParameterError, match="temporal.carry_track_velocity"):
+            params_from_flat({**default_flat(), "temporal.carry_track_velocity": bad})
+    w = tmp_path / "w.pt"
+    assert load_carry_track_velocity(w) is None
+    (tmp_path / "w.pt.json").write_text(json.dumps({"carry_track_velocity": {"value": True}}))
+    assert load_weight_facts(w).carry_track_velocity is True
+    (tmp_path / "w.pt.json").write_text(json.dumps({"carry_track_velocity": {"value": "true"}}))
+    with pytest.raises(ParameterError, match="carried velocity") as err:
+        load_weight_facts(w)
+    assert err.value.name == "model.checkpoint"
+    for preset, carry in (("tiny", False), ("tiny_fusion", True)):  # chosen on validation (models/README.md)
+        path = bundled_weights_path(preset)
+        if path is not None:
+            assert load_carry_track_velocity(path) is carry, preset

@@ -28,7 +28,7 @@ from sparse_perception_ros.runtime.tracking import DEFAULT_VELOCITY_MIN_SPAN
 
 __all__ = ["LoadedModel", "load_model", "bundled_weights_path", "random_weights", "load_score_threshold",
            "load_max_sweeps", "load_camera_rate", "load_velocity_min_span", "load_state_interval",
-           "load_weight_facts"]
+           "load_carry_track_velocity", "load_weight_facts"]
 
 
 def bundled_weights_path(preset: str) -> Path | None:
@@ -122,6 +122,21 @@ def load_state_interval(checkpoint: str | Path | None) -> float | None:
     return read_fact(checkpoint, "state_interval", _state_interval)
 
 
+def _carry_track_velocity(entry) -> bool:
+    value = entry["value"]
+    if not isinstance(value, bool):
+        raise ValueError(f"carry_track_velocity.value must be true or false, got {value!r}")
+    return value
+
+
+def load_carry_track_velocity(checkpoint: str | Path | None) -> bool | None:
+    """Whether these weights' carried anchors take their track's velocity: ``carry_track_velocity.value``
+    of ``<checkpoint>.json`` (used by ``temporal.carry_track_velocity: auto``,
+    :func:`~.pipeline.resolve_carry_track_velocity`; chosen on validation at the sensors' rate), or None
+    when there is no such file or entry. Raises ``ValueError`` naming the file when malformed."""
+    return read_fact(checkpoint, "carry_track_velocity", _carry_track_velocity)
+
+
 def load_weight_facts(checkpoint: str | Path | None) -> WeightFacts:
     """Every fact of ``<checkpoint>.json`` that an ``auto`` parameter takes (:class:`WeightFacts`; all
     None without a checkpoint or file). A malformed entry raises :class:`ParameterError` for
@@ -131,7 +146,8 @@ def load_weight_facts(checkpoint: str | Path | None) -> WeightFacts:
                                ("max_sweeps", "LiDAR sweeps", load_max_sweeps),
                                ("camera_rate", "camera rate", load_camera_rate),
                                ("velocity_min_span", "velocity span", load_velocity_min_span),
-                               ("state_interval", "state interval", load_state_interval)):
+                               ("state_interval", "state interval", load_state_interval),
+                               ("carry_track_velocity", "carried velocity", load_carry_track_velocity)):
         try:
             facts[field] = load(checkpoint)
         except ValueError as exc:
@@ -360,4 +376,7 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
                f"by temporal.state_interval auto)" if facts.state_interval is not None else
                f"; no state interval stored with these weights (temporal.state_interval auto uses "
                f"{DEFAULT_STATE_INTERVAL:g} s)")
+    if facts.carry_track_velocity is not None:
+        detail += (f"; carried anchors {'take' if facts.carry_track_velocity else 'keep the model velocity, not'} "
+                   f"their track's velocity, stored with the weights (used by temporal.carry_track_velocity auto)")
     return LoadedModel(stepper, note + detail, path is None, convention, facts)

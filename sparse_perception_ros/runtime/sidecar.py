@@ -1,7 +1,7 @@
 """The facts stored with a set of weights: ``<weights>.json`` next to the ``.pt`` (models/README.md).
 
 One reader for every entry (``frame``, ``score_threshold``, ``lidar_sweeps``, ``camera_rate``,
-``velocity_min_span``, ``state_interval``), so a missing file, a missing entry and a malformed one are handled the same way
+``velocity_min_span``, ``state_interval``, ``carry_track_velocity``), so a missing file, a missing entry and a malformed one are handled the same way
 everywhere; :class:`WeightFacts` carries the ones that ``auto`` parameters take.
 """
 
@@ -33,6 +33,9 @@ class WeightFacts:
             positions jitter from frame to frame.
         state_interval: s, ``>= 0``; the model state is carried on only from frames this far apart
             (``temporal.state_interval``): how a model trained on 2 Hz keyframes fares between them.
+        carry_track_velocity: whether carried anchors take their track's velocity
+            (``temporal.carry_track_velocity``): whether the weights' positions give track velocities
+            good enough to project with, and the model takes them.
     """
 
     score_threshold: float | None = None
@@ -40,6 +43,7 @@ class WeightFacts:
     camera_rate: float | None = None
     velocity_min_span: float | None = None
     state_interval: float | None = None
+    carry_track_velocity: bool | None = None
 
 
 def read_fact(checkpoint: str | Path | None, key: str, parse: Callable[[object], T]) -> T | None:

@@ -15,7 +15,8 @@ def pipeline_config(**kw) -> PipelineConfig:
     base = dict(score_threshold=0.0, max_detections=300, max_time_gap_s=2.0, sensors="all",
                 reassociate_distance=0.0, reassociate_speed=0.0, track_class_vote=False, duplicate_iou=1.0, velocity_window=0.0,
                 velocity_noise=1.0, reassociate_window=0.0, state_interval=0.0, heading_from_motion=0.0,
-                velocity_min_span=0.5, predict_min_span=0.5, same_object_width=0.0)
+                velocity_min_span=0.5, predict_min_span=0.5, same_object_width=0.0,
+                carry_track_velocity=False)
     return PipelineConfig(**{**base, **kw})
 
 
