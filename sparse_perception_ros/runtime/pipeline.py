@@ -557,8 +557,9 @@ def with_track_velocities(temporal: TemporalState, tracks: TrackMemory) -> Tempo
     (``T_world_from_model``: the anchors' frame). The model projects carried anchors forward by their
     velocity; a model whose own velocity lags (the bundled ones' mostly does) leaves moving objects
     behind their anchors, and the object then tends to a new instance and a new id. Rows whose bank id
-    has no published or lost track, or whose velocity is not finite, keep the model's. The anchors
-    are copied; ``temporal`` is not changed.
+    has no published or lost track, or whose velocity is not finite, keep the velocity they have: the
+    model's, or on a held state (``temporal.state_interval``, kept with the velocities it was stepped
+    with) the one given at an earlier step. The anchors are copied; ``temporal`` is not changed.
 
     Shapes: ``temporal.anchors [1, N_temp, 11]`` (``vx, vy`` at 8, 9), ``temporal.track_ids [1, N_temp]``;
     ``tracks.ids (M,)``, ``tracks.vel (M, 2)`` m/s world frame (``tracks.lost`` likewise)."""
