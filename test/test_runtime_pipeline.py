@@ -328,6 +328,11 @@ def test_carry_track_velocity_reaches_the_model_only_when_on(pipeline):
     torch.testing.assert_close(seen[1][0, rows, 8:10], torch.as_tensor(v_world @ R, dtype=torch.float32))
     others = [r for r in range(anchors.shape[1]) if r not in rows]
     assert torch.equal(seen[1][0, others], anchors[0, others])
+    # a held state (temporal.state_interval) is kept as the model left it; only the model's copy moves
+    held = Pipeline(pipeline.model, CLASS_NAMES, pipeline_config(max_detections=20, carry_track_velocity=True,
+                                                                 state_interval=10.0))
+    _, after = held.step(make_frame(T0 + S // 2, pose_x=1.0), state)
+    assert torch.equal(after.temporal.anchors, anchors)
 
 
 def test_carry_track_velocity_auto_takes_the_weights_own(tmp_path):

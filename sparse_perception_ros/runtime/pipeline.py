@@ -502,11 +502,12 @@ class Pipeline:
         t1 = time.perf_counter()
         pose = frame.T_world_from_model
         run = self.model.step_features if self.features is not None or prepared.lidar is not None else self.model.step
+        given = state.temporal  # what the model gets: with the tracks' velocities (carry_track_velocity)
         if self.config.carry_track_velocity and state.tracks is not None:
-            state = replace(state, temporal=with_track_velocities(state.temporal, state.tracks))
+            given = with_track_velocities(state.temporal, state.tracks)
         extra = {"lidar": prepared.lidar} if prepared.lidar is not None else {}
         out, temporal = run(prepared.img, prepared.projection_mat, prepared.image_wh, frame.stamp_ns * 1e-9,
-                            pose if pose is not None else np.eye(4), state.temporal, points=prepared.points, **extra)
+                            pose if pose is not None else np.eye(4), given, points=prepared.points, **extra)
         t2 = time.perf_counter()
         held = state.temporal.anchors is not None and \
             frame.stamp_ns * 1e-9 - state.temporal.timestamp < self.config.state_interval - 1e-3
@@ -557,9 +558,9 @@ def with_track_velocities(temporal: TemporalState, tracks: TrackMemory) -> Tempo
     (``T_world_from_model``: the anchors' frame). The model projects carried anchors forward by their
     velocity; a model whose own velocity lags (the bundled ones' mostly does) leaves moving objects
     behind their anchors, and the object then tends to a new instance and a new id. Rows whose bank id
-    has no published or lost track, or whose velocity is not finite, keep the velocity they have: the
-    model's, or on a held state (``temporal.state_interval``, kept with the velocities it was stepped
-    with) the one given at an earlier step. The anchors are copied; ``temporal`` is not changed.
+    has no published or lost track, or whose velocity is not finite, keep the model's. The anchors are
+    copied; ``temporal`` is not changed (:meth:`Pipeline.step` gives the model the copy and keeps a
+    held state, ``temporal.state_interval``, as the model left it).
 
     Shapes: ``temporal.anchors [1, N_temp, 11]`` (``vx, vy`` at 8, 9), ``temporal.track_ids [1, N_temp]``;
     ``tracks.ids (M,)``, ``tracks.vel (M, 2)`` m/s world frame (``tracks.lost`` likewise)."""
