@@ -34,6 +34,7 @@ from sparse_perception_ros.runtime.tracking import (
     TrackedFrame,
     TrackingConfig,
     TrackMemory,
+    model_velocity,
     resolve_velocity_min_span,
     track_frame,
 )
@@ -558,7 +559,8 @@ def with_track_velocities(temporal: TemporalState, tracks: TrackMemory) -> Tempo
     (``T_world_from_model``: the anchors' frame). The model projects carried anchors forward by their
     velocity; a model whose own velocity lags (the bundled ones' mostly does) leaves moving objects
     behind their anchors, and the object then tends to a new instance and a new id. Rows whose bank id
-    has no published or lost track, or whose velocity is not finite, keep the model's. The anchors are
+    has no published or lost track, or whose velocity is not finite, keep the model's; ``vz`` keeps its
+    world-vertical part (:func:`~.tracking.model_velocity`, as the published boxes). The anchors are
     copied; ``temporal`` is not changed (:meth:`Pipeline.step` gives the model the copy and keeps a
     held state, ``temporal.state_interval``, as the model left it).
 
@@ -578,10 +580,9 @@ def with_track_velocities(temporal: TemporalState, tracks: TrackMemory) -> Tempo
             world.append(v)
     if not rows:
         return temporal
-    R = np.asarray(temporal.T_world_from_model, np.float64)[:3, :3]
-    v_world = np.concatenate([np.asarray(world), np.zeros((len(world), 1))], axis=1)  # (K, 3), no vertical motion
-    anchors = temporal.anchors.clone()
-    anchors[0, torch.as_tensor(rows), 8:10] = torch.as_tensor((v_world @ R)[:, :2], dtype=anchors.dtype)  # R^T v
+    anchors, index = temporal.anchors.clone(), torch.as_tensor(rows)
+    v = model_velocity(anchors[0, index, 8:11].cpu().numpy(), np.asarray(world), temporal.T_world_from_model)
+    anchors[0, index, 8:11] = torch.as_tensor(v, dtype=anchors.dtype, device=anchors.device)  # the world vz kept
     return replace(temporal, anchors=anchors)
 
 

@@ -47,7 +47,7 @@ from sparse_perception_ros.geometry.boxes import bev_iou, bev_overlap
 
 __all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
            "reassociate", "footprint_reach", "footprint_width", "track_evidence", "keep_by_evidence", "suppress_duplicates",
-           "extend_history", "track_velocity", "track_slopes", "span_gated", "blend_velocity", "heading_from_motion", "DEFAULT_VELOCITY_MIN_SPAN",
+           "extend_history", "model_velocity", "track_velocity", "track_slopes", "span_gated", "blend_velocity", "heading_from_motion", "DEFAULT_VELOCITY_MIN_SPAN",
            "resolve_velocity_min_span"]
 
 # ``temporal.velocity_min_span: auto`` with weights that store no span of their own (s).
@@ -607,9 +607,15 @@ def heading_from_motion(boxes: np.ndarray, min_speed: float) -> np.ndarray:
 def with_track_velocity(boxes: np.ndarray, world_vel: np.ndarray, T_world_from_model: np.ndarray) -> np.ndarray:
     """``boxes (N, 10)`` (model frame, a copy) with ``vx, vy`` set from ``world_vel (N, 2)`` (world frame,
     :func:`blend_velocity` of the model's and each track's measured velocity); ``vz`` is unchanged."""
-    R = np.asarray(T_world_from_model, np.float64)[:3, :3]
     b = np.array(boxes, copy=True)
-    world = b[:, 7:10].astype(np.float64) @ R.T
-    world[:, :2] = world_vel
-    b[:, 7:10] = world @ R  # back into the model frame (R orthonormal)
+    b[:, 7:10] = model_velocity(b[:, 7:10], world_vel, T_world_from_model)
     return b
+
+
+def model_velocity(model_vel: np.ndarray, world_vel: np.ndarray, T_world_from_model: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` float64 model-frame velocity: ``model_vel (N, 3)`` (model frame) with its world ``x, y``
+    replaced by ``world_vel (N, 2)`` (world frame) and its world ``z`` kept."""
+    R = np.asarray(T_world_from_model, np.float64)[:3, :3]
+    world = np.asarray(model_vel, np.float64) @ R.T
+    world[:, :2] = world_vel
+    return world @ R  # back into the model frame (R orthonormal)
