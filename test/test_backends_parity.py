@@ -113,6 +113,31 @@ def test_onnxruntime_matches_torch_teacher_forced(head, onnx_path):
         assert state.timestamp == after.timestamp
 
 
+def test_onnxruntime_native_and_python_dfa_ops_agree(head, onnx_path):
+    """The step graph with the DFA as the native library (what ``auto`` picks where it builds) and as
+    the onnxruntime-extensions Python op: the same kernel on the same inputs, one kernel thread each
+    (atol 1e-5 on raw outputs and the next state)."""
+    from sparse_perception_ros.ops import dfa_ort_native
+
+    if not dfa_ort_native.available():
+        pytest.skip(f"the native DFA op library cannot be built here: {dfa_ort_native.unavailable_reason()}")
+    native, python = OrtBackend(onnx_path), OrtBackend(onnx_path, dfa_op="python")
+    assert (native.dfa_op, python.dfa_op) == ("native", "python")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the Python op runs the kernel with torch's thread count
+    try:
+        for frame, _ref, before, _after in reference_run(head):
+            feats, proj, wh = frame_tensors(frame)
+            a, sa = StepRunner(native, CFG).step(feats, proj, wh, frame.timestamp, frame.T_world_from_model, before)
+            b, sb = StepRunner(python, CFG).step(feats, proj, wh, frame.timestamp, frame.T_world_from_model, before)
+            for name in RAW:
+                torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=0, msg=name)
+            torch.testing.assert_close(sa.features, sb.features, atol=1e-5, rtol=0)
+            torch.testing.assert_close(sa.anchors, sb.anchors, atol=1e-5, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_onnxruntime_carries_its_own_state_between_runs(head, onnx_path):
     """Free-running: each run is fed the previous run's output tensors (no copy); ids follow the rules."""
     backend = OrtBackend(onnx_path)

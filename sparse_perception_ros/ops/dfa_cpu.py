@@ -33,9 +33,10 @@ import torch
 
 from sparse_perception_ros.ops.dfa_shapes import check_inputs
 
-__all__ = ["deformable_aggregation_fast", "deformable_aggregation_numpy", "available", "FastDFAUnavailable"]
+__all__ = ["deformable_aggregation_fast", "deformable_aggregation_numpy", "available", "FastDFAUnavailable", "KERNEL_SOURCE",
+           "build_library"]
 
-_C_SOURCE = r"""
+KERNEL_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -171,12 +172,15 @@ def _cache_dir() -> Path:
     return Path(root) / "sparse_perception_ros"
 
 
-def _compile() -> ctypes.CDLL:
+def build_library(source: str, stem: str) -> Path:
+    """Compile ``source`` (C99, :data:`_CFLAGS`) into a shared library named ``{stem}_{hash}.so`` in the
+    cache folder, once per source, flags and compiler; returns its path. Raises
+    :class:`FastDFAUnavailable` with the compiler's message when it cannot be built."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise FastDFAUnavailable("no C compiler found (set $CC or install gcc)")
-    key = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS) + cc).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"dfa_cpu_{key}.so"
+    key = hashlib.sha256((source + " ".join(_CFLAGS) + cc).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{stem}_{key}.so"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # read-only home (CI, containers): build in the temp dir instead
@@ -184,14 +188,18 @@ def _compile() -> ctypes.CDLL:
         target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            src = Path(tmp) / "dfa_cpu.c"
-            src.write_text(_C_SOURCE)
+            src = Path(tmp) / f"{stem}.c"
+            src.write_text(source)
             tmp_so = Path(tmp) / target.name
             proc = subprocess.run([cc, *_CFLAGS, str(src), "-o", str(tmp_so), "-lm"], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise FastDFAUnavailable(f"compiling the CPU DFA kernel with {cc} failed: {proc.stderr.strip()[:500]}")
+                raise FastDFAUnavailable(f"compiling {stem} with {cc} failed: {proc.stderr.strip()[:500]}")
             os.replace(tmp_so, target)  # atomic: concurrent processes never see a half-written file
-    lib = ctypes.CDLL(str(target))
+    return target
+
+
+def _compile() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build_library(KERNEL_SOURCE, "dfa_cpu")))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.dfa_forward.argtypes = [ptr] * 6 + [i64] * 8 + [ctypes.c_int]
     lib.dfa_forward.restype = ctypes.c_int

@@ -1,4 +1,9 @@
-"""ONNX Runtime implementation of our DFA node: an onnxruntime-extensions Python custom op.
+"""ONNX Runtime implementations of our DFA node, and the choice between them (:func:`session_parts`).
+
+- ``native`` (:mod:`.dfa_ort_native`, preferred): the C kernel as a native custom-op library;
+  no copies, no GIL.
+- ``python``: an onnxruntime-extensions Python custom op (this module), the fallback where the
+  native library cannot be built.
 
 The exported graph holds ``sparse_perception::DeformableAggregation`` (:mod:`.dfa_onnx`).
 onnxruntime-extensions only serves Python ops from the fixed domain ``ai.onnx.contrib``, so
@@ -23,7 +28,7 @@ from sparse_perception_ros.ops import dfa_cpu
 from sparse_perception_ros.ops.deformable_aggregation import deformable_aggregation
 from sparse_perception_ros.ops.dfa_onnx import DOMAIN, OP_TYPE
 
-__all__ = ["ORT_DOMAIN", "register_custom_op", "to_ort_model", "session_options"]
+__all__ = ["ORT_DOMAIN", "register_custom_op", "to_ort_model", "session_options", "session_parts", "DFA_OP_IMPLS"]
 
 ORT_DOMAIN = "ai.onnx.contrib"
 _lock = threading.Lock()
@@ -100,3 +105,22 @@ def session_options(num_threads: int | None = None):
     # threads for the same cores while the custom op runs (measured: 2 threads got slower than 1).
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
+
+
+DFA_OP_IMPLS = ("auto", "native", "python")
+
+
+def session_parts(model: onnx.ModelProto, num_threads: int | None = None, impl: str = "auto"):
+    """``(model bytes, SessionOptions, impl used)`` for an ``onnxruntime.InferenceSession`` of a graph
+    with our DFA nodes. ``impl``: ``native`` (:mod:`.dfa_ort_native`; raises
+    :class:`~.dfa_cpu.FastDFAUnavailable` when its library cannot be built), ``python`` (this module's
+    onnxruntime-extensions op) or ``auto`` (native where it builds, else python). The DFA kernel runs
+    with ``num_threads`` OpenMP threads (default 1) under either."""
+    from sparse_perception_ros.ops import dfa_ort_native  # lazy: compiles on first use
+
+    if impl not in DFA_OP_IMPLS:
+        raise ValueError(f"DFA op impl must be one of {DFA_OP_IMPLS}, got {impl!r}")
+    if impl == "native" or (impl == "auto" and dfa_ort_native.available()):
+        return (dfa_ort_native.ort_model(model, num_threads).SerializeToString(),
+                dfa_ort_native.session_options(num_threads), "native")
+    return to_ort_model(model).SerializeToString(), session_options(num_threads), "python"

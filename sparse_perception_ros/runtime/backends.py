@@ -175,26 +175,29 @@ class TorchBackend(Backend):
 class OrtBackend(GraphFileBackend):
     """ONNX Runtime on the exported step file.
 
-    The DFA node runs as an onnxruntime-extensions Python custom op backed by the fast C kernel
-    (:mod:`sparse_perception_ros.ops.dfa_ort`); the node's domain is renamed in memory only.
-    ``providers``: default CPU; ``"CUDAExecutionProvider"`` is used first where ORT has it (the
-    DFA op itself then runs on the host). Outputs are numpy arrays.
+    The DFA node runs as the fast C kernel in a native custom-op library
+    (:mod:`sparse_perception_ros.ops.dfa_ort_native`), or where that cannot be built as an
+    onnxruntime-extensions Python op (``dfa_op``: ``auto`` picks; :func:`~sparse_perception_ros.ops.dfa_ort.session_parts`);
+    ``self.dfa_op`` says which. ``providers``: default CPU; ``"CUDAExecutionProvider"`` is used first
+    where ORT has it (the DFA op itself then runs on the host). Outputs are numpy arrays.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: str | Path, providers: Sequence[str] | None = None, num_threads: int | None = None):
+    def __init__(self, onnx_path: str | Path, providers: Sequence[str] | None = None, num_threads: int | None = None,
+                 dfa_op: str = "auto"):
         try:
             import onnx  # lazy: optional dependency (ONNX Runtime backend); ImportError becomes BackendUnavailable
             import onnxruntime as ort  # lazy: as above
 
-            from sparse_perception_ros.ops.dfa_ort import session_options, to_ort_model  # lazy: imports onnx
+            from sparse_perception_ros.ops.dfa_ort import session_parts  # lazy: imports onnx
         except ImportError as exc:  # pragma: no cover - part of requirements/ml.txt
             raise BackendUnavailable(f"onnxruntime backend needs onnx, onnxruntime, onnxruntime-extensions: {exc}") from exc
         path = Path(onnx_path)
         if not path.is_file():
             raise BackendUnavailable(f"no ONNX file at {path} (run: sparse-perception export {path})")
-        model = to_ort_model(onnx.load(str(path)))
+        self.path = path
+        model = onnx.load(str(path))
         if providers is None:
             providers = ["CPUExecutionProvider"]
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -206,8 +209,8 @@ class OrtBackend(GraphFileBackend):
                           f"wrongly on several threads; this session uses 1 intra-op thread (asked: "
                           f"{num_threads or 'default'})", RuntimeWarning, stacklevel=2)
             num_threads = 1
-        self.session = ort.InferenceSession(model.SerializeToString(), session_options(num_threads),
-                                            providers=list(providers))
+        model_bytes, options, self.dfa_op = session_parts(model, num_threads, dfa_op)
+        self.session = ort.InferenceSession(model_bytes, options, providers=list(providers))
         self.with_backbone = any(i.name == "img" for i in self.session.get_inputs())
         self._in = {i.name: TensorSpec(tuple(i.shape), _ort_dtype(i.type)) for i in self.session.get_inputs()}
         self._out = {o.name: TensorSpec(tuple(o.shape), _ort_dtype(o.type)) for o in self.session.get_outputs()}

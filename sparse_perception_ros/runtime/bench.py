@@ -10,7 +10,9 @@ compilation, reported separately). Backends:
 - ``torch-compile``: the same under ``torch.compile`` (``model.compile: true``);
 - ``onnxruntime``: the exported step graph; ``tensorrt``: an engine (``--engine``);
 - ``onnxruntime-scatterelements`` (fused presets): the graph exported with the former pillar
-  pooling (two ``ScatterElements(add)``), for before/after comparisons.
+  pooling (two ``ScatterElements(add)``), for before/after comparisons;
+- ``onnxruntime-pyop``: the same graph with the DFA as the onnxruntime-extensions Python op (what
+  ``onnxruntime`` ran before the native custom-op library, :mod:`~sparse_perception_ros.ops.dfa_ort_native`).
 
 The backends are timed interleaved (frame 1 of each backend, then frame 2 of each, ...), so a
 load change on a shared machine hits all of them alike; compare ratios within one run.
@@ -137,19 +139,20 @@ def bench_step(preset: str = "tiny", with_backbone: bool = True, backends=("torc
                 steppers[name] = StepRunner(TorchBackend(module, cfg, dfa_impl="auto"), cfg)
             elif name == "torch-compile":
                 steppers[name] = StepRunner(TorchBackend(module, cfg, dfa_impl="auto", compile=True), cfg)
-            elif name in ("onnxruntime", "onnxruntime-scatterelements"):
+            elif name in ("onnxruntime", "onnxruntime-scatterelements", "onnxruntime-pyop"):
                 path = Path(tmp) / f"{name}.onnx"
                 pillars = getattr(getattr(module, "pts_branch", None), "pillars", None)
-                if name != "onnxruntime" and pillars is None:
+                if name == "onnxruntime-scatterelements" and pillars is None:
                     raise ValueError(f"{name} needs a fused preset")
                 try:
-                    if name != "onnxruntime":
+                    if name == "onnxruntime-scatterelements":
                         pillars.onnx_pooling = "scatter_elements"
                     export_step(path, cfg, with_backbone=with_backbone, module=module)
                 finally:
                     if pillars is not None:
                         pillars.onnx_pooling = "scatter_nd"
-                steppers[name] = StepRunner(OrtBackend(path, num_threads=threads), cfg)
+                dfa_op = "python" if name == "onnxruntime-pyop" else "auto"
+                steppers[name] = StepRunner(OrtBackend(path, num_threads=threads, dfa_op=dfa_op), cfg)
             elif name == "tensorrt":
                 if not engine:
                     raise ValueError("the tensorrt backend needs --engine")
