@@ -180,3 +180,35 @@ def test_weights_without_a_threshold_and_malformed_sidecars(tmp_path):
     with pytest.raises(ParameterError) as err:
         load_model(with_(checkpoint=str(weights)))
     assert err.value.name == "model.checkpoint" and "display threshold" in str(err.value)
+
+
+@pytest.mark.parametrize("kind, given, weights, default, expected", [
+    ("seconds", "auto", 0.5, 0.45, 0.5),     # the weights' own
+    ("seconds", "auto", None, 0.45, 0.45),   # weights without one: the default
+    ("seconds", 0, 0.5, 0.45, 0.0),          # a value overrides the weights (and becomes a float)
+    ("fraction", "auto", 0.19, 0.3, 0.19),
+    ("fraction", 1, None, 0.3, 1.0),
+    ("count", "auto", 5, 1, 5),
+    ("count", 3, 5, 1, 3),
+    ("bool", "auto", True, False, True),
+    ("bool", "auto", None, False, False),
+    ("bool", False, True, False, False),
+])
+def test_resolve_auto_takes_the_weights_own_or_the_default_and_a_value_overrides(kind, given, weights, default,
+                                                                                  expected):
+    from sparse_perception_ros.runtime.sidecar import resolve_auto
+
+    got = resolve_auto("p", given, weights, default, kind)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("kind, bad, words", [
+    ("seconds", "slow", "a number >= 0"), ("seconds", -0.1, "a number >= 0"), ("seconds", True, "a number >= 0"),
+    ("fraction", "0.3", "a number in"), ("count", 0, "an integer >= 1"), ("count", 2.0, "an integer >= 1"),
+    ("count", True, "an integer >= 1"), ("bool", 1, "true, false"), ("bool", "yes", "true, false"),
+])
+def test_resolve_auto_refuses_other_values_naming_the_parameter(kind, bad, words):
+    from sparse_perception_ros.runtime.sidecar import resolve_auto
+
+    with pytest.raises(ValueError, match=f"group.name must be {words}.* or 'auto', got"):
+        resolve_auto("group.name", bad, None, None, kind)

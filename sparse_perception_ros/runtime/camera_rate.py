@@ -25,6 +25,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from sparse_perception_ros.runtime.sidecar import resolve_auto
+
 __all__ = ["RATE_TOLERANCE", "CameraThrottle", "throttle_stamps", "resolve_camera_rate"]
 
 # Share of the period by which a kept image may come early (stamp jitter of a camera at the limit).
@@ -34,11 +36,7 @@ RATE_TOLERANCE = 0.1
 def resolve_camera_rate(value: float | str, weights_rate: float | None) -> float:
     """The images a second per camera to keep (0 = all): ``value`` (``cameras.max_rate``) when it is a
     number, for ``"auto"`` the weights' own (``weights_rate``, None: 0)."""
-    if value == "auto":
-        return 0.0 if weights_rate is None else float(weights_rate)
-    if isinstance(value, (str, bool)) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"max_rate must be a number >= 0 or 'auto', got {value!r}")
-    return float(value)
+    return resolve_auto("max_rate", value, weights_rate, 0.0, "seconds")
 
 
 class CameraThrottle:

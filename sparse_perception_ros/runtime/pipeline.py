@@ -27,7 +27,7 @@ from sparse_perception_ros.runtime.backends import Stepper
 from sparse_perception_ros.runtime.camera_rate import resolve_camera_rate
 from sparse_perception_ros.runtime.detections import Detections
 from sparse_perception_ros.runtime.features import FeatureCache
-from sparse_perception_ros.runtime.sidecar import WeightFacts
+from sparse_perception_ros.runtime.sidecar import WeightFacts, resolve_auto
 from sparse_perception_ros.runtime.sweeps import SweepConfig
 from sparse_perception_ros.runtime.tracking import (
     TrackClassVotes,
@@ -65,11 +65,7 @@ def resolve_score_threshold(value: float | str, weights_score_threshold: float |
     """The score threshold to apply: ``value`` (``output.score_threshold``) when it is a number;
     for ``"auto"`` the weights' own display threshold (``score_threshold`` of ``<weights>.json``,
     :attr:`~.sidecar.WeightFacts.score_threshold`), else :data:`DEFAULT_SCORE_THRESHOLD`."""
-    if value == "auto":
-        return DEFAULT_SCORE_THRESHOLD if weights_score_threshold is None else float(weights_score_threshold)
-    if isinstance(value, str):
-        raise ValueError(f"score_threshold must be a number in [0, 1] or 'auto', got {value!r}")
-    return float(value)
+    return resolve_auto("score_threshold", value, weights_score_threshold, DEFAULT_SCORE_THRESHOLD, "fraction")
 
 
 def resolve_state_interval(value: float | str, weights_interval: float | None) -> float:
@@ -79,11 +75,7 @@ def resolve_state_interval(value: float | str, weights_interval: float | None) -
     2 Hz keyframes differ in how they fare between keyframes at a 12-20 Hz trigger: the bundled camera
     model needs its state carried every 0.5 s as trained (stored as 0.475 s: the same frames, and a
     stamp jittered by up to 25 ms still carries), the fused one tracks best from 0.45 s (models/README.md)."""
-    if value == "auto":
-        return DEFAULT_STATE_INTERVAL if weights_interval is None else float(weights_interval)
-    if isinstance(value, (str, bool)) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"state_interval must be a number >= 0 or 'auto', got {value!r}")
-    return float(value)
+    return resolve_auto("state_interval", value, weights_interval, DEFAULT_STATE_INTERVAL, "seconds")
 
 
 def resolve_carry_track_velocity(value: bool | str, weights_carry: bool | None) -> bool:
@@ -94,11 +86,7 @@ def resolve_carry_track_velocity(value: bool | str, weights_carry: bool | None) 
     velocity it did not predict: the bundled fused model gains AMOTA at 20 Hz (LiDAR positions), the
     bundled camera model loses it (its image positions jitter, and it was trained on anchors whose
     velocity is its own, nearly zero) (models/README.md)."""
-    if value == "auto":
-        return bool(weights_carry) if weights_carry is not None else False
-    if not isinstance(value, bool):
-        raise ValueError(f"carry_track_velocity must be true, false or 'auto', got {value!r}")
-    return value
+    return resolve_auto("carry_track_velocity", value, weights_carry, False, "bool")
 
 
 @dataclass

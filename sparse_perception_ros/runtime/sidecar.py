@@ -2,7 +2,8 @@
 
 One reader for every entry (``frame``, ``score_threshold``, ``lidar_sweeps``, ``camera_rate``,
 ``velocity_min_span``, ``state_interval``, ``carry_track_velocity``), so a missing file, a missing entry and a malformed one are handled the same way
-everywhere; :class:`WeightFacts` carries the ones that ``auto`` parameters take.
+everywhere; :class:`WeightFacts` carries the ones that ``auto`` parameters take, and :func:`resolve_auto`
+is the one rule by which such a parameter takes them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["read_fact", "WeightFacts"]
+__all__ = ["read_fact", "WeightFacts", "resolve_auto"]
 
 T = TypeVar("T")
 
@@ -60,3 +61,26 @@ def read_fact(checkpoint: str | Path | None, key: str, parse: Callable[[object],
         return None if key not in doc else parse(doc[key])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+# What a parameter given as a value (not "auto") must be: (check, words for the error, cast).
+_AUTO_KINDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    "seconds": (lambda v: not isinstance(v, (str, bool)) and isinstance(v, (int, float)) and v >= 0,
+                "a number >= 0", float),
+    "fraction": (lambda v: not isinstance(v, str), "a number in [0, 1]", float),  # the range: the schema's
+    "count": (lambda v: not isinstance(v, bool) and isinstance(v, int) and v >= 1, "an integer >= 1", int),
+    "bool": (lambda v: isinstance(v, bool), "true, false", bool),
+}
+
+
+def resolve_auto(name: str, value: Any, weights_value: Any, default: Any, kind: str) -> Any:
+    """The value of a parameter that may be ``"auto"``: ``value`` itself when it is one (checked as
+    ``kind``: ``seconds`` a number >= 0, ``fraction`` a number, ``count`` an integer >= 1, ``bool``);
+    for ``"auto"`` the weights' own ``weights_value`` (a :class:`WeightFacts` field), or ``default``
+    where the weights store none. Raises ``ValueError`` naming ``name`` for anything else."""
+    check, words, cast = _AUTO_KINDS[kind]
+    if value == "auto" and not isinstance(value, bool):
+        return default if weights_value is None else cast(weights_value)
+    if not check(value):
+        raise ValueError(f"{name} must be {words} or 'auto', got {value!r}")
+    return cast(value)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparse_perception_ros.runtime.sidecar import resolve_auto
+
 __all__ = ["SweepConfig", "SweepBuffer", "BufferedSweep", "accumulate_sweeps", "select_sweeps", "resolve_max_sweeps",
            "DEFAULT_MAX_BUFFERED_POINTS", "CLEAR_REASONS"]
 
@@ -45,11 +47,7 @@ def resolve_max_sweeps(value: int | str, weights_max_sweeps: int | None) -> int:
     """``lidar.max_sweeps``: a number is used as it is; ``"auto"`` takes the weights' own
     (``lidar_sweeps.max_sweeps`` of ``<weights>.json``, :attr:`~.sidecar.WeightFacts.max_sweeps`), else 1
     (weights trained on single sweeps, like every model without that entry)."""
-    if value == "auto":
-        return 1 if weights_max_sweeps is None else int(weights_max_sweeps)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_sweeps must be an integer >= 1 or 'auto', got {value!r}")
-    return value
+    return resolve_auto("max_sweeps", value, weights_max_sweeps, 1, "count")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from sparse_perception_ros.geometry.boxes import bev_iou, bev_overlap
+from sparse_perception_ros.runtime.sidecar import resolve_auto
 
 __all__ = ["TrackMemory", "LostTracks", "TrackClassVotes", "TrackingConfig", "TrackedFrame", "track_frame", "vote_track_classes",
            "reassociate", "footprint_reach", "footprint_width", "track_evidence", "keep_by_evidence", "suppress_duplicates",
@@ -60,11 +61,7 @@ def resolve_velocity_min_span(value: float | str, weights_span: float | None) ->
     :attr:`~.sidecar.WeightFacts.velocity_min_span`), else :data:`DEFAULT_VELOCITY_MIN_SPAN`. How short a
     span still measures motion rather than jitter depends on the detector: the bundled fused model's
     LiDAR positions allow 0.1 s at 20 Hz, the camera model's need 0.5 s (models/README.md)."""
-    if value == "auto":
-        return DEFAULT_VELOCITY_MIN_SPAN if weights_span is None else float(weights_span)
-    if isinstance(value, (str, bool)) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"velocity_min_span must be a number >= 0 or 'auto', got {value!r}")
-    return float(value)
+    return resolve_auto("velocity_min_span", value, weights_span, DEFAULT_VELOCITY_MIN_SPAN, "seconds")
 
 
 def footprint_reach(boxes: np.ndarray) -> np.ndarray:
