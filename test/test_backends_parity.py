@@ -138,6 +138,25 @@ def test_onnxruntime_native_and_python_dfa_ops_agree(head, onnx_path):
         torch.set_num_threads(threads)
 
 
+def test_onnxruntime_falls_back_to_the_python_op_when_the_native_session_fails(head, onnx_path, monkeypatch):
+    """A runtime that cannot take the native library (e.g. one older than the C API version it asks
+    for: no op is registered) still runs, on the Python op, with a warning."""
+    import onnxruntime as ort
+
+    from sparse_perception_ros.ops import dfa_ort_native
+
+    monkeypatch.setattr(dfa_ort_native, "available", lambda: True)
+    monkeypatch.setattr(dfa_ort_native, "session_options", lambda num_threads=None: ort.SessionOptions())  # no op
+    with pytest.warns(RuntimeWarning, match="native DFA op failed"):
+        backend = OrtBackend(onnx_path)
+    assert backend.dfa_op == "python"
+    frame, ref, before, _after = reference_run(head)[0]
+    out, _ = StepRunner(backend, CFG).step(*frame_tensors(frame), frame.timestamp, frame.T_world_from_model, before)
+    torch.testing.assert_close(out.classification, ref.classification, atol=1e-4, rtol=1e-5)
+    with pytest.raises(Exception, match="DeformableAggregation"):  # asked for native explicitly: no retry
+        OrtBackend(onnx_path, dfa_op="native")
+
+
 def test_onnxruntime_carries_its_own_state_between_runs(head, onnx_path):
     """Free-running: each run is fed the previous run's output tensors (no copy); ids follow the rules."""
     backend = OrtBackend(onnx_path)

@@ -210,7 +210,15 @@ class OrtBackend(GraphFileBackend):
                           f"{num_threads or 'default'})", RuntimeWarning, stacklevel=2)
             num_threads = 1
         model_bytes, options, self.dfa_op = session_parts(model, num_threads, dfa_op)
-        self.session = ort.InferenceSession(model_bytes, options, providers=list(providers))
+        try:
+            self.session = ort.InferenceSession(model_bytes, options, providers=list(providers))
+        except Exception as exc:  # noqa: BLE001 - ORT's own error types; only auto's native choice is retried
+            if not (dfa_op == "auto" and self.dfa_op == "native"):
+                raise
+            warnings.warn(f"onnxruntime: the session with the native DFA op failed ({str(exc).splitlines()[0][:200]}); "
+                          f"using the onnxruntime-extensions Python op", RuntimeWarning, stacklevel=2)
+            model_bytes, options, self.dfa_op = session_parts(model, num_threads, "python")
+            self.session = ort.InferenceSession(model_bytes, options, providers=list(providers))
         self.with_backbone = any(i.name == "img" for i in self.session.get_inputs())
         self._in = {i.name: TensorSpec(tuple(i.shape), _ort_dtype(i.type)) for i in self.session.get_inputs()}
         self._out = {o.name: TensorSpec(tuple(o.shape), _ort_dtype(o.type)) for o in self.session.get_outputs()}
