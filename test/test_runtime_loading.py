@@ -37,7 +37,11 @@ def test_random_weights_are_announced_and_deterministic(monkeypatch):
     monkeypatch.setattr(loading, "bundled_weights_path", lambda preset: None)  # as for a preset without weights
     a, b = load_model(with_(backend="torch")), load_model(with_(backend="torch"))
     assert a.random_weights and "RANDOM" in a.note and "backend TorchBackend" in a.note
-    assert "backend OrtBackend" in load_model(BASE).note  # the shipped default
+    note = load_model(BASE).note
+    assert "backend OrtBackend" in note  # the shipped default
+    from sparse_perception_ros.ops import dfa_ort_native
+
+    assert f"(DFA op {'native' if dfa_ort_native.available() else 'python'})" in note
     sa, sb = a.stepper.backend.graph.state_dict(), b.stepper.backend.graph.state_dict()
     for (ka, va), (kb, vb) in zip(sa.items(), sb.items(), strict=True):
         assert ka == kb and torch.equal(va, vb)

@@ -347,6 +347,8 @@ def load_model(p: ModelParams, seed: int = 0, num_cams: int | None = None) -> Lo
         detail += f" ({stepper.auto_choice})"
     if backend.name == "torch":
         detail += f" (DFA {backend.dfa_impl}, {backend.mode}, {backend.device})"
+    elif getattr(backend, "dfa_op", None):  # ONNX Runtime: the native custom-op library or the Python fallback
+        detail += f" (DFA op {backend.dfa_op})"
     detail += (f"; image backbone on arrival ({stepper.camera_backbone.name}, {precision}, once per image)"
                if on_arrival else "; image backbone in each step")
     if cfg.lidar is not None:
