@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-only", action="store_true", help="time features -> detections (no backbone)")
     parser.add_argument("--backends", default="torch-reference,torch,onnxruntime",
                         help="comma list of torch-reference (reference DFA; the baseline), torch (the node's torch "
-                             "backend: eager, DFA auto), torch-compile (the same under torch.compile), onnxruntime, "
+                             "backend: eager, DFA auto), torch-compile (the same under torch.compile), onnxruntime (the DFA as "
+                             "the native custom op), onnxruntime-pyop (the DFA as the onnxruntime-extensions Python "
+                             "op), onnxruntime-scatterelements (fused presets: the former pillar pooling), "
                              "tensorrt (needs --engine)")
     parser.add_argument("--engine", default=None, help="TensorRT engine for the tensorrt backend")
     parser.add_argument("--frames", type=int, default=12, help="frames per backend (default 12)")
