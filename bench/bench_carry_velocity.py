@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 
 import numpy as np
 
-from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples, sensor_rate_frames
-from sparse_perception_ros.eval.offline import build_pipeline
+from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
+from sparse_perception_ros.eval.offline import build_pipeline, pipeline_frames
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
@@ -34,12 +35,7 @@ def main(argv=None) -> int:
     off = Pipeline(on.model, CLASS_NAMES, dataclasses.replace(on.config, carry_track_velocity=False))
     print(note)
     nusc = open_nuscenes(args.dataroot)
-    frames = []
-    for frame, _token in sensor_rate_frames(nusc, select_samples(nusc), sweeps=on.sweeps, camera_rate=on.camera_rate,
-                                            max_camera_time_diff_ns=on.camera_window_ns):
-        frames.append(frame)
-        if len(frames) >= args.frames:
-            break
+    frames = [frame for frame, _ in itertools.islice(pipeline_frames(nusc, select_samples(nusc), on), args.frames)]
     timings: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     for name in ("off", "on", "on", "off", "off", "on"):
         pipeline, state = (on if name == "on" else off), PipelineState.empty()

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import os
 import threading
 
 import numpy as np
 
-from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples, sensor_rate_frames
-from sparse_perception_ros.eval.offline import build_pipeline
+from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
+from sparse_perception_ros.eval.offline import build_pipeline, pipeline_frames
 from sparse_perception_ros.model import CLASS_NAMES
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.runtime.backends import OrtBackend
@@ -72,13 +73,7 @@ def main(argv=None) -> int:
     python = Pipeline(stepper, CLASS_NAMES, native.config)
     pipelines = {"native": native, "python": python}
     nusc = open_nuscenes(args.dataroot)
-    frames = []
-    for frame, _token in sensor_rate_frames(nusc, select_samples(nusc), sweeps=native.sweeps,
-                                            camera_rate=native.camera_rate,
-                                            max_camera_time_diff_ns=native.camera_window_ns):
-        frames.append(frame)
-        if len(frames) >= args.frames:
-            break
+    frames = [frame for frame, _ in itertools.islice(pipeline_frames(nusc, select_samples(nusc), native), args.frames)]
     boxes: dict[str, list[np.ndarray]] = {}
     for load in (False, True):
         timings: dict[str, list[float]] = {"native": [], "python": []}

@@ -29,8 +29,8 @@ from dataclasses import replace
 import numpy as np
 
 from sparse_perception_ros.classes import CLASS_NAMES
-from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples, sensor_rate_frames
-from sparse_perception_ros.eval.offline import _ref_of, build_pipeline
+from sparse_perception_ros.eval.dataset import open_nuscenes, select_samples
+from sparse_perception_ros.eval.offline import _ref_of, build_pipeline, pipeline_frames
 from sparse_perception_ros.params import load_params
 from sparse_perception_ros.paths import config_file
 from sparse_perception_ros.runtime.pipeline import PipelineState
@@ -42,9 +42,8 @@ def record(nusc, samples, pipeline, sensor_rate: bool) -> list[dict]:
     """Per frame, in time order: ``token`` (keyframe) or "", the published ``ids``/``xy``/``labels``/
     ``scores`` (world frame, after suppression) and the tracks' memory ``track_ids``/``track_xy``/``width``."""
     if sensor_rate:
-        frames = ((ref, frame) for frame, token in sensor_rate_frames(
-            nusc, samples, sweeps=pipeline.sweeps, camera_rate=pipeline.camera_rate,
-            max_camera_time_diff_ns=pipeline.camera_window_ns) for ref in [_ref_of(samples, token, frame)])
+        frames = ((ref, frame) for frame, token in pipeline_frames(nusc, samples, pipeline)
+                  for ref in [_ref_of(samples, token, frame)])
     else:
         from sparse_perception_ros.eval.dataset import load_frame
         frames = ((ref, load_frame(nusc, ref.token, sweeps=pipeline.sweeps)) for ref in samples)

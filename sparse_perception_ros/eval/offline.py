@@ -25,7 +25,7 @@ from sparse_perception_ros.runtime.detections import Detections
 from sparse_perception_ros.runtime.loading import load_model
 from sparse_perception_ros.runtime.pipeline import Pipeline, PipelineState
 
-__all__ = ["SampleResult", "build_pipeline", "run_offline", "results_to_submissions"]
+__all__ = ["SampleResult", "build_pipeline", "pipeline_frames", "run_offline", "results_to_submissions"]
 
 
 @dataclass(kw_only=True)
@@ -63,6 +63,13 @@ def build_pipeline(params, backend: str | None = None, gt_table=None):
     return Pipeline.from_params(model, CLASS_NAMES, params, facts), note
 
 
+def pipeline_frames(nusc, samples: list[SampleRef], pipeline: Pipeline):
+    """:func:`~.dataset.sensor_rate_frames` with ``pipeline``'s own sweep accumulation, camera rate and
+    camera window, i.e. the frames the node would build from these scenes' bag played in time order."""
+    return sensor_rate_frames(nusc, samples, sweeps=pipeline.sweeps, camera_rate=pipeline.camera_rate,
+                              max_camera_time_diff_ns=pipeline.camera_window_ns)
+
+
 def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None = None,
                 sensor_rate: bool = False) -> list[SampleResult]:
     """Run ``pipeline`` over ``samples`` (:class:`~.dataset.SampleRef`, scene by scene, in time order).
@@ -73,9 +80,7 @@ def run_offline(nusc, samples, pipeline, progress=None, final_state: list | None
     newest at or before its sweep within ``pipeline.camera_window_ns`` as on a live bag), and keep the
     keyframes' results; ``progress`` still counts keyframes."""
     if sensor_rate:
-        frames = ((ref, frame) for frame, token in sensor_rate_frames(nusc, samples, sweeps=pipeline.sweeps,
-                                                                      camera_rate=pipeline.camera_rate,
-                                                                      max_camera_time_diff_ns=pipeline.camera_window_ns)
+        frames = ((ref, frame) for frame, token in pipeline_frames(nusc, samples, pipeline)
                   for ref in [_ref_of(samples, token, frame)])
     else:  # lidar.*: as the node accumulates
         frames = ((ref, None) for ref in samples)
