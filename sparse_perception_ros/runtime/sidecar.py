@@ -79,7 +79,7 @@ def resolve_auto(name: str, value: Any, weights_value: Any, default: Any, kind: 
     for ``"auto"`` the weights' own ``weights_value`` (a :class:`WeightFacts` field), or ``default``
     where the weights store none. Raises ``ValueError`` naming ``name`` for anything else."""
     check, words, cast = _AUTO_KINDS[kind]
-    if value == "auto" and not isinstance(value, bool):
+    if value == "auto":
         return default if weights_value is None else cast(weights_value)
     if not check(value):
         raise ValueError(f"{name} must be {words} or 'auto', got {value!r}")
