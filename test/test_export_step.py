@@ -183,6 +183,12 @@ def test_cache_key_holds_the_code_and_unused_graphs_are_pruned(tmp_path, monkeyp
     assert export.graph_digest(head) != key
     export.code_digest.cache_clear()
     monkeypatch.undo()
+    # a sampling choice changes the graph without changing weights or code: another key, and back
+    layer = next(m for m in head.modules() if getattr(m, "sampling", None) == "kernel")
+    layer.sampling = "grid_sample"
+    assert export.graph_digest(head) != key
+    layer.sampling = "kernel"
+    assert export.graph_digest(head) == key
 
     day = 86400.0
     now = time.time()

@@ -265,7 +265,10 @@ def test_fused_graph_uses_standard_scatter_ops(fused_onnx):
     # the pillar pooling: one ScatterND(add) (ONNX Runtime's ScatterElements(add) is ~20x slower)
     reducing = [(n.op_type, a.s) for n in graph.node for a in n.attribute if a.name == "reduction" and a.s != b"none"]
     assert reducing == [("ScatterND", b"add")]
-    assert "GridSample" in ops and "TopK" in ops
+    assert "TopK" in ops
+    # the BEV sampling is the DFA node too (one camera, one level): two per deformable layer, no GridSample
+    dfa = [n for n in graph.node if n.op_type == "DeformableAggregation"]
+    assert "GridSample" not in ops and len(dfa) == 2 * CFG.head.num_decoder
     shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     # the point count is dynamic (graph format 3): clouds are padded to a POINT_BUCKET multiple, not max_points
     assert shapes["points"] == [1, "num_points_padded", LID.point_dims] and shapes["num_points"] == [1]
@@ -343,3 +346,42 @@ def test_velocity_candidates_start_with_the_regressed_velocity():
     with torch.no_grad():
         out = branch(torch.zeros(1, 10, 5), torch.tensor([10]))
     np.testing.assert_allclose(out.anchor[0, 0, 8:].numpy(), [2.5, -1.25, 0.0], atol=1e-6)
+
+
+def test_bev_sampler_kernel_matches_grid_sample_inside_the_map_and_drops_keypoints_outside():
+    """BevSampler's DFA formulation (``sampling="kernel"``: one camera, one level, weight 1/P) equals
+    the ``grid_sample`` formulation (the bilinear mean over the keypoints) for keypoints inside the map
+    within 1e-5 (float32 summation order); the CPU kernel (the node's torch op) matches the
+    differentiable reference within 1e-5. A keypoint off the map drops out of the kernel's sum (the
+    others keep 1/P each), and one within half a cell of the border is where the two differ."""
+    from sparse_perception_ros.model.lidar import BevSampler
+
+    torch.manual_seed(0)
+    kernel = BevSampler(8, LID.point_range).eval()
+    grid = BevSampler(8, LID.point_range, "grid_sample").eval()
+    grid.load_state_dict(kernel.state_dict())
+    x0, y0, _, x1, y1, _ = LID.point_range
+    bev = torch.randn(1, 8, 20, 30)  # cells (x1 - x0) / 30 wide, (y1 - y0) / 20 high
+    inside = torch.stack([torch.empty(1, 5, 4).uniform_(x0 + 6, x1 - 6), torch.empty(1, 5, 4).uniform_(y0 + 6, y1 - 6),
+                          torch.zeros(1, 5, 4)], dim=-1)  # [1, A=5, P=4, 3]
+    with torch.no_grad():
+        ref = kernel(inside, bev)
+        np.testing.assert_allclose(ref.numpy(), grid(inside, bev).numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(kernel(inside, bev, impl="fast").numpy(), ref.numpy(), atol=1e-5, rtol=0)
+        # anchor 0's last keypoint off the map: the kernel sums the other three at 1/4 each
+        off = inside.clone()
+        off[0, 0, 3, 0] = x1 + 5.0
+        three = inside[:, :1, :3]
+        g = torch.stack([(three[..., 0] - x0) / (x1 - x0) * 2 - 1, (three[..., 1] - y0) / (y1 - y0) * 2 - 1], -1)
+        kept = torch.nn.functional.grid_sample(bev, g, align_corners=False).sum(-1)[..., 0] / 4  # [1, E]
+        np.testing.assert_allclose(kernel(off, bev)[0, 0].numpy(), kernel.proj(kept)[0].numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(kernel(off, bev)[0, 1:].numpy(), ref[0, 1:].numpy())
+        # a quarter cell inside the map's edge: grid_sample reads half-zero padding there, the kernel too
+        # (its neighbours outside count 0), so they agree; a quarter cell outside: only grid_sample reads it
+        cell = (x1 - x0) / 30
+        edge_in, edge_out = inside.clone(), inside.clone()
+        edge_in[0, 0, 3, 0] = x1 - cell / 4
+        edge_out[0, 0, 3, 0] = x1 + cell / 4
+        np.testing.assert_allclose(kernel(edge_in, bev).numpy(), grid(edge_in, bev).numpy(), atol=1e-5, rtol=0)
+        assert not np.allclose(kernel(edge_out, bev)[0, 0].numpy(), grid(edge_out, bev)[0, 0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(kernel(edge_out, bev).numpy(), kernel(off, bev).numpy(), atol=1e-6, rtol=0)

@@ -142,7 +142,7 @@ class Sparse4DHead(nn.Module):
         self.lidar_fusion = None
         if lidar is not None:
             n_dfa = self.operation_order.count("deformable")
-            self.lidar_fusion = nn.ModuleList(BevSampler(e, lidar.point_range) for _ in range(n_dfa))
+            self.lidar_fusion = nn.ModuleList(BevSampler(e, lidar.point_range, sampling) for _ in range(n_dfa))
         self.eval()
 
     # ------------------------------------------------------------------ loading
@@ -188,7 +188,7 @@ class Sparse4DHead(nn.Module):
             return out
         e = self.cfg.embed_dims
         key_points = layer.kps_generator(anchor, feature)
-        bev = self.lidar_fusion[n_dfa](key_points, lidar.bev) * lidar.valid.reshape(-1, 1, 1)
+        bev = self.lidar_fusion[n_dfa](key_points, lidar.bev, impl=dfa_impl or layer.dfa_impl) * lidar.valid.reshape(-1, 1, 1)
         return torch.cat([out[..., :e] + bev, out[..., e:]], dim=-1)
 
     def forward_frame(

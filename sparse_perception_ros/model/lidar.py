@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_perception_ros.model.config import LidarConfig
+from sparse_perception_ros.ops.deformable_aggregation import deformable_aggregation
 
 __all__ = ["LidarBranch", "LidarCandidates", "BevSampler", "PillarEncoder", "REG_DIMS", "pad_points"]
 
@@ -224,18 +225,45 @@ class LidarBranch(nn.Module):
 class BevSampler(nn.Module):
     """Keypoints ``[bs, A, P, 3]`` + BEV map ``[bs, E, H, W]`` -> ``[bs, A, E]``.
 
-    Bilinear samples (``grid_sample``, zeros outside the grid; ONNX ``GridSample``) at each
-    keypoint's ``(x, y)``, averaged over the keypoints, then a Linear.
+    The BEV features sampled bilinearly at each keypoint's ``(x, y)`` and averaged over the keypoints,
+    then a Linear. ``sampling`` follows the head's DFA layers:
+
+    - ``"kernel"`` (default): the deformable aggregation op with one camera and one level (the map in
+      the op's channels-last layout, weight ``1 / P`` on every keypoint), so the DFA's kernel
+      semantics (``ops.deformable_aggregation``): cell centres at ``loc * size - 0.5``, neighbours
+      outside the map count as 0, and a keypoint outside the map's open extent is dropped. Every
+      backend runs it with the same node as the image DFA (ONNX Runtime's native op, the TensorRT
+      plugin, the CPU and Triton kernels; the differentiable reference in training). In ONNX Runtime
+      it costs a sixth of ``GridSample`` (bench/RESULTS.md, sixteenth measurement; `bench/bench_head_graph.py`).
+    - ``"grid_sample"``: ``F.grid_sample`` (zero padding, ``align_corners=False``; ONNX ``GridSample``),
+      the formulation of every fused model before 2026-12-08 and the one they were trained with. The
+      two agree within float rounding (~1e-6) except for keypoints within half a cell of the map's
+      border (|x| or |y| > 53.4 m for the fused preset), where ``grid_sample`` returns a partial value.
     """
 
-    def __init__(self, embed_dims: int, point_range: tuple[float, ...]):
+    def __init__(self, embed_dims: int, point_range: tuple[float, ...], sampling: str = "kernel"):
         super().__init__()
+        if sampling not in ("kernel", "grid_sample"):
+            raise ValueError(f"sampling must be 'kernel' or 'grid_sample', got {sampling!r}")
         self.x0, self.y0, _, self.x1, self.y1, _ = (float(v) for v in point_range)
+        self.sampling = sampling
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, key_points: torch.Tensor, bev: torch.Tensor) -> torch.Tensor:
-        gx = (key_points[..., 0] - self.x0) / (self.x1 - self.x0) * 2.0 - 1.0
-        gy = (key_points[..., 1] - self.y0) / (self.y1 - self.y0) * 2.0 - 1.0
-        sampled = F.grid_sample(bev, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="zeros",
-                                align_corners=False)  # [bs, E, A, P]
-        return self.proj(sampled.mean(dim=-1).transpose(1, 2))
+    def forward(self, key_points: torch.Tensor, bev: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+        """``impl``: the DFA implementation with ``sampling="kernel"``
+        (``ops.deformable_aggregation.DFA_IMPLS``; None: the differentiable reference)."""
+        gx = (key_points[..., 0] - self.x0) / (self.x1 - self.x0)  # [bs, A, P], 0..1 over the map
+        gy = (key_points[..., 1] - self.y0) / (self.y1 - self.y0)
+        if self.sampling == "grid_sample":
+            sampled = F.grid_sample(bev, torch.stack([gx, gy], dim=-1) * 2.0 - 1.0, mode="bilinear",
+                                    padding_mode="zeros", align_corners=False)  # [bs, E, A, P]
+            return self.proj(sampled.mean(dim=-1).transpose(1, 2))
+        bs, _, h, w = bev.shape
+        num_anchor, num_pts = key_points.shape[1:3]
+        flat = bev.flatten(2).transpose(1, 2)  # [bs, H * W, E], the op's layout (one camera, one level)
+        loc = torch.stack([gx, gy], dim=-1)[:, :, :, None]  # [bs, A, P, cams = 1, 2]
+        weights = key_points.new_full((1, 1, 1, 1, 1, 1), 1.0 / num_pts).expand(bs, num_anchor, num_pts, 1, 1, 1)
+        spatial_shape = torch.tensor([[[h, w]]], dtype=torch.int64)
+        scale_start_index = torch.zeros((1, 1), dtype=torch.int64)
+        sampled = deformable_aggregation(flat, spatial_shape, scale_start_index, loc, weights, impl=impl)
+        return self.proj(sampled)

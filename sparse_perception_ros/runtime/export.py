@@ -339,9 +339,20 @@ def code_digest() -> str:
     return h.hexdigest()[:12]
 
 
+def _sampling_tag(module: nn.Module) -> str:
+    """``""`` when every submodule with a ``sampling`` attribute (the DFA layers, the BEV samplers)
+    uses the default ``"kernel"``, else a short hash of the choices: they change the graph but are
+    neither weights nor code (``model.sampling: grid_sample``, benchmarks of the BEV formulation)."""
+    choices = [f"{name}={m.sampling}" for name, m in module.named_modules() if isinstance(getattr(m, "sampling", None), str)]
+    if all(c.endswith("=kernel") for c in choices):
+        return ""
+    return "-s" + hashlib.sha256(";".join(choices).encode()).hexdigest()[:8]
+
+
 def graph_digest(module: nn.Module) -> str:
-    """:func:`weights_digest` of ``module`` joined with :func:`code_digest`: the cache key of its graph."""
-    return f"{weights_digest(module)}_{code_digest()}"
+    """:func:`weights_digest` of ``module`` (with a tag for non-default sampling choices) joined
+    with :func:`code_digest`: the cache key of its graph."""
+    return f"{weights_digest(module)}{_sampling_tag(module)}_{code_digest()}"
 
 
 def onnx_cache_dir(cache_dir: str | Path | None = None) -> Path:
