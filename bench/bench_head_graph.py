@@ -94,6 +94,12 @@ def main(argv=None) -> int:
               "this": OrtBackend(backend.path, num_threads=1, dfa_op=backend.dfa_op)}
     for name, g in graphs.items():
         print(f"{name:8s}: {g.path.name}, {len(g.session.get_outputs())} outputs")
+    # graph format 5 made lidar_bev channels last; a baseline from before takes it channels first
+    adapt = {}
+    for i in graphs["baseline"].session.get_inputs():
+        if i.name == "lidar_bev" and feeds and list(i.shape) != list(feeds[0]["lidar_bev"].shape):
+            adapt["lidar_bev"] = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    base_feeds = [{k: adapt[k](v) if k in adapt else v for k, v in feed.items()} for feed in feeds]
     names = [o.name for o in graphs["this"].session.get_outputs()]
     times: dict[str, list[float]] = {n: [] for n in graphs}
     worst: list[float] = []  # per recorded input: the largest difference over the float outputs
@@ -104,7 +110,7 @@ def main(argv=None) -> int:
             outs = {}
             for n in order:
                 start = time.perf_counter()
-                outs[n] = graphs[n].session.run(names, feed)
+                outs[n] = graphs[n].session.run(names, base_feeds[i] if n == "baseline" else feed)
                 times[n].append(1000 * (time.perf_counter() - start))
             if r == 0:
                 for k, a, b in zip(names, outs["baseline"], outs["this"], strict=True):

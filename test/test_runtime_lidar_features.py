@@ -89,7 +89,8 @@ def test_branch_outputs_match_the_model_branch(kind):
         ref = model_branch(torch.from_numpy(np.c_[pts, np.zeros((len(pts), 1), np.float32)])[None],
                            torch.tensor([len(pts)]))
     tol = 1e-5 if kind == "torch" else 1e-4  # zero padding changes nothing; ONNX Runtime's convolutions round apart
-    torch.testing.assert_close(got["lidar_bev"], ref.bev, atol=tol, rtol=0)
+    assert got["lidar_bev"].is_contiguous() and got["lidar_bev"].shape == ref.bev.permute(0, 2, 3, 1).shape
+    torch.testing.assert_close(got["lidar_bev"], ref.bev.permute(0, 2, 3, 1), atol=tol, rtol=0)  # channels last
     torch.testing.assert_close(got["lidar_anchor"], ref.anchor, atol=tol, rtol=0)
     torch.testing.assert_close(got["lidar_feature"], ref.feature, atol=tol, rtol=0)
     assert got["lidar_valid"].tolist() == [1.0] and runner.run(None)["lidar_valid"].tolist() == [0.0]

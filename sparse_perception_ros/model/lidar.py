@@ -50,7 +50,8 @@ class LidarCandidates:
     """Output of :class:`LidarBranch` for a batch.
 
     Attributes:
-        bev: ``[bs, E, H_bev, W_bev]`` BEV features (sampled by :class:`BevSampler`).
+        bev: ``[bs, E, H_bev, W_bev]`` BEV features (sampled by :class:`BevSampler`); may be stored
+            channels last (the node's LiDAR runners and step graphs hand it over that way).
         heatmap: ``[bs, n_cls, H_bev, W_bev]`` class heatmap logits.
         regression: ``[bs, R, H_bev, W_bev]`` box regression, ``R = cfg.reg_dims`` (8, or 10 with velocity).
         anchor: ``[bs, K, 11]`` candidate anchors (velocity regressed with ``cfg.velocity``, else 0), detached.
@@ -260,7 +261,8 @@ class BevSampler(nn.Module):
             return self.proj(sampled.mean(dim=-1).transpose(1, 2))
         bs, _, h, w = bev.shape
         num_anchor, num_pts = key_points.shape[1:3]
-        flat = bev.flatten(2).transpose(1, 2)  # [bs, H * W, E], the op's layout (one camera, one level)
+        # [bs, H * W, E], the op's layout (one camera, one level); a view where bev is stored channels last
+        flat = bev.permute(0, 2, 3, 1).reshape(bs, h * w, -1)
         loc = torch.stack([gx, gy], dim=-1)[:, :, :, None]  # [bs, A, P, cams = 1, 2]
         weights = key_points.new_full((1, 1, 1, 1, 1, 1), 1.0 / num_pts).expand(bs, num_anchor, num_pts, 1, 1, 1)
         spatial_shape = torch.tensor([[[h, w]]], dtype=torch.int64)

@@ -79,8 +79,9 @@ STATE_INPUTS = ("prev_anchors", "prev_features", "prev_confidence")
 # Bumped whenever the exported graph of the same weights changes, so export_cached never serves a
 # stale file: 2 = the pillar pooling as one ScatterND(add) instead of two ScatterElements(add);
 # 3 = the point count of ``points`` is dynamic (clouds padded to a POINT_BUCKET multiple, not max_points);
-# 4 = a graph after the image backbone takes ``mc_ms_feat`` (FEATURE_INPUT) instead of ``feat_l0..3``.
-GRAPH_FORMAT = 4
+# 4 = a graph after the image backbone takes ``mc_ms_feat`` (FEATURE_INPUT) instead of ``feat_l0..3``;
+# 5 = ``lidar_bev`` channels last ([1, H_bev, W_bev, E]), the BEV sampler's and the bf16 branch's layout.
+GRAPH_FORMAT = 5
 
 # Clouds go into graphs with a dynamic point count padded to a multiple of this (at most
 # ``max_points``): a few shapes only (ONNX Runtime caches per shape), and a 35k-point sweep does not
@@ -92,7 +93,8 @@ STATE_OUTPUTS = ("next_anchors", "next_features", "next_confidence")
 
 LIDAR_INPUTS = ("points", "num_points")
 # A fused graph whose LiDAR branch runs apart (runtime.lidar_features) takes the branch's outputs that
-# the head reads instead of the sweep: lidar_bev [1, E, H_bev, W_bev], lidar_anchor [1, K, 11],
+# the head reads instead of the sweep: lidar_bev [1, H_bev, W_bev, E] (channels last: the layout the
+# head's BEV sampling reads and the bf16 branch writes, so neither side transposes), lidar_anchor [1, K, 11],
 # lidar_feature [1, K, E] and lidar_valid [1] float32 (0: no sweep).
 LIDAR_CANDIDATE_INPUTS = ("lidar_bev", "lidar_anchor", "lidar_feature", "lidar_valid")
 # A graph after the image backbone takes the image features in the DFA's own flattened layout
@@ -175,9 +177,9 @@ class StepGraph(nn.Module):
             args = args[:-2]
             lidar = self.pts_branch(points, num_points.reshape(1))
         elif self.lidar_apart:  # the head reads bev, anchor, feature and valid only
-            bev, anchor, feature, valid = args[-4:]
+            bev, anchor, feature, valid = args[-4:]  # bev [1, H, W, E]: a [1, E, H, W] view for the head
             args = args[:-4]
-            lidar = LidarCandidates(bev, None, None, anchor, feature, None, valid.reshape(1))
+            lidar = LidarCandidates(bev.permute(0, 3, 1, 2), None, None, anchor, feature, None, valid.reshape(1))
         projection_mat, image_wh, *state = args
         if self.backbone is not None:
             dtype = next(self.backbone.img_backbone.parameters()).dtype
@@ -212,7 +214,7 @@ def lidar_candidate_spec(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of :data:`LIDAR_CANDIDATE_INPUTS` for ``cfg`` (a fused preset)."""
     w, h = cfg.lidar.bev_size
     e, k = cfg.head.embed_dims, cfg.lidar.num_candidates
-    return {"lidar_bev": (1, e, h, w), "lidar_anchor": (1, k, 11), "lidar_feature": (1, k, e), "lidar_valid": (1,)}
+    return {"lidar_bev": (1, h, w, e), "lidar_anchor": (1, k, 11), "lidar_feature": (1, k, e), "lidar_valid": (1,)}
 
 
 def example_args(cfg: ModelConfig, with_backbone: bool, lidar_apart: bool = False) -> tuple[torch.Tensor, ...]:

@@ -46,7 +46,8 @@ __all__ = ["LidarBranchRunner", "OrtLidarBranchRunner", "Bf16LidarBranchRunner",
 
 class LidarBranchRunner:
     """``run(points (N, >=3) | None) -> {lidar_bev, lidar_anchor, lidar_feature, lidar_valid}`` CPU
-    torch tensors (batch 1; see :data:`~.export.LIDAR_CANDIDATE_INPUTS`) from a fused model's
+    torch tensors (batch 1; see :data:`~.export.LIDAR_CANDIDATE_INPUTS`: ``lidar_bev`` channels last,
+    ``[1, H, W, E]``, contiguous) from a fused model's
     ``pts_branch`` in eager torch. ``points``: the sweep in the model frame (at most
     ``cfg.lidar.max_points``: the pipeline thins first); None = no sweep (``lidar_valid`` 0: the head
     runs its camera-only path). Stateless and thread-safe (eval mode, no grad)."""
@@ -67,7 +68,14 @@ class LidarBranchRunner:
         pts = torch.from_numpy(inputs["points"]).to(self.device)
         count = torch.from_numpy(inputs["num_points"]).to(self.device)
         c = self.branch(pts, count)
-        return dict(zip(LIDAR_CANDIDATE_INPUTS, (c.bev, c.anchor, c.feature, c.valid.reshape(1)), strict=True))
+        return dict(zip(LIDAR_CANDIDATE_INPUTS, (_channels_last(c.bev), c.anchor, c.feature, c.valid.reshape(1)),
+                        strict=True))
+
+
+def _channels_last(bev: torch.Tensor) -> torch.Tensor:
+    """``[bs, E, H, W]`` -> ``[bs, H, W, E]`` contiguous (a view, no copy, where ``bev`` is stored
+    channels last, as :class:`Bf16BevNet` makes it)."""
+    return bev.permute(0, 2, 3, 1).contiguous()
 
 
 class _Branch(nn.Module):
@@ -77,7 +85,7 @@ class _Branch(nn.Module):
 
     def forward(self, points: torch.Tensor, num_points: torch.Tensor) -> tuple[torch.Tensor, ...]:
         c = self.branch(points, num_points)
-        return c.bev, c.anchor, c.feature, c.valid.reshape(1)
+        return c.bev.permute(0, 2, 3, 1), c.anchor, c.feature, c.valid.reshape(1)
 
 
 def export_branch_cached(branch: nn.Module, cache_dir: str | Path | None = None) -> Path:
@@ -156,7 +164,8 @@ class Bf16BevNet(nn.Module):
     """A branch's convolutions (:meth:`~..model.lidar.LidarBranch.bev_maps`) in bfloat16, channels-last:
     each BEV layer's BatchNorm folded into its convolution (in float32, then rounded once); the
     heatmap and box convolutions as one. ``pillars [1, C + 1, ny, nx]`` float32 (channels-last strides
-    save a copy) -> ``(bev, heat_logits, reg)`` float32, contiguous. The BEV features move by about
+    save a copy) -> ``(bev, heat_logits, reg)`` float32; ``bev`` stored channels last (the head's
+    ``lidar_bev`` layout), the heads' maps contiguous. The BEV features move by about
     0.5 % (relative RMS) against float32, and the top-K peaks only where two score alike
     (``test/test_runtime_lidar_features.py``, bench/RESULTS.md)."""
 
@@ -189,7 +198,7 @@ class Bf16BevNet(nn.Module):
         bev = self.bev_net(pillars.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
         heads = self.heads(bev).float()
         k = self.num_classes
-        return bev.float().contiguous(), heads[:, :k].contiguous(), heads[:, k:].contiguous()
+        return bev.float(), heads[:, :k].contiguous(), heads[:, k:].contiguous()  # float() keeps channels last
 
 
 class Bf16LidarBranchRunner(LidarBranchRunner):
@@ -212,4 +221,5 @@ class Bf16LidarBranchRunner(LidarBranchRunner):
         (pillars,) = self.session.run(None, inputs)  # [1, ny, nx, C + 1]
         maps = self.convs(torch.from_numpy(pillars).permute(0, 3, 1, 2))  # a channels-last view, no copy
         c = self.branch.candidates(*maps, torch.from_numpy(inputs["num_points"]))
-        return dict(zip(LIDAR_CANDIDATE_INPUTS, (c.bev, c.anchor, c.feature, c.valid.reshape(1)), strict=True))
+        return dict(zip(LIDAR_CANDIDATE_INPUTS, (_channels_last(c.bev), c.anchor, c.feature, c.valid.reshape(1)),
+                        strict=True))
