@@ -117,10 +117,12 @@ class PillarEncoder(nn.Module):
         offsets = torch.stack([px - (x0 + (ix + 0.5) * ps), py - (y0 + (iy + 0.5) * ps)], dim=-1)
         # a NaN/inf intensity or dt counts as 0 (a NaN position already went to the dump cell)
         extra = torch.nan_to_num(points[..., 3:], nan=0.0, posinf=0.0, neginf=0.0)
-        feat = self.mlp(torch.cat([points[..., :3], extra[..., :1] / 255.0, extra[..., 1:], offsets], dim=-1))
+        # the MLP on [bs * P, D] rows: ONNX Runtime then runs each Linear as one Gemm with its bias (and
+        # ReLU) fused, where a [bs, P, D] input left a MatMul and a broadcast Add (same numbers in torch)
+        rows_in = torch.cat([points[..., :3], extra[..., :1] / 255.0, extra[..., 1:], offsets], dim=-1)
+        feat = self.mlp(rows_in.reshape(bs * p, -1))
         c = feat.shape[-1]
         # no masking needed: padding, out-of-range and NaN points all land in the dropped dump cell
-        feat = feat.reshape(bs * p, c)
         flat_cell = cell.reshape(bs * p)
         if torch.onnx.is_in_onnx_export() and self.onnx_pooling == "scatter_nd":
             # one ScatterND(reduction="add") over rows [P, C + 1] (features and a count column):
