@@ -202,24 +202,44 @@ class Bf16BevNet(nn.Module):
 
 
 class Bf16LidarBranchRunner(LidarBranchRunner):
-    """:class:`LidarBranchRunner` with the pillar encoder in ONNX Runtime (:func:`export_pillars_cached`,
-    one intra-op thread: its ``ScatterND(add)``, see :class:`OrtLidarBranchRunner`), the convolutions
-    in bfloat16 (:class:`Bf16BevNet`) and the top-K, boxes and candidate features in float32
-    (``LidarBranch.candidates``). A 23k-point sweep on one core: 14.0 ms against 18.6 ms for
-    :class:`OrtLidarBranchRunner` (bench/RESULTS.md). Worth it only where :func:`native_bf16`."""
+    """:class:`LidarBranchRunner` with the pillar encoder in C (:class:`~..ops.pillars_cpu.PillarKernel`,
+    one pass over the points; where no C compiler builds it, the encoder exported alone to ONNX Runtime,
+    :func:`export_pillars_cached`, one intra-op thread: its ``ScatterND(add)``, see
+    :class:`OrtLidarBranchRunner`), the convolutions in bfloat16 (:class:`Bf16BevNet`) and the top-K,
+    boxes and candidate features in float32 (``LidarBranch.candidates``). A 23k-point sweep on one core:
+    14.0 ms against 18.6 ms for :class:`OrtLidarBranchRunner` with the pillars in ONNX Runtime
+    (bench/RESULTS.md), the C pillars 1.4 ms against 5.1 ms in ONNX Runtime (sixteenth measurement: the whole runner 13.4 -> 9.7 ms). Worth it only
+    where :func:`native_bf16`. ``pillars``: ``auto`` (C where it builds), ``c`` or ``onnxruntime``."""
 
-    name = "onnxruntime pillars + torch bf16 convolutions"
+    def __init__(self, model: nn.Module, cache_dir: str | Path | None = None, pillars: str = "auto"):
+        from sparse_perception_ros.ops import pillars_cpu  # lazy: compiles on first use
 
-    def __init__(self, model: nn.Module, cache_dir: str | Path | None = None):
         super().__init__(model)
-        self.session = _one_thread_session(export_pillars_cached(self.branch, cache_dir))
+        if pillars not in ("auto", "c", "onnxruntime"):
+            raise ValueError(f"pillars must be auto, c or onnxruntime, got {pillars!r}")
+        self.kernel = None
+        if pillars == "c" or (pillars == "auto" and pillars_cpu.available()):
+            self.kernel = pillars_cpu.PillarKernel(self.branch.pillars)
+        self.session = None if self.kernel is not None else _one_thread_session(
+            export_pillars_cached(self.branch, cache_dir))
         self.convs = Bf16BevNet(self.branch)
+
+    @property
+    def name(self) -> str:
+        return f"{'C' if self.kernel is not None else 'onnxruntime'} pillars + torch bf16 convolutions"
 
     @torch.no_grad()
     def run(self, points: np.ndarray | None) -> dict[str, torch.Tensor]:
-        inputs = lidar_step_inputs(points, self.cfg, dynamic=True)
-        (pillars,) = self.session.run(None, inputs)  # [1, ny, nx, C + 1]
+        if self.kernel is not None:
+            if points is not None and len(points) > self.cfg.max_points:
+                raise ValueError(f"{len(points)} points exceed max_points {self.cfg.max_points}; thin the cloud first")
+            pillars = self.kernel(points)[None]  # [1, ny, nx, C + 1]
+            count = torch.tensor([0 if points is None else len(points)], dtype=torch.int64)
+        else:
+            inputs = lidar_step_inputs(points, self.cfg, dynamic=True)
+            (pillars,) = self.session.run(None, inputs)  # [1, ny, nx, C + 1]
+            count = torch.from_numpy(inputs["num_points"])
         maps = self.convs(torch.from_numpy(pillars).permute(0, 3, 1, 2))  # a channels-last view, no copy
-        c = self.branch.candidates(*maps, torch.from_numpy(inputs["num_points"]))
+        c = self.branch.candidates(*maps, count)
         return dict(zip(LIDAR_CANDIDATE_INPUTS, (_channels_last(c.bev), c.anchor, c.feature, c.valid.reshape(1)),
                         strict=True))
