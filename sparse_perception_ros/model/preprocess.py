@@ -44,6 +44,11 @@ def resize_crop_image(image: np.ndarray, rc: ResizeCrop, method: str = "pil_bicu
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
     if method == "pil_bicubic":
+        from sparse_perception_ros.ops import resize_cpu  # lazy: compiles on first use
+
+        if resize_cpu.matches_pillow((img.shape[1], img.shape[0]), rc.resized_wh, rc.crop):
+            # Pillow's pixels, bit for bit, computing only the kept ones (1.5 -> 0.5 ms at 440 x 248)
+            return resize_cpu.resize_crop_bicubic(img, rc.resized_wh, rc.crop)
         from PIL import Image  # lazy: optional here; the GPU check runs this package without Pillow
 
         resized = np.asarray(Image.fromarray(img).resize(rc.resized_wh, Image.Resampling.BICUBIC))
