@@ -208,8 +208,9 @@ class Bf16LidarBranchRunner(LidarBranchRunner):
     :class:`OrtLidarBranchRunner`), the convolutions in bfloat16 (:class:`Bf16BevNet`) and the top-K,
     boxes and candidate features in float32 (``LidarBranch.candidates``). A 23k-point sweep on one core:
     14.0 ms against 18.6 ms for :class:`OrtLidarBranchRunner` with the pillars in ONNX Runtime
-    (bench/RESULTS.md), the C pillars 1.4 ms against 5.1 ms in ONNX Runtime (sixteenth measurement: the whole runner 13.4 -> 9.7 ms). Worth it only
-    where :func:`native_bf16`. ``pillars``: ``auto`` (C where it builds), ``c`` or ``onnxruntime``."""
+    (bench/RESULTS.md, sixth measurement); the C pillars take 1.4 ms against 5.1 ms in ONNX Runtime, the
+    whole runner 9.7 ms against 13.4 (sixteenth measurement). Worth it only where :func:`native_bf16`.
+    ``pillars``: ``auto`` (C where it builds), ``c`` or ``onnxruntime``."""
 
     def __init__(self, model: nn.Module, cache_dir: str | Path | None = None, pillars: str = "auto"):
         from sparse_perception_ros.ops import pillars_cpu  # lazy: compiles on first use
