@@ -33,7 +33,7 @@ import torch
 
 from sparse_perception_ros.ops.dfa_shapes import check_inputs
 
-__all__ = ["deformable_aggregation_fast", "deformable_aggregation_numpy", "available", "FastDFAUnavailable", "KERNEL_SOURCE",
+__all__ = ["deformable_aggregation_fast", "deformable_aggregation_numpy", "available", "FastDFAUnavailable", "KERNEL_SOURCE", "CLibrary",
            "build_library"]
 
 KERNEL_SOURCE = r"""
@@ -158,9 +158,6 @@ int dfa_forward(const float *feat, const int64_t *shape, const int64_t *start, c
 """
 
 _CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
 
 
 class FastDFAUnavailable(RuntimeError):
@@ -198,34 +195,53 @@ def build_library(source: str, stem: str) -> Path:
     return target
 
 
-def _compile() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(build_library(KERNEL_SOURCE, "dfa_cpu")))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.dfa_forward.argtypes = [ptr] * 6 + [i64] * 8 + [ctypes.c_int]
-    lib.dfa_forward.restype = ctypes.c_int
-    return lib
+class CLibrary:
+    """A C source built (:func:`build_library`) and loaded with ``ctypes`` on first use, once per
+    process; ``functions`` gives each exported function's ``(argtypes, restype)``. A failure is
+    remembered and raised again as :class:`FastDFAUnavailable` on every later use. Thread-safe.
+    The kernels of this package (this module's, ``pillars_cpu``, ``resize_cpu``) share it."""
+
+    def __init__(self, source: str, stem: str, functions: dict[str, tuple[list, object]]):
+        self.source, self.stem, self.functions = source, stem, functions
+        self._lock = threading.Lock()
+        self._lib: ctypes.CDLL | None = None
+        self._error: str | None = None
+
+    def get(self) -> ctypes.CDLL:
+        with self._lock:
+            if self._lib is None and self._error is None:
+                try:
+                    lib = ctypes.CDLL(str(build_library(self.source, self.stem)))
+                    for name, (argtypes, restype) in self.functions.items():
+                        fn = getattr(lib, name)
+                        fn.argtypes, fn.restype = argtypes, restype
+                    self._lib = lib
+                except (OSError, FastDFAUnavailable) as exc:
+                    self._error = str(exc)
+            if self._lib is None:
+                raise FastDFAUnavailable(self._error)
+            return self._lib
+
+    def available(self) -> bool:
+        """True when the library is built (or builds now) and loads."""
+        try:
+            self.get()
+        except FastDFAUnavailable:
+            return False
+        return True
+
+
+_LIBRARY = CLibrary(KERNEL_SOURCE, "dfa_cpu", {
+    "dfa_forward": ([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 8 + [ctypes.c_int], ctypes.c_int)})
 
 
 def _get_lib() -> ctypes.CDLL:
-    global _lib, _error
-    with _lock:
-        if _lib is None and _error is None:
-            try:
-                _lib = _compile()
-            except (OSError, FastDFAUnavailable) as exc:
-                _error = str(exc)
-        if _lib is None:
-            raise FastDFAUnavailable(_error)
-        return _lib
+    return _LIBRARY.get()
 
 
 def available() -> bool:
     """True when the C kernel is compiled (or compiles now) and loads."""
-    try:
-        _get_lib()
-    except FastDFAUnavailable:
-        return False
-    return True
+    return _LIBRARY.available()
 
 
 def _run(feat, shape, start, loc, w, out, nthreads: int) -> None:

@@ -31,7 +31,7 @@ import threading
 import numpy as np
 import torch
 
-from sparse_perception_ros.ops.dfa_cpu import FastDFAUnavailable, build_library
+from sparse_perception_ros.ops.dfa_cpu import CLibrary, FastDFAUnavailable
 
 __all__ = ["PillarKernel", "available"]
 
@@ -101,27 +101,21 @@ int pillars_forward(const float* points, int64_t n, int64_t point_cols,
 """
 
 _lock = threading.Lock()
-_libs: dict[tuple[int, int], ctypes.CDLL] = {}
-_errors: dict[tuple[int, int], str] = {}
+_libraries: dict[tuple[int, int], CLibrary] = {}
 
 
 def _get_lib(channels: int = 32, features: int = 6) -> ctypes.CDLL:
     """The kernel compiled for ``channels`` (C) and ``features`` (F), built once per pair."""
     key = (int(channels), int(features))
     with _lock:
-        if key not in _libs and key not in _errors:
-            try:
-                source = f"#define PILLAR_C {key[0]}\n#define PILLAR_F {key[1]}\n" + KERNEL_SOURCE
-                lib = ctypes.CDLL(str(build_library(source, f"pillars_cpu_c{key[0]}_f{key[1]}")))
-                i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-                lib.pillars_forward.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, f32, f32, f32, f32, f32, i64, i64, ptr]
-                lib.pillars_forward.restype = ctypes.c_int
-                _libs[key] = lib
-            except (OSError, FastDFAUnavailable) as exc:
-                _errors[key] = str(exc)
-        if key not in _libs:
-            raise FastDFAUnavailable(_errors[key])
-        return _libs[key]
+        library = _libraries.get(key)
+        if library is None:
+            source = f"#define PILLAR_C {key[0]}\n#define PILLAR_F {key[1]}\n" + KERNEL_SOURCE
+            i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+            library = _libraries[key] = CLibrary(source, f"pillars_cpu_c{key[0]}_f{key[1]}", {
+                "pillars_forward": ([ptr, i64, i64, ptr, ptr, ptr, ptr, f32, f32, f32, f32, f32, i64, i64, ptr],
+                                    ctypes.c_int)})
+    return library.get()
 
 
 def available() -> bool:

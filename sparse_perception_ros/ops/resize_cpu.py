@@ -23,11 +23,10 @@ kernel only where it does.
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 
-from sparse_perception_ros.ops.dfa_cpu import FastDFAUnavailable, build_library
+from sparse_perception_ros.ops.dfa_cpu import CLibrary
 
 __all__ = ["available", "matches_pillow", "resize_crop_bicubic"]
 
@@ -144,34 +143,13 @@ done:
 }
 """
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
-
-
-def _get_lib() -> ctypes.CDLL:
-    global _lib, _error
-    with _lock:
-        if _lib is None and _error is None:
-            try:
-                lib = ctypes.CDLL(str(build_library(KERNEL_SOURCE, "resize_cpu")))
-                lib.resize_crop.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 8 + [ctypes.c_void_p]
-                lib.resize_crop.restype = ctypes.c_int
-                _lib = lib
-            except (OSError, FastDFAUnavailable) as exc:
-                _error = str(exc)
-        if _lib is None:
-            raise FastDFAUnavailable(_error)
-        return _lib
+_LIBRARY = CLibrary(KERNEL_SOURCE, "resize_cpu",
+                    {"resize_crop": ([ctypes.c_void_p] + [ctypes.c_int] * 8 + [ctypes.c_void_p], ctypes.c_int)})
 
 
 def available() -> bool:
     """True when the C kernel is compiled (or compiles now) and loads."""
-    try:
-        _get_lib()
-    except FastDFAUnavailable:
-        return False
-    return True
+    return _LIBRARY.available()
 
 
 def resize_crop_bicubic(image: np.ndarray, resized_wh: tuple[int, int], crop: tuple[int, int, int, int]) -> np.ndarray:
@@ -186,7 +164,7 @@ def resize_crop_bicubic(image: np.ndarray, resized_wh: tuple[int, int], crop: tu
     if rw <= 0 or rh <= 0 or not (0 <= x0 < x1 <= rw and 0 <= y0 < y1 <= rh):
         raise ValueError(f"crop {crop} is not inside the resized image {resized_wh}")
     out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-    status = _get_lib().resize_crop(img.ctypes.data, img.shape[0], img.shape[1], rw, rh, x0, y0, x1, y1, out.ctypes.data)
+    status = _LIBRARY.get().resize_crop(img.ctypes.data, img.shape[0], img.shape[1], rw, rh, x0, y0, x1, y1, out.ctypes.data)
     if status != 0:
         raise MemoryError("the resize kernel could not allocate its buffers")
     return out
